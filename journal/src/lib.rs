@@ -1,0 +1,1 @@
+//! ringex-journal: segmented mmap journal, snapshot store and recovery (in progress).

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's test command (README.md): formatting, lints, tests, and a build of the
+# benchmarks so they never rot. Fails on the first failing step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== cargo bench --no-run"
+cargo bench --workspace --locked --no-run
