@@ -1,0 +1,976 @@
+//! The order book: price levels with FIFO queues, usable on its own without accounts.
+//!
+//! Layout, chosen for the workload exchanges actually see (most activity within a few
+//! levels of the touch):
+//! - Each side is a `Vec<Level>` sorted so that the **best level is at the end**. Adding or
+//!   removing a level near the touch shifts only the few levels better than it, and the
+//!   best level is `last()`. A lookup scans a few levels from the touch, then falls back to
+//!   binary search.
+//! - Orders live in a slab (`Vec<Node<T>>` with a free list) and form an intrusive doubly
+//!   linked FIFO per level, so cancel by id is O(1) after the id lookup and a level lookup.
+//! - `T` is the caller's per-order payload (the exchange keeps account and hold data there).
+//!
+//! Matching is one generic loop, [`OrderBook::submit`], reporting fills, self-trade
+//! cancels and level changes to a [`MatchSink`] so the exchange layer can settle funds
+//! inline while the book stays ignorant of accounts.
+
+use rustc_hash::FxHashMap;
+
+use crate::types::*;
+
+const NIL: u32 = u32::MAX;
+/// How many levels from the touch a lookup scans before binary searching.
+const SCAN_LEVELS_MAX: usize = 8;
+
+/// A resting order.
+#[derive(Clone, Copy, Debug)]
+pub struct Node<T> {
+    pub id: OrderId,
+    pub side: Side,
+    pub price: Price,
+    /// Remaining quantity.
+    pub qty: Qty,
+    /// Who owns the order, for self-trade prevention.
+    pub owner: u32,
+    pub data: T,
+    prev: u32,
+    next: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    price: Price,
+    total: Qty,
+    count: u32,
+    head: u32,
+    tail: u32,
+}
+
+/// One side of the book. Levels sorted by `key` ascending; best at the end.
+#[derive(Clone, Debug, Default)]
+struct Ladder {
+    levels: Vec<Level>,
+}
+
+/// Sort key that makes "better" mean "greater" on both sides.
+fn key(side: Side, price: Price) -> i64 {
+    match side {
+        Side::Buy => price,
+        Side::Sell => -price,
+    }
+}
+
+impl Ladder {
+    /// `Ok(index)` of the level at `price`, or `Err(insertion index)`.
+    fn find(&self, side: Side, price: Price) -> Result<usize, usize> {
+        let k = key(side, price);
+        let levels = &self.levels;
+        let len = levels.len();
+        // Most lookups are near the touch: scan a few levels from the end first.
+        let scan = len.min(SCAN_LEVELS_MAX);
+        for i in (len - scan..len).rev() {
+            let ki = key(side, levels[i].price);
+            if ki == k {
+                return Ok(i);
+            }
+            if ki < k {
+                return Err(i + 1);
+            }
+        }
+        levels[..len - scan].binary_search_by(|l| key(side, l.price).cmp(&k))
+    }
+}
+
+/// Why matching stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchEnd {
+    /// Nothing left to fill.
+    Filled,
+    /// The opposite side is empty or no longer crosses the limit.
+    NoLiquidity,
+    /// The sink could not afford a single lot at the next price (budget orders).
+    Unaffordable,
+    /// Self-trade prevention cancelled the incoming order's remainder.
+    SelfTrade,
+}
+
+/// What happened to an incoming order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fully filled.
+    Filled,
+    /// The remainder rests on the book.
+    Rested { remaining: Qty },
+    /// The remainder was cancelled.
+    Cancelled {
+        remaining: Qty,
+        end: MatchEnd,
+        fok: bool,
+    },
+    /// A post-only order that would have taken; nothing changed.
+    PostOnlyWouldTake,
+}
+
+/// An order entering the book.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming {
+    pub id: OrderId,
+    pub side: Side,
+    /// Worst acceptable price. Market orders use [`Incoming::market_limit`].
+    pub limit: Price,
+    pub qty: Qty,
+    pub owner: u32,
+    pub stp: StpMode,
+    pub tif: TimeInForce,
+}
+
+impl Incoming {
+    /// The limit that makes an order cross every level: a market order.
+    pub fn market_limit(side: Side) -> Price {
+        match side {
+            Side::Buy => Price::MAX,
+            Side::Sell => Price::MIN,
+        }
+    }
+}
+
+/// Receives what matching does, in order. The exchange settles funds here.
+pub trait MatchSink<T> {
+    /// How many lots the incoming order may take at `price` (at most `want`). Budget
+    /// orders cap it; everything else takes `want`.
+    fn affordable(&mut self, price: Price, want: Qty) -> Qty {
+        let _ = price;
+        want
+    }
+    /// A fill of `qty` at `price`. `maker.qty` is already the maker's remaining quantity;
+    /// the maker is removed from the book right after this call if it is zero.
+    fn trade(&mut self, maker: &mut Node<T>, price: Price, qty: Qty, taker_remaining: Qty);
+    /// Self-trade prevention removed this resting order (before the level update).
+    fn maker_cancelled(&mut self, maker: &Node<T>);
+    /// A level's new total after any change (zero: the level is gone).
+    fn level(&mut self, side: Side, price: Price, total: Qty);
+}
+
+/// A sink for callers that only want the side effects on the book.
+pub struct NullSink;
+
+impl<T> MatchSink<T> for NullSink {
+    fn trade(&mut self, _: &mut Node<T>, _: Price, _: Qty, _: Qty) {}
+    fn maker_cancelled(&mut self, _: &Node<T>) {}
+    fn level(&mut self, _: Side, _: Price, _: Qty) {}
+}
+
+/// Book events for the standalone book API ([`EventSink`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BookEvent {
+    Trade {
+        maker_id: OrderId,
+        price: Price,
+        qty: Qty,
+        maker_remaining: Qty,
+        taker_remaining: Qty,
+    },
+    SelfTradeCancel {
+        maker_id: OrderId,
+        remaining: Qty,
+    },
+    Level {
+        side: Side,
+        price: Price,
+        total: Qty,
+    },
+}
+
+/// Collects [`BookEvent`]s into a vector; `budget` (price x lots units) caps buys.
+#[derive(Default)]
+pub struct EventSink {
+    pub events: Vec<BookEvent>,
+    /// Remaining budget in price x lot units, for market buys by budget; `None` otherwise.
+    pub budget: Option<u128>,
+}
+
+impl<T> MatchSink<T> for EventSink {
+    fn affordable(&mut self, price: Price, want: Qty) -> Qty {
+        match self.budget {
+            None => want,
+            Some(budget) => {
+                assert!(price > 0);
+                let lots = budget / price as u128;
+                want.min(lots.min(u64::MAX as u128) as u64)
+            }
+        }
+    }
+    fn trade(&mut self, maker: &mut Node<T>, price: Price, qty: Qty, taker_remaining: Qty) {
+        if let Some(budget) = self.budget.as_mut() {
+            let cost = price as u128 * qty as u128;
+            assert!(cost <= *budget);
+            *budget -= cost;
+        }
+        self.events.push(BookEvent::Trade {
+            maker_id: maker.id,
+            price,
+            qty,
+            maker_remaining: maker.qty,
+            taker_remaining,
+        });
+    }
+    fn maker_cancelled(&mut self, maker: &Node<T>) {
+        self.events.push(BookEvent::SelfTradeCancel {
+            maker_id: maker.id,
+            remaining: maker.qty,
+        });
+    }
+    fn level(&mut self, side: Side, price: Price, total: Qty) {
+        self.events.push(BookEvent::Level { side, price, total });
+    }
+}
+
+/// A price-time priority order book. See the module docs for the layout.
+#[derive(Clone, Debug)]
+pub struct OrderBook<T> {
+    bids: Ladder,
+    asks: Ladder,
+    nodes: Vec<Node<T>>,
+    free_head: u32,
+    index: FxHashMap<OrderId, u32>,
+}
+
+impl<T: Copy + Default> Default for OrderBook<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Copy + Default> OrderBook<T> {
+    pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// Preallocates room for `orders` resting orders so the hot path does not allocate.
+    pub fn with_capacity(orders: usize) -> Self {
+        let mut index = FxHashMap::default();
+        index.reserve(orders);
+        OrderBook {
+            bids: Ladder::default(),
+            asks: Ladder::default(),
+            nodes: Vec::with_capacity(orders),
+            free_head: NIL,
+            index,
+        }
+    }
+
+    fn ladder(&self, side: Side) -> &Ladder {
+        match side {
+            Side::Buy => &self.bids,
+            Side::Sell => &self.asks,
+        }
+    }
+
+    fn ladder_mut(&mut self, side: Side) -> &mut Ladder {
+        match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        }
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    pub fn order_count(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn level_count(&self, side: Side) -> usize {
+        self.ladder(side).levels.len()
+    }
+
+    /// Best price and its total quantity.
+    pub fn best(&self, side: Side) -> Option<(Price, Qty)> {
+        self.ladder(side).levels.last().map(|l| (l.price, l.total))
+    }
+
+    pub fn best_price(&self, side: Side) -> Option<Price> {
+        self.best(side).map(|(p, _)| p)
+    }
+
+    /// Aggregated quantity resting at `price` on `side` (zero if none).
+    pub fn qty_at(&self, side: Side, price: Price) -> Qty {
+        let ladder = self.ladder(side);
+        match ladder.find(side, price) {
+            Ok(i) => ladder.levels[i].total,
+            Err(_) => 0,
+        }
+    }
+
+    /// The best `n` levels of `side`, best first, into `out` (cleared first).
+    pub fn depth_into(&self, side: Side, n: usize, out: &mut Vec<(Price, Qty)>) {
+        out.clear();
+        let levels = &self.ladder(side).levels;
+        out.extend(levels.iter().rev().take(n).map(|l| (l.price, l.total)));
+    }
+
+    pub fn depth(&self, side: Side, n: usize) -> Vec<(Price, Qty)> {
+        let mut out = Vec::with_capacity(n.min(self.level_count(side)));
+        self.depth_into(side, n, &mut out);
+        out
+    }
+
+    pub fn contains(&self, id: OrderId) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    pub fn get(&self, id: OrderId) -> Option<&Node<T>> {
+        self.index.get(&id).map(|&h| &self.nodes[h as usize])
+    }
+
+    pub fn data_mut(&mut self, id: OrderId) -> Option<&mut T> {
+        let h = *self.index.get(&id)?;
+        Some(&mut self.nodes[h as usize].data)
+    }
+
+    /// Whether an order on `side` with this `limit` would take liquidity on entry.
+    pub fn would_take(&self, side: Side, limit: Price) -> bool {
+        match self.best_price(side.opposite()) {
+            None => false,
+            Some(best) => crosses(side, limit, best),
+        }
+    }
+
+    /// Visits every resting order: bids best to worst, then asks best to worst, each
+    /// level in time priority. Deterministic; used by snapshots and mass cancels.
+    pub fn for_each_order(&self, mut f: impl FnMut(&Node<T>)) {
+        for side in [Side::Buy, Side::Sell] {
+            for level in self.ladder(side).levels.iter().rev() {
+                let mut h = level.head;
+                let mut seen = 0u32;
+                while h != NIL {
+                    assert!(seen < level.count);
+                    let node = &self.nodes[h as usize];
+                    f(node);
+                    h = node.next;
+                    seen += 1;
+                }
+                assert_eq!(seen, level.count);
+            }
+        }
+    }
+
+    /// Whether the book is crossed (best bid >= best ask): never true after a command.
+    pub fn is_crossed(&self) -> bool {
+        match (self.best_price(Side::Buy), self.best_price(Side::Sell)) {
+            (Some(bid), Some(ask)) => bid >= ask,
+            _ => false,
+        }
+    }
+
+    /// Checks every structural invariant; panics on the first violation.
+    pub fn check_invariants(&self) {
+        assert!(!self.is_crossed(), "book crossed");
+        let mut orders = 0usize;
+        for side in [Side::Buy, Side::Sell] {
+            let levels = &self.ladder(side).levels;
+            for pair in levels.windows(2) {
+                assert!(key(side, pair[0].price) < key(side, pair[1].price));
+            }
+            for level in levels {
+                assert!(level.count > 0 && level.total > 0);
+                let (mut total, mut count, mut h, mut prev) = (0u64, 0u32, level.head, NIL);
+                while h != NIL {
+                    let node = &self.nodes[h as usize];
+                    assert_eq!(node.prev, prev);
+                    assert_eq!(node.price, level.price);
+                    assert_eq!(node.side, side);
+                    assert!(node.qty > 0);
+                    assert_eq!(self.index.get(&node.id), Some(&h));
+                    total += node.qty;
+                    count += 1;
+                    prev = h;
+                    h = node.next;
+                }
+                assert_eq!(prev, level.tail);
+                assert_eq!((total, count), (level.total, level.count));
+                orders += count as usize;
+            }
+        }
+        assert_eq!(orders, self.index.len());
+    }
+
+    // ---------------------------------------------------------------- mutations
+
+    fn alloc(&mut self, node: Node<T>) -> u32 {
+        if self.free_head != NIL {
+            let h = self.free_head;
+            self.free_head = self.nodes[h as usize].next;
+            self.nodes[h as usize] = node;
+            h
+        } else {
+            assert!(self.nodes.len() < NIL as usize, "order slab full");
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        }
+    }
+
+    /// Appends a resting order at the back of its level, without matching. Returns the
+    /// level's new total. The id must not be resting already.
+    pub fn insert(
+        &mut self,
+        id: OrderId,
+        side: Side,
+        price: Price,
+        qty: Qty,
+        owner: u32,
+        data: T,
+    ) -> Qty {
+        assert!(qty > 0, "resting quantity must be positive");
+        assert!(!self.index.contains_key(&id), "order id already resting");
+        let h = self.alloc(Node {
+            id,
+            side,
+            price,
+            qty,
+            owner,
+            data,
+            prev: NIL,
+            next: NIL,
+        });
+        self.index.insert(id, h);
+        let ladder = self.ladder_mut(side);
+        let i = match ladder.find(side, price) {
+            Ok(i) => i,
+            Err(i) => {
+                ladder.levels.insert(
+                    i,
+                    Level {
+                        price,
+                        total: 0,
+                        count: 0,
+                        head: NIL,
+                        tail: NIL,
+                    },
+                );
+                i
+            }
+        };
+        let level = &mut ladder.levels[i];
+        let tail = level.tail;
+        level.tail = h;
+        if tail == NIL {
+            level.head = h;
+        }
+        level.total += qty;
+        level.count += 1;
+        let total = level.total;
+        self.nodes[h as usize].prev = tail;
+        if tail != NIL {
+            self.nodes[tail as usize].next = h;
+        }
+        total
+    }
+
+    /// Unlinks slab entry `h` from its level and frees it. Returns the node and the
+    /// level's new total.
+    fn unlink(&mut self, h: u32) -> (Node<T>, Qty) {
+        let node = self.nodes[h as usize];
+        let removed = self.index.remove(&node.id);
+        assert_eq!(removed, Some(h));
+        if node.prev != NIL {
+            self.nodes[node.prev as usize].next = node.next;
+        }
+        if node.next != NIL {
+            self.nodes[node.next as usize].prev = node.prev;
+        }
+        let ladder = self.ladder_mut(node.side);
+        let i = ladder
+            .find(node.side, node.price)
+            .expect("resting order's level exists");
+        let level = &mut ladder.levels[i];
+        if level.head == h {
+            level.head = node.next;
+        }
+        if level.tail == h {
+            level.tail = node.prev;
+        }
+        assert!(level.total >= node.qty && level.count > 0);
+        level.total -= node.qty;
+        level.count -= 1;
+        let total = level.total;
+        if level.count == 0 {
+            assert_eq!(total, 0);
+            ladder.levels.remove(i);
+        }
+        self.nodes[h as usize].next = self.free_head;
+        self.free_head = h;
+        (node, total)
+    }
+
+    /// Removes a resting order. Returns it and its level's new total.
+    pub fn remove(&mut self, id: OrderId) -> Option<(Node<T>, Qty)> {
+        let h = *self.index.get(&id)?;
+        Some(self.unlink(h))
+    }
+
+    /// Lowers a resting order's quantity in place, keeping its time priority. Returns the
+    /// level's new total. `qty` must be positive and below the current quantity.
+    pub fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<Qty> {
+        let h = *self.index.get(&id)?;
+        let node = &mut self.nodes[h as usize];
+        assert!(qty > 0 && qty < node.qty, "reduce must lower the quantity");
+        let delta = node.qty - qty;
+        node.qty = qty;
+        let (side, price) = (node.side, node.price);
+        let ladder = self.ladder_mut(side);
+        let i = ladder.find(side, price).expect("level exists");
+        ladder.levels[i].total -= delta;
+        Some(ladder.levels[i].total)
+    }
+
+    /// Whether `qty` of an incoming order could fill entirely right now (fill-or-kill),
+    /// honouring the order's limit and self-trade prevention.
+    pub fn fillable(&self, order: &Incoming) -> bool {
+        let opposite = order.side.opposite();
+        let mut need = order.qty;
+        for level in self.ladder(opposite).levels.iter().rev() {
+            if !crosses(order.side, order.limit, level.price) {
+                return false;
+            }
+            if order.stp == StpMode::None {
+                if level.total >= need {
+                    return true;
+                }
+                need -= level.total;
+                continue;
+            }
+            let mut h = level.head;
+            while h != NIL {
+                let node = &self.nodes[h as usize];
+                if node.owner != order.owner {
+                    if node.qty >= need {
+                        return true;
+                    }
+                    need -= node.qty;
+                } else if order.stp != StpMode::CancelOldest {
+                    // The incoming remainder would be cancelled here.
+                    return false;
+                }
+                h = node.next;
+            }
+        }
+        false
+    }
+
+    /// Matches an incoming order against the opposite side, in price-time priority, until
+    /// it is filled, stops crossing, cannot afford more, or meets itself.
+    pub fn match_incoming<S: MatchSink<T>>(
+        &mut self,
+        order: &Incoming,
+        sink: &mut S,
+    ) -> (Qty, MatchEnd) {
+        let opposite = order.side.opposite();
+        let mut remaining = order.qty;
+        // Each pass fills or removes at least one resting order, or returns.
+        let passes_max = self.index.len() + 1;
+        for _ in 0..passes_max {
+            if remaining == 0 {
+                return (0, MatchEnd::Filled);
+            }
+            let Some(level) = self.ladder(opposite).levels.last() else {
+                return (remaining, MatchEnd::NoLiquidity);
+            };
+            let (price, h) = (level.price, level.head);
+            if !crosses(order.side, order.limit, price) {
+                return (remaining, MatchEnd::NoLiquidity);
+            }
+            let maker = self.nodes[h as usize];
+            if maker.owner == order.owner && order.stp != StpMode::None {
+                if order.stp == StpMode::CancelNewest {
+                    return (remaining, MatchEnd::SelfTrade);
+                }
+                sink.maker_cancelled(&maker);
+                let (_, total) = self.unlink(h);
+                sink.level(opposite, price, total);
+                if order.stp == StpMode::CancelBoth {
+                    return (remaining, MatchEnd::SelfTrade);
+                }
+                continue;
+            }
+            let can = sink.affordable(price, remaining);
+            assert!(can <= remaining);
+            if can == 0 {
+                return (remaining, MatchEnd::Unaffordable);
+            }
+            let qty = can.min(maker.qty);
+            remaining -= qty;
+            let node = &mut self.nodes[h as usize];
+            node.qty -= qty;
+            let maker_done = node.qty == 0;
+            sink.trade(node, price, qty, remaining);
+            let level = self.ladder_mut(opposite).levels.last_mut().expect("level");
+            level.total -= qty;
+            let mut total = level.total;
+            if maker_done {
+                // The maker's quantity is already zero: unlinking subtracts nothing more.
+                total = self.unlink(h).1;
+            }
+            sink.level(opposite, price, total);
+        }
+        unreachable!("matching loop exceeded its bound");
+    }
+
+    /// Submits an order: checks post-only and fill-or-kill, matches, then rests the
+    /// remainder (GTC, post-only) or cancels it (IOC, FOK, market, self-trade).
+    pub fn submit<S: MatchSink<T>>(&mut self, order: &Incoming, data: T, sink: &mut S) -> Outcome {
+        assert!(order.qty > 0);
+        if order.tif == TimeInForce::PostOnly && self.would_take(order.side, order.limit) {
+            return Outcome::PostOnlyWouldTake;
+        }
+        if order.tif == TimeInForce::Fok && !self.fillable(order) {
+            return Outcome::Cancelled {
+                remaining: order.qty,
+                end: MatchEnd::NoLiquidity,
+                fok: true,
+            };
+        }
+        let (remaining, end) = self.match_incoming(order, sink);
+        if remaining == 0 {
+            return Outcome::Filled;
+        }
+        if end != MatchEnd::SelfTrade && order.tif.rests() {
+            assert!(!self.would_take(order.side, order.limit));
+            let total = self.insert(
+                order.id,
+                order.side,
+                order.limit,
+                remaining,
+                order.owner,
+                data,
+            );
+            sink.level(order.side, order.limit, total);
+            return Outcome::Rested { remaining };
+        }
+        assert!(
+            order.tif != TimeInForce::Fok,
+            "a checked FOK fills entirely"
+        );
+        Outcome::Cancelled {
+            remaining,
+            end,
+            fok: false,
+        }
+    }
+}
+
+/// Whether an order on `side` limited at `limit` trades against a level at `price`.
+pub fn crosses(side: Side, limit: Price, price: Price) -> bool {
+    match side {
+        Side::Buy => price <= limit,
+        Side::Sell => price >= limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Book = OrderBook<()>;
+
+    fn gtc(id: OrderId, side: Side, price: Price, qty: Qty) -> Incoming {
+        Incoming {
+            id,
+            side,
+            limit: price,
+            qty,
+            owner: id as u32,
+            stp: StpMode::None,
+            tif: TimeInForce::Gtc,
+        }
+    }
+
+    fn with_tif(mut o: Incoming, tif: TimeInForce) -> Incoming {
+        o.tif = tif;
+        o
+    }
+
+    fn submit(book: &mut Book, o: Incoming) -> (Outcome, Vec<BookEvent>) {
+        let mut sink = EventSink::default();
+        let out = book.submit(&o, (), &mut sink);
+        book.check_invariants();
+        (out, sink.events)
+    }
+
+    fn trades(events: &[BookEvent]) -> Vec<(OrderId, Price, Qty)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                BookEvent::Trade {
+                    maker_id,
+                    price,
+                    qty,
+                    ..
+                } => Some((*maker_id, *price, *qty)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resting_orders_fill_in_price_then_time_priority() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 101, 5));
+        submit(&mut b, gtc(2, Side::Sell, 100, 5));
+        submit(&mut b, gtc(3, Side::Sell, 100, 5));
+        let (out, ev) = submit(&mut b, gtc(4, Side::Buy, 101, 12));
+        assert_eq!(out, Outcome::Filled);
+        assert_eq!(trades(&ev), vec![(2, 100, 5), (3, 100, 5), (1, 101, 2)]);
+        assert_eq!(b.best(Side::Sell), Some((101, 3)));
+    }
+
+    #[test]
+    fn fill_price_is_the_resting_orders_price() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Buy, 105, 3));
+        let (_, ev) = submit(&mut b, gtc(2, Side::Sell, 90, 3));
+        assert_eq!(trades(&ev), vec![(1, 105, 3)]);
+    }
+
+    #[test]
+    fn gtc_remainder_rests_at_its_limit() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 2));
+        let (out, ev) = submit(&mut b, gtc(2, Side::Buy, 100, 5));
+        assert_eq!(out, Outcome::Rested { remaining: 3 });
+        assert_eq!(
+            ev.last(),
+            Some(&BookEvent::Level {
+                side: Side::Buy,
+                price: 100,
+                total: 3
+            })
+        );
+        assert_eq!(b.best(Side::Buy), Some((100, 3)));
+        assert_eq!(b.best(Side::Sell), None);
+    }
+
+    #[test]
+    fn ioc_remainder_is_cancelled_and_reported() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 2));
+        let (out, _) = submit(
+            &mut b,
+            with_tif(gtc(2, Side::Buy, 100, 5), TimeInForce::Ioc),
+        );
+        assert_eq!(
+            out,
+            Outcome::Cancelled {
+                remaining: 3,
+                end: MatchEnd::NoLiquidity,
+                fok: false
+            }
+        );
+        assert_eq!(b.order_count(), 0);
+    }
+
+    #[test]
+    fn fok_fills_entirely_or_not_at_all() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 2));
+        submit(&mut b, gtc(2, Side::Sell, 101, 2));
+        let (out, ev) = submit(
+            &mut b,
+            with_tif(gtc(3, Side::Buy, 101, 5), TimeInForce::Fok),
+        );
+        assert!(matches!(
+            out,
+            Outcome::Cancelled {
+                fok: true,
+                remaining: 5,
+                ..
+            }
+        ));
+        assert!(ev.is_empty());
+        assert_eq!(b.order_count(), 2);
+        let (out, _) = submit(
+            &mut b,
+            with_tif(gtc(4, Side::Buy, 101, 4), TimeInForce::Fok),
+        );
+        assert_eq!(out, Outcome::Filled);
+        assert_eq!(b.order_count(), 0);
+    }
+
+    #[test]
+    fn fok_respects_its_limit_price() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 2));
+        submit(&mut b, gtc(2, Side::Sell, 102, 5));
+        let (out, _) = submit(
+            &mut b,
+            with_tif(gtc(3, Side::Buy, 101, 3), TimeInForce::Fok),
+        );
+        assert!(matches!(out, Outcome::Cancelled { fok: true, .. }));
+    }
+
+    #[test]
+    fn post_only_that_would_take_is_rejected_without_change() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 2));
+        let po = with_tif(gtc(2, Side::Buy, 100, 1), TimeInForce::PostOnly);
+        assert_eq!(submit(&mut b, po).0, Outcome::PostOnlyWouldTake);
+        let po = with_tif(gtc(3, Side::Buy, 99, 1), TimeInForce::PostOnly);
+        assert_eq!(submit(&mut b, po).0, Outcome::Rested { remaining: 1 });
+    }
+
+    #[test]
+    fn market_order_sweeps_levels_and_cancels_the_rest() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Buy, 100, 2));
+        submit(&mut b, gtc(2, Side::Buy, 90, 2));
+        let mut m = with_tif(gtc(3, Side::Sell, 0, 10), TimeInForce::Ioc);
+        m.limit = Incoming::market_limit(Side::Sell);
+        let (out, ev) = submit(&mut b, m);
+        assert_eq!(trades(&ev), vec![(1, 100, 2), (2, 90, 2)]);
+        assert!(matches!(out, Outcome::Cancelled { remaining: 6, .. }));
+    }
+
+    #[test]
+    fn market_buy_by_budget_stops_when_the_next_lot_is_unaffordable() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 10, 3));
+        submit(&mut b, gtc(2, Side::Sell, 20, 3));
+        let mut m = with_tif(gtc(3, Side::Buy, 0, Qty::MAX), TimeInForce::Ioc);
+        m.limit = Incoming::market_limit(Side::Buy);
+        let mut sink = EventSink {
+            budget: Some(75),
+            ..Default::default()
+        };
+        let out = b.submit(&m, (), &mut sink);
+        // 3 lots at 10 = 30, then 2 lots at 20 = 40; 5 left cannot buy a lot at 20.
+        assert_eq!(trades(&sink.events), vec![(1, 10, 3), (2, 20, 2)]);
+        assert_eq!(sink.budget, Some(5));
+        assert!(matches!(
+            out,
+            Outcome::Cancelled {
+                end: MatchEnd::Unaffordable,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn cancel_by_id_removes_from_the_middle_of_a_queue() {
+        let mut b = Book::new();
+        for id in 1..=3 {
+            submit(&mut b, gtc(id, Side::Buy, 50, id));
+        }
+        let (node, total) = b.remove(2).unwrap();
+        assert_eq!((node.qty, total), (2, 4));
+        b.check_invariants();
+        assert!(b.remove(2).is_none());
+        let (_, ev) = submit(&mut b, gtc(9, Side::Sell, 50, 4));
+        assert_eq!(trades(&ev), vec![(1, 50, 1), (3, 50, 3)]);
+    }
+
+    #[test]
+    fn reduce_keeps_time_priority() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Sell, 100, 5));
+        submit(&mut b, gtc(2, Side::Sell, 100, 5));
+        assert_eq!(b.reduce(1, 2), Some(7));
+        b.check_invariants();
+        let (_, ev) = submit(&mut b, gtc(3, Side::Buy, 100, 3));
+        assert_eq!(trades(&ev), vec![(1, 100, 2), (2, 100, 1)]);
+    }
+
+    #[test]
+    fn self_trade_cancel_newest_keeps_the_resting_order() {
+        let mut b = Book::new();
+        let mut rest = gtc(1, Side::Sell, 100, 5);
+        rest.owner = 7;
+        submit(&mut b, rest);
+        let mut take = gtc(2, Side::Buy, 100, 3);
+        take.owner = 7;
+        take.stp = StpMode::CancelNewest;
+        let (out, ev) = submit(&mut b, take);
+        assert!(ev.is_empty());
+        assert!(matches!(
+            out,
+            Outcome::Cancelled {
+                end: MatchEnd::SelfTrade,
+                remaining: 3,
+                ..
+            }
+        ));
+        assert_eq!(b.best(Side::Sell), Some((100, 5)));
+    }
+
+    #[test]
+    fn self_trade_cancel_oldest_removes_resting_and_continues() {
+        let mut b = Book::new();
+        let mut own = gtc(1, Side::Sell, 100, 5);
+        own.owner = 7;
+        submit(&mut b, own);
+        submit(&mut b, gtc(2, Side::Sell, 100, 5));
+        let mut take = gtc(3, Side::Buy, 100, 3);
+        take.owner = 7;
+        take.stp = StpMode::CancelOldest;
+        let (out, ev) = submit(&mut b, take);
+        assert_eq!(out, Outcome::Filled);
+        assert_eq!(
+            ev[0],
+            BookEvent::SelfTradeCancel {
+                maker_id: 1,
+                remaining: 5
+            }
+        );
+        assert_eq!(trades(&ev), vec![(2, 100, 3)]);
+    }
+
+    #[test]
+    fn self_trade_cancel_both_removes_both() {
+        let mut b = Book::new();
+        let mut own = gtc(1, Side::Sell, 100, 5);
+        own.owner = 7;
+        submit(&mut b, own);
+        let mut take = gtc(2, Side::Buy, 100, 3);
+        take.owner = 7;
+        take.stp = StpMode::CancelBoth;
+        let (out, _) = submit(&mut b, take);
+        assert!(matches!(
+            out,
+            Outcome::Cancelled {
+                end: MatchEnd::SelfTrade,
+                ..
+            }
+        ));
+        assert_eq!(b.order_count(), 0);
+    }
+
+    #[test]
+    fn queries_report_best_depth_and_quantity_at_price() {
+        let mut b = Book::new();
+        for (id, p) in [(1, 97), (2, 99), (3, 98), (4, 99)] {
+            submit(&mut b, gtc(id, Side::Buy, p, 10));
+        }
+        for (id, p) in [(5, 101), (6, 103)] {
+            submit(&mut b, gtc(id, Side::Sell, p, 1));
+        }
+        assert_eq!(b.best(Side::Buy), Some((99, 20)));
+        assert_eq!(b.best(Side::Sell), Some((101, 1)));
+        assert_eq!(b.qty_at(Side::Buy, 98), 10);
+        assert_eq!(b.qty_at(Side::Buy, 96), 0);
+        assert_eq!(b.depth(Side::Buy, 2), vec![(99, 20), (98, 10)]);
+        assert_eq!(b.depth(Side::Sell, 5), vec![(101, 1), (103, 1)]);
+    }
+
+    #[test]
+    fn level_lookup_works_beyond_the_scanned_window() {
+        let mut b = Book::new();
+        for i in 0..100 {
+            b.insert(i + 1, Side::Sell, 1000 + i as Price * 2, 1, 0, ());
+        }
+        assert_eq!(b.qty_at(Side::Sell, 1100), 1);
+        assert_eq!(b.qty_at(Side::Sell, 1101), 0);
+        b.insert(500, Side::Sell, 1101, 4, 0, ());
+        assert_eq!(b.qty_at(Side::Sell, 1101), 4);
+        b.check_invariants();
+        assert!(b.remove(500).is_some());
+        b.check_invariants();
+    }
+}

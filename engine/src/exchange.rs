@@ -1,0 +1,1284 @@
+//! The exchange layer: assets, markets, accounts, holds, fees, self-trade prevention and
+//! admin commands, around one [`OrderBook`] per market.
+//!
+//! Funds: a buy holds `notional(limit, qty) + ceil(notional * max(maker, taker) / 1e6)`
+//! quote; a sell holds `qty * lot_size` base; a market buy holds its quote budget, or
+//! the notional at the top of the price band when it is by quantity. Fees are in quote,
+//! rounded down per fill: the buyer pays notional + fee, the seller receives notional -
+//! fee. The rounding choices guarantee that an order's hold always covers what it can
+//! still be charged; after every fill the excess above what the remainder needs is
+//! released.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+
+use crate::book::{Incoming, MatchEnd, MatchSink, Node, OrderBook, Outcome};
+use crate::command::*;
+use crate::event::Event;
+use crate::types::*;
+
+/// Per-order data the exchange keeps inside the book.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderMeta {
+    /// Index into `Exchange::accounts` (not the account id).
+    pub account_index: u32,
+    pub client_order_id: ClientOrderId,
+    /// Funds still held for this order (quote for buys, base for sells).
+    pub hold: Amount,
+    /// Fee rates fixed when the order was accepted.
+    pub maker_fee_ppm: u32,
+    pub taker_fee_ppm: u32,
+    pub stp: u8,
+    pub post_only: bool,
+}
+
+impl OrderMeta {
+    fn hold_fee_ppm(&self) -> u32 {
+        self.maker_fee_ppm.max(self.taker_fee_ppm)
+    }
+    fn stp_mode(&self) -> StpMode {
+        StpMode::from_u8(self.stp).expect("valid stp stored")
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    pub available: Amount,
+    pub held: Amount,
+}
+
+#[derive(Clone, Debug)]
+pub struct Asset {
+    pub symbol: Symbol,
+    pub decimals: u8,
+}
+
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub id: AccountId,
+    pub suspended: bool,
+    /// Indexed by asset id; grown on demand.
+    pub balances: Vec<Balance>,
+    /// Open orders, by id, with their market: deterministic order for cancel-all.
+    pub open_orders: BTreeMap<OrderId, MarketId>,
+    /// Fee overrides per market: (maker, taker) ppm.
+    pub fee_tiers: BTreeMap<MarketId, (u32, u32)>,
+}
+
+impl Account {
+    fn new(id: AccountId) -> Self {
+        Account {
+            id,
+            suspended: false,
+            balances: Vec::new(),
+            open_orders: BTreeMap::new(),
+            fee_tiers: BTreeMap::new(),
+        }
+    }
+
+    pub fn balance(&self, asset: AssetId) -> Balance {
+        self.balances
+            .get(asset as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn balance_mut(&mut self, asset: AssetId) -> &mut Balance {
+        let i = asset as usize;
+        if self.balances.len() <= i {
+            self.balances.resize(i + 1, Balance::default());
+        }
+        &mut self.balances[i]
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Market {
+    pub spec: MarketSpec,
+    pub status: MarketStatus,
+    /// The last trade price (the band's centre); initially `spec.reference_price`.
+    pub reference_price: Price,
+    pub book: OrderBook<OrderMeta>,
+    pub trade_count: u64,
+    pub volume_lots: u64,
+}
+
+impl Market {
+    /// `(low, high)` limits allowed by the price band; `None` if the band is disabled.
+    pub fn band(&self) -> Option<(Price, Price)> {
+        if self.spec.band_ppm == 0 {
+            return None;
+        }
+        let r = self.reference_price as i128;
+        let width = r * self.spec.band_ppm as i128 / PPM as i128;
+        let low = (r - width).max(1);
+        let high = (r + width).min(Price::MAX as i128);
+        Some((low as Price, high as Price))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub account: AccountId,
+    pub secret_hash: [u8; 32],
+    pub permissions: u32,
+}
+
+/// Quote notional of `qty` lots at `price`: `price * qty * tick_size`, if it fits.
+pub fn notional(price: Price, qty: Qty, tick_size: Amount) -> Option<Amount> {
+    let n = price as i128 * qty as i128 * tick_size as i128;
+    Amount::try_from(n).ok()
+}
+
+/// Fee on a notional, rounded down (per fill).
+pub fn fee_floor(notional: Amount, fee_ppm: u32) -> Amount {
+    (notional as i128 * fee_ppm as i128 / PPM as i128) as Amount
+}
+
+/// Quote a resting buy must hold: notional plus the worst-case fee, rounded up.
+pub fn buy_hold(price: Price, qty: Qty, tick_size: Amount, fee_ppm: u32) -> Option<Amount> {
+    let n = notional(price, qty, tick_size)? as i128;
+    let fee = (n * fee_ppm as i128 + PPM as i128 - 1) / PPM as i128;
+    Amount::try_from(n + fee).ok()
+}
+
+/// Lots a budget buys at `price` with fees: the largest `q` with
+/// `q*unit*(1e6+fee)/1e6 <= budget`; never costs more than the budget.
+pub fn lots_for_budget(budget: Amount, price: Price, tick_size: Amount, fee_ppm: u32) -> Qty {
+    let unit = price as i128 * tick_size as i128;
+    assert!(unit > 0 && budget >= 0);
+    let lots = budget as i128 * PPM as i128 / (unit * (PPM as i128 + fee_ppm as i128));
+    lots.min(Qty::MAX as i128) as Qty
+}
+
+/// The deterministic exchange state machine.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub(crate) assets: Vec<Option<Asset>>,
+    pub(crate) markets: Vec<Option<Market>>,
+    pub(crate) accounts: Vec<Account>,
+    pub(crate) account_index: FxHashMap<AccountId, u32>,
+    /// (account index, client order id) -> order id, for open orders only.
+    pub(crate) client_ids: FxHashMap<(u32, ClientOrderId), OrderId>,
+    pub(crate) api_keys: BTreeMap<u64, ApiKey>,
+    pub(crate) deposit_refs: BTreeSet<u64>,
+    pub(crate) withdraw_refs: BTreeSet<u64>,
+    /// Per asset: deposits minus withdrawals. Every balance sums to this.
+    pub(crate) supply: Vec<Amount>,
+    pub(crate) next_order_id: OrderId,
+    /// Commands applied so far.
+    pub(crate) command_count: u64,
+    /// Check every invariant after every command (tests, `--checked` runs).
+    checked: bool,
+    /// Reused scratch buffer for mass cancels: no allocation in steady state.
+    scratch_ids: Vec<OrderId>,
+}
+
+impl Default for Exchange {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type Reject = RejectReason;
+
+impl Exchange {
+    /// An empty exchange holding only the fee account.
+    pub fn new() -> Self {
+        let mut ex = Exchange {
+            assets: Vec::new(),
+            markets: Vec::new(),
+            accounts: Vec::new(),
+            account_index: FxHashMap::default(),
+            client_ids: FxHashMap::default(),
+            api_keys: BTreeMap::new(),
+            deposit_refs: BTreeSet::new(),
+            withdraw_refs: BTreeSet::new(),
+            supply: Vec::new(),
+            next_order_id: 1,
+            command_count: 0,
+            checked: false,
+            scratch_ids: Vec::new(),
+        };
+        ex.insert_account(FEE_ACCOUNT);
+        ex
+    }
+
+    /// Enables the invariant check after every command (slow; for tests and audits).
+    pub fn set_checked(&mut self, checked: bool) {
+        self.checked = checked;
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    pub fn market(&self, id: MarketId) -> Option<&Market> {
+        self.markets.get(id as usize).and_then(|m| m.as_ref())
+    }
+
+    pub fn asset(&self, id: AssetId) -> Option<&Asset> {
+        self.assets.get(id as usize).and_then(|a| a.as_ref())
+    }
+
+    pub fn account(&self, id: AccountId) -> Option<&Account> {
+        self.account_index
+            .get(&id)
+            .map(|&i| &self.accounts[i as usize])
+    }
+
+    pub fn balance(&self, account: AccountId, asset: AssetId) -> Balance {
+        self.account(account)
+            .map(|a| a.balance(asset))
+            .unwrap_or_default()
+    }
+
+    pub fn api_key(&self, key_id: u64) -> Option<&ApiKey> {
+        self.api_keys.get(&key_id)
+    }
+
+    /// Deposits minus withdrawals of `asset`.
+    pub fn supply(&self, asset: AssetId) -> Amount {
+        self.supply.get(asset as usize).copied().unwrap_or(0)
+    }
+
+    pub fn command_count(&self) -> u64 {
+        self.command_count
+    }
+
+    /// The id the next accepted order will get.
+    pub fn next_order_id(&self) -> OrderId {
+        self.next_order_id
+    }
+
+    /// Market ids in ascending order.
+    pub fn market_ids(&self) -> impl Iterator<Item = MarketId> + '_ {
+        self.markets
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_some())
+            .map(|(i, _)| i as MarketId)
+    }
+
+    // ---------------------------------------------------------------- apply
+
+    /// Applies one command, appending its events to `out`.
+    pub fn apply(&mut self, cmd: &Command, out: &mut Vec<Event>) {
+        self.command_count += 1;
+        let result = match *cmd {
+            Command::Place(ref p) => self.place(p, out),
+            Command::Cancel {
+                account,
+                market,
+                order,
+            } => self.cancel(account, market, order, out),
+            Command::Replace {
+                account,
+                market,
+                order,
+                price,
+                qty,
+            } => self.replace(account, market, order, price, qty, out),
+            Command::CancelAll { account, market } => self.cancel_all(account, market, out),
+            _ => self.apply_admin(cmd, out),
+        };
+        if let Err(reason) = result {
+            out.push(Event::Rejected {
+                kind: cmd.kind(),
+                account: command_account(cmd),
+                order_ref: command_order_ref(cmd),
+                reason,
+            });
+        }
+        if self.checked {
+            self.check_invariants();
+        }
+    }
+
+    fn account_idx(&self, id: AccountId) -> Result<u32, Reject> {
+        self.account_index
+            .get(&id)
+            .copied()
+            .ok_or(Reject::UnknownAccount)
+    }
+
+    fn market_ref(&self, id: MarketId) -> Result<&Market, Reject> {
+        self.market(id).ok_or(Reject::UnknownMarket)
+    }
+
+    fn fee_rates(&self, acct: u32, market: &Market) -> (u32, u32) {
+        match self.accounts[acct as usize]
+            .fee_tiers
+            .get(&market.spec.market)
+        {
+            Some(&tier) => tier,
+            None => (market.spec.maker_fee_ppm, market.spec.taker_fee_ppm),
+        }
+    }
+
+    fn check_trading(status: MarketStatus) -> Result<(), Reject> {
+        match status {
+            MarketStatus::Open => Ok(()),
+            MarketStatus::Halted => Err(Reject::MarketHalted),
+            MarketStatus::CancelOnly => Err(Reject::MarketCancelOnly),
+            MarketStatus::Closed => Err(Reject::MarketClosed),
+        }
+    }
+
+    fn check_cancel(status: MarketStatus) -> Result<(), Reject> {
+        match status {
+            MarketStatus::Open | MarketStatus::CancelOnly => Ok(()),
+            MarketStatus::Halted => Err(Reject::MarketHalted),
+            MarketStatus::Closed => Err(Reject::MarketClosed),
+        }
+    }
+
+    /// The funds `meta`'s order needs while resting with `qty` at `price`.
+    fn resting_hold(
+        spec: &MarketSpec,
+        side: Side,
+        price: Price,
+        qty: Qty,
+        meta: &OrderMeta,
+    ) -> Amount {
+        match side {
+            Side::Buy => buy_hold(price, qty, spec.tick_size, meta.hold_fee_ppm())
+                .expect("a resting hold never exceeds the hold it was accepted with"),
+            Side::Sell => qty as Amount * spec.lot_size,
+        }
+    }
+
+    fn place(&mut self, p: &PlaceOrder, out: &mut Vec<Event>) -> Result<(), Reject> {
+        let market = self.market_ref(p.market)?;
+        let acct = self.account_idx(p.account)?;
+        if self.accounts[acct as usize].suspended {
+            return Err(Reject::AccountSuspended);
+        }
+        Self::check_trading(market.status)?;
+        let spec = market.spec;
+        let by_budget = p.quote_budget != 0;
+        // Shape of the order.
+        match p.kind {
+            OrderKind::Limit => {
+                if by_budget {
+                    return Err(Reject::InvalidQuantity);
+                }
+                if p.price <= 0 {
+                    return Err(Reject::InvalidPrice);
+                }
+            }
+            OrderKind::Market => {
+                if p.price != 0 {
+                    return Err(Reject::InvalidPrice);
+                }
+                if !matches!(p.tif, TimeInForce::Ioc | TimeInForce::Fok) {
+                    return Err(Reject::InvalidTimeInForce);
+                }
+                if by_budget {
+                    if p.side != Side::Buy || p.qty != 0 || p.quote_budget < 0 {
+                        return Err(Reject::InvalidQuantity);
+                    }
+                    if p.tif == TimeInForce::Fok {
+                        return Err(Reject::InvalidTimeInForce);
+                    }
+                }
+            }
+        }
+        if !by_budget {
+            if p.qty == 0 {
+                return Err(Reject::InvalidQuantity);
+            }
+            if p.qty < spec.qty_min {
+                return Err(Reject::BelowMinQuantity);
+            }
+            if p.qty > spec.qty_max {
+                return Err(Reject::AboveMaxQuantity);
+            }
+        }
+        let band = market.band();
+        let limit = match (p.kind, p.side) {
+            (OrderKind::Limit, _) => {
+                if let Some((low, high)) = band {
+                    if p.price < low || p.price > high {
+                        return Err(Reject::PriceOutsideBand);
+                    }
+                }
+                p.price
+            }
+            (OrderKind::Market, Side::Buy) if by_budget => Incoming::market_limit(Side::Buy),
+            (OrderKind::Market, Side::Buy) => match band {
+                Some((_, high)) => high,
+                None => return Err(Reject::MarketBuyNeedsBand),
+            },
+            (OrderKind::Market, Side::Sell) => band.map_or(1, |(low, _)| low),
+        };
+        if p.client_order_id != 0 && self.client_ids.contains_key(&(acct, p.client_order_id)) {
+            return Err(Reject::DuplicateClientOrderId);
+        }
+        let (maker_fee_ppm, taker_fee_ppm) = self.fee_rates(acct, market);
+        let meta = OrderMeta {
+            account_index: acct,
+            client_order_id: p.client_order_id,
+            hold: 0,
+            maker_fee_ppm,
+            taker_fee_ppm,
+            stp: p.stp as u8,
+            post_only: p.tif == TimeInForce::PostOnly,
+        };
+        let (hold_asset, hold) = match p.side {
+            Side::Buy if by_budget => (spec.quote, p.quote_budget),
+            Side::Buy => (
+                spec.quote,
+                buy_hold(limit, p.qty, spec.tick_size, meta.hold_fee_ppm())
+                    .ok_or(Reject::AmountOverflow)?,
+            ),
+            Side::Sell => (
+                spec.base,
+                (p.qty as i128 * spec.lot_size as i128)
+                    .try_into()
+                    .map_err(|_| Reject::AmountOverflow)?,
+            ),
+        };
+        if self.accounts[acct as usize].balance(hold_asset).available < hold {
+            return Err(Reject::InsufficientBalance);
+        }
+        if p.tif == TimeInForce::PostOnly && market.book.would_take(p.side, limit) {
+            return Err(Reject::PostOnlyWouldTake);
+        }
+
+        // Accepted: from here on nothing is rejected.
+        let order_id = self.next_order_id;
+        self.next_order_id += 1;
+        let balance = self.accounts[acct as usize].balance_mut(hold_asset);
+        balance.available -= hold;
+        balance.held += hold;
+        out.push(Event::Accepted {
+            order_id,
+            account: p.account,
+            market: p.market,
+            client_order_id: p.client_order_id,
+            side: p.side,
+            price: p.price,
+            qty: p.qty,
+        });
+        let incoming = Incoming {
+            id: order_id,
+            side: p.side,
+            limit,
+            qty: if by_budget { Qty::MAX } else { p.qty },
+            owner: acct,
+            stp: p.stp,
+            tif: p.tif,
+        };
+        let meta = OrderMeta { hold, ..meta };
+        self.execute(p.market, &incoming, meta, by_budget, out);
+        Ok(())
+    }
+
+    /// Matches an accepted order (new, or replaced with loss of priority), settles every
+    /// fill, then rests or cancels the remainder and releases what it no longer needs.
+    fn execute(
+        &mut self,
+        market_id: MarketId,
+        incoming: &Incoming,
+        meta: OrderMeta,
+        by_budget: bool,
+        out: &mut Vec<Event>,
+    ) {
+        let market = self.markets[market_id as usize]
+            .as_mut()
+            .expect("market checked");
+        let spec = market.spec;
+        let mut sink = SettleSink {
+            spec: &spec,
+            accounts: &mut self.accounts,
+            client_ids: &mut self.client_ids,
+            out,
+            taker_id: incoming.id,
+            taker_side: incoming.side,
+            taker: meta,
+            by_budget,
+            last_price: None,
+            trades: 0,
+            volume: 0,
+        };
+        let outcome = market.book.submit(incoming, meta, &mut sink);
+        let SettleSink {
+            taker,
+            last_price,
+            trades,
+            volume,
+            ..
+        } = sink;
+        if let Some(price) = last_price {
+            market.reference_price = price;
+        }
+        market.trade_count += trades;
+        market.volume_lots += volume;
+        let account = &mut self.accounts[meta.account_index as usize];
+        let hold_asset = match incoming.side {
+            Side::Buy => spec.quote,
+            Side::Sell => spec.base,
+        };
+        let cancelled = match outcome {
+            Outcome::PostOnlyWouldTake => unreachable!("post-only checked before acceptance"),
+            Outcome::Filled => None,
+            Outcome::Rested { remaining } => {
+                // Keep exactly what the resting remainder needs; release the rest.
+                let need =
+                    Self::resting_hold(&spec, incoming.side, incoming.limit, remaining, &taker);
+                assert!(taker.hold >= need, "hold covers the resting remainder");
+                let release = taker.hold - need;
+                let b = account.balance_mut(hold_asset);
+                b.held -= release;
+                b.available += release;
+                market.book.data_mut(incoming.id).expect("just rested").hold = need;
+                account.open_orders.insert(incoming.id, market_id);
+                if taker.client_order_id != 0 {
+                    self.client_ids
+                        .insert((meta.account_index, taker.client_order_id), incoming.id);
+                }
+                None
+            }
+            Outcome::Cancelled {
+                remaining,
+                end,
+                fok,
+            } => Some(match (fok, end, by_budget) {
+                (true, _, _) => (remaining, CancelReason::FillOrKill),
+                (_, MatchEnd::SelfTrade, _) => (remaining, CancelReason::SelfTrade),
+                (_, _, true) => (0, CancelReason::BudgetDone),
+                _ => (remaining, CancelReason::ImmediateOrCancel),
+            }),
+        };
+        if !matches!(outcome, Outcome::Rested { .. }) {
+            let b = account.balance_mut(hold_asset);
+            b.held -= taker.hold;
+            b.available += taker.hold;
+            // A replaced order that filled or was cancelled leaves the account's lists.
+            account.open_orders.remove(&incoming.id);
+            if taker.client_order_id != 0 {
+                self.client_ids
+                    .remove(&(meta.account_index, taker.client_order_id));
+            }
+        }
+        if let Some((remaining_qty, reason)) = cancelled {
+            out.push(Event::Cancelled {
+                order_id: incoming.id,
+                account: account.id,
+                market: market_id,
+                remaining_qty,
+                reason,
+            });
+        }
+    }
+
+    /// Finds a resting order of `acct` in `market` by exchange or client id.
+    fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<OrderId, Reject> {
+        let id = match order {
+            OrderRef::Exchange(id) => id,
+            OrderRef::Client(cid) => *self
+                .client_ids
+                .get(&(acct, cid))
+                .ok_or(Reject::UnknownOrder)?,
+        };
+        match market.book.get(id) {
+            Some(node) if node.data.account_index == acct => Ok(id),
+            _ => Err(Reject::UnknownOrder),
+        }
+    }
+
+    fn cancel(
+        &mut self,
+        account: AccountId,
+        market_id: MarketId,
+        order: OrderRef,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Reject> {
+        let market = self.market_ref(market_id)?;
+        let acct = self.account_idx(account)?;
+        Self::check_cancel(market.status)?;
+        let id = self.find_order(acct, market, order)?;
+        self.cancel_resting(market_id, id, CancelReason::Requested, out);
+        Ok(())
+    }
+
+    /// Removes a resting order, releases its hold, and reports it.
+    fn cancel_resting(
+        &mut self,
+        market_id: MarketId,
+        id: OrderId,
+        reason: CancelReason,
+        out: &mut Vec<Event>,
+    ) {
+        let market = self.markets[market_id as usize]
+            .as_mut()
+            .expect("market checked");
+        let (node, total) = market.book.remove(id).expect("order checked");
+        let spec = market.spec;
+        release_order(&spec, &mut self.accounts, &mut self.client_ids, &node);
+        out.push(Event::Cancelled {
+            order_id: id,
+            account: self.accounts[node.data.account_index as usize].id,
+            market: market_id,
+            remaining_qty: node.qty,
+            reason,
+        });
+        out.push(Event::Level {
+            market: market_id,
+            side: node.side,
+            price: node.price,
+            total_qty: total,
+        });
+    }
+
+    fn replace(
+        &mut self,
+        account: AccountId,
+        market_id: MarketId,
+        order: OrderRef,
+        price: Price,
+        qty: Qty,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Reject> {
+        let market = self.market_ref(market_id)?;
+        let acct = self.account_idx(account)?;
+        if self.accounts[acct as usize].suspended {
+            return Err(Reject::AccountSuspended);
+        }
+        Self::check_trading(market.status)?;
+        let id = self.find_order(acct, market, order)?;
+        if price <= 0 {
+            return Err(Reject::InvalidPrice);
+        }
+        if qty == 0 {
+            return Err(Reject::InvalidQuantity);
+        }
+        let spec = market.spec;
+        if qty < spec.qty_min {
+            return Err(Reject::BelowMinQuantity);
+        }
+        if qty > spec.qty_max {
+            return Err(Reject::AboveMaxQuantity);
+        }
+        let node = *market.book.get(id).expect("found");
+        if let Some((low, high)) = market.band() {
+            if price != node.price && (price < low || price > high) {
+                return Err(Reject::PriceOutsideBand);
+            }
+        }
+        let keeps_priority = price == node.price && qty <= node.qty;
+        if !keeps_priority && node.data.post_only && market.book.would_take(node.side, price) {
+            return Err(Reject::PostOnlyWouldTake);
+        }
+        let need = match node.side {
+            Side::Buy => buy_hold(price, qty, spec.tick_size, node.data.hold_fee_ppm())
+                .ok_or(Reject::AmountOverflow)?,
+            Side::Sell => (qty as i128 * spec.lot_size as i128)
+                .try_into()
+                .map_err(|_| Reject::AmountOverflow)?,
+        };
+        let hold_asset = match node.side {
+            Side::Buy => spec.quote,
+            Side::Sell => spec.base,
+        };
+        let extra = need - node.data.hold;
+        if extra > self.accounts[acct as usize].balance(hold_asset).available {
+            return Err(Reject::InsufficientBalance);
+        }
+
+        // Accepted.
+        let b = self.accounts[acct as usize].balance_mut(hold_asset);
+        b.available -= extra;
+        b.held += extra;
+        out.push(Event::Replaced {
+            order_id: id,
+            account,
+            market: market_id,
+            price,
+            qty,
+            priority_kept: keeps_priority,
+        });
+        let market = self.markets[market_id as usize].as_mut().expect("checked");
+        if keeps_priority {
+            market.book.data_mut(id).expect("resting").hold = need;
+            if qty < node.qty {
+                let total = market.book.reduce(id, qty).expect("resting");
+                out.push(Event::Level {
+                    market: market_id,
+                    side: node.side,
+                    price,
+                    total_qty: total,
+                });
+            }
+            return Ok(());
+        }
+        let (_, total) = market.book.remove(id).expect("resting");
+        out.push(Event::Level {
+            market: market_id,
+            side: node.side,
+            price: node.price,
+            total_qty: total,
+        });
+        let incoming = Incoming {
+            id,
+            side: node.side,
+            limit: price,
+            qty,
+            owner: acct,
+            stp: node.data.stp_mode(),
+            tif: if node.data.post_only {
+                TimeInForce::PostOnly
+            } else {
+                TimeInForce::Gtc
+            },
+        };
+        let meta = OrderMeta {
+            hold: need,
+            ..node.data
+        };
+        self.execute(market_id, &incoming, meta, false, out);
+        Ok(())
+    }
+
+    fn cancel_all(
+        &mut self,
+        account: AccountId,
+        market: Option<MarketId>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Reject> {
+        let acct = self.account_idx(account)?;
+        if let Some(m) = market {
+            Self::check_cancel(self.market_ref(m)?.status)?;
+        }
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        for (&id, &m) in &self.accounts[acct as usize].open_orders {
+            let wanted = market.is_none_or(|only| only == m);
+            let status = self.markets[m as usize].as_ref().expect("exists").status;
+            if wanted && Self::check_cancel(status).is_ok() {
+                ids.push(id);
+            }
+        }
+        for &id in &ids {
+            let m = self.accounts[acct as usize].open_orders[&id];
+            self.cancel_resting(m, id, CancelReason::CancelAll, out);
+        }
+        out.push(Event::CancelAllDone {
+            account,
+            count: ids.len() as u32,
+        });
+        self.scratch_ids = ids;
+        Ok(())
+    }
+
+    fn insert_account(&mut self, id: AccountId) {
+        let idx = self.accounts.len() as u32;
+        self.accounts.push(Account::new(id));
+        let prev = self.account_index.insert(id, idx);
+        assert!(prev.is_none());
+    }
+
+    fn asset_ref(&self, id: AssetId) -> Result<&Asset, Reject> {
+        self.asset(id).ok_or(Reject::UnknownAsset)
+    }
+
+    fn apply_admin(&mut self, cmd: &Command, out: &mut Vec<Event>) -> Result<(), Reject> {
+        let kind = cmd.kind();
+        let done_id: u64 = match *cmd {
+            Command::CreateAsset {
+                asset,
+                symbol,
+                decimals,
+            } => {
+                if asset == 0 || asset >= ID_MAX {
+                    return Err(Reject::InvalidId);
+                }
+                if self.asset(asset).is_some() {
+                    return Err(Reject::AssetExists);
+                }
+                if decimals > 18 {
+                    return Err(Reject::InvalidDecimals);
+                }
+                let i = asset as usize;
+                if self.assets.len() <= i {
+                    self.assets.resize(i + 1, None);
+                    self.supply.resize(i + 1, 0);
+                }
+                self.assets[i] = Some(Asset { symbol, decimals });
+                asset as u64
+            }
+            Command::CreateMarket(spec) => {
+                self.create_market(spec)?;
+                spec.market as u64
+            }
+            Command::CreateAccount { account } => {
+                if self.account_index.contains_key(&account) {
+                    return Err(Reject::AccountExists);
+                }
+                self.insert_account(account);
+                account as u64
+            }
+            Command::Deposit {
+                account,
+                asset,
+                amount,
+                external_ref,
+            } => return self.deposit(account, asset, amount, external_ref, out),
+            Command::Withdraw {
+                account,
+                asset,
+                amount,
+                external_ref,
+            } => return self.withdraw(account, asset, amount, external_ref, out),
+            Command::SetMarketFees {
+                market,
+                maker_fee_ppm,
+                taker_fee_ppm,
+            } => {
+                self.market_ref(market)?;
+                check_fees(maker_fee_ppm, taker_fee_ppm)?;
+                let m = self.markets[market as usize].as_mut().expect("checked");
+                m.spec.maker_fee_ppm = maker_fee_ppm;
+                m.spec.taker_fee_ppm = taker_fee_ppm;
+                market as u64
+            }
+            Command::SetFeeTier {
+                account,
+                market,
+                fees,
+            } => {
+                let acct = self.account_idx(account)?;
+                self.market_ref(market)?;
+                let tiers = &mut self.accounts[acct as usize].fee_tiers;
+                match fees {
+                    Some((maker, taker)) => {
+                        check_fees(maker, taker)?;
+                        tiers.insert(market, (maker, taker));
+                    }
+                    None => {
+                        tiers.remove(&market);
+                    }
+                }
+                account as u64
+            }
+            Command::SetMarketStatus {
+                market,
+                status,
+                cancel_resting,
+            } => {
+                self.market_ref(market)?;
+                self.markets[market as usize]
+                    .as_mut()
+                    .expect("checked")
+                    .status = status;
+                out.push(Event::MarketStatus { market, status });
+                if cancel_resting {
+                    let mut ids = std::mem::take(&mut self.scratch_ids);
+                    ids.clear();
+                    let book = &self.markets[market as usize]
+                        .as_ref()
+                        .expect("checked")
+                        .book;
+                    book.for_each_order(|n| ids.push(n.id));
+                    for &id in &ids {
+                        self.cancel_resting(market, id, CancelReason::MarketStatus, out);
+                    }
+                    self.scratch_ids = ids;
+                }
+                return Ok(());
+            }
+            Command::SuspendAccount { account } | Command::ResumeAccount { account } => {
+                let acct = self.account_idx(account)?;
+                self.accounts[acct as usize].suspended = kind == CommandKind::SuspendAccount;
+                account as u64
+            }
+            Command::AddApiKey {
+                account,
+                key_id,
+                secret_hash,
+                permissions,
+            } => {
+                self.account_idx(account)?;
+                if self.api_keys.contains_key(&key_id) {
+                    return Err(Reject::ApiKeyExists);
+                }
+                self.api_keys.insert(
+                    key_id,
+                    ApiKey {
+                        account,
+                        secret_hash,
+                        permissions,
+                    },
+                );
+                key_id
+            }
+            Command::RevokeApiKey { key_id } => {
+                self.api_keys.remove(&key_id).ok_or(Reject::UnknownApiKey)?;
+                key_id
+            }
+            Command::Place(_)
+            | Command::Cancel { .. }
+            | Command::Replace { .. }
+            | Command::CancelAll { .. } => unreachable!("trading commands handled in apply"),
+        };
+        out.push(Event::AdminDone { kind, id: done_id });
+        Ok(())
+    }
+
+    fn create_market(&mut self, spec: MarketSpec) -> Result<(), Reject> {
+        if spec.market == 0 || spec.market >= ID_MAX || spec.base == spec.quote {
+            return Err(Reject::InvalidId);
+        }
+        if self.market(spec.market).is_some() {
+            return Err(Reject::MarketExists);
+        }
+        self.asset_ref(spec.base)?;
+        self.asset_ref(spec.quote)?;
+        let spec_ok = spec.tick_size > 0
+            && spec.lot_size > 0
+            && spec.qty_min > 0
+            && spec.qty_max >= spec.qty_min
+            && spec.reference_price > 0
+            && spec.band_ppm as u64 <= PPM;
+        if !spec_ok {
+            return Err(Reject::InvalidMarketSpec);
+        }
+        check_fees(spec.maker_fee_ppm, spec.taker_fee_ppm)?;
+        let i = spec.market as usize;
+        if self.markets.len() <= i {
+            self.markets.resize(i + 1, None);
+        }
+        self.markets[i] = Some(Market {
+            spec,
+            status: MarketStatus::Open,
+            reference_price: spec.reference_price,
+            book: OrderBook::new(),
+            trade_count: 0,
+            volume_lots: 0,
+        });
+        Ok(())
+    }
+
+    fn deposit(
+        &mut self,
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+        external_ref: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Reject> {
+        let acct = self.account_idx(account)?;
+        self.asset_ref(asset)?;
+        if amount <= 0 {
+            return Err(Reject::InvalidAmount);
+        }
+        let duplicate = self.deposit_refs.contains(&external_ref);
+        if !duplicate {
+            let supply = self.supply[asset as usize]
+                .checked_add(amount)
+                .ok_or(Reject::AmountOverflow)?;
+            self.supply[asset as usize] = supply;
+            self.deposit_refs.insert(external_ref);
+            self.accounts[acct as usize].balance_mut(asset).available += amount;
+        }
+        out.push(Event::Funds {
+            account,
+            asset,
+            amount,
+            available: self.accounts[acct as usize].balance(asset).available,
+            external_ref,
+            duplicate,
+        });
+        Ok(())
+    }
+
+    fn withdraw(
+        &mut self,
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+        external_ref: u64,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Reject> {
+        let acct = self.account_idx(account)?;
+        self.asset_ref(asset)?;
+        if amount <= 0 {
+            return Err(Reject::InvalidAmount);
+        }
+        let duplicate = self.withdraw_refs.contains(&external_ref);
+        if !duplicate {
+            if self.accounts[acct as usize].suspended {
+                return Err(Reject::AccountSuspended);
+            }
+            let b = self.accounts[acct as usize].balance_mut(asset);
+            if b.available < amount {
+                return Err(Reject::InsufficientBalance);
+            }
+            b.available -= amount;
+            self.supply[asset as usize] -= amount;
+            self.withdraw_refs.insert(external_ref);
+        }
+        out.push(Event::Funds {
+            account,
+            asset,
+            amount: -amount,
+            available: self.accounts[acct as usize].balance(asset).available,
+            external_ref,
+            duplicate,
+        });
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- invariants
+
+    /// Checks every invariant; panics on the first violation:
+    /// - no book is crossed, and every book is structurally sound;
+    /// - each resting order holds exactly what its remainder needs;
+    /// - each account's held amount per asset equals the sum of its orders' holds;
+    /// - for every asset, all balances (fee account included) sum to deposits minus
+    ///   withdrawals, and none is negative.
+    pub fn check_invariants(&self) {
+        let mut held: BTreeMap<(u32, AssetId), Amount> = BTreeMap::new();
+        let mut open_count = vec![0usize; self.accounts.len()];
+        let mut with_client_id = 0usize;
+        for m in self.markets.iter().flatten() {
+            m.book.check_invariants();
+            m.book.for_each_order(|n| {
+                let need = Self::resting_hold(&m.spec, n.side, n.price, n.qty, &n.data);
+                assert_eq!(n.data.hold, need, "order {} hold", n.id);
+                let asset = match n.side {
+                    Side::Buy => m.spec.quote,
+                    Side::Sell => m.spec.base,
+                };
+                *held.entry((n.data.account_index, asset)).or_default() += need;
+                let account = &self.accounts[n.data.account_index as usize];
+                assert_eq!(account.open_orders.get(&n.id), Some(&m.spec.market));
+                open_count[n.data.account_index as usize] += 1;
+                if n.data.client_order_id != 0 {
+                    with_client_id += 1;
+                    let key = (n.data.account_index, n.data.client_order_id);
+                    assert_eq!(self.client_ids.get(&key), Some(&n.id));
+                }
+            });
+        }
+        let mut totals = vec![0i128; self.supply.len()];
+        for (i, account) in self.accounts.iter().enumerate() {
+            assert_eq!(
+                account.open_orders.len(),
+                open_count[i],
+                "open orders of {}",
+                account.id
+            );
+            for (asset, b) in account.balances.iter().enumerate() {
+                assert!(b.available >= 0 && b.held >= 0, "negative balance");
+                let want = held
+                    .get(&(i as u32, asset as AssetId))
+                    .copied()
+                    .unwrap_or(0);
+                assert_eq!(
+                    b.held, want,
+                    "held of account {} asset {}",
+                    account.id, asset
+                );
+                totals[asset] += b.available as i128 + b.held as i128;
+            }
+        }
+        for (asset, total) in totals.iter().enumerate() {
+            assert_eq!(
+                *total, self.supply[asset] as i128,
+                "supply of asset {asset}"
+            );
+        }
+        assert_eq!(
+            self.client_ids.len(),
+            with_client_id,
+            "client id index size"
+        );
+    }
+}
+
+fn check_fees(maker: u32, taker: u32) -> Result<(), Reject> {
+    if maker as u64 > PPM || taker as u64 > PPM {
+        return Err(Reject::InvalidFee);
+    }
+    Ok(())
+}
+
+/// Releases a removed order's hold and forgets it in the account's lists.
+fn release_order(
+    spec: &MarketSpec,
+    accounts: &mut [Account],
+    client_ids: &mut FxHashMap<(u32, ClientOrderId), OrderId>,
+    node: &Node<OrderMeta>,
+) {
+    let account = &mut accounts[node.data.account_index as usize];
+    let asset = match node.side {
+        Side::Buy => spec.quote,
+        Side::Sell => spec.base,
+    };
+    let b = account.balance_mut(asset);
+    assert!(b.held >= node.data.hold);
+    b.held -= node.data.hold;
+    b.available += node.data.hold;
+    let was_open = account.open_orders.remove(&node.id);
+    assert!(was_open.is_some());
+    if node.data.client_order_id != 0 {
+        client_ids.remove(&(node.data.account_index, node.data.client_order_id));
+    }
+}
+
+/// Settles fills as the book reports them.
+struct SettleSink<'a> {
+    spec: &'a MarketSpec,
+    accounts: &'a mut Vec<Account>,
+    client_ids: &'a mut FxHashMap<(u32, ClientOrderId), OrderId>,
+    out: &'a mut Vec<Event>,
+    taker_id: OrderId,
+    taker_side: Side,
+    /// The incoming order's data; `hold` is what it still holds.
+    taker: OrderMeta,
+    by_budget: bool,
+    last_price: Option<Price>,
+    trades: u64,
+    volume: u64,
+}
+
+impl MatchSink<OrderMeta> for SettleSink<'_> {
+    fn affordable(&mut self, price: Price, want: Qty) -> Qty {
+        if !self.by_budget {
+            return want;
+        }
+        let lots = lots_for_budget(
+            self.taker.hold,
+            price,
+            self.spec.tick_size,
+            self.taker.taker_fee_ppm,
+        );
+        want.min(lots)
+    }
+
+    fn trade(&mut self, maker: &mut Node<OrderMeta>, price: Price, qty: Qty, taker_remaining: Qty) {
+        let spec = self.spec;
+        let n = notional(price, qty, spec.tick_size).expect("covered by the buyer's hold");
+        let base = qty as Amount * spec.lot_size;
+        let maker_fee = fee_floor(n, maker.data.maker_fee_ppm);
+        let taker_fee = fee_floor(n, self.taker.taker_fee_ppm);
+        let (maker_pays, taker_pays) = match self.taker_side {
+            Side::Buy => (base, n + taker_fee),
+            Side::Sell => (n + maker_fee, base),
+        };
+        // Taker: pay from its hold, receive the other asset.
+        let (taker_gets, maker_gets) = match self.taker_side {
+            Side::Buy => (base, n - maker_fee),
+            Side::Sell => (n - taker_fee, base),
+        };
+        let (pay_asset, get_asset) = match self.taker_side {
+            Side::Buy => (spec.quote, spec.base),
+            Side::Sell => (spec.base, spec.quote),
+        };
+        assert!(self.taker.hold >= taker_pays, "taker hold covers the fill");
+        self.taker.hold -= taker_pays;
+        let t = &mut self.accounts[self.taker.account_index as usize];
+        t.balance_mut(pay_asset).held -= taker_pays;
+        t.balance_mut(get_asset).available += taker_gets;
+        // Maker: the opposite assets.
+        assert!(maker.data.hold >= maker_pays, "maker hold covers the fill");
+        maker.data.hold -= maker_pays;
+        let need = Exchange::resting_hold(spec, maker.side, maker.price, maker.qty, &maker.data);
+        let release = maker.data.hold - need;
+        assert!(release >= 0);
+        maker.data.hold = need;
+        let m = &mut self.accounts[maker.data.account_index as usize];
+        let maker_held = m.balance_mut(get_asset);
+        maker_held.held -= maker_pays + release;
+        maker_held.available += release;
+        m.balance_mut(pay_asset).available += maker_gets;
+        if maker.qty == 0 {
+            assert_eq!(need, 0);
+            m.open_orders.remove(&maker.id);
+            if maker.data.client_order_id != 0 {
+                self.client_ids
+                    .remove(&(maker.data.account_index, maker.data.client_order_id));
+            }
+        }
+        self.accounts[FEE_ACCOUNT as usize]
+            .balance_mut(spec.quote)
+            .available += maker_fee + taker_fee;
+        self.last_price = Some(price);
+        self.trades += 1;
+        self.volume += qty;
+        self.out.push(Event::Trade {
+            market: spec.market,
+            maker_order_id: maker.id,
+            taker_order_id: self.taker_id,
+            maker_account: self.accounts[maker.data.account_index as usize].id,
+            taker_account: self.accounts[self.taker.account_index as usize].id,
+            taker_side: self.taker_side,
+            price,
+            qty,
+            maker_fee,
+            taker_fee,
+            maker_remaining: maker.qty,
+            taker_remaining: if self.by_budget { 0 } else { taker_remaining },
+        });
+    }
+
+    fn maker_cancelled(&mut self, maker: &Node<OrderMeta>) {
+        release_order(self.spec, self.accounts, self.client_ids, maker);
+        self.out.push(Event::Cancelled {
+            order_id: maker.id,
+            account: self.accounts[maker.data.account_index as usize].id,
+            market: self.spec.market,
+            remaining_qty: maker.qty,
+            reason: CancelReason::SelfTrade,
+        });
+    }
+
+    fn level(&mut self, side: Side, price: Price, total: Qty) {
+        self.out.push(Event::Level {
+            market: self.spec.market,
+            side,
+            price,
+            total_qty: total,
+        });
+    }
+}
+
+/// The account a command names (0 for admin commands that name none).
+fn command_account(cmd: &Command) -> AccountId {
+    match *cmd {
+        Command::Place(ref p) => p.account,
+        Command::Cancel { account, .. }
+        | Command::Replace { account, .. }
+        | Command::CancelAll { account, .. }
+        | Command::CreateAccount { account }
+        | Command::Deposit { account, .. }
+        | Command::Withdraw { account, .. }
+        | Command::SetFeeTier { account, .. }
+        | Command::SuspendAccount { account }
+        | Command::ResumeAccount { account }
+        | Command::AddApiKey { account, .. } => account,
+        _ => 0,
+    }
+}
+
+/// The order (or object) id a rejected command named, for the reject event.
+fn command_order_ref(cmd: &Command) -> u64 {
+    match *cmd {
+        Command::Place(ref p) => p.client_order_id,
+        Command::Cancel { order, .. } | Command::Replace { order, .. } => match order {
+            OrderRef::Exchange(id) => id,
+            OrderRef::Client(cid) => cid,
+        },
+        Command::CreateAsset { asset, .. } => asset as u64,
+        Command::CreateMarket(spec) => spec.market as u64,
+        Command::SetMarketFees { market, .. } | Command::SetMarketStatus { market, .. } => {
+            market as u64
+        }
+        Command::Deposit { external_ref, .. } | Command::Withdraw { external_ref, .. } => {
+            external_ref
+        }
+        Command::AddApiKey { key_id, .. } | Command::RevokeApiKey { key_id } => key_id,
+        _ => 0,
+    }
+}
