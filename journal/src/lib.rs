@@ -1,1 +1,26 @@
-//! ringex-journal: segmented mmap journal, snapshot store and recovery (in progress).
+//! ringex-journal: the append-only log every input command is written to before the engine
+//! sees it, and the store for engine snapshots. It knows bytes and sequence numbers, not
+//! orders. See `README.md` for durability guarantees and `docs/journal-format.md` for the
+//! on-disk format.
+
+mod error;
+mod format;
+mod lock;
+mod reader;
+mod recovery;
+mod segment;
+mod storage;
+mod writer;
+
+pub use error::{Error, Result, VERIFY_COMMAND};
+pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE};
+pub use lock::LOCK_FILE_NAME;
+pub use reader::{OwnedRecord, Reader, Record, Tailer};
+pub use recovery::{verify, RecoveryReport, Truncation, Verify};
+pub use storage::{FaultStorage, OsStorage, Storage};
+pub use writer::{Config, Durability, Journal, Watermarks};
+
+/// Bytes a record with `payload_len` payload bytes takes in a segment.
+pub const fn frame_size_bytes(payload_len: u64) -> u64 {
+    format::frame_size(payload_len)
+}

@@ -1,0 +1,1101 @@
+//! The single writer: appends through a shared mmap of the active segment, rolls segments,
+//! and runs two helper threads: the syncer (group commit or periodic flush, checkpoints)
+//! and the preallocator (creates the next segment with real blocks ahead of time).
+
+use crate::error::{Error, Result};
+use crate::format::*;
+use crate::lock::DirLock;
+use crate::recovery::{self, RecoveryReport, Verify};
+use crate::segment::{segment_path, SPARE_FILE_NAME};
+use crate::storage::{OsStorage, Storage};
+use memmap2::{MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What an appended record survives before `durable` covers it. See the crate README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Records are in the page cache once appended (survive a process crash, not a power
+    /// cut); a background flush syncs every `flush_interval_ms` and advances `durable`.
+    Async { flush_interval_ms: u64 },
+    /// Group commit: the syncer fdatasyncs as soon as there is something unsynced, covering
+    /// every record appended before the call; `durable` advances only after it returns.
+    Group,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    /// Size of every new segment file (header page + data + seal).
+    pub segment_size_bytes: u64,
+    pub durability: Durability,
+    /// Identity written into new segments; ignored when the journal exists.
+    pub journal_id: u128,
+    /// Epoch stamped into records. Must not be below the journal's last epoch.
+    pub epoch: u32,
+    pub record_size_bytes_max: u32,
+    /// Appends are refused while the file system has less free space than this.
+    pub low_space_threshold_bytes: u64,
+    /// Write zeros into preallocated segments (turns fallocate's unwritten extents into
+    /// written blocks, so group-commit syncs carry no extent conversions).
+    pub prealloc_zero_fill: bool,
+    pub verify: Verify,
+    pub storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("dir", &self.dir)
+            .field("segment_size_bytes", &self.segment_size_bytes)
+            .field("durability", &self.durability)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let journal_id = now ^ (u128::from(std::process::id()) << 96) | 1;
+        Config {
+            dir: dir.into(),
+            segment_size_bytes: 256 << 20,
+            durability: Durability::Group,
+            journal_id,
+            epoch: 1,
+            record_size_bytes_max: 1 << 20,
+            low_space_threshold_bytes: 1 << 30,
+            prealloc_zero_fill: false,
+            verify: Verify::Tail,
+            storage: Arc::new(OsStorage),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN
+            || !self.segment_size_bytes.is_multiple_of(4096)
+        {
+            return Err(Error::Config(format!(
+                "segment_size_bytes {} must be a multiple of 4096 and at least {SEGMENT_SIZE_BYTES_MIN}",
+                self.segment_size_bytes
+            )));
+        }
+        let data_bytes = seal_offset(self.segment_size_bytes) - DATA_OFFSET;
+        if frame_size(u64::from(self.record_size_bytes_max)) > data_bytes {
+            return Err(Error::Config(format!(
+                "record_size_bytes_max {} does not fit a segment's {data_bytes} data bytes",
+                self.record_size_bytes_max
+            )));
+        }
+        if let Durability::Async { flush_interval_ms } = self.durability {
+            if flush_interval_ms == 0 {
+                return Err(Error::Config("flush_interval_ms must be positive".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Watermarks readable from any thread. `written`: last sequence in the page cache
+/// (visible to readers). `durable`: last sequence synced to disk.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    written: AtomicU64,
+    durable: AtomicU64,
+}
+
+impl Watermarks {
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+    pub fn durable(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+}
+
+/// A mapped segment. The writer writes the data area; the syncer writes checkpoint slots in
+/// the header page. The ranges never overlap.
+pub(crate) struct Segment {
+    pub base_seq: u64,
+    pub path: PathBuf,
+    pub file: File,
+    map: MmapRaw,
+    pub size_bytes: u64,
+}
+
+// SAFETY: the raw mapping is written by exactly one thread per byte range (see above).
+unsafe impl Send for Segment {}
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    fn open(path: &Path, base_seq: u64, size_bytes: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+            .len();
+        if len != size_bytes {
+            return Err(Error::io(
+                format!(
+                    "segment {} is {len} bytes, expected {size_bytes}",
+                    path.display()
+                ),
+                std::io::Error::from(std::io::ErrorKind::InvalidData),
+            ));
+        }
+        let map = MmapOptions::new()
+            .len(size_bytes as usize)
+            .map_raw(&file)
+            .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
+        Ok(Segment {
+            base_seq,
+            path: path.to_path_buf(),
+            file,
+            map,
+            size_bytes,
+        })
+    }
+
+    /// Copies `bytes` to `offset`. Caller guarantees it owns the range.
+    #[inline]
+    fn write(&self, offset: u64, bytes: &[u8]) {
+        assert!(offset + bytes.len() as u64 <= self.size_bytes);
+        // SAFETY: in bounds (asserted); the range is owned by the calling thread.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(offset as usize),
+                bytes.len(),
+            );
+        }
+    }
+}
+
+/// Progress of the writer, published through a seqlock so the syncer reads a consistent
+/// (sequence, chain, segment, offset, epoch).
+#[derive(Default)]
+struct Progress {
+    version: AtomicU64,
+    seq: AtomicU64,
+    chain: AtomicU64,
+    segment_base_seq: AtomicU64,
+    end_offset_bytes: AtomicU64,
+    epoch: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct ProgressSnapshot {
+    seq: u64,
+    chain: u64,
+    segment_base_seq: u64,
+    end_offset_bytes: u64,
+    epoch: u32,
+}
+
+impl Progress {
+    #[inline]
+    fn publish(&self, s: ProgressSnapshot) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v + 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.seq.store(s.seq, Ordering::Relaxed);
+        self.chain.store(s.chain, Ordering::Relaxed);
+        self.segment_base_seq
+            .store(s.segment_base_seq, Ordering::Relaxed);
+        self.end_offset_bytes
+            .store(s.end_offset_bytes, Ordering::Relaxed);
+        self.epoch.store(u64::from(s.epoch), Ordering::Relaxed);
+        self.version.store(v + 2, Ordering::Release);
+    }
+
+    fn read(&self) -> ProgressSnapshot {
+        // Bounded: the writer holds the odd version for a handful of stores.
+        for attempt in 0..1_000_000u32 {
+            let v1 = self.version.load(Ordering::Acquire);
+            if v1.is_multiple_of(2) {
+                let s = ProgressSnapshot {
+                    seq: self.seq.load(Ordering::Relaxed),
+                    chain: self.chain.load(Ordering::Relaxed),
+                    segment_base_seq: self.segment_base_seq.load(Ordering::Relaxed),
+                    end_offset_bytes: self.end_offset_bytes.load(Ordering::Relaxed),
+                    epoch: self.epoch.load(Ordering::Relaxed) as u32,
+                };
+                fence(Ordering::Acquire);
+                if self.version.load(Ordering::Relaxed) == v1 {
+                    return s;
+                }
+            }
+            if attempt % 64 == 63 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        panic!("progress seqlock never settled: writer thread stuck mid-publish");
+    }
+}
+
+enum Spare {
+    Empty,
+    Requested,
+    Ready(File),
+    Failed(String),
+}
+
+struct Shared {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    durability: Durability,
+    segment_size_bytes: u64,
+    low_space_threshold_bytes: u64,
+    prealloc_zero_fill: bool,
+    watermarks: Arc<Watermarks>,
+    progress: Progress,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    low_space: AtomicBool,
+    free_space_bytes: AtomicU64,
+    stop: AtomicBool,
+    /// Active segment and sealed segments not yet synced (syncer's work list).
+    segments: Mutex<SyncList>,
+    syncer_idle: AtomicBool,
+    syncer_wake: (Mutex<bool>, Condvar),
+    durable_changed: (Mutex<()>, Condvar),
+    spare: Mutex<Spare>,
+    spare_changed: Condvar,
+    cursors: Mutex<Vec<Weak<AtomicU64>>>,
+}
+
+struct SyncList {
+    active: Arc<Segment>,
+    sealed_unsynced: Vec<Arc<Segment>>,
+    dir_unsynced: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug elsewhere; the data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn fail(&self, reason: String) {
+        let mut f = lock(&self.failure);
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        drop(f);
+        let _g = lock(&self.durable_changed.0);
+        self.durable_changed.1.notify_all();
+    }
+
+    fn failure(&self) -> Error {
+        Error::Failed {
+            reason: lock(&self.failure)
+                .clone()
+                .unwrap_or_else(|| "unknown".into()),
+        }
+    }
+
+    fn wake_syncer(&self) {
+        let mut w = lock(&self.syncer_wake.0);
+        *w = true;
+        self.syncer_wake.1.notify_one();
+    }
+
+    /// Refreshes the low-space flag from statvfs.
+    fn check_space(&self) -> Result<u64> {
+        let free = self
+            .storage
+            .free_space_bytes(&self.dir)
+            .map_err(|e| Error::io(format!("statvfs {}", self.dir.display()), e))?;
+        self.free_space_bytes.store(free, Ordering::Relaxed);
+        self.low_space
+            .store(free < self.low_space_threshold_bytes, Ordering::Release);
+        Ok(free)
+    }
+
+    fn low_space_error(&self) -> Error {
+        Error::LowSpace {
+            dir: self.dir.clone(),
+            free_bytes: self.free_space_bytes.load(Ordering::Relaxed),
+            threshold_bytes: self.low_space_threshold_bytes,
+        }
+    }
+}
+
+/// The journal writer. One per directory (enforced by the lock file).
+pub struct Journal {
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
+    seal_at: u64,
+    end_offset_bytes: u64,
+    seq_next: u64,
+    chain: u64,
+    epoch: u32,
+    sealed: bool,
+    record_count: u64,
+    timestamp_ns_first: u64,
+    timestamp_ns_last: u64,
+    record_size_bytes_max: u32,
+    journal_id: u128,
+    report: RecoveryReport,
+    syncer: Option<JoinHandle<()>>,
+    preallocator: Option<JoinHandle<()>>,
+    _lock: DirLock,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.shared.dir)
+            .field("seq_next", &self.seq_next)
+            .field("segment", &self.active.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn create_segment_file(
+    dir: &Path,
+    path: &Path,
+    header: &SegmentHeader,
+    storage: &dyn Storage,
+    spare: Option<File>,
+) -> Result<()> {
+    let file = match spare {
+        Some(f) => f,
+        None => prepare_spare(
+            &dir.join(SPARE_FILE_NAME),
+            header.segment_size_bytes,
+            false,
+            storage,
+        )?,
+    };
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| Error::io(format!("write header {}", path.display()), e))?;
+    let tmp = dir.join(SPARE_FILE_NAME);
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
+    Ok(())
+}
+
+/// Creates `path` with `size_bytes` of real blocks (zeroed content).
+fn prepare_spare(
+    path: &Path,
+    size_bytes: u64,
+    zero_fill: bool,
+    storage: &dyn Storage,
+) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let result = storage
+        .allocate(&file, size_bytes)
+        .map_err(|e| Error::PreallocFailed {
+            path: path.to_path_buf(),
+            reason: format!("fallocate of {size_bytes} bytes: {e}"),
+        });
+    let result = result.and_then(|()| {
+        if !zero_fill {
+            return Ok(());
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        for _ in 0..size_bytes / zeros.len() as u64 + 1 {
+            if at >= size_bytes {
+                break;
+            }
+            let n = (size_bytes - at).min(zeros.len() as u64) as usize;
+            file.write_all_at(&zeros[..n], at)
+                .map_err(|e| Error::PreallocFailed {
+                    path: path.to_path_buf(),
+                    reason: format!("zero fill: {e}"),
+                })?;
+            at += n as u64;
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(file)
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `config.dir`: takes the lock, recovers the
+    /// tail, and starts the helper threads. `recovery_report()` says what was cut.
+    pub fn open(config: Config) -> Result<Journal> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("create_dir_all {}", dir.display()), e))?;
+        let dir_lock = DirLock::acquire(&dir)?;
+        let storage = config.storage.clone();
+
+        let (tail, report) = recovery::analyze(&dir, config.verify)?;
+        recovery::apply(&dir, &tail, &report, storage.as_ref())?;
+
+        if config.epoch < tail.epoch {
+            return Err(Error::StaleEpoch {
+                epoch: config.epoch,
+                epoch_journal: tail.epoch,
+            });
+        }
+
+        // The active segment: the last one, or a fresh first segment.
+        let (active_file, journal_id) = match tail.segments.last() {
+            Some(s) => (s.clone(), tail.journal_id),
+            None => {
+                let header = SegmentHeader {
+                    journal_id: config.journal_id,
+                    base_seq: tail.seq_next,
+                    segment_size_bytes: config.segment_size_bytes,
+                    chain_prev: tail.chain,
+                    epoch: config.epoch,
+                };
+                let path = segment_path(&dir, header.base_seq);
+                create_segment_file(&dir, &path, &header, storage.as_ref(), None)?;
+                storage
+                    .sync_dir(&dir)
+                    .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
+                (
+                    crate::segment::SegmentFile {
+                        base_seq: header.base_seq,
+                        path,
+                    },
+                    config.journal_id,
+                )
+            }
+        };
+        let segment_size_bytes = if tail.segments.is_empty() {
+            config.segment_size_bytes
+        } else {
+            tail.segment_size_bytes
+        };
+        {
+            // A cut file gets its full preallocated size back before it is mapped.
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&active_file.path)
+                .map_err(|e| Error::io(format!("open {}", active_file.path.display()), e))?;
+            storage
+                .allocate(&f, segment_size_bytes)
+                .map_err(|e| Error::io(format!("fallocate {}", active_file.path.display()), e))?;
+        }
+        let active = Arc::new(Segment::open(
+            &active_file.path,
+            active_file.base_seq,
+            segment_size_bytes,
+        )?);
+
+        // Everything recovered is made durable before it is reported durable.
+        let segments_count = tail.segments.len();
+        for (i, s) in tail.segments.iter().enumerate() {
+            if s.base_seq > report.seq_durable || i + 2 >= segments_count {
+                let f = File::open(&s.path)
+                    .map_err(|e| Error::io(format!("open {}", s.path.display()), e))?;
+                storage
+                    .sync_data(&f)
+                    .map_err(|e| Error::io(format!("fdatasync {}", s.path.display()), e))?;
+            }
+        }
+        storage
+            .sync_dir(&dir)
+            .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
+
+        let seq_last = tail.seq_next - 1;
+        let watermarks = Arc::new(Watermarks::default());
+        watermarks.written.store(seq_last, Ordering::Release);
+        watermarks.durable.store(seq_last, Ordering::Release);
+        let end_offset_bytes = if tail.segments.is_empty() {
+            DATA_OFFSET
+        } else {
+            tail.end_offset_bytes
+        };
+
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            storage: storage.clone(),
+            durability: config.durability,
+            segment_size_bytes: config.segment_size_bytes,
+            low_space_threshold_bytes: config.low_space_threshold_bytes,
+            prealloc_zero_fill: config.prealloc_zero_fill,
+            watermarks,
+            progress: Progress::default(),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            low_space: AtomicBool::new(false),
+            free_space_bytes: AtomicU64::new(u64::MAX),
+            stop: AtomicBool::new(false),
+            segments: Mutex::new(SyncList {
+                active: active.clone(),
+                sealed_unsynced: Vec::new(),
+                dir_unsynced: false,
+            }),
+            syncer_idle: AtomicBool::new(false),
+            syncer_wake: (Mutex::new(false), Condvar::new()),
+            durable_changed: (Mutex::new(()), Condvar::new()),
+            spare: Mutex::new(Spare::Requested),
+            spare_changed: Condvar::new(),
+            cursors: Mutex::new(Vec::new()),
+        });
+        shared.progress.publish(ProgressSnapshot {
+            seq: seq_last,
+            chain: tail.chain,
+            segment_base_seq: active.base_seq,
+            end_offset_bytes,
+            epoch: tail.epoch.max(config.epoch),
+        });
+        shared.check_space()?;
+
+        let syncer = {
+            let shared = shared.clone();
+            let generation = tail.checkpoint_generation + 1;
+            std::thread::Builder::new()
+                .name("journal-sync".into())
+                .spawn(move || syncer_main(&shared, generation))
+                .map_err(|e| Error::io("spawn journal-sync thread", e))?
+        };
+        let preallocator = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("journal-prealloc".into())
+                .spawn(move || preallocator_main(&shared))
+                .map_err(|e| Error::io("spawn journal-prealloc thread", e))?
+        };
+
+        Ok(Journal {
+            seal_at: seal_offset(segment_size_bytes),
+            active,
+            end_offset_bytes,
+            seq_next: tail.seq_next,
+            chain: tail.chain,
+            epoch: config.epoch,
+            sealed: tail.sealed,
+            record_count: tail.record_count,
+            timestamp_ns_first: tail.timestamp_ns_first,
+            timestamp_ns_last: tail.timestamp_ns_last,
+            record_size_bytes_max: config.record_size_bytes_max,
+            journal_id,
+            report,
+            syncer: Some(syncer),
+            preallocator: Some(preallocator),
+            _lock: dir_lock,
+            shared,
+        })
+    }
+
+    /// What recovery found and cut when this journal was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The lock file held while this writer is open.
+    pub fn lock_path(&self) -> &Path {
+        &self._lock.path
+    }
+
+    pub fn journal_id(&self) -> u128 {
+        self.journal_id
+    }
+
+    /// Shared watermarks, for readers and the pipeline.
+    pub fn watermarks(&self) -> Arc<Watermarks> {
+        self.shared.watermarks.clone()
+    }
+
+    /// Next sequence `append` will assign.
+    pub fn seq_next(&self) -> u64 {
+        self.seq_next
+    }
+
+    /// Chain value after the last appended record.
+    pub fn chain(&self) -> u64 {
+        self.chain
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Raises the epoch stamped into later records (promotion). Never lowers it.
+    pub fn set_epoch(&mut self, epoch: u32) -> Result<()> {
+        if epoch < self.epoch {
+            return Err(Error::StaleEpoch {
+                epoch,
+                epoch_journal: self.epoch,
+            });
+        }
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// Appends one record and returns its sequence. `timestamp_ns` is the caller's (the
+    /// journal reads no clock). No allocation, no syscall except when rolling a segment.
+    #[inline]
+    pub fn append(
+        &mut self,
+        record_type: u16,
+        schema_version: u16,
+        timestamp_ns: u64,
+        payload: &[u8],
+    ) -> Result<u64> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.shared.failure());
+        }
+        if self.shared.low_space.load(Ordering::Relaxed) {
+            return Err(self.shared.low_space_error());
+        }
+        if payload.len() as u64 > u64::from(self.record_size_bytes_max) {
+            return Err(Error::RecordTooLarge {
+                size_bytes: payload.len() as u64,
+                size_bytes_max: u64::from(self.record_size_bytes_max),
+            });
+        }
+        let size = frame_size(payload.len() as u64);
+        if self.sealed || self.end_offset_bytes + size > self.seal_at {
+            self.roll()?;
+            assert!(self.end_offset_bytes + size <= self.seal_at);
+        }
+        let seq = self.seq_next;
+        let mut h = FrameHeader {
+            payload_len: payload.len() as u32,
+            kind: FRAME_KIND_DATA,
+            record_type,
+            seq,
+            timestamp_ns,
+            chain_prev: self.chain,
+            epoch: self.epoch,
+            schema_version,
+            crc: 0,
+        };
+        let hdr = h.encode_with_crc(payload);
+        let at = self.end_offset_bytes;
+        // Payload first, header last: a concurrent reader that sees the header sees a frame
+        // whose CRC it can check.
+        self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
+        let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
+        if pad > 0 {
+            self.active.write(
+                at + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
+                &[0u8; 8][..pad],
+            );
+        }
+        self.active.write(at, &hdr);
+
+        self.chain = chain_next(self.chain, h.crc, seq);
+        self.end_offset_bytes = at + size;
+        self.seq_next = seq + 1;
+        if self.record_count == 0 {
+            self.timestamp_ns_first = timestamp_ns;
+        }
+        self.record_count += 1;
+        self.timestamp_ns_last = timestamp_ns;
+        self.shared.progress.publish(ProgressSnapshot {
+            seq,
+            chain: self.chain,
+            segment_base_seq: self.active.base_seq,
+            end_offset_bytes: self.end_offset_bytes,
+            epoch: self.epoch,
+        });
+        self.shared.watermarks.written.store(seq, Ordering::Release);
+        if self.shared.durability == Durability::Group {
+            // Pairs with the syncer's SeqCst store of `syncer_idle` before it re-checks
+            // progress: one of the two sides sees the other.
+            fence(Ordering::SeqCst);
+            if self.shared.syncer_idle.load(Ordering::Relaxed) {
+                self.shared.syncer_idle.store(false, Ordering::Relaxed);
+                self.shared.wake_syncer();
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Seals the active segment and switches to the preallocated next one.
+    #[cold]
+    fn roll(&mut self) -> Result<()> {
+        if !self.sealed {
+            let seal = Seal {
+                seq_next: self.seq_next,
+                chain: self.chain,
+                epoch: self.epoch,
+                record_count: self.record_count,
+                timestamp_ns_first: self.timestamp_ns_first,
+                timestamp_ns_last: self.timestamp_ns_last,
+                end_offset_bytes: self.end_offset_bytes,
+            };
+            self.active.write(self.seal_at, &seal.encode());
+            self.sealed = true;
+        }
+        let free = self.shared.check_space()?;
+        if free < self.shared.low_space_threshold_bytes {
+            return Err(self.shared.low_space_error());
+        }
+        let spare = self.take_spare()?;
+        let header = SegmentHeader {
+            journal_id: self.journal_id,
+            base_seq: self.seq_next,
+            segment_size_bytes: self.shared.segment_size_bytes,
+            chain_prev: self.chain,
+            epoch: self.epoch,
+        };
+        let path = segment_path(&self.shared.dir, header.base_seq);
+        create_segment_file(
+            &self.shared.dir,
+            &path,
+            &header,
+            self.shared.storage.as_ref(),
+            Some(spare),
+        )?;
+        let segment = Arc::new(Segment::open(
+            &path,
+            header.base_seq,
+            header.segment_size_bytes,
+        )?);
+        {
+            let mut list = lock(&self.shared.segments);
+            let old = std::mem::replace(&mut list.active, segment.clone());
+            list.sealed_unsynced.push(old);
+            list.dir_unsynced = true;
+        }
+        *lock(&self.shared.spare) = Spare::Requested;
+        self.shared.spare_changed.notify_all();
+        self.active = segment;
+        self.seal_at = seal_offset(header.segment_size_bytes);
+        self.end_offset_bytes = DATA_OFFSET;
+        self.sealed = false;
+        self.record_count = 0;
+        self.timestamp_ns_first = 0;
+        self.timestamp_ns_last = 0;
+        self.shared.progress.publish(ProgressSnapshot {
+            seq: self.seq_next - 1,
+            chain: self.chain,
+            segment_base_seq: self.active.base_seq,
+            end_offset_bytes: DATA_OFFSET,
+            epoch: self.epoch,
+        });
+        Ok(())
+    }
+
+    /// Takes the spare prepared by the preallocator, waiting a bounded time for it.
+    fn take_spare(&mut self) -> Result<File> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut spare = lock(&self.shared.spare);
+        loop {
+            match std::mem::replace(&mut *spare, Spare::Empty) {
+                Spare::Ready(f) => return Ok(f),
+                Spare::Failed(reason) => {
+                    // Ask again: a later append retries once space is back.
+                    *spare = Spare::Requested;
+                    self.shared.spare_changed.notify_all();
+                    return Err(Error::PreallocFailed {
+                        path: self.shared.dir.join(SPARE_FILE_NAME),
+                        reason,
+                    });
+                }
+                Spare::Empty => {
+                    *spare = Spare::Requested;
+                    self.shared.spare_changed.notify_all();
+                }
+                Spare::Requested => *spare = Spare::Requested,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::PreallocFailed {
+                    path: self.shared.dir.join(SPARE_FILE_NAME),
+                    reason: "timed out waiting for the preallocator".into(),
+                });
+            }
+            spare = self
+                .shared
+                .spare_changed
+                .wait_timeout(spare, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Blocks until `durable >= seq`, the writer fails, or `timeout` passes. Ok(false) on
+    /// timeout.
+    pub fn wait_durable(&self, seq: u64, timeout: Duration) -> Result<bool> {
+        wait_durable(&self.shared, seq, timeout)
+    }
+
+    /// Asks the syncer for a sync now (in `async` mode too) and waits for it to cover
+    /// everything written so far.
+    pub fn sync(&self) -> Result<()> {
+        let target = self.shared.watermarks.written();
+        self.shared.wake_syncer();
+        for _ in 0..600 {
+            if wait_durable(&self.shared, target, Duration::from_millis(100))? {
+                return Ok(());
+            }
+            self.shared.wake_syncer();
+        }
+        Err(Error::Failed {
+            reason: "sync did not complete within 60 s".into(),
+        })
+    }
+
+    /// Re-reads free space now (it is also refreshed on every roll and by the syncer).
+    pub fn check_space(&self) -> Result<u64> {
+        self.shared.check_space()
+    }
+
+    /// Registers a reader position for pruning: segments holding sequences at or above the
+    /// cursor's value are kept. Dropping the returned handle unregisters it.
+    pub fn register_cursor(&self, seq_next_needed: u64) -> Arc<AtomicU64> {
+        let c = Arc::new(AtomicU64::new(seq_next_needed));
+        let mut cursors = lock(&self.shared.cursors);
+        cursors.retain(|w| w.strong_count() > 0);
+        cursors.push(Arc::downgrade(&c));
+        c
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn cursor_min(&self) -> Option<u64> {
+        let cursors = lock(&self.shared.cursors);
+        cursors
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|c| c.load(Ordering::Acquire))
+            .min()
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn active_base_seq(&self) -> u64 {
+        self.active.base_seq
+    }
+
+    /// Makes everything durable and stops the helper threads.
+    pub fn close(mut self) -> Result<()> {
+        let result = if self.shared.failed.load(Ordering::SeqCst) {
+            Err(self.shared.failure())
+        } else {
+            self.sync()
+        };
+        self.stop_threads();
+        result
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_syncer();
+        self.shared.spare_changed.notify_all();
+        if let Some(h) = self.syncer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.preallocator.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn wait_durable(shared: &Shared, seq: u64, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut guard = lock(&shared.durable_changed.0);
+    loop {
+        if shared.watermarks.durable() >= seq {
+            return Ok(true);
+        }
+        if shared.failed.load(Ordering::SeqCst) {
+            return Err(shared.failure());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        guard = shared
+            .durable_changed
+            .1
+            .wait_timeout(guard, (deadline - now).min(Duration::from_millis(10)))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+fn syncer_main(shared: &Shared, mut generation: u64) {
+    let interval = match shared.durability {
+        Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
+        // Group mode is woken by appends; the timeout bounds a missed wake-up.
+        Durability::Group => Duration::from_millis(1),
+    };
+    let mut checkpoint_pending: Option<ProgressSnapshot> = Some(shared.progress.read());
+    let mut space_checked = Instant::now();
+    loop {
+        let stopping = shared.stop.load(Ordering::SeqCst);
+        if shared.failed.load(Ordering::SeqCst) {
+            return;
+        }
+        let work = shared.progress.read().seq > shared.watermarks.durable()
+            || checkpoint_pending.is_some();
+        if work {
+            match sync_round(shared, &mut generation, &mut checkpoint_pending) {
+                Ok(()) => {}
+                Err(reason) => {
+                    shared.fail(reason);
+                    return;
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        if space_checked.elapsed() >= Duration::from_millis(100) {
+            let _ = shared.check_space();
+            space_checked = Instant::now();
+        }
+        if shared.durability == Durability::Group
+            && shared.progress.read().seq > shared.watermarks.durable()
+        {
+            continue; // more arrived during the sync: next group
+        }
+        let mut woken = lock(&shared.syncer_wake.0);
+        shared.syncer_idle.store(true, Ordering::SeqCst);
+        let more_work = shared.durability == Durability::Group
+            && shared.progress.read().seq > shared.watermarks.durable();
+        if !*woken && !more_work {
+            woken = shared
+                .syncer_wake
+                .1
+                .wait_timeout(woken, interval)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *woken = false;
+        shared.syncer_idle.store(false, Ordering::SeqCst);
+    }
+}
+
+/// One sync: write the previous durable point as a checkpoint, sync sealed segments, the
+/// directory and the active segment, then advance `durable`. Err is fatal.
+fn sync_round(
+    shared: &Shared,
+    generation: &mut u64,
+    checkpoint_pending: &mut Option<ProgressSnapshot>,
+) -> std::result::Result<(), String> {
+    let snap = shared.progress.read();
+    let (active, sealed, dir_unsynced) = {
+        let mut list = lock(&shared.segments);
+        let sealed = std::mem::take(&mut list.sealed_unsynced);
+        let d = std::mem::replace(&mut list.dir_unsynced, false);
+        (list.active.clone(), sealed, d)
+    };
+    if let Some(cp) = checkpoint_pending.take() {
+        let c = Checkpoint {
+            generation: *generation,
+            seq: cp.seq,
+            chain: cp.chain,
+            segment_base_seq: cp.segment_base_seq,
+            end_offset_bytes: cp.end_offset_bytes,
+            epoch: cp.epoch,
+        };
+        active.write(
+            CHECKPOINT_OFFSETS[(*generation % 2) as usize] as u64,
+            &c.encode(),
+        );
+        *generation += 1;
+    }
+    for s in &sealed {
+        shared
+            .storage
+            .sync_data(&s.file)
+            .map_err(|e| format!("fdatasync of {} failed: {e}", s.path.display()))?;
+    }
+    if dir_unsynced {
+        shared
+            .storage
+            .sync_dir(&shared.dir)
+            .map_err(|e| format!("fsync of directory {} failed: {e}", shared.dir.display()))?;
+    }
+    shared
+        .storage
+        .sync_data(&active.file)
+        .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
+    let durable_before = shared.watermarks.durable();
+    if snap.seq > durable_before {
+        shared.watermarks.durable.store(snap.seq, Ordering::Release);
+        // The next round persists this point as a checkpoint.
+        *checkpoint_pending = Some(snap);
+        let _g = lock(&shared.durable_changed.0);
+        shared.durable_changed.1.notify_all();
+    }
+    Ok(())
+}
+
+fn preallocator_main(shared: &Shared) {
+    let path = shared.dir.join(SPARE_FILE_NAME);
+    loop {
+        {
+            let mut spare = lock(&shared.spare);
+            let mut waits = 0u64;
+            while !matches!(*spare, Spare::Requested) {
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                spare = shared
+                    .spare_changed
+                    .wait_timeout(spare, Duration::from_millis(50))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                waits += 1;
+                debug_assert!(waits < u64::MAX);
+            }
+        }
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let low = shared
+            .check_space()
+            .map(|free| free < shared.low_space_threshold_bytes + shared.segment_size_bytes);
+        let result = match low {
+            Ok(true) => Err(format!(
+                "free space {} bytes is below the low-space threshold {} plus one segment {}",
+                shared.free_space_bytes.load(Ordering::Relaxed),
+                shared.low_space_threshold_bytes,
+                shared.segment_size_bytes
+            )),
+            Ok(false) => prepare_spare(
+                &path,
+                shared.segment_size_bytes,
+                shared.prealloc_zero_fill,
+                shared.storage.as_ref(),
+            )
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut spare = lock(&shared.spare);
+        *spare = match result {
+            Ok(f) => Spare::Ready(f),
+            Err(reason) => Spare::Failed(reason),
+        };
+        shared.spare_changed.notify_all();
+    }
+}

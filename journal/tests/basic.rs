@@ -1,0 +1,164 @@
+mod common;
+use common::*;
+use ringex_journal::{Durability, Error, Journal, Reader, Tailer};
+use std::time::Duration;
+
+fn len_of(seq: u64) -> usize {
+    (seq as usize * 37) % 700
+}
+
+#[test]
+fn append_close_reopen_read_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    assert_eq!(j.recovery_report().seq_last, 0);
+    let last = append_n(&mut j, 300, len_of);
+    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    j.close().unwrap();
+    let segs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "seg")
+        })
+        .count();
+    assert!(segs > 5, "expected many segments, got {segs}");
+
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    let rep = j.recovery_report().clone();
+    assert_eq!(rep.seq_last, 300);
+    assert_eq!(rep.truncation, None);
+    assert_eq!(j.seq_next(), 301);
+    append_n(&mut j, 50, len_of);
+    j.close().unwrap();
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 350);
+    check_prefix(&all, len_of);
+
+    // seek into the middle
+    let mut r = Reader::open(dir.path()).unwrap();
+    for seq in [1u64, 2, 77, 150, 299, 300, 301, 350] {
+        r.seek(seq).unwrap();
+        assert_eq!(r.next_owned().unwrap().unwrap().seq, seq);
+    }
+    r.seek(351).unwrap();
+    assert!(r.next_owned().unwrap().is_none());
+    assert!(matches!(
+        r.seek(400),
+        Err(Error::SequenceUnavailable { .. })
+    ));
+    // seek by timestamp: ts = seq * 1000
+    assert_eq!(r.seek_timestamp(0).unwrap(), Some(1));
+    assert_eq!(r.seek_timestamp(150_000).unwrap(), Some(150));
+    assert_eq!(r.next_owned().unwrap().unwrap().seq, 150);
+    assert_eq!(r.seek_timestamp(150_001).unwrap(), Some(151));
+    assert_eq!(r.seek_timestamp(10_000_000).unwrap(), None);
+}
+
+#[test]
+fn second_writer_is_refused_with_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let _j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    let err = Journal::open(config(dir.path(), Durability::Group)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Locked { .. }), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn async_mode_flushes_in_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(
+        dir.path(),
+        Durability::Async {
+            flush_interval_ms: 5,
+        },
+    ))
+    .unwrap();
+    let last = append_n(&mut j, 100, len_of);
+    assert_eq!(j.watermarks().written(), last);
+    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    drop(j);
+    check_prefix(&read_all(dir.path()), len_of);
+}
+
+#[test]
+fn tailer_sees_every_record_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(
+        dir.path(),
+        Durability::Async {
+            flush_interval_ms: 2,
+        },
+    ))
+    .unwrap();
+    let watermarks = j.watermarks();
+    let path = dir.path().to_path_buf();
+    let total = 2000u64;
+    let reader = std::thread::spawn(move || {
+        let r = Reader::open(&path)
+            .unwrap()
+            .with_watermarks(watermarks, false);
+        let mut t = Tailer::new(r, 1).unwrap();
+        let mut expect = 1u64;
+        let mut idle_rounds = 0;
+        while expect <= total {
+            match t.next_timeout(Duration::from_millis(100)).unwrap() {
+                Some(rec) => {
+                    assert_eq!(rec.seq, expect);
+                    assert_eq!(rec.payload, payload(expect, len_of(expect)).as_slice());
+                    expect += 1;
+                    idle_rounds = 0;
+                }
+                None => {
+                    idle_rounds += 1;
+                    assert!(idle_rounds < 100, "tailer stalled at {expect}");
+                }
+            }
+        }
+        assert!(t.next_timeout(Duration::from_millis(50)).unwrap().is_none());
+        expect - 1
+    });
+    for i in 0..total {
+        append_n(&mut j, 1, len_of);
+        if i % 97 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(reader.join().unwrap(), total);
+    j.close().unwrap();
+}
+
+#[test]
+fn tailer_without_watermarks_follows_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    append_n(&mut j, 10, len_of);
+    let mut t = Tailer::new(Reader::open(dir.path()).unwrap(), 5).unwrap();
+    for seq in 5..=10 {
+        assert_eq!(
+            t.next_timeout(Duration::from_millis(10))
+                .unwrap()
+                .unwrap()
+                .seq,
+            seq
+        );
+    }
+    assert!(t.next_timeout(Duration::from_millis(5)).unwrap().is_none());
+    append_n(&mut j, 200, len_of);
+    for seq in 11..=210 {
+        assert_eq!(
+            t.next_timeout(Duration::from_millis(100))
+                .unwrap()
+                .unwrap()
+                .seq,
+            seq
+        );
+    }
+}

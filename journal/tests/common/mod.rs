@@ -1,0 +1,53 @@
+#![allow(dead_code)]
+use ringex_journal::{Config, Durability, Journal, OwnedRecord, Reader};
+use std::path::Path;
+
+pub const SEGMENT_SIZE_BYTES: u64 = 16 * 1024;
+
+pub fn config(dir: &Path, durability: Durability) -> Config {
+    let mut c = Config::new(dir);
+    c.segment_size_bytes = SEGMENT_SIZE_BYTES;
+    c.durability = durability;
+    c.record_size_bytes_max = 4096;
+    c.low_space_threshold_bytes = 0;
+    c.journal_id = 0xfeed;
+    c
+}
+
+/// Deterministic payload for sequence `seq`.
+pub fn payload(seq: u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (seq as usize * 31 + i * 7) as u8)
+        .collect()
+}
+
+pub fn read_all(dir: &Path) -> Vec<OwnedRecord> {
+    let mut r = Reader::open(dir).expect("reader");
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_owned().expect("read") {
+        out.push(rec);
+    }
+    out
+}
+
+pub fn append_n(j: &mut Journal, n: u64, len_of: impl Fn(u64) -> usize) -> u64 {
+    let mut last = 0;
+    for _ in 0..n {
+        let seq = j.seq_next();
+        last = j
+            .append(7, 1, seq * 1000, &payload(seq, len_of(seq)))
+            .expect("append");
+        assert_eq!(last, seq);
+    }
+    last
+}
+
+pub fn check_prefix(records: &[OwnedRecord], len_of: impl Fn(u64) -> usize) {
+    for (i, r) in records.iter().enumerate() {
+        let seq = i as u64 + 1;
+        assert_eq!(r.seq, seq);
+        assert_eq!(r.timestamp_ns, seq * 1000);
+        assert_eq!(r.record_type, 7);
+        assert_eq!(r.payload, payload(seq, len_of(seq)), "seq {seq}");
+    }
+}
