@@ -167,8 +167,6 @@ pub struct Exchange {
     /// Per asset: deposits minus withdrawals. Every balance sums to this.
     pub(crate) supply: Vec<Amount>,
     pub(crate) next_order_id: OrderId,
-    /// Commands applied so far.
-    pub(crate) command_count: u64,
     /// Check every invariant after every command (tests, `--checked` runs).
     checked: bool,
     /// Reused scratch buffer for mass cancels: no allocation in steady state.
@@ -197,7 +195,6 @@ impl Exchange {
             withdraw_refs: BTreeSet::new(),
             supply: Vec::new(),
             next_order_id: 1,
-            command_count: 0,
             checked: false,
             scratch_ids: Vec::new(),
         };
@@ -241,10 +238,6 @@ impl Exchange {
         self.supply.get(asset as usize).copied().unwrap_or(0)
     }
 
-    pub fn command_count(&self) -> u64 {
-        self.command_count
-    }
-
     /// The id the next accepted order will get.
     pub fn next_order_id(&self) -> OrderId {
         self.next_order_id
@@ -263,7 +256,6 @@ impl Exchange {
 
     /// Applies one command, appending its events to `out`.
     pub fn apply(&mut self, cmd: &Command, out: &mut Vec<Event>) {
-        self.command_count += 1;
         let result = match *cmd {
             Command::Place(ref p) => self.place(p, out),
             Command::Cancel {

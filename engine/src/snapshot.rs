@@ -157,7 +157,6 @@ fn check(ok: bool, what: &'static str) -> Result<(), SnapshotError> {
 impl Exchange {
     fn write_body(&self, w: &mut Writer) {
         w.u64(self.next_order_id);
-        w.u64(self.command_count);
         let assets: Vec<_> = self
             .assets
             .iter()
@@ -330,7 +329,6 @@ fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
     ex.accounts.clear();
     ex.account_index.clear();
     ex.next_order_id = r.u64()?;
-    ex.command_count = r.u64()?;
     check(ex.next_order_id >= 1, "next order id")?;
     let n = r.len(29)?;
     for _ in 0..n {
@@ -431,7 +429,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
     let reference_price = r.i64()?;
     let trade_count = r.u64()?;
     let volume_lots = r.u64()?;
-    let n = r.len(58)?;
+    let n = r.len(55)?;
     let mut book = OrderBook::with_capacity(n);
     let mut client_ids: FxHashMap<(u32, ClientOrderId), OrderId> = FxHashMap::default();
     for _ in 0..n {
