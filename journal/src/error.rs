@@ -15,7 +15,8 @@ pub enum Error {
     Io { context: String, source: io::Error },
     /// Another process holds the writer lock of this directory.
     Locked { lock_path: PathBuf, holder: String },
-    /// Damage at or before the last durable point: the journal refuses to open or read.
+    /// Damage the journal will not skip: at or before the durable point when opening, or
+    /// anywhere a reader meets it.
     Corrupt {
         segment: PathBuf,
         offset_bytes: u64,
@@ -81,8 +82,8 @@ impl fmt::Display for Error {
                 dir,
             } => write!(
                 f,
-                "journal corrupt before the durable point: segment {} at offset {offset_bytes}: \
-                 {reason}; inspect with `{VERIFY_COMMAND} {}`",
+                "journal corrupt: segment {} at offset {offset_bytes}: {reason}; inspect with \
+                 `{VERIFY_COMMAND} {}`",
                 segment.display(),
                 dir.display()
             ),

@@ -148,16 +148,15 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         })
         .collect();
 
-    // The newest checkpoint in the last two segments with a valid header.
+    // The newest checkpoint in any segment's header page. Slots carry their own CRC, so
+    // they are read even when the segment header itself is damaged.
     let mut checkpoint: Option<Checkpoint> = None;
-    for i in (0..segments.len()).rev().take(2) {
-        if let (Ok(_), Some(m)) = (&headers[i], &maps[i]) {
-            for at in CHECKPOINT_OFFSETS {
-                if m.len() >= at + CHECKPOINT_SIZE {
-                    if let Some(c) = Checkpoint::decode(&m[at..at + CHECKPOINT_SIZE]) {
-                        if checkpoint.is_none_or(|b| c.generation > b.generation) {
-                            checkpoint = Some(c);
-                        }
+    for m in maps.iter().flatten() {
+        for at in CHECKPOINT_OFFSETS {
+            if m.len() >= at + CHECKPOINT_SIZE {
+                if let Some(c) = Checkpoint::decode(&m[at..at + CHECKPOINT_SIZE]) {
+                    if checkpoint.is_none_or(|b| c.generation > b.generation) {
+                        checkpoint = Some(c);
                     }
                 }
             }
@@ -544,10 +543,7 @@ pub(crate) fn apply(
         std::fs::remove_file(path)
             .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
     }
-    if t.offset_bytes == 0 {
-        std::fs::remove_file(&t.segment)
-            .map_err(|e| Error::io(format!("remove {}", t.segment.display()), e))?;
-    }
+    // A segment cut at offset 0 is itself in `segments_removed`.
     if let Some((path, from, to)) = &tail.zero_range {
         let file = OpenOptions::new()
             .write(true)

@@ -268,6 +268,10 @@ struct Shared {
     low_space: AtomicBool,
     free_space_bytes: AtomicU64,
     stop: AtomicBool,
+    /// Stop without the final sync (a simulated crash).
+    abandon: AtomicBool,
+    /// Sequence recorded in the newest checkpoint known to be on disk.
+    checkpoint_seq_durable: AtomicU64,
     /// Active segment and sealed segments not yet synced (syncer's work list).
     segments: Mutex<SyncList>,
     syncer_idle: AtomicBool,
@@ -544,6 +548,8 @@ impl Journal {
             low_space: AtomicBool::new(false),
             free_space_bytes: AtomicU64::new(u64::MAX),
             stop: AtomicBool::new(false),
+            abandon: AtomicBool::new(false),
+            checkpoint_seq_durable: AtomicU64::new(report.seq_durable),
             segments: Mutex::new(SyncList {
                 active: active.clone(),
                 sealed_unsynced: Vec::new(),
@@ -846,16 +852,42 @@ impl Journal {
     /// everything written so far.
     pub fn sync(&self) -> Result<()> {
         let target = self.shared.watermarks.written();
-        self.shared.wake_syncer();
-        for _ in 0..600 {
-            if wait_durable(&self.shared, target, Duration::from_millis(100))? {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut guard = lock(&self.shared.durable_changed.0);
+        // Bounded by the deadline; each pass waits at most 10 ms.
+        for _ in 0..10_000 {
+            if self.shared.failed.load(Ordering::SeqCst) {
+                return Err(self.shared.failure());
+            }
+            if self.shared.watermarks.durable() >= target
+                && self.shared.checkpoint_seq_durable.load(Ordering::Acquire) >= target
+            {
                 return Ok(());
             }
+            if Instant::now() >= deadline {
+                break;
+            }
+            drop(guard);
             self.shared.wake_syncer();
+            guard = lock(&self.shared.durable_changed.0);
+            guard = self
+                .shared
+                .durable_changed
+                .1
+                .wait_timeout(guard, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         Err(Error::Failed {
             reason: "sync did not complete within 60 s".into(),
         })
+    }
+
+    /// Stops the helper threads without the final sync, as a crash would, and releases the
+    /// lock. What was appended stays in the page cache. For crash tests and drills.
+    pub fn abandon(mut self) {
+        self.shared.abandon.store(true, Ordering::SeqCst);
+        self.stop_threads();
     }
 
     /// Re-reads free space now (it is also refreshed on every roll and by the syncer).
@@ -944,8 +976,8 @@ fn wait_durable(shared: &Shared, seq: u64, timeout: Duration) -> Result<bool> {
 fn syncer_main(shared: &Shared, mut generation: u64) {
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
-        // Group mode is woken by appends; the timeout bounds a missed wake-up.
-        Durability::Group => Duration::from_millis(1),
+        // Group mode is woken by appends; the timeout only bounds idle checkpointing.
+        Durability::Group => Duration::from_millis(10),
     };
     let mut checkpoint_pending: Option<ProgressSnapshot> = Some(shared.progress.read());
     let mut space_checked = Instant::now();
@@ -956,6 +988,9 @@ fn syncer_main(shared: &Shared, mut generation: u64) {
         }
         let work = shared.progress.read().seq > shared.watermarks.durable()
             || checkpoint_pending.is_some();
+        if stopping && shared.abandon.load(Ordering::SeqCst) {
+            return;
+        }
         if work {
             match sync_round(shared, &mut generation, &mut checkpoint_pending) {
                 Ok(()) => {}
@@ -979,6 +1014,7 @@ fn syncer_main(shared: &Shared, mut generation: u64) {
         }
         let mut woken = lock(&shared.syncer_wake.0);
         shared.syncer_idle.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let more_work = shared.durability == Durability::Group
             && shared.progress.read().seq > shared.watermarks.durable();
         if !*woken && !more_work {
@@ -1008,6 +1044,7 @@ fn sync_round(
         let d = std::mem::replace(&mut list.dir_unsynced, false);
         (list.active.clone(), sealed, d)
     };
+    let mut checkpoint_written = None;
     if let Some(cp) = checkpoint_pending.take() {
         let c = Checkpoint {
             generation: *generation,
@@ -1022,6 +1059,7 @@ fn sync_round(
             &c.encode(),
         );
         *generation += 1;
+        checkpoint_written = Some(cp.seq);
     }
     for s in &sealed {
         shared
@@ -1039,14 +1077,16 @@ fn sync_round(
         .storage
         .sync_data(&active.file)
         .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
-    let durable_before = shared.watermarks.durable();
-    if snap.seq > durable_before {
+    if let Some(seq) = checkpoint_written {
+        shared.checkpoint_seq_durable.store(seq, Ordering::Release);
+    }
+    if snap.seq > shared.watermarks.durable() {
         shared.watermarks.durable.store(snap.seq, Ordering::Release);
         // The next round persists this point as a checkpoint.
         *checkpoint_pending = Some(snap);
-        let _g = lock(&shared.durable_changed.0);
-        shared.durable_changed.1.notify_all();
     }
+    let _g = lock(&shared.durable_changed.0);
+    shared.durable_changed.1.notify_all();
     Ok(())
 }
 
