@@ -1,0 +1,562 @@
+//! The node's configuration: one TOML file, or the embedded default.
+//!
+//! Every key is documented in `config/single.toml`. Unknown keys are errors (a typo must not
+//! silently fall back to a default), and every error names the file, the key and the
+//! reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ringex_engine::{
+    AccountId, Amount, AssetId, Command, MarketId, MarketSpec, Price, Qty, Symbol,
+};
+use serde::Deserialize;
+
+/// The embedded default: a working single node with two demo markets.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../config/single.toml");
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config/single.toml>";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    #[serde(default)]
+    pub journal: JournalConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
+    #[serde(default)]
+    pub listeners: ListenersConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub assets: Vec<AssetConfig>,
+    #[serde(default)]
+    pub markets: Vec<MarketConfig>,
+    #[serde(default)]
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Single,
+    Primary,
+    Standby,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u32,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Journal segments and snapshots live here; relative paths are relative to the
+    /// working directory.
+    pub data_dir: PathBuf,
+}
+
+fn default_role() -> Role {
+    Role::Single
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityMode {
+    Async,
+    Group,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    pub durability: DurabilityMode,
+    pub segment_size_mib: u64,
+    /// `async` mode: how often the background flush runs.
+    pub flush_interval_ms: u64,
+    /// Appends are refused while free space is below this.
+    pub low_space_mib: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            durability: DurabilityMode::Group,
+            segment_size_mib: 64,
+            flush_interval_ms: 5,
+            low_space_mib: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// `fused` below 4 cores, `split` otherwise.
+    Auto,
+    Split,
+    Fused,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitMode {
+    /// Burn the core: only for stages with a dedicated core.
+    BusySpin,
+    /// Spin, then yield, then park briefly: for shared cores.
+    Backoff,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    pub topology: Topology,
+    /// Slots in the input ring (a power of two).
+    pub input_ring_size: usize,
+    /// Slots in the output ring (a power of two).
+    pub output_ring_size: usize,
+    pub wait: WaitMode,
+    /// Most commands one pipeline pass journals and applies together.
+    pub batch_max: usize,
+    /// Cores to pin to, by stage name (`pipeline`, `journaler`, `replicator`, `engine`,
+    /// `publisher`, `gateway`); missing stages are not pinned.
+    pub cores: BTreeMap<String, usize>,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            topology: Topology::Auto,
+            input_ring_size: 1 << 16,
+            output_ring_size: 1 << 18,
+            wait: WaitMode::Backoff,
+            batch_max: 512,
+            cores: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Take a snapshot after this many commands (0: never by count).
+    pub every_commands: u64,
+    /// Take a snapshot after this many seconds (0: never by time).
+    pub every_seconds: u64,
+    /// Snapshots kept on disk.
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            every_commands: 1_000_000,
+            every_seconds: 300,
+            keep: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    pub binary: String,
+    pub websocket: String,
+    pub http: String,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        ListenersConfig {
+            binary: "127.0.0.1:9100".into(),
+            websocket: "127.0.0.1:9101".into(),
+            http: "127.0.0.1:9102".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub requests_per_second_per_key: u32,
+    pub connections_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_second_per_key: 10_000,
+            connections_per_ip: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often `ringex start` logs its one-line summary (0: never).
+    pub log_every_seconds: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            log_every_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetConfig {
+    pub id: AssetId,
+    pub symbol: String,
+    pub decimals: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketConfig {
+    pub id: MarketId,
+    pub symbol: String,
+    /// Asset symbols.
+    pub base: String,
+    pub quote: String,
+    pub tick_size: Amount,
+    pub lot_size: Amount,
+    pub qty_min: Qty,
+    pub qty_max: Qty,
+    #[serde(default)]
+    pub band_ppm: u32,
+    pub reference_price: Price,
+    #[serde(default)]
+    pub maker_fee_ppm: u32,
+    #[serde(default)]
+    pub taker_fee_ppm: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub id: AccountId,
+    /// Initial deposits by asset symbol, in minor units.
+    #[serde(default)]
+    pub deposits: BTreeMap<String, Amount>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub key_id: u64,
+    /// Demo only: the secret in clear. Only its SHA-256 enters the journal.
+    pub secret: String,
+    #[serde(default = "default_permissions")]
+    pub permissions: u32,
+}
+
+fn default_permissions() -> u32 {
+    u32::MAX
+}
+
+/// A configuration that cannot be used: names the file, the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "config {}: {}", self.file, self.reason)
+        } else {
+            write!(f, "config {}: key `{}`: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Config {
+        Config::parse(DEFAULT_CONFIG_TOML, DEFAULT_CONFIG_NAME).expect("embedded config is valid")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: name.clone(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            key: String::new(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate().map_err(|(key, reason)| ConfigError {
+            file: file.to_string(),
+            key,
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, reason: String| Err((key.to_string(), reason));
+        let p = &self.pipeline;
+        for (key, size) in [
+            ("pipeline.input_ring_size", p.input_ring_size),
+            ("pipeline.output_ring_size", p.output_ring_size),
+        ] {
+            if !size.is_power_of_two() || !(64..=1 << 24).contains(&size) {
+                return err(key, format!("{size} is not a power of two in 64..=16777216"));
+            }
+        }
+        if p.batch_max == 0 || p.batch_max > p.input_ring_size {
+            return err(
+                "pipeline.batch_max",
+                format!("{} must be in 1..=input_ring_size", p.batch_max),
+            );
+        }
+        let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+        for (stage, core) in &p.cores {
+            const STAGES: [&str; 6] = [
+                "pipeline",
+                "journaler",
+                "replicator",
+                "engine",
+                "publisher",
+                "gateway",
+            ];
+            if !STAGES.contains(&stage.as_str()) {
+                return err(
+                    &format!("pipeline.cores.{stage}"),
+                    format!("unknown stage; expected one of {STAGES:?}"),
+                );
+            }
+            if cores > 0 && *core >= cores {
+                return err(
+                    &format!("pipeline.cores.{stage}"),
+                    format!("core {core} does not exist (this machine has {cores})"),
+                );
+            }
+        }
+        let j = &self.journal;
+        if !(1..=4096).contains(&j.segment_size_mib) {
+            return err("journal.segment_size_mib", "must be in 1..=4096".into());
+        }
+        if j.flush_interval_ms == 0 || j.flush_interval_ms > 10_000 {
+            return err("journal.flush_interval_ms", "must be in 1..=10000".into());
+        }
+        if self.snapshot.keep == 0 {
+            return err("snapshot.keep", "must keep at least one snapshot".into());
+        }
+        for (i, a) in self.assets.iter().enumerate() {
+            if Symbol::new(&a.symbol).is_none() {
+                return err(
+                    &format!("assets[{i}].symbol"),
+                    format!("{:?} is not 1-16 printable ASCII characters", a.symbol),
+                );
+            }
+        }
+        for (i, m) in self.markets.iter().enumerate() {
+            if Symbol::new(&m.symbol).is_none() {
+                return err(
+                    &format!("markets[{i}].symbol"),
+                    format!("{:?} is not 1-16 printable ASCII characters", m.symbol),
+                );
+            }
+            for (key, sym) in [("base", &m.base), ("quote", &m.quote)] {
+                if self.asset_id(sym).is_none() {
+                    return err(
+                        &format!("markets[{i}].{key}"),
+                        format!("unknown asset {sym:?}"),
+                    );
+                }
+            }
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            for sym in a.deposits.keys() {
+                if self.asset_id(sym).is_none() {
+                    return err(
+                        &format!("accounts[{i}].deposits.{sym}"),
+                        format!("unknown asset {sym:?}"),
+                    );
+                }
+            }
+        }
+        // Everything the engine itself would reject: dry-run the bootstrap.
+        let mut engine = ringex_engine::Exchange::new();
+        let mut events = Vec::new();
+        for (key, cmd) in self.bootstrap_commands() {
+            events.clear();
+            engine.apply(&cmd, &mut events);
+            if let Some(ringex_engine::Event::Rejected { reason, .. }) = events.first() {
+                return err(&key, format!("rejected by the engine: {}", reason.name()));
+            }
+        }
+        Ok(())
+    }
+
+    fn asset_id(&self, symbol: &str) -> Option<AssetId> {
+        self.assets.iter().find(|a| a.symbol == symbol).map(|a| a.id)
+    }
+
+    /// The admin commands that create the configured assets, markets and accounts, each
+    /// with the config key it comes from. They travel through the journal like any other
+    /// command, so replay and a standby see them.
+    pub fn bootstrap_commands(&self) -> Vec<(String, Command)> {
+        let mut out = Vec::new();
+        let mut deposit_count = 0u64;
+        for (i, a) in self.assets.iter().enumerate() {
+            out.push((
+                format!("assets[{i}]"),
+                Command::CreateAsset {
+                    asset: a.id,
+                    symbol: Symbol::new(&a.symbol).unwrap_or_default(),
+                    decimals: a.decimals,
+                },
+            ));
+        }
+        for (i, m) in self.markets.iter().enumerate() {
+            out.push((
+                format!("markets[{i}]"),
+                Command::CreateMarket(MarketSpec {
+                    market: m.id,
+                    symbol: Symbol::new(&m.symbol).unwrap_or_default(),
+                    base: self.asset_id(&m.base).unwrap_or(0),
+                    quote: self.asset_id(&m.quote).unwrap_or(0),
+                    tick_size: m.tick_size,
+                    lot_size: m.lot_size,
+                    qty_min: m.qty_min,
+                    qty_max: m.qty_max,
+                    band_ppm: m.band_ppm,
+                    reference_price: m.reference_price,
+                    maker_fee_ppm: m.maker_fee_ppm,
+                    taker_fee_ppm: m.taker_fee_ppm,
+                }),
+            ));
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            out.push((
+                format!("accounts[{i}]"),
+                Command::CreateAccount { account: a.id },
+            ));
+            for (sym, &amount) in &a.deposits {
+                deposit_count += 1;
+                out.push((
+                    format!("accounts[{i}].deposits.{sym}"),
+                    Command::Deposit {
+                        account: a.id,
+                        asset: self.asset_id(sym).unwrap_or(0),
+                        amount,
+                        // Bootstrap deposits count down from the top of the reference
+                        // space, away from those of real deposit systems.
+                        external_ref: u64::MAX - deposit_count,
+                    },
+                ));
+            }
+            for (k, key) in a.api_keys.iter().enumerate() {
+                out.push((
+                    format!("accounts[{i}].api_keys[{k}]"),
+                    Command::AddApiKey {
+                        account: a.id,
+                        key_id: key.key_id,
+                        secret_hash: secret_hash(&key.secret),
+                        permissions: key.permissions,
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// The topology to run, with `auto` resolved by core count.
+    pub fn topology(&self) -> Topology {
+        match self.pipeline.topology {
+            Topology::Auto => {
+                let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+                if cores >= 4 {
+                    Topology::Split
+                } else {
+                    Topology::Fused
+                }
+            }
+            t => t,
+        }
+    }
+}
+
+/// The hash of an API key secret, as the engine stores it.
+pub fn secret_hash(secret: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_bootstraps_two_markets() {
+        let c = Config::embedded();
+        let markets = c
+            .bootstrap_commands()
+            .iter()
+            .filter(|(_, cmd)| matches!(cmd, Command::CreateMarket(_)))
+            .count();
+        assert_eq!(markets, 2);
+    }
+
+    fn broken(edit: impl Fn(&str) -> String) -> ConfigError {
+        Config::parse(&edit(DEFAULT_CONFIG_TOML), "test.toml").unwrap_err()
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name() {
+        let e = broken(|t| t.replace("[journal]", "[journal]\ndurabilty = \"async\""));
+        assert_eq!(e.file, "test.toml");
+        assert!(e.to_string().contains("durabilty"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_with_its_key_and_reason() {
+        let e = broken(|t| t.replace("input_ring_size = 65536", "input_ring_size = 1000"));
+        assert_eq!(e.key, "pipeline.input_ring_size");
+        assert!(e.reason.contains("power of two"));
+    }
+
+    #[test]
+    fn a_market_on_an_unknown_asset_is_refused() {
+        let e = broken(|t| t.replacen("quote = \"USDT\"", "quote = \"EUR\"", 1));
+        assert_eq!(e.key, "markets[0].quote");
+    }
+
+    #[test]
+    fn an_engine_rejection_is_reported_against_its_key() {
+        let e = broken(|t| t.replacen("tick_size = 1", "tick_size = 0", 1));
+        assert_eq!(e.key, "markets[0]");
+        assert!(e.reason.contains("invalid_market_spec"), "{e}");
+    }
+
+    #[test]
+    fn malformed_toml_is_refused_with_the_file_name() {
+        let e = Config::parse("[node\nid = 1", "x.toml").unwrap_err();
+        assert!(e.to_string().starts_with("config x.toml:"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! ringex: the daemon's library side. For now only the benchmarks live here.
+
+pub mod bench;
