@@ -9,6 +9,7 @@ mod lock;
 mod reader;
 mod recovery;
 mod segment;
+mod snapshot;
 mod storage;
 mod writer;
 
@@ -17,8 +18,11 @@ pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, 
 pub use lock::LOCK_FILE_NAME;
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, RecoveryReport, Truncation, Verify};
+pub use snapshot::{
+    snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
+};
 pub use storage::{FaultStorage, OsStorage, Storage};
-pub use writer::{Config, Durability, Journal, Watermarks};
+pub use writer::{Config, Durability, Journal, PruneReport, PrunedSegment, Watermarks};
 
 /// Bytes a record with `payload_len` payload bytes takes in a segment.
 pub const fn frame_size_bytes(payload_len: u64) -> u64 {

@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::format::*;
 use crate::lock::DirLock;
 use crate::recovery::{self, RecoveryReport, Verify};
-use crate::segment::{segment_path, SPARE_FILE_NAME};
+use crate::segment::{list_segments, segment_path, SPARE_FILE_NAME};
+use crate::snapshot::SnapshotStore;
 use crate::storage::{OsStorage, Storage};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
@@ -338,6 +339,23 @@ impl Shared {
             threshold_bytes: self.low_space_threshold_bytes,
         }
     }
+}
+
+/// What `prune` removed (or, in a dry run, would remove).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    /// Records from this sequence on are kept (0: nothing may go, no snapshot).
+    pub seq_keep_from: u64,
+    pub segments: Vec<PrunedSegment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunedSegment {
+    pub path: PathBuf,
+    pub base_seq: u64,
+    pub seq_last: u64,
+    pub size_bytes: u64,
 }
 
 /// The journal writer. One per directory (enforced by the lock file).
@@ -905,7 +923,6 @@ impl Journal {
         c
     }
 
-    #[allow(dead_code)]
     pub(crate) fn cursor_min(&self) -> Option<u64> {
         let cursors = lock(&self.shared.cursors);
         cursors
@@ -915,9 +932,49 @@ impl Journal {
             .min()
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn active_base_seq(&self) -> u64 {
-        self.active.base_seq
+    /// Removes segments that lie entirely before the oldest retained snapshot and before
+    /// every registered cursor. Never the active segment. With `dry_run`, only reports.
+    pub fn prune(&self, snapshots: &SnapshotStore, dry_run: bool) -> Result<PruneReport> {
+        let mut report = PruneReport {
+            dry_run,
+            seq_keep_from: 0,
+            segments: Vec::new(),
+        };
+        let Some(snapshot_seq) = snapshots.seq_oldest()? else {
+            return Ok(report); // no snapshot: every record is needed for replay
+        };
+        let keep_from = match self.cursor_min() {
+            Some(c) => c.min(snapshot_seq + 1),
+            None => snapshot_seq + 1,
+        };
+        report.seq_keep_from = keep_from;
+        let segments = list_segments(&self.shared.dir)?;
+        for pair in segments.windows(2) {
+            let (seg, next) = (&pair[0], &pair[1]);
+            if next.base_seq > keep_from || seg.base_seq >= self.active.base_seq {
+                break;
+            }
+            let size_bytes = std::fs::metadata(&seg.path).map_or(0, |m| m.len());
+            report.segments.push(PrunedSegment {
+                path: seg.path.clone(),
+                base_seq: seg.base_seq,
+                seq_last: next.base_seq - 1,
+                size_bytes,
+            });
+        }
+        if !dry_run && !report.segments.is_empty() {
+            for s in &report.segments {
+                std::fs::remove_file(&s.path)
+                    .map_err(|e| Error::io(format!("remove {}", s.path.display()), e))?;
+            }
+            self.shared
+                .storage
+                .sync_dir(&self.shared.dir)
+                .map_err(|e| {
+                    Error::io(format!("fsync directory {}", self.shared.dir.display()), e)
+                })?;
+        }
+        Ok(report)
     }
 
     /// Makes everything durable and stops the helper threads.

@@ -1,0 +1,164 @@
+mod common;
+use common::*;
+use ringex_journal::{Durability, Error, Journal, Reader, SnapshotStore};
+
+fn len_of(seq: u64) -> usize {
+    100 + (seq as usize * 17) % 400
+}
+
+#[test]
+fn write_list_keep_k_and_fall_back_when_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::open(dir.path().join("snapshots"), 3).unwrap();
+    assert!(store.load_newest_valid().unwrap().is_none());
+    for seq in [10u64, 20, 30, 40, 50] {
+        let payload = payload(seq, 1000 + seq as usize);
+        let m = store
+            .write(seq, 2, seq * 3, &[seq as u8; 32], &payload)
+            .unwrap();
+        assert_eq!(m.seq, seq);
+    }
+    let list = store.list().unwrap();
+    assert_eq!(
+        list.iter().map(|e| e.1).collect::<Vec<_>>(),
+        vec![30, 40, 50]
+    );
+    assert!(list.iter().all(|e| e.2.is_ok()));
+    assert_eq!(store.seq_oldest().unwrap(), Some(30));
+    let newest = store.load_newest_valid().unwrap().unwrap();
+    assert_eq!(newest.meta.seq, 50);
+    assert_eq!(newest.meta.chain, 150);
+    assert_eq!(newest.meta.epoch, 2);
+    assert_eq!(newest.meta.state_hash, vec![50u8; 32]);
+    assert_eq!(newest.payload, payload(50, 1050));
+    assert!(newest.skipped.is_empty());
+
+    // Damage the newest: one flipped payload bit.
+    let path = newest.meta.path.clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 4;
+    std::fs::write(&path, &bytes).unwrap();
+    let loaded = store.load_newest_valid().unwrap().unwrap();
+    assert_eq!(loaded.meta.seq, 40);
+    assert_eq!(loaded.skipped.len(), 1);
+    assert!(loaded.skipped[0].1.contains("CRC"), "{:?}", loaded.skipped);
+    // Truncate the next one too.
+    let p40 = loaded.meta.path.clone();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p40)
+        .unwrap()
+        .set_len(50)
+        .unwrap();
+    let loaded = store.load_newest_valid().unwrap().unwrap();
+    assert_eq!(loaded.meta.seq, 30);
+    assert_eq!(loaded.skipped.len(), 2);
+    assert!(
+        store
+            .list()
+            .unwrap()
+            .iter()
+            .filter(|e| e.2.is_err())
+            .count()
+            == 2
+    );
+
+    // A leftover temp file from an interrupted write is ignored and cleaned.
+    std::fs::write(
+        dir.path()
+            .join("snapshots/snapshot-00000000000000000099.snap.tmp"),
+        b"junk",
+    )
+    .unwrap();
+    let store = SnapshotStore::open(dir.path().join("snapshots"), 3).unwrap();
+    assert_eq!(store.load_newest_valid().unwrap().unwrap().meta.seq, 30);
+    assert!(!dir
+        .path()
+        .join("snapshots/snapshot-00000000000000000099.snap.tmp")
+        .exists());
+    assert!(matches!(
+        store.write(1, 1, 1, &[0; 33], b""),
+        Err(Error::Config(_))
+    ));
+}
+
+#[test]
+fn prune_respects_oldest_snapshot_and_cursors() {
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    let store = SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap();
+    let mut j = Journal::open(config(&jdir, Durability::Group)).unwrap();
+    append_n(&mut j, 400, len_of);
+    let segments_before = ringex_journal_segments(&jdir);
+    assert!(segments_before.len() > 8);
+
+    // No snapshot: nothing may go.
+    let r = j.prune(&store, false).unwrap();
+    assert!(r.segments.is_empty());
+
+    store.write(150, 1, 0, b"h", b"state@150").unwrap();
+    store.write(300, 1, 0, b"h", b"state@300").unwrap();
+    let cursor = j.register_cursor(100);
+    let dry = j.prune(&store, true).unwrap();
+    assert!(dry.dry_run);
+    assert_eq!(dry.seq_keep_from, 100);
+    assert!(!dry.segments.is_empty());
+    assert!(dry.segments.iter().all(|s| s.seq_last < 100));
+    assert_eq!(
+        ringex_journal_segments(&jdir),
+        segments_before,
+        "dry run removed files"
+    );
+
+    // The cursor moves on: the oldest snapshot (150) bounds pruning now.
+    cursor.store(1_000, std::sync::atomic::Ordering::Release);
+    let r = j.prune(&store, false).unwrap();
+    assert_eq!(r.seq_keep_from, 151);
+    assert!(r.segments.iter().all(|s| s.seq_last <= 150));
+    let first_left = ringex_journal_segments(&jdir)[0];
+    assert!(
+        first_left <= 151,
+        "first remaining segment starts at {first_left}"
+    );
+    assert!(first_left > 1);
+
+    // Reading from the first retained sequence works; earlier ones are reported unavailable.
+    let mut reader = Reader::open(&jdir).unwrap();
+    assert!(matches!(
+        reader.seek(1),
+        Err(Error::SequenceUnavailable { .. })
+    ));
+    reader.seek(151).unwrap();
+    assert_eq!(reader.next_owned().unwrap().unwrap().seq, 151);
+
+    // The pruned journal reopens and continues its sequence.
+    drop(cursor);
+    j.close().unwrap();
+    let mut j = Journal::open(config(&jdir, Durability::Group)).unwrap();
+    assert_eq!(j.recovery_report().seq_first, first_left);
+    assert_eq!(j.seq_next(), 401);
+    append_n(&mut j, 10, len_of);
+    j.close().unwrap();
+    let mut reader = Reader::open(&jdir).unwrap();
+    reader.seek(first_left).unwrap();
+    let mut n = 0;
+    while let Some(rec) = reader.next_owned().unwrap() {
+        assert_eq!(rec.seq, first_left + n);
+        assert_eq!(rec.payload, payload(rec.seq, len_of(rec.seq)));
+        n += 1;
+    }
+    assert_eq!(first_left + n - 1, 410);
+}
+
+fn ringex_journal_segments(dir: &std::path::Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".seg").and_then(|d| d.parse().ok())
+        })
+        .collect();
+    v.sort();
+    v
+}
