@@ -19,7 +19,8 @@ pub use lock::LOCK_FILE_NAME;
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, RecoveryReport, Truncation, Verify};
 pub use snapshot::{
-    snapshot_file_name, LoadedSnapshot, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
+    snapshot_file_name, LoadedSnapshot, SnapshotEntry, SnapshotMeta, SnapshotStore,
+    STATE_HASH_SIZE_MAX,
 };
 pub use storage::{FaultStorage, OsStorage, Storage};
 pub use writer::{Config, Durability, Journal, PruneReport, PrunedSegment, Watermarks};

@@ -37,6 +37,14 @@ pub struct LoadedSnapshot {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// One snapshot file as listed: its name's sequence and its metadata or why it is unusable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub meta: std::result::Result<SnapshotMeta, String>,
+}
+
 pub struct SnapshotStore {
     dir: PathBuf,
     keep: usize,
@@ -243,7 +251,7 @@ impl SnapshotStore {
     }
 
     /// Every snapshot file, oldest first, each with its metadata or why it is unusable.
-    pub fn list(&self) -> Result<Vec<(PathBuf, u64, std::result::Result<SnapshotMeta, String>)>> {
+    pub fn list(&self) -> Result<Vec<SnapshotEntry>> {
         let mut out = Vec::new();
         for (path, seq) in Self::files(&self.dir, ".snap")? {
             let meta = match std::fs::read(&path) {
@@ -256,7 +264,7 @@ impl SnapshotStore {
                 }),
                 Err(e) => Err(format!("read: {e}")),
             };
-            out.push((path, seq, meta));
+            out.push(SnapshotEntry { path, seq, meta });
         }
         Ok(out)
     }

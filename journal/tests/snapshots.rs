@@ -20,10 +20,10 @@ fn write_list_keep_k_and_fall_back_when_damaged() {
     }
     let list = store.list().unwrap();
     assert_eq!(
-        list.iter().map(|e| e.1).collect::<Vec<_>>(),
+        list.iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![30, 40, 50]
     );
-    assert!(list.iter().all(|e| e.2.is_ok()));
+    assert!(list.iter().all(|e| e.meta.is_ok()));
     assert_eq!(store.seq_oldest().unwrap(), Some(30));
     let newest = store.load_newest_valid().unwrap().unwrap();
     assert_eq!(newest.meta.seq, 50);
@@ -59,7 +59,7 @@ fn write_list_keep_k_and_fall_back_when_damaged() {
             .list()
             .unwrap()
             .iter()
-            .filter(|e| e.2.is_err())
+            .filter(|e| e.meta.is_err())
             .count()
             == 2
     );
