@@ -107,6 +107,8 @@ pub struct MixStats {
     pub replace_reduce: u64,
     /// Commands that produced at least one trade.
     pub with_trades: u64,
+    /// Replaces (moves) that crossed and traded.
+    pub moves_with_trades: u64,
     pub trades: u64,
     pub rejects: BTreeMap<&'static str, u64>,
 }
@@ -134,7 +136,8 @@ impl MixStats {
         };
         format!(
             "GTC {:.1}%  IOC {:.1}%  cancel {:.1}%  replace {:.1}% (move {:.1}%, reduce {:.1}%)\n\
-             commands with trades {:.1}% ({} trades, {:.2} per command); rejects: {}",
+             commands with trades {:.1}% (IOC and {:.2}% crossing moves); \
+             {} trades = {:.3} per command; rejects: {}",
             pct(self.gtc),
             pct(self.ioc),
             pct(self.cancel),
@@ -142,6 +145,7 @@ impl MixStats {
             pct(self.replace_move),
             pct(self.replace_reduce),
             pct(self.with_trades),
+            pct(self.moves_with_trades),
             self.trades,
             self.trades as f64 / n,
             rejects,
@@ -168,6 +172,7 @@ pub struct Workload {
 #[derive(Clone, Copy, Debug)]
 struct Live {
     account: AccountId,
+    side: Side,
     price: Price,
     qty: Qty,
 }
@@ -181,15 +186,17 @@ struct MarketGen {
     queue: VecDeque<OrderId>,
     live: HashMap<OrderId, Live>,
     commands_seen: u32,
-    under_target: bool,
-    fast_fill: bool,
+    /// Orders missing per side (bids, asks) at the last check; target is half each.
+    lack: [i64; 2],
+    /// Until the book first reaches its target, every place is a fast-fill GTC.
+    filled_once: bool,
 }
 
 impl MarketGen {
     fn recheck(&mut self) {
-        let lack = self.target_orders.saturating_sub(self.live.len());
-        self.under_target = lack > 0;
-        self.fast_fill = lack > PICK_WINDOW.min(self.target_orders * 3 / 8);
+        let bids = self.live.values().filter(|l| l.side == Side::Buy).count();
+        let half = (self.target_orders / 2) as i64;
+        self.lack = [half - bids as i64, half - (self.live.len() - bids) as i64];
     }
 
     /// A live order among the oldest [`PICK_WINDOW`] queue entries.
@@ -210,7 +217,7 @@ impl MarketGen {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Gtc,
+    Gtc(Side),
     Ioc,
     Cancel,
     Move,
@@ -271,20 +278,33 @@ impl Generator {
     /// Chooses the next command for market `m` the way exchange-core does.
     fn choose(&mut self, m: usize) -> Kind {
         let g = &mut self.gens[m];
-        if g.commands_seen.is_multiple_of(CHECK_EVERY) {
+        // Re-check at most every `target` commands too: small books would otherwise
+        // overshoot by up to 512 orders between checks.
+        let check_every = CHECK_EVERY.min(g.target_orders.max(1) as u32);
+        if g.commands_seen.is_multiple_of(check_every) {
             g.recheck();
         }
         g.commands_seen += 1;
-        let q_max = if g.fast_fill {
-            2
-        } else if g.under_target {
-            10
+        // exchange-core: pick a side, then grow that side if it lacks orders.
+        let side = if self.rng.random_range(0..4) >= 2 {
+            Side::Buy
         } else {
-            40
+            Side::Sell
+        };
+        let lack = g.lack[(side == Side::Sell) as usize];
+        let fast_threshold = (CHECK_EVERY as i64).min(g.target_orders as i64 / 2 * 3 / 4);
+        let grow = lack > 0;
+        if !grow {
+            g.filled_once = true;
+        }
+        let q_max = match (grow, !g.filled_once || lack > fast_threshold) {
+            (true, true) => 2,
+            (true, false) => 10,
+            (false, _) => 40,
         };
         let q = self.rng.random_range(0..q_max);
         match q {
-            0 | 1 if g.under_target => Kind::Gtc,
+            0 | 1 if grow => Kind::Gtc(side),
             0 | 1 => Kind::Ioc,
             2 => Kind::Cancel,
             3 => Kind::Reduce,
@@ -308,7 +328,7 @@ impl Generator {
             Kind::Cancel | Kind::Move | Kind::Reduce => {
                 let p = self.gens[m].pick(&mut self.rng);
                 if p.is_none() {
-                    kind = Kind::Gtc;
+                    kind = Kind::Ioc;
                 }
                 p
             }
@@ -321,15 +341,15 @@ impl Generator {
         }
         let idx = m as u32;
         match kind {
-            Kind::Gtc | Kind::Ioc => {
+            Kind::Gtc(_) | Kind::Ioc => {
                 let account = self.account();
-                let side = if self.rng.random_range(0..2) == 0 {
-                    Side::Buy
-                } else {
-                    Side::Sell
+                let side = match kind {
+                    Kind::Gtc(side) => side,
+                    _ if self.rng.random_range(0..2) == 0 => Side::Buy,
+                    _ => Side::Sell,
                 };
                 let qty = random_size(&mut self.rng);
-                let (price, tif) = if kind == Kind::Gtc {
+                let (price, tif) = if let Kind::Gtc(_) = kind {
                     let dev = self.gens[m].price_deviation;
                     let p = gtc_price(&mut self.rng, last, dev, side);
                     (p.clamp(low, high), TimeInForce::Gtc)
@@ -468,6 +488,7 @@ impl Generator {
                             Command::Place(p) => p.account,
                             _ => g.live.get(&id).expect("replaced order was live").account,
                         },
+                        side: node.side,
                         price: node.price,
                         qty: node.qty,
                     };
@@ -548,8 +569,8 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
             queue: VecDeque::new(),
             live: HashMap::new(),
             commands_seen: 0,
-            under_target: true,
-            fast_fill: true,
+            lack: [0, 0],
+            filled_once: false,
         });
     }
     // Funds so that nothing is rejected for lack of them, and sums never overflow.
@@ -589,10 +610,19 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     let mut prefill = Vec::new();
     let mut prefill_ops = Vec::new();
     for m in 0..markets {
-        let mut attempts = 0;
-        while g.gens[m].live.len() < g.gens[m].target_orders && attempts < 100 * prefill_total {
-            attempts += 1;
-            let (_, cmd, op) = g.build(m, Kind::Gtc);
+        // exchange-core fills until each side holds half the target.
+        for attempt in 0.. {
+            g.gens[m].recheck();
+            let lack = g.gens[m].lack;
+            if (lack[0] <= 0 && lack[1] <= 0) || attempt > 100 * prefill_total {
+                break;
+            }
+            let side = if lack[1] <= 0 || (lack[0] > 0 && g.rng.random_range(0..2) == 0) {
+                Side::Buy
+            } else {
+                Side::Sell
+            };
+            let (_, cmd, op) = g.build(m, Kind::Gtc(side));
             let (_, reject) = g.apply(m, &cmd, &op);
             prefill.push(cmd);
             prefill_ops.push(if reject.is_some() { BookOp::Nop } else { op });
@@ -622,7 +652,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
         let (kind, cmd, op) = g.build(m, kind);
         let (trades, reject) = g.apply(m, &cmd, &op);
         match kind {
-            Kind::Gtc => mix.gtc += 1,
+            Kind::Gtc(_) => mix.gtc += 1,
             Kind::Ioc => mix.ioc += 1,
             Kind::Cancel => mix.cancel += 1,
             Kind::Move => mix.replace_move += 1,
@@ -630,6 +660,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
         }
         if trades > 0 {
             mix.with_trades += 1;
+            mix.moves_with_trades += (kind == Kind::Move) as u64;
             mix.trades += trades;
         }
         if let Some(r) = reject {
