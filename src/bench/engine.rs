@@ -532,7 +532,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
         decimals: 2,
     });
     let mut gens = Vec::with_capacity(markets);
-    for i in 0..markets {
+    for (i, weight) in weights.iter().enumerate() {
         let base = QUOTE_ASSET + 1 + i as u32;
         setup.push(Command::CreateAsset {
             asset: base,
@@ -564,7 +564,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
         }));
         gens.push(MarketGen {
             id,
-            target_orders: ((prefill_total as f64 * weights[i]).round() as usize).max(2),
+            target_orders: ((prefill_total as f64 * weight).round() as usize).max(2),
             price_deviation,
             queue: VecDeque::new(),
             live: HashMap::new(),
