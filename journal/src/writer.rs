@@ -169,6 +169,16 @@ impl Segment {
         })
     }
 
+    /// Prefaults `[offset, offset + len)` writable (MADV_POPULATE_WRITE) without touching the
+    /// bytes, so it never races the writer.
+    fn populate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.map.advise_range(
+            memmap2::Advice::PopulateWrite,
+            offset as usize,
+            len as usize,
+        )
+    }
+
     /// Copies `bytes` to `offset`. Caller guarantees it owns the range.
     #[inline]
     fn write(&self, offset: u64, bytes: &[u8]) {
@@ -281,7 +291,13 @@ struct Shared {
     spare: Mutex<Spare>,
     spare_changed: Condvar,
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Offset up to which the populate thread should prefault the active segment.
+    populate_target: (Mutex<u64>, Condvar),
 }
+
+/// How far ahead of the writer the populate thread prefaults pages, and in what steps.
+const POPULATE_AHEAD_BYTES: u64 = 8 << 20;
+const POPULATE_CHUNK_BYTES: u64 = 1 << 20;
 
 struct SyncList {
     active: Arc<Segment>,
@@ -376,6 +392,9 @@ pub struct Journal {
     report: RecoveryReport,
     syncer: Option<JoinHandle<()>>,
     preallocator: Option<JoinHandle<()>>,
+    populator: Option<JoinHandle<()>>,
+    /// When `end_offset_bytes` passes this, ask the populate thread to move ahead.
+    populate_next_at: u64,
     _lock: DirLock,
 }
 
@@ -579,6 +598,10 @@ impl Journal {
             spare: Mutex::new(Spare::Requested),
             spare_changed: Condvar::new(),
             cursors: Mutex::new(Vec::new()),
+            populate_target: (
+                Mutex::new(end_offset_bytes + POPULATE_AHEAD_BYTES),
+                Condvar::new(),
+            ),
         });
         shared.progress.publish(ProgressSnapshot {
             seq: seq_last,
@@ -605,7 +628,17 @@ impl Journal {
                 .map_err(|e| Error::io("spawn journal-prealloc thread", e))?
         };
 
+        let populator = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("journal-populate".into())
+                .spawn(move || populator_main(&shared))
+                .map_err(|e| Error::io("spawn journal-populate thread", e))?
+        };
+
         Ok(Journal {
+            populator: Some(populator),
+            populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             seal_at: seal_offset(segment_size_bytes),
             active,
             end_offset_bytes,
@@ -730,6 +763,9 @@ impl Journal {
 
         self.chain = chain_next(self.chain, h.crc, seq);
         self.end_offset_bytes = at + size;
+        if self.end_offset_bytes >= self.populate_next_at {
+            self.request_populate();
+        }
         self.seq_next = seq + 1;
         if self.record_count == 0 {
             self.timestamp_ns_first = timestamp_ns;
@@ -754,6 +790,13 @@ impl Journal {
             }
         }
         Ok(seq)
+    }
+
+    #[cold]
+    fn request_populate(&mut self) {
+        self.populate_next_at = self.end_offset_bytes + POPULATE_CHUNK_BYTES;
+        *lock(&self.shared.populate_target.0) = self.end_offset_bytes + POPULATE_AHEAD_BYTES;
+        self.shared.populate_target.1.notify_one();
     }
 
     /// Seals the active segment and switches to the preallocated next one.
@@ -808,6 +851,7 @@ impl Journal {
         self.active = segment;
         self.seal_at = seal_offset(header.segment_size_bytes);
         self.end_offset_bytes = DATA_OFFSET;
+        self.request_populate();
         self.sealed = false;
         self.record_count = 0;
         self.timestamp_ns_first = 0;
@@ -998,6 +1042,10 @@ impl Journal {
         if let Some(h) = self.preallocator.take() {
             let _ = h.join();
         }
+        self.shared.populate_target.1.notify_all();
+        if let Some(h) = self.populator.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -1145,6 +1193,43 @@ fn sync_round(
     let _g = lock(&shared.durable_changed.0);
     shared.durable_changed.1.notify_all();
     Ok(())
+}
+
+/// Prefaults the active segment's pages (writable) ahead of the writer, so the append path
+/// takes no page faults. Best effort: failures only cost speed.
+fn populator_main(shared: &Shared) {
+    let mut populated: (u64, u64) = (0, 0); // (segment base, offset populated up to)
+    loop {
+        let target = {
+            let guard = lock(&shared.populate_target.0);
+            let (guard, _) = shared
+                .populate_target
+                .1
+                .wait_timeout(guard, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner());
+            *guard
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let active = lock(&shared.segments).active.clone();
+        if populated.0 != active.base_seq {
+            populated = (active.base_seq, DATA_OFFSET);
+        }
+        let end = target.min(active.size_bytes) & !4095;
+        let steps_max = end.saturating_sub(populated.1) / POPULATE_CHUNK_BYTES + 1;
+        for _ in 0..steps_max {
+            if populated.1 >= end || shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let len = (end - populated.1).min(POPULATE_CHUNK_BYTES);
+            if active.populate(populated.1, len).is_err() {
+                populated.1 = active.size_bytes; // unsupported here: stop for this segment
+                break;
+            }
+            populated.1 += len;
+        }
+    }
 }
 
 fn preallocator_main(shared: &Shared) {

@@ -95,6 +95,7 @@ fn run(mode: &str) {
 
     let j = Journal::open(child_config(tmp.path(), mode)).unwrap();
     let rep = j.recovery_report().clone();
+    eprintln!("{mode}: durable reported {durable_reported}, recovered {rep:?}");
     assert!(
         rep.seq_last >= durable_reported,
         "recovered {} < durable reported {durable_reported}: {rep:?}",
