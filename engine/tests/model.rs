@@ -772,8 +772,6 @@ impl Model {
         }
 
         let mut stp_stop = false;
-        // (price, lots still allowed at that price) for a budget order.
-        let mut level_cap: Option<(Price, Qty)> = None;
         loop {
             if t.budget.is_none() && t.order.remaining == 0 {
                 break;
@@ -801,13 +799,13 @@ impl Model {
                 }
             }
             let q = match t.budget {
+                // README: "buys, at each price level, floor(budget * 1e6 / (price *
+                // tick_size * (1e6 + taker_fee_ppm))) lots at most". Read here (as the
+                // engine does) with the budget still left before each resting order;
+                // see `a_budget_buy_recomputes_its_lot_cap_from_the_budget_left_at_each_resting_order`.
                 Some(left) => {
-                    let cap = match level_cap {
-                        Some((p, cap)) if p == maker.price => cap,
-                        _ => lots_for_budget(left, maker.price, spec.tick_size, t.order.taker_fee),
-                    };
-                    let q = cap.min(maker.remaining);
-                    level_cap = Some((maker.price, cap - q));
+                    let q = lots_for_budget(left, maker.price, spec.tick_size, t.order.taker_fee)
+                        .min(maker.remaining);
                     if q == 0 {
                         break;
                     }
@@ -1764,14 +1762,14 @@ fn engine_matches_model(ops: &[Op]) -> Result<(), TestCaseError> {
 
 // ============================================================================ properties
 
-/// 256 cases per property by default (a few seconds in a debug build); set
+/// 512 cases per property by default (a few seconds in a debug build); set
 /// `PROPTEST_CASES` to run more.
 fn config() -> ProptestConfig {
     ProptestConfig {
         cases: std::env::var("PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(256),
+            .unwrap_or(512),
         max_shrink_iters: 4096,
         ..ProptestConfig::default()
     }
@@ -1946,4 +1944,37 @@ fn engine_bug_a_budget_order_stopped_by_self_trade_prevention_ends_budget_done_w
     for stp in [StpMode::CancelBoth, StpMode::CancelNewest] {
         assert_engine_matches_model(&[limit(1, Side::Sell, 100, 1), budget_buy(1, 5_000, stp)]);
     }
+}
+
+/// README ambiguity: "buys, at each price level, floor(budget * 1e6 / ...) lots at most"
+/// does not say whether the cap is computed once per level or again before each resting
+/// order from the budget left. Fees round down per fill, so the second reading can buy
+/// one lot more at a level. The engine (and the model) recompute before each resting
+/// order: here 1 lot costs 1000 + 2 (fee 2.5 rounded down), leaving 2005, which buys 2
+/// more lots (2000 + 5) — 3 lots at one level, where a cap computed on arrival at the
+/// level (3007 / 1002.5) is 2. The budget is never exceeded either way.
+#[test]
+fn a_budget_buy_recomputes_its_lot_cap_from_the_budget_left_at_each_resting_order() {
+    let mut ex = checked_exchange();
+    for cmd in genesis() {
+        ex.apply(&cmd, &mut Vec::new());
+    }
+    let mut out = Vec::new();
+    ex.apply(&limit(2, Side::Sell, 100, 1), &mut out);
+    ex.apply(&limit(3, Side::Sell, 100, 5), &mut out);
+    out.clear();
+    ex.apply(&budget_buy(1, 3007, StpMode::None), &mut out);
+    let bought: Qty = out
+        .iter()
+        .map(|e| match e {
+            Event::Trade { qty, .. } => *qty,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(bought, 3, "{out:#?}");
+    assert_engine_matches_model(&[
+        limit(2, Side::Sell, 100, 1),
+        limit(3, Side::Sell, 100, 5),
+        budget_buy(1, 3007, StpMode::None),
+    ]);
 }

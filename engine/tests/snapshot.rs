@@ -1,0 +1,325 @@
+//! `Exchange::restore` accepts exactly what `Exchange::snapshot` wrote and refuses
+//! anything else with an error, never a panic.
+
+use ringex_engine::snapshot::{SnapshotError, SNAPSHOT_MAGIC, SNAPSHOT_VERSION};
+use ringex_engine::*;
+
+const HEADER: usize = 24;
+
+/// A small but complete state: two assets, a market, two funded accounts, a fee tier,
+/// an API key, resting orders on both sides, one trade, a suspended account.
+fn small_exchange() -> Exchange {
+    let mut ex = Exchange::new();
+    ex.set_checked(true);
+    let spec = MarketSpec {
+        market: 1,
+        symbol: Symbol::new("BTC-USD").unwrap(),
+        base: 1,
+        quote: 2,
+        tick_size: 10,
+        lot_size: 1_000,
+        qty_min: 1,
+        qty_max: 100,
+        band_ppm: 100_000,
+        reference_price: 100,
+        maker_fee_ppm: 1_000,
+        taker_fee_ppm: 2_500,
+    };
+    let place = |account, side, price, qty, cid| match limit(account, side, price, qty) {
+        Command::Place(p) => Command::Place(PlaceOrder {
+            client_order_id: cid,
+            ..p
+        }),
+        _ => unreachable!(),
+    };
+    let cmds = [
+        Command::CreateAsset {
+            asset: 1,
+            symbol: Symbol::new("BTC").unwrap(),
+            decimals: 8,
+        },
+        Command::CreateAsset {
+            asset: 2,
+            symbol: Symbol::new("USD").unwrap(),
+            decimals: 2,
+        },
+        Command::CreateMarket(spec),
+        Command::CreateAccount { account: 1 },
+        Command::CreateAccount { account: 2 },
+        Command::Deposit {
+            account: 1,
+            asset: 2,
+            amount: 100_000,
+            external_ref: 1,
+        },
+        Command::Deposit {
+            account: 2,
+            asset: 1,
+            amount: 50_000,
+            external_ref: 2,
+        },
+        Command::Withdraw {
+            account: 2,
+            asset: 1,
+            amount: 1_000,
+            external_ref: 1,
+        },
+        Command::SetFeeTier {
+            account: 2,
+            market: 1,
+            fees: Some((0, 500)),
+        },
+        Command::AddApiKey {
+            account: 1,
+            key_id: 7,
+            secret_hash: [0xAB; 32],
+            permissions: 3,
+        },
+        place(1, Side::Buy, 98, 5, 11),
+        place(1, Side::Buy, 99, 2, 12),
+        place(2, Side::Sell, 102, 4, 21),
+        place(2, Side::Sell, 99, 1, 22),
+        Command::SuspendAccount { account: 2 },
+    ];
+    for cmd in &cmds {
+        let mut out = Vec::new();
+        ex.apply(cmd, &mut out);
+        assert!(
+            !out.iter().any(|e| matches!(e, Event::Rejected { .. })),
+            "{cmd:?}: {out:?}"
+        );
+    }
+    ex
+}
+
+fn limit(account: AccountId, side: Side, price: Price, qty: Qty) -> Command {
+    Command::Place(PlaceOrder {
+        account,
+        market: 1,
+        client_order_id: 0,
+        side,
+        kind: OrderKind::Limit,
+        tif: TimeInForce::Gtc,
+        price,
+        qty,
+        quote_budget: 0,
+        stp: StpMode::None,
+    })
+}
+
+fn restore_no_panic(bytes: &[u8]) -> Result<Exchange, SnapshotError> {
+    match std::panic::catch_unwind(|| Exchange::restore(bytes)) {
+        Ok(r) => r,
+        Err(_) => panic!("restore panicked on {} bytes: {bytes:02x?}", bytes.len()),
+    }
+}
+
+#[test]
+fn restore_of_a_snapshot_reproduces_the_state_hash_and_the_bytes() {
+    let ex = small_exchange();
+    let snap = ex.snapshot();
+    assert_eq!(&snap[..8], &SNAPSHOT_MAGIC);
+    let back = Exchange::restore(&snap).expect("own snapshot restores");
+    assert_eq!(back.state_hash(), ex.state_hash());
+    assert_eq!(back.snapshot(), snap);
+}
+
+#[test]
+fn restore_of_an_empty_exchange_round_trips() {
+    let ex = Exchange::new();
+    let back = Exchange::restore(&ex.snapshot()).expect("restores");
+    assert_eq!(back.state_hash(), ex.state_hash());
+}
+
+#[test]
+fn restore_rejects_every_truncation() {
+    let snap = small_exchange().snapshot();
+    for len in 0..snap.len() {
+        assert!(
+            restore_no_panic(&snap[..len]).is_err(),
+            "a snapshot truncated to {len} of {} bytes was accepted",
+            snap.len()
+        );
+    }
+    assert!(matches!(
+        Exchange::restore(&snap[..HEADER - 1]),
+        Err(SnapshotError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn restore_rejects_trailing_bytes() {
+    let mut snap = small_exchange().snapshot();
+    snap.push(0);
+    assert!(restore_no_panic(&snap).is_err());
+}
+
+#[test]
+fn restore_rejects_any_single_flipped_bit() {
+    let snap = small_exchange().snapshot();
+    for pos in 0..snap.len() {
+        for bit in 0..8 {
+            let mut bad = snap.clone();
+            bad[pos] ^= 1 << bit;
+            assert!(
+                restore_no_panic(&bad).is_err(),
+                "a snapshot with bit {bit} of byte {pos} flipped was accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_body_is_a_checksum_mismatch() {
+    let snap = small_exchange().snapshot();
+    for pos in HEADER..snap.len() {
+        let mut bad = snap.clone();
+        bad[pos] ^= 0x10;
+        assert!(
+            matches!(
+                Exchange::restore(&bad),
+                Err(SnapshotError::ChecksumMismatch { .. })
+            ),
+            "byte {pos}"
+        );
+    }
+}
+
+#[test]
+fn restore_rejects_a_wrong_magic() {
+    let mut snap = small_exchange().snapshot();
+    snap[0] = b'X';
+    assert_eq!(
+        Exchange::restore(&snap).err(),
+        Some(SnapshotError::BadMagic)
+    );
+    assert_eq!(
+        Exchange::restore(b"definitely not a snapshot at all").err(),
+        Some(SnapshotError::BadMagic)
+    );
+}
+
+#[test]
+fn restore_rejects_a_wrong_version() {
+    let mut snap = small_exchange().snapshot();
+    for version in [0, SNAPSHOT_VERSION + 1, u32::MAX] {
+        snap[8..12].copy_from_slice(&version.to_le_bytes());
+        assert_eq!(
+            Exchange::restore(&snap).err(),
+            Some(SnapshotError::UnsupportedVersion(version))
+        );
+    }
+}
+
+/// A corrupted body whose checksum was recomputed (a bug in a writer, not a disk error)
+/// passes the CRC: the decoder itself must still refuse it or decode it, never panic.
+#[test]
+fn restore_never_panics_on_a_corrupt_body_with_a_valid_checksum() {
+    let snap = small_exchange().snapshot();
+    let with_crc = |mut bytes: Vec<u8>| {
+        let crc = crc32(&bytes[HEADER..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+    assert_eq!(
+        with_crc(snap.clone()),
+        snap,
+        "the test's CRC-32 is the snapshot's"
+    );
+    for pos in HEADER..snap.len() {
+        for value in [0x00, 0x01, 0x7F, 0x80, 0xFF, snap[pos] ^ 0x01] {
+            let mut bad = snap.clone();
+            bad[pos] = value;
+            if let Ok(ex) = restore_no_panic(&with_crc(bad)) {
+                // Whatever it decoded must be usable.
+                let _ = ex.state_hash();
+                let _ = ex.snapshot();
+            }
+        }
+    }
+}
+
+/// Found by the test above: a body that decodes and passes the CRC but describes a state
+/// that breaks the README's invariants (a hold that does not match its order, balances
+/// that do not sum to deposits minus withdrawals, a negative balance, a quantity whose
+/// hold overflows) is accepted by `restore`; `check_invariants` then panics, and in
+/// unchecked mode ordinary later commands (place, cancel-all, halt with cancel) panic too.
+/// `SnapshotError::Invalid` exists for this ("describes an impossible state"); the README
+/// promises restore "never panics on bad bytes" but not that it checks the invariants,
+/// so this is reported as a gap rather than asserted.
+#[test]
+#[ignore = "engine gap: restore does not check the invariants of a checksummed body"]
+fn engine_bug_restore_accepts_a_checksummed_body_that_breaks_the_invariants() {
+    let snap = small_exchange().snapshot();
+    let (mut broken, mut panics_later) = (Vec::new(), Vec::new());
+    for pos in HEADER..snap.len() {
+        for value in [0x00, 0x01, 0x7F, 0x80, 0xFF, snap[pos] ^ 0x01] {
+            let mut bad = snap.clone();
+            bad[pos] = value;
+            let crc = crc32(&bad[HEADER..]);
+            bad[12..16].copy_from_slice(&crc.to_le_bytes());
+            let Ok(ex) = Exchange::restore(&bad) else {
+                continue;
+            };
+            if std::panic::catch_unwind(|| ex.check_invariants()).is_err() {
+                broken.push((pos, value));
+            }
+            let later = std::panic::catch_unwind(move || {
+                let mut ex = ex;
+                let mut out = Vec::new();
+                ex.apply(&Command::ResumeAccount { account: 2 }, &mut out);
+                for (account, side, price) in [
+                    (1, Side::Buy, 105),
+                    (2, Side::Sell, 95),
+                    (2, Side::Buy, 95),
+                    (1, Side::Sell, 105),
+                ] {
+                    ex.apply(&limit(account, side, price, 3), &mut out);
+                }
+                ex.apply(
+                    &Command::CancelAll {
+                        account: 1,
+                        market: None,
+                    },
+                    &mut out,
+                );
+                ex.apply(
+                    &Command::SetMarketStatus {
+                        market: 1,
+                        status: MarketStatus::Halted,
+                        cancel_resting: true,
+                    },
+                    &mut out,
+                );
+            });
+            if later.is_err() {
+                panics_later.push((pos, value));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty() && panics_later.is_empty(),
+        "{} corrupt bodies restored into a state breaking the invariants, e.g. (byte, value) \
+         {:?}; {} of them make later commands panic, e.g. {:?}",
+        broken.len(),
+        &broken[..broken.len().min(8)],
+        panics_later.len(),
+        &panics_later[..panics_later.len().min(8)],
+    );
+}
+
+/// CRC-32 (IEEE), bit by bit: enough for a test, and independent of the engine's crate.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
