@@ -971,6 +971,8 @@ pub struct VariantReport {
     pub mix: MixStats,
     pub resting_after_prefill: usize,
     pub resting_at_end: usize,
+    /// Price levels (bids, asks) summed over markets at the end of the stream.
+    pub levels_at_end: (usize, usize),
     pub book: Figures,
     pub exchange: Figures,
     pub baseline: Figures,
@@ -1105,7 +1107,11 @@ pub fn run_variant(
     let view = view_books(&books_end);
     let books_match = view == view_baseline(&base_end) && view == view_exchange(&ex_end, markets);
     let state_hash = ex_end.state_hash();
+    let levels_at_end = books_end.iter().fold((0, 0), |(b, a), x| {
+        (b + x.level_count(Side::Buy), a + x.level_count(Side::Sell))
+    });
     VariantReport {
+        levels_at_end,
         markets,
         commands,
         runs: runs.max(1),
@@ -1131,8 +1137,11 @@ impl VariantReport {
             self.markets, self.commands, self.runs, self.generation_secs
         );
         println!(
-            "resting orders: {} after pre-fill, {} at end",
-            self.resting_after_prefill, self.resting_at_end
+            "resting orders: {} after pre-fill, {} at end, over {} bid and {} ask levels",
+            self.resting_after_prefill,
+            self.resting_at_end,
+            self.levels_at_end.0,
+            self.levels_at_end.1
         );
         println!("mix: {}", self.mix.describe());
         println!(
