@@ -14,7 +14,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` would pass other flags.
+    // Command-line flags from `cargo bench` (e.g. `--bench`) are ignored; use the env vars.
     let mut args = EngineBenchArgs::default();
     args.commands = env_or("RINGEX_BENCH_COMMANDS", args.commands);
     args.runs = env_or("RINGEX_BENCH_RUNS", args.runs);
