@@ -10,6 +10,7 @@ mod reader;
 mod recovery;
 mod segment;
 mod snapshot;
+mod stage;
 mod storage;
 mod writer;
 
@@ -22,6 +23,7 @@ pub use snapshot::{
     snapshot_file_name, LoadedSnapshot, SnapshotEntry, SnapshotMeta, SnapshotStore,
     STATE_HASH_SIZE_MAX,
 };
+pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};
 pub use writer::{Config, Durability, Journal, PruneReport, PrunedSegment, Watermarks};
 

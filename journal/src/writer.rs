@@ -8,6 +8,7 @@ use crate::lock::DirLock;
 use crate::recovery::{self, RecoveryReport, Verify};
 use crate::segment::{list_segments, segment_path, SPARE_FILE_NAME};
 use crate::snapshot::SnapshotStore;
+use crate::stage::{Backend, Engine, Ring};
 use crate::storage::{OsStorage, Storage};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
@@ -47,6 +48,10 @@ pub struct Config {
     pub prealloc_zero_fill: bool,
     pub verify: Verify,
     pub storage: Arc<dyn Storage>,
+    /// Write path. `Pwrite` and `IoUring` stage records in memory and need `Group`.
+    pub backend: Backend,
+    /// Size of the staging ring for the staged backends (a power of two).
+    pub staging_size_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -77,6 +82,8 @@ impl Config {
             prealloc_zero_fill: false,
             verify: Verify::Tail,
             storage: Arc::new(OsStorage),
+            backend: Backend::Mmap,
+            staging_size_bytes: 8 << 20,
         }
     }
 
@@ -95,6 +102,22 @@ impl Config {
                 "record_size_bytes_max {} does not fit a segment's {data_bytes} data bytes",
                 self.record_size_bytes_max
             )));
+        }
+        if self.backend != Backend::Mmap {
+            if self.durability != Durability::Group {
+                return Err(Error::Config(format!(
+                    "the {:?} backend needs the group durability mode",
+                    self.backend
+                )));
+            }
+            if !self.staging_size_bytes.is_power_of_two()
+                || self.staging_size_bytes < 2 * frame_size(u64::from(self.record_size_bytes_max))
+            {
+                return Err(Error::Config(format!(
+                    "staging_size_bytes {} must be a power of two holding two maximal records",
+                    self.staging_size_bytes
+                )));
+            }
         }
         if let Durability::Async { flush_interval_ms } = self.durability {
             if flush_interval_ms == 0 {
@@ -204,6 +227,7 @@ struct Progress {
     segment_base_seq: AtomicU64,
     end_offset_bytes: AtomicU64,
     epoch: AtomicU64,
+    stream_end: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -213,6 +237,8 @@ struct ProgressSnapshot {
     segment_base_seq: u64,
     end_offset_bytes: u64,
     epoch: u32,
+    /// Bytes staged since open (staged backends; 0 for mmap).
+    stream_end: u64,
 }
 
 impl Progress {
@@ -228,6 +254,7 @@ impl Progress {
         self.end_offset_bytes
             .store(s.end_offset_bytes, Ordering::Relaxed);
         self.epoch.store(u64::from(s.epoch), Ordering::Relaxed);
+        self.stream_end.store(s.stream_end, Ordering::Relaxed);
         self.version.store(v + 2, Ordering::Release);
     }
 
@@ -242,6 +269,7 @@ impl Progress {
                     segment_base_seq: self.segment_base_seq.load(Ordering::Relaxed),
                     end_offset_bytes: self.end_offset_bytes.load(Ordering::Relaxed),
                     epoch: self.epoch.load(Ordering::Relaxed) as u32,
+                    stream_end: self.stream_end.load(Ordering::Relaxed),
                 };
                 fence(Ordering::Acquire);
                 if self.version.load(Ordering::Relaxed) == v1 {
@@ -293,6 +321,10 @@ struct Shared {
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
     /// Offset up to which the populate thread should prefault the active segment.
     populate_target: (Mutex<u64>, Condvar),
+    /// Staging ring of the staged backends (None for mmap).
+    ring: Option<Ring>,
+    backend: Backend,
+    backend_note: Option<String>,
 }
 
 /// How far ahead of the writer the populate thread prefaults pages, and in what steps.
@@ -395,6 +427,8 @@ pub struct Journal {
     populator: Option<JoinHandle<()>>,
     /// When `end_offset_bytes` passes this, ask the populate thread to move ahead.
     populate_next_at: u64,
+    /// Bytes staged since open (staged backends).
+    stream_end: u64,
     _lock: DirLock,
 }
 
@@ -571,7 +605,22 @@ impl Journal {
             tail.end_offset_bytes
         };
 
+        let (engine, backend, backend_note) = match config.backend {
+            Backend::Mmap => (None, Backend::Mmap, None),
+            Backend::Pwrite => (Some(Engine::Pwrite), Backend::Pwrite, None),
+            Backend::IoUring => match Engine::detect(true) {
+                (e @ Engine::IoUring(_), note) => (Some(e), Backend::IoUring, note),
+                (e, note) => (Some(e), Backend::Pwrite, note),
+            },
+        };
+        let ring = engine
+            .as_ref()
+            .map(|_| Ring::new(config.staging_size_bytes));
+
         let shared = Arc::new(Shared {
+            ring,
+            backend,
+            backend_note,
             dir: dir.clone(),
             storage: storage.clone(),
             durability: config.durability,
@@ -609,15 +658,22 @@ impl Journal {
             segment_base_seq: active.base_seq,
             end_offset_bytes,
             epoch: tail.epoch.max(config.epoch),
+            stream_end: 0,
         });
         shared.check_space()?;
 
         let syncer = {
             let shared = shared.clone();
             let generation = tail.checkpoint_generation + 1;
+            let staged = engine.map(|engine| StagedSyncer {
+                engine,
+                segment_base_seq: active.base_seq,
+                segment_offset_base: end_offset_bytes,
+                segment_stream_base: 0,
+            });
             std::thread::Builder::new()
                 .name("journal-sync".into())
-                .spawn(move || syncer_main(&shared, generation))
+                .spawn(move || syncer_main(&shared, generation, staged))
                 .map_err(|e| Error::io("spawn journal-sync thread", e))?
         };
         let preallocator = {
@@ -628,16 +684,22 @@ impl Journal {
                 .map_err(|e| Error::io("spawn journal-prealloc thread", e))?
         };
 
-        let populator = {
+        // Prefaulting only helps writes through the mapping.
+        let populator = if shared.ring.is_none() {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("journal-populate".into())
-                .spawn(move || populator_main(&shared))
-                .map_err(|e| Error::io("spawn journal-populate thread", e))?
+            Some(
+                std::thread::Builder::new()
+                    .name("journal-populate".into())
+                    .spawn(move || populator_main(&shared))
+                    .map_err(|e| Error::io("spawn journal-populate thread", e))?,
+            )
+        } else {
+            None
         };
 
         Ok(Journal {
-            populator: Some(populator),
+            populator,
+            stream_end: 0,
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             seal_at: seal_offset(segment_size_bytes),
             active,
@@ -675,6 +737,16 @@ impl Journal {
 
     pub fn journal_id(&self) -> u128 {
         self.journal_id
+    }
+
+    /// The write path in use (`IoUring` may have fallen back to `Pwrite`).
+    pub fn backend(&self) -> Backend {
+        self.shared.backend
+    }
+
+    /// Why the requested backend was not used, if it was not.
+    pub fn backend_note(&self) -> Option<&str> {
+        self.shared.backend_note.as_deref()
     }
 
     /// Shared watermarks, for readers and the pipeline.
@@ -749,21 +821,37 @@ impl Journal {
         };
         let hdr = h.encode_with_crc(payload);
         let at = self.end_offset_bytes;
-        // Payload first, header last: a concurrent reader that sees the header sees a frame
-        // whose CRC it can check.
-        self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
-        if pad > 0 {
-            self.active.write(
-                at + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
+        if let Some(ring) = &self.shared.ring {
+            if ring.free(self.stream_end) < size {
+                self.wait_ring(size)?;
+            }
+            let ring = self.shared.ring.as_ref().expect("staged");
+            let p = self.stream_end;
+            ring.write(p, &hdr);
+            ring.write(p + FRAME_HEADER_SIZE as u64, payload);
+            // The ring holds old bytes: padding is written explicitly.
+            ring.write(
+                p + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
                 &[0u8; 8][..pad],
             );
+            self.stream_end += size;
+        } else {
+            // Payload first, header last: a concurrent reader that sees the header sees a
+            // frame whose CRC it can check.
+            self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
+            if pad > 0 {
+                self.active.write(
+                    at + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
+                    &[0u8; 8][..pad],
+                );
+            }
+            self.active.write(at, &hdr);
         }
-        self.active.write(at, &hdr);
 
         self.chain = chain_next(self.chain, h.crc, seq);
         self.end_offset_bytes = at + size;
-        if self.end_offset_bytes >= self.populate_next_at {
+        if self.end_offset_bytes >= self.populate_next_at && self.populator.is_some() {
             self.request_populate();
         }
         self.seq_next = seq + 1;
@@ -778,8 +866,12 @@ impl Journal {
             segment_base_seq: self.active.base_seq,
             end_offset_bytes: self.end_offset_bytes,
             epoch: self.epoch,
+            stream_end: self.stream_end,
         });
-        self.shared.watermarks.written.store(seq, Ordering::Release);
+        if self.shared.ring.is_none() {
+            // Staged backends: the syncer publishes `written` once the bytes are in the file.
+            self.shared.watermarks.written.store(seq, Ordering::Release);
+        }
         if self.shared.durability == Durability::Group {
             // Pairs with the syncer's SeqCst store of `syncer_idle` before it re-checks
             // progress: one of the two sides sees the other.
@@ -799,9 +891,46 @@ impl Journal {
         self.shared.populate_target.1.notify_one();
     }
 
+    /// Waits (bounded) until the syncer has written staged bytes so `size` more fit, or,
+    /// with `size == 0`, until everything staged is in the file.
+    #[cold]
+    fn wait_ring(&mut self, size: u64) -> Result<()> {
+        let ring = self.shared.ring.as_ref().expect("staged backend");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for attempt in 0u64.. {
+            let ok = if size == 0 {
+                ring.flushed_end.load(Ordering::Acquire) == self.stream_end
+            } else {
+                ring.free(self.stream_end) >= size
+            };
+            if ok {
+                return Ok(());
+            }
+            if self.shared.failed.load(Ordering::SeqCst) {
+                return Err(self.shared.failure());
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            self.shared.wake_syncer();
+            if attempt < 100 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        Err(Error::Failed {
+            reason: "the syncer did not drain the staging ring within 30 s".into(),
+        })
+    }
+
     /// Seals the active segment and switches to the preallocated next one.
     #[cold]
     fn roll(&mut self) -> Result<()> {
+        if self.shared.ring.is_some() && !self.sealed {
+            // Staged: every record of this segment is in the file before the seal.
+            self.wait_ring(0)?;
+        }
         if !self.sealed {
             let seal = Seal {
                 seq_next: self.seq_next,
@@ -812,7 +941,16 @@ impl Journal {
                 timestamp_ns_last: self.timestamp_ns_last,
                 end_offset_bytes: self.end_offset_bytes,
             };
-            self.active.write(self.seal_at, &seal.encode());
+            if self.shared.ring.is_some() {
+                self.active
+                    .file
+                    .write_all_at(&seal.encode(), self.seal_at)
+                    .map_err(|e| {
+                        Error::io(format!("write seal {}", self.active.path.display()), e)
+                    })?;
+            } else {
+                self.active.write(self.seal_at, &seal.encode());
+            }
             self.sealed = true;
         }
         let free = self.shared.check_space()?;
@@ -851,7 +989,9 @@ impl Journal {
         self.active = segment;
         self.seal_at = seal_offset(header.segment_size_bytes);
         self.end_offset_bytes = DATA_OFFSET;
-        self.request_populate();
+        if self.populator.is_some() {
+            self.request_populate();
+        }
         self.sealed = false;
         self.record_count = 0;
         self.timestamp_ns_first = 0;
@@ -862,6 +1002,7 @@ impl Journal {
             segment_base_seq: self.active.base_seq,
             end_offset_bytes: DATA_OFFSET,
             epoch: self.epoch,
+            stream_end: self.stream_end,
         });
         Ok(())
     }
@@ -913,7 +1054,7 @@ impl Journal {
     /// Asks the syncer for a sync now (in `async` mode too) and waits for it to cover
     /// everything written so far.
     pub fn sync(&self) -> Result<()> {
-        let target = self.shared.watermarks.written();
+        let target = self.seq_next - 1;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut guard = lock(&self.shared.durable_changed.0);
         // Bounded by the deadline; each pass waits at most 10 ms.
@@ -1078,13 +1219,26 @@ fn wait_durable(shared: &Shared, seq: u64, timeout: Duration) -> Result<bool> {
     }
 }
 
-fn syncer_main(shared: &Shared, mut generation: u64) {
+/// The syncer's state for staged backends: its I/O engine and where the active segment's
+/// bytes sit in the stream (offset = segment_offset_base + (stream - segment_stream_base)).
+struct StagedSyncer {
+    engine: Engine,
+    segment_base_seq: u64,
+    segment_offset_base: u64,
+    segment_stream_base: u64,
+}
+
+fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSyncer>) {
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
         // Group mode is woken by appends; the timeout only bounds idle checkpointing.
         Durability::Group => Duration::from_millis(10),
     };
-    let mut checkpoint_pending: Option<ProgressSnapshot> = Some(shared.progress.read());
+    // A checkpoint for the state recovered at open (already synced by `open`).
+    let mut checkpoint_pending = CheckpointState {
+        to_write: Some(shared.progress.read()),
+        unsynced: None,
+    };
     let mut space_checked = Instant::now();
     loop {
         let stopping = shared.stop.load(Ordering::SeqCst);
@@ -1092,12 +1246,18 @@ fn syncer_main(shared: &Shared, mut generation: u64) {
             return;
         }
         let work = shared.progress.read().seq > shared.watermarks.durable()
-            || checkpoint_pending.is_some();
+            || checkpoint_pending.to_write.is_some()
+            || checkpoint_pending.unsynced.is_some();
         if stopping && shared.abandon.load(Ordering::SeqCst) {
             return;
         }
         if work {
-            match sync_round(shared, &mut generation, &mut checkpoint_pending) {
+            match sync_round(
+                shared,
+                &mut generation,
+                &mut checkpoint_pending,
+                staged.as_mut(),
+            ) {
                 Ok(()) => {}
                 Err(reason) => {
                     shared.fail(reason);
@@ -1135,12 +1295,21 @@ fn syncer_main(shared: &Shared, mut generation: u64) {
     }
 }
 
-/// One sync: write the previous durable point as a checkpoint, sync sealed segments, the
-/// directory and the active segment, then advance `durable`. Err is fatal.
+struct CheckpointState {
+    /// Durable point not yet recorded in a checkpoint slot.
+    to_write: Option<ProgressSnapshot>,
+    /// Sequence of a checkpoint written but not yet synced.
+    unsynced: Option<u64>,
+}
+
+/// One sync: sync sealed segments, the directory and the active segment (staged backends
+/// write their staged bytes first), advance `durable`, then record it in a checkpoint slot
+/// that the next round persists. Err is fatal.
 fn sync_round(
     shared: &Shared,
     generation: &mut u64,
-    checkpoint_pending: &mut Option<ProgressSnapshot>,
+    checkpoint_pending: &mut CheckpointState,
+    staged: Option<&mut StagedSyncer>,
 ) -> std::result::Result<(), String> {
     let snap = shared.progress.read();
     let (active, sealed, dir_unsynced) = {
@@ -1149,23 +1318,8 @@ fn sync_round(
         let d = std::mem::replace(&mut list.dir_unsynced, false);
         (list.active.clone(), sealed, d)
     };
-    let mut checkpoint_written = None;
-    if let Some(cp) = checkpoint_pending.take() {
-        let c = Checkpoint {
-            generation: *generation,
-            seq: cp.seq,
-            chain: cp.chain,
-            segment_base_seq: cp.segment_base_seq,
-            end_offset_bytes: cp.end_offset_bytes,
-            epoch: cp.epoch,
-        };
-        active.write(
-            CHECKPOINT_OFFSETS[(*generation % 2) as usize] as u64,
-            &c.encode(),
-        );
-        *generation += 1;
-        checkpoint_written = Some(cp.seq);
-    }
+    // A checkpoint written by the previous round is persisted by this round's syncs.
+    let checkpoint_written = checkpoint_pending.unsynced.take();
     for s in &sealed {
         shared
             .storage
@@ -1178,17 +1332,70 @@ fn sync_round(
             .sync_dir(&shared.dir)
             .map_err(|e| format!("fsync of directory {} failed: {e}", shared.dir.display()))?;
     }
-    shared
-        .storage
-        .sync_data(&active.file)
-        .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
+    let sync_data = |f: &File| shared.storage.sync_data(f);
+    let ring = shared.ring.as_ref();
+    match (staged, ring) {
+        (Some(st), Some(ring)) if snap.stream_end > ring.flushed_end.load(Ordering::Acquire) => {
+            let flushed = ring.flushed_end.load(Ordering::Acquire);
+            // The writer drains the ring before it rolls, so unflushed bytes belong to the
+            // active segment, and a new segment starts where the stream was flushed to.
+            assert_eq!(
+                active.base_seq, snap.segment_base_seq,
+                "staged bytes span a roll"
+            );
+            if st.segment_base_seq != active.base_seq {
+                st.segment_base_seq = active.base_seq;
+                st.segment_offset_base = DATA_OFFSET;
+                st.segment_stream_base = flushed;
+            }
+            let offset = st.segment_offset_base + (flushed - st.segment_stream_base);
+            assert!(offset + (snap.stream_end - flushed) <= seal_offset(active.size_bytes));
+            let (a, b) = ring.slices(flushed, snap.stream_end);
+            st.engine
+                .write_and_sync(&active.file, offset, a, b, &sync_data)
+                .map_err(|e| {
+                    format!(
+                        "write + fdatasync of {} at offset {offset} failed: {e}",
+                        active.path.display()
+                    )
+                })?;
+            ring.flushed_end.store(snap.stream_end, Ordering::Release);
+            shared.watermarks.written.store(snap.seq, Ordering::Release);
+        }
+        _ => sync_data(&active.file)
+            .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?,
+    }
     if let Some(seq) = checkpoint_written {
         shared.checkpoint_seq_durable.store(seq, Ordering::Release);
     }
     if snap.seq > shared.watermarks.durable() {
         shared.watermarks.durable.store(snap.seq, Ordering::Release);
-        // The next round persists this point as a checkpoint.
-        *checkpoint_pending = Some(snap);
+        checkpoint_pending.to_write = Some(snap);
+    }
+    // Record the durable point right away: it only claims what was synced above, so it is
+    // safe whenever it reaches the disk; the next round's sync makes sure it does.
+    if let Some(cp) = checkpoint_pending.to_write.take() {
+        let c = Checkpoint {
+            generation: *generation,
+            seq: cp.seq,
+            chain: cp.chain,
+            segment_base_seq: cp.segment_base_seq,
+            end_offset_bytes: cp.end_offset_bytes,
+            epoch: cp.epoch,
+        };
+        let at = CHECKPOINT_OFFSETS[(*generation % 2) as usize] as u64;
+        if shared.ring.is_some() {
+            active.file.write_all_at(&c.encode(), at).map_err(|e| {
+                format!(
+                    "write of checkpoint to {} failed: {e}",
+                    active.path.display()
+                )
+            })?;
+        } else {
+            active.write(at, &c.encode());
+        }
+        *generation += 1;
+        checkpoint_pending.unsynced = Some(cp.seq);
     }
     let _g = lock(&shared.durable_changed.0);
     shared.durable_changed.1.notify_all();

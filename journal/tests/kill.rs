@@ -17,7 +17,7 @@ fn len_of(seq: u64) -> usize {
 }
 
 fn child_config(dir: &std::path::Path, mode: &str) -> ringex_journal::Config {
-    let durability = if mode == "group" {
+    let durability = if mode != "async" {
         Durability::Group
     } else {
         Durability::Async {
@@ -26,6 +26,10 @@ fn child_config(dir: &std::path::Path, mode: &str) -> ringex_journal::Config {
     };
     let mut c = config(dir, durability);
     c.segment_size_bytes = 64 * 1024;
+    if mode == "uring" {
+        c.backend = ringex_journal::Backend::IoUring;
+        c.staging_size_bytes = 32 * 1024;
+    }
     c
 }
 
@@ -115,4 +119,9 @@ fn sigkill_group_mode_keeps_durable_records() {
 #[test]
 fn sigkill_async_mode_keeps_durable_records() {
     run("async");
+}
+
+#[test]
+fn sigkill_io_uring_backend_keeps_durable_records() {
+    run("uring");
 }
