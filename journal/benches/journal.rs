@@ -9,7 +9,7 @@
 //! `std::fs::File` doing `write_all` + `sync_data` per batch of the same B records.
 
 use hdrhistogram::Histogram;
-use ringex_journal::{frame_size_bytes, Config, Durability, Journal};
+use ringex_journal::{frame_size_bytes, Backend, Config, Durability, Journal};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,12 +97,16 @@ fn bench_group(
     payload_len: usize,
     batch: u64,
     duration: Duration,
-    zero_fill: bool,
-) -> Outcome {
+    backend: Backend,
+) -> (Outcome, Backend) {
     let dir = fresh_dir(root, &format!("group-{payload_len}-{batch}"));
     let mut c = config(&dir, Durability::Group);
-    c.prealloc_zero_fill = zero_fill;
+    c.backend = backend;
     let mut j = Journal::open(c).unwrap();
+    let used = j.backend();
+    if let Some(note) = j.backend_note() {
+        println!("  note: {note}");
+    }
     let w = j.watermarks();
     let payload = vec![0xcdu8; payload_len];
     let mut hist = Histogram::<u64>::new(3).unwrap();
@@ -140,6 +144,56 @@ fn bench_group(
     for (_, t) in pending {
         hist.record((now - t).as_nanos() as u64).unwrap();
     }
+    j.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        Outcome {
+            records,
+            elapsed,
+            payload_len,
+            latency: Some(hist),
+        },
+        used,
+    )
+}
+
+/// Closed loop: append a batch, wait until it is durable, repeat. The latency of one group
+/// commit with nothing queued ahead of it.
+fn bench_group_closed(
+    root: &Path,
+    payload_len: usize,
+    batch: u64,
+    duration: Duration,
+    backend: Backend,
+) -> Outcome {
+    let dir = fresh_dir(root, &format!("closed-{payload_len}-{batch}"));
+    let mut c = config(&dir, Durability::Group);
+    c.backend = backend;
+    let mut j = Journal::open(c).unwrap();
+    let w = j.watermarks();
+    let payload = vec![0xcdu8; payload_len];
+    let mut hist = Histogram::<u64>::new(3).unwrap();
+    let start = Instant::now();
+    let mut records = 0u64;
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let mut last = 0;
+        for _ in 0..batch {
+            last = j.append(1, 1, records, &payload).unwrap();
+            records += 1;
+        }
+        let mut spins = 0u32;
+        while w.durable() < last {
+            spins += 1;
+            if spins > 1000 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        hist.record(t.elapsed().as_nanos() as u64).unwrap();
+    }
+    let elapsed = start.elapsed();
     j.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     Outcome {
@@ -210,13 +264,24 @@ fn main() {
             base.print(&format!(
                 "baseline write_all+sync_data {payload_len} B x{batch}"
             ));
-            let g = bench_group(&root, payload_len, batch, duration, false);
-            g.print(&format!("group mmap {payload_len} B x{batch}"));
-            println!(
-                "{:<44} {:>12.1}x records/s vs baseline",
-                format!("ratio group/baseline {payload_len} B x{batch}"),
-                g.records_per_s() / base.records_per_s()
-            );
+            for backend in [Backend::Mmap, Backend::IoUring] {
+                let (g, used) = bench_group(&root, payload_len, batch, duration, backend);
+                let name = format!("group {used:?} {payload_len} B x{batch}");
+                g.print(&name);
+                println!(
+                    "{:<44} {:>12.1}x records/s vs baseline",
+                    format!("ratio {name}"),
+                    g.records_per_s() / base.records_per_s()
+                );
+                let closed = bench_group_closed(&root, payload_len, batch, duration, backend);
+                let name = format!("closed-loop {used:?} {payload_len} B x{batch}");
+                closed.print(&name);
+                println!(
+                    "{:<44} {:>12.1}x records/s vs baseline",
+                    format!("ratio {name}"),
+                    closed.records_per_s() / base.records_per_s()
+                );
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&root);
