@@ -204,6 +204,43 @@ fn bench_group_closed(
     }
 }
 
+/// CPU floor: the per-record work of `append` (header, CRC, chain, copy) into a warm
+/// in-memory buffer, no file. Separates CPU cost from page-fault cost.
+fn bench_cpu_floor(payload_len: usize, records: u64) -> Outcome {
+    let frame = frame_size_bytes(payload_len as u64) as usize;
+    let mut buf = vec![0u8; 64 << 20];
+    let payload = vec![0xabu8; payload_len];
+    let mut chain = 0u64;
+    let mut at = 0usize;
+    let start = Instant::now();
+    for seq in 1..=records {
+        let mut hdr = [0u8; 48];
+        hdr[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        hdr[8..16].copy_from_slice(&seq.to_le_bytes());
+        hdr[24..32].copy_from_slice(&chain.to_le_bytes());
+        let mut h = crc32fast::Hasher::new();
+        h.update(&hdr);
+        h.update(&payload);
+        let crc = h.finalize();
+        hdr[40..44].copy_from_slice(&crc.to_le_bytes());
+        if at + frame > buf.len() {
+            at = 0;
+        }
+        buf[at..at + 48].copy_from_slice(&hdr);
+        buf[at + 48..at + 48 + payload_len].copy_from_slice(&payload);
+        chain = ringex_journal::chain_next(chain, crc, seq);
+        at += frame;
+    }
+    let elapsed = start.elapsed();
+    std::hint::black_box(&buf);
+    Outcome {
+        records,
+        elapsed,
+        payload_len,
+        latency: None,
+    }
+}
+
 /// Baseline: one plain file, a batch of B frames per write_all, then sync_data.
 fn bench_baseline(root: &Path, payload_len: usize, batch: u64, duration: Duration) -> Outcome {
     let dir = fresh_dir(root, &format!("baseline-{payload_len}-{batch}"));
@@ -248,6 +285,13 @@ fn main() {
     let duration = Duration::from_millis(if quick { 300 } else { 2000 });
 
     let only = std::env::var("RINGEX_BENCH_ONLY").unwrap_or_default();
+    for payload_len in [64usize, 256] {
+        if !"async".contains(only.as_str()) {
+            break;
+        }
+        let o = bench_cpu_floor(payload_len, async_records);
+        o.print(&format!("cpu floor (no file) {payload_len} B"));
+    }
     for payload_len in [64usize, 256] {
         if !"async".contains(only.as_str()) {
             break;

@@ -429,6 +429,7 @@ pub struct Journal {
     populate_next_at: u64,
     /// Bytes staged since open (staged backends).
     stream_end: u64,
+    hasher_fresh: crc32fast::Hasher,
     _lock: DirLock,
 }
 
@@ -700,6 +701,7 @@ impl Journal {
         Ok(Journal {
             populator,
             stream_end: 0,
+            hasher_fresh: crc32fast::Hasher::new(),
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             seal_at: seal_offset(segment_size_bytes),
             active,
@@ -819,7 +821,7 @@ impl Journal {
             schema_version,
             crc: 0,
         };
-        let hdr = h.encode_with_crc(payload);
+        let hdr = h.encode_with_crc_from(&self.hasher_fresh, payload);
         let at = self.end_offset_bytes;
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
         if let Some(ring) = &self.shared.ring {
