@@ -1,13 +1,16 @@
 //! The order book: price levels with FIFO queues, usable on its own without accounts.
 //!
-//! Layout, chosen for the workload exchanges actually see (most activity within a few
-//! levels of the touch):
-//! - Each side is a `Vec<Level>` sorted so that the **best level is at the end**. Adding or
-//!   removing a level near the touch shifts only the few levels better than it, and the
-//!   best level is `last()`. A lookup scans a few levels from the touch, then falls back to
-//!   binary search.
+//! Layout:
+//! - Levels live in a slab per side (`Vec<Level>` with a free list), so a level's handle
+//!   is stable while it exists. An ordered index (`BTreeMap<key, handle>`) keeps them in
+//!   price order for the "next best" and depth queries, and the best level's handle is
+//!   cached. Creating or emptying a level is O(log levels); everything else is O(1).
+//!   (A sorted `Vec` of levels was measured first: on exchange-core's load, where moves of
+//!   old orders deep in the book create and empty levels constantly, shifting hundreds of
+//!   levels per change cost 45% of the time.)
 //! - Orders live in a slab (`Vec<Node<T>>` with a free list) and form an intrusive doubly
-//!   linked FIFO per level, so cancel by id is O(1) after the id lookup and a level lookup.
+//!   linked FIFO per level. Each order knows its level's handle, so cancel by id is one
+//!   hash lookup and a few pointer updates.
 //! - `T` is the caller's per-order payload (the exchange keeps account and hold data there).
 //!
 //! Matching is one generic loop, [`OrderBook::submit`], reporting fills, self-trade
@@ -16,11 +19,10 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::price_index::PriceIndex;
 use crate::types::*;
 
 const NIL: u32 = u32::MAX;
-/// How many levels from the touch a lookup scans before binary searching.
-const SCAN_LEVELS_MAX: usize = 8;
 
 /// A resting order.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +37,8 @@ pub struct Node<T> {
     pub data: T,
     prev: u32,
     next: u32,
+    /// Handle of the order's level in its side's level slab.
+    level: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -46,10 +50,16 @@ struct Level {
     tail: u32,
 }
 
-/// One side of the book. Levels sorted by `key` ascending; best at the end.
+/// One side of the book.
 #[derive(Clone, Debug, Default)]
 struct Ladder {
+    /// Level slab; free slots are listed in `free`.
     levels: Vec<Level>,
+    free: Vec<u32>,
+    /// Live levels by `key`: the best level has the highest.
+    by_key: PriceIndex,
+    /// Handle of the best level, or NIL when the side is empty.
+    best: u32,
 }
 
 /// Sort key that makes "better" mean "greater" on both sides.
@@ -61,23 +71,76 @@ fn key(side: Side, price: Price) -> i64 {
 }
 
 impl Ladder {
-    /// `Ok(index)` of the level at `price`, or `Err(insertion index)`.
-    fn find(&self, side: Side, price: Price) -> Result<usize, usize> {
-        let k = key(side, price);
-        let levels = &self.levels;
-        let len = levels.len();
-        // Most lookups are near the touch: scan a few levels from the end first.
-        let scan = len.min(SCAN_LEVELS_MAX);
-        for i in (len - scan..len).rev() {
-            let ki = key(side, levels[i].price);
-            if ki == k {
-                return Ok(i);
-            }
-            if ki < k {
-                return Err(i + 1);
-            }
+    fn new() -> Ladder {
+        Ladder {
+            best: NIL,
+            ..Ladder::default()
         }
-        levels[..len - scan].binary_search_by(|l| key(side, l.price).cmp(&k))
+    }
+
+    fn find(&self, side: Side, price: Price) -> Option<u32> {
+        if self.best != NIL && self.levels[self.best as usize].price == price {
+            return Some(self.best);
+        }
+        self.by_key.get(key(side, price))
+    }
+
+    fn best_level(&self) -> Option<&Level> {
+        (self.best != NIL).then(|| &self.levels[self.best as usize])
+    }
+
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Levels from best to worst.
+    fn iter_best_first(&self) -> impl Iterator<Item = &Level> + '_ {
+        self.by_key
+            .iter_desc()
+            .map(|(_, h)| &self.levels[h as usize])
+    }
+
+    /// The level at `price`, created empty if missing.
+    fn find_or_create(&mut self, side: Side, price: Price) -> u32 {
+        if let Some(h) = self.find(side, price) {
+            return h;
+        }
+        let level = Level {
+            price,
+            total: 0,
+            count: 0,
+            head: NIL,
+            tail: NIL,
+        };
+        let h = match self.free.pop() {
+            Some(h) => {
+                self.levels[h as usize] = level;
+                h
+            }
+            None => {
+                assert!(self.levels.len() < NIL as usize, "level slab full");
+                self.levels.push(level);
+                (self.levels.len() - 1) as u32
+            }
+        };
+        let k = key(side, price);
+        self.by_key.insert(k, h);
+        if self.best == NIL || k > key(side, self.levels[self.best as usize].price) {
+            self.best = h;
+        }
+        h
+    }
+
+    /// Drops an empty level.
+    fn remove_level(&mut self, side: Side, h: u32) {
+        let level = self.levels[h as usize];
+        assert!(level.count == 0 && level.total == 0 && level.head == NIL);
+        let removed = self.by_key.remove(key(side, level.price));
+        assert_eq!(removed, h);
+        self.free.push(h);
+        if self.best == h {
+            self.best = self.by_key.max().map_or(NIL, |(_, b)| b);
+        }
     }
 }
 
@@ -251,8 +314,8 @@ impl<T: Copy + Default> OrderBook<T> {
         let mut index = FxHashMap::default();
         index.reserve(orders);
         OrderBook {
-            bids: Ladder::default(),
-            asks: Ladder::default(),
+            bids: Ladder::new(),
+            asks: Ladder::new(),
             nodes: Vec::with_capacity(orders),
             free_head: NIL,
             index,
@@ -280,12 +343,12 @@ impl<T: Copy + Default> OrderBook<T> {
     }
 
     pub fn level_count(&self, side: Side) -> usize {
-        self.ladder(side).levels.len()
+        self.ladder(side).len()
     }
 
     /// Best price and its total quantity.
     pub fn best(&self, side: Side) -> Option<(Price, Qty)> {
-        self.ladder(side).levels.last().map(|l| (l.price, l.total))
+        self.ladder(side).best_level().map(|l| (l.price, l.total))
     }
 
     pub fn best_price(&self, side: Side) -> Option<Price> {
@@ -295,17 +358,16 @@ impl<T: Copy + Default> OrderBook<T> {
     /// Aggregated quantity resting at `price` on `side` (zero if none).
     pub fn qty_at(&self, side: Side, price: Price) -> Qty {
         let ladder = self.ladder(side);
-        match ladder.find(side, price) {
-            Ok(i) => ladder.levels[i].total,
-            Err(_) => 0,
-        }
+        ladder
+            .find(side, price)
+            .map_or(0, |h| ladder.levels[h as usize].total)
     }
 
     /// The best `n` levels of `side`, best first, into `out` (cleared first).
     pub fn depth_into(&self, side: Side, n: usize, out: &mut Vec<(Price, Qty)>) {
         out.clear();
-        let levels = &self.ladder(side).levels;
-        out.extend(levels.iter().rev().take(n).map(|l| (l.price, l.total)));
+        let ladder = self.ladder(side);
+        out.extend(ladder.iter_best_first().take(n).map(|l| (l.price, l.total)));
     }
 
     pub fn depth(&self, side: Side, n: usize) -> Vec<(Price, Qty)> {
@@ -339,7 +401,7 @@ impl<T: Copy + Default> OrderBook<T> {
     /// level in time priority. Deterministic; used by snapshots and mass cancels.
     pub fn for_each_order(&self, mut f: impl FnMut(&Node<T>)) {
         for side in [Side::Buy, Side::Sell] {
-            for level in self.ladder(side).levels.iter().rev() {
+            for level in self.ladder(side).iter_best_first() {
                 let mut h = level.head;
                 let mut seen = 0u32;
                 while h != NIL {
@@ -367,11 +429,14 @@ impl<T: Copy + Default> OrderBook<T> {
         assert!(!self.is_crossed(), "book crossed");
         let mut orders = 0usize;
         for side in [Side::Buy, Side::Sell] {
-            let levels = &self.ladder(side).levels;
-            for pair in levels.windows(2) {
-                assert!(key(side, pair[0].price) < key(side, pair[1].price));
-            }
-            for level in levels {
+            let ladder = self.ladder(side);
+            assert_eq!(ladder.by_key.len() + ladder.free.len(), ladder.levels.len());
+            ladder.by_key.check();
+            let best = ladder.by_key.max().map_or(NIL, |(_, h)| h);
+            assert_eq!(ladder.best, best, "cached best level");
+            for (k, lh) in ladder.by_key.iter_desc() {
+                let level = &ladder.levels[lh as usize];
+                assert_eq!(key(side, level.price), k);
                 assert!(level.count > 0 && level.total > 0);
                 let (mut total, mut count, mut h, mut prev) = (0u64, 0u32, level.head, NIL);
                 while h != NIL {
@@ -379,6 +444,7 @@ impl<T: Copy + Default> OrderBook<T> {
                     assert_eq!(node.prev, prev);
                     assert_eq!(node.price, level.price);
                     assert_eq!(node.side, side);
+                    assert_eq!(node.level, lh);
                     assert!(node.qty > 0);
                     assert_eq!(self.index.get(&node.id), Some(&h));
                     total += node.qty;
@@ -431,26 +497,12 @@ impl<T: Copy + Default> OrderBook<T> {
             data,
             prev: NIL,
             next: NIL,
+            level: NIL,
         });
         self.index.insert(id, h);
         let ladder = self.ladder_mut(side);
-        let i = match ladder.find(side, price) {
-            Ok(i) => i,
-            Err(i) => {
-                ladder.levels.insert(
-                    i,
-                    Level {
-                        price,
-                        total: 0,
-                        count: 0,
-                        head: NIL,
-                        tail: NIL,
-                    },
-                );
-                i
-            }
-        };
-        let level = &mut ladder.levels[i];
+        let lh = ladder.find_or_create(side, price);
+        let level = &mut ladder.levels[lh as usize];
         let tail = level.tail;
         level.tail = h;
         if tail == NIL {
@@ -460,6 +512,7 @@ impl<T: Copy + Default> OrderBook<T> {
         level.count += 1;
         let total = level.total;
         self.nodes[h as usize].prev = tail;
+        self.nodes[h as usize].level = lh;
         if tail != NIL {
             self.nodes[tail as usize].next = h;
         }
@@ -479,10 +532,8 @@ impl<T: Copy + Default> OrderBook<T> {
             self.nodes[node.next as usize].prev = node.prev;
         }
         let ladder = self.ladder_mut(node.side);
-        let i = ladder
-            .find(node.side, node.price)
-            .expect("resting order's level exists");
-        let level = &mut ladder.levels[i];
+        let level = &mut ladder.levels[node.level as usize];
+        assert_eq!(level.price, node.price);
         if level.head == h {
             level.head = node.next;
         }
@@ -495,7 +546,7 @@ impl<T: Copy + Default> OrderBook<T> {
         let total = level.total;
         if level.count == 0 {
             assert_eq!(total, 0);
-            ladder.levels.remove(i);
+            ladder.remove_level(node.side, node.level);
         }
         self.nodes[h as usize].next = self.free_head;
         self.free_head = h;
@@ -516,11 +567,10 @@ impl<T: Copy + Default> OrderBook<T> {
         assert!(qty > 0 && qty < node.qty, "reduce must lower the quantity");
         let delta = node.qty - qty;
         node.qty = qty;
-        let (side, price) = (node.side, node.price);
-        let ladder = self.ladder_mut(side);
-        let i = ladder.find(side, price).expect("level exists");
-        ladder.levels[i].total -= delta;
-        Some(ladder.levels[i].total)
+        let (side, lh) = (node.side, node.level);
+        let level = &mut self.ladder_mut(side).levels[lh as usize];
+        level.total -= delta;
+        Some(level.total)
     }
 
     /// Whether `qty` of an incoming order could fill entirely right now (fill-or-kill),
@@ -528,7 +578,7 @@ impl<T: Copy + Default> OrderBook<T> {
     pub fn fillable(&self, order: &Incoming) -> bool {
         let opposite = order.side.opposite();
         let mut need = order.qty;
-        for level in self.ladder(opposite).levels.iter().rev() {
+        for level in self.ladder(opposite).iter_best_first() {
             if !crosses(order.side, order.limit, level.price) {
                 return false;
             }
@@ -572,7 +622,7 @@ impl<T: Copy + Default> OrderBook<T> {
             if remaining == 0 {
                 return (0, MatchEnd::Filled);
             }
-            let Some(level) = self.ladder(opposite).levels.last() else {
+            let Some(level) = self.ladder(opposite).best_level() else {
                 return (remaining, MatchEnd::NoLiquidity);
             };
             let (price, h) = (level.price, level.head);
@@ -603,7 +653,8 @@ impl<T: Copy + Default> OrderBook<T> {
             node.qty -= qty;
             let maker_done = node.qty == 0;
             sink.trade(node, price, qty, remaining);
-            let level = self.ladder_mut(opposite).levels.last_mut().expect("level");
+            let lh = node.level;
+            let level = &mut self.ladder_mut(opposite).levels[lh as usize];
             level.total -= qty;
             let mut total = level.total;
             if maker_done {

@@ -537,8 +537,8 @@ impl Exchange {
                 fok,
             } => Some(match (fok, end, by_budget) {
                 (true, _, _) => (remaining, CancelReason::FillOrKill),
-                (_, MatchEnd::SelfTrade, _) => (remaining, CancelReason::SelfTrade),
                 (_, _, true) => (0, CancelReason::BudgetDone),
+                (_, MatchEnd::SelfTrade, _) => (remaining, CancelReason::SelfTrade),
                 _ => (remaining, CancelReason::ImmediateOrCancel),
             }),
         };
@@ -1023,69 +1023,152 @@ impl Exchange {
 
     // ---------------------------------------------------------------- invariants
 
-    /// Checks every invariant; panics on the first violation:
-    /// - no book is crossed, and every book is structurally sound;
+    /// Checks every invariant; panics on the first violation. See
+    /// [`Exchange::verify_invariants`]; this also checks each book's internal structure.
+    pub fn check_invariants(&self) {
+        for m in self.markets.iter().flatten() {
+            m.book.check_invariants();
+        }
+        if let Err(violation) = self.verify_invariants() {
+            panic!("invariant violated: {violation}");
+        }
+    }
+
+    /// Checks, without panicking, that:
+    /// - no book is crossed;
+    /// - every market spec, order and fee tier is within the engine's ranges;
     /// - each resting order holds exactly what its remainder needs;
-    /// - each account's held amount per asset equals the sum of its orders' holds;
+    /// - each account's held amount per asset equals the sum of its orders' holds, and
+    ///   its open-order and client-id indexes list exactly its resting orders;
     /// - for every asset, all balances (fee account included) sum to deposits minus
     ///   withdrawals, and none is negative.
-    pub fn check_invariants(&self) {
-        let mut held: BTreeMap<(u32, AssetId), Amount> = BTreeMap::new();
+    ///
+    /// `restore` runs this, so a snapshot that decodes into an impossible state is refused.
+    pub fn verify_invariants(&self) -> Result<(), String> {
+        let mut held: BTreeMap<(u32, AssetId), i128> = BTreeMap::new();
         let mut open_count = vec![0usize; self.accounts.len()];
         let mut with_client_id = 0usize;
         for m in self.markets.iter().flatten() {
-            m.book.check_invariants();
+            let s = &m.spec;
+            let spec_ok = s.tick_size > 0
+                && s.lot_size > 0
+                && s.qty_min > 0
+                && s.qty_max >= s.qty_min
+                && s.band_ppm as u64 <= PPM
+                && m.reference_price > 0
+                && check_fees(s.maker_fee_ppm, s.taker_fee_ppm).is_ok()
+                && self.asset(s.base).is_some()
+                && self.asset(s.quote).is_some()
+                && s.base != s.quote;
+            if !spec_ok {
+                return Err(format!("market {} has an invalid spec", s.market));
+            }
+            if m.book.is_crossed() {
+                return Err(format!("market {} book crossed", s.market));
+            }
+            let mut violation = None;
             m.book.for_each_order(|n| {
-                let need = Self::resting_hold(&m.spec, n.side, n.price, n.qty, &n.data);
-                assert_eq!(n.data.hold, need, "order {} hold", n.id);
-                let asset = match n.side {
-                    Side::Buy => m.spec.quote,
-                    Side::Sell => m.spec.base,
-                };
-                *held.entry((n.data.account_index, asset)).or_default() += need;
-                let account = &self.accounts[n.data.account_index as usize];
-                assert_eq!(account.open_orders.get(&n.id), Some(&m.spec.market));
-                open_count[n.data.account_index as usize] += 1;
-                if n.data.client_order_id != 0 {
-                    with_client_id += 1;
-                    let key = (n.data.account_index, n.data.client_order_id);
-                    assert_eq!(self.client_ids.get(&key), Some(&n.id));
+                if violation.is_none() {
+                    violation = self
+                        .verify_order(m, n, &mut held, &mut open_count, &mut with_client_id)
+                        .err();
                 }
             });
+            if let Some(v) = violation {
+                return Err(v);
+            }
         }
         let mut totals = vec![0i128; self.supply.len()];
         for (i, account) in self.accounts.iter().enumerate() {
-            assert_eq!(
-                account.open_orders.len(),
-                open_count[i],
-                "open orders of {}",
-                account.id
-            );
+            if account.open_orders.len() != open_count[i] {
+                return Err(format!("account {} open-order index", account.id));
+            }
+            for &(maker, taker) in account.fee_tiers.values() {
+                check_fees(maker, taker).map_err(|_| format!("account {} fee tier", account.id))?;
+            }
+            if account.balances.len() > self.supply.len() {
+                return Err(format!("account {} balances beyond assets", account.id));
+            }
             for (asset, b) in account.balances.iter().enumerate() {
-                assert!(b.available >= 0 && b.held >= 0, "negative balance");
+                if b.available < 0 || b.held < 0 {
+                    return Err(format!("account {} asset {asset} negative", account.id));
+                }
                 let want = held
                     .get(&(i as u32, asset as AssetId))
                     .copied()
                     .unwrap_or(0);
-                assert_eq!(
-                    b.held, want,
-                    "held of account {} asset {}",
-                    account.id, asset
-                );
+                if b.held as i128 != want {
+                    return Err(format!(
+                        "account {} asset {asset}: held {} but orders need {want}",
+                        account.id, b.held
+                    ));
+                }
                 totals[asset] += b.available as i128 + b.held as i128;
             }
         }
         for (asset, total) in totals.iter().enumerate() {
-            assert_eq!(
-                *total, self.supply[asset] as i128,
-                "supply of asset {asset}"
-            );
+            let supply = self.supply[asset];
+            if *total != supply as i128 || supply < 0 {
+                return Err(format!(
+                    "asset {asset}: balances sum to {total}, deposits minus withdrawals are {supply}"
+                ));
+            }
         }
-        assert_eq!(
-            self.client_ids.len(),
-            with_client_id,
-            "client id index size"
-        );
+        if self.client_ids.len() != with_client_id {
+            return Err("client id index size".into());
+        }
+        Ok(())
+    }
+
+    fn verify_order(
+        &self,
+        m: &Market,
+        n: &Node<OrderMeta>,
+        held: &mut BTreeMap<(u32, AssetId), i128>,
+        open_count: &mut [usize],
+        with_client_id: &mut usize,
+    ) -> Result<(), String> {
+        let d = &n.data;
+        let account = self
+            .accounts
+            .get(d.account_index as usize)
+            .ok_or_else(|| format!("order {} account index", n.id))?;
+        if n.owner != d.account_index
+            || StpMode::from_u8(d.stp).is_none()
+            || check_fees(d.maker_fee_ppm, d.taker_fee_ppm).is_err()
+            || n.id >= self.next_order_id
+        {
+            return Err(format!("order {} fields", n.id));
+        }
+        let (asset, need) = match n.side {
+            Side::Buy => (
+                m.spec.quote,
+                buy_hold(n.price, n.qty, m.spec.tick_size, d.hold_fee_ppm()),
+            ),
+            Side::Sell => (
+                m.spec.base,
+                Amount::try_from(n.qty as i128 * m.spec.lot_size as i128).ok(),
+            ),
+        };
+        if need != Some(d.hold) {
+            return Err(format!(
+                "order {} holds {} but needs {need:?}",
+                n.id, d.hold
+            ));
+        }
+        *held.entry((d.account_index, asset)).or_default() += d.hold as i128;
+        if account.open_orders.get(&n.id) != Some(&m.spec.market) {
+            return Err(format!("order {} missing from its account's index", n.id));
+        }
+        open_count[d.account_index as usize] += 1;
+        if d.client_order_id != 0 {
+            *with_client_id += 1;
+            let key = (d.account_index, d.client_order_id);
+            if self.client_ids.get(&key) != Some(&n.id) {
+                return Err(format!("order {} client id index", n.id));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -44,6 +44,9 @@ pub enum SnapshotError {
     },
     /// The body decoded but describes an impossible state.
     Invalid(&'static str),
+    /// The body decoded into a state that breaks an invariant (see
+    /// `Exchange::verify_invariants`).
+    Inconsistent(String),
     /// Bytes left over after the body.
     TrailingBytes(usize),
 }
@@ -69,6 +72,9 @@ impl std::fmt::Display for SnapshotError {
                 write!(f, "snapshot describes an invalid state: {what}")
             }
             SnapshotError::TrailingBytes(n) => write!(f, "snapshot has {n} trailing bytes"),
+            SnapshotError::Inconsistent(why) => {
+                write!(f, "snapshot describes an inconsistent state: {why}")
+            }
         }
     }
 }
@@ -287,6 +293,8 @@ impl Exchange {
         if r.pos != body.len() {
             return Err(SnapshotError::TrailingBytes(body.len() - r.pos));
         }
+        ex.verify_invariants()
+            .map_err(SnapshotError::Inconsistent)?;
         Ok(ex)
     }
 }
@@ -464,6 +472,11 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             };
             check(worse_or_same, "order sequence")?;
         }
+        // A level's total must fit its counter.
+        check(
+            book.qty_at(side, price).checked_add(qty).is_some(),
+            "level total",
+        )?;
         book.insert(id, side, price, qty, meta.account_index, meta);
         let account = &mut ex.accounts[meta.account_index as usize];
         check(

@@ -1145,11 +1145,6 @@ fn genesis() -> Vec<Command> {
 
 // ============================================================================ generation
 
-/// Steers the generator away from engine bugs that have an `#[ignore]`d
-/// `engine_bug_...` reproduction at the end of this file, so the other properties keep
-/// running. Set to `false` once those are fixed.
-const AVOID_KNOWN_ENGINE_BUGS: bool = true;
-
 /// An abstract operation; turned into a `Command` against the model's current state
 /// (so that cancels and replaces often name a real resting order).
 #[derive(Clone, Debug)]
@@ -1503,15 +1498,6 @@ fn materialize(op: &Op, model: &Model) -> Command {
                 0..=5 => (side, tif, qty, 0),
                 6..=8 => (Side::Buy, TimeInForce::Ioc, 0, budget.abs().max(1)),
                 _ => (side, tif, qty, budget),
-            };
-            let stp = if AVOID_KNOWN_ENGINE_BUGS
-                && budget > 0
-                && matches!(stp, StpMode::CancelNewest | StpMode::CancelBoth)
-            {
-                // engine_bug_a_budget_order_stopped_by_self_trade_prevention_...
-                StpMode::CancelOldest
-            } else {
-                stp
             };
             Command::Place(PlaceOrder {
                 account,
@@ -1935,12 +1921,10 @@ fn budget_buy(account: AccountId, budget: Amount, stp: StpMode) -> Command {
 }
 
 /// README, "Event order": a budget order always ends with `Cancelled{BudgetDone}`,
-/// remaining 0. The engine ends it with `Cancelled{SelfTrade}` and `remaining_qty`
-/// `u64::MAX` (0 - 1 wrapped) when self-trade prevention stops it.
+/// remaining 0, even when self-trade prevention stops it. (Found by this suite: the
+/// engine once reported `SelfTrade` with `remaining_qty` u64::MAX.)
 #[test]
-#[ignore = "engine bug: budget order stopped by STP reports remaining u64::MAX"]
-fn engine_bug_a_budget_order_stopped_by_self_trade_prevention_ends_budget_done_with_remaining_zero()
-{
+fn a_budget_order_stopped_by_self_trade_prevention_ends_budget_done_with_remaining_zero() {
     for stp in [StpMode::CancelNewest, StpMode::CancelBoth] {
         assert_engine_matches_model(&[limit(1, Side::Sell, 100, 1), budget_buy(1, 5_000, stp)]);
     }

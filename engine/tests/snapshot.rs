@@ -239,17 +239,12 @@ fn restore_never_panics_on_a_corrupt_body_with_a_valid_checksum() {
     }
 }
 
-/// Found by the test above: a body that decodes and passes the CRC but describes a state
-/// that breaks the README's invariants (a hold that does not match its order, balances
-/// that do not sum to deposits minus withdrawals, a negative balance, a quantity whose
-/// hold overflows) is accepted by `restore`; `check_invariants` then panics, and in
-/// unchecked mode ordinary later commands (place, cancel-all, halt with cancel) panic too.
-/// `SnapshotError::Invalid` exists for this ("describes an impossible state"); the README
-/// promises restore "never panics on bad bytes" but not that it checks the invariants,
-/// so this is reported as a gap rather than asserted.
+/// A body that decodes and passes the CRC but describes a state that breaks the
+/// invariants (a hold that does not match its order, balances that do not sum to
+/// deposits minus withdrawals, a negative balance, a quantity whose hold overflows) is
+/// refused by `restore`, so no later command can trip over it.
 #[test]
-#[ignore = "engine gap: restore does not check the invariants of a checksummed body"]
-fn engine_bug_restore_accepts_a_checksummed_body_that_breaks_the_invariants() {
+fn restore_refuses_a_checksummed_body_that_breaks_the_invariants() {
     let snap = small_exchange().snapshot();
     let (mut broken, mut panics_later) = (Vec::new(), Vec::new());
     for pos in HEADER..snap.len() {
