@@ -277,7 +277,11 @@ impl fmt::Display for ConfigError {
         if self.key.is_empty() {
             write!(f, "config {}: {}", self.file, self.reason)
         } else {
-            write!(f, "config {}: key `{}`: {}", self.file, self.key, self.reason)
+            write!(
+                f,
+                "config {}: key `{}`: {}",
+                self.file, self.key, self.reason
+            )
         }
     }
 }
@@ -324,7 +328,10 @@ impl Config {
             ("pipeline.output_ring_size", p.output_ring_size),
         ] {
             if !size.is_power_of_two() || !(64..=1 << 24).contains(&size) {
-                return err(key, format!("{size} is not a power of two in 64..=16777216"));
+                return err(
+                    key,
+                    format!("{size} is not a power of two in 64..=16777216"),
+                );
             }
         }
         if p.batch_max == 0 || p.batch_max > p.input_ring_size {
@@ -414,7 +421,10 @@ impl Config {
     }
 
     fn asset_id(&self, symbol: &str) -> Option<AssetId> {
-        self.assets.iter().find(|a| a.symbol == symbol).map(|a| a.id)
+        self.assets
+            .iter()
+            .find(|a| a.symbol == symbol)
+            .map(|a| a.id)
     }
 
     /// The admin commands that create the configured assets, markets and accounts, each

@@ -1,3 +1,7 @@
-//! ringex: the daemon's library side. For now only the benchmarks live here.
+//! ringex: the daemon's library side: configuration, the node (pipeline, recovery,
+//! snapshots), metrics, and the benchmark harnesses. `main.rs` is only the command line.
 
 pub mod bench;
+pub mod config;
+pub mod metrics;
+pub mod node;

@@ -1,9 +1,16 @@
 //! `ringex`: the exchange daemon's command line. Logic lives in the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use ringex::bench::engine::{self, EngineBenchArgs};
+use ringex::config::{Config, DEFAULT_CONFIG_NAME};
+use ringex::metrics::Summary;
+use ringex::node::{CountingSink, Node};
 
 #[derive(Parser)]
 #[command(name = "ringex", version, about = "LMAX-style crypto exchange daemon")]
@@ -14,8 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the exchange node (not built yet).
-    Start,
+    /// Start the exchange node: recover from the data directory, then run until SIGTERM or
+    /// SIGINT, which drain the pipeline and write a final snapshot.
+    Start {
+        /// Config file (TOML). Without it, the embedded default (config/single.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run a benchmark.
     Bench {
         #[command(subcommand)]
@@ -47,13 +59,7 @@ struct EngineArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Start => {
-            eprintln!(
-                "ringex start: the node (gateway, journal, replication) is not built yet; \
-                 only `ringex bench engine` works today."
-            );
-            ExitCode::from(2)
-        }
+        Cmd::Start { config } => start(config),
         Cmd::Bench {
             which: Bench::Engine(a),
         } => {
@@ -69,6 +75,93 @@ fn main() -> ExitCode {
                 seed: a.seed,
             });
             ExitCode::SUCCESS
+        }
+    }
+}
+
+fn start(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match &config_path {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringex: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
+    eprintln!(
+        "ringex: node {} starting with {source}; data in {}",
+        config.node.id,
+        config.node.data_dir.display()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("ringex: cannot install the signal handler: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut node = match Node::start(&config, Box::new(CountingSink)) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("ringex: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("ringex: recovery: {}", node.recovery());
+    eprintln!(
+        "ringex: topology {:?}, durability {:?}",
+        node.topology(),
+        config.journal.durability
+    );
+    if node.is_fresh() {
+        let commands = config.bootstrap_commands();
+        for (key, cmd) in &commands {
+            if let Err(e) = node.submit(cmd, 0) {
+                eprintln!("ringex: bootstrap of {key} failed: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        eprintln!(
+            "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
+            config.assets.len(),
+            config.markets.len(),
+            config.accounts.len()
+        );
+    }
+    eprintln!("ringex: running; the gateway is not built yet, so no listener is open. SIGTERM or Ctrl-C stops.");
+    let metrics = node.metrics();
+    let log_every = Duration::from_secs(config.metrics.log_every_seconds);
+    let mut last_log = Instant::now();
+    let mut previous = Summary::default();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(why) = node.failure() {
+            eprintln!("ringex: stopping: {why}");
+            break;
+        }
+        if !log_every.is_zero() && last_log.elapsed() >= log_every {
+            let (s, line) = metrics.summary_line(&previous, last_log.elapsed().as_secs_f64());
+            eprintln!("ringex: {line}");
+            previous = s;
+            last_log = Instant::now();
+        }
+    }
+    eprintln!("ringex: stopping: draining the pipeline and writing a snapshot");
+    match node.shutdown() {
+        Ok(report) => {
+            eprintln!(
+                "ringex: stopped at seq {} with state hash {:032x}",
+                report.seq_last, report.state_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringex: shutdown failed: {e}");
+            ExitCode::from(1)
         }
     }
 }

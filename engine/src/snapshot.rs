@@ -245,6 +245,14 @@ impl Exchange {
         w.0
     }
 
+    /// The snapshot and the state hash from one serialization (the hash covers the same
+    /// body bytes), for the node's periodic snapshots.
+    pub fn snapshot_and_hash(&self) -> (Vec<u8>, u128) {
+        let bytes = self.snapshot();
+        let hash = xxhash_rust::xxh3::xxh3_128(&bytes[HEADER_SIZE..]);
+        (bytes, hash)
+    }
+
     /// A canonical hash of the whole state: equal for equal histories, on any machine.
     pub fn state_hash(&self) -> u128 {
         let mut w = Writer(Vec::with_capacity(4096));

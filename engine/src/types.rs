@@ -236,10 +236,13 @@ pub enum RejectReason {
     Malformed = 31,
     /// Asset decimals above 18.
     InvalidDecimals = 32,
+    /// Reserved for the node: the command could not be made durable (journal failed or
+    /// the disk is nearly full). It was not applied; nothing changed.
+    Unavailable = 33,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 32] = {
+    pub const ALL: [RejectReason; 33] = {
         use RejectReason::*;
         [
             UnknownMarket,
@@ -274,6 +277,7 @@ impl RejectReason {
             BadTick,
             Malformed,
             InvalidDecimals,
+            Unavailable,
         ]
     };
 
@@ -317,6 +321,7 @@ impl RejectReason {
             BadTick => "bad_tick",
             Malformed => "malformed",
             InvalidDecimals => "invalid_decimals",
+            Unavailable => "unavailable",
         }
     }
 }

@@ -1,0 +1,174 @@
+//! The metrics registry every stage writes to: counters and gauges as atomics (one writer
+//! each), latency histograms (hdrhistogram) that each stage fills locally and merges here
+//! once per batch, so the hot path takes no lock per command.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use ringex_engine::{CommandKind, MarketId};
+use ringex_journal::Watermarks;
+
+/// Histograms track 1 ns .. 60 s with 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+pub struct MarketCounters {
+    pub orders: u64,
+    pub trades: u64,
+}
+
+pub struct Metrics {
+    pub started: Instant,
+    /// Commands the producer published into the input ring.
+    pub commands_submitted: AtomicU64,
+    /// Submissions refused because the input ring stayed full (backpressure).
+    pub commands_backpressured: AtomicU64,
+    /// Commands appended to the journal.
+    pub commands_journaled: AtomicU64,
+    /// Commands the engine applied.
+    pub commands_applied: AtomicU64,
+    /// Commands refused because they could not be made durable.
+    pub commands_unavailable: AtomicU64,
+    /// Events the engine put into the output ring.
+    pub events_produced: AtomicU64,
+    /// Events the publisher handed on.
+    pub events_published: AtomicU64,
+    /// Sequence of the newest snapshot written (0: none).
+    pub snapshot_seq: AtomicU64,
+    /// The journal's written and durable watermarks.
+    pub journal: OnceLock<Arc<Watermarks>>,
+    /// Time from a batch's last append until it was durable, in ns.
+    pub durability_wait_ns: Mutex<Histogram<u64>>,
+    /// Engine time per command, in ns, by command kind.
+    pub engine_latency_ns: Mutex<BTreeMap<CommandKind, Histogram<u64>>>,
+    pub markets: Mutex<BTreeMap<MarketId, MarketCounters>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            commands_submitted: AtomicU64::new(0),
+            commands_backpressured: AtomicU64::new(0),
+            commands_journaled: AtomicU64::new(0),
+            commands_applied: AtomicU64::new(0),
+            commands_unavailable: AtomicU64::new(0),
+            events_produced: AtomicU64::new(0),
+            events_published: AtomicU64::new(0),
+            snapshot_seq: AtomicU64::new(0),
+            journal: OnceLock::new(),
+            durability_wait_ns: Mutex::new(new_histogram()),
+            engine_latency_ns: Mutex::new(BTreeMap::new()),
+            markets: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Adds to a counter that has exactly one writer thread.
+pub fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// A point-in-time copy for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub submitted: u64,
+    pub journaled: u64,
+    pub applied: u64,
+    pub unavailable: u64,
+    pub backpressured: u64,
+    pub events_published: u64,
+    /// Input-ring occupancy ahead of the journaler and of the engine.
+    pub input_ring_journaler: u64,
+    pub input_ring_engine: u64,
+    /// Output-ring occupancy ahead of the publisher.
+    pub output_ring_publisher: u64,
+    pub journal_written: u64,
+    pub journal_durable: u64,
+    pub snapshot_seq: u64,
+    pub durability_wait_ns_p99: u64,
+    pub engine_ns_p99: u64,
+}
+
+impl Metrics {
+    pub fn summary(&self) -> Summary {
+        let submitted = get(&self.commands_submitted);
+        let journaled = get(&self.commands_journaled);
+        let applied = get(&self.commands_applied) + get(&self.commands_unavailable);
+        let produced = get(&self.events_produced);
+        let published = get(&self.events_published);
+        let (written, durable) = self
+            .journal
+            .get()
+            .map_or((0, 0), |w| (w.written(), w.durable()));
+        let engine_ns_p99 = {
+            let per_kind = self
+                .engine_latency_ns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut all = new_histogram();
+            for h in per_kind.values() {
+                all.add(h).expect("same bounds");
+            }
+            all.value_at_quantile(0.99)
+        };
+        Summary {
+            submitted,
+            journaled,
+            applied: get(&self.commands_applied),
+            unavailable: get(&self.commands_unavailable),
+            backpressured: get(&self.commands_backpressured),
+            events_published: published,
+            input_ring_journaler: submitted.saturating_sub(journaled),
+            input_ring_engine: submitted.saturating_sub(applied),
+            output_ring_publisher: produced.saturating_sub(published),
+            journal_written: written,
+            journal_durable: durable,
+            snapshot_seq: get(&self.snapshot_seq),
+            durability_wait_ns_p99: self
+                .durability_wait_ns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .value_at_quantile(0.99),
+            engine_ns_p99,
+        }
+    }
+
+    /// The one-line log summary `ringex start` prints every few seconds. `previous` and
+    /// `seconds` give the rate since the last line.
+    pub fn summary_line(&self, previous: &Summary, seconds: f64) -> (Summary, String) {
+        let s = self.summary();
+        let rate = (s.applied - previous.applied) as f64 / seconds.max(1e-9);
+        let (orders, trades) = {
+            let m = self.markets.lock().unwrap_or_else(|e| e.into_inner());
+            m.values()
+                .fold((0, 0), |(o, t), c| (o + c.orders, t + c.trades))
+        };
+        let line = format!(
+            "applied={} ({rate:.0}/s) journal written={} durable={} ring journaler={} engine={} \
+             publisher={} backpressured={} unavailable={} orders={orders} trades={trades} \
+             durable_wait_p99={}us engine_p99={}ns snapshot={}",
+            s.applied,
+            s.journal_written,
+            s.journal_durable,
+            s.input_ring_journaler,
+            s.input_ring_engine,
+            s.output_ring_publisher,
+            s.backpressured,
+            s.unavailable,
+            s.durability_wait_ns_p99 / 1000,
+            s.engine_ns_p99,
+            s.snapshot_seq,
+        );
+        (s, line)
+    }
+}

@@ -1,0 +1,512 @@
+//! The node: the LMAX pipeline around the engine.
+//!
+//! ```text
+//! producer ──► input ring ──► journaler ─┐
+//!                        └──► replicator ┴─► engine ──► output ring ──► publisher ──► sink
+//! ```
+//!
+//! `split` runs one thread per stage; `fused` runs the journaler, (replicator) and engine
+//! as one thread that journals a batch, makes it durable, applies it and emits its events.
+//! The engine sees a command only after it is durable per the journal's mode, and the
+//! sink hears of a command only after the engine applied it.
+
+pub mod recovery;
+pub mod slots;
+pub mod stages;
+pub mod wait;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use disruptor::wait_strategies::WaitStrategy;
+use disruptor::{
+    build_single_producer, BusySpin, ProcessorSettings, Producer, SingleConsumerBarrier,
+    SingleProducer,
+};
+use ringex_engine::Command;
+use ringex_journal::{Durability, Journal, SnapshotStore};
+
+use crate::config::{Config, DurabilityMode, Topology, WaitMode};
+use crate::metrics::{bump, Metrics};
+pub use recovery::RecoveryLog;
+use slots::{InputSlot, OutputSlot, SlotKind};
+use stages::{EngineStage, FusedStage, JournalStage, SnapshotJob, SnapshotPolicy};
+use wait::{retry_until, Backoff};
+
+/// Journal record type of an engine command (payload: the engine codec).
+pub const RECORD_COMMAND: u16 = 1;
+/// How long `submit` retries a full input ring before reporting backpressure.
+const SUBMIT_WAIT_MAX: Duration = Duration::from_millis(200);
+/// How long a control request (state hash, shutdown) may take.
+const CONTROL_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Snapshot jobs queued for the writer before the engine waits: bounds memory.
+const SNAPSHOT_QUEUE_MAX: usize = 2;
+
+/// Why the node cannot start or go on.
+#[derive(Debug)]
+pub enum NodeError {
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    Journal(ringex_journal::Error),
+    Snapshot {
+        path: PathBuf,
+        reason: String,
+    },
+    /// A journal record that cannot be replayed.
+    Replay {
+        seq: u64,
+        reason: String,
+    },
+    /// The node stopped taking input; says why.
+    Refused(String),
+    /// The input ring stayed full (the pipeline is behind); retry later.
+    Backpressure,
+    /// A control request got no answer.
+    NoReply(&'static str),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Io { context, source } => write!(f, "{context}: {source}"),
+            NodeError::Journal(e) => write!(f, "{e}"),
+            NodeError::Snapshot { path, reason } => {
+                write!(f, "snapshot {}: {reason}", path.display())
+            }
+            NodeError::Replay { seq, reason } => write!(
+                f,
+                "cannot replay journal record {seq}: {reason} (inspect with `{} DIR`)",
+                ringex_journal::VERIFY_COMMAND
+            ),
+            NodeError::Refused(why) => write!(f, "node refuses input: {why}"),
+            NodeError::Backpressure => write!(f, "input ring full: the pipeline is behind"),
+            NodeError::NoReply(what) => write!(f, "no reply to {what}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Replies to control slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlReply {
+    StateHash { seq: u64, hash: u128 },
+    Stopped { seq: u64, hash: u128 },
+}
+
+/// State shared by the stages and the producer.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// First journal sequence that is not durable after a durability failure; the engine
+    /// applies nothing at or past it. `u64::MAX` while healthy.
+    pub journal_failed_at: AtomicU64,
+    refusing: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// The latest non-fatal problem, for the log.
+    last_note: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn new(metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            metrics,
+            journal_failed_at: AtomicU64::new(u64::MAX),
+            refusing: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            last_note: Mutex::new(None),
+        }
+    }
+
+    /// Stops intake for good, keeping the first reason.
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            eprintln!("ringex: {why}");
+            *f = Some(why);
+        }
+        self.refusing.store(true, Ordering::SeqCst);
+    }
+
+    pub fn note(&self, why: String) {
+        *self.last_note.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn last_note(&self) -> Option<String> {
+        self.last_note
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Receives every event the engine emits, in order, on the publisher thread. The gateway
+/// will route them to sessions; until then `ringex start` counts them.
+pub trait EventSink: Send + 'static {
+    fn on_event(&mut self, slot: &OutputSlot);
+}
+
+/// Counts events and nothing else.
+#[derive(Default)]
+pub struct CountingSink;
+
+impl EventSink for CountingSink {
+    fn on_event(&mut self, _slot: &OutputSlot) {}
+}
+
+/// A sink that forwards every event over a channel (tests, tools).
+pub struct ChannelSink(pub mpsc::Sender<OutputSlot>);
+
+impl EventSink for ChannelSink {
+    fn on_event(&mut self, slot: &OutputSlot) {
+        let _ = self.0.send(*slot);
+    }
+}
+
+/// What a clean shutdown left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub seq_last: u64,
+    pub state_hash: u128,
+}
+
+/// A running node. Dropping it without `shutdown` stops the threads without the final
+/// snapshot.
+pub struct Node {
+    producer: Option<SingleProducer<InputSlot, SingleConsumerBarrier>>,
+    control: Receiver<ControlReply>,
+    snapshot_writer: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    recovery: RecoveryLog,
+    topology: Topology,
+    timestamp_ns_last: u64,
+    /// True when the journal was empty at start (the caller bootstraps).
+    fresh: bool,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
+    move |source| NodeError::Io { context, source }
+}
+
+/// The journal's settings from the node's config.
+pub fn journal_config(config: &Config) -> ringex_journal::Config {
+    let dir = config.node.data_dir.join("journal");
+    let mut j = ringex_journal::Config::new(dir);
+    j.segment_size_bytes = config.journal.segment_size_mib << 20;
+    j.durability = match config.journal.durability {
+        DurabilityMode::Async => Durability::Async {
+            flush_interval_ms: config.journal.flush_interval_ms,
+        },
+        DurabilityMode::Group => Durability::Group,
+    };
+    j.low_space_threshold_bytes = config.journal.low_space_mib << 20;
+    j
+}
+
+fn pin<B, E, W>(builder: B, core: Option<usize>) -> B
+where
+    B: ProcessorSettings<E, W>,
+{
+    match core {
+        Some(c) => builder.pin_at_core(c),
+        None => builder,
+    }
+}
+
+impl Node {
+    /// Recovers the state from the data directory and starts the pipeline.
+    pub fn start(config: &Config, sink: Box<dyn EventSink>) -> Result<Node, NodeError> {
+        let data_dir = &config.node.data_dir;
+        let journal_dir = data_dir.join("journal");
+        let snapshot_dir = data_dir.join("snapshots");
+        for dir in [&journal_dir, &snapshot_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(io_err(format!("create directory {}", dir.display())))?;
+        }
+        let journal = Journal::open(journal_config(config)).map_err(NodeError::Journal)?;
+        let snapshots =
+            SnapshotStore::open(&snapshot_dir, config.snapshot.keep).map_err(NodeError::Journal)?;
+        let (exchange, recovery) = recovery::recover(&journal, &snapshots, &journal_dir)?;
+        let fresh = recovery.seq_last == 0;
+        let metrics = Arc::new(Metrics::default());
+        let _ = metrics.journal.set(journal.watermarks());
+        let shared = Arc::new(Shared::new(Arc::clone(&metrics)));
+        let (control_tx, control) = mpsc::channel();
+        let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
+        let snapshot_writer = spawn_snapshot_writer(snapshots, snapshot_rx, Arc::clone(&shared))?;
+
+        let cores = &config.pipeline.cores;
+        let core = |stage: &str| cores.get(stage).copied();
+        let out = {
+            let mut sink = sink;
+            let metrics = Arc::clone(&metrics);
+            let b =
+                build_single_producer(config.pipeline.output_ring_size, OutputSlot::empty, Backoff);
+            pin(b, core("publisher"))
+                .thread_name("ringex-publish")
+                .handle_events_with(move |slot: &OutputSlot, _seq, _end| {
+                    sink.on_event(slot);
+                    bump(&metrics.events_published, 1);
+                })
+                .build()
+        };
+        let group = config.journal.durability == DurabilityMode::Group;
+        let seq_last = recovery.seq_last;
+        let chain_last = journal.chain();
+        let journal_stage = JournalStage::new(journal, group, Arc::clone(&shared));
+        let policy = SnapshotPolicy {
+            every_commands: config.snapshot.every_commands,
+            every: (config.snapshot.every_seconds > 0)
+                .then(|| Duration::from_secs(config.snapshot.every_seconds)),
+        };
+        let engine_stage = EngineStage::new(
+            exchange,
+            seq_last,
+            chain_last,
+            out,
+            Arc::clone(&shared),
+            1,
+            policy,
+            snapshot_tx,
+            control_tx,
+        );
+        let topology = config.topology();
+        let producer = match config.pipeline.wait {
+            WaitMode::BusySpin => {
+                build_input(config, BusySpin, topology, journal_stage, engine_stage)
+            }
+            WaitMode::Backoff => {
+                build_input(config, Backoff, topology, journal_stage, engine_stage)
+            }
+        };
+        Ok(Node {
+            producer: Some(producer),
+            control,
+            snapshot_writer: Some(snapshot_writer),
+            shared,
+            recovery,
+            topology,
+            timestamp_ns_last: 0,
+            fresh,
+        })
+    }
+
+    pub fn recovery(&self) -> &RecoveryLog {
+        &self.recovery
+    }
+
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// True when the node started on an empty journal and no snapshot.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Why the node stopped taking input, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure()
+    }
+
+    /// The latest non-fatal problem (e.g. an append refused for low disk space).
+    pub fn last_note(&self) -> Option<String> {
+        self.shared.last_note()
+    }
+
+    /// Publishes a command stamped with the system clock. `tag` comes back on its events.
+    pub fn submit(&mut self, command: &Command, tag: u64) -> Result<(), NodeError> {
+        self.publish(SlotKind::Command, command, tag)
+    }
+
+    fn publish(&mut self, kind: SlotKind, command: &Command, tag: u64) -> Result<(), NodeError> {
+        if self.shared.refusing.load(Ordering::Relaxed) {
+            let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
+            return Err(NodeError::Refused(why));
+        }
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        // Journal timestamps never go backwards, even if the wall clock does.
+        let timestamp_ns = now_ns.max(self.timestamp_ns_last);
+        self.timestamp_ns_last = timestamp_ns;
+        let producer = self.producer.as_mut().expect("running");
+        let command = *command;
+        let published = retry_until(SUBMIT_WAIT_MAX, || {
+            producer
+                .try_publish(|slot| {
+                    slot.kind = kind;
+                    slot.timestamp_ns = timestamp_ns;
+                    slot.tag = tag;
+                    slot.command = command;
+                })
+                .ok()
+        });
+        match published {
+            Some(_) => {
+                if kind == SlotKind::Command {
+                    bump(&self.shared.metrics.commands_submitted, 1);
+                }
+                Ok(())
+            }
+            None => {
+                bump(&self.shared.metrics.commands_backpressured, 1);
+                Err(NodeError::Backpressure)
+            }
+        }
+    }
+
+    fn control(&mut self, kind: SlotKind, what: &'static str) -> Result<ControlReply, NodeError> {
+        let filler = Command::CancelAll {
+            account: 0,
+            market: None,
+        };
+        // Control slots must get through even after a journal failure.
+        let producer = self.producer.as_mut().expect("running");
+        let published = retry_until(CONTROL_WAIT_MAX, || {
+            producer
+                .try_publish(|slot| {
+                    slot.kind = kind;
+                    slot.tag = 0;
+                    slot.command = filler;
+                })
+                .ok()
+        });
+        published.ok_or(NodeError::Backpressure)?;
+        self.control
+            .recv_timeout(CONTROL_WAIT_MAX)
+            .map_err(|_| NodeError::NoReply(what))
+    }
+
+    /// The engine's state hash after every command submitted so far, and its sequence.
+    pub fn state_hash(&mut self) -> Result<(u64, u128), NodeError> {
+        match self.control(SlotKind::StateHash, "state hash")? {
+            ControlReply::StateHash { seq, hash } => Ok((seq, hash)),
+            other => panic!("unexpected control reply {other:?}"),
+        }
+    }
+
+    /// Asks for a snapshot at the current point (written in the background).
+    pub fn request_snapshot(&mut self) -> Result<(), NodeError> {
+        let filler = Command::CancelAll {
+            account: 0,
+            market: None,
+        };
+        self.publish(SlotKind::Snapshot, &filler, 0)
+    }
+
+    /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.
+    pub fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
+        let reply = self.control(SlotKind::Shutdown, "shutdown")?;
+        // Dropping the producer drains the input ring and joins its stages; the engine
+        // stage's drop does the same for the output ring and the publisher.
+        drop(self.producer.take());
+        if let Some(h) = self.snapshot_writer.take() {
+            let _ = h.join();
+        }
+        if let Some(why) = self.shared.failure() {
+            return Err(NodeError::Refused(why));
+        }
+        match reply {
+            ControlReply::Stopped { seq, hash } => Ok(ShutdownReport {
+                seq_last: seq,
+                state_hash: hash,
+            }),
+            other => panic!("unexpected control reply {other:?}"),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        drop(self.producer.take());
+        if let Some(h) = self.snapshot_writer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn build_input<W: WaitStrategy + 'static>(
+    config: &Config,
+    wait: W,
+    topology: Topology,
+    journal_stage: JournalStage,
+    engine_stage: EngineStage,
+) -> SingleProducer<InputSlot, SingleConsumerBarrier> {
+    let size = config.pipeline.input_ring_size;
+    let cores = &config.pipeline.cores;
+    let core = |stage: &str| cores.get(stage).copied();
+    let b = build_single_producer(size, InputSlot::empty, wait);
+    match topology {
+        Topology::Fused | Topology::Auto => {
+            let stage = FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max);
+            pin(b, core("pipeline"))
+                .thread_name("ringex-pipeline")
+                .handle_events_and_state_with(
+                    |s: &mut FusedStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+                    move || stage,
+                )
+                .build()
+        }
+        Topology::Split => {
+            let b = pin(b, core("journaler"))
+                .thread_name("ringex-journal")
+                .handle_events_and_state_with(
+                    |s: &mut JournalStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+                    move || journal_stage,
+                );
+            // Replication is not built yet: its stage holds its place in the graph, in
+            // parallel with the journaler, and passes every slot.
+            let b = pin(b, core("replicator"))
+                .thread_name("ringex-replicate")
+                .handle_events_with(|_slot: &InputSlot, _seq, _end| {});
+            pin(b.and_then(), core("engine"))
+                .thread_name("ringex-engine")
+                .handle_events_and_state_with(
+                    |s: &mut EngineStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+                    move || engine_stage,
+                )
+                .build()
+        }
+    }
+}
+
+fn spawn_snapshot_writer(
+    store: SnapshotStore,
+    jobs: Receiver<SnapshotJob>,
+    shared: Arc<Shared>,
+) -> Result<JoinHandle<()>, NodeError> {
+    std::thread::Builder::new()
+        .name("ringex-snapshot".into())
+        .spawn(move || {
+            // Ends when the engine stage drops its sender.
+            for job in jobs {
+                let hash = job.state_hash.to_le_bytes();
+                match store.write(job.seq, job.epoch, job.chain, &hash, &job.bytes) {
+                    Ok(_) => shared
+                        .metrics
+                        .snapshot_seq
+                        .store(job.seq, Ordering::Relaxed),
+                    Err(e) => shared.note(format!("snapshot at seq {} failed: {e}", job.seq)),
+                }
+            }
+        })
+        .map_err(io_err("spawn snapshot writer".into()))
+}

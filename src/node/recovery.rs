@@ -1,0 +1,146 @@
+//! Startup: open the journal (which cuts a torn tail), load the newest valid snapshot,
+//! replay the journal after it, and say what happened.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ringex_engine::codec::{decode_command, CODEC_VERSION};
+use ringex_engine::{Event, Exchange};
+use ringex_journal::{Journal, Reader, RecoveryReport, SnapshotStore, Truncation};
+
+use super::{NodeError, RECORD_COMMAND};
+
+/// What recovery did, for the log and for tests.
+#[derive(Debug, Clone)]
+pub struct RecoveryLog {
+    /// Sequence of the snapshot the state was loaded from (None: started empty).
+    pub snapshot_seq: Option<u64>,
+    /// Newer snapshots that were damaged and skipped, with why.
+    pub snapshots_skipped: Vec<(PathBuf, String)>,
+    /// Journal records applied after the snapshot.
+    pub records_replayed: u64,
+    /// Last journal sequence, and so of the state, after recovery.
+    pub seq_last: u64,
+    /// The torn tail the journal cut on open, if any.
+    pub truncation: Option<Truncation>,
+    pub journal: RecoveryReport,
+    pub state_hash: u128,
+}
+
+impl fmt::Display for RecoveryLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.snapshot_seq {
+            Some(seq) => write!(f, "loaded snapshot at seq {seq}")?,
+            None => write!(f, "no snapshot, started empty")?,
+        }
+        for (path, why) in &self.snapshots_skipped {
+            write!(f, "; skipped damaged snapshot {} ({why})", path.display())?;
+        }
+        write!(
+            f,
+            "; replayed {} journal records; state at seq {}",
+            self.records_replayed, self.seq_last
+        )?;
+        match &self.truncation {
+            Some(t) => write!(f, "; cut torn journal tail: {t:?}")?,
+            None => write!(f, "; journal tail intact")?,
+        }
+        write!(f, "; state hash {:032x}", self.state_hash)
+    }
+}
+
+/// Decodes one journal record into a command, checking type and schema.
+pub fn decode_record(
+    seq: u64,
+    record_type: u16,
+    schema_version: u16,
+    payload: &[u8],
+) -> Result<ringex_engine::Command, NodeError> {
+    let bad = |why: String| NodeError::Replay { seq, reason: why };
+    if record_type != RECORD_COMMAND {
+        return Err(bad(format!("unknown record type {record_type}")));
+    }
+    if schema_version != u16::from(CODEC_VERSION) {
+        return Err(bad(format!("unsupported schema version {schema_version}")));
+    }
+    let (cmd, used) = decode_command(payload).map_err(|e| bad(e.to_string()))?;
+    if used != payload.len() {
+        return Err(bad(format!("{} trailing bytes", payload.len() - used)));
+    }
+    Ok(cmd)
+}
+
+/// Loads the newest valid snapshot and replays the journal after it into an exchange.
+pub fn recover(
+    journal: &Journal,
+    snapshots: &SnapshotStore,
+    journal_dir: &Path,
+) -> Result<(Exchange, RecoveryLog), NodeError> {
+    let report = journal.recovery_report().clone();
+    let seq_last = journal.seq_next() - 1;
+    let loaded = snapshots.load_newest_valid().map_err(NodeError::Journal)?;
+    let (mut exchange, snapshot_seq, skipped) = match loaded {
+        None => (Exchange::new(), None, Vec::new()),
+        Some(l) => {
+            let path = l.meta.path.clone();
+            let exchange = Exchange::restore(&l.payload).map_err(|e| NodeError::Snapshot {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let hash = exchange.state_hash().to_le_bytes();
+            if l.meta.state_hash != hash {
+                return Err(NodeError::Snapshot {
+                    path,
+                    reason: "restored state does not match the snapshot's state hash".into(),
+                });
+            }
+            if l.meta.seq > seq_last {
+                return Err(NodeError::Snapshot {
+                    path,
+                    reason: format!(
+                        "snapshot is at seq {} but the journal ends at {seq_last}: journal \
+                         records the snapshot includes are missing",
+                        l.meta.seq
+                    ),
+                });
+            }
+            (exchange, Some(l.meta.seq), l.skipped)
+        }
+    };
+    let from = snapshot_seq.unwrap_or(0) + 1;
+    let mut replayed = 0u64;
+    if from <= seq_last {
+        let mut reader = Reader::open(journal_dir).map_err(NodeError::Journal)?;
+        reader.seek(from).map_err(NodeError::Journal)?;
+        let mut events: Vec<Event> = Vec::with_capacity(64);
+        // Bounded by the journal's length.
+        for expected in from..=seq_last {
+            let record = reader.next().map_err(NodeError::Journal)?;
+            let Some(r) = record else {
+                return Err(NodeError::Replay {
+                    seq: expected,
+                    reason: format!("journal ended before its last sequence {seq_last}"),
+                });
+            };
+            assert_eq!(
+                r.seq, expected,
+                "the journal reader returns dense sequences"
+            );
+            let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload)?;
+            events.clear();
+            exchange.apply(&cmd, &mut events);
+            replayed += 1;
+        }
+    }
+    let state_hash = exchange.state_hash();
+    let log = RecoveryLog {
+        snapshot_seq,
+        snapshots_skipped: skipped,
+        records_replayed: replayed,
+        seq_last,
+        truncation: report.truncation.clone(),
+        journal: report,
+        state_hash,
+    };
+    Ok((exchange, log))
+}

@@ -1,0 +1,90 @@
+//! What travels on the rings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringex_engine::{Command, Event};
+
+/// What an input slot carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotKind {
+    /// An engine command: journaled, then applied.
+    Command,
+    /// Control: take a snapshot now. Not journaled.
+    Snapshot,
+    /// Control: report the state hash. Not journaled.
+    StateHash,
+    /// Control: the last slot before shutdown: write the final snapshot. Not journaled.
+    Shutdown,
+}
+
+/// One input-ring slot. The producer writes the plain fields; the journaler, which only
+/// gets `&InputSlot` from the ring, records the journal sequence and chain in atomics
+/// that the engine reads after the ring's barrier (release/acquire through the cursors).
+#[derive(Debug)]
+pub struct InputSlot {
+    pub kind: SlotKind,
+    /// Stamped by the producer from the system clock, journaled with the command.
+    pub timestamp_ns: u64,
+    /// Opaque to the node: the gateway's session and request, echoed on every event.
+    pub tag: u64,
+    pub command: Command,
+    /// Journal sequence assigned by the journaler; 0 if the append failed.
+    seq: AtomicU64,
+    /// Journal chain value after this record.
+    chain: AtomicU64,
+}
+
+impl InputSlot {
+    pub fn empty() -> InputSlot {
+        InputSlot {
+            kind: SlotKind::Command,
+            timestamp_ns: 0,
+            tag: 0,
+            command: Command::CancelAll {
+                account: 0,
+                market: None,
+            },
+            seq: AtomicU64::new(0),
+            chain: AtomicU64::new(0),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    pub fn chain(&self) -> u64 {
+        self.chain.load(Ordering::Relaxed)
+    }
+
+    /// Written by the journaler only.
+    pub fn set_journaled(&self, seq: u64, chain: u64) {
+        self.seq.store(seq, Ordering::Relaxed);
+        self.chain.store(chain, Ordering::Relaxed);
+    }
+}
+
+/// One output-ring slot: one engine event with the sequence and tag of its command.
+#[derive(Clone, Copy, Debug)]
+pub struct OutputSlot {
+    /// Journal sequence of the command that produced the event (0: not journaled).
+    pub seq: u64,
+    pub tag: u64,
+    pub event: Event,
+    /// The command's last event: its outcome is complete.
+    pub last: bool,
+}
+
+impl OutputSlot {
+    pub fn empty() -> OutputSlot {
+        OutputSlot {
+            seq: 0,
+            tag: 0,
+            event: Event::CancelAllDone {
+                account: 0,
+                count: 0,
+            },
+            last: false,
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The pipeline's stages. Each is a plain struct driven by a ring handler, so the `split`
+//! topology (one thread per stage) and the `fused` one (one thread for all) share the same
+//! code and produce the same journal and events.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Sender, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use disruptor::{Producer, SingleConsumerBarrier, SingleProducer};
+use hdrhistogram::Histogram;
+use ringex_engine::codec::{encode_command, CODEC_VERSION, COMMAND_SIZE_MAX};
+use ringex_engine::{Command, CommandKind, Event, Exchange, RejectReason};
+use ringex_journal::Journal;
+
+use super::slots::{InputSlot, OutputSlot, SlotKind};
+use super::wait::retry_until;
+use super::{ControlReply, Shared, RECORD_COMMAND};
+use crate::metrics::{bump, new_histogram, MarketCounters};
+
+/// How long a durability wait may last before the node calls the journal failed.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long the engine waits for room in the output ring before calling the publisher
+/// stalled (a bug: the publisher never blocks on clients).
+const OUTPUT_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Journals commands in ring order and, in `group` mode, makes each batch durable before
+/// the engine may see it.
+pub struct JournalStage {
+    pub journal: Journal,
+    pub group: bool,
+    pub shared: Arc<Shared>,
+    /// Highest sequence appended.
+    seq_last: u64,
+    batch_appended: u64,
+    buf: [u8; COMMAND_SIZE_MAX],
+}
+
+impl JournalStage {
+    pub fn new(journal: Journal, group: bool, shared: Arc<Shared>) -> JournalStage {
+        let seq_last = journal.seq_next() - 1;
+        JournalStage {
+            journal,
+            group,
+            shared,
+            seq_last,
+            batch_appended: 0,
+            buf: [0; COMMAND_SIZE_MAX],
+        }
+    }
+
+    /// Appends a command slot; returns its (seq, chain), or (0, 0) if it was refused.
+    pub fn append(&mut self, slot: &InputSlot) -> (u64, u64) {
+        match slot.kind {
+            SlotKind::Command => {}
+            SlotKind::Shutdown => {
+                self.make_durable();
+                if let Err(e) = self.journal.sync() {
+                    self.shared.fail(format!("final journal sync failed: {e}"));
+                }
+                return (0, 0);
+            }
+            SlotKind::Snapshot | SlotKind::StateHash => return (0, 0),
+        }
+        let n = encode_command(&slot.command, &mut self.buf);
+        let result = self.journal.append(
+            RECORD_COMMAND,
+            u16::from(CODEC_VERSION),
+            slot.timestamp_ns,
+            &self.buf[..n],
+        );
+        match result {
+            Ok(seq) => {
+                assert_eq!(seq, self.seq_last + 1, "journal sequences are dense");
+                self.seq_last = seq;
+                self.batch_appended += 1;
+                bump(&self.shared.metrics.commands_journaled, 1);
+                (seq, self.journal.chain())
+            }
+            Err(e) => {
+                // Low space and preallocation failures clear up by themselves: refuse this
+                // command and carry on. A failed sync never does: stop taking input.
+                if e.is_fatal() {
+                    self.shared.fail(format!("journal failed: {e}"));
+                } else {
+                    self.shared.note(format!("journal refused an append: {e}"));
+                }
+                (0, 0)
+            }
+        }
+    }
+
+    /// In `group` mode, waits until everything appended is durable. If it never becomes
+    /// durable, marks the node failed so the engine applies nothing past the durable point.
+    pub fn make_durable(&mut self) {
+        if !self.group || self.batch_appended == 0 {
+            return;
+        }
+        self.batch_appended = 0;
+        let start = Instant::now();
+        let result = self.journal.wait_durable(self.seq_last, DURABLE_WAIT_MAX);
+        match result {
+            Ok(true) => {
+                let waited_ns = start.elapsed().as_nanos() as u64;
+                let mut h = self
+                    .shared
+                    .metrics
+                    .durability_wait_ns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                h.saturating_record(waited_ns.max(1));
+            }
+            Ok(false) => self.durability_lost("no durable point within 30 s".into()),
+            Err(e) => self.durability_lost(e.to_string()),
+        }
+    }
+
+    fn durability_lost(&self, why: String) {
+        let durable = self.journal.watermarks().durable();
+        self.shared
+            .journal_failed_at
+            .fetch_min(durable + 1, Ordering::SeqCst);
+        self.shared
+            .fail(format!("journal could not make commands durable: {why}"));
+    }
+
+    /// Split topology: the journaler thread's handler.
+    pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
+        let (seq, chain) = self.append(slot);
+        slot.set_journaled(seq, chain);
+        if end_of_batch {
+            self.make_durable();
+        }
+    }
+}
+
+/// A job for the snapshot writer thread.
+pub struct SnapshotJob {
+    pub seq: u64,
+    pub chain: u64,
+    pub epoch: u32,
+    pub state_hash: u128,
+    pub bytes: Vec<u8>,
+}
+
+/// When to take periodic snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    pub every_commands: u64,
+    pub every: Option<Duration>,
+}
+
+/// The business-logic processor: applies durable commands to the exchange and emits the
+/// events into the output ring.
+pub struct EngineStage {
+    pub exchange: Exchange,
+    pub out: SingleProducer<OutputSlot, SingleConsumerBarrier>,
+    pub shared: Arc<Shared>,
+    pub epoch: u32,
+    pub policy: SnapshotPolicy,
+    pub snapshots: SyncSender<SnapshotJob>,
+    pub control: Sender<ControlReply>,
+    seq_last: u64,
+    chain_last: u64,
+    seq_snapshot: u64,
+    snapshot_taken_at: Instant,
+    events: Vec<Event>,
+    latency_ns: BTreeMap<CommandKind, Histogram<u64>>,
+    markets: BTreeMap<u32, MarketCounters>,
+}
+
+impl EngineStage {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        exchange: Exchange,
+        seq_last: u64,
+        chain_last: u64,
+        out: SingleProducer<OutputSlot, SingleConsumerBarrier>,
+        shared: Arc<Shared>,
+        epoch: u32,
+        policy: SnapshotPolicy,
+        snapshots: SyncSender<SnapshotJob>,
+        control: Sender<ControlReply>,
+    ) -> EngineStage {
+        EngineStage {
+            exchange,
+            out,
+            shared,
+            epoch,
+            policy,
+            snapshots,
+            control,
+            seq_last,
+            chain_last,
+            seq_snapshot: seq_last,
+            snapshot_taken_at: Instant::now(),
+            events: Vec::with_capacity(1024),
+            latency_ns: BTreeMap::new(),
+            markets: BTreeMap::new(),
+        }
+    }
+
+    /// Split topology: the engine thread's handler.
+    pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
+        self.apply(slot.kind, slot.tag, &slot.command, slot.seq(), slot.chain());
+        if end_of_batch {
+            self.end_of_batch();
+        }
+    }
+
+    /// Applies one slot's content. `seq` 0 means the journal refused the command.
+    pub fn apply(&mut self, kind: SlotKind, tag: u64, cmd: &Command, seq: u64, chain: u64) {
+        match kind {
+            SlotKind::Command => self.apply_command(tag, cmd, seq, chain),
+            SlotKind::Snapshot => self.snapshot(),
+            SlotKind::StateHash => {
+                let reply = ControlReply::StateHash {
+                    seq: self.seq_last,
+                    hash: self.exchange.state_hash(),
+                };
+                let _ = self.control.send(reply);
+            }
+            SlotKind::Shutdown => {
+                self.snapshot();
+                let reply = ControlReply::Stopped {
+                    seq: self.seq_last,
+                    hash: self.exchange.state_hash(),
+                };
+                let _ = self.control.send(reply);
+            }
+        }
+    }
+
+    fn apply_command(&mut self, tag: u64, cmd: &Command, seq: u64, chain: u64) {
+        let failed_at = self.shared.journal_failed_at.load(Ordering::SeqCst);
+        if seq == 0 || seq >= failed_at {
+            // Not durable: never applied. The client hears why; nothing is lost.
+            let event = Event::Rejected {
+                kind: cmd.kind(),
+                account: 0,
+                order_ref: 0,
+                reason: RejectReason::Unavailable,
+            };
+            self.publish(seq, tag, event, true);
+            bump(&self.shared.metrics.commands_unavailable, 1);
+            return;
+        }
+        assert_eq!(
+            seq,
+            self.seq_last + 1,
+            "the engine applies every journaled command once, in order"
+        );
+        let start = Instant::now();
+        self.events.clear();
+        self.exchange.apply(cmd, &mut self.events);
+        let took_ns = start.elapsed().as_nanos() as u64;
+        self.seq_last = seq;
+        self.chain_last = chain;
+        self.latency_ns
+            .entry(cmd.kind())
+            .or_insert_with(new_histogram)
+            .saturating_record(took_ns.max(1));
+        if let Command::Place(p) = cmd {
+            self.markets.entry(p.market).or_default().orders += 1;
+        }
+        let count = self.events.len();
+        assert!(count > 0, "every command produces at least one event");
+        for i in 0..count {
+            let event = self.events[i];
+            if let Event::Trade { market, .. } = event {
+                self.markets.entry(market).or_default().trades += 1;
+            }
+            self.publish(seq, tag, event, i + 1 == count);
+        }
+        bump(&self.shared.metrics.commands_applied, 1);
+        let due =
+            self.policy.every_commands > 0 && seq - self.seq_snapshot >= self.policy.every_commands;
+        if due {
+            self.snapshot();
+        }
+    }
+
+    fn publish(&mut self, seq: u64, tag: u64, event: Event, last: bool) {
+        let out = &mut self.out;
+        let published = retry_until(OUTPUT_WAIT_MAX, || {
+            out.try_publish(|s| {
+                s.seq = seq;
+                s.tag = tag;
+                s.event = event;
+                s.last = last;
+            })
+            .ok()
+        });
+        assert!(
+            published.is_some(),
+            "publisher stalled for {OUTPUT_WAIT_MAX:?}"
+        );
+        bump(&self.shared.metrics.events_produced, 1);
+    }
+
+    /// Copies the state (the only time matching pauses) and hands the bytes to the
+    /// snapshot writer thread.
+    fn snapshot(&mut self) {
+        self.snapshot_taken_at = Instant::now();
+        if self.seq_last == self.seq_snapshot || self.seq_last == 0 {
+            return;
+        }
+        let (bytes, state_hash) = self.exchange.snapshot_and_hash();
+        let job = SnapshotJob {
+            seq: self.seq_last,
+            chain: self.chain_last,
+            epoch: self.epoch,
+            state_hash,
+            bytes,
+        };
+        self.seq_snapshot = self.seq_last;
+        if self.snapshots.send(job).is_err() {
+            self.shared
+                .note("snapshot writer is gone; snapshot skipped".into());
+        }
+    }
+
+    /// Merges local metrics (one lock per batch, not per command) and checks the
+    /// snapshot timer.
+    pub fn end_of_batch(&mut self) {
+        {
+            let mut shared = self
+                .shared
+                .metrics
+                .engine_latency_ns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (kind, h) in &mut self.latency_ns {
+                let _ = shared.entry(*kind).or_insert_with(new_histogram).add(&*h);
+                h.reset();
+            }
+        }
+        {
+            let mut shared = self
+                .shared
+                .metrics
+                .markets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (m, c) in &mut self.markets {
+                let s = shared.entry(*m).or_default();
+                s.orders += c.orders;
+                s.trades += c.trades;
+                *c = MarketCounters::default();
+            }
+        }
+        if let Some(every) = self.policy.every {
+            if self.snapshot_taken_at.elapsed() >= every {
+                self.snapshot();
+            }
+        }
+    }
+}
+
+/// A slot's content, copied so the fused stage can apply it after the batch is durable.
+#[derive(Clone, Copy)]
+struct Pending {
+    kind: SlotKind,
+    tag: u64,
+    command: Command,
+    seq: u64,
+    chain: u64,
+}
+
+/// The fused topology: one thread journals a batch, makes it durable, applies it and
+/// emits its events.
+pub struct FusedStage {
+    pub journal: JournalStage,
+    pub engine: EngineStage,
+    pending: Vec<Pending>,
+    batch_max: usize,
+}
+
+impl FusedStage {
+    pub fn new(journal: JournalStage, engine: EngineStage, batch_max: usize) -> FusedStage {
+        assert!(batch_max > 0);
+        FusedStage {
+            journal,
+            engine,
+            pending: Vec::with_capacity(batch_max),
+            batch_max,
+        }
+    }
+
+    pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
+        let (seq, chain) = self.journal.append(slot);
+        self.pending.push(Pending {
+            kind: slot.kind,
+            tag: slot.tag,
+            command: slot.command,
+            seq,
+            chain,
+        });
+        if end_of_batch || self.pending.len() == self.batch_max {
+            self.journal.make_durable();
+            for p in &self.pending {
+                self.engine.apply(p.kind, p.tag, &p.command, p.seq, p.chain);
+            }
+            self.pending.clear();
+            self.engine.end_of_batch();
+        }
+    }
+}
