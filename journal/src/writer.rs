@@ -194,12 +194,13 @@ impl Segment {
 
     /// Prefaults `[offset, offset + len)` writable (MADV_POPULATE_WRITE) without touching the
     /// bytes, so it never races the writer.
-    fn populate(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        self.map.advise_range(
-            memmap2::Advice::PopulateWrite,
-            offset as usize,
-            len as usize,
-        )
+    fn populate(&self, offset: u64, len: u64, writable: bool) -> std::io::Result<()> {
+        let advice = if writable {
+            memmap2::Advice::PopulateWrite
+        } else {
+            memmap2::Advice::PopulateRead
+        };
+        self.map.advise_range(advice, offset as usize, len as usize)
     }
 
     /// Copies `bytes` to `offset`. Caller guarantees it owns the range.
@@ -311,6 +312,8 @@ struct Shared {
     abandon: AtomicBool,
     /// Sequence recorded in the newest checkpoint known to be on disk.
     checkpoint_seq_durable: AtomicU64,
+    /// `sync()` wants a checkpoint now rather than at the next interval.
+    checkpoint_requested: AtomicBool,
     /// Active segment and sealed segments not yet synced (syncer's work list).
     segments: Mutex<SyncList>,
     syncer_idle: AtomicBool,
@@ -326,6 +329,9 @@ struct Shared {
     backend: Backend,
     backend_note: Option<String>,
 }
+
+/// Longest time between checkpoint writes while records are being synced.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How far ahead of the writer the populate thread prefaults pages, and in what steps.
 const POPULATE_AHEAD_BYTES: u64 = 8 << 20;
@@ -637,6 +643,7 @@ impl Journal {
             stop: AtomicBool::new(false),
             abandon: AtomicBool::new(false),
             checkpoint_seq_durable: AtomicU64::new(report.seq_durable),
+            checkpoint_requested: AtomicBool::new(false),
             segments: Mutex::new(SyncList {
                 active: active.clone(),
                 sealed_unsynced: Vec::new(),
@@ -1073,6 +1080,9 @@ impl Journal {
                 break;
             }
             drop(guard);
+            self.shared
+                .checkpoint_requested
+                .store(true, Ordering::Release);
             self.shared.wake_syncer();
             guard = lock(&self.shared.durable_changed.0);
             guard = self
@@ -1234,12 +1244,13 @@ fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSy
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
         // Group mode is woken by appends; the timeout only bounds idle checkpointing.
-        Durability::Group => Duration::from_millis(10),
+        Durability::Group => CHECKPOINT_INTERVAL,
     };
     // A checkpoint for the state recovered at open (already synced by `open`).
     let mut checkpoint_pending = CheckpointState {
         to_write: Some(shared.progress.read()),
         unsynced: None,
+        written_at: Instant::now() - CHECKPOINT_INTERVAL,
     };
     let mut space_checked = Instant::now();
     loop {
@@ -1248,8 +1259,10 @@ fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSy
             return;
         }
         let work = shared.progress.read().seq > shared.watermarks.durable()
-            || checkpoint_pending.to_write.is_some()
-            || checkpoint_pending.unsynced.is_some();
+            || checkpoint_pending.unsynced.is_some()
+            || (checkpoint_pending.to_write.is_some()
+                && (checkpoint_pending.written_at.elapsed() >= CHECKPOINT_INTERVAL
+                    || shared.checkpoint_requested.load(Ordering::Acquire)));
         if stopping && shared.abandon.load(Ordering::SeqCst) {
             return;
         }
@@ -1302,6 +1315,8 @@ struct CheckpointState {
     to_write: Option<ProgressSnapshot>,
     /// Sequence of a checkpoint written but not yet synced.
     unsynced: Option<u64>,
+    /// When the last checkpoint slot was written.
+    written_at: Instant,
 }
 
 /// One sync: sync sealed segments, the directory and the active segment (staged backends
@@ -1374,9 +1389,19 @@ fn sync_round(
         shared.watermarks.durable.store(snap.seq, Ordering::Release);
         checkpoint_pending.to_write = Some(snap);
     }
-    // Record the durable point right away: it only claims what was synced above, so it is
-    // safe whenever it reaches the disk; the next round's sync makes sure it does.
-    if let Some(cp) = checkpoint_pending.to_write.take() {
+    // Record the durable point: it only claims what was synced above, so it is safe
+    // whenever it reaches the disk; the next round's sync makes sure it does. At most every
+    // CHECKPOINT_INTERVAL (or on request), so a group commit usually writes one region of
+    // the file, not two.
+    let checkpoint_due = checkpoint_pending.written_at.elapsed() >= CHECKPOINT_INTERVAL
+        || shared.checkpoint_requested.swap(false, Ordering::AcqRel);
+    let to_write = if checkpoint_due {
+        checkpoint_pending.to_write.take()
+    } else {
+        None
+    };
+    if let Some(cp) = to_write {
+        checkpoint_pending.written_at = Instant::now();
         let c = Checkpoint {
             generation: *generation,
             seq: cp.seq,
@@ -1432,7 +1457,11 @@ fn populator_main(shared: &Shared) {
                 break;
             }
             let len = (end - populated.1).min(POPULATE_CHUNK_BYTES);
-            if active.populate(populated.1, len).is_err() {
+            // Group mode syncs back to back: pages prefaulted writable would be dirty, so each
+            // sync would write them back (zeros) and write-protect them again. Read-populate
+            // there (allocates and maps; the first write costs a minor fault only).
+            let writable = matches!(shared.durability, Durability::Async { .. });
+            if active.populate(populated.1, len, writable).is_err() {
                 populated.1 = active.size_bytes; // unsupported here: stop for this segment
                 break;
             }
