@@ -213,6 +213,8 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
         DurabilityMode::Group => Durability::Group,
     };
     j.low_space_threshold_bytes = config.journal.low_space_mib << 20;
+    // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
+    j.record_size_bytes_max = 4096;
     j
 }
 

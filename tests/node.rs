@@ -1,0 +1,384 @@
+//! The node end to end: real journal files in a temp directory, real threads, the real
+//! binary for the command line. Small rings, small segments, a few thousand commands.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ringex::bench::engine::generate;
+use ringex::config::Config;
+use ringex::node::slots::OutputSlot;
+use ringex::node::{ChannelSink, CountingSink, Node};
+use ringex_engine::{Command, Event, Exchange, RejectReason};
+use ringex_journal::Reader;
+
+/// A node config for tests: tiny rings and segments, everything else explicit.
+fn config(dir: &Path, topology: &str, durability: &str, snapshot_every: u64) -> Config {
+    let text = format!(
+        r#"
+[node]
+id = 1
+data_dir = "{}"
+
+[journal]
+durability = "{durability}"
+segment_size_mib = 1
+flush_interval_ms = 2
+low_space_mib = 0
+
+[pipeline]
+topology = "{topology}"
+input_ring_size = 256
+output_ring_size = 1024
+wait = "backoff"
+batch_max = 64
+
+[snapshot]
+every_commands = {snapshot_every}
+every_seconds = 0
+keep = 2
+
+[metrics]
+log_every_seconds = 0
+"#,
+        dir.display()
+    );
+    Config::parse(&text, "test.toml").expect("test config is valid")
+}
+
+/// A deterministic stream on the exchange-core-like generator: setup (assets, markets,
+/// funded accounts), pre-fill and a steady-state mix with trades, cancels and replaces.
+fn stream(commands: usize) -> Vec<Command> {
+    let w = generate(2, commands, 7);
+    let mut all = w.setup;
+    all.extend(w.prefill);
+    all.extend(w.commands);
+    all
+}
+
+/// The state hash and events of an engine fed `commands` directly.
+fn direct(commands: &[Command]) -> (u128, Vec<Event>) {
+    let mut ex = Exchange::new();
+    let mut events = Vec::new();
+    for c in commands {
+        ex.apply(c, &mut events);
+    }
+    (ex.state_hash(), events)
+}
+
+fn submit_all(node: &mut Node, commands: &[Command]) {
+    for (i, c) in commands.iter().enumerate() {
+        node.submit(c, i as u64).expect("submit");
+    }
+}
+
+/// Runs `commands` through a node and returns (final hash, events in order, seq_last).
+fn run(config: &Config, commands: &[Command]) -> (u128, Vec<OutputSlot>, u64) {
+    let (tx, rx) = mpsc::channel();
+    let mut node = Node::start(config, Box::new(ChannelSink(tx))).expect("start");
+    submit_all(&mut node, commands);
+    let report = node.shutdown().expect("clean shutdown");
+    (report.state_hash, rx.try_iter().collect(), report.seq_last)
+}
+
+fn journal_payloads(dir: &Path) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = Reader::open(dir.join("journal")).expect("reader");
+    let mut out = Vec::new();
+    for _ in 0..1_000_000 {
+        match reader.next_owned().expect("read") {
+            Some(r) => out.push((r.seq, r.payload)),
+            None => break,
+        }
+    }
+    out
+}
+
+#[test]
+fn split_and_fused_nodes_reach_the_state_of_an_engine_fed_directly() {
+    let commands = stream(3_000);
+    let (hash_direct, events_direct) = direct(&commands);
+    let mut journals = Vec::new();
+    for topology in ["split", "fused"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), topology, "group", 1_000);
+        let (hash, events, seq_last) = run(&cfg, &commands);
+        assert_eq!(seq_last, commands.len() as u64, "{topology}");
+        assert_eq!(hash, hash_direct, "{topology}: state hash");
+        let events: Vec<Event> = events.iter().map(|s| s.event).collect();
+        assert_eq!(events, events_direct, "{topology}: events");
+        journals.push(journal_payloads(dir.path()));
+        // Restart from the same directory: the same state, whatever was snapshotted.
+        let mut node = Node::start(&cfg, Box::new(CountingSink)).expect("restart");
+        assert_eq!(node.recovery().seq_last, commands.len() as u64);
+        assert_eq!(node.state_hash().unwrap(), (seq_last, hash_direct));
+        node.shutdown().unwrap();
+    }
+    assert_eq!(
+        journals[0], journals[1],
+        "split and fused write identical journals"
+    );
+}
+
+#[test]
+fn every_event_carries_its_commands_sequence_and_tag_and_marks_the_last() {
+    let commands = stream(500);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, events, _) = run(&config(dir.path(), "fused", "async", 0), &commands);
+    let mut expected_seq = 1;
+    for slot in &events {
+        assert_eq!(slot.seq, expected_seq);
+        assert_eq!(slot.tag, expected_seq - 1, "the tag is the submit index");
+        if slot.last {
+            expected_seq += 1;
+        }
+    }
+    assert_eq!(expected_seq - 1, commands.len() as u64);
+}
+
+#[test]
+fn restart_without_a_snapshot_replays_the_whole_journal() {
+    let commands = stream(2_000);
+    let (hash_direct, _) = direct(&commands);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "split", "group", 0);
+    {
+        let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+        submit_all(&mut node, &commands);
+        assert_eq!(node.state_hash().unwrap().0, commands.len() as u64);
+        // Dropped without shutdown: no final snapshot.
+    }
+    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let log = node.recovery().clone();
+    assert_eq!(log.snapshot_seq, None);
+    assert_eq!(log.records_replayed, commands.len() as u64);
+    assert_eq!(log.state_hash, hash_direct);
+    assert_eq!(node.state_hash().unwrap().1, hash_direct);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing() {
+    let commands = stream(1_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "fused", "group", 0);
+    let (hash, _, seq_last) = run(&cfg, &commands);
+    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let log = node.recovery();
+    assert_eq!(log.snapshot_seq, Some(seq_last));
+    assert_eq!(log.records_replayed, 0);
+    assert_eq!(log.state_hash, hash);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
+    let commands = stream(1_500);
+    let (hash_direct, _) = direct(&commands);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "fused", "group", 500);
+    {
+        let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+        submit_all(&mut node, &commands);
+        node.state_hash().unwrap();
+        // Let the background writer finish the last periodic snapshot, then drop
+        // without the final one.
+        let metrics = node.metrics();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metrics.summary().snapshot_seq == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let log = node.recovery().clone();
+    let snap = log.snapshot_seq.expect("a periodic snapshot was written");
+    assert!(snap >= 500 && snap.is_multiple_of(500), "{snap}");
+    assert_eq!(log.records_replayed, commands.len() as u64 - snap);
+    assert_eq!(log.state_hash, hash_direct);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "fused", "group", 0);
+    // Demand more free space than any disk has: every append is refused.
+    cfg.journal.low_space_mib = 1 << 40;
+    let (tx, rx) = mpsc::channel();
+    let mut node = match Node::start(&cfg, Box::new(ChannelSink(tx))) {
+        Ok(n) => n,
+        Err(e) => panic!("a low-space journal still opens for reading: {e}"),
+    };
+    let commands = stream(10);
+    submit_all(&mut node, &commands[..3]);
+    let (seq, hash) = node.state_hash().unwrap();
+    assert_eq!(seq, 0, "nothing was applied");
+    assert_eq!(hash, Exchange::new().state_hash());
+    // The publisher runs on its own thread: wait for the three outcomes.
+    let events: Vec<OutputSlot> = (0..3)
+        .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("an outcome"))
+        .collect();
+    for e in &events {
+        assert!(matches!(
+            e.event,
+            Event::Rejected {
+                reason: RejectReason::Unavailable,
+                ..
+            }
+        ));
+    }
+    assert!(
+        node.last_note().unwrap().contains("space"),
+        "{:?}",
+        node.last_note()
+    );
+    assert!(node.failure().is_none(), "low space is not fatal");
+    drop(node);
+}
+
+// ---------------------------------------------------------------- crash
+
+const CHILD_DIR: &str = "RINGEX_TEST_CRASH_CHILD_DIR";
+const CRASH_COMMANDS: usize = 40_000;
+
+/// Not a test on its own: the child half of the SIGKILL test. It runs a node on the
+/// directory in `RINGEX_TEST_CRASH_CHILD_DIR` and reports the journal's durable watermark
+/// on stdout while it submits, until it is killed.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_DIR) else {
+        return;
+    };
+    let cfg = config(Path::new(&dir), "fused", "group", 0);
+    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let metrics = node.metrics();
+    for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
+        node.submit(c, i as u64).unwrap();
+        if i % 100 == 0 {
+            println!("durable {}", metrics.summary().journal_durable);
+        }
+    }
+    // Keep reporting until killed.
+    for _ in 0..10_000 {
+        println!("durable {}", metrics.summary().journal_durable);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_node_killed_with_sigkill_recovers_every_durable_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Process::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut durable_reported = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("durable ") {
+            durable_reported = n.trim().parse().unwrap();
+        }
+        // Kill it mid-stream, well before the end.
+        if durable_reported >= 5_000 || Instant::now() > deadline {
+            break;
+        }
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    child.wait().unwrap();
+    assert!(
+        durable_reported >= 5_000,
+        "child made progress: {durable_reported}"
+    );
+
+    let commands = stream(CRASH_COMMANDS);
+    let cfg = config(dir.path(), "fused", "group", 0);
+    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let seq = node.recovery().seq_last;
+    assert!(
+        seq >= durable_reported,
+        "recovered {seq} < durable {durable_reported}"
+    );
+    assert!(seq <= commands.len() as u64);
+    let (hash_direct, _) = direct(&commands[..seq as usize]);
+    assert_eq!(node.state_hash().unwrap(), (seq, hash_direct));
+    node.shutdown().unwrap();
+}
+
+// ---------------------------------------------------------------- command line
+
+#[test]
+fn a_bad_config_file_is_refused_with_file_key_and_reason_and_a_nonzero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = ringex::config::DEFAULT_CONFIG_TOML.replace("batch_max = 512", "batch_max = 0");
+    std::fs::write(&path, text).unwrap();
+    let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["start", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+    assert!(stderr.contains("pipeline.batch_max"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_refused_without_a_panic() {
+    let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["start", "--config", "/nonexistent/ringex.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[test]
+fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_once = || {
+        let mut child = Process::new(env!("CARGO_BIN_EXE_ringex"))
+            .arg("start")
+            .current_dir(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = Vec::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            if line.contains("running") {
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            lines.push(line);
+        }
+        assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
+        lines.join("\n")
+    };
+    let first = run_once();
+    assert!(
+        first.contains("bootstrapped 3 assets, 2 markets"),
+        "{first}"
+    );
+    assert!(first.contains("stopped at seq 15"), "{first}");
+    let second = run_once();
+    assert!(
+        second.contains("loaded snapshot at seq 15; replayed 0"),
+        "{second}"
+    );
+    assert!(!second.contains("bootstrapped"), "{second}");
+}
