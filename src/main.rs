@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use ringex::bench::engine::{self, EngineBenchArgs};
-use ringex::config::{Config, DEFAULT_CONFIG_NAME};
+use ringex::bench::pipeline::{self, PipelineBenchArgs};
+use ringex::config::{Config, Role, DEFAULT_CONFIG_NAME};
 use ringex::metrics::Summary;
 use ringex::node::{CountingSink, Node};
 
@@ -39,6 +40,27 @@ enum Cmd {
 enum Bench {
     /// Engine benchmark (issue 2): book-only, full exchange and a BTreeMap baseline.
     Engine(EngineArgs),
+    /// Pipeline benchmark (issue 4): the whole node, open loop at fixed offered rates.
+    Pipeline(PipelineArgs),
+}
+
+#[derive(Args)]
+struct PipelineArgs {
+    /// Timed commands per case.
+    #[arg(long, default_value_t = 1_000_000)]
+    commands: usize,
+    /// Offered rates in commands/s, comma-separated; 0 = maximum.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 0])]
+    rates: Vec<u64>,
+    /// Topologies to run, comma-separated (split, fused).
+    #[arg(long, value_delimiter = ',', default_values_t = ["fused".to_string(), "split".to_string()])]
+    topologies: Vec<String>,
+    /// Durability modes to run, comma-separated (async, group).
+    #[arg(long, value_delimiter = ',', default_values_t = ["async".to_string(), "group".to_string()])]
+    durability: Vec<String>,
+    /// Directory for the journals (choose the disk to measure).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -60,6 +82,20 @@ struct EngineArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
+        Cmd::Bench {
+            which: Bench::Pipeline(a),
+        } => {
+            let defaults = PipelineBenchArgs::default();
+            pipeline::run(&PipelineBenchArgs {
+                commands: a.commands,
+                rates: a.rates,
+                topologies: a.topologies,
+                durabilities: a.durability,
+                dir: a.dir.unwrap_or(defaults.dir),
+                seed: defaults.seed,
+            });
+            ExitCode::SUCCESS
+        }
         Cmd::Bench {
             which: Bench::Engine(a),
         } => {
@@ -92,6 +128,14 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
+    if config.node.role != Role::Single {
+        eprintln!(
+            "ringex: config {source}: key `node.role`: {:?} needs the replicator, which is not \
+             built yet; only \"single\" runs today",
+            config.node.role
+        );
+        return ExitCode::from(2);
+    }
     eprintln!(
         "ringex: node {} starting with {source}; data in {}",
         config.node.id,

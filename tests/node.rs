@@ -217,7 +217,10 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() 
     assert_eq!(hash, Exchange::new().state_hash());
     // The publisher runs on its own thread: wait for the three outcomes.
     let events: Vec<OutputSlot> = (0..3)
-        .map(|_| rx.recv_timeout(Duration::from_secs(10)).expect("an outcome"))
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("an outcome")
+        })
         .collect();
     for e in &events {
         assert!(matches!(
@@ -331,6 +334,25 @@ fn a_bad_config_file_is_refused_with_file_key_and_reason_and_a_nonzero_exit() {
     assert!(stderr.contains("bad.toml"), "{stderr}");
     assert!(stderr.contains("pipeline.batch_max"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_primary_and_standby_examples_parse_but_are_refused_until_replication_exists() {
+    for example in ["config/primary.toml", "config/standby.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+        Config::load(&path).expect("the example parses");
+        let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+            .args(["start", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("node.role") && stderr.contains("replicator"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

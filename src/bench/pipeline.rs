@@ -1,0 +1,324 @@
+//! The pipeline benchmark of issue 4: the whole node (rings, journal, engine, publisher)
+//! driven open loop at fixed offered rates.
+//!
+//! Every command is stamped with its *planned* send time; if the driver falls behind, the
+//! command still carries the time it should have been sent, so queueing behind a stall is
+//! counted (no coordinated omission). Latency runs from that stamp until the publisher
+//! thread receives the command's last event. In the same run: the engine alone over the
+//! same stream (the throughput baseline) and a single fdatasync's latency on the same
+//! file system (the `group` mode baseline).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ringex_engine::{Command, Exchange};
+
+use super::engine::generate;
+use super::{cpu_model, latency_histogram, median, LatencySummary};
+use crate::config::Config;
+use crate::node::slots::OutputSlot;
+use crate::node::{EventSink, Node};
+
+/// Arguments of `ringex bench pipeline`.
+#[derive(Clone, Debug)]
+pub struct PipelineBenchArgs {
+    /// Timed commands per case.
+    pub commands: usize,
+    /// Offered rates in commands/s; 0 means "as fast as the node takes them".
+    pub rates: Vec<u64>,
+    pub topologies: Vec<String>,
+    pub durabilities: Vec<String>,
+    /// Where the journals go (pick the disk to measure). A fresh subdirectory per case.
+    pub dir: PathBuf,
+    pub seed: u64,
+}
+
+impl Default for PipelineBenchArgs {
+    fn default() -> Self {
+        PipelineBenchArgs {
+            commands: 1_000_000,
+            rates: vec![100_000, 1_000_000, 0],
+            topologies: vec!["fused".into(), "split".into()],
+            durabilities: vec!["async".into(), "group".into()],
+            dir: std::env::temp_dir().join("ringex-bench-pipeline"),
+            seed: 0x5eed_2024,
+        }
+    }
+}
+
+/// Tag of a command whose latency is not recorded (setup, pre-fill).
+const UNTIMED: u64 = u64::MAX;
+
+/// Records, on the publisher thread, the latency from each command's planned send time
+/// (carried in its tag, as ns since `base`) to its last event.
+struct LatencySink {
+    base: Instant,
+    histogram: Histogram<u64>,
+    seen: usize,
+    expected: usize,
+    done: mpsc::Sender<(Histogram<u64>, Instant)>,
+}
+
+impl EventSink for LatencySink {
+    fn on_event(&mut self, slot: &OutputSlot) {
+        if !slot.last || slot.tag == UNTIMED {
+            return;
+        }
+        let now_ns = self.base.elapsed().as_nanos() as u64;
+        self.histogram
+            .saturating_record(now_ns.saturating_sub(slot.tag).max(1));
+        self.seen += 1;
+        if self.seen == self.expected {
+            let h = std::mem::replace(&mut self.histogram, latency_histogram());
+            let _ = self.done.send((h, Instant::now()));
+        }
+    }
+}
+
+pub struct CaseReport {
+    pub topology: String,
+    pub durability: String,
+    pub rate_offered: u64,
+    pub commands_per_s: f64,
+    pub latency: LatencySummary,
+    pub backpressured: u64,
+}
+
+fn node_config(dir: &Path, topology: &str, durability: &str) -> Config {
+    let text = format!(
+        r#"
+[node]
+id = 1
+data_dir = "{}"
+[journal]
+durability = "{durability}"
+segment_size_mib = 256
+flush_interval_ms = 5
+low_space_mib = 64
+[pipeline]
+topology = "{topology}"
+input_ring_size = 65536
+output_ring_size = 262144
+wait = "backoff"
+batch_max = 512
+[snapshot]
+every_commands = 0
+every_seconds = 0
+keep = 1
+[metrics]
+log_every_seconds = 0
+"#,
+        dir.display()
+    );
+    Config::parse(&text, "bench").expect("bench config is valid")
+}
+
+/// One case: a fresh node, setup and pre-fill untimed, then `timed` at `rate` (0: max).
+fn run_case(
+    args: &PipelineBenchArgs,
+    setup: &[Command],
+    timed: &[Command],
+    topology: &str,
+    durability: &str,
+    rate: u64,
+) -> CaseReport {
+    let dir = args.dir.join(format!("{topology}-{durability}-{rate}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = node_config(&dir, topology, durability);
+    let base = Instant::now();
+    let (done_tx, done_rx) = mpsc::channel();
+    let sink = LatencySink {
+        base,
+        histogram: latency_histogram(),
+        seen: 0,
+        expected: timed.len(),
+        done: done_tx,
+    };
+    let mut node = Node::start(&config, Box::new(sink)).expect("bench node starts");
+    for c in setup {
+        submit_retrying(&mut node, c, UNTIMED);
+    }
+    node.state_hash().expect("setup applied");
+    let interval_ns = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
+    let start = Instant::now();
+    let start_ns = start.duration_since(base).as_nanos() as u64;
+    for (i, c) in timed.iter().enumerate() {
+        let planned_ns = start_ns + i as u64 * interval_ns;
+        let tag = if rate == 0 {
+            // At maximum rate there is no plan: measure from the actual send.
+            base.elapsed().as_nanos() as u64
+        } else {
+            // Open loop: wait for the planned time, never past it.
+            while (base.elapsed().as_nanos() as u64) < planned_ns {
+                std::hint::spin_loop();
+            }
+            planned_ns
+        };
+        submit_retrying(&mut node, c, tag);
+    }
+    let (histogram, finished) = done_rx
+        .recv_timeout(Duration::from_secs(600))
+        .expect("every timed command completed");
+    let seconds = finished.duration_since(start).as_secs_f64();
+    let backpressured = node.metrics().summary().backpressured;
+    node.shutdown().expect("bench node stops cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+    CaseReport {
+        topology: topology.into(),
+        durability: durability.into(),
+        rate_offered: rate,
+        commands_per_s: timed.len() as f64 / seconds,
+        latency: LatencySummary::from_histogram(&histogram),
+        backpressured,
+    }
+}
+
+/// Submits, retrying on backpressure (counted by the node's metrics).
+fn submit_retrying(node: &mut Node, command: &Command, tag: u64) {
+    for _ in 0..100_000 {
+        match node.submit(command, tag) {
+            Ok(()) => return,
+            Err(crate::node::NodeError::Backpressure) => continue,
+            Err(e) => panic!("bench submit failed: {e}"),
+        }
+    }
+    panic!("the node took no command for 100,000 attempts");
+}
+
+/// The engine alone over the same stream: median of 3 runs, commands/s.
+fn engine_alone(setup: &[Command], timed: &[Command]) -> f64 {
+    let mut base = Exchange::new();
+    let mut events = Vec::with_capacity(1024);
+    for c in setup {
+        base.apply(c, &mut events);
+    }
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let mut ex = base.clone();
+        let start = Instant::now();
+        for c in timed {
+            events.clear();
+            ex.apply(c, &mut events);
+        }
+        rates.push(timed.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    median(&rates)
+}
+
+/// Latency of one 64-byte write + fdatasync on the benchmark's file system.
+fn fdatasync_latency(dir: &Path, samples: usize) -> LatencySummary {
+    std::fs::create_dir_all(dir).expect("bench dir");
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path).expect("probe file");
+    let mut h = latency_histogram();
+    let record = [7u8; 64];
+    for _ in 0..samples {
+        let start = Instant::now();
+        file.write_all(&record).expect("probe write");
+        file.sync_data().expect("probe fdatasync");
+        h.saturating_record(start.elapsed().as_nanos() as u64);
+    }
+    let _ = std::fs::remove_file(&path);
+    LatencySummary::from_histogram(&h)
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
+    let workload = generate(1, args.commands, args.seed);
+    let mut setup = workload.setup.clone();
+    setup.extend(workload.prefill.iter().copied());
+    let timed = &workload.commands;
+    println!(
+        "ringex pipeline bench: nproc={}, cpu={}, release={}, {} timed commands per case, \
+         journals in {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        !cfg!(debug_assertions),
+        timed.len(),
+        args.dir.display()
+    );
+    let alone = engine_alone(&setup, timed);
+    println!("engine alone (baseline): {:.2} M commands/s", alone / 1e6);
+    let sync = fdatasync_latency(&args.dir, 2_000);
+    println!(
+        "single 64 B write + fdatasync: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+        us(sync.latency_ns_p50),
+        us(sync.latency_ns_p99),
+        us(sync.latency_ns_p999),
+        us(sync.latency_ns_max)
+    );
+    println!(
+        "{:<6} {:<6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8}",
+        "topo",
+        "durab",
+        "offered/s",
+        "achieved/s",
+        "x alone",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "backpr"
+    );
+    let mut reports = Vec::new();
+    for topology in &args.topologies {
+        for durability in &args.durabilities {
+            for &rate in &args.rates {
+                let r = run_case(args, &setup, timed, topology, durability, rate);
+                println!(
+                    "{:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8}",
+                    r.topology,
+                    r.durability,
+                    if rate == 0 {
+                        "max".to_string()
+                    } else {
+                        rate.to_string()
+                    },
+                    r.commands_per_s,
+                    r.commands_per_s / alone,
+                    us(r.latency.latency_ns_p50),
+                    us(r.latency.latency_ns_p99),
+                    us(r.latency.latency_ns_p999),
+                    us(r.latency.latency_ns_max),
+                    r.backpressured,
+                );
+                if durability == "group" {
+                    println!(
+                        "       group p99 / single fdatasync p99 = {:.2}",
+                        r.latency.latency_ns_p99 as f64 / sync.latency_ns_p99.max(1) as f64
+                    );
+                }
+                reports.push(r);
+            }
+        }
+    }
+    reports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_case_completes_every_command_and_measures_latency() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = PipelineBenchArgs {
+            commands: 2_000,
+            dir: dir.path().to_path_buf(),
+            ..PipelineBenchArgs::default()
+        };
+        let w = generate(1, args.commands, 1);
+        let mut setup = w.setup.clone();
+        setup.extend(w.prefill.iter().copied());
+        let r = run_case(&args, &setup, &w.commands, "fused", "async", 50_000);
+        assert!(r.commands_per_s > 0.0);
+        assert!(r.latency.latency_ns_p50 > 0);
+        assert!(r.latency.latency_ns_max >= r.latency.latency_ns_p99);
+    }
+}
