@@ -80,6 +80,8 @@ pub struct JournalConfig {
     pub flush_interval_ms: u64,
     /// Appends are refused while free space is below this.
     pub low_space_mib: u64,
+    /// After each snapshot, delete the segments no recovery needs any more.
+    pub prune_after_snapshot: bool,
 }
 
 impl Default for JournalConfig {
@@ -89,6 +91,7 @@ impl Default for JournalConfig {
             segment_size_mib: 64,
             flush_interval_ms: 5,
             low_space_mib: 256,
+            prune_after_snapshot: true,
         }
     }
 }

@@ -200,6 +200,24 @@ fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
 }
 
 #[test]
+fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works() {
+    let commands = stream(20_000);
+    let (hash_direct, _) = direct(&commands);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "fused", "async", 4_000);
+    let (hash, _, _) = run(&cfg, &commands);
+    assert_eq!(hash, hash_direct);
+    let first_record = journal_payloads(dir.path()).first().map(|(seq, _)| *seq);
+    assert!(
+        first_record.is_some_and(|seq| seq > 1),
+        "the first segment was pruned: journal now starts at {first_record:?}"
+    );
+    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    assert_eq!(node.state_hash().unwrap().1, hash_direct);
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), "fused", "group", 0);

@@ -268,7 +268,15 @@ impl Node {
         let group = config.journal.durability == DurabilityMode::Group;
         let seq_last = recovery.seq_last;
         let chain_last = journal.chain();
-        let journal_stage = JournalStage::new(journal, group, Arc::clone(&shared));
+        let prune_store = if config.journal.prune_after_snapshot {
+            Some(
+                SnapshotStore::open(&snapshot_dir, config.snapshot.keep)
+                    .map_err(NodeError::Journal)?,
+            )
+        } else {
+            None
+        };
+        let journal_stage = JournalStage::new(journal, group, Arc::clone(&shared), prune_store);
         let policy = SnapshotPolicy {
             every_commands: config.snapshot.every_commands,
             every: (config.snapshot.every_seconds > 0)

@@ -12,7 +12,7 @@ use disruptor::{Producer, SingleConsumerBarrier, SingleProducer};
 use hdrhistogram::Histogram;
 use ringex_engine::codec::{encode_command, CODEC_VERSION, COMMAND_SIZE_MAX};
 use ringex_engine::{Command, CommandKind, Event, Exchange, RejectReason};
-use ringex_journal::Journal;
+use ringex_journal::{Journal, SnapshotStore};
 
 use super::slots::{InputSlot, OutputSlot, SlotKind};
 use super::wait::retry_until;
@@ -34,6 +34,10 @@ pub struct JournalStage {
     pub journal: Journal,
     pub group: bool,
     pub shared: Arc<Shared>,
+    /// Listing of the snapshots, to prune segments no recovery needs any more.
+    snapshots: Option<SnapshotStore>,
+    /// The snapshot sequence the journal was last pruned for.
+    pruned_for_snapshot_seq: u64,
     /// Highest sequence appended.
     seq_last: u64,
     batch_appended: u64,
@@ -41,12 +45,19 @@ pub struct JournalStage {
 }
 
 impl JournalStage {
-    pub fn new(journal: Journal, group: bool, shared: Arc<Shared>) -> JournalStage {
+    pub fn new(
+        journal: Journal,
+        group: bool,
+        shared: Arc<Shared>,
+        snapshots: Option<SnapshotStore>,
+    ) -> JournalStage {
         let seq_last = journal.seq_next() - 1;
         JournalStage {
             journal,
             group,
             shared,
+            snapshots,
+            pruned_for_snapshot_seq: 0,
             seq_last,
             batch_appended: 0,
             buf: [0; COMMAND_SIZE_MAX],
@@ -128,12 +139,39 @@ impl JournalStage {
             .fail(format!("journal could not make commands durable: {why}"));
     }
 
+    /// After a new snapshot is on disk, removes the segments that lie entirely before the
+    /// oldest retained snapshot (the journal also keeps what registered readers need).
+    /// Rare (once per snapshot), so its file-system work may run on this thread.
+    pub fn prune_if_snapshotted(&mut self) {
+        let Some(store) = &self.snapshots else {
+            return;
+        };
+        let snapshot_seq = self.shared.metrics.snapshot_seq.load(Ordering::Relaxed);
+        if snapshot_seq <= self.pruned_for_snapshot_seq {
+            return;
+        }
+        self.pruned_for_snapshot_seq = snapshot_seq;
+        match self.journal.prune(store, false) {
+            Ok(report) => {
+                if let Some(last) = report.segments.last() {
+                    self.shared.note(format!(
+                        "pruned {} journal segments up to seq {}",
+                        report.segments.len(),
+                        last.seq_last
+                    ));
+                }
+            }
+            Err(e) => self.shared.note(format!("journal pruning failed: {e}")),
+        }
+    }
+
     /// Split topology: the journaler thread's handler.
     pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
         let (seq, chain) = self.append(slot);
         slot.set_journaled(seq, chain);
         if end_of_batch {
             self.make_durable();
+            self.prune_if_snapshotted();
         }
     }
 }
@@ -422,6 +460,7 @@ impl FusedStage {
             }
             self.pending.clear();
             self.engine.end_of_batch();
+            self.journal.prune_if_snapshotted();
         }
     }
 }
