@@ -326,6 +326,7 @@ struct Shared {
     populate_target: (Mutex<u64>, Condvar),
     /// Staging ring of the staged backends (None for mmap).
     ring: Option<Ring>,
+    sync_state: Mutex<SyncerState>,
     backend: Backend,
     backend_note: Option<String>,
 }
@@ -623,9 +624,33 @@ impl Journal {
         let ring = engine
             .as_ref()
             .map(|_| Ring::new(config.staging_size_bytes));
+        let progress_initial = ProgressSnapshot {
+            seq: seq_last,
+            chain: tail.chain,
+            segment_base_seq: active.base_seq,
+            end_offset_bytes,
+            epoch: tail.epoch.max(config.epoch),
+            stream_end: 0,
+        };
+        let sync_state = SyncerState {
+            generation: tail.checkpoint_generation + 1,
+            // A checkpoint for the state recovered at open (synced above).
+            checkpoint: CheckpointState {
+                to_write: Some(progress_initial),
+                unsynced: None,
+                written_at: Instant::now() - CHECKPOINT_INTERVAL,
+            },
+            staged: engine.map(|engine| StagedSyncer {
+                engine,
+                segment_base_seq: active.base_seq,
+                segment_offset_base: end_offset_bytes,
+                segment_stream_base: 0,
+            }),
+        };
 
         let shared = Arc::new(Shared {
             ring,
+            sync_state: Mutex::new(sync_state),
             backend,
             backend_note,
             dir: dir.clone(),
@@ -660,28 +685,14 @@ impl Journal {
                 Condvar::new(),
             ),
         });
-        shared.progress.publish(ProgressSnapshot {
-            seq: seq_last,
-            chain: tail.chain,
-            segment_base_seq: active.base_seq,
-            end_offset_bytes,
-            epoch: tail.epoch.max(config.epoch),
-            stream_end: 0,
-        });
+        shared.progress.publish(progress_initial);
         shared.check_space()?;
 
         let syncer = {
             let shared = shared.clone();
-            let generation = tail.checkpoint_generation + 1;
-            let staged = engine.map(|engine| StagedSyncer {
-                engine,
-                segment_base_seq: active.base_seq,
-                segment_offset_base: end_offset_bytes,
-                segment_stream_base: 0,
-            });
             std::thread::Builder::new()
                 .name("journal-sync".into())
-                .spawn(move || syncer_main(&shared, generation, staged))
+                .spawn(move || syncer_main(&shared))
                 .map_err(|e| Error::io("spawn journal-sync thread", e))?
         };
         let preallocator = {
@@ -1098,6 +1109,30 @@ impl Journal {
         })
     }
 
+    /// Group commit in the calling thread: makes every record appended so far durable and
+    /// returns the durable watermark. For a pipeline thread that journals a batch and
+    /// must see it durable before applying it (no hand-off to the syncer thread). A failure
+    /// is fatal, as for the syncer.
+    pub fn commit(&self) -> Result<u64> {
+        let target = self.seq_next - 1;
+        if self.shared.watermarks.durable() >= target {
+            return Ok(self.shared.watermarks.durable());
+        }
+        let mut st = lock(&self.shared.sync_state);
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(self.shared.failure());
+        }
+        if self.shared.watermarks.durable() < target {
+            if let Err(reason) = sync_round(&self.shared, &mut st) {
+                self.shared.fail(reason);
+                return Err(self.shared.failure());
+            }
+        }
+        let durable = self.shared.watermarks.durable();
+        debug_assert!(durable >= target);
+        Ok(durable)
+    }
+
     /// Stops the helper threads without the final sync, as a crash would, and releases the
     /// lock. What was appended stays in the page cache. For crash tests and drills.
     pub fn abandon(mut self) {
@@ -1240,17 +1275,11 @@ struct StagedSyncer {
     segment_stream_base: u64,
 }
 
-fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSyncer>) {
+fn syncer_main(shared: &Shared) {
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
         // Group mode is woken by appends; the timeout only bounds idle checkpointing.
         Durability::Group => CHECKPOINT_INTERVAL,
-    };
-    // A checkpoint for the state recovered at open (already synced by `open`).
-    let mut checkpoint_pending = CheckpointState {
-        to_write: Some(shared.progress.read()),
-        unsynced: None,
-        written_at: Instant::now() - CHECKPOINT_INTERVAL,
     };
     let mut space_checked = Instant::now();
     loop {
@@ -1258,23 +1287,19 @@ fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSy
         if shared.failed.load(Ordering::SeqCst) {
             return;
         }
-        let work = shared.progress.read().seq > shared.watermarks.durable()
-            || checkpoint_pending.unsynced.is_some()
-            || (checkpoint_pending.to_write.is_some()
-                && (checkpoint_pending.written_at.elapsed() >= CHECKPOINT_INTERVAL
-                    || shared.checkpoint_requested.load(Ordering::Acquire)));
         if stopping && shared.abandon.load(Ordering::SeqCst) {
             return;
         }
-        if work {
-            match sync_round(
-                shared,
-                &mut generation,
-                &mut checkpoint_pending,
-                staged.as_mut(),
-            ) {
-                Ok(()) => {}
-                Err(reason) => {
+        {
+            let mut st = lock(&shared.sync_state);
+            let cp = &st.checkpoint;
+            let work = shared.progress.read().seq > shared.watermarks.durable()
+                || cp.unsynced.is_some()
+                || (cp.to_write.is_some()
+                    && (cp.written_at.elapsed() >= CHECKPOINT_INTERVAL
+                        || shared.checkpoint_requested.load(Ordering::Acquire)));
+            if work && !shared.failed.load(Ordering::SeqCst) {
+                if let Err(reason) = sync_round(shared, &mut st) {
                     shared.fail(reason);
                     return;
                 }
@@ -1310,6 +1335,14 @@ fn syncer_main(shared: &Shared, mut generation: u64, mut staged: Option<StagedSy
     }
 }
 
+/// What a sync round needs between rounds. Behind a mutex: the syncer thread and
+/// `Journal::commit` (sync in the caller's thread) both run rounds.
+struct SyncerState {
+    generation: u64,
+    checkpoint: CheckpointState,
+    staged: Option<StagedSyncer>,
+}
+
 struct CheckpointState {
     /// Durable point not yet recorded in a checkpoint slot.
     to_write: Option<ProgressSnapshot>,
@@ -1322,12 +1355,13 @@ struct CheckpointState {
 /// One sync: sync sealed segments, the directory and the active segment (staged backends
 /// write their staged bytes first), advance `durable`, then record it in a checkpoint slot
 /// that the next round persists. Err is fatal.
-fn sync_round(
-    shared: &Shared,
-    generation: &mut u64,
-    checkpoint_pending: &mut CheckpointState,
-    staged: Option<&mut StagedSyncer>,
-) -> std::result::Result<(), String> {
+fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::Result<(), String> {
+    let SyncerState {
+        generation,
+        checkpoint: checkpoint_pending,
+        staged,
+    } = st;
+    let staged = staged.as_mut();
     let snap = shared.progress.read();
     let (active, sealed, dir_unsynced) = {
         let mut list = lock(&shared.segments);

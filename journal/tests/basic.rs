@@ -162,3 +162,24 @@ fn tailer_without_watermarks_follows_files() {
         );
     }
 }
+
+#[test]
+fn commit_syncs_in_the_calling_thread() {
+    for backend in [
+        ringex_journal::Backend::Mmap,
+        ringex_journal::Backend::IoUring,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Durability::Group);
+        c.backend = backend;
+        let mut j = Journal::open(c).unwrap();
+        for round in 0..50u64 {
+            let last = append_n(&mut j, 1 + round % 7, len_of);
+            assert!(j.commit().unwrap() >= last);
+            assert!(j.watermarks().durable() >= last);
+            assert!(j.watermarks().written() >= last);
+        }
+        j.close().unwrap();
+        check_prefix(&read_all(dir.path()), len_of);
+    }
+}

@@ -38,6 +38,7 @@ fn failed_sync_is_fatal_and_never_retried() {
         assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
     }
     assert!(j.sync().unwrap_err().is_fatal());
+    assert!(j.commit().unwrap_err().is_fatal());
     // Even if the disk "recovers", the writer does not retry.
     faults.syncs_ok_remaining.store(u64::MAX, Ordering::SeqCst);
     assert!(j.append(7, 1, 0, b"x").unwrap_err().is_fatal());
@@ -203,4 +204,21 @@ fn tmpfs_full_never_sigbus() {
         check_prefix(&all, len_of);
         std::fs::remove_dir_all(&jdir).unwrap();
     }
+}
+
+#[test]
+fn failed_commit_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultStorage::default());
+    let mut c = config(dir.path(), Durability::Group);
+    c.storage = faults.clone();
+    let mut j = Journal::open(c).unwrap();
+    append_n(&mut j, 3, len_of);
+    j.commit().unwrap();
+    faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
+    append_n(&mut j, 1, len_of);
+    let e = j.commit().unwrap_err();
+    assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
+    assert!(j.append(7, 1, 0, b"x").unwrap_err().is_fatal());
+    assert!(j.commit().unwrap_err().is_fatal());
 }
