@@ -218,6 +218,30 @@ fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works(
 }
 
 #[test]
+fn a_snapshot_the_engine_refuses_is_skipped_for_the_previous_one() {
+    let commands = stream(1_500);
+    let (hash_direct, _) = direct(&commands);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "fused", "group", 500);
+    let (_, _, seq_last) = run(&cfg, &commands);
+    // Replace the newest snapshot with a well-framed one whose payload is not a state.
+    let store = ringex_journal::SnapshotStore::open(dir.path().join("snapshots"), 2).unwrap();
+    store
+        .write(seq_last, 1, 0, &[0u8; 16], b"not an exchange state")
+        .unwrap();
+    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let log = node.recovery().clone();
+    assert_eq!(log.snapshots_skipped.len(), 1, "{log}");
+    assert!(log.snapshot_seq.unwrap() < seq_last, "{log}");
+    assert_eq!(log.state_hash, hash_direct);
+    assert!(
+        log.to_string().contains("skipped damaged snapshot"),
+        "{log}"
+    );
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), "fused", "group", 0);

@@ -70,7 +70,59 @@ pub fn decode_record(
     Ok(cmd)
 }
 
-/// Loads the newest valid snapshot and replays the journal after it into an exchange.
+/// The newest snapshot that passes its checksums, restores into a state that passes every
+/// invariant, matches its recorded state hash and is not ahead of the journal. Older ones
+/// are tried in turn; each one skipped is reported with why.
+#[allow(clippy::type_complexity)]
+fn load_snapshot(
+    snapshots: &SnapshotStore,
+    seq_last: u64,
+) -> Result<(Exchange, Option<u64>, Vec<(PathBuf, String)>), NodeError> {
+    let mut skipped = Vec::new();
+    let entries = snapshots.list().map_err(NodeError::Journal)?;
+    for entry in entries.into_iter().rev() {
+        let meta = match entry.meta {
+            Ok(m) => m,
+            Err(why) => {
+                skipped.push((entry.path, why));
+                continue;
+            }
+        };
+        let bytes = match std::fs::read(&entry.path) {
+            Ok(b) => b,
+            Err(e) => {
+                skipped.push((entry.path, format!("read: {e}")));
+                continue;
+            }
+        };
+        let payload_at = bytes.len().saturating_sub(meta.payload_size_bytes as usize);
+        let exchange = match Exchange::restore(&bytes[payload_at..]) {
+            Ok(ex) => ex,
+            Err(e) => {
+                skipped.push((entry.path, e.to_string()));
+                continue;
+            }
+        };
+        if meta.state_hash != exchange.state_hash().to_le_bytes() {
+            let why = "restored state does not match the snapshot's state hash";
+            skipped.push((entry.path, why.into()));
+            continue;
+        }
+        if meta.seq > seq_last {
+            let why = format!(
+                "snapshot is at seq {} but the journal ends at {seq_last}: the journal lost \
+                 records the snapshot includes",
+                meta.seq
+            );
+            skipped.push((entry.path, why));
+            continue;
+        }
+        return Ok((exchange, Some(meta.seq), skipped));
+    }
+    Ok((Exchange::new(), None, skipped))
+}
+
+/// Loads the newest usable snapshot and replays the journal after it into an exchange.
 pub fn recover(
     journal: &Journal,
     snapshots: &SnapshotStore,
@@ -78,35 +130,7 @@ pub fn recover(
 ) -> Result<(Exchange, RecoveryLog), NodeError> {
     let report = journal.recovery_report().clone();
     let seq_last = journal.seq_next() - 1;
-    let loaded = snapshots.load_newest_valid().map_err(NodeError::Journal)?;
-    let (mut exchange, snapshot_seq, skipped) = match loaded {
-        None => (Exchange::new(), None, Vec::new()),
-        Some(l) => {
-            let path = l.meta.path.clone();
-            let exchange = Exchange::restore(&l.payload).map_err(|e| NodeError::Snapshot {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let hash = exchange.state_hash().to_le_bytes();
-            if l.meta.state_hash != hash {
-                return Err(NodeError::Snapshot {
-                    path,
-                    reason: "restored state does not match the snapshot's state hash".into(),
-                });
-            }
-            if l.meta.seq > seq_last {
-                return Err(NodeError::Snapshot {
-                    path,
-                    reason: format!(
-                        "snapshot is at seq {} but the journal ends at {seq_last}: journal \
-                         records the snapshot includes are missing",
-                        l.meta.seq
-                    ),
-                });
-            }
-            (exchange, Some(l.meta.seq), l.skipped)
-        }
-    };
+    let (mut exchange, snapshot_seq, skipped) = load_snapshot(snapshots, seq_last)?;
     let from = snapshot_seq.unwrap_or(0) + 1;
     let mut replayed = 0u64;
     if from <= seq_last {
