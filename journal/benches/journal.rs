@@ -169,6 +169,7 @@ fn bench_group_closed(
     let dir = fresh_dir(root, &format!("closed-{payload_len}-{batch}"));
     let mut c = config(&dir, Durability::Group);
     c.backend = backend;
+    c.prealloc_zero_fill = std::env::var("RINGEX_BENCH_ZERO_FILL").is_ok();
     let mut j = Journal::open(c).unwrap();
     let payload = vec![0xcdu8; payload_len];
     let mut hist = Histogram::<u64>::new(3).unwrap();

@@ -456,13 +456,14 @@ fn create_segment_file(
     header: &SegmentHeader,
     storage: &dyn Storage,
     spare: Option<File>,
+    zero_fill: bool,
 ) -> Result<()> {
     let file = match spare {
         Some(f) => f,
         None => prepare_spare(
             &dir.join(SPARE_FILE_NAME),
             header.segment_size_bytes,
-            false,
+            zero_fill,
             storage,
         )?,
     };
@@ -554,7 +555,14 @@ impl Journal {
                     epoch: config.epoch,
                 };
                 let path = segment_path(&dir, header.base_seq);
-                create_segment_file(&dir, &path, &header, storage.as_ref(), None)?;
+                create_segment_file(
+                    &dir,
+                    &path,
+                    &header,
+                    storage.as_ref(),
+                    None,
+                    config.prealloc_zero_fill,
+                )?;
                 storage
                     .sync_dir(&dir)
                     .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
@@ -992,6 +1000,7 @@ impl Journal {
             &header,
             self.shared.storage.as_ref(),
             Some(spare),
+            self.shared.prealloc_zero_fill,
         )?;
         let segment = Arc::new(Segment::open(
             &path,
