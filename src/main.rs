@@ -11,7 +11,7 @@ use ringex::bench::engine::{self, EngineBenchArgs};
 use ringex::bench::pipeline::{self, PipelineBenchArgs};
 use ringex::config::{Config, Role, DEFAULT_CONFIG_NAME};
 use ringex::metrics::Summary;
-use ringex::node::{CountingSink, Node};
+use ringex::node::{CountingSink, Node, OutputMode};
 
 #[derive(Parser)]
 #[command(name = "ringex", version, about = "LMAX-style crypto exchange daemon")]
@@ -148,7 +148,7 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let mut node = match Node::start(&config, Box::new(CountingSink)) {
+    let mut node = match Node::start(&config, OutputMode::Sink(Box::new(CountingSink))) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("ringex: cannot start: {e}");

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use ringex::bench::engine::generate;
 use ringex::config::Config;
 use ringex::node::slots::OutputSlot;
-use ringex::node::{ChannelSink, CountingSink, Node};
-use ringex_engine::{Command, Event, Exchange, RejectReason};
+use ringex::node::{ChannelSink, CountingSink, Node, OutputMode};
+use ringex_engine::{Command, Event, Exchange, Output, RejectReason};
 use ringex_journal::Reader;
 
 /// A node config for tests: tiny rings and segments, everything else explicit.
@@ -68,6 +68,13 @@ fn direct(commands: &[Command]) -> (u128, Vec<Event>) {
     (ex.state_hash(), events)
 }
 
+fn event_of(slot: &OutputSlot) -> Event {
+    match slot.item {
+        Output::Event(e) => e,
+        Output::Reply(r) => panic!("a query reply where an event was expected: {r:?}"),
+    }
+}
+
 fn submit_all(node: &mut Node, commands: &[Command]) {
     for (i, c) in commands.iter().enumerate() {
         node.submit(c, i as u64).expect("submit");
@@ -77,7 +84,7 @@ fn submit_all(node: &mut Node, commands: &[Command]) {
 /// Runs `commands` through a node and returns (final hash, events in order, seq_last).
 fn run(config: &Config, commands: &[Command]) -> (u128, Vec<OutputSlot>, u64) {
     let (tx, rx) = mpsc::channel();
-    let mut node = Node::start(config, Box::new(ChannelSink(tx))).expect("start");
+    let mut node = Node::start(config, OutputMode::Sink(Box::new(ChannelSink(tx)))).expect("start");
     submit_all(&mut node, commands);
     let report = node.shutdown().expect("clean shutdown");
     (report.state_hash, rx.try_iter().collect(), report.seq_last)
@@ -106,11 +113,12 @@ fn split_and_fused_nodes_reach_the_state_of_an_engine_fed_directly() {
         let (hash, events, seq_last) = run(&cfg, &commands);
         assert_eq!(seq_last, commands.len() as u64, "{topology}");
         assert_eq!(hash, hash_direct, "{topology}: state hash");
-        let events: Vec<Event> = events.iter().map(|s| s.event).collect();
+        let events: Vec<Event> = events.iter().map(event_of).collect();
         assert_eq!(events, events_direct, "{topology}: events");
         journals.push(journal_payloads(dir.path()));
         // Restart from the same directory: the same state, whatever was snapshotted.
-        let mut node = Node::start(&cfg, Box::new(CountingSink)).expect("restart");
+        let mut node =
+            Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).expect("restart");
         assert_eq!(node.recovery().seq_last, commands.len() as u64);
         assert_eq!(node.state_hash().unwrap(), (seq_last, hash_direct));
         node.shutdown().unwrap();
@@ -144,12 +152,12 @@ fn restart_without_a_snapshot_replays_the_whole_journal() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "split", "group", 0);
     {
-        let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+        let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
         submit_all(&mut node, &commands);
         assert_eq!(node.state_hash().unwrap().0, commands.len() as u64);
         // Dropped without shutdown: no final snapshot.
     }
-    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let log = node.recovery().clone();
     assert_eq!(log.snapshot_seq, None);
     assert_eq!(log.records_replayed, commands.len() as u64);
@@ -164,7 +172,7 @@ fn graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "fused", "group", 0);
     let (hash, _, seq_last) = run(&cfg, &commands);
-    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let log = node.recovery();
     assert_eq!(log.snapshot_seq, Some(seq_last));
     assert_eq!(log.records_replayed, 0);
@@ -179,7 +187,7 @@ fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "fused", "group", 500);
     {
-        let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+        let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
         submit_all(&mut node, &commands);
         node.state_hash().unwrap();
         // Let the background writer finish the last periodic snapshot, then drop
@@ -190,7 +198,7 @@ fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let log = node.recovery().clone();
     let snap = log.snapshot_seq.expect("a periodic snapshot was written");
     assert!(snap >= 500 && snap.is_multiple_of(500), "{snap}");
@@ -212,7 +220,7 @@ fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works(
         first_record.is_some_and(|seq| seq > 1),
         "the first segment was pruned: journal now starts at {first_record:?}"
     );
-    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     assert_eq!(node.state_hash().unwrap().1, hash_direct);
     node.shutdown().unwrap();
 }
@@ -229,7 +237,7 @@ fn a_snapshot_the_engine_refuses_is_skipped_for_the_previous_one() {
     store
         .write(seq_last, 1, 0, &[0u8; 16], b"not an exchange state")
         .unwrap();
-    let node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let log = node.recovery().clone();
     assert_eq!(log.snapshots_skipped.len(), 1, "{log}");
     assert!(log.snapshot_seq.unwrap() < seq_last, "{log}");
@@ -248,7 +256,7 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() 
     // Demand more free space than any disk has: every append is refused.
     cfg.journal.low_space_mib = 1 << 40;
     let (tx, rx) = mpsc::channel();
-    let mut node = match Node::start(&cfg, Box::new(ChannelSink(tx))) {
+    let mut node = match Node::start(&cfg, OutputMode::Sink(Box::new(ChannelSink(tx)))) {
         Ok(n) => n,
         Err(e) => panic!("a low-space journal still opens for reading: {e}"),
     };
@@ -266,7 +274,7 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() 
         .collect();
     for e in &events {
         assert!(matches!(
-            e.event,
+            event_of(e),
             Event::Rejected {
                 reason: RejectReason::Unavailable,
                 ..
@@ -296,7 +304,7 @@ fn crash_child() {
         return;
     };
     let cfg = config(Path::new(&dir), "fused", "group", 0);
-    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let metrics = node.metrics();
     for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
         node.submit(c, i as u64).unwrap();
@@ -345,7 +353,7 @@ fn a_node_killed_with_sigkill_recovers_every_durable_command() {
 
     let commands = stream(CRASH_COMMANDS);
     let cfg = config(dir.path(), "fused", "group", 0);
-    let mut node = Node::start(&cfg, Box::new(CountingSink)).unwrap();
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let seq = node.recovery().seq_last;
     assert!(
         seq >= durable_reported,
@@ -445,4 +453,72 @@ fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm(
         "{second}"
     );
     assert!(!second.contains("bootstrapped"), "{second}");
+}
+
+// ---------------------------------------------------------------- poll mode and queries
+
+#[test]
+fn in_poll_mode_the_owner_drains_outputs_and_queries_answer_in_order() {
+    use ringex_engine::{Query, QueryReply};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    const QUERY_TAG: u64 = u64::MAX;
+    let commands = stream(300);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "fused", "async", 0);
+    let wakes = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&wakes);
+    let waker: ringex::node::Waker = Arc::new(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut node = Node::start(&cfg, OutputMode::Poll(waker)).unwrap();
+    let mut slots = Vec::new();
+    // Like the gateway: drain outputs whenever the rings push back.
+    for (i, c) in commands.iter().enumerate() {
+        for _ in 0..10_000 {
+            match node.submit(c, i as u64) {
+                Ok(()) => break,
+                Err(ringex::node::NodeError::Backpressure) => {
+                    node.poll_outputs(1024, |s| slots.push(*s));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    // The generator's first funded account (ids start at 1).
+    node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
+        .unwrap();
+    node.want_wake();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        node.poll_outputs(1024, |s| slots.push(*s));
+        if slots.last().is_some_and(|s| s.tag == QUERY_TAG && s.last) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let commands_done = slots
+        .iter()
+        .filter(|s| s.last && matches!(s.item, Output::Event(_)))
+        .count();
+    assert_eq!(
+        commands_done,
+        commands.len(),
+        "every command answered before the query"
+    );
+    let replies: Vec<QueryReply> = slots
+        .iter()
+        .filter(|s| s.tag == QUERY_TAG)
+        .map(|s| match s.item {
+            Output::Reply(r) => r,
+            Output::Event(e) => panic!("{e:?}"),
+        })
+        .collect();
+    assert!(matches!(
+        replies.last(),
+        Some(QueryReply::End { found: true, .. })
+    ));
+    assert!(replies.len() >= 2, "{replies:?}");
+    assert!(wakes.load(Ordering::Relaxed) >= 1, "the waker was called");
+    node.shutdown().unwrap();
 }

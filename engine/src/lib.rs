@@ -11,6 +11,7 @@ pub mod command;
 pub mod event;
 pub mod exchange;
 pub mod price_index;
+pub mod query;
 pub mod snapshot;
 pub mod types;
 
@@ -18,4 +19,5 @@ pub use book::OrderBook;
 pub use command::{Command, CommandKind, MarketSpec, OrderRef, PlaceOrder};
 pub use event::Event;
 pub use exchange::Exchange;
+pub use query::{Output, Query, QueryReply};
 pub use types::*;

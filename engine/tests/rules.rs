@@ -978,3 +978,71 @@ fn restore_then_continue_equals_never_having_stopped() {
     assert_eq!(tail(&mut a), tail(&mut b));
     assert_eq!(a.ex.state_hash(), b.ex.state_hash());
 }
+
+// ------------------------------------------------------------------ queries
+
+#[test]
+fn queries_report_balances_open_orders_and_api_keys_without_changing_anything() {
+    let mut w = World::new();
+    let a = w.limit(ALICE, Side::Buy, 90, 2);
+    let b = w.limit(ALICE, Side::Sell, 110, 3);
+    w.ok(Command::AddApiKey {
+        account: ALICE,
+        key_id: 9,
+        secret_hash: [1; 32],
+        permissions: 1,
+    });
+    let before = w.ex.state_hash();
+    let mut out = Vec::new();
+    w.ex.query(&Query::Balances { account: ALICE }, &mut out);
+    assert_eq!(
+        out,
+        vec![
+            QueryReply::Balance {
+                account: ALICE,
+                asset: BTC,
+                available: 1_000_000 - 3,
+                held: 3
+            },
+            QueryReply::Balance {
+                account: ALICE,
+                asset: USD,
+                available: 1_000_000 - 181,
+                held: 181
+            },
+            QueryReply::End {
+                count: 2,
+                found: true
+            },
+        ]
+    );
+    out.clear();
+    w.ex.query(
+        &Query::OpenOrders {
+            account: ALICE,
+            market: None,
+        },
+        &mut out,
+    );
+    let ids: Vec<_> = out
+        .iter()
+        .filter_map(|r| match r {
+            QueryReply::OpenOrder { order_id, .. } => Some(*order_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, vec![a, b]);
+    out.clear();
+    w.ex.query(&Query::ApiKey { key_id: 9 }, &mut out);
+    assert!(matches!(out[0], QueryReply::ApiKey { account: ALICE, .. }));
+    out.clear();
+    w.ex.query(&Query::Balances { account: 999 }, &mut out);
+    assert_eq!(
+        out,
+        vec![QueryReply::End {
+            count: 0,
+            found: false
+        }]
+    );
+    assert_eq!(before, w.ex.state_hash());
+}

@@ -20,7 +20,7 @@ use super::engine::generate;
 use super::{cpu_model, latency_histogram, median, LatencySummary};
 use crate::config::Config;
 use crate::node::slots::OutputSlot;
-use crate::node::{EventSink, Node};
+use crate::node::{EventSink, Node, OutputMode};
 
 /// Arguments of `ringex bench pipeline`.
 #[derive(Clone, Debug)]
@@ -137,7 +137,8 @@ fn run_case(
         expected: timed.len(),
         done: done_tx,
     };
-    let mut node = Node::start(&config, Box::new(sink)).expect("bench node starts");
+    let mut node =
+        Node::start(&config, OutputMode::Sink(Box::new(sink))).expect("bench node starts");
     for c in setup {
         submit_retrying(&mut node, c, UNTIMED);
     }

@@ -25,10 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{
-    build_single_producer, BusySpin, ProcessorSettings, Producer, SingleConsumerBarrier,
-    SingleProducer,
+    build_single_producer, BusySpin, EventPoller, Polling, ProcessorSettings, Producer,
+    SingleConsumerBarrier, SingleProducer, SingleProducerBarrier,
 };
-use ringex_engine::Command;
+use ringex_engine::{Command, Query};
 use ringex_journal::{Durability, Journal, SnapshotStore};
 
 use crate::config::{Config, DurabilityMode, Topology, WaitMode};
@@ -40,6 +40,12 @@ use wait::{retry_until, Backoff};
 
 /// Journal record type of an engine command (payload: the engine codec).
 pub const RECORD_COMMAND: u16 = 1;
+/// Placeholders for the slot fields a slot kind does not use.
+const FILLER: Command = Command::CancelAll {
+    account: 0,
+    market: None,
+};
+const NO_QUERY: Query = Query::ApiKey { key_id: 0 };
 /// How long `submit` retries a full input ring before reporting backpressure.
 const SUBMIT_WAIT_MAX: Duration = Duration::from_millis(200);
 /// How long a control request (state hash, shutdown) may take.
@@ -111,16 +117,40 @@ pub struct Shared {
     failure: Mutex<Option<String>>,
     /// The latest non-fatal problem, for the log.
     last_note: Mutex<Option<String>>,
+    /// Poll mode: the consumer asked to be woken when output arrives.
+    wake_wanted: AtomicBool,
+    /// The node's owner is gone without a shutdown: nobody will read the output ring, so
+    /// the engine drops outputs instead of waiting for room.
+    pub discard_output: AtomicBool,
+    wake: Option<Waker>,
 }
 
+/// Called (from the engine thread) to wake a consumer that polls the output ring.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
 impl Shared {
-    fn new(metrics: Arc<Metrics>) -> Shared {
+    fn new(metrics: Arc<Metrics>, wake: Option<Waker>) -> Shared {
         Shared {
             metrics,
             journal_failed_at: AtomicU64::new(u64::MAX),
             refusing: AtomicBool::new(false),
             failure: Mutex::new(None),
             last_note: Mutex::new(None),
+            wake_wanted: AtomicBool::new(false),
+            discard_output: AtomicBool::new(false),
+            wake,
+        }
+    }
+
+    /// After a batch: wakes a polling consumer that is about to sleep. One atomic load
+    /// per batch when nobody waits; the wake (a syscall) only when someone does.
+    pub fn wake_consumer(&self) {
+        if let Some(wake) = &self.wake {
+            if self.wake_wanted.load(Ordering::Relaxed)
+                && self.wake_wanted.swap(false, Ordering::AcqRel)
+            {
+                wake();
+            }
         }
     }
 
@@ -167,6 +197,16 @@ impl EventSink for CountingSink {
     fn on_event(&mut self, _slot: &OutputSlot) {}
 }
 
+/// Where the engine's output goes.
+pub enum OutputMode {
+    /// A publisher thread hands every slot to the sink.
+    Sink(Box<dyn EventSink>),
+    /// No publisher thread: the owner of the node drains the output ring itself with
+    /// [`Node::poll_outputs`] (the gateway does, on its event-loop thread). The waker is
+    /// called after a batch if the owner asked with [`Node::want_wake`].
+    Poll(Waker),
+}
+
 /// A sink that forwards every event over a channel (tests, tools).
 pub struct ChannelSink(pub mpsc::Sender<OutputSlot>);
 
@@ -187,6 +227,7 @@ pub struct ShutdownReport {
 /// snapshot.
 pub struct Node {
     producer: Option<SingleProducer<InputSlot, SingleConsumerBarrier>>,
+    poller: Option<EventPoller<OutputSlot, SingleProducerBarrier>>,
     control: Receiver<ControlReply>,
     snapshot_writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -230,7 +271,7 @@ where
 
 impl Node {
     /// Recovers the state from the data directory and starts the pipeline.
-    pub fn start(config: &Config, sink: Box<dyn EventSink>) -> Result<Node, NodeError> {
+    pub fn start(config: &Config, output: OutputMode) -> Result<Node, NodeError> {
         let data_dir = &config.node.data_dir;
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshots");
@@ -245,25 +286,34 @@ impl Node {
         let fresh = recovery.seq_last == 0;
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.journal.set(journal.watermarks());
-        let shared = Arc::new(Shared::new(Arc::clone(&metrics)));
+        let wake = match &output {
+            OutputMode::Poll(w) => Some(Arc::clone(w)),
+            OutputMode::Sink(_) => None,
+        };
+        let shared = Arc::new(Shared::new(Arc::clone(&metrics), wake));
         let (control_tx, control) = mpsc::channel();
         let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
         let snapshot_writer = spawn_snapshot_writer(snapshots, snapshot_rx, Arc::clone(&shared))?;
 
         let cores = &config.pipeline.cores;
         let core = |stage: &str| cores.get(stage).copied();
-        let out = {
-            let mut sink = sink;
-            let metrics = Arc::clone(&metrics);
-            let b =
-                build_single_producer(config.pipeline.output_ring_size, OutputSlot::empty, Backoff);
-            pin(b, core("publisher"))
-                .thread_name("ringex-publish")
-                .handle_events_with(move |slot: &OutputSlot, _seq, _end| {
-                    sink.on_event(slot);
-                    bump(&metrics.events_published, 1);
-                })
-                .build()
+        let b = build_single_producer(config.pipeline.output_ring_size, OutputSlot::empty, Backoff);
+        let (out, poller) = match output {
+            OutputMode::Sink(mut sink) => {
+                let metrics = Arc::clone(&metrics);
+                let out = pin(b, core("publisher"))
+                    .thread_name("ringex-publish")
+                    .handle_events_with(move |slot: &OutputSlot, _seq, _end| {
+                        sink.on_event(slot);
+                        bump(&metrics.events_published, 1);
+                    })
+                    .build();
+                (out, None)
+            }
+            OutputMode::Poll(_) => {
+                let (poller, b) = b.new_event_poller();
+                (b.build(), Some(poller))
+            }
         };
         let group = config.journal.durability == DurabilityMode::Group;
         let seq_last = recovery.seq_last;
@@ -304,6 +354,7 @@ impl Node {
         };
         Ok(Node {
             producer: Some(producer),
+            poller,
             control,
             snapshot_writer: Some(snapshot_writer),
             shared,
@@ -343,10 +394,52 @@ impl Node {
 
     /// Publishes a command stamped with the system clock. `tag` comes back on its events.
     pub fn submit(&mut self, command: &Command, tag: u64) -> Result<(), NodeError> {
-        self.publish(SlotKind::Command, command, tag)
+        self.publish(SlotKind::Command, command, &NO_QUERY, tag)
     }
 
-    fn publish(&mut self, kind: SlotKind, command: &Command, tag: u64) -> Result<(), NodeError> {
+    /// Publishes a read-only query, answered in order with the commands around it.
+    pub fn submit_query(&mut self, query: &Query, tag: u64) -> Result<(), NodeError> {
+        self.publish(SlotKind::Query, &FILLER, query, tag)
+    }
+
+    /// Poll mode: hands up to `limit` output slots to `f`, in order; returns how many.
+    pub fn poll_outputs(&mut self, limit: u64, mut f: impl FnMut(&OutputSlot)) -> usize {
+        let Some(poller) = self.poller.as_mut() else {
+            return 0;
+        };
+        let n = match poller.take(limit) {
+            Ok(mut guard) => {
+                let mut n = 0;
+                for slot in &mut guard {
+                    f(slot);
+                    n += 1;
+                }
+                n
+            }
+            Err(Polling::NoEvents) | Err(Polling::Shutdown) => 0,
+        };
+        bump(&self.shared.metrics.events_published, n as u64);
+        n
+    }
+
+    /// Poll mode: whether output is waiting.
+    pub fn outputs_available(&self) -> bool {
+        self.poller.as_ref().is_some_and(|p| p.has_available())
+    }
+
+    /// Poll mode: asks the engine to call the waker after its next batch. Call before
+    /// sleeping, then check [`Node::outputs_available`] once more to close the race.
+    pub fn want_wake(&self) {
+        self.shared.wake_wanted.store(true, Ordering::Release);
+    }
+
+    fn publish(
+        &mut self,
+        kind: SlotKind,
+        command: &Command,
+        query: &Query,
+        tag: u64,
+    ) -> Result<(), NodeError> {
         if self.shared.refusing.load(Ordering::Relaxed) {
             let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
             return Err(NodeError::Refused(why));
@@ -358,7 +451,7 @@ impl Node {
         let timestamp_ns = now_ns.max(self.timestamp_ns_last);
         self.timestamp_ns_last = timestamp_ns;
         let producer = self.producer.as_mut().expect("running");
-        let command = *command;
+        let (command, query) = (*command, *query);
         let published = retry_until(SUBMIT_WAIT_MAX, || {
             producer
                 .try_publish(|slot| {
@@ -366,6 +459,7 @@ impl Node {
                     slot.timestamp_ns = timestamp_ns;
                     slot.tag = tag;
                     slot.command = command;
+                    slot.query = query;
                 })
                 .ok()
         });
@@ -384,25 +478,40 @@ impl Node {
     }
 
     fn control(&mut self, kind: SlotKind, what: &'static str) -> Result<ControlReply, NodeError> {
-        let filler = Command::CancelAll {
-            account: 0,
-            market: None,
-        };
         // Control slots must get through even after a journal failure.
+        let deadline = std::time::Instant::now() + CONTROL_WAIT_MAX;
         let producer = self.producer.as_mut().expect("running");
+        let mut poller = self.poller.as_mut();
+        let mut drain = || {
+            // In poll mode nobody else drains the output ring while we wait here.
+            if let Some(p) = poller.as_mut() {
+                if let Ok(mut guard) = p.poll() {
+                    for _ in &mut guard {}
+                }
+            }
+        };
         let published = retry_until(CONTROL_WAIT_MAX, || {
+            drain();
             producer
                 .try_publish(|slot| {
                     slot.kind = kind;
                     slot.tag = 0;
-                    slot.command = filler;
+                    slot.command = FILLER;
+                    slot.query = NO_QUERY;
                 })
                 .ok()
         });
         published.ok_or(NodeError::Backpressure)?;
-        self.control
-            .recv_timeout(CONTROL_WAIT_MAX)
-            .map_err(|_| NodeError::NoReply(what))
+        // Bounded by the deadline: each pass waits at most 1 ms.
+        while std::time::Instant::now() < deadline {
+            drain();
+            match self.control.recv_timeout(Duration::from_millis(1)) {
+                Ok(reply) => return Ok(reply),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Err(NodeError::NoReply(what))
     }
 
     /// The engine's state hash after every command submitted so far, and its sequence.
@@ -415,11 +524,7 @@ impl Node {
 
     /// Asks for a snapshot at the current point (written in the background).
     pub fn request_snapshot(&mut self) -> Result<(), NodeError> {
-        let filler = Command::CancelAll {
-            account: 0,
-            market: None,
-        };
-        self.publish(SlotKind::Snapshot, &filler, 0)
+        self.publish(SlotKind::Snapshot, &FILLER, &NO_QUERY, 0)
     }
 
     /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.
@@ -428,6 +533,7 @@ impl Node {
         // Dropping the producer drains the input ring and joins its stages; the engine
         // stage's drop does the same for the output ring and the publisher.
         drop(self.producer.take());
+        drop(self.poller.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
         }
@@ -446,6 +552,13 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        // Nobody reads the output ring from now on: the engine must not wait for room.
+        self.shared.discard_output.store(true, Ordering::SeqCst);
+        if let Some(p) = self.poller.as_mut() {
+            if let Ok(mut guard) = p.poll() {
+                for _ in &mut guard {}
+            }
+        }
         drop(self.producer.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ringex_engine::{Command, Event};
+use ringex_engine::{Command, Event, Output, Query};
 
 /// What an input slot carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum SlotKind {
     StateHash,
     /// Control: the last slot before shutdown: write the final snapshot. Not journaled.
     Shutdown,
+    /// A read-only query, answered in ring order. Not journaled.
+    Query,
 }
 
 /// One input-ring slot. The producer writes the plain fields; the journaler, which only
@@ -28,6 +30,8 @@ pub struct InputSlot {
     /// Opaque to the node: the gateway's session and request, echoed on every event.
     pub tag: u64,
     pub command: Command,
+    /// For `SlotKind::Query`.
+    pub query: Query,
     /// Journal sequence assigned by the journaler; 0 if the append failed.
     seq: AtomicU64,
     /// Journal chain value after this record.
@@ -44,6 +48,7 @@ impl InputSlot {
                 account: 0,
                 market: None,
             },
+            query: Query::ApiKey { key_id: 0 },
             seq: AtomicU64::new(0),
             chain: AtomicU64::new(0),
         }
@@ -64,14 +69,16 @@ impl InputSlot {
     }
 }
 
-/// One output-ring slot: one engine event with the sequence and tag of its command.
+/// One output-ring slot: one engine event (or query reply) with the sequence and tag of
+/// the command (or query) it answers.
 #[derive(Clone, Copy, Debug)]
 pub struct OutputSlot {
-    /// Journal sequence of the command that produced the event (0: not journaled).
+    /// Journal sequence of the command that produced the event (0: not journaled, or a
+    /// query reply).
     pub seq: u64,
     pub tag: u64,
-    pub event: Event,
-    /// The command's last event: its outcome is complete.
+    pub item: Output,
+    /// The command's (or query's) last item: its outcome is complete.
     pub last: bool,
 }
 
@@ -80,10 +87,10 @@ impl OutputSlot {
         OutputSlot {
             seq: 0,
             tag: 0,
-            event: Event::CancelAllDone {
+            item: Output::Event(Event::CancelAllDone {
                 account: 0,
                 count: 0,
-            },
+            }),
             last: false,
         }
     }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use disruptor::{Producer, SingleConsumerBarrier, SingleProducer};
 use hdrhistogram::Histogram;
 use ringex_engine::codec::{encode_command, CODEC_VERSION, COMMAND_SIZE_MAX};
-use ringex_engine::{Command, CommandKind, Event, Exchange, RejectReason};
+use ringex_engine::{
+    Command, CommandKind, Event, Exchange, Output, Query, QueryReply, RejectReason,
+};
 use ringex_journal::{Journal, SnapshotStore};
 
 use super::slots::{InputSlot, OutputSlot, SlotKind};
@@ -75,7 +77,7 @@ impl JournalStage {
                 }
                 return (0, 0);
             }
-            SlotKind::Snapshot | SlotKind::StateHash => return (0, 0),
+            SlotKind::Snapshot | SlotKind::StateHash | SlotKind::Query => return (0, 0),
         }
         let n = encode_command(&slot.command, &mut self.buf);
         let result = self.journal.append(
@@ -210,6 +212,7 @@ pub struct EngineStage {
     /// TSC clock for per-command timing: a few ns per read, against ~25 for the vDSO.
     clock: quanta::Clock,
     events: Vec<Event>,
+    replies: Vec<QueryReply>,
     latency_ns: BTreeMap<CommandKind, Histogram<u64>>,
     markets: BTreeMap<u32, MarketCounters>,
 }
@@ -242,6 +245,7 @@ impl EngineStage {
             metrics_merged_at: Instant::now(),
             clock: quanta::Clock::new(),
             events: Vec::with_capacity(1024),
+            replies: Vec::with_capacity(1024),
             latency_ns: BTreeMap::new(),
             markets: BTreeMap::new(),
         }
@@ -249,16 +253,25 @@ impl EngineStage {
 
     /// Split topology: the engine thread's handler.
     pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
-        self.apply(slot.kind, slot.tag, &slot.command, slot.seq(), slot.chain());
+        let item = Item {
+            kind: slot.kind,
+            tag: slot.tag,
+            command: slot.command,
+            query: slot.query,
+            seq: slot.seq(),
+            chain: slot.chain(),
+        };
+        self.apply(&item);
         if end_of_batch {
             self.end_of_batch();
         }
     }
 
     /// Applies one slot's content. `seq` 0 means the journal refused the command.
-    pub fn apply(&mut self, kind: SlotKind, tag: u64, cmd: &Command, seq: u64, chain: u64) {
-        match kind {
-            SlotKind::Command => self.apply_command(tag, cmd, seq, chain),
+    pub fn apply(&mut self, item: &Item) {
+        match item.kind {
+            SlotKind::Command => self.apply_command(item.tag, &item.command, item.seq, item.chain),
+            SlotKind::Query => self.answer(item.tag, &item.query),
             SlotKind::Snapshot => self.snapshot(),
             SlotKind::StateHash => {
                 self.merge_metrics();
@@ -290,7 +303,7 @@ impl EngineStage {
                 order_ref: 0,
                 reason: RejectReason::Unavailable,
             };
-            self.publish(seq, tag, event, true);
+            self.publish(seq, tag, Output::Event(event), true);
             bump(&self.shared.metrics.commands_unavailable, 1);
             return;
         }
@@ -319,7 +332,7 @@ impl EngineStage {
             if let Event::Trade { market, .. } = event {
                 self.markets.entry(market).or_default().trades += 1;
             }
-            self.publish(seq, tag, event, i + 1 == count);
+            self.publish(seq, tag, Output::Event(event), i + 1 == count);
         }
         bump(&self.shared.metrics.commands_applied, 1);
         let due =
@@ -329,16 +342,29 @@ impl EngineStage {
         }
     }
 
-    fn publish(&mut self, seq: u64, tag: u64, event: Event, last: bool) {
+    /// Runs a read-only query in ring order and publishes its replies.
+    fn answer(&mut self, tag: u64, query: &Query) {
+        self.replies.clear();
+        self.exchange.query(query, &mut self.replies);
+        let count = self.replies.len();
+        for i in 0..count {
+            let reply = self.replies[i];
+            self.publish(0, tag, Output::Reply(reply), i + 1 == count);
+        }
+    }
+
+    fn publish(&mut self, seq: u64, tag: u64, item: Output, last: bool) {
+        let discard = &self.shared.discard_output;
         let out = &mut self.out;
         let published = retry_until(OUTPUT_WAIT_MAX, || {
             out.try_publish(|s| {
                 s.seq = seq;
                 s.tag = tag;
-                s.event = event;
+                s.item = item;
                 s.last = last;
             })
             .ok()
+            .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
         });
         assert!(
             published.is_some(),
@@ -372,6 +398,7 @@ impl EngineStage {
     /// Merges local metrics (a lock every few ms, never per command) and checks the
     /// snapshot timer.
     pub fn end_of_batch(&mut self) {
+        self.shared.wake_consumer();
         let now = Instant::now();
         if now.duration_since(self.metrics_merged_at) >= METRICS_MERGE_EVERY {
             self.metrics_merged_at = now;
@@ -416,12 +443,13 @@ impl EngineStage {
 
 /// A slot's content, copied so the fused stage can apply it after the batch is durable.
 #[derive(Clone, Copy)]
-struct Pending {
-    kind: SlotKind,
-    tag: u64,
-    command: Command,
-    seq: u64,
-    chain: u64,
+pub struct Item {
+    pub kind: SlotKind,
+    pub tag: u64,
+    pub command: Command,
+    pub query: Query,
+    pub seq: u64,
+    pub chain: u64,
 }
 
 /// The fused topology: one thread journals a batch, makes it durable, applies it and
@@ -429,7 +457,7 @@ struct Pending {
 pub struct FusedStage {
     pub journal: JournalStage,
     pub engine: EngineStage,
-    pending: Vec<Pending>,
+    pending: Vec<Item>,
     batch_max: usize,
 }
 
@@ -446,17 +474,18 @@ impl FusedStage {
 
     pub fn handle(&mut self, slot: &InputSlot, end_of_batch: bool) {
         let (seq, chain) = self.journal.append(slot);
-        self.pending.push(Pending {
+        self.pending.push(Item {
             kind: slot.kind,
             tag: slot.tag,
             command: slot.command,
+            query: slot.query,
             seq,
             chain,
         });
         if end_of_batch || self.pending.len() == self.batch_max {
             self.journal.make_durable();
-            for p in &self.pending {
-                self.engine.apply(p.kind, p.tag, &p.command, p.seq, p.chain);
+            for item in &self.pending {
+                self.engine.apply(item);
             }
             self.pending.clear();
             self.engine.end_of_batch();
