@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub gateway: GatewayConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub assets: Vec<AssetConfig>,
@@ -167,7 +169,10 @@ impl Default for SnapshotConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersConfig {
+    /// Binary order entry for trading keys.
     pub binary: String,
+    /// Binary protocol for admin keys only; keep it on loopback.
+    pub admin: String,
     pub websocket: String,
     pub http: String,
 }
@@ -176,6 +181,7 @@ impl Default for ListenersConfig {
     fn default() -> Self {
         ListenersConfig {
             binary: "127.0.0.1:9100".into(),
+            admin: "127.0.0.1:9103".into(),
             websocket: "127.0.0.1:9101".into(),
             http: "127.0.0.1:9102".into(),
         }
@@ -194,6 +200,42 @@ impl Default for LimitsConfig {
         LimitsConfig {
             requests_per_second_per_key: 10_000,
             connections_per_ip: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Heartbeat after this much idle time, both ways.
+    pub heartbeat_ms: u32,
+    /// A session silent for this long is logged out.
+    pub idle_timeout_ms: u32,
+    /// A connection must log in within this.
+    pub login_timeout_ms: u32,
+    /// Logins whose timestamp is further than this from the server clock are refused.
+    pub login_clock_skew_ms: u32,
+    /// A connection whose unread output exceeds this is disconnected (slow consumer).
+    pub outbound_buffer_kib: u32,
+    /// Sequenced messages kept per session for resume.
+    pub resume_window_messages: u32,
+    /// How long a disconnected session stays resumable.
+    pub session_linger_seconds: u32,
+    /// Connections the gateway serves at once.
+    pub connections_max: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_ms: 1000,
+            idle_timeout_ms: 5000,
+            login_timeout_ms: 5000,
+            login_clock_skew_ms: 30_000,
+            outbound_buffer_kib: 4096,
+            resume_window_messages: 65_536,
+            session_linger_seconds: 300,
+            connections_max: 1024,
         }
     }
 }
@@ -259,12 +301,35 @@ pub struct ApiKeyConfig {
     pub key_id: u64,
     /// Demo only: the secret in clear. Only its SHA-256 enters the journal.
     pub secret: String,
-    #[serde(default = "default_permissions")]
-    pub permissions: u32,
+    /// May trade (log in on the binary listener).
+    #[serde(default = "default_true")]
+    pub trade: bool,
+    /// May administer (log in on the admin listener).
+    #[serde(default)]
+    pub admin: bool,
 }
 
-fn default_permissions() -> u32 {
-    u32::MAX
+fn default_true() -> bool {
+    true
+}
+
+/// API key permission bits, as the engine stores them and the gateway checks them.
+pub mod permissions {
+    pub const TRADE: u32 = 1 << 0;
+    pub const ADMIN: u32 = 1 << 1;
+}
+
+impl ApiKeyConfig {
+    pub fn permissions(&self) -> u32 {
+        let mut p = 0;
+        if self.trade {
+            p |= permissions::TRADE;
+        }
+        if self.admin {
+            p |= permissions::ADMIN;
+        }
+        p
+    }
 }
 
 /// A configuration that cannot be used: names the file, the key and the reason.
@@ -491,7 +556,7 @@ impl Config {
                         account: a.id,
                         key_id: key.key_id,
                         secret_hash: secret_hash(&key.secret),
-                        permissions: key.permissions,
+                        permissions: key.permissions(),
                     },
                 ));
             }

@@ -446,10 +446,10 @@ fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm(
         first.contains("bootstrapped 3 assets, 2 markets"),
         "{first}"
     );
-    assert!(first.contains("stopped at seq 15"), "{first}");
+    assert!(first.contains("stopped at seq 17"), "{first}");
     let second = run_once();
     assert!(
-        second.contains("loaded snapshot at seq 15; replayed 0"),
+        second.contains("loaded snapshot at seq 17; replayed 0"),
         "{second}"
     );
     assert!(!second.contains("bootstrapped"), "{second}");

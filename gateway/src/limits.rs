@@ -1,0 +1,105 @@
+//! Request rate limits and connection limits. Time comes from the caller (`now_ns`), so
+//! the rules are tested without sleeping.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// A token bucket: `rate_per_s` tokens a second, at most one second's worth banked.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    rate_per_s: u64,
+    /// Tokens scaled by 1e9 so refills in nanoseconds stay integers.
+    tokens_scaled: u128,
+    refilled_at_ns: u64,
+}
+
+const SCALE: u128 = 1_000_000_000;
+
+impl TokenBucket {
+    pub fn new(rate_per_s: u64, now_ns: u64) -> TokenBucket {
+        assert!(rate_per_s > 0);
+        TokenBucket {
+            rate_per_s,
+            tokens_scaled: rate_per_s as u128 * SCALE,
+            refilled_at_ns: now_ns,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now_ns: u64) -> bool {
+        let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;
+        let capacity = self.rate_per_s as u128 * SCALE;
+        self.tokens_scaled = (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity);
+        self.refilled_at_ns = now_ns.max(self.refilled_at_ns);
+        if self.tokens_scaled >= SCALE {
+            self.tokens_scaled -= SCALE;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Open connections per remote address, against a limit.
+#[derive(Debug, Default)]
+pub struct ConnectionCounts {
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+impl ConnectionCounts {
+    /// Counts a new connection from `ip` unless it would exceed `limit`.
+    pub fn try_add(&mut self, ip: IpAddr, limit: u32) -> bool {
+        let n = self.per_ip.entry(ip).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn remove(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            assert!(*n > 0);
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    pub fn count(&self, ip: IpAddr) -> u32 {
+        self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND_NS: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_bucket_allows_one_seconds_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10, 0);
+        assert_eq!((0..20).filter(|_| b.try_take(0)).count(), 10);
+        // A tenth of a second buys one more request.
+        assert!(b.try_take(SECOND_NS / 10));
+        assert!(!b.try_take(SECOND_NS / 10));
+        // A long pause banks at most one second's worth.
+        assert_eq!((0..20).filter(|_| b.try_take(100 * SECOND_NS)).count(), 10);
+    }
+
+    #[test]
+    fn connection_counts_enforce_the_limit_per_address() {
+        let mut c = ConnectionCounts::default();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(c.try_add(a, 2));
+        assert!(c.try_add(a, 2));
+        assert!(!c.try_add(a, 2));
+        assert!(c.try_add(b, 2));
+        c.remove(a);
+        assert!(c.try_add(a, 2));
+        assert_eq!(c.count(a), 2);
+    }
+}
