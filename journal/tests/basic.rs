@@ -183,3 +183,80 @@ fn commit_syncs_in_the_calling_thread() {
         check_prefix(&read_all(dir.path()), len_of);
     }
 }
+
+#[test]
+fn epochs_only_go_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    append_n(&mut j, 5, len_of);
+    assert!(matches!(j.set_epoch(0), Err(Error::StaleEpoch { .. })));
+    j.set_epoch(3).unwrap();
+    append_n(&mut j, 5, len_of);
+    j.close().unwrap();
+    // A node still at epoch 1 may not write this journal again.
+    let err = Journal::open(config(dir.path(), Durability::Group)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::StaleEpoch {
+                epoch: 1,
+                epoch_journal: 3
+            }
+        ),
+        "{err}"
+    );
+    let mut c = config(dir.path(), Durability::Group);
+    c.epoch = 3;
+    let mut j = Journal::open(c).unwrap();
+    assert_eq!(j.seq_next(), 11);
+    append_n(&mut j, 1, len_of);
+    j.close().unwrap();
+    let epochs: Vec<u32> = read_all(dir.path()).iter().map(|r| r.epoch).collect();
+    assert_eq!(epochs, vec![1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3]);
+}
+
+#[test]
+fn verify_reports_without_modifying() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    append_n(&mut j, 40, len_of);
+    j.sync().unwrap();
+    append_n(&mut j, 3, len_of);
+    j.abandon();
+    // Tear the last record's last byte.
+    let mut segs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    let last = segs.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let end = bytes[4096..bytes.len() - 80]
+        .iter()
+        .rposition(|&b| b != 0)
+        .unwrap()
+        + 4096;
+    bytes[end] ^= 0xff;
+    std::fs::write(last, &bytes).unwrap();
+    let rep = ringex_journal::verify(dir.path(), ringex_journal::Verify::All).unwrap();
+    let t = rep.truncation.clone().expect("torn tail found");
+    assert_eq!(t.seq_first_cut, 43);
+    assert_eq!(rep.seq_last, 42);
+    assert_eq!(rep.seq_durable, 40);
+    assert_eq!(
+        std::fs::read(last).unwrap(),
+        bytes,
+        "verify modified the file"
+    );
+    let j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    assert_eq!(
+        j.recovery_report()
+            .truncation
+            .as_ref()
+            .unwrap()
+            .seq_first_cut,
+        43
+    );
+    assert_eq!(j.seq_next(), 43);
+}
