@@ -153,7 +153,7 @@ impl SegmentHeader {
 }
 
 /// The durable point persisted in the segment header page: every record up to `seq` was
-/// synced. Written lagging one sync behind (see docs/journal-format.md).
+/// synced. Written after a sync, persisted by the next one (see docs/journal-format.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     pub generation: u64,

@@ -53,7 +53,21 @@ struct Mapped {
     path: PathBuf,
     map: Mmap,
     size_bytes: u64,
+    chain_prev: u64,
+    epoch: u32,
 }
+
+/// A position in a segment the reader can resume from without scanning.
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    seq: u64,
+    offset: u64,
+    chain: u64,
+    epoch: u32,
+}
+
+/// One sparse-index entry every this many records.
+const SPARSE_INDEX_STRIDE: u64 = 64;
 
 /// Reads a journal directory (no lock needed; safe alongside the writer).
 pub struct Reader {
@@ -68,6 +82,9 @@ pub struct Reader {
     watermarks: Option<Arc<Watermarks>>,
     /// Read only up to `durable` instead of `written`.
     durable_only: bool,
+    /// Sparse index of sealed segments (immutable, so entries never go stale), built on
+    /// the first seek into each.
+    index: std::collections::BTreeMap<u64, Vec<IndexEntry>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -100,6 +117,7 @@ impl Reader {
             epoch: 0,
             watermarks: None,
             durable_only: false,
+            index: std::collections::BTreeMap::new(),
         };
         if let Some(first) = r.segments.first().cloned() {
             r.enter_segment(&first)?;
@@ -173,6 +191,8 @@ impl Reader {
             path: seg.path.clone(),
             map,
             size_bytes: header.segment_size_bytes,
+            chain_prev: header.chain_prev,
+            epoch: header.epoch,
         });
         Ok(())
     }
@@ -196,9 +216,18 @@ impl Reader {
             });
         }
         let seg = self.segments[idx - 1].clone();
-        self.current = None;
-        self.enter_segment(&seg)?;
-        let steps_max = seq - seg.base_seq + 1;
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.base_seq == seg.base_seq)
+        {
+            self.rewind();
+        } else {
+            self.current = None;
+            self.enter_segment(&seg)?;
+        }
+        self.seek_with_index(seq)?;
+        let steps_max = seq - self.seq_next + 1;
         for _ in 0..steps_max {
             if self.seq_next == seq {
                 return Ok(());
@@ -216,6 +245,55 @@ impl Reader {
             seq_first: first,
             seq_last: self.seq_next - 1,
         })
+    }
+
+    /// Back to the first record of the current segment.
+    fn rewind(&mut self) {
+        let cur = self.current.as_ref().expect("mapped");
+        self.offset = DATA_OFFSET;
+        self.seq_next = cur.base_seq;
+        self.chain = cur.chain_prev;
+        self.epoch = cur.epoch;
+    }
+
+    /// In a sealed segment, jumps to the closest indexed position at or before `seq`,
+    /// building the segment's index (one checked scan) the first time.
+    fn seek_with_index(&mut self, seq: u64) -> Result<()> {
+        let cur = self.current.as_ref().expect("mapped");
+        let base = cur.base_seq;
+        if !matches!(Seal::read(&cur.map, cur.size_bytes), Ok(Some(_))) {
+            return Ok(()); // active segment: it may still change; scan it
+        }
+        if !self.index.contains_key(&base) {
+            let mut entries = Vec::new();
+            let records_max = (cur.size_bytes / FRAME_HEADER_SIZE as u64) + 1;
+            for _ in 0..records_max {
+                if (self.seq_next - base).is_multiple_of(SPARSE_INDEX_STRIDE) {
+                    entries.push(IndexEntry {
+                        seq: self.seq_next,
+                        offset: self.offset,
+                        chain: self.chain,
+                        epoch: self.epoch,
+                    });
+                }
+                match self.step(false)? {
+                    Step::Record(..) => {}
+                    Step::End | Step::NextSegment => break,
+                }
+            }
+            self.index.insert(base, entries);
+            self.rewind();
+        }
+        let entries = &self.index[&base];
+        let i = entries.partition_point(|e| e.seq <= seq);
+        if i > 0 {
+            let e = entries[i - 1];
+            self.offset = e.offset;
+            self.seq_next = e.seq;
+            self.chain = e.chain;
+            self.epoch = e.epoch;
+        }
+        Ok(())
     }
 
     /// The next record, or None at the current end of the journal.
