@@ -202,9 +202,17 @@ fn flip_single_bits_anywhere() {
         let used_end = bytes.iter().rposition(|&b| b != 0).unwrap_or(0) + 1;
         // Header page (header and checkpoints), every byte of the records, the seal,
         // and zero bytes around them: one bit per byte, cycling through bit positions.
+        // Every byte of headers, checkpoints, frame headers and seals; every third byte of
+        // payloads (keeps the test a few seconds in debug builds).
+        let in_payload = |at: usize| {
+            g.extents
+                .iter()
+                .any(|e| &e.0 == path && e.1 + 48 <= at as u64 && (at as u64) < e.2)
+        };
         let offsets: Vec<usize> = (0..512)
             .chain(4096..used_end.min(bytes.len()))
             .chain(bytes.len() - 96..bytes.len())
+            .filter(|&at| at % 3 == 0 || !in_payload(at))
             .collect();
         for &at in &offsets {
             let bit = (at * 5 + 3) % 8;
@@ -242,8 +250,10 @@ fn flip_single_bits_anywhere() {
             }
             // The default (tail) verification trusts sealed durable segments; it must still
             // either open or refuse as documented, and never panic.
-            if let Err(err) = verify(dir, Verify::Tail) {
-                assert_documented_refusal(&err, dir);
+            if at % 4 == 0 {
+                if let Err(err) = verify(dir, Verify::Tail) {
+                    assert_documented_refusal(&err, dir);
+                }
             }
             // Readers never return a damaged record, whatever open says.
             let n = read_prefix(dir, &g);
@@ -251,7 +261,7 @@ fn flip_single_bits_anywhere() {
                 assert!(n < e.3, "reader passed damaged record {}", e.3);
             }
             // A sample goes through a real open (which cuts the tail) and a read.
-            if at % 13 == 0 {
+            if at % 31 == 0 {
                 opens += 1;
                 let mut c = config(dir, Durability::Group);
                 c.segment_size_bytes = SEGMENT_BYTES;
