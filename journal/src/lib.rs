@@ -3,6 +3,7 @@
 //! orders. See `README.md` for durability guarantees and `docs/journal-format.md` for the
 //! on-disk format.
 
+mod describe;
 mod error;
 mod format;
 mod lock;
@@ -14,6 +15,7 @@ mod stage;
 mod storage;
 mod writer;
 
+pub use describe::{describe, JournalDescription, SegmentSummary};
 pub use error::{Error, Result, VERIFY_COMMAND};
 pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE};
 pub use lock::LOCK_FILE_NAME;

@@ -290,3 +290,23 @@ fn seeks_use_the_sparse_index_in_sealed_segments() {
         }
     }
 }
+
+#[test]
+fn describe_summarises_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    append_n(&mut j, 120, len_of);
+    j.close().unwrap();
+    let d = ringex_journal::describe(dir.path()).unwrap();
+    assert!(d.segments.len() > 2);
+    assert!(d.segments.iter().all(|s| s.problem.is_none()), "{d:?}");
+    assert!(d.segments[..d.segments.len() - 1].iter().all(|s| s.sealed));
+    assert!(!d.segments.last().unwrap().sealed);
+    assert_eq!(d.segments.iter().map(|s| s.record_count).sum::<u64>(), 120);
+    assert_eq!(d.segments.last().unwrap().seq_last, 120);
+    assert_eq!(d.segments[0].timestamp_ns_first, Some(1000));
+    assert_eq!(d.checkpoint.map(|c| c.1), Some(120));
+    for w in d.segments.windows(2) {
+        assert_eq!(w[0].seq_last + 1, w[1].base_seq);
+    }
+}
