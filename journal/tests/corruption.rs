@@ -309,3 +309,58 @@ fn lost_checkpoint_slot_falls_back() {
     assert_eq!(rep.seq_last, RECORDS_DURABLE + RECORDS_TAIL);
     let _ = Duration::ZERO;
 }
+
+/// A lost write: one 512-byte sector of a segment reads back as zeros (it never reached
+/// the disk), anywhere in the data or seal. Before the durable point: refuse; after it: keep
+/// exactly the records before the first changed one.
+#[test]
+fn lost_sector_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = build(dir);
+    for (path, bytes) in &g.files {
+        let used_end = bytes.iter().rposition(|&b| b != 0).unwrap_or(0) + 1;
+        for page_start in (4096..used_end).step_by(512) {
+            restore(&g, dir);
+            let mut damaged = bytes.clone();
+            let page_end = (page_start + 512).min(damaged.len());
+            damaged[page_start..page_end].fill(0);
+            if &damaged == bytes {
+                continue;
+            }
+            std::fs::write(path, &damaged).unwrap();
+            // The first record whose bytes changed.
+            let first_changed = g
+                .extents
+                .iter()
+                .find(|e| {
+                    &e.0 == path
+                        && bytes[e.1 as usize..e.2 as usize] != damaged[e.1 as usize..e.2 as usize]
+                })
+                .map(|e| e.3);
+            let mut c = config(dir, Durability::Group);
+            c.segment_size_bytes = SEGMENT_BYTES;
+            c.record_size_bytes_max = 1024;
+            c.verify = Verify::All;
+            let result = Journal::open(c);
+            match first_changed {
+                Some(seq) if seq <= RECORDS_DURABLE => {
+                    let e = result.expect_err("lost durable page must refuse");
+                    assert_documented_refusal(&e, dir);
+                }
+                Some(seq) => {
+                    let j = result.unwrap_or_else(|e| panic!("page {page_start}: {e}"));
+                    assert_eq!(j.recovery_report().seq_last, seq - 1, "page {page_start}");
+                    drop(j);
+                    assert_eq!(read_prefix(dir, &g), seq - 1);
+                }
+                None => {
+                    // Only the seal or zero areas changed.
+                    if let Ok(j) = result {
+                        assert!(j.recovery_report().seq_last >= RECORDS_DURABLE);
+                    }
+                }
+            }
+        }
+    }
+}
