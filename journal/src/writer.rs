@@ -1,6 +1,8 @@
-//! The single writer: appends through a shared mmap of the active segment, rolls segments,
-//! and runs two helper threads: the syncer (group commit or periodic flush, checkpoints)
-//! and the preallocator (creates the next segment with real blocks ahead of time).
+//! The single writer: appends through a shared mmap of the active segment (or a staging
+//! ring for the pwrite/io_uring backends), rolls segments, and runs helper threads: the
+//! syncer (group commit or periodic flush, checkpoints), the preallocator (creates the next
+//! segment with real blocks ahead of time) and, for mmap, the populator (prefaults pages
+//! ahead of the writer).
 
 use crate::error::{Error, Result};
 use crate::format::*;
@@ -874,6 +876,8 @@ impl Journal {
                     &[0u8; 8][..pad],
                 );
             }
+            // Other processes read without the watermark: order payload before header.
+            fence(Ordering::Release);
             self.active.write(at, &hdr);
         }
 
