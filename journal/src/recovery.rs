@@ -22,7 +22,7 @@ pub struct Truncation {
     /// to `seq_first_cut - 1` when no such frame was seen).
     pub seq_last_cut: u64,
     /// Non-zero bytes zeroed or removed, including removed segment files.
-    pub bytes_cut: u64,
+    pub cut_size_bytes: u64,
     /// Later segment files removed.
     pub segments_removed: Vec<PathBuf>,
     /// Why the frame at the cut was rejected.
@@ -428,7 +428,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                 dir: dir.to_path_buf(),
             });
         }
-        let mut bytes_cut = 0u64;
+        let mut cut_size_bytes = 0u64;
         let mut seq_last_cut = p.seq - 1;
         let mut segments_removed = Vec::new();
         let keep = if p.offset_bytes == 0 {
@@ -439,7 +439,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         if p.offset_bytes > 0 {
             let map = maps[p.index].as_ref().expect("mapped");
             let end = nonzero_end(map, p.offset_bytes, map.len() as u64);
-            bytes_cut += end - p.offset_bytes;
+            cut_size_bytes += end - p.offset_bytes;
             let limit = seal_offset(segment_size).min(map.len() as u64);
             if let Some(s) = walk_max_seq(map, p.offset_bytes, limit) {
                 seq_last_cut = seq_last_cut.max(s);
@@ -451,7 +451,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         }
         for (j, s) in segments.iter().enumerate().skip(keep) {
             if let Some(m) = &maps[j] {
-                bytes_cut += nonzero_end(m, 0, m.len() as u64);
+                cut_size_bytes += nonzero_end(m, 0, m.len() as u64);
                 if let Some(x) = walk_max_seq(
                     m,
                     DATA_OFFSET,
@@ -467,7 +467,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
             offset_bytes: p.offset_bytes,
             seq_first_cut: p.seq,
             seq_last_cut,
-            bytes_cut,
+            cut_size_bytes,
             segments_removed,
             reason: p.reason,
         });
