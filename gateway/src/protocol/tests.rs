@@ -1398,3 +1398,25 @@ fn print_golden() {
         hex_dump(&enc_client(&ClientMessage::NewOrder(golden_new_order())))
     );
 }
+
+/// Writes one seed frame per template for the fuzzer (`gateway/fuzz/seeds/`):
+/// `cargo test -p ringex-gateway write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/frame_decoder");
+    std::fs::create_dir_all(dir).unwrap();
+    let client = client_samples()
+        .into_iter()
+        .map(|m| (m.template_id(), enc_client(&m)));
+    let server = server_samples()
+        .into_iter()
+        .map(|m| (m.template_id(), enc_server(&m)));
+    for (id, bytes) in client.chain(server) {
+        let name = format!(
+            "{dir}/seed-{id:03}-{}",
+            template::name(id).replace(['(', ')'], "_")
+        );
+        std::fs::write(name, bytes).unwrap();
+    }
+}
