@@ -233,7 +233,8 @@ pub enum LoginRejectReason {
     ResumeImpossible = 5,
     /// The session to resume is still attached to a live connection.
     AlreadyLoggedIn = 6,
-    /// An admin key on the trading listener, or a non-admin key on the admin listener.
+    /// The key lacks the listener's permission: [`permission::ADMIN`] on the admin
+    /// listener, [`permission::TRADE`] on the trading listener.
     WrongListener = 7,
     AccountSuspended = 8,
     /// Connection or session limit reached (per IP, per key, or global).
