@@ -310,3 +310,56 @@ fn describe_summarises_segments() {
         assert_eq!(w[0].seq_last + 1, w[1].base_seq);
     }
 }
+
+#[test]
+fn sealed_last_segment_rolls_on_next_append() {
+    // A crash between sealing a segment and creating the next one leaves a sealed last
+    // segment; the next append must roll, and the sequence must continue.
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(
+        dir.path(),
+        Durability::Async {
+            flush_interval_ms: 3_600_000,
+        },
+    );
+    let mut j = Journal::open(c).unwrap();
+    let segments = || ringex_journal::describe(dir.path()).unwrap().segments;
+    let mut n = 0;
+    while segments().len() == 1 {
+        append_n(&mut j, 1, len_of);
+        j.sync().unwrap();
+        n += 1;
+        assert!(n < 1000);
+    }
+    // The last append rolled into segment 2 and was synced: the durable point is there.
+    // Fill segment 2 without syncing until the next roll, then drop segment 3, as if the
+    // crash came after segment 2 was sealed but before segment 3 existed.
+    let base2 = segments()[1].base_seq;
+    let mut m = 0;
+    while segments().len() == 2 {
+        append_n(&mut j, 1, len_of);
+        m += 1;
+        assert!(m < 1000);
+    }
+    j.abandon(); // durable point stays in segment 2 (synced before the second roll)
+    let segs = segments();
+    assert_eq!(segs.len(), 3);
+    assert!(segs[1].sealed);
+    let seq_last_kept = segs[1].seq_last;
+    std::fs::remove_file(&segs[2].path).unwrap();
+
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    assert_eq!(j.seq_next(), seq_last_kept + 1);
+    assert!(base2 <= seq_last_kept);
+    append_n(&mut j, 30, len_of);
+    j.close().unwrap();
+    let segs = segments();
+    assert_eq!(
+        segs[2].base_seq,
+        seq_last_kept + 1,
+        "rolled into a fresh segment"
+    );
+    let all = read_all(dir.path());
+    assert_eq!(all.len() as u64, seq_last_kept + 30);
+    check_prefix(&all, len_of);
+}
