@@ -54,6 +54,10 @@ pub struct Config {
     pub backend: Backend,
     /// Size of the staging ring for the staged backends (a power of two).
     pub staging_size_bytes: u64,
+    /// Staged backends only: write segment data with O_DIRECT (aligned 4 KiB blocks from
+    /// the syncer's buffer, bypassing the page cache; checkpoints and seals stay buffered).
+    /// Falls back to buffered writes where the file system refuses O_DIRECT.
+    pub direct_io: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -86,6 +90,7 @@ impl Config {
             storage: Arc::new(OsStorage),
             backend: Backend::Mmap,
             staging_size_bytes: 8 << 20,
+            direct_io: false,
         }
     }
 
@@ -112,7 +117,8 @@ impl Config {
                     self.backend
                 )));
             }
-            if !self.staging_size_bytes.is_power_of_two()
+            if self.staging_size_bytes < 4096
+                || !self.staging_size_bytes.is_power_of_two()
                 || self.staging_size_bytes < 2 * frame_size(u64::from(self.record_size_bytes_max))
             {
                 return Err(Error::Config(format!(
@@ -120,6 +126,13 @@ impl Config {
                     self.staging_size_bytes
                 )));
             }
+        }
+        if self.direct_io && self.backend == Backend::Mmap {
+            return Err(Error::Config(
+                "direct_io needs a staged backend (Pwrite or IoUring): mapped writes and \
+                 O_DIRECT never share a file"
+                    .into(),
+            ));
         }
         if let Durability::Async { flush_interval_ms } = self.durability {
             if flush_interval_ms == 0 {
@@ -329,6 +342,8 @@ struct Shared {
     /// Staging ring of the staged backends (None for mmap).
     ring: Option<Ring>,
     sync_state: Mutex<SyncerState>,
+    /// Staged data goes to disk with O_DIRECT.
+    direct_io: bool,
     backend: Backend,
     backend_note: Option<String>,
 }
@@ -634,6 +649,23 @@ impl Journal {
         let ring = engine
             .as_ref()
             .map(|_| Ring::new(config.staging_size_bytes));
+        let mut backend_note = backend_note;
+        let direct = if config.direct_io && engine.is_some() {
+            match DirectState::new(&active, end_offset_bytes, config.staging_size_bytes) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    let note = format!("O_DIRECT unavailable ({e}); using buffered writes");
+                    backend_note = Some(match backend_note {
+                        Some(n) => format!("{n}; {note}"),
+                        None => note,
+                    });
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let direct_io = direct.is_some();
         let progress_initial = ProgressSnapshot {
             seq: seq_last,
             chain: tail.chain,
@@ -655,12 +687,14 @@ impl Journal {
                 segment_base_seq: active.base_seq,
                 segment_offset_base: end_offset_bytes,
                 segment_stream_base: 0,
+                direct,
             }),
         };
 
         let shared = Arc::new(Shared {
             ring,
             sync_state: Mutex::new(sync_state),
+            direct_io,
             backend,
             backend_note,
             dir: dir.clone(),
@@ -772,6 +806,11 @@ impl Journal {
     /// The write path in use (`IoUring` may have fallen back to `Pwrite`).
     pub fn backend(&self) -> Backend {
         self.shared.backend
+    }
+
+    /// True when staged data is written with O_DIRECT.
+    pub fn direct_io(&self) -> bool {
+        self.shared.direct_io
     }
 
     /// Why the requested backend was not used, if it was not.
@@ -1286,6 +1325,92 @@ struct StagedSyncer {
     segment_base_seq: u64,
     segment_offset_base: u64,
     segment_stream_base: u64,
+    direct: Option<DirectState>,
+}
+
+const DIRECT_BLOCK_BYTES: u64 = 4096;
+
+/// A 4 KiB-aligned heap buffer for O_DIRECT writes.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: owned heap memory, used by one thread at a time (under the sync-state lock).
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(size_bytes: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(size_bytes, DIRECT_BLOCK_BYTES as usize)
+            .expect("valid layout");
+        // SAFETY: non-zero size (asserted by callers via the staging minimum).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the allocation is `layout.size()` bytes, owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// O_DIRECT state of the syncer: a descriptor of the active segment opened with O_DIRECT,
+/// the aligned write buffer, and the bytes of the partially written last block (rewritten
+/// whole, with the new bytes, by the next write).
+struct DirectState {
+    segment_base_seq: u64,
+    file: File,
+    buf: AlignedBuf,
+    /// Bytes `[tail_offset, tail_offset + tail_len)` of the segment, `tail_offset` aligned.
+    tail: [u8; DIRECT_BLOCK_BYTES as usize],
+    tail_offset: u64,
+    tail_len: usize,
+}
+
+impl DirectState {
+    fn new(
+        segment: &Segment,
+        end_offset: u64,
+        staging_size_bytes: u64,
+    ) -> std::io::Result<DirectState> {
+        let mut d = DirectState {
+            segment_base_seq: 0,
+            file: segment.file.try_clone()?,
+            buf: AlignedBuf::new((staging_size_bytes + 2 * DIRECT_BLOCK_BYTES) as usize),
+            tail: [0u8; DIRECT_BLOCK_BYTES as usize],
+            tail_offset: 0,
+            tail_len: 0,
+        };
+        d.switch(segment, end_offset)?;
+        Ok(d)
+    }
+
+    /// Opens `segment` with O_DIRECT and loads its partial last block.
+    fn switch(&mut self, segment: &Segment, end_offset: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&segment.path)?;
+        self.segment_base_seq = segment.base_seq;
+        self.tail_offset = end_offset & !(DIRECT_BLOCK_BYTES - 1);
+        self.tail_len = (end_offset - self.tail_offset) as usize;
+        // Buffered read of bytes written earlier (by recovery, or by direct writes, which
+        // the page cache sees after invalidation).
+        segment
+            .file
+            .read_exact_at(&mut self.tail[..self.tail_len], self.tail_offset)?;
+        Ok(())
+    }
 }
 
 fn syncer_main(shared: &Shared) {
@@ -1415,14 +1540,54 @@ fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::Result<(), 
             let offset = st.segment_offset_base + (flushed - st.segment_stream_base);
             assert!(offset + (snap.stream_end - flushed) <= seal_offset(active.size_bytes));
             let (a, b) = ring.slices(flushed, snap.stream_end);
-            st.engine
-                .write_and_sync(&active.file, offset, a, b, &sync_data)
-                .map_err(|e| {
-                    format!(
-                        "write + fdatasync of {} at offset {offset} failed: {e}",
-                        active.path.display()
-                    )
-                })?;
+            let what = |e: std::io::Error| {
+                format!(
+                    "write + fdatasync of {} at offset {offset} failed: {e}",
+                    active.path.display()
+                )
+            };
+            match st.direct.as_mut() {
+                None => st
+                    .engine
+                    .write_and_sync(&active.file, offset, a, b, &sync_data)
+                    .map_err(what)?,
+                Some(d) => {
+                    if d.segment_base_seq != active.base_seq {
+                        d.switch(&active, offset).map_err(what)?;
+                    }
+                    assert_eq!(d.tail_offset + d.tail_len as u64, offset);
+                    // Whole blocks: the partial last block written before, then the new
+                    // bytes, then zeros up to the block end (zeros are what the
+                    // preallocated file holds there anyway).
+                    let len = a.len() + b.len();
+                    let total = d.tail_len + len;
+                    let total_aligned =
+                        (total as u64).next_multiple_of(DIRECT_BLOCK_BYTES) as usize;
+                    let tail_len = d.tail_len;
+                    let buf = d.buf.as_mut_slice();
+                    assert!(total_aligned <= buf.len());
+                    buf[..tail_len].copy_from_slice(&d.tail[..tail_len]);
+                    buf[tail_len..tail_len + a.len()].copy_from_slice(a);
+                    buf[tail_len + a.len()..total].copy_from_slice(b);
+                    buf[total..total_aligned].fill(0);
+                    st.engine
+                        .write_and_sync(
+                            &d.file,
+                            d.tail_offset,
+                            &buf[..total_aligned],
+                            &[],
+                            &sync_data,
+                        )
+                        .map_err(what)?;
+                    let keep_from = total & !(DIRECT_BLOCK_BYTES as usize - 1);
+                    let new_tail_len = total - keep_from;
+                    let mut tail = [0u8; DIRECT_BLOCK_BYTES as usize];
+                    tail[..new_tail_len].copy_from_slice(&buf[keep_from..total]);
+                    d.tail = tail;
+                    d.tail_offset += keep_from as u64;
+                    d.tail_len = new_tail_len;
+                }
+            }
             ring.flushed_end.store(snap.stream_end, Ordering::Release);
             shared.watermarks.written.store(snap.seq, Ordering::Release);
         }

@@ -19,9 +19,14 @@ fn staged(dir: &std::path::Path, backend: Backend) -> ringex_journal::Config {
     c
 }
 
-fn round_trip(backend: Backend) {
+fn round_trip(backend: Backend, direct_io: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut j = Journal::open(staged(dir.path(), backend)).unwrap();
+    let mut c = staged(dir.path(), backend);
+    c.direct_io = direct_io;
+    let mut j = Journal::open(c).unwrap();
+    if direct_io {
+        assert!(j.direct_io(), "O_DIRECT refused: {:?}", j.backend_note());
+    }
     if backend == Backend::IoUring && j.backend() != Backend::IoUring {
         eprintln!("io_uring fell back: {:?}", j.backend_note());
     }
@@ -35,7 +40,9 @@ fn round_trip(backend: Backend) {
     assert_eq!(j.recovery_report().truncation, None);
     append_n(&mut j, 20, len_of);
     j.close().unwrap();
-    let mut j = Journal::open(staged(dir.path(), backend)).unwrap();
+    let mut c = staged(dir.path(), backend);
+    c.direct_io = direct_io;
+    let mut j = Journal::open(c).unwrap();
     append_n(&mut j, 80, len_of);
     j.close().unwrap();
     let all = read_all(dir.path());
@@ -45,12 +52,30 @@ fn round_trip(backend: Backend) {
 
 #[test]
 fn pwrite_round_trip() {
-    round_trip(Backend::Pwrite);
+    round_trip(Backend::Pwrite, false);
+}
+
+#[test]
+fn pwrite_direct_round_trip() {
+    round_trip(Backend::Pwrite, true);
+}
+
+#[test]
+fn io_uring_direct_round_trip() {
+    round_trip(Backend::IoUring, true);
+}
+
+#[test]
+fn direct_io_needs_a_staged_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), Durability::Group);
+    c.direct_io = true;
+    assert!(matches!(Journal::open(c), Err(Error::Config(_))));
 }
 
 #[test]
 fn io_uring_round_trip() {
-    round_trip(Backend::IoUring);
+    round_trip(Backend::IoUring, false);
 }
 
 #[test]
@@ -65,9 +90,15 @@ fn staged_backends_need_group_mode() {
 
 #[test]
 fn staged_tailer_sees_every_record_once() {
-    for backend in [Backend::Pwrite, Backend::IoUring] {
+    for (backend, direct_io) in [
+        (Backend::Pwrite, false),
+        (Backend::IoUring, false),
+        (Backend::IoUring, true),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(staged(dir.path(), backend)).unwrap();
+        let mut c = staged(dir.path(), backend);
+        c.direct_io = direct_io;
+        let mut j = Journal::open(c).unwrap();
         let w = j.watermarks();
         let path = dir.path().to_path_buf();
         let total = 1500u64;

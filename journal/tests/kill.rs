@@ -26,9 +26,10 @@ fn child_config(dir: &std::path::Path, mode: &str) -> ringex_journal::Config {
     };
     let mut c = config(dir, durability);
     c.segment_size_bytes = 64 * 1024;
-    if mode == "uring" {
+    if mode == "uring" || mode == "direct" {
         c.backend = ringex_journal::Backend::IoUring;
         c.staging_size_bytes = 32 * 1024;
+        c.direct_io = mode == "direct";
     }
     c
 }
@@ -124,4 +125,9 @@ fn sigkill_async_mode_keeps_durable_records() {
 #[test]
 fn sigkill_io_uring_backend_keeps_durable_records() {
     run("uring");
+}
+
+#[test]
+fn sigkill_io_uring_direct_io_keeps_durable_records() {
+    run("direct");
 }
