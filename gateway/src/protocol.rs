@@ -39,7 +39,7 @@ pub use client::{
 pub use server::{
     decode_server, encode_server, server_block_len, AdminAck, Balance, BalanceEnd, Cancelled,
     Filled, LoginAccepted, MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted, OrderRejected,
-    Replaced, ServerMessage, SystemEvent,
+    Replaced, RequestDone, ServerMessage, SystemEvent,
 };
 
 /// Identifies this protocol: a frame with another schema id is refused.
@@ -101,6 +101,7 @@ pub mod template {
     pub const OPEN_ORDERS_END: u16 = 119;
     pub const SYSTEM_EVENT: u16 = 120;
     pub const ADMIN_ACK: u16 = 121;
+    pub const REQUEST_DONE: u16 = 122;
 
     pub const CLIENT_ALL: [u16; 21] = [
         LOGIN,
@@ -126,7 +127,7 @@ pub mod template {
         REVOKE_API_KEY,
     ];
 
-    pub const SERVER_ALL: [u16; 16] = [
+    pub const SERVER_ALL: [u16; 17] = [
         LOGIN_ACCEPTED,
         LOGIN_REJECTED,
         SERVER_LOGOUT,
@@ -143,6 +144,7 @@ pub mod template {
         OPEN_ORDERS_END,
         SYSTEM_EVENT,
         ADMIN_ACK,
+        REQUEST_DONE,
     ];
 
     /// Client templates that carry a `request_id` at frame offset 8: everything but the
@@ -195,6 +197,7 @@ pub mod template {
             OPEN_ORDERS_END => "OpenOrdersEnd",
             SYSTEM_EVENT => "SystemEvent",
             ADMIN_ACK => "AdminAck",
+            REQUEST_DONE => "RequestDone",
             _ => "unknown",
         }
     }

@@ -103,6 +103,14 @@ pub struct Replaced {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestDone {
+    pub seq: u64,
+    pub request_id: u64,
+    /// Messages this request caused in this session before this one.
+    pub count: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MassCancelDone {
     pub seq: u64,
     pub request_id: u64,
@@ -175,8 +183,12 @@ pub struct AdminAck {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerMessage {
     LoginAccepted(LoginAccepted),
-    LoginRejected { reason: LoginRejectReason },
-    Logout { reason: LogoutReason },
+    LoginRejected {
+        reason: LoginRejectReason,
+    },
+    Logout {
+        reason: LogoutReason,
+    },
     Heartbeat,
     OrderAccepted(OrderAccepted),
     OrderRejected(OrderRejected),
@@ -190,6 +202,8 @@ pub enum ServerMessage {
     OpenOrdersEnd(OpenOrdersEnd),
     SystemEvent(SystemEvent),
     AdminAck(AdminAck),
+    /// The request's outcome is complete: nothing more will carry its `request_id`.
+    RequestDone(RequestDone),
 }
 
 /// Applies `$body` to the `seq`/`request_id` carrying struct of a sequenced message.
@@ -212,6 +226,7 @@ macro_rules! sequenced {
             ServerMessage::OpenOrdersEnd($m) => $body,
             ServerMessage::SystemEvent($m) => $body,
             ServerMessage::AdminAck($m) => $body,
+            ServerMessage::RequestDone($m) => $body,
         }
     };
 }
@@ -235,6 +250,7 @@ impl ServerMessage {
             ServerMessage::OpenOrdersEnd(_) => t::OPEN_ORDERS_END,
             ServerMessage::SystemEvent(_) => t::SYSTEM_EVENT,
             ServerMessage::AdminAck(_) => t::ADMIN_ACK,
+            ServerMessage::RequestDone(_) => t::REQUEST_DONE,
         }
     }
 
@@ -278,6 +294,7 @@ pub fn server_block_len(template_id: u16) -> Option<usize> {
         t::CANCELLED => 48,
         t::REPLACED => 56,
         t::MASS_CANCEL_DONE => 24,
+        t::REQUEST_DONE => 24,
         t::BALANCE => 40,
         t::BALANCE_END => 24,
         t::OPEN_ORDER => 56,
@@ -362,6 +379,9 @@ pub fn encode_server(msg: &ServerMessage, buf: &mut [u8]) -> usize {
         ServerMessage::MassCancelDone(m) => {
             w.u32(24, m.market);
             w.u32(28, m.count);
+        }
+        ServerMessage::RequestDone(m) => {
+            w.u32(24, m.count);
         }
         ServerMessage::Balance(m) => {
             w.i64(24, m.available);
@@ -525,6 +545,14 @@ pub fn decode_server(bytes: &[u8]) -> Result<(ServerMessage, usize), FrameError>
             market: r.u32(24),
             count: r.u32(28),
         }),
+        t::REQUEST_DONE => {
+            r.zero(28, 4)?;
+            ServerMessage::RequestDone(RequestDone {
+                seq,
+                request_id,
+                count: r.u32(24),
+            })
+        }
         t::BALANCE => {
             r.zero(44, 4)?;
             ServerMessage::Balance(Balance {

@@ -349,7 +349,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 priority_kept,
             })
         });
-    let small = (ids.clone(), any::<u32>(), any::<u32>(), 0u8..4).prop_map(|(a, x, y, which)| {
+    let small = (ids.clone(), any::<u32>(), any::<u32>(), 0u8..5).prop_map(|(a, x, y, which)| {
         let (seq, request_id) = (a.0, a.1);
         match which {
             0 => ServerMessage::MassCancelDone(MassCancelDone {
@@ -368,6 +368,11 @@ fn server_message() -> impl Strategy<Value = ServerMessage> {
                 request_id,
                 market: x,
                 count: y,
+            }),
+            3 => ServerMessage::RequestDone(RequestDone {
+                seq,
+                request_id,
+                count: x,
             }),
             _ => ServerMessage::Balance(Balance {
                 seq,
@@ -837,6 +842,11 @@ fn server_samples() -> Vec<ServerMessage> {
             kind: CommandKind::Deposit,
             id: 9,
             duplicate: true,
+        }),
+        ServerMessage::RequestDone(RequestDone {
+            seq: 7,
+            request_id: 5,
+            count: 4,
         }),
     ]
 }
