@@ -98,12 +98,18 @@ fn bench_group(
     batch: u64,
     duration: Duration,
     backend: Backend,
-) -> (Outcome, Backend) {
+    direct_io: bool,
+) -> (Outcome, String) {
     let dir = fresh_dir(root, &format!("group-{payload_len}-{batch}"));
     let mut c = config(&dir, Durability::Group);
     c.backend = backend;
+    c.direct_io = direct_io;
     let mut j = Journal::open(c).unwrap();
-    let used = j.backend();
+    let used = format!(
+        "{:?}{}",
+        j.backend(),
+        if j.direct_io() { "+O_DIRECT" } else { "" }
+    );
     if let Some(note) = j.backend_note() {
         println!("  note: {note}");
     }
@@ -165,10 +171,12 @@ fn bench_group_closed(
     batch: u64,
     duration: Duration,
     backend: Backend,
+    direct_io: bool,
 ) -> Outcome {
     let dir = fresh_dir(root, &format!("closed-{payload_len}-{batch}"));
     let mut c = config(&dir, Durability::Group);
     c.backend = backend;
+    c.direct_io = direct_io;
     c.prealloc_zero_fill = std::env::var("RINGEX_BENCH_ZERO_FILL").is_ok();
     let mut j = Journal::open(c).unwrap();
     let payload = vec![0xcdu8; payload_len];
@@ -310,17 +318,23 @@ fn main() {
             base.print(&format!(
                 "baseline write_all+sync_data {payload_len} B x{batch}"
             ));
-            for backend in [Backend::Mmap, Backend::IoUring] {
-                let (g, used) = bench_group(&root, payload_len, batch, duration, backend);
-                let name = format!("group {used:?} {payload_len} B x{batch}");
+            for (backend, direct_io) in [
+                (Backend::Mmap, false),
+                (Backend::IoUring, false),
+                (Backend::IoUring, true),
+            ] {
+                let (g, used) =
+                    bench_group(&root, payload_len, batch, duration, backend, direct_io);
+                let name = format!("group {used} {payload_len} B x{batch}");
                 g.print(&name);
                 println!(
                     "{:<44} {:>12.1}x records/s vs baseline",
                     format!("ratio {name}"),
                     g.records_per_s() / base.records_per_s()
                 );
-                let closed = bench_group_closed(&root, payload_len, batch, duration, backend);
-                let name = format!("closed-loop {used:?} {payload_len} B x{batch}");
+                let closed =
+                    bench_group_closed(&root, payload_len, batch, duration, backend, direct_io);
+                let name = format!("closed-loop {used} {payload_len} B x{batch}");
                 closed.print(&name);
                 println!(
                     "{:<44} {:>12.1}x records/s vs baseline",
