@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Which write path a journal uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// The default: `Mmap` for `Async`, `IoUring` (with `direct_io` as configured) for
+    /// `Group`.
+    Auto,
     /// Writes through a shared mapping; syncs with fdatasync. Both durability modes.
     Mmap,
     /// Staged ring, `pwrite` + `fdatasync` by the syncer (group mode only).

@@ -50,13 +50,15 @@ pub struct Config {
     pub prealloc_zero_fill: bool,
     pub verify: Verify,
     pub storage: Arc<dyn Storage>,
-    /// Write path. `Pwrite` and `IoUring` stage records in memory and need `Group`.
+    /// Write path. `Pwrite` and `IoUring` stage records in memory and need `Group`;
+    /// `Auto` (the default) picks `Mmap` for `Async` and `IoUring` for `Group`.
     pub backend: Backend,
     /// Size of the staging ring for the staged backends (a power of two).
     pub staging_size_bytes: u64,
-    /// Staged backends only: write segment data with O_DIRECT (aligned 4 KiB blocks from
-    /// the syncer's buffer, bypassing the page cache; checkpoints and seals stay buffered).
-    /// Falls back to buffered writes where the file system refuses O_DIRECT.
+    /// Staged backends only (ignored by `Mmap`: mapped writes and O_DIRECT never share a
+    /// file): write segment data with O_DIRECT (aligned 4 KiB blocks from the syncer's
+    /// buffer, bypassing the page cache; checkpoints and seals stay buffered). Falls back
+    /// to buffered writes where the file system refuses O_DIRECT. Default true.
     pub direct_io: bool,
 }
 
@@ -88,9 +90,17 @@ impl Config {
             prealloc_zero_fill: false,
             verify: Verify::Tail,
             storage: Arc::new(OsStorage),
-            backend: Backend::Mmap,
+            backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
-            direct_io: false,
+            direct_io: true,
+        }
+    }
+
+    fn backend_resolved(&self) -> Backend {
+        match (self.backend, self.durability) {
+            (Backend::Auto, Durability::Async { .. }) => Backend::Mmap,
+            (Backend::Auto, Durability::Group) => Backend::IoUring,
+            (b, _) => b,
         }
     }
 
@@ -110,7 +120,7 @@ impl Config {
                 self.record_size_bytes_max
             )));
         }
-        if self.backend != Backend::Mmap {
+        if self.backend_resolved() != Backend::Mmap {
             if self.durability != Durability::Group {
                 return Err(Error::Config(format!(
                     "the {:?} backend needs the group durability mode",
@@ -126,13 +136,6 @@ impl Config {
                     self.staging_size_bytes
                 )));
             }
-        }
-        if self.direct_io && self.backend == Backend::Mmap {
-            return Err(Error::Config(
-                "direct_io needs a staged backend (Pwrite or IoUring): mapped writes and \
-                 O_DIRECT never share a file"
-                    .into(),
-            ));
         }
         if let Durability::Async { flush_interval_ms } = self.durability {
             if flush_interval_ms == 0 {
@@ -638,8 +641,8 @@ impl Journal {
             tail.end_offset_bytes
         };
 
-        let (engine, backend, backend_note) = match config.backend {
-            Backend::Mmap => (None, Backend::Mmap, None),
+        let (engine, backend, backend_note) = match config.backend_resolved() {
+            Backend::Auto | Backend::Mmap => (None, Backend::Mmap, None),
             Backend::Pwrite => (Some(Engine::Pwrite), Backend::Pwrite, None),
             Backend::IoUring => match Engine::detect(true) {
                 (e @ Engine::IoUring(_), note) => (Some(e), Backend::IoUring, note),

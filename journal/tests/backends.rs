@@ -66,11 +66,28 @@ fn io_uring_direct_round_trip() {
 }
 
 #[test]
-fn direct_io_needs_a_staged_backend() {
+fn direct_io_is_ignored_by_mmap_and_auto_picks_by_mode() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), Durability::Group);
     c.direct_io = true;
-    assert!(matches!(Journal::open(c), Err(Error::Config(_))));
+    let j = Journal::open(c).unwrap();
+    assert_eq!(j.backend(), Backend::Mmap);
+    assert!(!j.direct_io());
+    drop(j);
+    let mut c = config(dir.path(), Durability::Group);
+    c.backend = Backend::Auto;
+    let j = Journal::open(c).unwrap();
+    assert_ne!(j.backend(), Backend::Mmap);
+    drop(j);
+    let mut c = config(
+        dir.path(),
+        Durability::Async {
+            flush_interval_ms: 5,
+        },
+    );
+    c.backend = Backend::Auto;
+    let j = Journal::open(c).unwrap();
+    assert_eq!(j.backend(), Backend::Mmap);
 }
 
 #[test]

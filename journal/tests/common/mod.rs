@@ -11,6 +11,8 @@ pub fn config(dir: &Path, durability: Durability) -> Config {
     c.record_size_bytes_max = 4096;
     c.low_space_threshold_bytes = 0;
     c.journal_id = 0xfeed;
+    // The mmap path explicitly; tests of the staged backends set theirs.
+    c.backend = ringex_journal::Backend::Mmap;
     c
 }
 
