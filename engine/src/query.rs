@@ -42,6 +42,8 @@ pub enum QueryReply {
         account: AccountId,
         secret_hash: [u8; 32],
         permissions: u32,
+        /// The key's account is suspended.
+        account_suspended: bool,
     },
     /// The last reply of every query: how many replies came before it, and whether the
     /// subject (account, key) exists.
@@ -99,6 +101,7 @@ impl Exchange {
                         account: k.account,
                         secret_hash: k.secret_hash,
                         permissions: k.permissions,
+                        account_suspended: self.account(k.account).is_some_and(|a| a.suspended),
                     });
                     true
                 }

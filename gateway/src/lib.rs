@@ -1,7 +1,12 @@
-//! ringex-gateway: the mio event loop, the binary protocol codec, the WebSocket bridge
-//! and HTTP.
+//! ringex-gateway: the mio event loop serving the binary order-entry protocol
+//! (`docs/protocol.md`) to market makers.
 //!
-//! Not built yet: this crate is an empty placeholder in the workspace layout of
-//! `DESIGN.md` §2. It exports nothing, so nothing can mistake it for working code.
+//! It knows wire formats and sessions, not matching: it talks to the exchange through
+//! the [`backend::Backend`] trait, which the node implements over its rings (in the root
+//! package) and [`backend::InlineBackend`] implements with an engine applied inline.
+//! The WebSocket bridge and HTTP are not built yet.
 
+pub mod backend;
+pub mod limits;
 pub mod protocol;
+pub mod server;

@@ -29,7 +29,8 @@ impl TokenBucket {
     pub fn try_take(&mut self, now_ns: u64) -> bool {
         let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;
         let capacity = self.rate_per_s as u128 * SCALE;
-        self.tokens_scaled = (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity);
+        self.tokens_scaled =
+            (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity);
         self.refilled_at_ns = now_ns.max(self.refilled_at_ns);
         if self.tokens_scaled >= SCALE {
             self.tokens_scaled -= SCALE;

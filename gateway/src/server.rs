@@ -1,0 +1,1545 @@
+//! The binary-protocol gateway: one mio event loop serving every connection.
+//!
+//! It decodes requests, checks sessions, permissions and limits, submits engine commands
+//! and queries through a [`Backend`], and turns what comes back into sequenced reports
+//! routed to the sessions that own them. It never blocks on a client: output is
+//! buffered per connection up to a bound, and a client that does not read is cut off.
+//!
+//! Sessions outlive connections (for resume), so the two are separate: a `Conn` is a
+//! socket, a `Session` is the sequenced stream of one login.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use ringex_engine::{
+    AccountId, CommandKind, Event, MarketId, OrderId, OrderRef, Output, Query, QueryReply,
+    RejectReason,
+};
+
+use crate::backend::{Backend, BackendError, Delivery};
+use crate::limits::{ConnectionCounts, TokenBucket};
+use crate::protocol::{
+    decode_client, encode_server, login_flags, permission, template, AdminAck, Balance, BalanceEnd,
+    Cancelled, ClientMessage, Filled, FrameError, Liquidity, Login, LoginAccepted,
+    LoginRejectReason, LogoutReason, MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted,
+    OrderRejected, Replaced, RequestDone, ServerMessage, SystemEvent, FRAME_SIZE_MAX,
+};
+
+const TRADING: Token = Token(0);
+const ADMIN: Token = Token(1);
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 3;
+
+/// Bytes read from a socket per call; frames are at most `FRAME_SIZE_MAX`.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Deliveries handled per loop pass, so reads and writes are never starved.
+const DRAIN_PER_PASS: usize = 4096;
+/// How often timers (heartbeats, timeouts, session expiry) are checked.
+const TIMER_EVERY: Duration = Duration::from_millis(20);
+/// Longest sleep in `poll` when idle.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Logical sessions one API key may have at once.
+const SESSIONS_PER_KEY_MAX: usize = 16;
+/// Granted heartbeat interval bounds (docs/protocol.md §3.2).
+const HEARTBEAT_MS_MIN: u32 = 100;
+const HEARTBEAT_MS_MAX: u32 = 1000;
+
+/// Tag layout: the top byte says what a submission was for, the rest names it.
+const PURPOSE_SHIFT: u32 = 56;
+const PURPOSE_REQUEST: u64 = 1;
+const PURPOSE_LOGIN: u64 = 2;
+const PURPOSE_WARM: u64 = 3;
+const PURPOSE_INTERNAL: u64 = 4;
+
+fn tag(purpose: u64, id: u64) -> u64 {
+    assert!(id < 1 << PURPOSE_SHIFT);
+    purpose << PURPOSE_SHIFT | id
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub trading_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub heartbeat_ms: u32,
+    pub idle_timeout_ms: u32,
+    pub login_timeout_ms: u32,
+    /// Login timestamps further than this from the server clock are refused, and nonces
+    /// are remembered this long.
+    pub login_freshness_ms: u32,
+    pub outbound_buffer_bytes: usize,
+    pub resume_window_messages: u32,
+    pub session_linger_ms: u64,
+    pub connections_max: u32,
+    pub connections_per_ip: u32,
+    pub requests_per_second_per_key: u32,
+}
+
+impl GatewayConfig {
+    /// Ephemeral loopback ports and the documented defaults: for tests.
+    pub fn loopback() -> GatewayConfig {
+        GatewayConfig {
+            trading_addr: "127.0.0.1:0".parse().expect("address"),
+            admin_addr: "127.0.0.1:0".parse().expect("address"),
+            heartbeat_ms: 1000,
+            idle_timeout_ms: 5000,
+            login_timeout_ms: 5000,
+            login_freshness_ms: 5000,
+            outbound_buffer_bytes: 4 << 20,
+            resume_window_messages: 65_536,
+            session_linger_ms: 60_000,
+            connections_max: 1024,
+            connections_per_ip: 256,
+            requests_per_second_per_key: 100_000,
+        }
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConnState {
+    AwaitingLogin,
+    LoggingIn,
+    Active(u64),
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    admin_listener: bool,
+    /// Marked for closing: queue nothing more.
+    closing: bool,
+    rbuf: Box<[u8]>,
+    rlen: usize,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    state: ConnState,
+    opened_ns: u64,
+    last_rx_ns: u64,
+    last_tx_ns: u64,
+    heartbeat_ns: u64,
+    silence_ns: u64,
+    writable_registered: bool,
+}
+
+/// A request the session is waiting on, in submission order.
+#[derive(Clone, Copy, Debug)]
+struct Inflight {
+    request_id: u64,
+    template: u16,
+    market: MarketId,
+    order: Option<OrderRef>,
+    /// Messages sent for it so far.
+    sent: u32,
+    /// Refused by the gateway itself: answered when it reaches the front, so answers stay
+    /// in request order.
+    local_reject: Option<RejectReason>,
+}
+
+struct Session {
+    id: u64,
+    key_id: u64,
+    account: AccountId,
+    permissions: u32,
+    /// Logged in on the admin listener.
+    admin: bool,
+    conn: Option<usize>,
+    next_seq: u64,
+    /// Encoded sequenced frames still resumable, oldest first, back to back.
+    retained: VecDeque<u8>,
+    retained_first_seq: u64,
+    retained_count: u32,
+    last_request_id: u64,
+    inflight: VecDeque<Inflight>,
+    cancel_on_disconnect: bool,
+    detached_at_ns: Option<u64>,
+}
+
+struct PendingLogin {
+    login: Login,
+    key: Option<(AccountId, [u8; 32], u32, bool)>,
+}
+
+pub struct Gateway {
+    config: GatewayConfig,
+    poll: Poll,
+    waker: Arc<Waker>,
+    trading: TcpListener,
+    admin: TcpListener,
+    conns: HashMap<usize, Conn>,
+    next_conn: usize,
+    sessions: HashMap<u64, Session>,
+    next_session: u64,
+    by_account: HashMap<AccountId, Vec<u64>>,
+    pending_logins: HashMap<usize, PendingLogin>,
+    /// Client order ids of open orders, to echo them on every report.
+    orders: HashMap<OrderId, u64>,
+    buckets: HashMap<u64, TokenBucket>,
+    nonces: HashMap<u64, VecDeque<(u64, u64)>>,
+    ips: ConnectionCounts,
+    stats: Arc<GatewayStats>,
+    base: Instant,
+    match_seq: u64,
+    match_index: u64,
+    timers_at: Instant,
+    /// Connections to close at the end of this pass (found where the backend is not at
+    /// hand), with the Logout reason to send.
+    closing: Vec<(usize, Option<LogoutReason>)>,
+}
+
+fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Gateway {
+    /// Binds both listeners and prepares the event loop.
+    pub fn bind(config: GatewayConfig) -> io::Result<Gateway> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut trading = TcpListener::bind(config.trading_addr)?;
+        let mut admin = TcpListener::bind(config.admin_addr)?;
+        poll.registry()
+            .register(&mut trading, TRADING, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut admin, ADMIN, Interest::READABLE)?;
+        Ok(Gateway {
+            config,
+            poll,
+            waker,
+            trading,
+            admin,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            sessions: HashMap::new(),
+            next_session: 1,
+            by_account: HashMap::new(),
+            pending_logins: HashMap::new(),
+            orders: HashMap::new(),
+            buckets: HashMap::new(),
+            nonces: HashMap::new(),
+            ips: ConnectionCounts::default(),
+            stats: Arc::new(GatewayStats::default()),
+            base: Instant::now(),
+            match_seq: 0,
+            match_index: 0,
+            timers_at: Instant::now(),
+            closing: Vec::new(),
+        })
+    }
+
+    /// Wakes the loop from another thread (the node calls it when output arrives).
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    pub fn trading_addr(&self) -> io::Result<SocketAddr> {
+        self.trading.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    pub fn stats(&self) -> Arc<GatewayStats> {
+        Arc::clone(&self.stats)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    /// Serves until `stop` is set, then sends every client `Logout{ServerShutdown}`.
+    pub fn run(&mut self, backend: &mut dyn Backend, stop: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !stop.load(Ordering::Relaxed) {
+            let mut timeout = IDLE_POLL;
+            if backend.outputs_available() {
+                timeout = Duration::ZERO;
+            } else {
+                backend.want_wake();
+                if backend.outputs_available() {
+                    timeout = Duration::ZERO;
+                }
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    TRADING => self.accept(false),
+                    ADMIN => self.accept(true),
+                    WAKER => {}
+                    Token(id) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.read(id, backend);
+                        }
+                        if ev.is_writable() {
+                            self.flush(id);
+                        }
+                    }
+                }
+            }
+            let mut deliveries = Vec::new();
+            backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
+            for d in &deliveries {
+                self.deliver(d, backend);
+            }
+            if self.timers_at.elapsed() >= TIMER_EVERY {
+                self.timers_at = Instant::now();
+                self.timers(backend);
+            }
+            for (id, reason) in std::mem::take(&mut self.closing) {
+                self.close(id, reason, backend);
+            }
+            self.flush_all();
+        }
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.close(id, Some(LogoutReason::ServerShutdown), backend);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ connections
+
+    fn accept(&mut self, admin_listener: bool) {
+        // Bounded: at most the configured connection count per wake-up.
+        for _ in 0..self.config.connections_max.max(1) {
+            let listener = if admin_listener {
+                &self.admin
+            } else {
+                &self.trading
+            };
+            let (mut stream, peer) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            if self.conns.len() as u32 >= self.config.connections_max
+                || !self.ips.try_add(peer.ip(), self.config.connections_per_ip)
+            {
+                // Over a limit: close at once; nothing was promised.
+                drop(stream);
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let id = self.next_conn;
+            self.next_conn += 1;
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(id), Interest::READABLE)
+                .is_err()
+            {
+                self.ips.remove(peer.ip());
+                continue;
+            }
+            let now = self.now_ns();
+            self.conns.insert(
+                id,
+                Conn {
+                    stream,
+                    peer,
+                    admin_listener,
+                    closing: false,
+                    rbuf: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
+                    rlen: 0,
+                    wbuf: Vec::with_capacity(16 * 1024),
+                    wpos: 0,
+                    state: ConnState::AwaitingLogin,
+                    opened_ns: now,
+                    last_rx_ns: now,
+                    last_tx_ns: now,
+                    heartbeat_ns: u64::from(self.config.heartbeat_ms) * 1_000_000,
+                    silence_ns: u64::from(self.config.idle_timeout_ms) * 1_000_000,
+                    writable_registered: false,
+                },
+            );
+            self.stats
+                .connections_active
+                .fetch_add(1, Ordering::Relaxed);
+            self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads what the socket has and handles every complete frame.
+    fn read(&mut self, id: usize, backend: &mut dyn Backend) {
+        // Bounded: a socket read per pass until it would block.
+        for _ in 0..64 {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
+                Ok(0) => {
+                    self.close(id, None, backend);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.close(id, None, backend);
+                    return;
+                }
+            };
+            conn.rlen += n;
+            conn.last_rx_ns = self.base.elapsed().as_nanos() as u64;
+            if !self.handle_frames(id, backend) {
+                return;
+            }
+        }
+    }
+
+    /// Decodes and handles the complete frames in the read buffer. False if the
+    /// connection was closed.
+    fn handle_frames(&mut self, id: usize, backend: &mut dyn Backend) -> bool {
+        let mut consumed = 0usize;
+        // Bounded: every pass consumes at least one 8-byte frame.
+        for _ in 0..READ_BUFFER_BYTES / 8 + 1 {
+            let Some(conn) = self.conns.get(&id) else {
+                return false;
+            };
+            let bytes = &conn.rbuf[consumed..conn.rlen];
+            if bytes.is_empty() {
+                break;
+            }
+            match decode_client(bytes) {
+                Ok((msg, n)) => {
+                    consumed += n;
+                    self.stats.frames_in.fetch_add(1, Ordering::Relaxed);
+                    if !self.handle(id, msg, backend) {
+                        return false;
+                    }
+                }
+                Err(FrameError::Incomplete) => break,
+                Err(e) => match e.logout_reason() {
+                    Some(reason) => {
+                        self.close(id, Some(reason), backend);
+                        return false;
+                    }
+                    None => {
+                        let FrameError::InvalidField {
+                            template_id,
+                            frame_len,
+                            request_id,
+                            ..
+                        } = e
+                        else {
+                            unreachable!("only invalid request fields keep the session")
+                        };
+                        consumed += frame_len as usize;
+                        let session = match self.conns.get(&id).map(|c| c.state) {
+                            Some(ConnState::Active(s)) => s,
+                            _ => {
+                                self.close(id, Some(LogoutReason::ProtocolViolation), backend);
+                                return false;
+                            }
+                        };
+                        // The request-id rule applies to malformed requests too.
+                        let fresh = self.sessions.get_mut(&session).is_some_and(|s| {
+                            let fresh = request_id > s.last_request_id;
+                            if fresh {
+                                s.last_request_id = request_id;
+                            }
+                            fresh
+                        });
+                        if fresh {
+                            self.request_refused(
+                                session,
+                                request_id,
+                                template_id,
+                                RejectReason::Malformed,
+                            );
+                        }
+                    }
+                },
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.rbuf.copy_within(consumed..conn.rlen, 0);
+            conn.rlen -= consumed;
+        }
+        true
+    }
+
+    /// Handles one decoded frame. False if the connection was closed.
+    fn handle(&mut self, id: usize, msg: ClientMessage, backend: &mut dyn Backend) -> bool {
+        let state = self.conns[&id].state;
+        match (state, msg) {
+            (ConnState::AwaitingLogin, ClientMessage::Login(login)) => {
+                self.begin_login(id, login, backend)
+            }
+            (ConnState::Active(_), ClientMessage::Heartbeat) => true,
+            (ConnState::Active(_), ClientMessage::Logout) => {
+                self.close(id, Some(LogoutReason::Requested), backend);
+                false
+            }
+            (ConnState::Active(s), msg) if msg.request_id().is_some() => {
+                self.request(s, msg, backend)
+            }
+            _ => {
+                self.close(id, Some(LogoutReason::ProtocolViolation), backend);
+                false
+            }
+        }
+    }
+
+    /// Closes a connection, first queuing `Logout{reason}` (best effort) if given.
+    fn close(&mut self, id: usize, reason: Option<LogoutReason>, backend: &mut dyn Backend) {
+        if let Some(reason) = reason {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.closing = false;
+            }
+            self.send_unsequenced(id, &ServerMessage::Logout { reason });
+            self.flush(id);
+        }
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.ips.remove(conn.peer.ip());
+        self.pending_logins.remove(&id);
+        self.stats
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
+        if let ConnState::Active(s) = conn.state {
+            let now = self.now_ns();
+            if let Some(session) = self.sessions.get_mut(&s) {
+                session.conn = None;
+                session.detached_at_ns = Some(now);
+                if session.cancel_on_disconnect {
+                    let cmd = ringex_engine::Command::CancelAll {
+                        account: session.account,
+                        market: None,
+                    };
+                    // The cancels route to the account's sessions (this one included,
+                    // for resume); the gateway needs no answer itself.
+                    let _ = backend.submit(&cmd, tag(PURPOSE_INTERNAL, s));
+                }
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let ids: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.wpos < c.wbuf.len())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush(id);
+        }
+    }
+
+    /// Writes what is buffered; registers for writability if the socket is full.
+    fn flush(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        // Bounded: each write makes progress or returns.
+        for _ in 0..1024 {
+            if conn.wpos == conn.wbuf.len() {
+                conn.wbuf.clear();
+                conn.wpos = 0;
+                break;
+            }
+            match conn.stream.write(&conn.wbuf[conn.wpos..]) {
+                Ok(0) => break,
+                Ok(n) => conn.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        let pending = conn.wpos < conn.wbuf.len();
+        if pending && conn.wpos > conn.wbuf.len() / 2 {
+            conn.wbuf.drain(..conn.wpos);
+            conn.wpos = 0;
+        }
+        if pending != conn.writable_registered {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(id), interest);
+            conn.writable_registered = pending;
+        }
+    }
+
+    /// Queues a frame on a connection. False if that made it a slow consumer.
+    fn queue(&mut self, id: usize, frame: &[u8]) -> bool {
+        let cap = self.config.outbound_buffer_bytes;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return true;
+        };
+        if conn.closing {
+            return true;
+        }
+        if conn.wbuf.len() - conn.wpos + frame.len() > cap {
+            return false;
+        }
+        conn.wbuf.extend_from_slice(frame);
+        conn.last_tx_ns = self.base.elapsed().as_nanos() as u64;
+        self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    fn send_unsequenced(&mut self, id: usize, msg: &ServerMessage) {
+        let mut buf = [0u8; FRAME_SIZE_MAX];
+        let n = encode_server(msg, &mut buf);
+        let _ = self.queue(id, &buf[..n]);
+    }
+
+    // ------------------------------------------------------------ login
+
+    fn begin_login(&mut self, id: usize, login: Login, backend: &mut dyn Backend) -> bool {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.state = ConnState::LoggingIn;
+        }
+        self.pending_logins
+            .insert(id, PendingLogin { login, key: None });
+        let q = Query::ApiKey {
+            key_id: login.api_key_id,
+        };
+        if backend.query(&q, tag(PURPOSE_LOGIN, id as u64)).is_err() {
+            self.pending_logins.remove(&id);
+            self.reject_login(id, LoginRejectReason::Unavailable, backend);
+            return false;
+        }
+        true
+    }
+
+    fn reject_login(&mut self, id: usize, reason: LoginRejectReason, backend: &mut dyn Backend) {
+        self.send_unsequenced(id, &ServerMessage::LoginRejected { reason });
+        self.flush(id);
+        self.close(id, None, backend);
+    }
+
+    /// The key lookup came back: check the login in the documented order.
+    fn finish_login(&mut self, id: usize, backend: &mut dyn Backend) {
+        let Some(pending) = self.pending_logins.remove(&id) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let admin_listener = conn.admin_listener;
+        let login = pending.login;
+        match self.check_login(&login, pending.key, admin_listener) {
+            Err(reason) => self.reject_login(id, reason, backend),
+            Ok((account, permissions)) => {
+                self.open_session(id, login, account, permissions, backend)
+            }
+        }
+    }
+
+    fn check_login(
+        &mut self,
+        login: &Login,
+        key: Option<(AccountId, [u8; 32], u32, bool)>,
+        admin_listener: bool,
+    ) -> Result<(AccountId, u32), LoginRejectReason> {
+        let Some((account, secret_hash, permissions, suspended)) = key else {
+            return Err(LoginRejectReason::UnknownKey);
+        };
+        if suspended {
+            return Err(LoginRejectReason::AccountSuspended);
+        }
+        let needed = if admin_listener {
+            permission::ADMIN
+        } else {
+            permission::TRADE
+        };
+        if permissions & needed == 0 {
+            return Err(LoginRejectReason::WrongListener);
+        }
+        if !login.verify(&secret_hash) {
+            return Err(LoginRejectReason::BadSignature);
+        }
+        let now = wall_clock_ns();
+        let window_ns = u64::from(self.config.login_freshness_ms) * 1_000_000;
+        if login.timestamp_ns.abs_diff(now) > window_ns {
+            return Err(LoginRejectReason::StaleTimestamp);
+        }
+        let seen = self.nonces.entry(login.api_key_id).or_default();
+        while seen
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > 2 * window_ns)
+        {
+            seen.pop_front();
+        }
+        if seen.iter().any(|(_, n)| *n == login.nonce) {
+            return Err(LoginRejectReason::ReplayedNonce);
+        }
+        seen.push_back((now, login.nonce));
+        if login.resume_session != 0 {
+            let s = self
+                .sessions
+                .get(&login.resume_session)
+                .ok_or(LoginRejectReason::ResumeImpossible)?;
+            if s.key_id != login.api_key_id {
+                return Err(LoginRejectReason::ResumeImpossible);
+            }
+            if s.conn.is_some() {
+                return Err(LoginRejectReason::AlreadyLoggedIn);
+            }
+            let from = login.resume_from_seq;
+            if from < s.retained_first_seq || from > s.next_seq {
+                return Err(LoginRejectReason::ResumeImpossible);
+            }
+        } else {
+            let open = self
+                .sessions
+                .values()
+                .filter(|s| s.key_id == login.api_key_id)
+                .count();
+            if open >= SESSIONS_PER_KEY_MAX {
+                return Err(LoginRejectReason::TooManySessions);
+            }
+        }
+        Ok((account, permissions))
+    }
+
+    fn open_session(
+        &mut self,
+        id: usize,
+        login: Login,
+        account: AccountId,
+        permissions: u32,
+        backend: &mut dyn Backend,
+    ) {
+        let heartbeat_ms = match login.heartbeat_ms {
+            0 => self
+                .config
+                .heartbeat_ms
+                .clamp(HEARTBEAT_MS_MIN, HEARTBEAT_MS_MAX),
+            h => h.clamp(HEARTBEAT_MS_MIN, HEARTBEAT_MS_MAX),
+        };
+        let silence_ms = self.config.idle_timeout_ms.max(3 * heartbeat_ms);
+        let cancel_on_disconnect = login.flags & login_flags::CANCEL_ON_DISCONNECT != 0;
+        let resumed = login.resume_session != 0;
+        let session_id = if resumed {
+            login.resume_session
+        } else {
+            let sid = self.next_session;
+            self.next_session += 1;
+            self.sessions.insert(
+                sid,
+                Session {
+                    id: sid,
+                    key_id: login.api_key_id,
+                    account,
+                    permissions,
+                    admin: self.conns.get(&id).is_some_and(|c| c.admin_listener),
+                    conn: None,
+                    next_seq: 1,
+                    retained: VecDeque::new(),
+                    retained_first_seq: 1,
+                    retained_count: 0,
+                    last_request_id: 0,
+                    inflight: VecDeque::new(),
+                    cancel_on_disconnect,
+                    detached_at_ns: None,
+                },
+            );
+            self.by_account.entry(account).or_default().push(sid);
+            // Learn the client order ids of orders that rest from before.
+            let q = Query::OpenOrders {
+                account,
+                market: None,
+            };
+            let _ = backend.query(&q, tag(PURPOSE_WARM, sid));
+            sid
+        };
+        let session = self.sessions.get_mut(&session_id).expect("session exists");
+        session.conn = Some(id);
+        session.detached_at_ns = None;
+        session.cancel_on_disconnect = cancel_on_disconnect;
+        let from = if resumed {
+            login.resume_from_seq
+        } else {
+            session.next_seq
+        };
+        let mut flags = if cancel_on_disconnect {
+            login_flags::CANCEL_ON_DISCONNECT
+        } else {
+            0
+        };
+        if resumed {
+            flags |= login_flags::RESUMED;
+        }
+        let accepted = ServerMessage::LoginAccepted(LoginAccepted {
+            session_id,
+            next_seq: from,
+            last_request_id: session.last_request_id,
+            account,
+            heartbeat_ms,
+            flags,
+        });
+        // The replay: every retained frame from `from` on.
+        let mut replay = Vec::new();
+        let mut at = 0usize;
+        let (front, back) = session.retained.as_slices();
+        let retained: Vec<u8> = [front, back].concat();
+        let seqs = session.retained_first_seq
+            ..session.retained_first_seq + u64::from(session.retained_count);
+        for seq in seqs {
+            let len = u16::from_le_bytes([retained[at], retained[at + 1]]) as usize;
+            if seq >= from {
+                replay.extend_from_slice(&retained[at..at + len]);
+            }
+            at += len;
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.state = ConnState::Active(session_id);
+            conn.heartbeat_ns = u64::from(heartbeat_ms) * 1_000_000;
+            conn.silence_ns = u64::from(silence_ms) * 1_000_000;
+        }
+        self.send_unsequenced(id, &accepted);
+        if !replay.is_empty() && !self.queue(id, &replay) {
+            self.slow_consumer(id, backend);
+        }
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// Handles an application request of an active session. False if the connection was
+    /// closed.
+    fn request(&mut self, session_id: u64, msg: ClientMessage, backend: &mut dyn Backend) -> bool {
+        let request_id = msg.request_id().expect("a request");
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return true;
+        };
+        if request_id <= session.last_request_id {
+            // A retransmission: ignored by design (docs/protocol.md §3.3).
+            return true;
+        }
+        // Admin requests only from admin sessions; orders only with the TRADE bit;
+        // queries from either (docs/protocol.md §3.8, §3.9).
+        let trade = session.permissions & permission::TRADE != 0;
+        let is_query = matches!(
+            msg,
+            ClientMessage::BalanceQuery(_) | ClientMessage::OpenOrdersQuery(_)
+        );
+        let permitted = if msg.is_admin() {
+            session.admin
+        } else if is_query {
+            trade || session.admin
+        } else {
+            trade
+        };
+        if !permitted {
+            if let Some(c) = session.conn {
+                self.close(c, Some(LogoutReason::NotPermitted), backend);
+            }
+            return false;
+        }
+        session.last_request_id = request_id;
+        let account = session.account;
+        let key_id = session.key_id;
+        let (market, order) = request_subject(&msg);
+        let template = msg.template_id();
+        let now = self.now_ns();
+        let rate = u64::from(self.config.requests_per_second_per_key.max(1));
+        let bucket = self
+            .buckets
+            .entry(key_id)
+            .or_insert_with(|| TokenBucket::new(rate, now));
+        if !bucket.try_take(now) {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.request_refused(session_id, request_id, template, RejectReason::RateLimited);
+            return true;
+        }
+        let t = tag(PURPOSE_REQUEST, session_id);
+        let submitted = match &msg {
+            ClientMessage::BalanceQuery(_) => backend.query(&Query::Balances { account }, t),
+            ClientMessage::OpenOrdersQuery(q) => backend.query(
+                &Query::OpenOrders {
+                    account,
+                    market: (q.market != 0).then_some(q.market),
+                },
+                t,
+            ),
+            other => match other.to_command(account) {
+                Some(cmd) => backend.submit(&cmd, t),
+                None => Err(BackendError::Unavailable("not a command".into())),
+            },
+        };
+        match submitted {
+            Ok(()) => {
+                let session = self.sessions.get_mut(&session_id).expect("exists");
+                session.inflight.push_back(Inflight {
+                    request_id,
+                    template,
+                    market,
+                    order,
+                    sent: 0,
+                    local_reject: None,
+                });
+            }
+            Err(_) => {
+                self.request_refused(session_id, request_id, template, RejectReason::Unavailable)
+            }
+        }
+        true
+    }
+
+    /// A request the gateway answers itself: queued behind the session's earlier
+    /// requests so answers stay in request order.
+    fn request_refused(
+        &mut self,
+        session_id: u64,
+        request_id: u64,
+        template: u16,
+        reason: RejectReason,
+    ) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        session.inflight.push_back(Inflight {
+            request_id,
+            template,
+            market: 0,
+            order: None,
+            sent: 0,
+            local_reject: Some(reason),
+        });
+        if session.inflight.len() == 1 {
+            self.answer_local_rejects(session_id);
+        }
+    }
+
+    /// Answers the gateway's own rejects waiting at the front of the queue.
+    fn answer_local_rejects(&mut self, session_id: u64) {
+        // Bounded by the queue's length.
+        loop {
+            let front = match self
+                .sessions
+                .get(&session_id)
+                .and_then(|s| s.inflight.front())
+            {
+                Some(f) => *f,
+                None => return,
+            };
+            let Some(reason) = front.local_reject else {
+                return;
+            };
+            let msg = ServerMessage::OrderRejected(OrderRejected {
+                seq: 0,
+                request_id: front.request_id,
+                request_template: front.template,
+                order: front.order,
+                market: front.market,
+                reason,
+            });
+            self.send_sequenced(session_id, msg);
+            self.send_sequenced(
+                session_id,
+                ServerMessage::RequestDone(RequestDone {
+                    seq: 0,
+                    request_id: front.request_id,
+                    count: 1,
+                }),
+            );
+            if let Some(s) = self.sessions.get_mut(&session_id) {
+                s.inflight.pop_front();
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ output
+
+    /// Assigns the session's next seq, retains the frame for resume and queues it on the
+    /// session's connection if attached.
+    fn send_sequenced(&mut self, session_id: u64, mut msg: ServerMessage) {
+        let window = self.config.resume_window_messages.max(1);
+        let Some(session) = self.sessions.get_mut(&session_id) else {
+            return;
+        };
+        msg.set_seq(session.next_seq);
+        session.next_seq += 1;
+        let mut buf = [0u8; FRAME_SIZE_MAX];
+        let n = encode_server(&msg, &mut buf);
+        session.retained.extend(&buf[..n]);
+        session.retained_count += 1;
+        // Bounded: evicts exactly the frames over the window.
+        while session.retained_count > window {
+            let len = u16::from_le_bytes([session.retained[0], session.retained[1]]) as usize;
+            session.retained.drain(..len);
+            session.retained_count -= 1;
+            session.retained_first_seq += 1;
+        }
+        if let Some(c) = session.conn {
+            if !self.queue(c, &buf[..n]) {
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.mark_closing(c, LogoutReason::SlowConsumer);
+            }
+        }
+    }
+
+    /// Marks a connection for closing at the end of this pass. A slow consumer loses its
+    /// unsent output (it is retained for resume) so the Logout has room.
+    fn mark_closing(&mut self, id: usize, reason: LogoutReason) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            if conn.closing {
+                return;
+            }
+            conn.closing = true;
+            if reason == LogoutReason::SlowConsumer {
+                conn.wbuf.truncate(conn.wpos);
+            }
+            self.closing.push((id, Some(reason)));
+        }
+    }
+
+    fn slow_consumer(&mut self, id: usize, backend: &mut dyn Backend) {
+        self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            // Make room for the Logout so it has a chance to arrive.
+            conn.wbuf.truncate(conn.wpos);
+        }
+        self.close(id, Some(LogoutReason::SlowConsumer), backend);
+    }
+
+    /// Sends `msg` to every session of `account`; the originating session gets the
+    /// request id, the others 0.
+    fn send_to_account(&mut self, account: AccountId, origin: Option<u64>, msg: ServerMessage) {
+        let Some(ids) = self.by_account.get(&account) else {
+            return;
+        };
+        let ids = ids.clone();
+        for sid in ids {
+            let mut m = msg;
+            let rid = if Some(sid) == origin {
+                self.count_for_front(sid)
+            } else {
+                0
+            };
+            set_request_id(&mut m, rid);
+            self.send_sequenced(sid, m);
+        }
+    }
+
+    /// The front request's id, counting one more message sent for it.
+    fn count_for_front(&mut self, session_id: u64) -> u64 {
+        match self
+            .sessions
+            .get_mut(&session_id)
+            .and_then(|s| s.inflight.front_mut())
+        {
+            Some(f) => {
+                f.sent += 1;
+                f.request_id
+            }
+            None => 0,
+        }
+    }
+
+    /// Sends a message that answers the session's front request.
+    fn send_to_origin(&mut self, session_id: u64, mut msg: ServerMessage) {
+        let rid = self.count_for_front(session_id);
+        set_request_id(&mut msg, rid);
+        self.send_sequenced(session_id, msg);
+    }
+
+    fn deliver(&mut self, d: &Delivery, backend: &mut dyn Backend) {
+        let purpose = d.tag >> PURPOSE_SHIFT;
+        let id = d.tag & ((1 << PURPOSE_SHIFT) - 1);
+        match purpose {
+            PURPOSE_LOGIN => {
+                self.login_reply(id as usize, d, backend);
+                return;
+            }
+            PURPOSE_WARM => {
+                if let Output::Reply(QueryReply::OpenOrder {
+                    order_id,
+                    client_order_id,
+                    ..
+                }) = d.item
+                {
+                    self.orders.insert(order_id, client_order_id);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let origin = (purpose == PURPOSE_REQUEST && self.sessions.contains_key(&id)).then_some(id);
+        match d.item {
+            Output::Event(e) => self.route_event(d.seq, e, origin),
+            Output::Reply(r) => {
+                if let Some(o) = origin {
+                    self.route_reply(o, r);
+                }
+            }
+        }
+        if d.last {
+            if let Some(o) = origin {
+                let front = self
+                    .sessions
+                    .get_mut(&o)
+                    .and_then(|s| s.inflight.pop_front());
+                if let Some(f) = front {
+                    debug_assert!(f.local_reject.is_none());
+                    let done = ServerMessage::RequestDone(RequestDone {
+                        seq: 0,
+                        request_id: f.request_id,
+                        count: f.sent,
+                    });
+                    self.send_sequenced(o, done);
+                }
+                self.answer_local_rejects(o);
+            }
+        }
+    }
+
+    fn login_reply(&mut self, conn: usize, d: &Delivery, backend: &mut dyn Backend) {
+        match d.item {
+            Output::Reply(QueryReply::ApiKey {
+                account,
+                secret_hash,
+                permissions,
+                account_suspended,
+                ..
+            }) => {
+                if let Some(p) = self.pending_logins.get_mut(&conn) {
+                    p.key = Some((account, secret_hash, permissions, account_suspended));
+                }
+            }
+            Output::Reply(QueryReply::End { .. }) => self.finish_login(conn, backend),
+            _ => {}
+        }
+    }
+
+    fn route_reply(&mut self, origin: u64, r: QueryReply) {
+        let (template, market) = match self.sessions.get(&origin).and_then(|s| s.inflight.front()) {
+            Some(f) => (f.template, f.market),
+            None => return,
+        };
+        let msg = match r {
+            QueryReply::Balance {
+                asset,
+                available,
+                held,
+                ..
+            } => ServerMessage::Balance(Balance {
+                seq: 0,
+                request_id: 0,
+                asset,
+                available,
+                held,
+            }),
+            QueryReply::OpenOrder {
+                order_id,
+                market,
+                client_order_id,
+                side,
+                price,
+                qty,
+                ..
+            } => {
+                self.orders.insert(order_id, client_order_id);
+                ServerMessage::OpenOrder(OpenOrder {
+                    seq: 0,
+                    request_id: 0,
+                    order_id,
+                    client_order_id,
+                    market,
+                    side,
+                    price,
+                    remaining_qty: qty,
+                })
+            }
+            QueryReply::End { count, .. } if template == template::BALANCE_QUERY => {
+                ServerMessage::BalanceEnd(BalanceEnd {
+                    seq: 0,
+                    request_id: 0,
+                    count,
+                })
+            }
+            QueryReply::End { count, .. } => ServerMessage::OpenOrdersEnd(OpenOrdersEnd {
+                seq: 0,
+                request_id: 0,
+                market,
+                count,
+            }),
+            QueryReply::ApiKey { .. } => return,
+        };
+        self.send_to_origin(origin, msg);
+    }
+
+    fn match_id(&mut self, seq: u64) -> u64 {
+        if seq != self.match_seq {
+            self.match_seq = seq;
+            self.match_index = 0;
+        }
+        self.match_index += 1;
+        seq << 16 | self.match_index.min(0xFFFF)
+    }
+
+    fn route_event(&mut self, seq: u64, e: Event, origin: Option<u64>) {
+        match e {
+            Event::Accepted {
+                order_id,
+                account,
+                market,
+                client_order_id,
+                side,
+                price,
+                qty,
+            } => {
+                self.orders.insert(order_id, client_order_id);
+                let msg = ServerMessage::OrderAccepted(OrderAccepted {
+                    seq: 0,
+                    request_id: 0,
+                    order_id,
+                    client_order_id,
+                    market,
+                    side,
+                    price,
+                    qty,
+                });
+                self.send_to_account(account, origin, msg);
+            }
+            Event::Trade {
+                market,
+                maker_order_id,
+                taker_order_id,
+                maker_account,
+                taker_account,
+                taker_side,
+                price,
+                qty,
+                maker_fee,
+                taker_fee,
+                maker_remaining,
+                taker_remaining,
+            } => {
+                let match_id = self.match_id(seq);
+                for (order_id, account, side, liquidity, fee, remaining) in [
+                    (
+                        maker_order_id,
+                        maker_account,
+                        taker_side.opposite(),
+                        Liquidity::Maker,
+                        maker_fee,
+                        maker_remaining,
+                    ),
+                    (
+                        taker_order_id,
+                        taker_account,
+                        taker_side,
+                        Liquidity::Taker,
+                        taker_fee,
+                        taker_remaining,
+                    ),
+                ] {
+                    let client_order_id = self.orders.get(&order_id).copied().unwrap_or(0);
+                    if remaining == 0 {
+                        self.orders.remove(&order_id);
+                    }
+                    let msg = ServerMessage::Filled(Filled {
+                        seq: 0,
+                        request_id: 0,
+                        order_id,
+                        client_order_id,
+                        match_id,
+                        market,
+                        side,
+                        liquidity,
+                        price,
+                        qty,
+                        remaining_qty: remaining,
+                        fee,
+                    });
+                    let o = if liquidity == Liquidity::Taker {
+                        origin
+                    } else {
+                        None
+                    };
+                    self.send_to_account(account, o, msg);
+                }
+            }
+            Event::Cancelled {
+                order_id,
+                account,
+                market,
+                remaining_qty,
+                reason,
+            } => {
+                let client_order_id = self.orders.remove(&order_id).unwrap_or(0);
+                let msg = ServerMessage::Cancelled(Cancelled {
+                    seq: 0,
+                    request_id: 0,
+                    order_id,
+                    client_order_id,
+                    market,
+                    remaining_qty,
+                    reason,
+                });
+                self.send_to_account(account, origin, msg);
+            }
+            Event::Replaced {
+                order_id,
+                account,
+                market,
+                price,
+                qty,
+                priority_kept,
+            } => {
+                let client_order_id = self.orders.get(&order_id).copied().unwrap_or(0);
+                let msg = ServerMessage::Replaced(Replaced {
+                    seq: 0,
+                    request_id: 0,
+                    order_id,
+                    client_order_id,
+                    market,
+                    price,
+                    qty,
+                    priority_kept,
+                });
+                self.send_to_account(account, origin, msg);
+            }
+            Event::Rejected { reason, .. } => {
+                if let Some(o) = origin {
+                    let Some(front) = self
+                        .sessions
+                        .get(&o)
+                        .and_then(|s| s.inflight.front())
+                        .copied()
+                    else {
+                        return;
+                    };
+                    let msg = ServerMessage::OrderRejected(OrderRejected {
+                        seq: 0,
+                        request_id: 0,
+                        request_template: front.template,
+                        order: front.order,
+                        market: front.market,
+                        reason,
+                    });
+                    self.send_to_origin(o, msg);
+                }
+            }
+            Event::Level { .. } => {}
+            Event::Funds {
+                amount,
+                external_ref,
+                duplicate,
+                ..
+            } => {
+                if let Some(o) = origin {
+                    let kind = if amount >= 0 {
+                        CommandKind::Deposit
+                    } else {
+                        CommandKind::Withdraw
+                    };
+                    let msg = ServerMessage::AdminAck(AdminAck {
+                        seq: 0,
+                        request_id: 0,
+                        kind,
+                        id: external_ref,
+                        duplicate,
+                    });
+                    self.send_to_origin(o, msg);
+                }
+            }
+            Event::MarketStatus { market, status } => {
+                if let Some(o) = origin {
+                    let ack = ServerMessage::AdminAck(AdminAck {
+                        seq: 0,
+                        request_id: 0,
+                        kind: CommandKind::SetMarketStatus,
+                        id: u64::from(market),
+                        duplicate: false,
+                    });
+                    self.send_to_origin(o, ack);
+                }
+                let ids: Vec<u64> = self
+                    .sessions
+                    .keys()
+                    .copied()
+                    .filter(|s| Some(*s) != origin)
+                    .collect();
+                for sid in ids {
+                    let msg = ServerMessage::SystemEvent(SystemEvent {
+                        seq: 0,
+                        request_id: 0,
+                        market,
+                        status,
+                    });
+                    self.send_sequenced(sid, msg);
+                }
+            }
+            Event::CancelAllDone { count, .. } => {
+                if let Some(o) = origin {
+                    let market = self
+                        .sessions
+                        .get(&o)
+                        .and_then(|s| s.inflight.front())
+                        .map_or(0, |f| f.market);
+                    let msg = ServerMessage::MassCancelDone(MassCancelDone {
+                        seq: 0,
+                        request_id: 0,
+                        market,
+                        count,
+                    });
+                    self.send_to_origin(o, msg);
+                }
+            }
+            Event::AdminDone { kind, id } => {
+                if let Some(o) = origin {
+                    let msg = ServerMessage::AdminAck(AdminAck {
+                        seq: 0,
+                        request_id: 0,
+                        kind,
+                        id,
+                        duplicate: false,
+                    });
+                    self.send_to_origin(o, msg);
+                }
+                if kind == CommandKind::RevokeApiKey {
+                    self.end_sessions_of_key(id);
+                }
+            }
+        }
+    }
+
+    /// A revoked key's sessions end now: their connections are told why and closed on the
+    /// next timer pass.
+    fn end_sessions_of_key(&mut self, key_id: u64) {
+        let ids: Vec<u64> = self
+            .sessions
+            .values()
+            .filter(|s| s.key_id == key_id)
+            .map(|s| s.id)
+            .collect();
+        for sid in ids {
+            let conn = self.sessions.get(&sid).and_then(|s| s.conn);
+            if let Some(c) = conn {
+                // The connection no longer belongs to a session.
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    conn.state = ConnState::LoggingIn;
+                }
+                self.mark_closing(c, LogoutReason::KeyRevoked);
+            }
+            self.remove_session(sid);
+        }
+    }
+
+    fn remove_session(&mut self, sid: u64) {
+        if let Some(s) = self.sessions.remove(&sid) {
+            if let Some(list) = self.by_account.get_mut(&s.account) {
+                list.retain(|x| *x != sid);
+                if list.is_empty() {
+                    self.by_account.remove(&s.account);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ timers
+
+    fn timers(&mut self, backend: &mut dyn Backend) {
+        let now = self.now_ns();
+        let login_timeout_ns = u64::from(self.config.login_timeout_ms) * 1_000_000;
+        let mut to_close = Vec::new();
+        let mut heartbeats = Vec::new();
+        for (id, c) in &self.conns {
+            match c.state {
+                ConnState::AwaitingLogin | ConnState::LoggingIn => {
+                    if now.saturating_sub(c.opened_ns) > login_timeout_ns && !c.closing {
+                        to_close.push((*id, Some(LogoutReason::LoginTimeout)));
+                    }
+                }
+                ConnState::Active(_) if c.closing => {}
+                ConnState::Active(_) => {
+                    if now.saturating_sub(c.last_rx_ns) > c.silence_ns {
+                        to_close.push((*id, Some(LogoutReason::HeartbeatTimeout)));
+                    } else if now.saturating_sub(c.last_tx_ns) >= c.heartbeat_ns {
+                        heartbeats.push(*id);
+                    }
+                }
+            }
+        }
+        for id in heartbeats {
+            self.send_unsequenced(id, &ServerMessage::Heartbeat);
+        }
+        for (id, reason) in to_close {
+            self.close(id, reason, backend);
+        }
+        let linger_ns = self.config.session_linger_ms.saturating_mul(1_000_000);
+        let expired: Vec<u64> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.conn.is_none()
+                    && s.detached_at_ns
+                        .is_some_and(|at| now.saturating_sub(at) > linger_ns)
+            })
+            .map(|s| s.id)
+            .collect();
+        for sid in expired {
+            self.remove_session(sid);
+        }
+    }
+}
+
+/// The market and order a request names, for rejects.
+fn request_subject(msg: &ClientMessage) -> (MarketId, Option<OrderRef>) {
+    match msg {
+        ClientMessage::NewOrder(o) => (
+            o.market,
+            (o.client_order_id != 0).then_some(OrderRef::Client(o.client_order_id)),
+        ),
+        ClientMessage::Cancel(c) => (c.market, Some(c.order)),
+        ClientMessage::Replace(r) => (r.market, Some(r.order)),
+        ClientMessage::MassCancel(m) => (m.market, None),
+        ClientMessage::OpenOrdersQuery(q) => (q.market, None),
+        _ => (0, None),
+    }
+}
+
+fn set_request_id(msg: &mut ServerMessage, request_id: u64) {
+    match msg {
+        ServerMessage::OrderAccepted(m) => m.request_id = request_id,
+        ServerMessage::OrderRejected(m) => m.request_id = request_id,
+        ServerMessage::Filled(m) => m.request_id = request_id,
+        ServerMessage::Cancelled(m) => m.request_id = request_id,
+        ServerMessage::Replaced(m) => m.request_id = request_id,
+        ServerMessage::MassCancelDone(m) => m.request_id = request_id,
+        ServerMessage::Balance(m) => m.request_id = request_id,
+        ServerMessage::BalanceEnd(m) => m.request_id = request_id,
+        ServerMessage::OpenOrder(m) => m.request_id = request_id,
+        ServerMessage::OpenOrdersEnd(m) => m.request_id = request_id,
+        ServerMessage::SystemEvent(m) => m.request_id = request_id,
+        ServerMessage::AdminAck(m) => m.request_id = request_id,
+        ServerMessage::RequestDone(m) => m.request_id = request_id,
+        ServerMessage::LoginAccepted(_)
+        | ServerMessage::LoginRejected { .. }
+        | ServerMessage::Logout { .. }
+        | ServerMessage::Heartbeat => {}
+    }
+}

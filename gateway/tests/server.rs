@@ -1,0 +1,692 @@
+//! The gateway on real loopback sockets, with an engine applied inline behind it. Each
+//! test reads as one rule of `docs/protocol.md`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ringex_engine::{
+    Command, Event, Exchange, MarketSpec, OrderKind, OrderRef, RejectReason, Side, StpMode, Symbol,
+    TimeInForce,
+};
+use ringex_gateway::backend::InlineBackend;
+use ringex_gateway::protocol::{
+    decode_server, encode_client, login_flags, permission, secret_hash, BalanceQuery, Cancel,
+    ClientMessage, FrameError, Login, LoginRejectReason, LogoutReason, NewOrder, ServerMessage,
+    FRAME_SIZE_MAX,
+};
+use ringex_gateway::server::{Gateway, GatewayConfig};
+
+const MARKET: u32 = 1;
+const ADMIN_KEY: u64 = 100;
+const MAKER_KEY: u64 = 10;
+const TAKER_KEY: u64 = 11;
+
+fn secret(key: u64) -> String {
+    format!("secret-{key}")
+}
+
+/// An exchange with one market, an operator (admin key) and two funded traders.
+fn exchange() -> Exchange {
+    let mut ex = Exchange::new();
+    let mut out = Vec::new();
+    let mut cmds = vec![
+        Command::CreateAsset {
+            asset: 1,
+            symbol: Symbol::new("BTC").unwrap(),
+            decimals: 8,
+        },
+        Command::CreateAsset {
+            asset: 2,
+            symbol: Symbol::new("USD").unwrap(),
+            decimals: 2,
+        },
+        Command::CreateMarket(MarketSpec {
+            market: MARKET,
+            symbol: Symbol::new("BTC-USD").unwrap(),
+            base: 1,
+            quote: 2,
+            tick_size: 1,
+            lot_size: 1,
+            qty_min: 1,
+            qty_max: 1_000_000,
+            band_ppm: 0,
+            reference_price: 100,
+            maker_fee_ppm: 0,
+            taker_fee_ppm: 0,
+        }),
+    ];
+    for (account, key, perms) in [
+        (1, ADMIN_KEY, permission::ADMIN),
+        (10, MAKER_KEY, permission::TRADE),
+        (11, TAKER_KEY, permission::TRADE),
+    ] {
+        cmds.push(Command::CreateAccount { account });
+        cmds.push(Command::AddApiKey {
+            account,
+            key_id: key,
+            secret_hash: secret_hash(secret(key).as_bytes()),
+            permissions: perms,
+        });
+        for asset in [1, 2] {
+            cmds.push(Command::Deposit {
+                account,
+                asset,
+                amount: 1_000_000_000,
+                external_ref: u64::from(account) * 10 + u64::from(asset),
+            });
+        }
+    }
+    for c in &cmds {
+        out.clear();
+        ex.apply(c, &mut out);
+        assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
+    }
+    ex
+}
+
+struct Server {
+    trading: SocketAddr,
+    admin: SocketAddr,
+    stats: Arc<ringex_gateway::server::GatewayStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn serve(config: GatewayConfig) -> Server {
+    let mut gateway = Gateway::bind(config).unwrap();
+    let trading = gateway.trading_addr().unwrap();
+    let admin = gateway.admin_addr().unwrap();
+    let stats = gateway.stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut backend = InlineBackend::new(exchange());
+        gateway.run(&mut backend, &flag).unwrap();
+    });
+    Server {
+        trading,
+        admin,
+        stats,
+        stop,
+        thread: Some(thread),
+    }
+}
+
+fn default_server() -> Server {
+    serve(GatewayConfig::loopback())
+}
+
+/// A bare test client: frames in, frames out, a timeout on every read.
+struct Peer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    next_request: u64,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn login_message(key: u64, secret_of: &str) -> Login {
+    let mut login = Login {
+        api_key_id: key,
+        timestamp_ns: now_ns(),
+        nonce: now_ns(),
+        signature: [0; 32],
+        resume_session: 0,
+        resume_from_seq: 0,
+        heartbeat_ms: 0,
+        flags: 0,
+    };
+    login.sign(&secret_hash(secret_of.as_bytes()));
+    login
+}
+
+impl Peer {
+    fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        Peer {
+            stream,
+            buf: Vec::new(),
+            next_request: 1,
+        }
+    }
+
+    fn send(&mut self, msg: &ClientMessage) {
+        let mut b = [0u8; FRAME_SIZE_MAX];
+        let n = encode_client(msg, &mut b);
+        self.stream.write_all(&b[..n]).unwrap();
+    }
+
+    /// The next frame, or None after `wait` (or on a closed connection).
+    fn recv_within(&mut self, wait: Duration) -> Option<ServerMessage> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match decode_server(&self.buf) {
+                Ok((m, n)) => {
+                    self.buf.drain(..n);
+                    return Some(m);
+                }
+                Err(FrameError::Incomplete) => {}
+                Err(e) => panic!("server sent a bad frame: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next frame that is not a heartbeat.
+    fn recv(&mut self) -> ServerMessage {
+        for _ in 0..100 {
+            match self.recv_within(Duration::from_secs(5)) {
+                Some(ServerMessage::Heartbeat) => continue,
+                Some(m) => return m,
+                None => panic!("no message from the server"),
+            }
+        }
+        panic!("only heartbeats");
+    }
+
+    /// Every message of one request, up to and including its RequestDone.
+    fn outcome(&mut self, request_id: u64) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        for _ in 0..1000 {
+            let m = self.recv();
+            let done = matches!(m, ServerMessage::RequestDone(d) if d.request_id == request_id);
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+        panic!("no RequestDone for {request_id}: {out:?}");
+    }
+
+    fn login(addr: SocketAddr, key: u64) -> (Peer, ServerMessage) {
+        let mut p = Peer::connect(addr);
+        p.send(&ClientMessage::Login(login_message(key, &secret(key))));
+        let reply = p.recv();
+        (p, reply)
+    }
+
+    fn logged_in(addr: SocketAddr, key: u64) -> Peer {
+        let (p, reply) = Peer::login(addr, key);
+        assert!(
+            matches!(reply, ServerMessage::LoginAccepted(_)),
+            "{reply:?}"
+        );
+        p
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    fn order(&mut self, side: Side, price: i64, qty: u64, cid: u64) -> Vec<ServerMessage> {
+        let request_id = self.request_id();
+        self.send(&ClientMessage::NewOrder(NewOrder {
+            request_id,
+            market: MARKET,
+            client_order_id: cid,
+            side,
+            kind: OrderKind::Limit,
+            tif: TimeInForce::Gtc,
+            stp: StpMode::None,
+            price,
+            qty,
+            quote_budget: 0,
+        }));
+        self.outcome(request_id)
+    }
+
+    /// Reads until the server closes; returns the Logout reason if one came.
+    fn logout_reason(&mut self) -> Option<LogoutReason> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match self.recv_within(Duration::from_millis(200)) {
+                Some(ServerMessage::Logout { reason }) => return Some(reason),
+                Some(_) => continue,
+                None => {
+                    if self.closed() {
+                        return None;
+                    }
+                }
+            }
+        }
+        panic!("the server did not close the connection");
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0))
+    }
+}
+
+fn rejected(reply: ServerMessage) -> LoginRejectReason {
+    match reply {
+        ServerMessage::LoginRejected { reason } => reason,
+        other => panic!("expected LoginRejected, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- login
+
+#[test]
+fn a_login_with_a_valid_signature_is_accepted_with_a_new_session() {
+    let s = default_server();
+    let (_p, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(a) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(a.account, 10);
+    assert_eq!(a.next_seq, 1);
+    assert_eq!(a.last_request_id, 0);
+    assert_eq!(a.heartbeat_ms, 1000);
+}
+
+#[test]
+fn logins_with_a_bad_signature_unknown_key_stale_timestamp_or_replayed_nonce_are_refused() {
+    let s = default_server();
+    let mut p = Peer::connect(s.trading);
+    p.send(&ClientMessage::Login(login_message(
+        MAKER_KEY,
+        "wrong secret",
+    )));
+    assert_eq!(rejected(p.recv()), LoginRejectReason::BadSignature);
+    assert!(p.logout_reason().is_none(), "closed after the reject");
+
+    let mut p = Peer::connect(s.trading);
+    p.send(&ClientMessage::Login(login_message(999, "x")));
+    assert_eq!(rejected(p.recv()), LoginRejectReason::UnknownKey);
+
+    let mut stale = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    stale.timestamp_ns -= 60_000_000_000;
+    stale.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    let mut p = Peer::connect(s.trading);
+    p.send(&ClientMessage::Login(stale));
+    assert_eq!(rejected(p.recv()), LoginRejectReason::StaleTimestamp);
+
+    let login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    let mut p = Peer::connect(s.trading);
+    p.send(&ClientMessage::Login(login));
+    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    let mut q = Peer::connect(s.trading);
+    q.send(&ClientMessage::Login(login));
+    assert_eq!(rejected(q.recv()), LoginRejectReason::ReplayedNonce);
+}
+
+#[test]
+fn keys_log_in_only_on_the_listener_their_permission_allows() {
+    let s = default_server();
+    assert_eq!(
+        rejected(Peer::login(s.trading, ADMIN_KEY).1),
+        LoginRejectReason::WrongListener
+    );
+    assert_eq!(
+        rejected(Peer::login(s.admin, MAKER_KEY).1),
+        LoginRejectReason::WrongListener
+    );
+    Peer::logged_in(s.admin, ADMIN_KEY);
+}
+
+#[test]
+fn anything_but_a_login_first_is_a_protocol_violation() {
+    let s = default_server();
+    let mut p = Peer::connect(s.trading);
+    p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id: 1 }));
+    assert_eq!(p.logout_reason(), Some(LogoutReason::ProtocolViolation));
+}
+
+#[test]
+fn a_malformed_frame_ends_the_session_with_a_reason() {
+    let s = default_server();
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    p.stream.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(p.logout_reason(), Some(LogoutReason::MalformedFrame));
+}
+
+#[test]
+fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
+    let s = serve(GatewayConfig {
+        login_timeout_ms: 200,
+        ..GatewayConfig::loopback()
+    });
+    let mut p = Peer::connect(s.trading);
+    assert_eq!(p.logout_reason(), Some(LogoutReason::LoginTimeout));
+}
+
+// ---------------------------------------------------------------- trading
+
+#[test]
+fn an_order_is_accepted_and_its_outcome_ends_with_request_done() {
+    let s = default_server();
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    let out = p.order(Side::Sell, 101, 5, 77);
+    let ServerMessage::OrderAccepted(a) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (a.seq, a.request_id, a.client_order_id, a.qty),
+        (1, 1, 77, 5)
+    );
+    let ServerMessage::RequestDone(d) = out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((d.seq, d.request_id, d.count), (2, 1, 1));
+}
+
+#[test]
+fn a_cross_fills_both_sides_with_the_makers_price_and_one_match_id() {
+    let s = default_server();
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    maker.order(Side::Sell, 100, 5, 1);
+    let out = taker.order(Side::Buy, 105, 3, 2);
+    let taker_fill = out
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Filled(f) => Some(*f),
+            _ => None,
+        })
+        .expect("taker filled");
+    assert_eq!(
+        (taker_fill.price, taker_fill.qty, taker_fill.client_order_id),
+        (100, 3, 2)
+    );
+    assert_eq!(taker_fill.request_id, 1);
+    let ServerMessage::Filled(maker_fill) = maker.recv() else {
+        panic!("maker gets a fill")
+    };
+    assert_eq!(
+        maker_fill.request_id, 0,
+        "the maker did not ask for this fill"
+    );
+    assert_eq!(maker_fill.client_order_id, 1);
+    assert_eq!(maker_fill.remaining_qty, 2);
+    assert_eq!(maker_fill.match_id, taker_fill.match_id);
+}
+
+#[test]
+fn a_request_id_not_above_the_last_processed_one_is_ignored() {
+    let s = default_server();
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    p.order(Side::Sell, 120, 1, 0);
+    // Resend request 1: ignored, no answer.
+    p.next_request = 1;
+    let request_id = p.request_id();
+    p.send(&ClientMessage::NewOrder(NewOrder {
+        request_id,
+        market: MARKET,
+        client_order_id: 0,
+        side: Side::Sell,
+        kind: OrderKind::Limit,
+        tif: TimeInForce::Gtc,
+        stp: StpMode::None,
+        price: 120,
+        qty: 1,
+        quote_budget: 0,
+    }));
+    assert!(p.recv_within(Duration::from_millis(300)).is_none());
+    p.next_request = 2;
+    p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id: 2 }));
+    let out = p.outcome(2);
+    assert!(matches!(out[0], ServerMessage::Balance(_)), "{out:?}");
+}
+
+#[test]
+fn a_session_cannot_touch_another_accounts_orders() {
+    let s = default_server();
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut other = Peer::logged_in(s.trading, TAKER_KEY);
+    let out = maker.order(Side::Sell, 110, 1, 0);
+    let ServerMessage::OrderAccepted(a) = out[0] else {
+        panic!()
+    };
+    let request_id = other.request_id();
+    other.send(&ClientMessage::Cancel(Cancel {
+        request_id,
+        market: MARKET,
+        order: OrderRef::Exchange(a.order_id),
+    }));
+    let out = other.outcome(request_id);
+    let ServerMessage::OrderRejected(r) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::UnknownOrder);
+}
+
+#[test]
+fn an_admin_request_from_a_trading_session_ends_it() {
+    let s = default_server();
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    p.send(&ClientMessage::Admin(
+        ringex_gateway::protocol::AdminRequest {
+            request_id: 1,
+            command: Command::CreateAccount { account: 77 },
+        },
+    ));
+    assert_eq!(p.logout_reason(), Some(LogoutReason::NotPermitted));
+}
+
+#[test]
+fn an_admin_session_creates_and_funds_accounts() {
+    let s = default_server();
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    a.send(&ClientMessage::Admin(
+        ringex_gateway::protocol::AdminRequest {
+            request_id: 1,
+            command: Command::CreateAccount { account: 500 },
+        },
+    ));
+    assert!(matches!(a.outcome(1)[0], ServerMessage::AdminAck(_)));
+    let deposit = Command::Deposit {
+        account: 500,
+        asset: 2,
+        amount: 10,
+        external_ref: 9,
+    };
+    for request_id in [2, 3] {
+        a.send(&ClientMessage::Admin(
+            ringex_gateway::protocol::AdminRequest {
+                request_id,
+                command: deposit,
+            },
+        ));
+        let out = a.outcome(request_id);
+        let ServerMessage::AdminAck(ack) = out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            ack.duplicate,
+            request_id == 3,
+            "idempotent by external reference"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- limits
+
+#[test]
+fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: 5,
+        ..GatewayConfig::loopback()
+    });
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    for request_id in 1..=8 {
+        p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
+    }
+    let mut limited = 0;
+    for request_id in 1..=8 {
+        let out = p.outcome(request_id);
+        if let ServerMessage::OrderRejected(r) = out[0] {
+            assert_eq!(r.reason, RejectReason::RateLimited);
+            limited += 1;
+        }
+    }
+    assert!(limited >= 3, "{limited}");
+}
+
+#[test]
+fn a_client_that_does_not_read_is_disconnected_as_a_slow_consumer() {
+    let s = serve(GatewayConfig {
+        outbound_buffer_bytes: 16 * 1024,
+        ..GatewayConfig::loopback()
+    });
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut frames = Vec::new();
+    let mut b = [0u8; FRAME_SIZE_MAX];
+    for request_id in 1..=60_000 {
+        let n = encode_client(
+            &ClientMessage::BalanceQuery(BalanceQuery { request_id }),
+            &mut b,
+        );
+        frames.extend_from_slice(&b[..n]);
+    }
+    // Send everything, never read: answers pile up in the kernel, then in the gateway.
+    p.stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = p.stream.write_all(&frames);
+    std::thread::sleep(Duration::from_millis(500));
+    // The connection ends; the Logout may or may not get through the full buffers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut closed = false;
+    while Instant::now() < deadline {
+        match p.recv_within(Duration::from_millis(100)) {
+            Some(_) => continue,
+            None => {
+                if p.closed() {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+    }
+    assert!(closed, "the slow reader was disconnected");
+    assert_eq!(s.stats.slow_consumers.load(Ordering::Relaxed), 1);
+}
+
+// ---------------------------------------------------------------- heartbeats, resume
+
+#[test]
+fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
+    let s = serve(GatewayConfig {
+        idle_timeout_ms: 300,
+        ..GatewayConfig::loopback()
+    });
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.heartbeat_ms = 100;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    let ServerMessage::LoginAccepted(a) = p.recv() else {
+        panic!()
+    };
+    assert_eq!(a.heartbeat_ms, 100);
+    assert!(matches!(
+        p.recv_within(Duration::from_millis(500)),
+        Some(ServerMessage::Heartbeat)
+    ));
+    // Silent for 3 intervals at least: logged out.
+    assert_eq!(p.logout_reason(), Some(LogoutReason::HeartbeatTimeout));
+}
+
+#[test]
+fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
+    let s = default_server();
+    let (mut maker, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(first) = reply else {
+        panic!("{reply:?}")
+    };
+    let session_id = first.session_id;
+    maker.order(Side::Sell, 100, 5, 1);
+    maker.send(&ClientMessage::Logout);
+    assert_eq!(maker.logout_reason(), Some(LogoutReason::Requested));
+    // While the first session is away, its order fills.
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    taker.order(Side::Buy, 100, 2, 0);
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.resume_session = session_id;
+    login.resume_from_seq = 3;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    let ServerMessage::LoginAccepted(a) = p.recv() else {
+        panic!()
+    };
+    assert_eq!(a.session_id, session_id);
+    assert_eq!(a.next_seq, 3);
+    assert_eq!(a.last_request_id, 1);
+    assert_ne!(a.flags & login_flags::RESUMED, 0);
+    let ServerMessage::Filled(f) = p.recv() else {
+        panic!("the missed fill is replayed")
+    };
+    assert_eq!((f.seq, f.qty, f.client_order_id), (3, 2, 1));
+}
+
+#[test]
+fn resuming_outside_the_retained_window_is_refused() {
+    let s = default_server();
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.resume_session = 12345;
+    login.resume_from_seq = 1;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    assert_eq!(rejected(p.recv()), LoginRejectReason::ResumeImpossible);
+}
+
+#[test]
+fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_ends() {
+    let s = default_server();
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.flags = login_flags::CANCEL_ON_DISCONNECT;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    p.order(Side::Sell, 100, 5, 0);
+    drop(p);
+    // A taker finds nothing to buy.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    let out = taker.order(Side::Buy, 100, 1, 0);
+    assert!(
+        !out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),
+        "{out:?}"
+    );
+}
