@@ -5,3 +5,4 @@ pub mod bench;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod serve;

@@ -2,16 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 use ringex::bench::engine::{self, EngineBenchArgs};
 use ringex::bench::pipeline::{self, PipelineBenchArgs};
 use ringex::config::{Config, Role, DEFAULT_CONFIG_NAME};
-use ringex::metrics::Summary;
-use ringex::node::{CountingSink, Node, OutputMode};
 
 #[derive(Parser)]
 #[command(name = "ringex", version, about = "LMAX-style crypto exchange daemon")]
@@ -148,63 +145,10 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let mut node = match Node::start(&config, OutputMode::Sink(Box::new(CountingSink))) {
-        Ok(n) => n,
+    match ringex::serve::serve(&config, stop, None) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringex: cannot start: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    eprintln!("ringex: recovery: {}", node.recovery());
-    eprintln!(
-        "ringex: topology {:?}, durability {:?}",
-        node.topology(),
-        config.journal.durability
-    );
-    if node.is_fresh() {
-        let commands = config.bootstrap_commands();
-        for (key, cmd) in &commands {
-            if let Err(e) = node.submit(cmd, 0) {
-                eprintln!("ringex: bootstrap of {key} failed: {e}");
-                return ExitCode::from(1);
-            }
-        }
-        eprintln!(
-            "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
-            config.assets.len(),
-            config.markets.len(),
-            config.accounts.len()
-        );
-    }
-    eprintln!("ringex: running; the gateway is not built yet, so no listener is open. SIGTERM or Ctrl-C stops.");
-    let metrics = node.metrics();
-    let log_every = Duration::from_secs(config.metrics.log_every_seconds);
-    let mut last_log = Instant::now();
-    let mut previous = Summary::default();
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(50));
-        if let Some(why) = node.failure() {
-            eprintln!("ringex: stopping: {why}");
-            break;
-        }
-        if !log_every.is_zero() && last_log.elapsed() >= log_every {
-            let (s, line) = metrics.summary_line(&previous, last_log.elapsed().as_secs_f64());
-            eprintln!("ringex: {line}");
-            previous = s;
-            last_log = Instant::now();
-        }
-    }
-    eprintln!("ringex: stopping: draining the pipeline and writing a snapshot");
-    match node.shutdown() {
-        Ok(report) => {
-            eprintln!(
-                "ringex: stopped at seq {} with state hash {:032x}",
-                report.seq_last, report.state_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("ringex: shutdown failed: {e}");
+            eprintln!("ringex: {e}");
             ExitCode::from(1)
         }
     }

@@ -431,7 +431,7 @@ fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm(
         let mut lines = Vec::new();
         for line in stderr.lines() {
             let line = line.unwrap();
-            if line.contains("running") {
+            if line.contains("listening") {
                 unsafe {
                     libc::kill(pid, libc::SIGTERM);
                 }

@@ -394,12 +394,23 @@ impl Node {
 
     /// Publishes a command stamped with the system clock. `tag` comes back on its events.
     pub fn submit(&mut self, command: &Command, tag: u64) -> Result<(), NodeError> {
-        self.publish(SlotKind::Command, command, &NO_QUERY, tag)
+        self.publish(SlotKind::Command, command, &NO_QUERY, tag, SUBMIT_WAIT_MAX)
     }
 
     /// Publishes a read-only query, answered in order with the commands around it.
     pub fn submit_query(&mut self, query: &Query, tag: u64) -> Result<(), NodeError> {
-        self.publish(SlotKind::Query, &FILLER, query, tag)
+        self.publish(SlotKind::Query, &FILLER, query, tag, SUBMIT_WAIT_MAX)
+    }
+
+    /// Like [`Node::submit`], but never waits: `Backpressure` at once if the ring is
+    /// full. For an owner that must keep draining the output ring (the gateway).
+    pub fn try_submit(&mut self, command: &Command, tag: u64) -> Result<(), NodeError> {
+        self.publish(SlotKind::Command, command, &NO_QUERY, tag, Duration::ZERO)
+    }
+
+    /// Like [`Node::submit_query`], but never waits.
+    pub fn try_submit_query(&mut self, query: &Query, tag: u64) -> Result<(), NodeError> {
+        self.publish(SlotKind::Query, &FILLER, query, tag, Duration::ZERO)
     }
 
     /// Poll mode: hands up to `limit` output slots to `f`, in order; returns how many.
@@ -439,6 +450,7 @@ impl Node {
         command: &Command,
         query: &Query,
         tag: u64,
+        wait: Duration,
     ) -> Result<(), NodeError> {
         if self.shared.refusing.load(Ordering::Relaxed) {
             let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
@@ -452,7 +464,7 @@ impl Node {
         self.timestamp_ns_last = timestamp_ns;
         let producer = self.producer.as_mut().expect("running");
         let (command, query) = (*command, *query);
-        let published = retry_until(SUBMIT_WAIT_MAX, || {
+        let mut attempt = || {
             producer
                 .try_publish(|slot| {
                     slot.kind = kind;
@@ -462,7 +474,12 @@ impl Node {
                     slot.query = query;
                 })
                 .ok()
-        });
+        };
+        let published = if wait.is_zero() {
+            attempt()
+        } else {
+            retry_until(wait, attempt)
+        };
         match published {
             Some(_) => {
                 if kind == SlotKind::Command {
@@ -524,7 +541,7 @@ impl Node {
 
     /// Asks for a snapshot at the current point (written in the background).
     pub fn request_snapshot(&mut self) -> Result<(), NodeError> {
-        self.publish(SlotKind::Snapshot, &FILLER, &NO_QUERY, 0)
+        self.publish(SlotKind::Snapshot, &FILLER, &NO_QUERY, 0, SUBMIT_WAIT_MAX)
     }
 
     /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.

@@ -1,0 +1,244 @@
+//! `ringex start`: the node with the gateway in front of it.
+//!
+//! Threads: the gateway's event loop runs on the calling thread, is the only producer of
+//! the input ring and drains the output ring itself (the node in poll mode wakes it);
+//! the node's pipeline thread(s) and the journal's helpers run beside it. On 2 cores with
+//! the fused topology that is one core for the network and one for the exchange.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringex_engine::{Command, Query};
+use ringex_gateway::backend::{Backend, BackendError, Delivery};
+use ringex_gateway::server::{Gateway, GatewayConfig};
+
+use crate::config::Config;
+use crate::metrics::Summary;
+use crate::node::wait::pause;
+use crate::node::{Node, NodeError, OutputMode};
+
+/// Attempts to get a submission into a full input ring, draining outputs in between.
+const SUBMIT_ATTEMPTS_MAX: u32 = 100_000;
+/// Deliveries drained per attempt while the input ring is full.
+const DRAIN_WHILE_FULL: u64 = 4096;
+
+/// The node as the gateway's backend. When the input ring is full it drains the output
+/// ring into a stash (the engine may be waiting for room there) and tries again, so the
+/// gateway never deadlocks against the engine and never sleeps long.
+pub struct NodeBackend<'a> {
+    node: &'a mut Node,
+    stash: VecDeque<Delivery>,
+}
+
+impl<'a> NodeBackend<'a> {
+    pub fn new(node: &'a mut Node) -> NodeBackend<'a> {
+        NodeBackend {
+            node,
+            stash: VecDeque::new(),
+        }
+    }
+
+    fn stash_outputs(&mut self) -> usize {
+        let stash = &mut self.stash;
+        self.node.poll_outputs(DRAIN_WHILE_FULL, |s| {
+            stash.push_back(Delivery {
+                seq: s.seq,
+                tag: s.tag,
+                item: s.item,
+                last: s.last,
+            })
+        })
+    }
+
+    fn retry(
+        &mut self,
+        mut attempt: impl FnMut(&mut Node) -> Result<(), NodeError>,
+    ) -> Result<(), BackendError> {
+        for waits in 0..SUBMIT_ATTEMPTS_MAX {
+            match attempt(self.node) {
+                Ok(()) => return Ok(()),
+                Err(NodeError::Backpressure) => {
+                    if self.stash_outputs() == 0 {
+                        pause(waits);
+                    }
+                }
+                Err(e) => return Err(BackendError::Unavailable(e.to_string())),
+            }
+        }
+        Err(BackendError::Busy)
+    }
+}
+
+impl Backend for NodeBackend<'_> {
+    fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
+        let command = *command;
+        self.retry(|n| n.try_submit(&command, tag))
+    }
+
+    fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError> {
+        let query = *query;
+        self.retry(|n| n.try_submit_query(&query, tag))
+    }
+
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        let mut n = 0;
+        while n < limit {
+            let Some(d) = self.stash.pop_front() else {
+                break;
+            };
+            f(&d);
+            n += 1;
+        }
+        if n < limit {
+            n += self.node.poll_outputs((limit - n) as u64, |s| {
+                f(&Delivery {
+                    seq: s.seq,
+                    tag: s.tag,
+                    item: s.item,
+                    last: s.last,
+                })
+            });
+        }
+        n
+    }
+
+    fn want_wake(&self) {
+        self.node.want_wake();
+    }
+
+    fn outputs_available(&self) -> bool {
+        !self.stash.is_empty() || self.node.outputs_available()
+    }
+}
+
+/// The gateway's settings from the node's config.
+pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
+    let addr = |key: &str, value: &str| {
+        value
+            .parse()
+            .map_err(|e| format!("key `listeners.{key}`: {value:?} is not an address: {e}"))
+    };
+    let g = &config.gateway;
+    Ok(GatewayConfig {
+        trading_addr: addr("binary", &config.listeners.binary)?,
+        admin_addr: addr("admin", &config.listeners.admin)?,
+        heartbeat_ms: g.heartbeat_ms,
+        idle_timeout_ms: g.idle_timeout_ms,
+        login_timeout_ms: g.login_timeout_ms,
+        login_freshness_ms: g.login_clock_skew_ms,
+        outbound_buffer_bytes: g.outbound_buffer_kib as usize * 1024,
+        resume_window_messages: g.resume_window_messages,
+        session_linger_ms: u64::from(g.session_linger_seconds) * 1000,
+        connections_max: g.connections_max,
+        connections_per_ip: config.limits.connections_per_ip,
+        requests_per_second_per_key: config.limits.requests_per_second_per_key,
+    })
+}
+
+/// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
+/// Every step says what it did on stderr. `ready` (if given) receives the bound
+/// (trading, admin) addresses once the gateway accepts connections.
+pub fn serve(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    ready: Option<std::sync::mpsc::Sender<(SocketAddr, SocketAddr)>>,
+) -> Result<(), String> {
+    let gateway_config = gateway_config(config)?;
+    let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
+        format!(
+            "cannot listen on {} and {}: {e}",
+            gateway_config.trading_addr, gateway_config.admin_addr
+        )
+    })?;
+    let waker = gateway.waker();
+    let wake: crate::node::Waker = Arc::new(move || {
+        let _ = waker.wake();
+    });
+    let mut node =
+        Node::start(config, OutputMode::Poll(wake)).map_err(|e| format!("cannot start: {e}"))?;
+    eprintln!("ringex: recovery: {}", node.recovery());
+    eprintln!(
+        "ringex: topology {:?}, durability {:?}",
+        node.topology(),
+        config.journal.durability
+    );
+    if node.is_fresh() {
+        for (key, cmd) in config.bootstrap_commands() {
+            node.submit(&cmd, 0)
+                .map_err(|e| format!("bootstrap of {key} failed: {e}"))?;
+        }
+        eprintln!(
+            "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
+            config.assets.len(),
+            config.markets.len(),
+            config.accounts.len()
+        );
+    }
+    let trading = gateway.trading_addr().map_err(|e| e.to_string())?;
+    let admin = gateway.admin_addr().map_err(|e| e.to_string())?;
+    eprintln!(
+        "ringex: listening: binary protocol on {trading}, admin on {admin}; SIGTERM or Ctrl-C \
+         stops"
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send((trading, admin));
+    }
+    let logger = spawn_logger(config, &node, &gateway, Arc::clone(&stop));
+    let result = {
+        let mut backend = NodeBackend::new(&mut node);
+        gateway.run(&mut backend, &stop)
+    };
+    stop.store(true, Ordering::Relaxed);
+    if let Some(l) = logger {
+        let _ = l.join();
+    }
+    if let Err(e) = result {
+        eprintln!("ringex: the gateway stopped: {e}");
+    }
+    if let Some(why) = node.failure() {
+        eprintln!("ringex: the node had stopped taking input: {why}");
+    }
+    eprintln!("ringex: stopping: draining the pipeline and writing a snapshot");
+    let report = node
+        .shutdown()
+        .map_err(|e| format!("shutdown failed: {e}"))?;
+    eprintln!(
+        "ringex: stopped at seq {} with state hash {:032x}",
+        report.seq_last, report.state_hash
+    );
+    Ok(())
+}
+
+/// Logs the one-line summary every `metrics.log_every_seconds`.
+fn spawn_logger(
+    config: &Config,
+    node: &Node,
+    gateway: &Gateway,
+    stop: Arc<AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let every = Duration::from_secs(config.metrics.log_every_seconds);
+    let metrics = node.metrics();
+    let stats = gateway.stats();
+    std::thread::Builder::new()
+        .name("ringex-log".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            let mut previous = Summary::default();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if !every.is_zero() && last.elapsed() >= every {
+                    let (s, line) = metrics.summary_line(&previous, last.elapsed().as_secs_f64());
+                    eprintln!(
+                        "ringex: {line} connections={}",
+                        stats.connections_active.load(Ordering::Relaxed)
+                    );
+                    previous = s;
+                    last = Instant::now();
+                }
+            }
+        })
+        .ok()
+}
