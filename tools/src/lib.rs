@@ -1,4 +1,7 @@
-//! ringex-tools: journal inspection, the load generator and the Rust client library.
+//! ringex-tools: the Rust client library for the binary protocol and the load generator.
 //!
-//! Not built yet: this crate is an empty placeholder in the workspace layout of
-//! `DESIGN.md` §2. It exports nothing, so nothing can mistake it for working code.
+//! - [`client`]: a blocking and pipelined client for docs/protocol.md.
+//! - [`load`]: `ringex load`, an open-loop load generator with a realistic user mix.
+
+pub mod client;
+pub mod load;

@@ -1,0 +1,894 @@
+//! A Rust client for the binary order-entry protocol (docs/protocol.md).
+//!
+//! One [`Client`] is one session on one TCP connection. It offers two styles on the same
+//! connection:
+//!
+//! - **Blocking**: [`Client::new_order`], [`Client::cancel`], [`Client::balances`], the
+//!   admin helpers... send one request and return every message it caused (see
+//!   [`Completion`] for how the end of an answer is detected).
+//! - **Pipelined**: [`Client::send`] returns the request id at once; [`Client::poll`] /
+//!   [`Client::recv`] return server messages as they arrive. Messages that arrive while a
+//!   blocking call waits for its own answer (unsolicited fills, answers to pipelined
+//!   requests) are kept, in order, for `poll`.
+//!
+//! The socket is non-blocking underneath; waits use `ppoll` with a deadline, so no call
+//! blocks longer than its timeout. Heartbeats are sent from inside the client's calls when
+//! the connection has been idle for the granted interval: an application that calls
+//! nothing for longer than the server's silence timeout (5 s by default) is logged out.
+//!
+//! Sequencing: every sequenced message must carry the next seq. A gap is an error
+//! ([`ClientError::SeqGap`]); [`Client::reconnect`] then resumes the session from the
+//! first missing seq and the server replays what was lost. Requests sent but not yet
+//! known to be processed are kept in a bounded [`Outbox`] and resent, with their ids, by
+//! `reconnect` (the server ignores ids it has already processed).
+//!
+//! Nothing the server sends can make the client panic: malformed frames, unexpected
+//! messages and out-of-order seqs are errors.
+
+mod outbox;
+mod reader;
+mod request;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ringex_engine::{
+    AccountId, Amount, AssetId, Command, MarketId, MarketSpec, MarketStatus, OrderRef, Price, Qty,
+};
+use ringex_gateway::protocol::{
+    encode_client, login_flags, secret_hash, AdminAck, Balance, ClientMessage, FrameError, Login,
+    LoginAccepted, LoginRejectReason, LogoutReason, OpenOrder, OrderRejected, ServerMessage,
+    FRAME_SIZE_MAX,
+};
+
+pub use outbox::Outbox;
+pub use reader::FrameReader;
+pub use request::{Completion, OrderParams, OrderReport, Progress, Request, Response};
+
+/// Where to pick a session up after a disconnect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub session_id: u64,
+    /// The first seq wanted: last seq received + 1.
+    pub from_seq: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Requested heartbeat interval; 0 = the server default (1000 ms).
+    pub heartbeat_ms: u32,
+    pub cancel_on_disconnect: bool,
+    /// Resume this session instead of starting a new one.
+    pub resume: Option<Resume>,
+    /// Bound on connect, login, and every blocking call.
+    pub timeout: Duration,
+    /// How long a blocking call waits for more messages once its answer may be complete
+    /// (a resting order's accept). See [`Completion`].
+    pub completion_grace: Duration,
+    /// The server is considered gone after this much silence (it heartbeats every
+    /// granted interval); never less than 3 intervals.
+    pub silence_timeout: Duration,
+    /// Most requests kept for resending while their answers are outstanding.
+    pub outbox_capacity: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            heartbeat_ms: 0,
+            cancel_on_disconnect: false,
+            resume: None,
+            timeout: Duration::from_secs(5),
+            completion_grace: Duration::from_millis(2),
+            silence_timeout: Duration::from_secs(5),
+            outbox_capacity: 65_536,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(io::Error),
+    /// The server sent bytes that do not decode. The connection is unusable.
+    Frame(FrameError),
+    LoginRejected(LoginRejectReason),
+    /// The server ended the session (also the answer to our own Logout).
+    LoggedOut(LogoutReason),
+    /// The server closed the connection without a Logout.
+    Closed,
+    /// A call was made on a connection that has failed; `reconnect` first.
+    Disconnected,
+    Timeout,
+    /// A sequenced message out of order: messages were lost. Reconnect to replay them.
+    SeqGap {
+        expected: u64,
+        got: u64,
+    },
+    /// The server sent something the protocol does not allow here.
+    Protocol(String),
+    /// A blocking query or admin request was refused.
+    Rejected(OrderRejected),
+    /// Too many requests in flight without an answer ([`ClientOptions::outbox_capacity`]).
+    OutboxFull,
+    /// The request cannot be encoded (an `Admin` request with a non-admin command).
+    InvalidRequest,
+    /// Nothing received for the silence timeout.
+    ServerSilent,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "i/o error: {e}"),
+            ClientError::Frame(e) => write!(f, "malformed frame from the server: {e}"),
+            ClientError::LoginRejected(r) => write!(f, "login rejected: {r:?}"),
+            ClientError::LoggedOut(r) => write!(f, "logged out by the server: {r:?}"),
+            ClientError::Closed => write!(f, "connection closed by the server"),
+            ClientError::Disconnected => write!(f, "not connected (reconnect first)"),
+            ClientError::Timeout => write!(f, "timed out"),
+            ClientError::SeqGap { expected, got } => {
+                write!(f, "sequence gap: expected seq {expected}, got {got}")
+            }
+            ClientError::Protocol(s) => write!(f, "protocol error: {s}"),
+            ClientError::Rejected(r) => {
+                write!(f, "request {} rejected: {:?}", r.request_id, r.reason)
+            }
+            ClientError::OutboxFull => write!(f, "too many unanswered requests"),
+            ClientError::InvalidRequest => write!(f, "invalid request"),
+            ClientError::ServerSilent => write!(f, "the server went silent"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Login nonces: the wall clock in ns, but strictly increasing within the process so two
+/// logins of one key in the same nanosecond never share a nonce.
+fn next_nonce(now_ns: u64) -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let n = now_ns.max(prev + 1);
+        match LAST.compare_exchange_weak(prev, n, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return n,
+            Err(p) => prev = p,
+        }
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Waits until `fd` is ready for `events` or `timeout` passes. `Ok(false)` on timeout.
+fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e);
+    }
+    Ok(r > 0)
+}
+
+/// A logged-in session. See the module documentation.
+pub struct Client {
+    addr: SocketAddr,
+    key_id: u64,
+    secret_hash: [u8; 32],
+    options: ClientOptions,
+    stream: TcpStream,
+    reader: FrameReader,
+    /// Encoded bytes not yet written.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    login: LoginAccepted,
+    heartbeat: Duration,
+    silence: Duration,
+    /// The seq the next sequenced message must carry.
+    next_seq: u64,
+    next_request_id: u64,
+    outbox: Outbox,
+    /// Messages read during blocking calls that belong to nobody waiting: for `poll`.
+    inbox: VecDeque<ServerMessage>,
+    last_sent: Instant,
+    last_received: Instant,
+    broken: bool,
+    /// LoginAccepted received on this connection: heartbeats may be sent.
+    logged_in: bool,
+}
+
+impl Client {
+    /// Connects, logs in (new session, or `options.resume`) and waits for LoginAccepted.
+    pub fn connect<A: ToSocketAddrs>(
+        addr: A,
+        key_id: u64,
+        secret: &str,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let stream = Self::open(addr, options.timeout)?;
+        let now = Instant::now();
+        let outbox = Outbox::new(options.outbox_capacity);
+        let mut client = Client {
+            addr,
+            key_id,
+            secret_hash: secret_hash(secret.as_bytes()),
+            stream,
+            reader: FrameReader::new(),
+            wbuf: Vec::with_capacity(64 * 1024),
+            wpos: 0,
+            login: LoginAccepted {
+                session_id: 0,
+                next_seq: 1,
+                last_request_id: 0,
+                account: 0,
+                heartbeat_ms: 1000,
+                flags: 0,
+            },
+            heartbeat: Duration::from_secs(1),
+            silence: options.silence_timeout,
+            next_seq: 1,
+            next_request_id: 1,
+            outbox,
+            inbox: VecDeque::new(),
+            last_sent: now,
+            last_received: now,
+            broken: false,
+            logged_in: false,
+            options,
+        };
+        let resume = client.options.resume;
+        client.login(resume)?;
+        Ok(client)
+    }
+
+    fn open(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    }
+
+    fn login(&mut self, resume: Option<Resume>) -> Result<LoginAccepted> {
+        let ts = unix_ns();
+        let mut login = Login {
+            api_key_id: self.key_id,
+            timestamp_ns: ts,
+            nonce: next_nonce(ts),
+            signature: [0; 32],
+            resume_session: resume.map_or(0, |r| r.session_id),
+            resume_from_seq: resume.map_or(0, |r| r.from_seq),
+            heartbeat_ms: self.options.heartbeat_ms,
+            flags: if self.options.cancel_on_disconnect {
+                login_flags::CANCEL_ON_DISCONNECT
+            } else {
+                0
+            },
+        };
+        login.sign(&self.secret_hash);
+        self.broken = false;
+        self.logged_in = false;
+        self.queue(&ClientMessage::Login(login));
+        let deadline = Instant::now() + self.options.timeout;
+        self.flush_until(deadline)?;
+        let first = loop {
+            if let Some(m) = self.decode_raw()? {
+                break m;
+            }
+            self.fill_until(deadline)?;
+        };
+        let accepted = match first {
+            ServerMessage::LoginAccepted(a) => a,
+            ServerMessage::LoginRejected { reason } => {
+                self.broken = true;
+                return Err(ClientError::LoginRejected(reason));
+            }
+            ServerMessage::Logout { reason } => {
+                self.broken = true;
+                return Err(ClientError::LoggedOut(reason));
+            }
+            other => {
+                self.broken = true;
+                return Err(ClientError::Protocol(format!(
+                    "expected LoginAccepted, got {other:?}"
+                )));
+            }
+        };
+        let expected_seq = resume.map_or(1, |r| r.from_seq);
+        let resumed = accepted.flags & login_flags::RESUMED != 0;
+        if accepted.next_seq != expected_seq || resumed != resume.is_some() {
+            self.broken = true;
+            return Err(ClientError::Protocol(format!(
+                "LoginAccepted next_seq {} (flags {:#x}), expected {expected_seq}",
+                accepted.next_seq, accepted.flags
+            )));
+        }
+        self.login = accepted;
+        self.logged_in = true;
+        self.next_seq = accepted.next_seq;
+        self.heartbeat = Duration::from_millis(accepted.heartbeat_ms.clamp(1, 60_000) as u64);
+        self.silence = self.options.silence_timeout.max(self.heartbeat * 3);
+        self.next_request_id = self.next_request_id.max(accepted.last_request_id + 1);
+        // Resend what the session has not processed, with the original ids.
+        let again = self.outbox.unprocessed(accepted.last_request_id);
+        for m in &again {
+            self.queue(m);
+        }
+        self.flush_until(deadline)?;
+        Ok(accepted)
+    }
+
+    /// Opens a new connection and resumes this session from the first seq not yet
+    /// received; the server replays the missed messages (returned by `poll`) and the
+    /// requests it had not processed are resent. On `LoginRejected(ResumeImpossible)`
+    /// the session is gone: connect anew and rebuild state with the queries.
+    pub fn reconnect(&mut self) -> Result<LoginAccepted> {
+        self.broken = true;
+        let stream = Self::open(self.addr, self.options.timeout)?;
+        self.stream = stream;
+        self.reader.clear();
+        self.wbuf.clear();
+        self.wpos = 0;
+        let now = Instant::now();
+        self.last_sent = now;
+        self.last_received = now;
+        let resume = Resume {
+            session_id: self.login.session_id,
+            from_seq: self.next_seq,
+        };
+        self.login(Some(resume))
+    }
+
+    // ---------------------------------------------------------------- accessors
+
+    /// The LoginAccepted of the current connection.
+    pub fn login_accepted(&self) -> &LoginAccepted {
+        &self.login
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.login.session_id
+    }
+
+    pub fn account(&self) -> AccountId {
+        self.login.account
+    }
+
+    /// The heartbeat interval the server granted.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat
+    }
+
+    /// The last seq received (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Where to resume this session from, for another process or a later `connect`.
+    pub fn resume_point(&self) -> Resume {
+        Resume {
+            session_id: self.login.session_id,
+            from_seq: self.next_seq,
+        }
+    }
+
+    /// The id the next request will get.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request_id
+    }
+
+    /// Requests sent whose answer has not arrived yet (kept for resending).
+    pub fn in_flight(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Whether the connection failed (a call returned a fatal error).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The socket, for callers that multiplex many clients on one poller. The client's
+    /// socket is non-blocking; use [`Client::poll`] with a zero timeout and
+    /// [`Client::flush`] when it is ready.
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    // ---------------------------------------------------------------- writing
+
+    fn queue(&mut self, msg: &ClientMessage) {
+        let mut buf = [0u8; FRAME_SIZE_MAX];
+        let len = encode_client(msg, &mut buf);
+        self.wbuf.extend_from_slice(&buf[..len]);
+    }
+
+    /// Writes what it can without blocking; `Ok(true)` when nothing is left to write.
+    pub fn flush(&mut self) -> Result<bool> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
+        self.write_some()
+    }
+
+    fn write_some(&mut self) -> Result<bool> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(self.fail(ClientError::Closed)),
+                Ok(n) => {
+                    self.wpos += n;
+                    self.last_sent = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(ClientError::Io(e))),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Ok(true)
+    }
+
+    fn flush_until(&mut self, deadline: Instant) -> Result<()> {
+        while !self.write_some()? {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            wait_fd(self.raw_fd(), libc::POLLOUT, deadline - now)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes encoded and not yet written (pipelined senders that use [`Client::queue_request`]).
+    pub fn pending_write(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Numbers and encodes a request without writing it: call [`Client::flush`] after a
+    /// batch, so that many requests go out in one write. Returns its request id.
+    pub fn queue_request(&mut self, req: &Request) -> Result<u64> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
+        if !req.is_valid() {
+            return Err(ClientError::InvalidRequest);
+        }
+        if self.outbox.is_full() {
+            return Err(ClientError::OutboxFull);
+        }
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        let msg = req.to_message(id);
+        self.outbox.push(id, msg);
+        self.queue(&msg);
+        Ok(id)
+    }
+
+    /// Sends a request without waiting for its answer and returns its request id. If the
+    /// write fails the request stays in the outbox and `reconnect` resends it.
+    pub fn send(&mut self, req: &Request) -> Result<u64> {
+        let id = self.queue_request(req)?;
+        let deadline = Instant::now() + self.options.timeout;
+        self.flush_until(deadline)?;
+        Ok(id)
+    }
+
+    /// Sends a heartbeat if nothing was sent for the heartbeat interval, and checks that
+    /// the server is not silent. The client's other calls do this too; a pipelined
+    /// caller that multiplexes sockets calls it from time to time.
+    pub fn keepalive(&mut self) -> Result<()> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_received) >= self.silence {
+            return Err(self.fail(ClientError::ServerSilent));
+        }
+        if self.logged_in
+            && self.pending_write() == 0
+            && now.duration_since(self.last_sent) >= self.heartbeat
+        {
+            self.queue(&ClientMessage::Heartbeat);
+            self.last_sent = now;
+        }
+        self.write_some()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- reading
+
+    fn fail(&mut self, e: ClientError) -> ClientError {
+        self.broken = true;
+        e
+    }
+
+    /// One non-blocking read into the frame buffer. `Ok(false)` if nothing was there.
+    fn read_once(&mut self) -> Result<bool> {
+        loop {
+            match self.reader.read_from(&mut self.stream) {
+                Ok(0) => return Err(self.fail(ClientError::Closed)),
+                Ok(_) => {
+                    self.last_received = Instant::now();
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.fail(ClientError::Io(e))),
+            }
+        }
+    }
+
+    /// Reads until some bytes arrive or `deadline` passes (then `Timeout`), sending
+    /// heartbeats while waiting.
+    fn fill_until(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            if self.read_once()? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            self.keepalive()?;
+            let wake = if self.logged_in {
+                let hb_due = self.last_sent + self.heartbeat;
+                deadline.min(hb_due.max(now + Duration::from_micros(50)))
+            } else {
+                deadline
+            };
+            wait_fd(self.raw_fd(), libc::POLLIN, wake - now)?;
+        }
+    }
+
+    /// Decodes one buffered frame, without session checks.
+    fn decode_raw(&mut self) -> Result<Option<ServerMessage>> {
+        match self.reader.next_message() {
+            Ok(m) => Ok(m),
+            Err(e) => Err(self.fail(ClientError::Frame(e))),
+        }
+    }
+
+    /// The next buffered message after the session checks: heartbeats are absorbed,
+    /// Logout and out-of-order seqs are errors.
+    fn next_buffered(&mut self) -> Result<Option<ServerMessage>> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
+        while let Some(msg) = self.decode_raw()? {
+            match msg {
+                ServerMessage::Heartbeat => continue,
+                ServerMessage::Logout { reason } => {
+                    return Err(self.fail(ClientError::LoggedOut(reason)));
+                }
+                ServerMessage::LoginAccepted(_) | ServerMessage::LoginRejected { .. } => {
+                    return Err(self.fail(ClientError::Protocol(format!("{msg:?} after login"))));
+                }
+                _ => {}
+            }
+            let (Some(seq), Some(request_id)) = (msg.seq(), msg.request_id()) else {
+                unreachable!("every other message is sequenced")
+            };
+            if seq != self.next_seq {
+                return Err(self.fail(ClientError::SeqGap {
+                    expected: self.next_seq,
+                    got: seq,
+                }));
+            }
+            if request_id >= self.next_request_id {
+                return Err(self.fail(ClientError::Protocol(format!(
+                    "answer to request {request_id}, which was never sent"
+                ))));
+            }
+            self.next_seq += 1;
+            if request_id != 0 {
+                self.outbox.answered(request_id);
+            }
+            return Ok(Some(msg));
+        }
+        Ok(None)
+    }
+
+    /// The next message read from the socket (not from the inbox), waiting until
+    /// `deadline`. `Ok(None)` on timeout.
+    fn read_message(&mut self, deadline: Instant) -> Result<Option<ServerMessage>> {
+        loop {
+            if let Some(m) = self.next_buffered()? {
+                return Ok(Some(m));
+            }
+            match self.fill_until(deadline) {
+                Ok(()) => {}
+                Err(ClientError::Timeout) => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next server message (heartbeats excluded), waiting at most `timeout`;
+    /// `Ok(None)` if none came. With a zero timeout it never blocks.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Option<ServerMessage>> {
+        if let Some(m) = self.inbox.pop_front() {
+            return Ok(Some(m));
+        }
+        if timeout.is_zero() {
+            if let Some(m) = self.next_buffered()? {
+                return Ok(Some(m));
+            }
+            self.keepalive()?;
+            if self.read_once()? {
+                return self.next_buffered();
+            }
+            return Ok(None);
+        }
+        self.read_message(Instant::now() + timeout)
+    }
+
+    /// The next server message, waiting up to the client's timeout (then `Timeout`).
+    pub fn recv(&mut self) -> Result<ServerMessage> {
+        self.poll(self.options.timeout)?.ok_or(ClientError::Timeout)
+    }
+
+    // ---------------------------------------------------------------- blocking API
+
+    /// Sends a request and returns every message it caused. Other messages read
+    /// meanwhile are kept for [`Client::poll`].
+    pub fn request(&mut self, req: &Request) -> Result<Response> {
+        let request_id = self.send(req)?;
+        self.wait_response(req, request_id)
+    }
+
+    fn wait_response(&mut self, req: &Request, request_id: u64) -> Result<Response> {
+        let mut completion = Completion::new(req);
+        let mut response = Response {
+            request_id,
+            messages: Vec::new(),
+        };
+        let deadline = Instant::now() + self.options.timeout;
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let until = grace_until.map_or(deadline, |g| g.min(deadline));
+            let Some(msg) = self.read_message(until)? else {
+                if completion.progress() == Progress::MaybeDone {
+                    return Ok(response);
+                }
+                return Err(ClientError::Timeout);
+            };
+            if msg.request_id() == Some(request_id) {
+                response.messages.push(msg);
+                match completion.update(&msg) {
+                    Progress::Done => return Ok(response),
+                    Progress::MaybeDone => {
+                        grace_until = Some(Instant::now() + self.options.completion_grace)
+                    }
+                    Progress::Pending => grace_until = None,
+                }
+            } else {
+                self.inbox.push_back(msg);
+                // Messages of one request are contiguous: anything after our first
+                // message that is not ours means ours are all in.
+                if !response.messages.is_empty() {
+                    return Ok(response);
+                }
+            }
+        }
+    }
+
+    /// Like [`Client::request`], but a rejection is an error.
+    fn request_ok(&mut self, req: &Request) -> Result<Response> {
+        let r = self.request(req)?;
+        match r.rejected() {
+            Some(rej) => Err(ClientError::Rejected(*rej)),
+            None => Ok(r),
+        }
+    }
+
+    /// Places an order and returns its outcome: OrderAccepted and the immediate fills
+    /// and cancels, or OrderRejected (check [`Response::rejected`]).
+    pub fn new_order(&mut self, order: &OrderParams) -> Result<OrderReport> {
+        self.request(&Request::NewOrder(*order))
+    }
+
+    pub fn cancel(&mut self, market: MarketId, order: OrderRef) -> Result<Response> {
+        self.request(&Request::Cancel { market, order })
+    }
+
+    pub fn replace(
+        &mut self,
+        market: MarketId,
+        order: OrderRef,
+        price: Price,
+        qty: Qty,
+    ) -> Result<Response> {
+        self.request(&Request::Replace {
+            market,
+            order,
+            price,
+            qty,
+        })
+    }
+
+    /// Cancels every open order of the account in `market` (0 = all markets); the
+    /// response holds the `Cancelled` reports and `MassCancelDone`.
+    pub fn mass_cancel(&mut self, market: MarketId) -> Result<Response> {
+        self.request(&Request::MassCancel { market })
+    }
+
+    pub fn balances(&mut self) -> Result<Vec<Balance>> {
+        Ok(self.request_ok(&Request::BalanceQuery)?.balances())
+    }
+
+    /// Resting orders of the account in `market` (0 = all markets).
+    pub fn open_orders(&mut self, market: MarketId) -> Result<Vec<OpenOrder>> {
+        Ok(self
+            .request_ok(&Request::OpenOrdersQuery { market })?
+            .open_orders())
+    }
+
+    /// Sends an admin command and returns its AdminAck; a refusal is
+    /// [`ClientError::Rejected`]. Admin listener and admin key only.
+    pub fn admin(&mut self, command: Command) -> Result<AdminAck> {
+        let r = self.request_ok(&Request::Admin(command))?;
+        r.admin_ack()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol(format!("no AdminAck in {r:?}")))
+    }
+
+    pub fn create_account(&mut self, account: AccountId) -> Result<AdminAck> {
+        self.admin(Command::CreateAccount { account })
+    }
+
+    /// Idempotent by `external_ref` (`AdminAck.duplicate` when already applied).
+    pub fn deposit(
+        &mut self,
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+        external_ref: u64,
+    ) -> Result<AdminAck> {
+        self.admin(Command::Deposit {
+            account,
+            asset,
+            amount,
+            external_ref,
+        })
+    }
+
+    pub fn withdraw(
+        &mut self,
+        account: AccountId,
+        asset: AssetId,
+        amount: Amount,
+        external_ref: u64,
+    ) -> Result<AdminAck> {
+        self.admin(Command::Withdraw {
+            account,
+            asset,
+            amount,
+            external_ref,
+        })
+    }
+
+    /// Registers an API key; only `SHA-256(secret)` is sent. `permissions`:
+    /// `ringex_gateway::protocol::permission` bits.
+    pub fn add_api_key(
+        &mut self,
+        account: AccountId,
+        key_id: u64,
+        secret: &str,
+        permissions: u32,
+    ) -> Result<AdminAck> {
+        self.admin(Command::AddApiKey {
+            account,
+            key_id,
+            secret_hash: secret_hash(secret.as_bytes()),
+            permissions,
+        })
+    }
+
+    pub fn revoke_api_key(&mut self, key_id: u64) -> Result<AdminAck> {
+        self.admin(Command::RevokeApiKey { key_id })
+    }
+
+    pub fn create_asset(&mut self, asset: AssetId, symbol: &str, decimals: u8) -> Result<AdminAck> {
+        let symbol = ringex_engine::Symbol::new(symbol).ok_or(ClientError::InvalidRequest)?;
+        self.admin(Command::CreateAsset {
+            asset,
+            symbol,
+            decimals,
+        })
+    }
+
+    pub fn create_market(&mut self, spec: MarketSpec) -> Result<AdminAck> {
+        self.admin(Command::CreateMarket(spec))
+    }
+
+    pub fn set_market_status(
+        &mut self,
+        market: MarketId,
+        status: MarketStatus,
+        cancel_resting: bool,
+    ) -> Result<AdminAck> {
+        self.admin(Command::SetMarketStatus {
+            market,
+            status,
+            cancel_resting,
+        })
+    }
+
+    pub fn suspend_account(&mut self, account: AccountId) -> Result<AdminAck> {
+        self.admin(Command::SuspendAccount { account })
+    }
+
+    pub fn resume_account(&mut self, account: AccountId) -> Result<AdminAck> {
+        self.admin(Command::ResumeAccount { account })
+    }
+
+    /// Ends the session: sends Logout and waits for the server's `Logout{Requested}`.
+    /// Messages that arrive before it stay available to [`Client::poll`].
+    pub fn logout(&mut self) -> Result<()> {
+        if self.broken {
+            return Err(ClientError::Disconnected);
+        }
+        self.queue(&ClientMessage::Logout);
+        let deadline = Instant::now() + self.options.timeout;
+        self.flush_until(deadline)?;
+        loop {
+            match self.read_message(deadline) {
+                Ok(Some(m)) => self.inbox.push_back(m),
+                Ok(None) => return Err(ClientError::Timeout),
+                Err(ClientError::LoggedOut(LogoutReason::Requested)) => return Ok(()),
+                Err(ClientError::Closed) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("key_id", &self.key_id)
+            .field("session_id", &self.login.session_id)
+            .field("account", &self.login.account)
+            .field("next_seq", &self.next_seq)
+            .field("next_request_id", &self.next_request_id)
+            .field("in_flight", &self.outbox.len())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

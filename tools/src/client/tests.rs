@@ -1,0 +1,411 @@
+//! The client against a scripted fake server on loopback: login, completion rules,
+//! pipelining, sequencing errors, resume. (Tests against the real gateway are in
+//! `tools/tests/client.rs`.)
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringex_engine::{CancelReason, OrderRef, Side, TimeInForce};
+use ringex_gateway::protocol::{
+    decode_client, encode_server, login_flags, secret_hash, Cancelled, ClientMessage, FrameError,
+    Liquidity, LoginAccepted, OrderAccepted, ServerMessage, FRAME_SIZE_MAX,
+};
+
+use super::*;
+
+const SECRET: &str = "fake-secret";
+
+/// One accepted connection of the fake server.
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    /// The next client frame (5 s timeout: a test that hangs fails instead).
+    fn recv(&mut self) -> ClientMessage {
+        loop {
+            match decode_client(&self.buf) {
+                Ok((m, n)) => {
+                    self.buf.drain(..n);
+                    return m;
+                }
+                Err(FrameError::Incomplete) => {}
+                Err(e) => panic!("client sent garbage: {e}"),
+            }
+            let mut tmp = [0u8; 4096];
+            let n = self.stream.read(&mut tmp).expect("read within 5 s");
+            assert!(n > 0, "client closed");
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    /// Reads until the client goes away.
+    fn wait_close(&mut self) {
+        let mut tmp = [0u8; 4096];
+        while matches!(self.stream.read(&mut tmp), Ok(n) if n > 0) {}
+    }
+
+    /// The next client frame that is not a heartbeat.
+    fn recv_request(&mut self) -> ClientMessage {
+        loop {
+            match self.recv() {
+                ClientMessage::Heartbeat => {}
+                m => return m,
+            }
+        }
+    }
+
+    /// Writes all messages in one write (as the gateway coalesces them).
+    fn send(&mut self, msgs: &[ServerMessage]) {
+        let mut out = Vec::new();
+        for m in msgs {
+            let mut buf = [0u8; FRAME_SIZE_MAX];
+            let n = encode_server(m, &mut buf);
+            out.extend_from_slice(&buf[..n]);
+        }
+        self.stream.write_all(&out).unwrap();
+    }
+
+    /// Checks the Login and answers LoginAccepted; returns the Login.
+    fn accept_login(&mut self, session_id: u64, last_request_id: u64) -> Login {
+        let ClientMessage::Login(login) = self.recv() else {
+            panic!("expected Login")
+        };
+        assert!(login.verify(&secret_hash(SECRET.as_bytes())), "signature");
+        let resumed = login.resume_session != 0;
+        self.send(&[ServerMessage::LoginAccepted(LoginAccepted {
+            session_id,
+            next_seq: if resumed { login.resume_from_seq } else { 1 },
+            last_request_id,
+            account: 7,
+            heartbeat_ms: if login.heartbeat_ms == 0 {
+                1000
+            } else {
+                login.heartbeat_ms
+            },
+            flags: (login.flags & login_flags::CANCEL_ON_DISCONNECT)
+                | if resumed { login_flags::RESUMED } else { 0 },
+        })]);
+        login
+    }
+}
+
+/// A fake server that runs `script` on each accepted connection, in order.
+fn fake(scripts: Vec<Box<dyn FnOnce(&mut Conn) + Send>>) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = std::thread::spawn(move || {
+        for script in scripts {
+            let (stream, _) = listener.accept().unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut conn = Conn {
+                stream,
+                buf: Vec::new(),
+            };
+            script(&mut conn);
+        }
+    });
+    (addr, handle)
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(2),
+        ..ClientOptions::default()
+    }
+}
+
+fn accepted(seq: u64, request_id: u64, order_id: u64) -> ServerMessage {
+    ServerMessage::OrderAccepted(OrderAccepted {
+        seq,
+        request_id,
+        order_id,
+        client_order_id: 0,
+        market: 1,
+        side: Side::Buy,
+        price: 100,
+        qty: 10,
+    })
+}
+
+fn filled(seq: u64, request_id: u64, order_id: u64, remaining_qty: u64) -> ServerMessage {
+    ServerMessage::Filled(ringex_gateway::protocol::Filled {
+        seq,
+        request_id,
+        order_id,
+        client_order_id: 0,
+        match_id: seq,
+        market: 1,
+        side: Side::Buy,
+        liquidity: Liquidity::Taker,
+        price: 100,
+        qty: 1,
+        remaining_qty,
+        fee: 0,
+    })
+}
+
+fn cancelled(seq: u64, request_id: u64, order_id: u64) -> ServerMessage {
+    ServerMessage::Cancelled(Cancelled {
+        seq,
+        request_id,
+        order_id,
+        client_order_id: 0,
+        market: 1,
+        remaining_qty: 5,
+        reason: CancelReason::ImmediateOrCancel,
+    })
+}
+
+#[test]
+fn blocking_orders_collect_their_messages() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        c.accept_login(1, 0);
+        // A GTC order that partly fills and rests: nothing marks the end.
+        let ClientMessage::NewOrder(o) = c.recv_request() else {
+            panic!()
+        };
+        assert_eq!(o.request_id, 1);
+        c.send(&[accepted(1, 1, 50), filled(2, 1, 50, 9)]);
+        // An IOC order whose cancel comes in a later write: the client must wait for it.
+        let ClientMessage::NewOrder(o) = c.recv_request() else {
+            panic!()
+        };
+        assert_eq!(o.request_id, 2);
+        c.send(&[accepted(3, 2, 51), filled(4, 2, 51, 5)]);
+        std::thread::sleep(Duration::from_millis(30));
+        // An unsolicited maker fill of order 50 comes first in the same write.
+        c.send(&[cancelled(5, 2, 51), filled(6, 0, 50, 8)]);
+        c.wait_close();
+    })]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    assert_eq!(client.account(), 7);
+    let r = client
+        .new_order(&OrderParams::limit(1, Side::Buy, 100, 10))
+        .unwrap();
+    assert_eq!(r.messages.len(), 2);
+    assert_eq!(r.order_id(), Some(50));
+    assert_eq!(r.filled_qty(), 1);
+    let r = client
+        .new_order(&OrderParams::limit(1, Side::Buy, 100, 10).tif(TimeInForce::Ioc))
+        .unwrap();
+    assert_eq!(r.messages.len(), 3, "{r:?}");
+    assert_eq!(r.cancelled().count(), 1);
+    // The maker fill is kept for poll.
+    let m = client.poll(Duration::from_secs(1)).unwrap().unwrap();
+    assert_eq!(m.request_id(), Some(0));
+    assert_eq!(client.last_seq(), 6);
+    assert_eq!(client.in_flight(), 0);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn pipelined_requests_and_ids() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        c.accept_login(1, 0);
+        let ids: Vec<u64> = (0..3)
+            .map(|_| c.recv_request().request_id().unwrap())
+            .collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        // Answers split across writes, one frame cut in the middle.
+        let mut bytes = Vec::new();
+        for m in [accepted(1, 1, 10), accepted(2, 2, 11), accepted(3, 3, 12)] {
+            let mut buf = [0u8; FRAME_SIZE_MAX];
+            let n = encode_server(&m, &mut buf);
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        c.stream.write_all(&bytes[..100]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        c.stream.write_all(&bytes[100..]).unwrap();
+        c.wait_close();
+    })]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    for i in 0..3 {
+        let id = client
+            .send(&Request::NewOrder(OrderParams::limit(
+                1,
+                Side::Buy,
+                100 + i,
+                1,
+            )))
+            .unwrap();
+        assert_eq!(id, i as u64 + 1);
+    }
+    assert_eq!(client.in_flight(), 3);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        if let Some(m) = client.poll(Duration::from_millis(500)).unwrap() {
+            got.push(m.request_id().unwrap());
+        }
+    }
+    assert_eq!(got, vec![1, 2, 3]);
+    assert_eq!(client.in_flight(), 0);
+    assert_eq!(client.poll(Duration::ZERO).unwrap(), None);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn sequence_gap_is_an_error_and_resume_replays() {
+    let (addr, server) = fake(vec![
+        Box::new(|c: &mut Conn| {
+            c.accept_login(42, 0);
+            for _ in 0..3 {
+                c.recv_request();
+            }
+            // Seq 2 is lost.
+            c.send(&[accepted(1, 1, 10), accepted(3, 3, 12)]);
+            c.wait_close();
+        }),
+        Box::new(|c: &mut Conn| {
+            let login = c.accept_login(42, 3);
+            assert_eq!(login.resume_session, 42);
+            assert_eq!(login.resume_from_seq, 2);
+            c.send(&[accepted(2, 2, 11), accepted(3, 3, 12)]);
+            // Request 4 was sent before the gap was noticed; it was never processed, so
+            // the client resends it with its id.
+            let m = c.recv_request();
+            assert_eq!(m.request_id(), Some(4));
+            c.send(&[accepted(4, 4, 13)]);
+            c.wait_close();
+        }),
+    ]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    for _ in 0..4 {
+        client.send(&Request::BalanceQuery).unwrap();
+    }
+    assert!(client.poll(Duration::from_secs(1)).unwrap().is_some());
+    match client.poll(Duration::from_secs(1)) {
+        Err(ClientError::SeqGap {
+            expected: 2,
+            got: 3,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(client.is_broken());
+    assert!(matches!(
+        client.send(&Request::BalanceQuery),
+        Err(ClientError::Disconnected)
+    ));
+    let la = client.reconnect().unwrap();
+    assert_eq!(la.flags & login_flags::RESUMED, login_flags::RESUMED);
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        if let Some(m) = client.poll(Duration::from_millis(500)).unwrap() {
+            seqs.push(m.seq().unwrap());
+        }
+    }
+    assert_eq!(seqs, vec![2, 3, 4]);
+    assert_eq!(client.next_request_id(), 5);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn bad_server_input_is_an_error_not_a_panic() {
+    let (addr, server) = fake(vec![
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            c.stream.write_all(&[0xff; 16]).unwrap();
+            c.wait_close();
+        }),
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            // An answer to a request the client never sent.
+            c.send(&[accepted(1, 99, 1)]);
+            c.wait_close();
+        }),
+        Box::new(|c: &mut Conn| {
+            let _ = c.recv();
+            c.send(&[ServerMessage::LoginRejected {
+                reason: LoginRejectReason::BadSignature,
+            }]);
+        }),
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            c.send(&[ServerMessage::Logout {
+                reason: LogoutReason::SlowConsumer,
+            }]);
+        }),
+    ]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    assert!(matches!(
+        client.poll(Duration::from_secs(1)),
+        Err(ClientError::Frame(FrameError::BadLength { .. }))
+    ));
+    drop(client);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    assert!(matches!(
+        client.poll(Duration::from_secs(1)),
+        Err(ClientError::Protocol(_))
+    ));
+    drop(client);
+    let r = Client::connect(addr, 9, SECRET, options());
+    assert!(
+        matches!(
+            r,
+            Err(ClientError::LoginRejected(LoginRejectReason::BadSignature))
+        ),
+        "{r:?}"
+    );
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    assert!(matches!(
+        client.poll(Duration::from_secs(1)),
+        Err(ClientError::LoggedOut(LogoutReason::SlowConsumer))
+    ));
+    server.join().unwrap();
+}
+
+#[test]
+fn heartbeats_when_idle_and_cancel_by_client_id() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        let login = c.accept_login(1, 0);
+        assert_eq!(login.heartbeat_ms, 100);
+        assert_eq!(login.flags, login_flags::CANCEL_ON_DISCONNECT);
+        // The idle client heartbeats by itself.
+        assert_eq!(c.recv(), ClientMessage::Heartbeat);
+        let ClientMessage::Cancel(cancel) = c.recv_request() else {
+            panic!()
+        };
+        assert_eq!(cancel.order, OrderRef::Client(77));
+        c.send(&[cancelled(1, cancel.request_id, 5)]);
+        c.wait_close();
+    })]);
+    let opts = ClientOptions {
+        heartbeat_ms: 100,
+        cancel_on_disconnect: true,
+        ..options()
+    };
+    let mut client = Client::connect(addr, 9, SECRET, opts).unwrap();
+    assert_eq!(client.heartbeat_interval(), Duration::from_millis(100));
+    assert_eq!(client.poll(Duration::from_millis(250)).unwrap(), None);
+    let r = client.cancel(1, OrderRef::Client(77)).unwrap();
+    assert_eq!(r.cancelled().count(), 1);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn invalid_admin_request_is_refused_locally() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        c.accept_login(1, 0);
+        c.wait_close();
+    })]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    assert!(matches!(
+        client.admin(ringex_engine::Command::CancelAll {
+            account: 1,
+            market: None
+        }),
+        Err(ClientError::InvalidRequest)
+    ));
+    assert_eq!(client.next_request_id(), 1);
+    drop(client);
+    server.join().unwrap();
+}
