@@ -21,8 +21,6 @@ use super::wait::retry_until;
 use super::{ControlReply, Shared, RECORD_COMMAND};
 use crate::metrics::{bump, new_histogram, MarketCounters};
 
-/// How long a durability wait may last before the node calls the journal failed.
-const DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
 /// How long the engine waits for room in the output ring before calling the publisher
 /// stalled (a bug: the publisher never blocks on clients).
 const OUTPUT_WAIT_MAX: Duration = Duration::from_secs(60);
@@ -115,9 +113,10 @@ impl JournalStage {
         }
         self.batch_appended = 0;
         let start = Instant::now();
-        let result = self.journal.wait_durable(self.seq_last, DURABLE_WAIT_MAX);
-        match result {
-            Ok(true) => {
+        // Group commit on this thread: no hand-off to the journal's syncer and back.
+        match self.journal.commit() {
+            Ok(durable) => {
+                assert!(durable >= self.seq_last, "commit covers every append");
                 let waited_ns = start.elapsed().as_nanos() as u64;
                 let mut h = self
                     .shared
@@ -127,7 +126,6 @@ impl JournalStage {
                     .unwrap_or_else(|e| e.into_inner());
                 h.saturating_record(waited_ns.max(1));
             }
-            Ok(false) => self.durability_lost("no durable point within 30 s".into()),
             Err(e) => self.durability_lost(e.to_string()),
         }
     }
