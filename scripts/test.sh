@@ -11,3 +11,5 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== cargo bench --no-run"
 cargo bench --workspace --locked --no-run
+echo "== fuzz the binary protocol's frame decoder briefly (scripts/fuzz.sh)"
+./scripts/fuzz.sh 10
