@@ -4,8 +4,8 @@
 //! connection:
 //!
 //! - **Blocking**: [`Client::new_order`], [`Client::cancel`], [`Client::balances`], the
-//!   admin helpers... send one request and return every message it caused (see
-//!   [`Completion`] for how the end of an answer is detected).
+//!   admin helpers... send one request and return every message it caused, up to the
+//!   `RequestDone` that ends every processed request's answer (docs/protocol.md 3.3).
 //! - **Pipelined**: [`Client::send`] returns the request id at once; [`Client::poll`] /
 //!   [`Client::recv`] return server messages as they arrive. Messages that arrive while a
 //!   blocking call waits for its own answer (unsolicited fills, answers to pipelined
@@ -48,7 +48,7 @@ use ringex_gateway::protocol::{
 
 pub use outbox::Outbox;
 pub use reader::FrameReader;
-pub use request::{Completion, OrderParams, OrderReport, Progress, Request, Response};
+pub use request::{OrderParams, OrderReport, Request, Response};
 
 /// Where to pick a session up after a disconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +67,6 @@ pub struct ClientOptions {
     pub resume: Option<Resume>,
     /// Bound on connect, login, and every blocking call.
     pub timeout: Duration,
-    /// How long a blocking call waits for more messages once its answer may be complete
-    /// (a resting order's accept). See [`Completion`].
-    pub completion_grace: Duration,
     /// The server is considered gone after this much silence (it heartbeats every
     /// granted interval); never less than 3 intervals.
     pub silence_timeout: Duration,
@@ -84,7 +81,6 @@ impl Default for ClientOptions {
             cancel_on_disconnect: false,
             resume: None,
             timeout: Duration::from_secs(5),
-            completion_grace: Duration::from_millis(2),
             silence_timeout: Duration::from_secs(5),
             outbox_capacity: 65_536,
         }
@@ -354,21 +350,44 @@ impl Client {
     /// received; the server replays the missed messages (returned by `poll`) and the
     /// requests it had not processed are resent. On `LoginRejected(ResumeImpossible)`
     /// the session is gone: connect anew and rebuild state with the queries.
+    ///
+    /// `AlreadyLoggedIn` (the server has not yet seen the old connection close) is
+    /// retried for up to the client's timeout.
     pub fn reconnect(&mut self) -> Result<LoginAccepted> {
+        let give_up = Instant::now() + self.options.timeout;
+        loop {
+            self.broken = true;
+            self.logged_in = false;
+            let stream = Self::open(self.addr, self.options.timeout)?;
+            self.stream = stream;
+            self.reader.clear();
+            self.wbuf.clear();
+            self.wpos = 0;
+            let now = Instant::now();
+            self.last_sent = now;
+            self.last_received = now;
+            let resume = Resume {
+                session_id: self.login.session_id,
+                from_seq: self.next_seq,
+            };
+            match self.login(Some(resume)) {
+                Err(ClientError::LoginRejected(LoginRejectReason::AlreadyLoggedIn))
+                    if Instant::now() < give_up =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Drops the connection without a Logout, as a network failure would (the session
+    /// stays resumable on the server; with cancel-on-disconnect its orders are
+    /// cancelled). Unsent requests stay in the outbox for [`Client::reconnect`].
+    pub fn disconnect(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.broken = true;
-        let stream = Self::open(self.addr, self.options.timeout)?;
-        self.stream = stream;
-        self.reader.clear();
-        self.wbuf.clear();
-        self.wpos = 0;
-        let now = Instant::now();
-        self.last_sent = now;
-        self.last_received = now;
-        let resume = Resume {
-            session_id: self.login.session_id,
-            from_seq: self.next_seq,
-        };
-        self.login(Some(resume))
+        self.logged_in = false;
     }
 
     // ---------------------------------------------------------------- accessors
@@ -665,42 +684,34 @@ impl Client {
     /// meanwhile are kept for [`Client::poll`].
     pub fn request(&mut self, req: &Request) -> Result<Response> {
         let request_id = self.send(req)?;
-        self.wait_response(req, request_id)
+        self.wait_response(request_id)
     }
 
-    fn wait_response(&mut self, req: &Request, request_id: u64) -> Result<Response> {
-        let mut completion = Completion::new(req);
+    fn wait_response(&mut self, request_id: u64) -> Result<Response> {
         let mut response = Response {
             request_id,
             messages: Vec::new(),
         };
         let deadline = Instant::now() + self.options.timeout;
-        let mut grace_until: Option<Instant> = None;
         loop {
-            let until = grace_until.map_or(deadline, |g| g.min(deadline));
-            let Some(msg) = self.read_message(until)? else {
-                if completion.progress() == Progress::MaybeDone {
-                    return Ok(response);
-                }
+            let Some(msg) = self.read_message(deadline)? else {
                 return Err(ClientError::Timeout);
             };
-            if msg.request_id() == Some(request_id) {
-                response.messages.push(msg);
-                match completion.update(&msg) {
-                    Progress::Done => return Ok(response),
-                    Progress::MaybeDone => {
-                        grace_until = Some(Instant::now() + self.options.completion_grace)
-                    }
-                    Progress::Pending => grace_until = None,
-                }
-            } else {
+            if msg.request_id() != Some(request_id) {
                 self.inbox.push_back(msg);
-                // Messages of one request are contiguous: anything after our first
-                // message that is not ours means ours are all in.
-                if !response.messages.is_empty() {
-                    return Ok(response);
-                }
+                continue;
             }
+            if let ServerMessage::RequestDone(done) = msg {
+                if done.count as usize != response.messages.len() {
+                    return Err(self.fail(ClientError::Protocol(format!(
+                        "RequestDone counts {} messages for request {request_id}, {} arrived",
+                        done.count,
+                        response.messages.len()
+                    ))));
+                }
+                return Ok(response);
+            }
+            response.messages.push(msg);
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use ringex_engine::{CancelReason, OrderRef, Side, TimeInForce};
 use ringex_gateway::protocol::{
     decode_client, encode_server, login_flags, secret_hash, Cancelled, ClientMessage, FrameError,
-    Liquidity, LoginAccepted, OrderAccepted, ServerMessage, FRAME_SIZE_MAX,
+    Liquidity, LoginAccepted, OrderAccepted, RequestDone, ServerMessage, FRAME_SIZE_MAX,
 };
 
 use super::*;
@@ -150,6 +150,14 @@ fn filled(seq: u64, request_id: u64, order_id: u64, remaining_qty: u64) -> Serve
     })
 }
 
+fn done(seq: u64, request_id: u64, count: u32) -> ServerMessage {
+    ServerMessage::RequestDone(RequestDone {
+        seq,
+        request_id,
+        count,
+    })
+}
+
 fn cancelled(seq: u64, request_id: u64, order_id: u64) -> ServerMessage {
     ServerMessage::Cancelled(Cancelled {
         seq,
@@ -166,21 +174,24 @@ fn cancelled(seq: u64, request_id: u64, order_id: u64) -> ServerMessage {
 fn blocking_orders_collect_their_messages() {
     let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
         c.accept_login(1, 0);
-        // A GTC order that partly fills and rests: nothing marks the end.
+        // A GTC order that partly fills and rests.
         let ClientMessage::NewOrder(o) = c.recv_request() else {
             panic!()
         };
         assert_eq!(o.request_id, 1);
-        c.send(&[accepted(1, 1, 50), filled(2, 1, 50, 9)]);
-        // An IOC order whose cancel comes in a later write: the client must wait for it.
+        c.send(&[accepted(1, 1, 50), filled(2, 1, 50, 9), done(3, 1, 2)]);
+        // An IOC order whose answer comes in two writes, with an unsolicited maker fill
+        // of order 50 in between: the client waits for RequestDone and keeps the fill.
         let ClientMessage::NewOrder(o) = c.recv_request() else {
             panic!()
         };
         assert_eq!(o.request_id, 2);
-        c.send(&[accepted(3, 2, 51), filled(4, 2, 51, 5)]);
+        c.send(&[accepted(4, 2, 51), filled(5, 2, 51, 5)]);
         std::thread::sleep(Duration::from_millis(30));
-        // An unsolicited maker fill of order 50 comes first in the same write.
-        c.send(&[cancelled(5, 2, 51), filled(6, 0, 50, 8)]);
+        c.send(&[filled(6, 0, 50, 8), cancelled(7, 2, 51), done(8, 2, 3)]);
+        // A RequestDone whose count disagrees is a protocol error.
+        let m = c.recv_request();
+        c.send(&[accepted(9, m.request_id().unwrap(), 52), done(10, 3, 2)]);
         c.wait_close();
     })]);
     let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
@@ -199,8 +210,12 @@ fn blocking_orders_collect_their_messages() {
     // The maker fill is kept for poll.
     let m = client.poll(Duration::from_secs(1)).unwrap().unwrap();
     assert_eq!(m.request_id(), Some(0));
-    assert_eq!(client.last_seq(), 6);
+    assert_eq!(client.last_seq(), 8);
     assert_eq!(client.in_flight(), 0);
+    assert!(matches!(
+        client.new_order(&OrderParams::limit(1, Side::Buy, 100, 10)),
+        Err(ClientError::Protocol(_))
+    ));
     drop(client);
     server.join().unwrap();
 }
@@ -374,7 +389,10 @@ fn heartbeats_when_idle_and_cancel_by_client_id() {
             panic!()
         };
         assert_eq!(cancel.order, OrderRef::Client(77));
-        c.send(&[cancelled(1, cancel.request_id, 5)]);
+        c.send(&[
+            cancelled(1, cancel.request_id, 5),
+            done(2, cancel.request_id, 1),
+        ]);
         c.wait_close();
     })]);
     let opts = ClientOptions {
