@@ -154,3 +154,26 @@ fn pwrite_sync_failure_is_fatal() {
     assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
     assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
 }
+
+/// Auto + O_DIRECT on a file system that may refuse O_DIRECT (tmpfs): works either way,
+/// and says which.
+#[test]
+fn direct_io_on_tmpfs_works_or_falls_back() {
+    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
+        return;
+    };
+    let mut c = config(dir.path(), Durability::Group);
+    c.backend = Backend::Auto;
+    c.direct_io = true;
+    let mut j = Journal::open(c).unwrap();
+    eprintln!(
+        "tmpfs: {:?} direct {} note {:?}",
+        j.backend(),
+        j.direct_io(),
+        j.backend_note()
+    );
+    let last = append_n(&mut j, 300, len_of);
+    assert_eq!(j.commit().unwrap(), last);
+    j.close().unwrap();
+    check_prefix(&read_all(dir.path()), len_of);
+}
