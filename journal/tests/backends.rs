@@ -24,8 +24,12 @@ fn round_trip(backend: Backend, direct_io: bool) {
     let mut c = staged(dir.path(), backend);
     c.direct_io = direct_io;
     let mut j = Journal::open(c).unwrap();
-    if direct_io {
-        assert!(j.direct_io(), "O_DIRECT refused: {:?}", j.backend_note());
+    if direct_io && !j.direct_io() {
+        // Some file systems (older tmpfs, some overlays) refuse O_DIRECT: the journal
+        // must fall back and say so.
+        let note = j.backend_note().unwrap_or_default().to_string();
+        assert!(note.contains("O_DIRECT"), "{note}");
+        eprintln!("O_DIRECT fell back here: {note}");
     }
     if backend == Backend::IoUring && j.backend() != Backend::IoUring {
         eprintln!("io_uring fell back: {:?}", j.backend_note());
