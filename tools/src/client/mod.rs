@@ -661,13 +661,17 @@ impl Client {
             return Ok(Some(m));
         }
         if timeout.is_zero() {
-            if let Some(m) = self.next_buffered()? {
-                return Ok(Some(m));
+            // `None` only once the socket said WouldBlock, so that callers driven by
+            // edge-triggered readiness never miss data.
+            loop {
+                if let Some(m) = self.next_buffered()? {
+                    return Ok(Some(m));
+                }
+                if !self.read_once()? {
+                    break;
+                }
             }
             self.keepalive()?;
-            if self.read_once()? {
-                return self.next_buffered();
-            }
             return Ok(None);
         }
         self.read_message(Instant::now() + timeout)
