@@ -31,6 +31,9 @@ enum Cmd {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Load generator: a realistic user mix against a running gateway, open loop, with
+    /// round-trip latency percentiles (issue 5).
+    Load(ringex_tools::load::LoadArgs),
 }
 
 #[derive(Subcommand)]
@@ -79,6 +82,13 @@ struct EngineArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
+        Cmd::Load(args) => match ringex_tools::load::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringex load: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Bench {
             which: Bench::Pipeline(a),
         } => {

@@ -811,7 +811,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     if args.users < 3 {
         return Err("--users must be at least 3 (one of each class)".into());
     }
-    if args.rate == 0 || !(args.duration > 0.0) {
+    if args.rate == 0 || args.duration.is_nan() || args.duration <= 0.0 {
         return Err("--rate and --duration must be positive".into());
     }
     let mut markets = parse_markets(&args.markets)?;
@@ -1094,7 +1094,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         send_lag: Percentiles::of(&stats.send_lag),
     };
     for k in Kind::ALL {
-        if stats.latency[&k].len() > 0 {
+        if !stats.latency[&k].is_empty() {
             report
                 .latency
                 .insert(k.name().into(), Percentiles::of(&stats.latency[&k]));

@@ -94,7 +94,9 @@ impl Conn {
 }
 
 /// A fake server that runs `script` on each accepted connection, in order.
-fn fake(scripts: Vec<Box<dyn FnOnce(&mut Conn) + Send>>) -> (SocketAddr, JoinHandle<()>) {
+type Script = Box<dyn FnOnce(&mut Conn) + Send>;
+
+fn fake(scripts: Vec<Script>) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let handle = std::thread::spawn(move || {
