@@ -24,6 +24,27 @@
 //!
 //! Nothing the server sends can make the client panic: malformed frames, unexpected
 //! messages and out-of-order seqs are errors.
+//!
+//! ```no_run
+//! use ringex_engine::{OrderRef, Side, TimeInForce};
+//! use ringex_tools::client::{Client, ClientOptions, OrderParams, Request};
+//!
+//! let mut c = Client::connect("127.0.0.1:9100", 1, "demo-secret-1001", ClientOptions::default())?;
+//! // Blocking: the accept, the immediate fills and the IOC cancel, or the reject.
+//! let r = c.new_order(&OrderParams::limit(1, Side::Buy, 6_000_000, 5).tif(TimeInForce::Ioc))?;
+//! println!("filled {} lots, rejected: {:?}", r.filled_qty(), r.rejected());
+//! // Pipelined: many requests in flight, reports read as they come.
+//! for i in 0..10 {
+//!     let order = OrderParams::limit(1, Side::Sell, 6_010_000 + i, 1).client_order_id(100 + i as u64);
+//!     c.send(&Request::NewOrder(order))?;
+//! }
+//! while let Some(msg) = c.poll(std::time::Duration::from_millis(10))? {
+//!     println!("{msg:?}");
+//! }
+//! c.cancel(1, OrderRef::Client(100))?;
+//! c.logout()?;
+//! # Ok::<(), ringex_tools::client::ClientError>(())
+//! ```
 
 mod outbox;
 mod reader;
