@@ -84,6 +84,18 @@ pub struct JournalConfig {
     pub low_space_mib: u64,
     /// After each snapshot, delete the segments no recovery needs any more.
     pub prune_after_snapshot: bool,
+    /// Write path: `auto` (mmap for async; io_uring with O_DIRECT for group, falling
+    /// back to pwrite where io_uring is unavailable), `mmap`, `pwrite`, `io-uring`.
+    pub backend: JournalBackend,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalBackend {
+    Auto,
+    Mmap,
+    Pwrite,
+    IoUring,
 }
 
 impl Default for JournalConfig {
@@ -94,6 +106,7 @@ impl Default for JournalConfig {
             flush_interval_ms: 5,
             low_space_mib: 256,
             prune_after_snapshot: true,
+            backend: JournalBackend::Auto,
         }
     }
 }
@@ -432,6 +445,14 @@ impl Config {
             }
         }
         let j = &self.journal;
+        if j.durability == DurabilityMode::Async
+            && matches!(j.backend, JournalBackend::Pwrite | JournalBackend::IoUring)
+        {
+            return err(
+                "journal.backend",
+                "the pwrite and io-uring backends need durability = \"group\"".into(),
+            );
+        }
         if !(1..=4096).contains(&j.segment_size_mib) {
             return err("journal.segment_size_mib", "must be in 1..=4096".into());
         }

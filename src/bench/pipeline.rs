@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,8 +18,7 @@ use ringex_engine::{Command, Exchange};
 use super::engine::generate;
 use super::{cpu_model, latency_histogram, median, LatencySummary};
 use crate::config::Config;
-use crate::node::slots::OutputSlot;
-use crate::node::{EventSink, Node, OutputMode};
+use crate::node::{Node, OutputMode};
 
 /// Arguments of `ringex bench pipeline`.
 #[derive(Clone, Debug)]
@@ -51,30 +49,30 @@ impl Default for PipelineBenchArgs {
 
 /// Tag of a command whose latency is not recorded (setup, pre-fill).
 const UNTIMED: u64 = u64::MAX;
+/// Most commands the driver publishes in one batch.
+const BATCH_MAX: usize = 64;
 
-/// Records, on the publisher thread, the latency from each command's planned send time
-/// (carried in its tag, as ns since `base`) to its last event.
-struct LatencySink {
+/// The driver's view of the output ring: it drains outputs whenever it is not sending
+/// (as the gateway does), and records each command's latency from its planned send time
+/// (carried in its tag, as ns since `base`) to the moment the driver sees its last event.
+struct Collector {
     base: Instant,
     histogram: Histogram<u64>,
-    seen: usize,
-    expected: usize,
-    done: mpsc::Sender<(Histogram<u64>, Instant)>,
+    completed: usize,
 }
 
-impl EventSink for LatencySink {
-    fn on_event(&mut self, slot: &OutputSlot) {
-        if !slot.last || slot.tag == UNTIMED {
-            return;
-        }
-        let now_ns = self.base.elapsed().as_nanos() as u64;
-        self.histogram
-            .saturating_record(now_ns.saturating_sub(slot.tag).max(1));
-        self.seen += 1;
-        if self.seen == self.expected {
-            let h = std::mem::replace(&mut self.histogram, latency_histogram());
-            let _ = self.done.send((h, Instant::now()));
-        }
+impl Collector {
+    fn drain(&mut self, node: &mut Node) -> usize {
+        let base = self.base;
+        let histogram = &mut self.histogram;
+        let completed = &mut self.completed;
+        node.poll_outputs(4096, |slot| {
+            if slot.last && slot.tag != UNTIMED {
+                let now_ns = base.elapsed().as_nanos() as u64;
+                histogram.saturating_record(now_ns.saturating_sub(slot.tag).max(1));
+                *completed += 1;
+            }
+        })
     }
 }
 
@@ -87,7 +85,17 @@ pub struct CaseReport {
     pub backpressured: u64,
 }
 
+/// `durability` is a mode, optionally with a journal backend: `async`, `group`,
+/// `group-mmap`, `group-pwrite`, `group-io-uring`.
 fn node_config(dir: &Path, topology: &str, durability: &str) -> Config {
+    let (durability, backend) = durability.split_once('-').unwrap_or((durability, "auto"));
+    // Fused: the pipeline thread and the driver, one core each, so the pipeline may spin.
+    // Split: more stages than cores, so they back off.
+    let wait = if topology == "fused" {
+        "busy-spin"
+    } else {
+        "backoff"
+    };
     let text = format!(
         r#"
 [node]
@@ -95,6 +103,7 @@ id = 1
 data_dir = "{}"
 [journal]
 durability = "{durability}"
+backend = "{backend}"
 segment_size_mib = 256
 flush_interval_ms = 5
 low_space_mib = 64
@@ -102,7 +111,7 @@ low_space_mib = 64
 topology = "{topology}"
 input_ring_size = 65536
 output_ring_size = 262144
-wait = "backoff"
+wait = "{wait}"
 batch_max = 512
 [snapshot]
 every_commands = 0
@@ -117,6 +126,8 @@ log_every_seconds = 0
 }
 
 /// One case: a fresh node, setup and pre-fill untimed, then `timed` at `rate` (0: max).
+/// The driver thread plays the gateway: the only producer, and the drainer of the output
+/// ring (the node runs in poll mode, no publisher thread).
 fn run_case(
     args: &PipelineBenchArgs,
     setup: &[Command],
@@ -128,42 +139,56 @@ fn run_case(
     let dir = args.dir.join(format!("{topology}-{durability}-{rate}"));
     let _ = std::fs::remove_dir_all(&dir);
     let config = node_config(&dir, topology, durability);
-    let base = Instant::now();
-    let (done_tx, done_rx) = mpsc::channel();
-    let sink = LatencySink {
-        base,
+    let no_wake: crate::node::Waker = std::sync::Arc::new(|| {});
+    let mut node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
+    let mut collector = Collector {
+        base: Instant::now(),
         histogram: latency_histogram(),
-        seen: 0,
-        expected: timed.len(),
-        done: done_tx,
+        completed: 0,
     };
-    let mut node =
-        Node::start(&config, OutputMode::Sink(Box::new(sink))).expect("bench node starts");
     for c in setup {
-        submit_retrying(&mut node, c, UNTIMED);
+        submit_draining(&mut node, &mut collector, c, UNTIMED);
     }
-    node.state_hash().expect("setup applied");
+    let base = collector.base;
     let interval_ns = 1_000_000_000u64.checked_div(rate).unwrap_or(0);
     let start = Instant::now();
     let start_ns = start.duration_since(base).as_nanos() as u64;
-    for (i, c) in timed.iter().enumerate() {
-        let planned_ns = start_ns + i as u64 * interval_ns;
-        let tag = if rate == 0 {
-            // At maximum rate there is no plan: measure from the actual send.
-            base.elapsed().as_nanos() as u64
-        } else {
-            // Open loop: wait for the planned time, never past it.
-            while (base.elapsed().as_nanos() as u64) < planned_ns {
+    let mut batch: Vec<(Command, u64)> = Vec::with_capacity(BATCH_MAX);
+    let mut next = 0usize;
+    // Bounded: every pass sends at least one command or waits for the next one's time.
+    while next < timed.len() {
+        let now_ns = base.elapsed().as_nanos() as u64;
+        batch.clear();
+        // Everything due goes out in one batch (as the gateway batches what it read);
+        // at maximum rate everything is due and stamped with the actual send time.
+        while next < timed.len() && batch.len() < BATCH_MAX {
+            let planned_ns = start_ns + next as u64 * interval_ns;
+            if planned_ns > now_ns {
+                break;
+            }
+            let tag = if rate == 0 { now_ns } else { planned_ns };
+            batch.push((timed[next], tag));
+            next += 1;
+        }
+        if batch.is_empty() {
+            // Open loop: until the next planned time, drain outputs.
+            if collector.drain(&mut node) == 0 {
                 std::hint::spin_loop();
             }
-            planned_ns
-        };
-        submit_retrying(&mut node, c, tag);
+            continue;
+        }
+        submit_batch_draining(&mut node, &mut collector, &batch);
+        // Like the gateway's loop: every pass also drains what came back.
+        collector.drain(&mut node);
     }
-    let (histogram, finished) = done_rx
-        .recv_timeout(Duration::from_secs(600))
-        .expect("every timed command completed");
-    let seconds = finished.duration_since(start).as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while collector.completed < timed.len() {
+        assert!(Instant::now() < deadline, "every timed command completes");
+        if collector.drain(&mut node) == 0 {
+            std::hint::spin_loop();
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
     let backpressured = node.metrics().summary().backpressured;
     node.shutdown().expect("bench node stops cleanly");
     let _ = std::fs::remove_dir_all(&dir);
@@ -172,21 +197,43 @@ fn run_case(
         durability: durability.into(),
         rate_offered: rate,
         commands_per_s: timed.len() as f64 / seconds,
-        latency: LatencySummary::from_histogram(&histogram),
+        latency: LatencySummary::from_histogram(&collector.histogram),
         backpressured,
     }
 }
 
-/// Submits, retrying on backpressure (counted by the node's metrics).
-fn submit_retrying(node: &mut Node, command: &Command, tag: u64) {
-    for _ in 0..100_000 {
-        match node.submit(command, tag) {
+/// Submits a batch without blocking; while the input ring lacks room, drains outputs (the
+/// engine may be waiting for room there) and retries.
+fn submit_batch_draining(node: &mut Node, collector: &mut Collector, batch: &[(Command, u64)]) {
+    for _ in 0..100_000_000u64 {
+        match node.try_submit_batch(batch) {
             Ok(()) => return,
-            Err(crate::node::NodeError::Backpressure) => continue,
+            Err(crate::node::NodeError::Backpressure) => {
+                if collector.drain(node) == 0 {
+                    std::hint::spin_loop();
+                }
+            }
             Err(e) => panic!("bench submit failed: {e}"),
         }
     }
-    panic!("the node took no command for 100,000 attempts");
+    panic!("the node took no batch for 100,000,000 attempts");
+}
+
+/// Submits without blocking; while the input ring is full, drains outputs (the engine
+/// may be waiting for room there) and retries.
+fn submit_draining(node: &mut Node, collector: &mut Collector, command: &Command, tag: u64) {
+    for _ in 0..100_000_000u64 {
+        match node.try_submit(command, tag) {
+            Ok(()) => return,
+            Err(crate::node::NodeError::Backpressure) => {
+                if collector.drain(node) == 0 {
+                    std::hint::spin_loop();
+                }
+            }
+            Err(e) => panic!("bench submit failed: {e}"),
+        }
+    }
+    panic!("the node took no command for 100,000,000 attempts");
 }
 
 /// The engine alone over the same stream: median of 3 runs, commands/s.
@@ -289,7 +336,7 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
                     us(r.latency.latency_ns_max),
                     r.backpressured,
                 );
-                if durability == "group" {
+                if durability.starts_with("group") {
                     println!(
                         "       group p99 / single fdatasync p99 = {:.2}",
                         r.latency.latency_ns_p99 as f64 / sync.latency_ns_p99.max(1) as f64

@@ -31,7 +31,7 @@ use disruptor::{
 use ringex_engine::{Command, Query};
 use ringex_journal::{Durability, Journal, SnapshotStore};
 
-use crate::config::{Config, DurabilityMode, Topology, WaitMode};
+use crate::config::{Config, DurabilityMode, JournalBackend, Topology, WaitMode};
 use crate::metrics::{bump, Metrics};
 pub use recovery::RecoveryLog;
 use slots::{InputSlot, OutputSlot, SlotKind};
@@ -256,6 +256,12 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
     j.low_space_threshold_bytes = config.journal.low_space_mib << 20;
     // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
     j.record_size_bytes_max = 4096;
+    j.backend = match config.journal.backend {
+        JournalBackend::Auto => ringex_journal::Backend::Auto,
+        JournalBackend::Mmap => ringex_journal::Backend::Mmap,
+        JournalBackend::Pwrite => ringex_journal::Backend::Pwrite,
+        JournalBackend::IoUring => ringex_journal::Backend::IoUring,
+    };
     j
 }
 
@@ -488,6 +494,44 @@ impl Node {
                 Ok(())
             }
             None => {
+                bump(&self.shared.metrics.commands_backpressured, 1);
+                Err(NodeError::Backpressure)
+            }
+        }
+    }
+
+    /// Publishes commands as one batch (one clock read, one ring claim), without waiting:
+    /// all of them, or `Backpressure` and none if the ring lacks room for them all.
+    /// `items` holds (command, tag) pairs; at most the ring's size.
+    pub fn try_submit_batch(&mut self, items: &[(Command, u64)]) -> Result<(), NodeError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if self.shared.refusing.load(Ordering::Relaxed) {
+            let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
+            return Err(NodeError::Refused(why));
+        }
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let timestamp_ns = now_ns.max(self.timestamp_ns_last);
+        self.timestamp_ns_last = timestamp_ns;
+        let producer = self.producer.as_mut().expect("running");
+        let published = producer.try_batch_publish(items.len(), |slots| {
+            for (slot, (command, tag)) in slots.zip(items) {
+                slot.kind = SlotKind::Command;
+                slot.timestamp_ns = timestamp_ns;
+                slot.tag = *tag;
+                slot.command = *command;
+                slot.query = NO_QUERY;
+            }
+        });
+        match published {
+            Ok(_) => {
+                bump(&self.shared.metrics.commands_submitted, items.len() as u64);
+                Ok(())
+            }
+            Err(_) => {
                 bump(&self.shared.metrics.commands_backpressured, 1);
                 Err(NodeError::Backpressure)
             }

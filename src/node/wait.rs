@@ -51,6 +51,10 @@ pub fn pause(waits: u32) {
 /// Retries `attempt` with the backoff ladder until it succeeds or `timeout` passes.
 /// Returns `None` on timeout. The bound keeps a full ring from spinning forever.
 pub fn retry_until<T>(timeout: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    // The common case succeeds at once, before any clock read.
+    if let Some(v) = attempt() {
+        return Some(v);
+    }
     let deadline = Instant::now() + timeout;
     // Each step lasts at most one park, so this bound exceeds any timeout we use.
     let steps_max = SPINS_MAX + YIELDS_MAX + (timeout.as_micros() / PARK.as_micros()) as u32 + 2;
