@@ -125,7 +125,8 @@ pub enum Topology {
 pub enum WaitMode {
     /// Burn the core: only for stages with a dedicated core.
     BusySpin,
-    /// Spin, then yield, then park briefly: for shared cores.
+    /// Spin for a short while after the last work, then park until the producer rings
+    /// (no timer, no lost wake-ups): for shared cores.
     Backoff,
 }
 

@@ -10,6 +10,7 @@
 //! The engine sees a command only after it is durable per the journal's mode, and the
 //! sink hears of a command only after the engine applied it.
 
+pub mod doorbell;
 pub mod recovery;
 pub mod slots;
 pub mod stages;
@@ -23,9 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use disruptor::wait_strategies::WaitStrategy;
 use disruptor::{
-    build_single_producer, BusySpin, EventPoller, Polling, ProcessorSettings, Producer,
+    build_single_producer, EventPoller, Polling, ProcessorSettings, Producer,
     SingleConsumerBarrier, SingleProducer, SingleProducerBarrier,
 };
 use ringex_engine::{Command, Query};
@@ -33,10 +33,11 @@ use ringex_journal::{Durability, Journal, SnapshotStore};
 
 use crate::config::{Config, DurabilityMode, JournalBackend, Topology, WaitMode};
 use crate::metrics::{bump, Metrics};
+use doorbell::{Bell, StageWait};
 pub use recovery::RecoveryLog;
 use slots::{InputSlot, OutputSlot, SlotKind};
 use stages::{EngineStage, FusedStage, JournalStage, SnapshotJob, SnapshotPolicy};
-use wait::{retry_until, Backoff};
+use wait::retry_until;
 
 /// Journal record type of an engine command (payload: the engine codec).
 pub const RECORD_COMMAND: u16 = 1;
@@ -119,6 +120,8 @@ pub struct Shared {
     last_note: Mutex<Option<String>>,
     /// Poll mode: the consumer asked to be woken when output arrives.
     wake_wanted: AtomicBool,
+    /// Sink mode: the publisher thread's doorbell, rung after each engine batch.
+    output_bell: Option<&'static Bell>,
     /// The node's owner is gone without a shutdown: nobody will read the output ring, so
     /// the engine drops outputs instead of waiting for room.
     pub discard_output: AtomicBool,
@@ -129,7 +132,11 @@ pub struct Shared {
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 impl Shared {
-    fn new(metrics: Arc<Metrics>, wake: Option<Waker>) -> Shared {
+    fn new(
+        metrics: Arc<Metrics>,
+        wake: Option<Waker>,
+        output_bell: Option<&'static Bell>,
+    ) -> Shared {
         Shared {
             metrics,
             journal_failed_at: AtomicU64::new(u64::MAX),
@@ -137,6 +144,7 @@ impl Shared {
             failure: Mutex::new(None),
             last_note: Mutex::new(None),
             wake_wanted: AtomicBool::new(false),
+            output_bell,
             discard_output: AtomicBool::new(false),
             wake,
         }
@@ -145,6 +153,9 @@ impl Shared {
     /// After a batch: wakes a polling consumer that is about to sleep. One atomic load
     /// per batch when nobody waits; the wake (a syscall) only when someone does.
     pub fn wake_consumer(&self) {
+        if let Some(bell) = self.output_bell {
+            bell.ring();
+        }
         if let Some(wake) = &self.wake {
             if self.wake_wanted.load(Ordering::Relaxed)
                 && self.wake_wanted.swap(false, Ordering::AcqRel)
@@ -227,6 +238,8 @@ pub struct ShutdownReport {
 /// snapshot.
 pub struct Node {
     producer: Option<SingleProducer<InputSlot, SingleConsumerBarrier>>,
+    /// Doorbells of the input ring's first stages: rung after every publish.
+    input_bells: Vec<&'static Bell>,
     poller: Option<EventPoller<OutputSlot, SingleProducerBarrier>>,
     control: Receiver<ControlReply>,
     snapshot_writer: Option<JoinHandle<()>>,
@@ -296,14 +309,31 @@ impl Node {
             OutputMode::Poll(w) => Some(Arc::clone(w)),
             OutputMode::Sink(_) => None,
         };
-        let shared = Arc::new(Shared::new(Arc::clone(&metrics), wake));
+        let stage_wait = || match config.pipeline.wait {
+            WaitMode::BusySpin => StageWait::Spin,
+            WaitMode::Backoff => StageWait::Bell(Bell::leak()),
+        };
+        let publisher_wait = match &output {
+            OutputMode::Sink(_) => StageWait::Bell(Bell::leak()),
+            OutputMode::Poll(_) => StageWait::Spin,
+        };
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&metrics),
+            wake,
+            publisher_wait.bell(),
+        ));
         let (control_tx, control) = mpsc::channel();
         let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
         let snapshot_writer = spawn_snapshot_writer(snapshots, snapshot_rx, Arc::clone(&shared))?;
 
         let cores = &config.pipeline.cores;
         let core = |stage: &str| cores.get(stage).copied();
-        let b = build_single_producer(config.pipeline.output_ring_size, OutputSlot::empty, Backoff);
+        // The publisher shares a core: it waits on its doorbell, rung by the engine.
+        let b = build_single_producer(
+            config.pipeline.output_ring_size,
+            OutputSlot::empty,
+            publisher_wait,
+        );
         let (out, poller) = match output {
             OutputMode::Sink(mut sink) => {
                 let metrics = Arc::clone(&metrics);
@@ -332,7 +362,7 @@ impl Node {
         } else {
             None
         };
-        let journal_stage = JournalStage::new(journal, group, Arc::clone(&shared), prune_store);
+        let mut journal_stage = JournalStage::new(journal, group, Arc::clone(&shared), prune_store);
         let policy = SnapshotPolicy {
             every_commands: config.snapshot.every_commands,
             every: (config.snapshot.every_seconds > 0)
@@ -350,16 +380,29 @@ impl Node {
             control_tx,
         );
         let topology = config.topology();
-        let producer = match config.pipeline.wait {
-            WaitMode::BusySpin => {
-                build_input(config, BusySpin, topology, journal_stage, engine_stage)
+        let mut input_bells = Vec::new();
+        let producer = match topology {
+            Topology::Fused | Topology::Auto => {
+                let wait = stage_wait();
+                input_bells.extend(wait.bell());
+                build_fused(config, wait, journal_stage, engine_stage)
             }
-            WaitMode::Backoff => {
-                build_input(config, Backoff, topology, journal_stage, engine_stage)
+            Topology::Split => {
+                let (journaler, replicator, engine) = (stage_wait(), stage_wait(), stage_wait());
+                input_bells.extend(journaler.bell());
+                input_bells.extend(replicator.bell());
+                journal_stage.next_bell = engine.bell();
+                build_split(
+                    config,
+                    [journaler, replicator, engine],
+                    journal_stage,
+                    engine_stage,
+                )
             }
         };
         Ok(Node {
             producer: Some(producer),
+            input_bells,
             poller,
             control,
             snapshot_writer: Some(snapshot_writer),
@@ -486,6 +529,9 @@ impl Node {
         } else {
             retry_until(wait, attempt)
         };
+        for bell in &self.input_bells {
+            bell.ring();
+        }
         match published {
             Some(_) => {
                 if kind == SlotKind::Command {
@@ -526,6 +572,9 @@ impl Node {
                 slot.query = NO_QUERY;
             }
         });
+        for bell in &self.input_bells {
+            bell.ring();
+        }
         match published {
             Ok(_) => {
                 bump(&self.shared.metrics.commands_submitted, items.len() as u64);
@@ -563,6 +612,9 @@ impl Node {
                 .ok()
         });
         published.ok_or(NodeError::Backpressure)?;
+        for bell in &self.input_bells {
+            bell.ring();
+        }
         // Bounded by the deadline: each pass waits at most 1 ms.
         while std::time::Instant::now() < deadline {
             drain();
@@ -627,49 +679,65 @@ impl Drop for Node {
     }
 }
 
-fn build_input<W: WaitStrategy + 'static>(
+fn build_fused(
     config: &Config,
-    wait: W,
-    topology: Topology,
+    wait: StageWait,
     journal_stage: JournalStage,
     engine_stage: EngineStage,
 ) -> SingleProducer<InputSlot, SingleConsumerBarrier> {
-    let size = config.pipeline.input_ring_size;
+    let core = config.pipeline.cores.get("pipeline").copied();
+    let stage = FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max);
+    let b = build_single_producer(config.pipeline.input_ring_size, InputSlot::empty, wait);
+    pin(b, core)
+        .thread_name("ringex-pipeline")
+        .handle_events_and_state_with(
+            |s: &mut FusedStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+            move || stage,
+        )
+        .build()
+}
+
+/// `waits`: the journaler's, the replicator's and the engine's.
+fn build_split(
+    config: &Config,
+    waits: [StageWait; 3],
+    journal_stage: JournalStage,
+    engine_stage: EngineStage,
+) -> SingleProducer<InputSlot, SingleConsumerBarrier> {
     let cores = &config.pipeline.cores;
     let core = |stage: &str| cores.get(stage).copied();
-    let b = build_single_producer(size, InputSlot::empty, wait);
-    match topology {
-        Topology::Fused | Topology::Auto => {
-            let stage = FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max);
-            pin(b, core("pipeline"))
-                .thread_name("ringex-pipeline")
-                .handle_events_and_state_with(
-                    |s: &mut FusedStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
-                    move || stage,
-                )
-                .build()
-        }
-        Topology::Split => {
-            let b = pin(b, core("journaler"))
-                .thread_name("ringex-journal")
-                .handle_events_and_state_with(
-                    |s: &mut JournalStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
-                    move || journal_stage,
-                );
-            // Replication is not built yet: its stage holds its place in the graph, in
-            // parallel with the journaler, and passes every slot.
-            let b = pin(b, core("replicator"))
-                .thread_name("ringex-replicate")
-                .handle_events_with(|_slot: &InputSlot, _seq, _end| {});
-            pin(b.and_then(), core("engine"))
-                .thread_name("ringex-engine")
-                .handle_events_and_state_with(
-                    |s: &mut EngineStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
-                    move || engine_stage,
-                )
-                .build()
-        }
-    }
+    let [journaler, replicator, engine] = waits;
+    let b = build_single_producer(config.pipeline.input_ring_size, InputSlot::empty, journaler);
+    let b = pin(b, core("journaler"))
+        .thread_name("ringex-journal")
+        .handle_events_and_state_with_wait_strategy(
+            |s: &mut JournalStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+            move || journal_stage,
+            journaler,
+        );
+    // Replication is not built yet: its stage holds its place in the graph, in parallel
+    // with the journaler, and passes every slot on (ringing the engine after a batch).
+    let engine_bell = engine.bell();
+    let b = pin(b, core("replicator"))
+        .thread_name("ringex-replicate")
+        .handle_events_with_wait_strategy(
+            move |_slot: &InputSlot, _seq, end| {
+                if end {
+                    if let Some(bell) = engine_bell {
+                        bell.ring();
+                    }
+                }
+            },
+            replicator,
+        );
+    pin(b.and_then(), core("engine"))
+        .thread_name("ringex-engine")
+        .handle_events_and_state_with_wait_strategy(
+            |s: &mut EngineStage, slot: &InputSlot, _seq, end| s.handle(slot, end),
+            move || engine_stage,
+            engine,
+        )
+        .build()
 }
 
 fn spawn_snapshot_writer(

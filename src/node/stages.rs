@@ -38,6 +38,8 @@ pub struct JournalStage {
     snapshots: Option<SnapshotStore>,
     /// The snapshot sequence the journal was last pruned for.
     pruned_for_snapshot_seq: u64,
+    /// Split topology: the engine's doorbell, rung after each journaled batch.
+    pub next_bell: Option<&'static crate::node::doorbell::Bell>,
     /// Highest sequence appended.
     seq_last: u64,
     batch_appended: u64,
@@ -58,6 +60,7 @@ impl JournalStage {
             shared,
             snapshots,
             pruned_for_snapshot_seq: 0,
+            next_bell: None,
             seq_last,
             batch_appended: 0,
             buf: [0; COMMAND_SIZE_MAX],
@@ -171,6 +174,9 @@ impl JournalStage {
         slot.set_journaled(seq, chain);
         if end_of_batch {
             self.make_durable();
+            if let Some(bell) = self.next_bell {
+                bell.ring();
+            }
             self.prune_if_snapshotted();
         }
     }

@@ -1,15 +1,8 @@
-//! Waiting without burning a shared core.
-//!
-//! Measured on this kind of machine (`shared/research/rust-ecosystem.md` §2.3): with more
-//! busy-spinning threads than cores, throughput falls 40x and latency reaches scheduler
-//! time slices. So stages on shared cores spin briefly, then yield, then park for a short,
-//! bounded time.
+//! Bounded retries: spin, then yield, then park briefly, until a deadline. For a
+//! producer facing a full ring (it must not spin forever) and for control requests. Stage
+//! threads waiting for work use the doorbell (`doorbell.rs`) instead.
 
-use std::cell::Cell;
 use std::time::{Duration, Instant};
-
-use disruptor::wait_strategies::WaitStrategy;
-use disruptor::Sequence;
 
 /// Spins before yielding.
 const SPINS_MAX: u32 = 256;
@@ -17,25 +10,6 @@ const SPINS_MAX: u32 = 256;
 const YIELDS_MAX: u32 = 64;
 /// One park. Short: an idle stage wakes within this of new work.
 const PARK: Duration = Duration::from_micros(50);
-
-/// Spin, then yield, then park: for consumers on shared cores. The `disruptor` crate's
-/// strategies are `Copy` and get `&self`, so the backoff counter lives in a thread-local,
-/// reset whenever the awaited sequence moves on (the consumer made progress).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Backoff;
-
-thread_local! {
-    static STATE: Cell<(Sequence, u32)> = const { Cell::new((-1, 0)) };
-}
-
-impl WaitStrategy for Backoff {
-    fn wait_for(&self, sequence: Sequence) {
-        let (last, waits) = STATE.with(Cell::get);
-        let waits = if last == sequence { waits } else { 0 };
-        STATE.with(|s| s.set((sequence, waits.saturating_add(1))));
-        pause(waits);
-    }
-}
 
 /// One step of the spin-yield-park ladder; `waits` counts the steps taken so far.
 pub fn pause(waits: u32) {

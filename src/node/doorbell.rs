@@ -1,0 +1,174 @@
+//! A wait strategy that sleeps without a timer: spin briefly, then park the thread until
+//! the producer rings. The `disruptor` crate has no blocking strategy (its consumers can
+//! only poll), and a timed sleep costs its full period in latency (50 µs here turned a
+//! 1 µs pipeline into a 100 µs one at 10K commands/s). A doorbell costs the producer one
+//! atomic load per publish, and an unpark (a futex wake) only when the consumer sleeps.
+//!
+//! The strategy is `Copy` and gets `&self`, so it holds a `&'static Bell` (one small leak
+//! per node), and its per-thread progress lives in a thread-local.
+//!
+//! No lost wake-ups: a consumer first *arms* the bell (sets `sleeping`) and returns, so
+//! the disruptor checks the ring once more; only on the next call does it park. A
+//! producer that publishes after that check sees `sleeping` and unparks. Parks are also
+//! bounded (`PARK_MAX`), so a bug here costs latency, never liveness.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use disruptor::wait_strategies::WaitStrategy;
+use disruptor::Sequence;
+
+/// Spin this long for new work before arming the bell. A park and wake-up cost about
+/// 50 us on this kind of VM, so the spin covers the gaps between commands of a busy
+/// client (measured: a closed-loop client went from 77 us to 15 us p50 when this went
+/// from 50 us to 300 us), and an idle node still stops burning the core after 0.3 ms.
+const SPIN: Duration = Duration::from_micros(300);
+/// Longest park; the producer normally wakes the consumer long before.
+const PARK_MAX: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Default)]
+pub struct Bell {
+    sleeping: AtomicBool,
+    consumer: OnceLock<Thread>,
+}
+
+impl Bell {
+    /// A bell for the lifetime of the process (one per node start; a few bytes).
+    pub fn leak() -> &'static Bell {
+        Box::leak(Box::default())
+    }
+
+    /// Called by the producer after publishing: wakes the consumer if it sleeps.
+    #[inline]
+    pub fn ring(&self) {
+        if self.sleeping.load(Ordering::Acquire) && self.sleeping.swap(false, Ordering::AcqRel) {
+            if let Some(t) = self.consumer.get() {
+                t.unpark();
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Doorbell(pub &'static Bell);
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Spinning { since: Instant, spins: u32 },
+    Armed,
+}
+
+thread_local! {
+    static STATE: Cell<(Sequence, Phase)> = const { Cell::new((-1, Phase::Armed)) };
+}
+
+impl WaitStrategy for Doorbell {
+    fn wait_for(&self, sequence: Sequence) {
+        let bell = self.0;
+        let (last, phase) = STATE.with(Cell::get);
+        let phase = if last == sequence {
+            phase
+        } else {
+            // Progress since the last wait: spin afresh.
+            bell.sleeping.store(false, Ordering::Relaxed);
+            Phase::Spinning {
+                since: Instant::now(),
+                spins: 0,
+            }
+        };
+        let next = match phase {
+            Phase::Spinning { since, spins } => {
+                std::hint::spin_loop();
+                // Read the clock only every 64 spins.
+                if spins % 64 == 63 && since.elapsed() >= SPIN {
+                    let _ = bell.consumer.get_or_init(std::thread::current);
+                    bell.sleeping.store(true, Ordering::SeqCst);
+                    // Return now: the ring is checked once more before we park.
+                    Phase::Armed
+                } else {
+                    Phase::Spinning {
+                        since,
+                        spins: spins.wrapping_add(1),
+                    }
+                }
+            }
+            Phase::Armed => {
+                if bell.sleeping.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(PARK_MAX);
+                }
+                // Woken (or timed out): re-arm so a later publish rings again.
+                bell.sleeping.store(true, Ordering::SeqCst);
+                Phase::Armed
+            }
+        };
+        STATE.with(|s| s.set((sequence, next)));
+    }
+}
+
+/// A stage's wait strategy as configured: busy-spin on a dedicated core, or the doorbell.
+#[derive(Clone, Copy, Debug)]
+pub enum StageWait {
+    Spin,
+    Bell(&'static Bell),
+}
+
+impl StageWait {
+    /// The bell to ring after publishing to this stage (none when it spins).
+    pub fn bell(self) -> Option<&'static Bell> {
+        match self {
+            StageWait::Spin => None,
+            StageWait::Bell(b) => Some(b),
+        }
+    }
+}
+
+impl WaitStrategy for StageWait {
+    #[inline]
+    fn wait_for(&self, sequence: Sequence) {
+        match *self {
+            StageWait::Spin => std::hint::spin_loop(),
+            StageWait::Bell(b) => Doorbell(b).wait_for(sequence),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_parked_consumer_is_woken_by_the_producer_without_waiting_for_its_timeout() {
+        let bell = Bell::leak();
+        let published = Arc::new(AtomicU64::new(0));
+        let seen = Arc::clone(&published);
+        let consumer = std::thread::spawn(move || {
+            let strategy = Doorbell(bell);
+            let start = Instant::now();
+            // Wait for sequence 0 the way the disruptor does: check, then wait_for.
+            for _ in 0..1_000_000 {
+                if seen.load(Ordering::Acquire) > 0 {
+                    return start.elapsed();
+                }
+                strategy.wait_for(0);
+            }
+            panic!("never saw the event");
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        published.store(1, Ordering::Release);
+        let rung_at = Instant::now();
+        bell.ring();
+        let waited = consumer.join().unwrap();
+        assert!(waited >= Duration::from_millis(20));
+        // Woken by the ring, not by the 10 ms park timeout.
+        assert!(
+            rung_at.elapsed() < Duration::from_millis(9),
+            "{:?}",
+            rung_at.elapsed()
+        );
+    }
+}
