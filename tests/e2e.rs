@@ -1,0 +1,166 @@
+//! The whole exchange end to end: `serve` (gateway + node + journal) on loopback with the
+//! embedded demo config, driven by the Rust client library and by an independent Python
+//! client written from `docs/protocol.md`. A restart keeps every acknowledged order.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ringex::config::{Config, DEFAULT_CONFIG_TOML};
+use ringex_engine::{Side, TimeInForce};
+use ringex_gateway::protocol::Liquidity;
+use ringex_tools::client::{Client, ClientOptions, OrderParams};
+
+const BTC_USDT: u32 = 1;
+/// Demo keys of the embedded config.
+const MAKER: (u64, &str) = (1, "demo-secret-1001");
+const TAKER: (u64, &str) = (2, "demo-secret-1002");
+
+/// The embedded config with its data in `dir`, ephemeral ports and small segments.
+fn config_text(dir: &Path) -> String {
+    DEFAULT_CONFIG_TOML
+        .replace(
+            "data_dir = \"./data\"",
+            &format!("data_dir = \"{}\"", dir.display()),
+        )
+        .replace("127.0.0.1:9100", "127.0.0.1:0")
+        .replace("127.0.0.1:9103", "127.0.0.1:0")
+        .replace("segment_size_mib = 64", "segment_size_mib = 1")
+        .replace("log_every_seconds = 5", "log_every_seconds = 0")
+}
+
+struct Running {
+    trading: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Running {
+    fn start(dir: &Path) -> Running {
+        let config = Config::parse(&config_text(dir), "e2e.toml").expect("valid config");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let thread =
+            std::thread::spawn(move || ringex::serve::serve(&config, flag, Some(ready_tx)));
+        let (trading, _admin) = ready
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the exchange starts listening");
+        Running {
+            trading,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let result = self.thread.take().unwrap().join().unwrap();
+        assert_eq!(result, Ok(()), "clean shutdown");
+    }
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    }
+}
+
+#[test]
+fn a_maker_quotes_a_taker_crosses_and_a_restart_keeps_the_resting_remainder() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = Running::start(dir.path());
+    let mut maker = Client::connect(exchange.trading, MAKER.0, MAKER.1, options()).unwrap();
+    let mut taker = Client::connect(exchange.trading, TAKER.0, TAKER.1, options()).unwrap();
+    let ask = maker
+        .new_order(
+            &OrderParams::limit(BTC_USDT, Side::Sell, 6_001_000, 5)
+                .client_order_id(7)
+                .tif(TimeInForce::PostOnly),
+        )
+        .unwrap();
+    let ask_id = ask.order_id().expect("accepted");
+    let r = taker
+        .new_order(&OrderParams::limit(BTC_USDT, Side::Buy, 6_002_000, 3))
+        .unwrap();
+    let fill = *r.fills().next().expect("the taker is filled");
+    assert_eq!(
+        (fill.price, fill.qty, fill.liquidity),
+        (6_001_000, 3, Liquidity::Taker)
+    );
+    // The maker hears of its fill without asking.
+    let maker_fill = loop {
+        match maker.poll(Duration::from_secs(5)).unwrap() {
+            Some(ringex_gateway::protocol::ServerMessage::Filled(f)) => break f,
+            Some(_) => continue,
+            None => panic!("no fill for the maker"),
+        }
+    };
+    assert_eq!(maker_fill.client_order_id, 7);
+    assert_eq!(maker_fill.liquidity, Liquidity::Maker);
+    assert_eq!(maker_fill.match_id, fill.match_id);
+    drop(maker);
+    drop(taker);
+    exchange.stop();
+
+    // A restart recovers from the snapshot and journal: the remainder still rests.
+    let exchange = Running::start(dir.path());
+    let mut maker = Client::connect(exchange.trading, MAKER.0, MAKER.1, options()).unwrap();
+    let open = maker.open_orders(BTC_USDT).unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].order_id, open[0].remaining_qty), (ask_id, 2));
+    assert_eq!(open[0].client_order_id, 7);
+    drop(maker);
+    exchange.stop();
+}
+
+#[test]
+fn an_independent_python_client_trades_against_ringex_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("e2e.toml");
+    std::fs::write(&config_path, config_text(dir.path())).unwrap();
+    let mut server = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["start", "--config"])
+        .arg(&config_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut trading = None;
+    let mut line = String::new();
+    for _ in 0..100 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("binary protocol on ").nth(1) {
+            trading = rest.split(',').next().map(str::to_string);
+            break;
+        }
+    }
+    let trading = trading.expect("ringex start reports its listener");
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/python/probe.py");
+    let out = Process::new("python3")
+        .arg(&probe)
+        .args(["--addr", &trading, "--count", "50"])
+        .output()
+        .expect("python3 runs");
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let status = server.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("round trips 100"), "{stdout}");
+    assert!(status.success(), "exit 0 after SIGTERM");
+}
