@@ -161,9 +161,10 @@ pub fn serve(
         Node::start(config, OutputMode::Poll(wake)).map_err(|e| format!("cannot start: {e}"))?;
     eprintln!("ringex: recovery: {}", node.recovery());
     eprintln!(
-        "ringex: topology {:?}, durability {:?}",
+        "ringex: topology {:?}, durability {:?}, journal backend {}",
         node.topology(),
-        config.journal.durability
+        config.journal.durability,
+        node.journal_backend()
     );
     if node.is_fresh() {
         for (key, cmd) in config.bootstrap_commands() {

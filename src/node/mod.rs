@@ -249,6 +249,8 @@ pub struct Node {
     timestamp_ns_last: u64,
     /// True when the journal was empty at start (the caller bootstraps).
     fresh: bool,
+    /// The journal's write path, and why if it is not the one asked for.
+    journal_backend: String,
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -299,6 +301,19 @@ impl Node {
                 .map_err(io_err(format!("create directory {}", dir.display())))?;
         }
         let journal = Journal::open(journal_config(config)).map_err(NodeError::Journal)?;
+        let journal_backend = format!(
+            "{:?}{}{}",
+            journal.backend(),
+            if journal.direct_io() {
+                " + O_DIRECT"
+            } else {
+                ""
+            },
+            journal
+                .backend_note()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
         let snapshots =
             SnapshotStore::open(&snapshot_dir, config.snapshot.keep).map_err(NodeError::Journal)?;
         let (exchange, recovery) = recovery::recover(&journal, &snapshots, &journal_dir)?;
@@ -411,6 +426,7 @@ impl Node {
             topology,
             timestamp_ns_last: 0,
             fresh,
+            journal_backend,
         })
     }
 
@@ -420,6 +436,11 @@ impl Node {
 
     pub fn topology(&self) -> Topology {
         self.topology
+    }
+
+    /// The journal's write path, and why if it is not the one configured.
+    pub fn journal_backend(&self) -> &str {
+        &self.journal_backend
     }
 
     /// True when the node started on an empty journal and no snapshot.
