@@ -815,13 +815,13 @@ impl Exchange {
                 asset,
                 amount,
                 external_ref,
-            } => return self.deposit(account, asset, amount, external_ref, out),
+            } => return self.move_funds(true, account, asset, amount, external_ref, out),
             Command::Withdraw {
                 account,
                 asset,
                 amount,
                 external_ref,
-            } => return self.withdraw(account, asset, amount, external_ref, out),
+            } => return self.move_funds(false, account, asset, amount, external_ref, out),
             Command::SetMarketFees {
                 market,
                 maker_fee_ppm,
@@ -951,8 +951,11 @@ impl Exchange {
         Ok(())
     }
 
-    fn deposit(
+    /// Deposit (`deposit`) or withdrawal: idempotent by `external_ref`, each kind with
+    /// its own set of references; a rejected withdrawal does not consume its reference.
+    fn move_funds(
         &mut self,
+        deposit: bool,
         account: AccountId,
         asset: AssetId,
         amount: Amount,
@@ -964,56 +967,37 @@ impl Exchange {
         if amount <= 0 {
             return Err(Reject::InvalidAmount);
         }
-        let duplicate = self.deposit_refs.contains(&external_ref);
+        let refs = if deposit {
+            &self.deposit_refs
+        } else {
+            &self.withdraw_refs
+        };
+        let duplicate = refs.contains(&external_ref);
         if !duplicate {
-            let supply = self.supply[asset as usize]
-                .checked_add(amount)
-                .ok_or(Reject::AmountOverflow)?;
-            self.supply[asset as usize] = supply;
-            self.deposit_refs.insert(external_ref);
-            self.accounts[acct as usize].balance_mut(asset).available += amount;
+            if deposit {
+                let supply = self.supply[asset as usize]
+                    .checked_add(amount)
+                    .ok_or(Reject::AmountOverflow)?;
+                self.supply[asset as usize] = supply;
+                self.deposit_refs.insert(external_ref);
+                self.accounts[acct as usize].balance_mut(asset).available += amount;
+            } else {
+                if self.accounts[acct as usize].suspended {
+                    return Err(Reject::AccountSuspended);
+                }
+                let b = self.accounts[acct as usize].balance_mut(asset);
+                if b.available < amount {
+                    return Err(Reject::InsufficientBalance);
+                }
+                b.available -= amount;
+                self.supply[asset as usize] -= amount;
+                self.withdraw_refs.insert(external_ref);
+            }
         }
         out.push(Event::Funds {
             account,
             asset,
-            amount,
-            available: self.accounts[acct as usize].balance(asset).available,
-            external_ref,
-            duplicate,
-        });
-        Ok(())
-    }
-
-    fn withdraw(
-        &mut self,
-        account: AccountId,
-        asset: AssetId,
-        amount: Amount,
-        external_ref: u64,
-        out: &mut Vec<Event>,
-    ) -> Result<(), Reject> {
-        let acct = self.account_idx(account)?;
-        self.asset_ref(asset)?;
-        if amount <= 0 {
-            return Err(Reject::InvalidAmount);
-        }
-        let duplicate = self.withdraw_refs.contains(&external_ref);
-        if !duplicate {
-            if self.accounts[acct as usize].suspended {
-                return Err(Reject::AccountSuspended);
-            }
-            let b = self.accounts[acct as usize].balance_mut(asset);
-            if b.available < amount {
-                return Err(Reject::InsufficientBalance);
-            }
-            b.available -= amount;
-            self.supply[asset as usize] -= amount;
-            self.withdraw_refs.insert(external_ref);
-        }
-        out.push(Event::Funds {
-            account,
-            asset,
-            amount: -amount,
+            amount: if deposit { amount } else { -amount },
             available: self.accounts[acct as usize].balance(asset).available,
             external_ref,
             duplicate,
