@@ -245,10 +245,10 @@ impl Default for GatewayConfig {
             heartbeat_ms: 1000,
             idle_timeout_ms: 5000,
             login_timeout_ms: 5000,
-            login_clock_skew_ms: 30_000,
+            login_clock_skew_ms: 5_000,
             outbound_buffer_kib: 4096,
             resume_window_messages: 65_536,
-            session_linger_seconds: 300,
+            session_linger_seconds: 60,
             connections_max: 1024,
         }
     }
