@@ -320,7 +320,7 @@ impl EngineStage {
         );
         // Engine latency is sampled (one command in LATENCY_SAMPLE_EVERY): two clock reads
         // and a histogram update per command cost a tenth of the engine's own time.
-        let timed = seq % LATENCY_SAMPLE_EVERY == 0;
+        let timed = seq.is_multiple_of(LATENCY_SAMPLE_EVERY);
         let start = if timed { self.clock.raw() } else { 0 };
         self.events.clear();
         self.exchange.apply(cmd, &mut self.events);
