@@ -147,15 +147,6 @@ pub fn serve(
     ready: Option<std::sync::mpsc::Sender<(SocketAddr, SocketAddr)>>,
 ) -> Result<(), String> {
     let gateway_config = gateway_config(config)?;
-    // The event loop runs on this thread: pin it if the config says where.
-    if let Some(&core) = config.pipeline.cores.get("gateway") {
-        let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-        if !pinned {
-            return Err(format!(
-                "key `pipeline.cores.gateway`: cannot pin the gateway thread to core {core}"
-            ));
-        }
-    }
     let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
         format!(
             "cannot listen on {} and {}: {e}",
@@ -186,6 +177,16 @@ pub fn serve(
             config.markets.len(),
             config.accounts.len()
         );
+    }
+    // The event loop runs on this thread: pin it if the config says where, only now that
+    // the node's threads exist (they would inherit a one-core mask).
+    if let Some(&core) = config.pipeline.cores.get("gateway") {
+        let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        if !pinned {
+            return Err(format!(
+                "key `pipeline.cores.gateway`: cannot pin the gateway thread to core {core}"
+            ));
+        }
     }
     let trading = gateway.trading_addr().map_err(|e| e.to_string())?;
     let admin = gateway.admin_addr().map_err(|e| e.to_string())?;
