@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod journal_cli;
 pub mod metrics;
 pub mod node;
 pub mod serve;

@@ -34,6 +34,45 @@ enum Cmd {
     /// Load generator: a realistic user mix against a running gateway, open loop, with
     /// round-trip latency percentiles (issue 5).
     Load(ringex_tools::load::LoadArgs),
+    /// Inspect a journal directory (read only).
+    Journal {
+        #[command(subcommand)]
+        which: JournalCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCmd {
+    /// Segments, records, time spans and the durable checkpoint.
+    Describe {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// What opening would find: a torn tail it would cut (reported, not cut), or the
+    /// corruption before the durable point that makes it refuse (exit 1).
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Check every frame of every segment, not only the tail.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Decode records as engine commands.
+    Dump {
+        #[arg(long)]
+        dir: PathBuf,
+        /// First sequence.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most records.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+    },
+    /// Replay every record into a fresh engine and print the state hash.
+    Replay {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -82,6 +121,7 @@ struct EngineArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
+        Cmd::Journal { which } => journal(which),
         Cmd::Load(args) => match ringex_tools::load::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
@@ -159,6 +199,31 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringex: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn journal(cmd: JournalCmd) -> ExitCode {
+    use ringex::journal_cli;
+    let result = match cmd {
+        JournalCmd::Describe { dir } => journal_cli::describe_text(&dir),
+        JournalCmd::Verify { dir, all } => journal_cli::verify_text(&dir, all),
+        JournalCmd::Dump { dir, from, count } => journal_cli::dump_text(&dir, from, count),
+        JournalCmd::Replay { dir } => journal_cli::replay(&dir).map(|(n, seq, hash, rejected)| {
+            format!(
+                "replayed {n} records (last seq {seq}, {rejected} rejected by the engine); \
+                 state hash {hash:032x}\n"
+            )
+        }),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringex journal: {e}");
             ExitCode::from(1)
         }
     }
