@@ -1050,11 +1050,11 @@ impl Gateway {
     /// Sends `msg` to every session of `account`; the originating session gets the
     /// request id, the others 0.
     fn send_to_account(&mut self, account: AccountId, origin: Option<u64>, msg: ServerMessage) {
-        let Some(ids) = self.by_account.get(&account) else {
-            return;
-        };
-        let ids = ids.clone();
-        for sid in ids {
+        // Index, not clone: this runs for every routed event. Sending never changes the
+        // account's session list (sessions end only in timers, logins and revocations).
+        let count = self.by_account.get(&account).map_or(0, Vec::len);
+        for i in 0..count {
+            let sid = self.by_account[&account][i];
             let mut m = msg;
             let rid = if Some(sid) == origin {
                 self.count_for_front(sid)
