@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ringex::config::{Config, DEFAULT_CONFIG_TOML};
-use ringex_engine::{Side, TimeInForce};
+use ringex_engine::{OrderRef, Side, TimeInForce};
 use ringex_gateway::protocol::Liquidity;
 use ringex_tools::client::{Client, ClientOptions, OrderParams};
 
@@ -116,6 +116,20 @@ fn a_maker_quotes_a_taker_crosses_and_a_restart_keeps_the_resting_remainder() {
     assert_eq!(open.len(), 1);
     assert_eq!((open[0].order_id, open[0].remaining_qty), (ask_id, 2));
     assert_eq!(open[0].client_order_id, 7);
+    // Replace through the gateway: a pure decrease keeps priority, a price change loses it.
+    let r = maker
+        .replace(BTC_USDT, OrderRef::Client(7), 6_001_000, 1)
+        .unwrap();
+    assert!(r.replaced().expect("replaced").priority_kept);
+    let r = maker
+        .replace(BTC_USDT, OrderRef::Client(7), 6_003_000, 1)
+        .unwrap();
+    let replaced = r.replaced().expect("replaced");
+    assert!(!replaced.priority_kept);
+    assert_eq!((replaced.price, replaced.client_order_id), (6_003_000, 7));
+    let r = maker.mass_cancel(0).unwrap();
+    assert_eq!(r.mass_cancel_done().expect("done").count, 1);
+    assert!(maker.open_orders(0).unwrap().is_empty());
     drop(maker);
     exchange.stop();
 }
