@@ -21,11 +21,16 @@ use std::time::{Duration, Instant};
 use disruptor::wait_strategies::WaitStrategy;
 use disruptor::Sequence;
 
-/// Spin this long for new work before arming the bell. A park and wake-up cost about
-/// 50 us on this kind of VM, so the spin covers the gaps between commands of a busy
-/// client (measured: a closed-loop client went from 77 us to 15 us p50 when this went
-/// from 50 us to 300 us), and an idle node still stops burning the core after 0.3 ms.
-const SPIN: Duration = Duration::from_micros(300);
+/// Spin this long for new work before arming the bell, when the stage has a core to
+/// itself most of the time (fused). A park and wake-up cost about 50 us on this kind of
+/// VM, so the spin covers the gaps between commands of a busy client (measured: a
+/// closed-loop client went from 77 us to 15 us p50 when this went from 50 us to 300 us),
+/// and an idle node still stops burning the core after 0.3 ms.
+pub const SPIN_ALONE: Duration = Duration::from_micros(300);
+/// The spin when stages outnumber cores (split on a small machine): spinning there only
+/// takes the core from the stage that has work (measured: split at 100 K/s had p50 2 ms
+/// with 300 us spins).
+pub const SPIN_SHARED: Duration = Duration::from_micros(10);
 /// Longest park; the producer normally wakes the consumer long before.
 const PARK_MAX: Duration = Duration::from_millis(10);
 
@@ -33,12 +38,17 @@ const PARK_MAX: Duration = Duration::from_millis(10);
 pub struct Bell {
     sleeping: AtomicBool,
     consumer: OnceLock<Thread>,
+    /// How long the consumer spins before parking.
+    spin: Duration,
 }
 
 impl Bell {
     /// A bell for the lifetime of the process (one per node start; a few bytes).
-    pub fn leak() -> &'static Bell {
-        Box::leak(Box::default())
+    pub fn leak(spin: Duration) -> &'static Bell {
+        Box::leak(Box::new(Bell {
+            spin,
+            ..Bell::default()
+        }))
     }
 
     /// Called by the producer after publishing: wakes the consumer if it sleeps.
@@ -83,7 +93,7 @@ impl WaitStrategy for Doorbell {
             Phase::Spinning { since, spins } => {
                 std::hint::spin_loop();
                 // Read the clock only every 64 spins.
-                if spins % 64 == 63 && since.elapsed() >= SPIN {
+                if spins % 64 == 63 && since.elapsed() >= bell.spin {
                     let _ = bell.consumer.get_or_init(std::thread::current);
                     bell.sleeping.store(true, Ordering::SeqCst);
                     // Return now: the ring is checked once more before we park.
@@ -109,18 +119,42 @@ impl WaitStrategy for Doorbell {
 }
 
 /// A stage's wait strategy as configured: busy-spin on a dedicated core, or the doorbell.
+///
+/// `downstream`: the bell of a stage that waits for this one. The disruptor publishes a
+/// stage's progress only after its handler returns from a batch, so a ring from inside
+/// the handler can come too early (the downstream stage wakes, sees nothing yet, and
+/// parks again). A stage that runs out of work calls its own `wait_for` right after
+/// publishing its progress: that is where it rings downstream again, too.
 #[derive(Clone, Copy, Debug)]
 pub enum StageWait {
     Spin,
-    Bell(&'static Bell),
+    Bell {
+        own: &'static Bell,
+        downstream: Option<&'static Bell>,
+    },
 }
 
 impl StageWait {
+    pub fn bell(own: &'static Bell) -> StageWait {
+        StageWait::Bell {
+            own,
+            downstream: None,
+        }
+    }
+
     /// The bell to ring after publishing to this stage (none when it spins).
-    pub fn bell(self) -> Option<&'static Bell> {
+    pub fn own_bell(self) -> Option<&'static Bell> {
         match self {
             StageWait::Spin => None,
-            StageWait::Bell(b) => Some(b),
+            StageWait::Bell { own, .. } => Some(own),
+        }
+    }
+
+    /// The same strategy, also ringing `downstream` whenever it runs out of work.
+    pub fn ringing(self, downstream: Option<&'static Bell>) -> StageWait {
+        match self {
+            StageWait::Spin => StageWait::Spin,
+            StageWait::Bell { own, .. } => StageWait::Bell { own, downstream },
         }
     }
 }
@@ -130,7 +164,12 @@ impl WaitStrategy for StageWait {
     fn wait_for(&self, sequence: Sequence) {
         match *self {
             StageWait::Spin => std::hint::spin_loop(),
-            StageWait::Bell(b) => Doorbell(b).wait_for(sequence),
+            StageWait::Bell { own, downstream } => {
+                if let Some(d) = downstream {
+                    d.ring();
+                }
+                Doorbell(own).wait_for(sequence)
+            }
         }
     }
 }
@@ -143,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_parked_consumer_is_woken_by_the_producer_without_waiting_for_its_timeout() {
-        let bell = Bell::leak();
+        let bell = Bell::leak(SPIN_ALONE);
         let published = Arc::new(AtomicU64::new(0));
         let seen = Arc::clone(&published);
         let consumer = std::thread::spawn(move || {

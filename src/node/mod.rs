@@ -324,18 +324,27 @@ impl Node {
             OutputMode::Poll(w) => Some(Arc::clone(w)),
             OutputMode::Sink(_) => None,
         };
+        let topology = config.topology();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Fused: the pipeline thread and the gateway, one core each. Split: three stages
+        // plus the gateway, which on a small machine share cores.
+        let spin = if topology == Topology::Split && cores < 4 {
+            doorbell::SPIN_SHARED
+        } else {
+            doorbell::SPIN_ALONE
+        };
         let stage_wait = || match config.pipeline.wait {
             WaitMode::BusySpin => StageWait::Spin,
-            WaitMode::Backoff => StageWait::Bell(Bell::leak()),
+            WaitMode::Backoff => StageWait::bell(Bell::leak(spin)),
         };
         let publisher_wait = match &output {
-            OutputMode::Sink(_) => StageWait::Bell(Bell::leak()),
+            OutputMode::Sink(_) => StageWait::bell(Bell::leak(doorbell::SPIN_SHARED)),
             OutputMode::Poll(_) => StageWait::Spin,
         };
         let shared = Arc::new(Shared::new(
             Arc::clone(&metrics),
             wake,
-            publisher_wait.bell(),
+            publisher_wait.own_bell(),
         ));
         let (control_tx, control) = mpsc::channel();
         let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
@@ -394,19 +403,20 @@ impl Node {
             snapshot_tx,
             control_tx,
         );
-        let topology = config.topology();
         let mut input_bells = Vec::new();
         let producer = match topology {
             Topology::Fused | Topology::Auto => {
                 let wait = stage_wait();
-                input_bells.extend(wait.bell());
+                input_bells.extend(wait.own_bell());
                 build_fused(config, wait, journal_stage, engine_stage)
             }
             Topology::Split => {
-                let (journaler, replicator, engine) = (stage_wait(), stage_wait(), stage_wait());
-                input_bells.extend(journaler.bell());
-                input_bells.extend(replicator.bell());
-                journal_stage.next_bell = engine.bell();
+                let engine = stage_wait();
+                let journaler = stage_wait().ringing(engine.own_bell());
+                let replicator = stage_wait().ringing(engine.own_bell());
+                input_bells.extend(journaler.own_bell());
+                input_bells.extend(replicator.own_bell());
+                journal_stage.next_bell = engine.own_bell();
                 build_split(
                     config,
                     [journaler, replicator, engine],
@@ -738,7 +748,7 @@ fn build_split(
         );
     // Replication is not built yet: its stage holds its place in the graph, in parallel
     // with the journaler, and passes every slot on (ringing the engine after a batch).
-    let engine_bell = engine.bell();
+    let engine_bell = engine.own_bell();
     let b = pin(b, core("replicator"))
         .thread_name("ringex-replicate")
         .handle_events_with_wait_strategy(
