@@ -524,6 +524,21 @@ impl Node {
         self.shared.wake_wanted.store(true, Ordering::Release);
     }
 
+    /// The timestamp for the next publish, or why the node takes no input. Journal
+    /// timestamps never go backwards, even if the wall clock does.
+    fn stamp(&mut self) -> Result<u64, NodeError> {
+        if self.shared.refusing.load(Ordering::Relaxed) {
+            let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
+            return Err(NodeError::Refused(why));
+        }
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let timestamp_ns = now_ns.max(self.timestamp_ns_last);
+        self.timestamp_ns_last = timestamp_ns;
+        Ok(timestamp_ns)
+    }
+
     fn publish(
         &mut self,
         kind: SlotKind,
@@ -532,16 +547,7 @@ impl Node {
         tag: u64,
         wait: Duration,
     ) -> Result<(), NodeError> {
-        if self.shared.refusing.load(Ordering::Relaxed) {
-            let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
-            return Err(NodeError::Refused(why));
-        }
-        let now_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        // Journal timestamps never go backwards, even if the wall clock does.
-        let timestamp_ns = now_ns.max(self.timestamp_ns_last);
-        self.timestamp_ns_last = timestamp_ns;
+        let timestamp_ns = self.stamp()?;
         let producer = self.producer.as_mut().expect("running");
         let (command, query) = (*command, *query);
         let mut attempt = || {
@@ -584,15 +590,7 @@ impl Node {
         if items.is_empty() {
             return Ok(());
         }
-        if self.shared.refusing.load(Ordering::Relaxed) {
-            let why = self.shared.failure().unwrap_or_else(|| "stopped".into());
-            return Err(NodeError::Refused(why));
-        }
-        let now_ns = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let timestamp_ns = now_ns.max(self.timestamp_ns_last);
-        self.timestamp_ns_last = timestamp_ns;
+        let timestamp_ns = self.stamp()?;
         let producer = self.producer.as_mut().expect("running");
         let published = producer.try_batch_publish(items.len(), |slots| {
             for (slot, (command, tag)) in slots.zip(items) {
