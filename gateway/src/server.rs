@@ -1379,25 +1379,13 @@ impl Gateway {
                     } else {
                         CommandKind::Withdraw
                     };
-                    let msg = ServerMessage::AdminAck(AdminAck {
-                        seq: 0,
-                        request_id: 0,
-                        kind,
-                        id: external_ref,
-                        duplicate,
-                    });
+                    let msg = admin_ack(kind, external_ref, duplicate);
                     self.send_to_origin(o, msg);
                 }
             }
             Event::MarketStatus { market, status } => {
                 if let Some(o) = origin {
-                    let ack = ServerMessage::AdminAck(AdminAck {
-                        seq: 0,
-                        request_id: 0,
-                        kind: CommandKind::SetMarketStatus,
-                        id: u64::from(market),
-                        duplicate: false,
-                    });
+                    let ack = admin_ack(CommandKind::SetMarketStatus, u64::from(market), false);
                     self.send_to_origin(o, ack);
                 }
                 let ids: Vec<u64> = self
@@ -1434,13 +1422,7 @@ impl Gateway {
             }
             Event::AdminDone { kind, id } => {
                 if let Some(o) = origin {
-                    let msg = ServerMessage::AdminAck(AdminAck {
-                        seq: 0,
-                        request_id: 0,
-                        kind,
-                        id,
-                        duplicate: false,
-                    });
+                    let msg = admin_ack(kind, id, false);
                     self.send_to_origin(o, msg);
                 }
                 if kind == CommandKind::RevokeApiKey {
@@ -1543,6 +1525,17 @@ fn request_subject(msg: &ClientMessage) -> (MarketId, Option<OrderRef>) {
         ClientMessage::OpenOrdersQuery(q) => (q.market, None),
         _ => (0, None),
     }
+}
+
+/// An `AdminAck` for the originating session (its seq and request id are set on sending).
+fn admin_ack(kind: CommandKind, id: u64, duplicate: bool) -> ServerMessage {
+    ServerMessage::AdminAck(AdminAck {
+        seq: 0,
+        request_id: 0,
+        kind,
+        id,
+        duplicate,
+    })
 }
 
 fn set_request_id(msg: &mut ServerMessage, request_id: u64) {
