@@ -804,7 +804,7 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
     }
 }
 
-/// Runs the load and returns the report (also printed unless `quiet`, and written as
+/// Runs the load and returns the report (also printed, and written as
 /// JSON with `--json`). Errors are setup failures; failures during the run are counted
 /// in the report.
 pub fn run(args: &LoadArgs) -> Result<Report, String> {
@@ -1110,9 +1110,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         .service_time
         .insert("all".into(), Percentiles::of(&stats.all_service));
 
-    if !args.quiet {
-        report.print();
-    }
+    // `--quiet` silences the progress lines, never the report.
+    report.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
