@@ -32,7 +32,7 @@ enum Cmd {
         which: Bench,
     },
     /// Load generator: a realistic user mix against a running gateway, open loop, with
-    /// round-trip latency percentiles (issue 5).
+    /// round-trip latency percentiles.
     Load(ringex_tools::load::LoadArgs),
     /// Inspect a journal directory (read only).
     Journal {
@@ -77,9 +77,9 @@ enum JournalCmd {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Engine benchmark (issue 2): book-only, full exchange and a BTreeMap baseline.
+    /// Engine benchmark: book-only, full exchange and a BTreeMap baseline.
     Engine(EngineArgs),
-    /// Pipeline benchmark (issue 4): the whole node, open loop at fixed offered rates.
+    /// Pipeline benchmark: the whole node, open loop at fixed offered rates.
     Pipeline(PipelineArgs),
 }
 
