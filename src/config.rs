@@ -139,6 +139,11 @@ pub struct PipelineConfig {
     /// Slots in the output ring (a power of two).
     pub output_ring_size: usize,
     pub wait: WaitMode,
+    /// `backoff` only: how long an idle stage spins before parking, in microseconds; 0
+    /// picks the default for the topology (300 fused, 10 split on small machines). Longer
+    /// spins answer an occasional request faster; shorter ones leave the core to the
+    /// gateway and clients when a small machine is busy (docs/benchmarks.md, gateway).
+    pub spin_us: u32,
     /// Most commands one pipeline pass journals and applies together.
     pub batch_max: usize,
     /// Cores to pin to, by stage name (`pipeline`, `journaler`, `replicator`, `engine`,
@@ -153,6 +158,7 @@ impl Default for PipelineConfig {
             input_ring_size: 1 << 16,
             output_ring_size: 1 << 18,
             wait: WaitMode::Backoff,
+            spin_us: 0,
             batch_max: 512,
             cores: BTreeMap::new(),
         }
@@ -415,6 +421,12 @@ impl Config {
                     format!("{size} is not a power of two in 64..=16777216"),
                 );
             }
+        }
+        if p.spin_us > 100_000 {
+            return err(
+                "pipeline.spin_us",
+                format!("{} is more than 100000 (0.1 s)", p.spin_us),
+            );
         }
         if p.batch_max == 0 || p.batch_max > p.input_ring_size {
             return err(

@@ -328,10 +328,10 @@ impl Node {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Fused: the pipeline thread and the gateway, one core each. Split: three stages
         // plus the gateway, which on a small machine share cores.
-        let spin = if topology == Topology::Split && cores < 4 {
-            doorbell::SPIN_SHARED
-        } else {
-            doorbell::SPIN_ALONE
+        let spin = match config.pipeline.spin_us {
+            0 if topology == Topology::Split && cores < 4 => doorbell::SPIN_SHARED,
+            0 => doorbell::SPIN_ALONE,
+            us => Duration::from_micros(u64::from(us)),
         };
         let stage_wait = || match config.pipeline.wait {
             WaitMode::BusySpin => StageWait::Spin,
