@@ -12,7 +12,7 @@ use std::path::Path;
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{describe, verify, Reader, Verify};
 
-use crate::node::recovery::decode_record;
+use crate::node::recovery::{apply_records, decode_record};
 
 fn ts(ns: Option<u64>) -> String {
     ns.map_or("-".into(), |n| format!("{n}"))
@@ -122,26 +122,22 @@ pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
 pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
     let mut reader = Reader::open(dir).map_err(|e| e.to_string())?;
     let mut exchange = Exchange::new();
-    let mut events: Vec<Event> = Vec::new();
-    let (mut records, mut seq_last, mut rejected) = (0u64, 0u64, 0u64);
-    // Bounded by the journal's length; the reader returns None at its end.
-    while let Some(r) = reader.next().map_err(|e| e.to_string())? {
-        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload)
-            .map_err(|e| e.to_string())?;
-        events.clear();
-        exchange.apply(&cmd, &mut events);
+    if Reader::open(dir)
+        .and_then(|mut r| r.next().map(|rec| rec.is_none()))
+        .map_err(|e| e.to_string())?
+    {
+        // An empty journal: nothing to replay (seeking sequence 1 would fail).
+        return Ok((0, 0, exchange.state_hash(), 0));
+    }
+    let mut rejected = 0u64;
+    let (records, seq_last) = apply_records(&mut reader, &mut exchange, 1, None, |events| {
         if matches!(events.first(), Some(Event::Rejected { .. })) {
             rejected += 1;
         }
-        records += 1;
-        seq_last = r.seq;
-    }
-    if records > 0 && seq_last != records {
-        return Err(format!(
-            "the journal starts after seq 1 (pruned): {records} records end at seq {seq_last}; \
-             replay needs the snapshot the pruning kept"
-        ));
-    }
+    })
+    .map_err(|e| {
+        format!("{e} (replay needs the journal from seq 1; after pruning, use the snapshot)")
+    })?;
     Ok((records, seq_last, exchange.state_hash(), rejected))
 }
 

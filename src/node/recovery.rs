@@ -70,6 +70,44 @@ pub fn decode_record(
     Ok(cmd)
 }
 
+/// Applies journal records `from..=to` (to the journal's end when `to` is `None`) to
+/// `exchange`, handing each command's events to `each`. Returns (records applied, last
+/// sequence). Recovery and `ringex journal replay` both replay through here.
+pub fn apply_records(
+    reader: &mut Reader,
+    exchange: &mut Exchange,
+    from: u64,
+    to: Option<u64>,
+    mut each: impl FnMut(&[Event]),
+) -> Result<(u64, u64), NodeError> {
+    reader.seek(from).map_err(NodeError::Journal)?;
+    let mut events: Vec<Event> = Vec::with_capacity(64);
+    let (mut applied, mut seq_last) = (0u64, from - 1);
+    // Bounded by `to`, or by the journal's length (the reader returns None at its end).
+    for expected in from..=to.unwrap_or(u64::MAX) {
+        let Some(r) = reader.next().map_err(NodeError::Journal)? else {
+            if let Some(to) = to {
+                return Err(NodeError::Replay {
+                    seq: expected,
+                    reason: format!("journal ended before its last sequence {to}"),
+                });
+            }
+            break;
+        };
+        assert_eq!(
+            r.seq, expected,
+            "the journal reader returns dense sequences"
+        );
+        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload)?;
+        events.clear();
+        exchange.apply(&cmd, &mut events);
+        each(&events);
+        applied += 1;
+        seq_last = r.seq;
+    }
+    Ok((applied, seq_last))
+}
+
 /// The newest snapshot that passes its checksums, restores into a state that passes every
 /// invariant, matches its recorded state hash and is not ahead of the journal. Older ones
 /// are tried in turn; each one skipped is reported with why.
@@ -135,26 +173,7 @@ pub fn recover(
     let mut replayed = 0u64;
     if from <= seq_last {
         let mut reader = Reader::open(journal_dir).map_err(NodeError::Journal)?;
-        reader.seek(from).map_err(NodeError::Journal)?;
-        let mut events: Vec<Event> = Vec::with_capacity(64);
-        // Bounded by the journal's length.
-        for expected in from..=seq_last {
-            let record = reader.next().map_err(NodeError::Journal)?;
-            let Some(r) = record else {
-                return Err(NodeError::Replay {
-                    seq: expected,
-                    reason: format!("journal ended before its last sequence {seq_last}"),
-                });
-            };
-            assert_eq!(
-                r.seq, expected,
-                "the journal reader returns dense sequences"
-            );
-            let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload)?;
-            events.clear();
-            exchange.apply(&cmd, &mut events);
-            replayed += 1;
-        }
+        (replayed, _) = apply_records(&mut reader, &mut exchange, from, Some(seq_last), |_| {})?;
     }
     let state_hash = exchange.state_hash();
     let log = RecoveryLog {
