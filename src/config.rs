@@ -436,13 +436,14 @@ impl Config {
         }
         let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
         for (stage, core) in &p.cores {
-            const STAGES: [&str; 6] = [
+            const STAGES: [&str; 7] = [
                 "pipeline",
                 "journaler",
                 "replicator",
                 "engine",
                 "publisher",
                 "gateway",
+                "helpers",
             ];
             if !STAGES.contains(&stage.as_str()) {
                 return err(
@@ -664,6 +665,21 @@ mod tests {
         let e = broken(|t| t.replacen("tick_size = 1", "tick_size = 0", 1));
         assert_eq!(e.key, "markets[0]");
         assert!(e.reason.contains("invalid_market_spec"), "{e}");
+    }
+
+    #[test]
+    fn cores_name_known_stages_and_the_journal_helpers() {
+        let pin = |line: &str| {
+            let t = DEFAULT_CONFIG_TOML.replace("[pipeline]", &format!("[pipeline]\n{line}"));
+            Config::parse(&t, "test.toml")
+        };
+        let c = pin("cores = { pipeline = 0, helpers = 0 }").unwrap();
+        assert_eq!(c.pipeline.cores.get("helpers"), Some(&0));
+        let e = pin("cores = { helper = 0 }").unwrap_err();
+        assert_eq!(e.key, "pipeline.cores.helper");
+        assert!(e.reason.contains("helpers"), "{e}");
+        let e = pin("cores = { helpers = 4096 }").unwrap_err();
+        assert!(e.reason.contains("does not exist"), "{e}");
     }
 
     #[test]

@@ -97,6 +97,11 @@ struct PipelineArgs {
     /// Durability modes to run, comma-separated (async, group).
     #[arg(long, value_delimiter = ',', default_values_t = ["async".to_string(), "group".to_string()])]
     durability: Vec<String>,
+    /// Thread placements to run, comma-separated: `free` (the scheduler places every
+    /// thread) and `pinned` (pipeline thread on the last core; driver, journal helpers and
+    /// snapshot writer on core 0). Needs 2 cores for `pinned`.
+    #[arg(long, value_delimiter = ',', default_values_t = ["free".to_string(), "pinned".to_string()])]
+    placements: Vec<String>,
     /// Directory for the journals (choose the disk to measure).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -138,6 +143,7 @@ fn main() -> ExitCode {
                 rates: a.rates,
                 topologies: a.topologies,
                 durabilities: a.durability,
+                placements: a.placements,
                 dir: a.dir.unwrap_or(defaults.dir),
                 seed: defaults.seed,
             });

@@ -22,24 +22,39 @@ pub struct MarketCounters {
     pub trades: u64,
 }
 
+/// One value per cache line (128 bytes: adjacent-line prefetch pairs lines). The counters
+/// have different writer threads (producer, pipeline, publisher); sharing a line made
+/// every producer bump stall the pipeline's next one (measured: 40% of the engine stage's
+/// samples sat on a metrics store while the producer counted backpressure).
+#[derive(Default, Debug)]
+#[repr(align(128))]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub struct Metrics {
     pub started: Instant,
     /// Commands the producer published into the input ring.
-    pub commands_submitted: AtomicU64,
+    pub commands_submitted: Padded<AtomicU64>,
     /// Submissions refused because the input ring stayed full (backpressure).
-    pub commands_backpressured: AtomicU64,
+    pub commands_backpressured: Padded<AtomicU64>,
     /// Commands appended to the journal.
-    pub commands_journaled: AtomicU64,
+    pub commands_journaled: Padded<AtomicU64>,
     /// Commands the engine applied.
-    pub commands_applied: AtomicU64,
+    pub commands_applied: Padded<AtomicU64>,
     /// Commands refused because they could not be made durable.
-    pub commands_unavailable: AtomicU64,
+    pub commands_unavailable: Padded<AtomicU64>,
     /// Events the engine put into the output ring.
-    pub events_produced: AtomicU64,
+    pub events_produced: Padded<AtomicU64>,
     /// Events the publisher handed on.
-    pub events_published: AtomicU64,
+    pub events_published: Padded<AtomicU64>,
     /// Sequence of the newest snapshot written (0: none).
-    pub snapshot_seq: AtomicU64,
+    pub snapshot_seq: Padded<AtomicU64>,
     /// The journal's written and durable watermarks.
     pub journal: OnceLock<Arc<Watermarks>>,
     /// Time from a batch's last append until it was durable, in ns.
@@ -53,14 +68,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            commands_submitted: AtomicU64::new(0),
-            commands_backpressured: AtomicU64::new(0),
-            commands_journaled: AtomicU64::new(0),
-            commands_applied: AtomicU64::new(0),
-            commands_unavailable: AtomicU64::new(0),
-            events_produced: AtomicU64::new(0),
-            events_published: AtomicU64::new(0),
-            snapshot_seq: AtomicU64::new(0),
+            commands_submitted: Padded::default(),
+            commands_backpressured: Padded::default(),
+            commands_journaled: Padded::default(),
+            commands_applied: Padded::default(),
+            commands_unavailable: Padded::default(),
+            events_produced: Padded::default(),
+            events_published: Padded::default(),
+            snapshot_seq: Padded::default(),
             journal: OnceLock::new(),
             durability_wait_ns: Mutex::new(new_histogram()),
             engine_latency_ns: Mutex::new(BTreeMap::new()),

@@ -27,7 +27,10 @@ pub use snapshot::{
 };
 pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};
-pub use writer::{Config, Durability, Journal, PruneReport, PrunedSegment, Watermarks};
+pub use writer::{
+    Config, Durability, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
+    WRITER_PREFAULT_AHEAD_BYTES, WRITER_PREFAULT_STEP_BYTES,
+};
 
 /// Bytes a record with `payload_len` payload bytes takes in a segment.
 pub const fn frame_size_bytes(payload_len: u64) -> u64 {

@@ -66,6 +66,24 @@ pub struct Config {
     /// buffer, bypassing the page cache; checkpoints and seals stay buffered). Falls back
     /// to buffered writes where the file system refuses O_DIRECT. Default true.
     pub direct_io: bool,
+    /// Pin the journal's background threads (sync, preallocate, populate) to this core.
+    /// On a machine with fewer cores than busy threads, put them beside a thread that
+    /// waits (the gateway) so they never preempt the pipeline. `None`: unpinned.
+    pub helper_core: Option<usize>,
+    /// Who prefaults the active segment's pages ahead of the writer (mmap backend).
+    pub prefault: Prefault,
+}
+
+/// Who prefaults pages of the mapped segment before the writer reaches them (a page the
+/// writer reaches first faults on its first write: ~1-5 us of kernel time here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefault {
+    /// A background thread, woken as the writer advances. Best with a spare core: on a
+    /// machine without one it preempts a busy thread for as long as a chunk takes.
+    Thread,
+    /// The writer's own thread, in bounded steps, when it calls
+    /// [`Journal::prefault_ahead`] (between batches or when idle). No extra thread.
+    Writer,
 }
 
 impl std::fmt::Debug for Config {
@@ -99,6 +117,8 @@ impl Config {
             backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
             direct_io: true,
+            helper_core: None,
+            prefault: Prefault::Thread,
         }
     }
 
@@ -214,6 +234,37 @@ impl Segment {
             map,
             size_bytes,
         })
+    }
+
+    /// Drops the synced pages of `[from, to)` from this process's mapping and from the
+    /// page cache. Best effort (a failure only costs memory). Callers pass only ranges
+    /// that are synced and that the writer has passed: no byte is lost (a shared file
+    /// mapping keeps its data in the file), readers fault the pages back in from disk.
+    pub(crate) fn drop_cached(&self, from: u64, to: u64) {
+        use std::os::fd::AsRawFd;
+        let from = from.next_multiple_of(4096);
+        if to <= from {
+            return;
+        }
+        let len = to - from;
+        // SAFETY: MADV_DONTNEED on a shared file mapping only unmaps pages; their contents
+        // stay in the file (this range is synced), and later accesses read them back.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                from as usize,
+                len as usize,
+            )
+        };
+        // SAFETY: plain syscall on an open descriptor.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                from as libc::off_t,
+                len as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            );
+        }
     }
 
     /// Prefaults `[offset, offset + len)` writable (MADV_POPULATE_WRITE) without touching the
@@ -363,6 +414,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 /// How far ahead of the writer the populate thread prefaults pages, and in what steps.
 const POPULATE_AHEAD_BYTES: u64 = 8 << 20;
 const POPULATE_CHUNK_BYTES: u64 = 1 << 20;
+/// `Prefault::Writer`: how far ahead of the append position, and the most per call.
+pub const WRITER_PREFAULT_AHEAD_BYTES: u64 = 128 << 10;
+pub const WRITER_PREFAULT_STEP_BYTES: u64 = 64 << 10;
 
 struct SyncList {
     active: Arc<Segment>,
@@ -460,6 +514,9 @@ pub struct Journal {
     populator: Option<JoinHandle<()>>,
     /// When `end_offset_bytes` passes this, ask the populate thread to move ahead.
     populate_next_at: u64,
+    /// `Prefault::Writer`: the active segment is prefaulted below this offset.
+    prefaulted_to: u64,
+    prefault: Prefault,
     /// Bytes staged since open (staged backends).
     stream_end: u64,
     hasher_fresh: crc32fast::Hasher,
@@ -474,6 +531,24 @@ impl std::fmt::Debug for Journal {
             .field("segment", &self.active.path)
             .finish_non_exhaustive()
     }
+}
+
+/// Spawns a background thread, pinned to `core` if given (a core that does not exist
+/// leaves it unpinned: placement is a hint, never a reason to stop).
+fn spawn_helper(
+    name: &str,
+    core: Option<usize>,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Some(id) = core {
+                core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
+            body()
+        })
+        .map_err(|e| Error::io(format!("spawn {name} thread"), e))
 }
 
 fn create_segment_file(
@@ -691,6 +766,7 @@ impl Journal {
                 unsynced: None,
                 written_at: Instant::now() - CHECKPOINT_INTERVAL,
             },
+            dropped: (active.base_seq, DATA_OFFSET),
             staged: engine.map(|engine| StagedSyncer {
                 engine,
                 segment_base_seq: active.base_seq,
@@ -741,30 +817,22 @@ impl Journal {
         shared.progress.publish(progress_initial);
         shared.check_space()?;
 
+        let core = config.helper_core;
         let syncer = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("journal-sync".into())
-                .spawn(move || syncer_main(&shared))
-                .map_err(|e| Error::io("spawn journal-sync thread", e))?
+            spawn_helper("journal-sync", core, move || syncer_main(&shared))?
         };
         let preallocator = {
             let shared = shared.clone();
-            std::thread::Builder::new()
-                .name("journal-prealloc".into())
-                .spawn(move || preallocator_main(&shared))
-                .map_err(|e| Error::io("spawn journal-prealloc thread", e))?
+            spawn_helper("journal-prealloc", core, move || preallocator_main(&shared))?
         };
 
         // Prefaulting only helps writes through the mapping.
-        let populator = if shared.ring.is_none() {
+        let populator = if shared.ring.is_none() && config.prefault == Prefault::Thread {
             let shared = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("journal-populate".into())
-                    .spawn(move || populator_main(&shared))
-                    .map_err(|e| Error::io("spawn journal-populate thread", e))?,
-            )
+            Some(spawn_helper("journal-populate", core, move || {
+                populator_main(&shared)
+            })?)
         } else {
             None
         };
@@ -774,6 +842,8 @@ impl Journal {
             stream_end: 0,
             hasher_fresh: crc32fast::Hasher::new(),
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
+            prefaulted_to: end_offset_bytes,
+            prefault: config.prefault,
             seal_at: seal_offset(segment_size_bytes),
             active,
             end_offset_bytes,
@@ -964,6 +1034,32 @@ impl Journal {
         Ok(seq)
     }
 
+    /// `Prefault::Writer`: prefaults up to [`WRITER_PREFAULT_AHEAD_BYTES`] past the append
+    /// position, at most [`WRITER_PREFAULT_STEP_BYTES`] per call, so one call stalls the
+    /// caller for a bounded time (a few tens of µs here). Call it between batches or when
+    /// idle. Returns the bytes prefaulted (0: already ahead, or not the mmap backend).
+    pub fn prefault_ahead(&mut self) -> u64 {
+        if self.prefault != Prefault::Writer || self.shared.ring.is_some() || self.sealed {
+            return 0;
+        }
+        let page = 4096;
+        let start = self.prefaulted_to.max(self.end_offset_bytes & !(page - 1));
+        let want =
+            (self.end_offset_bytes + WRITER_PREFAULT_AHEAD_BYTES).min(self.seal_at) & !(page - 1);
+        if start >= want {
+            return 0;
+        }
+        let len = (want - start).min(WRITER_PREFAULT_STEP_BYTES);
+        let writable = matches!(self.shared.durability, Durability::Async { .. });
+        if self.active.populate(start, len, writable).is_err() {
+            // Unsupported here (old kernel): stop for this segment; pages fault on write.
+            self.prefaulted_to = self.active.size_bytes;
+            return 0;
+        }
+        self.prefaulted_to = start + len;
+        len
+    }
+
     #[cold]
     fn request_populate(&mut self) {
         self.populate_next_at = self.end_offset_bytes + POPULATE_CHUNK_BYTES;
@@ -1070,6 +1166,7 @@ impl Journal {
         self.active = segment;
         self.seal_at = seal_offset(header.segment_size_bytes);
         self.end_offset_bytes = DATA_OFFSET;
+        self.prefaulted_to = DATA_OFFSET;
         if self.populator.is_some() {
             self.request_populate();
         }

@@ -29,6 +29,8 @@ pub struct PipelineBenchArgs {
     pub rates: Vec<u64>,
     pub topologies: Vec<String>,
     pub durabilities: Vec<String>,
+    /// `free` or `pinned` (see [`Placement`]).
+    pub placements: Vec<String>,
     /// Where the journals go (pick the disk to measure). A fresh subdirectory per case.
     pub dir: PathBuf,
     pub seed: u64,
@@ -41,6 +43,7 @@ impl Default for PipelineBenchArgs {
             rates: vec![100_000, 1_000_000, 0],
             topologies: vec!["fused".into(), "split".into()],
             durabilities: vec!["async".into(), "group".into()],
+            placements: vec!["free".into(), "pinned".into()],
             dir: std::env::temp_dir().join("ringex-bench-pipeline"),
             seed: 0x5eed_2024,
         }
@@ -79,6 +82,7 @@ impl Collector {
 pub struct CaseReport {
     pub topology: String,
     pub durability: String,
+    pub placement: String,
     pub rate_offered: u64,
     pub commands_per_s: f64,
     pub latency: LatencySummary,
@@ -87,7 +91,7 @@ pub struct CaseReport {
 
 /// `durability` is a mode, optionally with a journal backend: `async`, `group`,
 /// `group-mmap`, `group-pwrite`, `group-io-uring`.
-fn node_config(dir: &Path, topology: &str, durability: &str) -> Config {
+fn node_config(dir: &Path, topology: &str, durability: &str, placement: &str) -> Config {
     let (durability, backend) = durability.split_once('-').unwrap_or((durability, "auto"));
     // Fused: the pipeline thread and the driver, one core each, so the pipeline may spin.
     // Split: more stages than cores, so they back off.
@@ -113,6 +117,7 @@ input_ring_size = 65536
 output_ring_size = 262144
 wait = "{wait}"
 batch_max = 512
+{cores}
 [snapshot]
 every_commands = 0
 every_seconds = 0
@@ -120,9 +125,33 @@ keep = 1
 [metrics]
 log_every_seconds = 0
 "#,
-        dir.display()
+        dir.display(),
+        cores = pipeline_cores(topology, placement),
     );
     Config::parse(&text, "bench").expect("bench config is valid")
+}
+
+/// The `[pipeline]` cores line for a placement. `pinned`: the journal's helpers and the
+/// snapshot writer share core 0 with the driver (which stands for the gateway); the fused
+/// pipeline thread has the last core to itself. Split stages stay unpinned (they outnumber
+/// the cores and take turns through their doorbells).
+fn pipeline_cores(topology: &str, placement: &str) -> String {
+    match (placement, topology) {
+        ("pinned", "fused") => format!("cores = {{ pipeline = {}, helpers = 0 }}", core_last()),
+        ("pinned", _) => "cores = { helpers = 0 }".into(),
+        _ => String::new(),
+    }
+}
+
+/// The last core this process may use. Read once, before any bench thread pins itself
+/// (the crate reads the calling thread's mask).
+fn core_last() -> usize {
+    static CORE_LAST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORE_LAST.get_or_init(|| {
+        core_affinity::get_core_ids()
+            .and_then(|c| c.iter().map(|c| c.id).max())
+            .unwrap_or(0)
+    })
 }
 
 /// One case: a fresh node, setup and pre-fill untimed, then `timed` at `rate` (0: max).
@@ -135,12 +164,42 @@ fn run_case(
     topology: &str,
     durability: &str,
     rate: u64,
+    placement: &str,
 ) -> CaseReport {
-    let dir = args.dir.join(format!("{topology}-{durability}-{rate}"));
+    let dir = args
+        .dir
+        .join(format!("{topology}-{durability}-{rate}-{placement}"));
     let _ = std::fs::remove_dir_all(&dir);
-    let config = node_config(&dir, topology, durability);
+    // Started here: config validation and stage pinning read the calling thread's cores,
+    // and the driver pins itself.
+    let config = node_config(&dir, topology, durability, placement);
     let no_wake: crate::node::Waker = std::sync::Arc::new(|| {});
-    let mut node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
+    let node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
+    // The driver runs on its own thread so that pinning it leaves the caller unpinned.
+    let report = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("bench-driver".into())
+            .spawn_scoped(scope, || {
+                if placement == "pinned" {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: 0 });
+                }
+                drive_case(node, setup, timed, rate)
+            })
+            .expect("spawn the bench driver")
+            .join()
+            .expect("the bench driver completes")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    CaseReport {
+        topology: topology.into(),
+        durability: durability.into(),
+        placement: placement.into(),
+        rate_offered: rate,
+        ..report
+    }
+}
+
+fn drive_case(mut node: Node, setup: &[Command], timed: &[Command], rate: u64) -> CaseReport {
     let mut collector = Collector {
         base: Instant::now(),
         histogram: latency_histogram(),
@@ -191,10 +250,10 @@ fn run_case(
     let seconds = start.elapsed().as_secs_f64();
     let backpressured = node.metrics().summary().backpressured;
     node.shutdown().expect("bench node stops cleanly");
-    let _ = std::fs::remove_dir_all(&dir);
     CaseReport {
-        topology: topology.into(),
-        durability: durability.into(),
+        topology: String::new(),
+        durability: String::new(),
+        placement: String::new(),
         rate_offered: rate,
         commands_per_s: timed.len() as f64 / seconds,
         latency: LatencySummary::from_histogram(&collector.histogram),
@@ -302,9 +361,10 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
         us(sync.latency_ns_max)
     );
     println!(
-        "{:<6} {:<6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8}",
+        "{:<6} {:<6} {:<6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8}",
         "topo",
         "durab",
+        "place",
         "offered/s",
         "achieved/s",
         "x alone",
@@ -317,12 +377,20 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
     let mut reports = Vec::new();
     for topology in &args.topologies {
         for durability in &args.durabilities {
-            for &rate in &args.rates {
-                let r = run_case(args, &setup, timed, topology, durability, rate);
+            for (&rate, placement) in args
+                .rates
+                .iter()
+                .flat_map(|r| args.placements.iter().map(move |p| (r, p)))
+            {
+                if placement == "pinned" && core_last() == 0 {
+                    continue;
+                }
+                let r = run_case(args, &setup, timed, topology, durability, rate, placement);
                 println!(
-                    "{:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8}",
+                    "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8}",
                     r.topology,
                     r.durability,
+                    r.placement,
                     if rate == 0 {
                         "max".to_string()
                     } else {
@@ -364,7 +432,7 @@ mod tests {
         let w = generate(1, args.commands, 1);
         let mut setup = w.setup.clone();
         setup.extend(w.prefill.iter().copied());
-        let r = run_case(&args, &setup, &w.commands, "fused", "async", 50_000);
+        let r = run_case(&args, &setup, &w.commands, "fused", "async", 50_000, "free");
         assert!(r.commands_per_s > 0.0);
         assert!(r.latency.latency_ns_p50 > 0);
         assert!(r.latency.latency_ns_max >= r.latency.latency_ns_p99);

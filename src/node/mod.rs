@@ -269,6 +269,9 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
         DurabilityMode::Group => Durability::Group,
     };
     j.low_space_threshold_bytes = config.journal.low_space_mib << 20;
+    j.helper_core = config.pipeline.cores.get("helpers").copied();
+    // The journaling thread prefaults between batches: no helper thread to preempt it.
+    j.prefault = ringex_journal::Prefault::Writer;
     // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
     j.record_size_bytes_max = 4096;
     j.backend = match config.journal.backend {
@@ -348,7 +351,12 @@ impl Node {
         ));
         let (control_tx, control) = mpsc::channel();
         let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
-        let snapshot_writer = spawn_snapshot_writer(snapshots, snapshot_rx, Arc::clone(&shared))?;
+        let snapshot_writer = spawn_snapshot_writer(
+            snapshots,
+            snapshot_rx,
+            Arc::clone(&shared),
+            config.pipeline.cores.get("helpers").copied(),
+        )?;
 
         let cores = &config.pipeline.cores;
         let core = |stage: &str| cores.get(stage).copied();
@@ -773,10 +781,14 @@ fn spawn_snapshot_writer(
     store: SnapshotStore,
     jobs: Receiver<SnapshotJob>,
     shared: Arc<Shared>,
+    core: Option<usize>,
 ) -> Result<JoinHandle<()>, NodeError> {
     std::thread::Builder::new()
         .name("ringex-snapshot".into())
         .spawn(move || {
+            if let Some(id) = core {
+                core_affinity::set_for_current(core_affinity::CoreId { id });
+            }
             // Ends when the engine stage drops its sender.
             for job in jobs {
                 let hash = job.state_hash.to_le_bytes();

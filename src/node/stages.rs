@@ -144,6 +144,12 @@ impl JournalStage {
             .fail(format!("journal could not make commands durable: {why}"));
     }
 
+    /// Prefaults the journal's next pages, after the batch's work is handed on, so the
+    /// appends of the next batches take no page faults (bounded: a few tens of µs).
+    pub fn prefault_ahead(&mut self) {
+        self.journal.prefault_ahead();
+    }
+
     /// After a new snapshot is on disk, removes the segments that lie entirely before the
     /// oldest retained snapshot (the journal also keeps what registered readers need).
     /// Rare (once per snapshot), so its file-system work may run on this thread.
@@ -180,6 +186,7 @@ impl JournalStage {
                 bell.ring();
             }
             self.prune_if_snapshotted();
+            self.prefault_ahead();
         }
     }
 }
@@ -525,6 +532,7 @@ impl FusedStage {
             self.pending.clear();
             self.engine.end_of_batch();
             self.journal.prune_if_snapshotted();
+            self.journal.prefault_ahead();
         }
     }
 }

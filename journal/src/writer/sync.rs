@@ -165,7 +165,18 @@ pub(super) struct SyncerState {
     pub(super) generation: u64,
     pub(super) checkpoint: CheckpointState,
     pub(super) staged: Option<StagedSyncer>,
+    /// Mmap backend: (segment base, offset) below which the active segment's synced pages
+    /// have been dropped from the page cache.
+    pub(super) dropped: (u64, u64),
 }
+
+/// Mmap backend: synced pages further than this behind the durable point leave the page
+/// cache. New pages are the dear part of a mapped append (allocate and zero: 1-7 us each
+/// on the VMs measured, against ~0.4 us for a page just freed), and pages dropped behind
+/// the writer are the ones the kernel hands back for the pages ahead of it. It also keeps
+/// the journal from filling memory with data nobody reads. Tailers keep reading: dropped
+/// pages are read back from the file.
+const DROP_BEHIND_KEEP_BYTES: u64 = 8 << 20;
 
 pub(super) struct CheckpointState {
     /// Durable point not yet recorded in a checkpoint slot.
@@ -184,6 +195,7 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
         generation,
         checkpoint: checkpoint_pending,
         staged,
+        dropped,
     } = st;
     let staged = staged.as_mut();
     let snap = shared.progress.read();
@@ -200,6 +212,14 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             .storage
             .sync_data(&s.file)
             .map_err(|e| format!("fdatasync of {} failed: {e}", s.path.display()))?;
+        if shared.ring.is_none() {
+            let from = if dropped.0 == s.base_seq {
+                dropped.1
+            } else {
+                DATA_OFFSET
+            };
+            s.drop_cached(from, seal_offset(s.size_bytes));
+        }
     }
     if dir_unsynced {
         shared
@@ -277,8 +297,20 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             ring.flushed_end.store(snap.stream_end, Ordering::Release);
             shared.watermarks.written.store(snap.seq, Ordering::Release);
         }
-        _ => sync_data(&active.file)
-            .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?,
+        _ => {
+            sync_data(&active.file)
+                .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
+            if ring.is_none() && snap.segment_base_seq == active.base_seq {
+                if dropped.0 != active.base_seq {
+                    *dropped = (active.base_seq, DATA_OFFSET);
+                }
+                let end = snap.end_offset_bytes.saturating_sub(DROP_BEHIND_KEEP_BYTES) & !4095;
+                if end > dropped.1 {
+                    active.drop_cached(dropped.1, end);
+                    dropped.1 = end;
+                }
+            }
+        }
     }
     if let Some(seq) = checkpoint_written {
         shared.checkpoint_seq_durable.store(seq, Ordering::Release);

@@ -1,0 +1,137 @@
+//! How the mmap backend uses memory: the writer may prefault its own pages in bounded
+//! steps (no helper thread), and synced pages far behind the writer leave the page cache.
+//! Neither may change a byte of what is read back.
+
+mod common;
+use common::*;
+use ringex_journal::{Durability, Journal, Prefault, WRITER_PREFAULT_STEP_BYTES};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn async_config(dir: &Path, segment_size_bytes: u64) -> ringex_journal::Config {
+    let mut c = config(
+        dir,
+        Durability::Async {
+            flush_interval_ms: 1,
+        },
+    );
+    c.segment_size_bytes = segment_size_bytes;
+    c
+}
+
+/// Pages of the first `len` bytes of `path` resident in the page cache, by `mincore` over
+/// a fresh read-only map: (resident, pages).
+fn resident_pages(path: &Path, len: usize) -> (usize, usize) {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only shared mapping of a file this test owns; only mincore reads it.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(map, len) };
+    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
+}
+
+fn segment_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn writer_prefault_is_bounded_per_call_and_changes_no_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = async_config(dir.path(), 1 << 20);
+    c.prefault = Prefault::Writer;
+    let mut j = Journal::open(c).unwrap();
+    let mut prefaulted = 0;
+    let mut calls = 0;
+    for _ in 0..3_000 {
+        append_n(&mut j, 1, |seq| (seq as usize * 13) % 300);
+        let n = j.prefault_ahead();
+        assert!(n <= WRITER_PREFAULT_STEP_BYTES, "one call did {n} bytes");
+        assert_eq!(n % 4096, 0);
+        prefaulted += n;
+        calls += 1;
+    }
+    assert!(prefaulted > 0, "prefaulted nothing in {calls} calls");
+    // Once ahead, a call does nothing until the writer moves.
+    while j.prefault_ahead() > 0 {}
+    assert_eq!(j.prefault_ahead(), 0);
+    j.close().unwrap();
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 3_000);
+    check_prefix(&all, |seq| (seq as usize * 13) % 300);
+}
+
+#[test]
+fn thread_prefault_journal_ignores_writer_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(async_config(dir.path(), 1 << 20)).unwrap();
+    append_n(&mut j, 10, |_| 100);
+    assert_eq!(
+        j.prefault_ahead(),
+        0,
+        "the populate thread owns prefaulting"
+    );
+    j.close().unwrap();
+}
+
+#[test]
+fn synced_pages_far_behind_the_writer_leave_the_page_cache_and_read_back_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    // One 64 MiB segment; write ~24 MiB, so all but the newest 8 MiB may be dropped.
+    let mut j = Journal::open(async_config(dir.path(), 64 << 20)).unwrap();
+    let len_of = |seq: u64| 900 + (seq as usize % 100);
+    let last = append_n(&mut j, 24_000, len_of);
+    assert!(j.wait_durable(last, Duration::from_secs(30)).unwrap());
+    // ~23.4 MiB written and durable: the first 12 MiB lie well over 8 MiB behind the
+    // writer. The drop runs in a flush round after the data is durable.
+    let segment = &segment_paths(dir.path())[0];
+    let behind_bytes = 12 << 20;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (resident, pages) = loop {
+        let (resident, pages) = resident_pages(segment, behind_bytes);
+        if resident * 20 < pages || Instant::now() > deadline {
+            break (resident, pages);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        resident * 20 < pages,
+        "{resident} of the {pages} pages behind the writer still cached: not dropped"
+    );
+    // The newest pages stay cached for readers that follow the writer.
+    let (resident_all, _) = resident_pages(segment, 24 << 20);
+    assert!(
+        resident_all - resident >= 1_000,
+        "the newest pages were dropped too"
+    );
+    // More appends after the drop, then everything reads back, in process and after reopen.
+    append_n(&mut j, 100, len_of);
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 24_100);
+    check_prefix(&all, len_of);
+    j.close().unwrap();
+    let j = Journal::open(async_config(dir.path(), 64 << 20)).unwrap();
+    assert_eq!(j.recovery_report().seq_last, 24_100);
+    assert_eq!(j.recovery_report().truncation, None);
+}
