@@ -242,7 +242,7 @@ impl Segment {
     /// mapping keeps its data in the file), readers fault the pages back in from disk.
     pub(crate) fn drop_cached(&self, from: u64, to: u64) {
         use std::os::fd::AsRawFd;
-        let from = from.next_multiple_of(4096);
+        let from = from.next_multiple_of(PAGE_BYTES);
         if to <= from {
             return;
         }
@@ -411,6 +411,8 @@ struct Shared {
 /// Longest time between checkpoint writes while records are being synced.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(10);
 
+/// The unit of prefaulting and of dropping pages from the page cache.
+const PAGE_BYTES: u64 = 4096;
 /// How far ahead of the writer the populate thread prefaults pages, and in what steps.
 const POPULATE_AHEAD_BYTES: u64 = 8 << 20;
 const POPULATE_CHUNK_BYTES: u64 = 1 << 20;
@@ -516,7 +518,6 @@ pub struct Journal {
     populate_next_at: u64,
     /// `Prefault::Writer`: the active segment is prefaulted below this offset.
     prefaulted_to: u64,
-    prefault: Prefault,
     /// Bytes staged since open (staged backends).
     stream_end: u64,
     hasher_fresh: crc32fast::Hasher,
@@ -843,7 +844,6 @@ impl Journal {
             hasher_fresh: crc32fast::Hasher::new(),
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             prefaulted_to: end_offset_bytes,
-            prefault: config.prefault,
             seal_at: seal_offset(segment_size_bytes),
             active,
             end_offset_bytes,
@@ -1039,13 +1039,15 @@ impl Journal {
     /// caller for a bounded time (a few tens of µs here). Call it between batches or when
     /// idle. Returns the bytes prefaulted (0: already ahead, or not the mmap backend).
     pub fn prefault_ahead(&mut self) -> u64 {
-        if self.prefault != Prefault::Writer || self.shared.ring.is_some() || self.sealed {
+        // Only the mmap backend maps pages; with a populate thread, prefaulting is its job.
+        if self.shared.ring.is_some() || self.populator.is_some() || self.sealed {
             return 0;
         }
-        let page = 4096;
-        let start = self.prefaulted_to.max(self.end_offset_bytes & !(page - 1));
-        let want =
-            (self.end_offset_bytes + WRITER_PREFAULT_AHEAD_BYTES).min(self.seal_at) & !(page - 1);
+        let start = self
+            .prefaulted_to
+            .max(self.end_offset_bytes & !(PAGE_BYTES - 1));
+        let want = (self.end_offset_bytes + WRITER_PREFAULT_AHEAD_BYTES).min(self.seal_at)
+            & !(PAGE_BYTES - 1);
         if start >= want {
             return 0;
         }

@@ -176,7 +176,7 @@ fn run_case(
     let no_wake: crate::node::Waker = std::sync::Arc::new(|| {});
     let node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
     // The driver runs on its own thread so that pinning it leaves the caller unpinned.
-    let report = std::thread::scope(|scope| {
+    let measured = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("bench-driver".into())
             .spawn_scoped(scope, || {
@@ -195,11 +195,20 @@ fn run_case(
         durability: durability.into(),
         placement: placement.into(),
         rate_offered: rate,
-        ..report
+        commands_per_s: measured.commands_per_s,
+        latency: measured.latency,
+        backpressured: measured.backpressured,
     }
 }
 
-fn drive_case(mut node: Node, setup: &[Command], timed: &[Command], rate: u64) -> CaseReport {
+/// What one driver run measured.
+struct Measured {
+    commands_per_s: f64,
+    latency: LatencySummary,
+    backpressured: u64,
+}
+
+fn drive_case(mut node: Node, setup: &[Command], timed: &[Command], rate: u64) -> Measured {
     let mut collector = Collector {
         base: Instant::now(),
         histogram: latency_histogram(),
@@ -250,11 +259,7 @@ fn drive_case(mut node: Node, setup: &[Command], timed: &[Command], rate: u64) -
     let seconds = start.elapsed().as_secs_f64();
     let backpressured = node.metrics().summary().backpressured;
     node.shutdown().expect("bench node stops cleanly");
-    CaseReport {
-        topology: String::new(),
-        durability: String::new(),
-        placement: String::new(),
-        rate_offered: rate,
+    Measured {
         commands_per_s: timed.len() as f64 / seconds,
         latency: LatencySummary::from_histogram(&collector.histogram),
         backpressured,

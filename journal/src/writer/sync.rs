@@ -304,7 +304,8 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
                 if dropped.0 != active.base_seq {
                     *dropped = (active.base_seq, DATA_OFFSET);
                 }
-                let end = snap.end_offset_bytes.saturating_sub(DROP_BEHIND_KEEP_BYTES) & !4095;
+                let end = snap.end_offset_bytes.saturating_sub(DROP_BEHIND_KEEP_BYTES)
+                    & !(PAGE_BYTES - 1);
                 if end > dropped.1 {
                     active.drop_cached(dropped.1, end);
                     dropped.1 = end;

@@ -23,7 +23,7 @@ pub(super) fn populator_main(shared: &Shared) {
         if populated.0 != active.base_seq {
             populated = (active.base_seq, DATA_OFFSET);
         }
-        let end = target.min(active.size_bytes) & !4095;
+        let end = target.min(active.size_bytes) & !(PAGE_BYTES - 1);
         let steps_max = end.saturating_sub(populated.1) / POPULATE_CHUNK_BYTES + 1;
         for _ in 0..steps_max {
             if populated.1 >= end || shared.stop.load(Ordering::Relaxed) {
