@@ -118,6 +118,11 @@ pub enum Topology {
     Auto,
     Split,
     Fused,
+    /// No pipeline thread and no rings: the thread that submits (the gateway's event
+    /// loop) journals, applies and collects the events itself, between its socket reads.
+    /// No cross-thread hand-off, so no wake-up per request; for machines where the
+    /// clients or other work need the second core.
+    Inline,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -243,6 +248,9 @@ pub struct GatewayConfig {
     pub session_linger_seconds: u32,
     /// Connections the gateway serves at once.
     pub connections_max: u32,
+    /// After the last activity the event loop polls without sleeping this long (0: it
+    /// sleeps at once). For a gateway on a core of its own, e.g. the inline topology.
+    pub spin_us: u32,
 }
 
 impl Default for GatewayConfig {
@@ -256,6 +264,7 @@ impl Default for GatewayConfig {
             resume_window_messages: 65_536,
             session_linger_seconds: 60,
             connections_max: 1024,
+            spin_us: 0,
         }
     }
 }

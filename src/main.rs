@@ -91,8 +91,8 @@ struct PipelineArgs {
     /// Offered rates in commands/s, comma-separated; 0 = maximum.
     #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 0])]
     rates: Vec<u64>,
-    /// Topologies to run, comma-separated (split, fused).
-    #[arg(long, value_delimiter = ',', default_values_t = ["fused".to_string(), "split".to_string()])]
+    /// Topologies to run, comma-separated (split, fused, inline).
+    #[arg(long, value_delimiter = ',', default_values_t = ["fused".to_string(), "split".to_string(), "inline".to_string()])]
     topologies: Vec<String>,
     /// Durability modes to run, comma-separated (async, group).
     #[arg(long, value_delimiter = ',', default_values_t = ["async".to_string(), "group".to_string()])]

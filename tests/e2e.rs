@@ -22,7 +22,7 @@ const MAKER: (u64, &str) = (1, "demo-secret-1001");
 const TAKER: (u64, &str) = (2, "demo-secret-1002");
 
 /// The embedded config with its data in `dir`, ephemeral ports and small segments.
-fn config_text(dir: &Path) -> String {
+fn config_text(dir: &Path, topology: &str) -> String {
     DEFAULT_CONFIG_TOML
         .replace(
             "data_dir = \"./data\"",
@@ -32,6 +32,7 @@ fn config_text(dir: &Path) -> String {
         .replace("127.0.0.1:9103", "127.0.0.1:0")
         .replace("segment_size_mib = 64", "segment_size_mib = 1")
         .replace("log_every_seconds = 5", "log_every_seconds = 0")
+        .replace("topology = \"auto\"", &format!("topology = \"{topology}\""))
 }
 
 struct Running {
@@ -41,8 +42,8 @@ struct Running {
 }
 
 impl Running {
-    fn start(dir: &Path) -> Running {
-        let config = Config::parse(&config_text(dir), "e2e.toml").expect("valid config");
+    fn start(dir: &Path, topology: &str) -> Running {
+        let config = Config::parse(&config_text(dir, topology), "e2e.toml").expect("valid config");
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready) = mpsc::channel();
         let flag = Arc::clone(&stop);
@@ -74,8 +75,17 @@ fn options() -> ClientOptions {
 
 #[test]
 fn a_maker_quotes_a_taker_crosses_and_a_restart_keeps_the_resting_remainder() {
+    maker_taker_and_restart("fused");
+}
+
+#[test]
+fn the_same_through_the_inline_topology() {
+    maker_taker_and_restart("inline");
+}
+
+fn maker_taker_and_restart(topology: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let exchange = Running::start(dir.path());
+    let exchange = Running::start(dir.path(), topology);
     let mut maker = Client::connect(exchange.trading, MAKER.0, MAKER.1, options()).unwrap();
     let mut taker = Client::connect(exchange.trading, TAKER.0, TAKER.1, options()).unwrap();
     let ask = maker
@@ -110,7 +120,7 @@ fn a_maker_quotes_a_taker_crosses_and_a_restart_keeps_the_resting_remainder() {
     exchange.stop();
 
     // A restart recovers from the snapshot and journal: the remainder still rests.
-    let exchange = Running::start(dir.path());
+    let exchange = Running::start(dir.path(), topology);
     let mut maker = Client::connect(exchange.trading, MAKER.0, MAKER.1, options()).unwrap();
     let open = maker.open_orders(BTC_USDT).unwrap();
     assert_eq!(open.len(), 1);
@@ -138,7 +148,7 @@ fn a_maker_quotes_a_taker_crosses_and_a_restart_keeps_the_resting_remainder() {
 fn an_independent_python_client_trades_against_ringex_start() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("e2e.toml");
-    std::fs::write(&config_path, config_text(dir.path())).unwrap();
+    std::fs::write(&config_path, config_text(dir.path(), "auto")).unwrap();
     let mut server = Process::new(env!("CARGO_BIN_EXE_ringex"))
         .args(["start", "--config"])
         .arg(&config_path)

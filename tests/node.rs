@@ -14,6 +14,8 @@ use ringex::node::{ChannelSink, CountingSink, Node, OutputMode};
 use ringex_engine::{Command, Event, Exchange, Output, RejectReason};
 use ringex_journal::Reader;
 
+const TOPOLOGIES: [&str; 3] = ["split", "fused", "inline"];
+
 /// A node config for tests: tiny rings and segments, everything else explicit.
 fn config(dir: &Path, topology: &str, durability: &str, snapshot_every: u64) -> Config {
     let text = format!(
@@ -103,11 +105,11 @@ fn journal_payloads(dir: &Path) -> Vec<(u64, Vec<u8>)> {
 }
 
 #[test]
-fn split_and_fused_nodes_reach_the_state_of_an_engine_fed_directly() {
+fn every_topology_reaches_the_state_of_an_engine_fed_directly() {
     let commands = stream(3_000);
     let (hash_direct, events_direct) = direct(&commands);
     let mut journals = Vec::new();
-    for topology in ["split", "fused"] {
+    for topology in TOPOLOGIES {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), topology, "group", 1_000);
         let (hash, events, seq_last) = run(&cfg, &commands);
@@ -123,10 +125,12 @@ fn split_and_fused_nodes_reach_the_state_of_an_engine_fed_directly() {
         assert_eq!(node.state_hash().unwrap(), (seq_last, hash_direct));
         node.shutdown().unwrap();
     }
-    assert_eq!(
-        journals[0], journals[1],
-        "split and fused write identical journals"
-    );
+    for (topology, journal) in TOPOLOGIES.iter().zip(&journals).skip(1) {
+        assert_eq!(
+            journal, &journals[0],
+            "{topology} writes the same journal as split"
+        );
+    }
 }
 
 #[test]
@@ -293,6 +297,7 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() 
 // ---------------------------------------------------------------- crash
 
 const CHILD_DIR: &str = "RINGEX_TEST_CRASH_CHILD_DIR";
+const CHILD_TOPOLOGY: &str = "RINGEX_TEST_CRASH_CHILD_TOPOLOGY";
 const CRASH_COMMANDS: usize = 40_000;
 
 /// Not a test on its own: the child half of the SIGKILL test. It runs a node on the
@@ -300,10 +305,10 @@ const CRASH_COMMANDS: usize = 40_000;
 /// on stdout while it submits, until it is killed.
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var(CHILD_DIR) else {
+    let (Ok(dir), Ok(topology)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_TOPOLOGY)) else {
         return;
     };
-    let cfg = config(Path::new(&dir), "fused", "group", 0);
+    let cfg = config(Path::new(&dir), &topology, "group", 0);
     let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let metrics = node.metrics();
     for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
@@ -320,11 +325,21 @@ fn crash_child() {
 }
 
 #[test]
-fn a_node_killed_with_sigkill_recovers_every_durable_command() {
+fn a_fused_node_killed_with_sigkill_recovers_every_durable_command() {
+    killed_node_recovers_every_durable_command("fused");
+}
+
+#[test]
+fn an_inline_node_killed_with_sigkill_recovers_every_durable_command() {
+    killed_node_recovers_every_durable_command("inline");
+}
+
+fn killed_node_recovers_every_durable_command(topology: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Process::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir.path())
+        .env(CHILD_TOPOLOGY, topology)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -352,7 +367,7 @@ fn a_node_killed_with_sigkill_recovers_every_durable_command() {
     );
 
     let commands = stream(CRASH_COMMANDS);
-    let cfg = config(dir.path(), "fused", "group", 0);
+    let cfg = config(dir.path(), topology, "group", 0);
     let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let seq = node.recovery().seq_last;
     assert!(
@@ -459,13 +474,19 @@ fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm(
 
 #[test]
 fn in_poll_mode_the_owner_drains_outputs_and_queries_answer_in_order() {
+    for topology in TOPOLOGIES {
+        owner_drains_outputs_and_queries_answer_in_order(topology);
+    }
+}
+
+fn owner_drains_outputs_and_queries_answer_in_order(topology: &str) {
     use ringex_engine::{Query, QueryReply};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     const QUERY_TAG: u64 = u64::MAX;
     let commands = stream(300);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "fused", "async", 0);
+    let cfg = config(dir.path(), topology, "async", 0);
     let wakes = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&wakes);
     let waker: ringex::node::Waker = Arc::new(move || {
@@ -519,6 +540,57 @@ fn in_poll_mode_the_owner_drains_outputs_and_queries_answer_in_order() {
         Some(QueryReply::End { found: true, .. })
     ));
     assert!(replies.len() >= 2, "{replies:?}");
-    assert!(wakes.load(Ordering::Relaxed) >= 1, "the waker was called");
+    if topology == "inline" {
+        // Nothing runs behind the owner's back, so there is nobody to wake it.
+        assert_eq!(wakes.load(Ordering::Relaxed), 0, "{topology}");
+    } else {
+        assert!(
+            wakes.load(Ordering::Relaxed) >= 1,
+            "{topology}: the waker was called"
+        );
+    }
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn inline_a_full_output_queue_refuses_input_until_the_owner_polls() {
+    let commands = stream(3_000);
+    let dir = tempfile::tempdir().unwrap();
+    // The test config's output ring holds 1024 slots: the inline queue's bound.
+    let cfg = config(dir.path(), "inline", "async", 0);
+    let mut node = Node::start(&cfg, OutputMode::Poll(std::sync::Arc::new(|| {}))).unwrap();
+    let mut submitted = 0;
+    let mut refused = false;
+    for (i, c) in commands.iter().enumerate() {
+        match node.try_submit(c, i as u64) {
+            Ok(()) => submitted += 1,
+            Err(ringex::node::NodeError::Backpressure) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        // Batches end as the owner polls; here it only asks whether output waits.
+        if i % 64 == 63 {
+            assert!(node.outputs_available());
+            node.poll_outputs(0, |_| {});
+        }
+    }
+    assert!(refused, "a queue past its bound pushes back");
+    assert!(submitted < commands.len());
+    let mut events = Vec::new();
+    while node.poll_outputs(4096, |s| events.push(*s)) > 0 {}
+    assert!(!node.outputs_available());
+    for (i, c) in commands.iter().enumerate().skip(submitted) {
+        node.try_submit(c, i as u64)
+            .expect("room again after polling");
+        node.poll_outputs(4096, |s| events.push(*s));
+    }
+    let events: Vec<Event> = events.iter().map(event_of).collect();
+    assert_eq!(
+        events,
+        direct(&commands).1,
+        "nothing lost, nothing reordered"
+    );
     node.shutdown().unwrap();
 }

@@ -626,6 +626,29 @@ fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
 }
 
 #[test]
+fn a_spinning_event_loop_serves_the_same_and_still_runs_its_timers() {
+    let s = serve(GatewayConfig {
+        spin_us: 200_000,
+        idle_timeout_ms: 300,
+        ..GatewayConfig::loopback()
+    });
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    maker.order(Side::Sell, 100, 5, 1);
+    let out = taker.order(Side::Buy, 105, 3, 2);
+    assert!(
+        out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),
+        "{out:?}"
+    );
+    let ServerMessage::Filled(maker_fill) = maker.recv() else {
+        panic!("maker gets a fill")
+    };
+    assert_eq!(maker_fill.remaining_qty, 2);
+    // Both fall silent: heartbeats and the idle timeout run while the loop spins.
+    assert_eq!(taker.logout_reason(), Some(LogoutReason::HeartbeatTimeout));
+}
+
+#[test]
 fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
     let s = default_server();
     let (mut maker, reply) = Peer::login(s.trading, MAKER_KEY);

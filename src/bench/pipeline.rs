@@ -41,7 +41,7 @@ impl Default for PipelineBenchArgs {
         PipelineBenchArgs {
             commands: 1_000_000,
             rates: vec![100_000, 1_000_000, 0],
-            topologies: vec!["fused".into(), "split".into()],
+            topologies: vec!["fused".into(), "split".into(), "inline".into()],
             durabilities: vec!["async".into(), "group".into()],
             placements: vec!["free".into(), "pinned".into()],
             dir: std::env::temp_dir().join("ringex-bench-pipeline"),
@@ -133,11 +133,14 @@ log_every_seconds = 0
 
 /// The `[pipeline]` cores line for a placement. `pinned`: the journal's helpers and the
 /// snapshot writer share core 0 with the driver (which stands for the gateway); the fused
-/// pipeline thread has the last core to itself. Split stages stay unpinned (they outnumber
+/// pipeline thread has the last core to itself (inline: the driver runs the pipeline, and
+/// the helpers have the last core). Split stages stay unpinned (they outnumber
 /// the cores and take turns through their doorbells).
 fn pipeline_cores(topology: &str, placement: &str) -> String {
     match (placement, topology) {
         ("pinned", "fused") => format!("cores = {{ pipeline = {}, helpers = 0 }}", core_last()),
+        // Inline: the driver on core 0 is the pipeline; the helpers get the other core.
+        ("pinned", "inline") => format!("cores = {{ helpers = {} }}", core_last()),
         ("pinned", _) => "cores = { helpers = 0 }".into(),
         _ => String::new(),
     }

@@ -16,6 +16,7 @@ pub mod slots;
 pub mod stages;
 pub mod wait;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,7 @@ use crate::metrics::{bump, Metrics};
 use doorbell::{Bell, StageWait};
 pub use recovery::RecoveryLog;
 use slots::{InputSlot, OutputSlot, SlotKind};
-use stages::{EngineStage, FusedStage, JournalStage, SnapshotJob, SnapshotPolicy};
+use stages::{EngineStage, FusedStage, JournalStage, Outlet, SnapshotJob, SnapshotPolicy};
 use wait::retry_until;
 
 /// Journal record type of an engine command (payload: the engine codec).
@@ -237,7 +238,10 @@ pub struct ShutdownReport {
 /// A running node. Dropping it without `shutdown` stops the threads without the final
 /// snapshot.
 pub struct Node {
+    /// Split and fused: the input ring's producer. None in the inline topology.
     producer: Option<SingleProducer<InputSlot, SingleConsumerBarrier>>,
+    /// The inline topology's pipeline, run on the owner's thread.
+    inline: Option<Box<Inline>>,
     /// Doorbells of the input ring's first stages: rung after every publish.
     input_bells: Vec<&'static Bell>,
     poller: Option<EventPoller<OutputSlot, SingleProducerBarrier>>,
@@ -251,6 +255,55 @@ pub struct Node {
     fresh: bool,
     /// The journal's write path, and why if it is not the one asked for.
     journal_backend: String,
+}
+
+/// The inline topology: the fused stage run by the node's owner, between its own work.
+/// A batch is what the owner submits between two polls (or, with a sink, one submit
+/// call); the events go into a queue on the same thread.
+struct Inline {
+    stage: FusedStage,
+    /// Sink mode: handed every output at the end of each batch.
+    sink: Option<Box<dyn EventSink>>,
+    /// Poll mode: submissions are refused (backpressure) while more outputs than this
+    /// wait to be polled, which bounds the queue to this plus one batch's events.
+    queued_max: usize,
+    slot: InputSlot,
+}
+
+impl Inline {
+    fn queue(&mut self) -> &mut VecDeque<OutputSlot> {
+        match &mut self.stage.engine.out {
+            Outlet::Queue(q) => q,
+            Outlet::Ring(_) => unreachable!("the inline stage has a queue outlet"),
+        }
+    }
+
+    fn is_full(&mut self) -> bool {
+        let max = self.queued_max;
+        self.sink.is_none() && self.queue().len() >= max
+    }
+
+    /// Journals (and, at the batch's end, applies) the slot as filled by `fill`.
+    fn submit(&mut self, fill: impl FnOnce(&mut InputSlot), end_of_batch: bool) {
+        fill(&mut self.slot);
+        self.stage.handle(&self.slot, false);
+        if end_of_batch {
+            self.end_batch();
+        }
+    }
+
+    /// Ends the open batch, if any, and hands its outputs to the sink.
+    fn end_batch(&mut self) {
+        if self.stage.pending() > 0 {
+            self.stage.end_batch();
+        }
+        if let Some(mut sink) = self.sink.take() {
+            for slot in self.queue().drain(..) {
+                sink.on_event(&slot);
+            }
+            self.sink = Some(sink);
+        }
+    }
 }
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -323,11 +376,12 @@ impl Node {
         let fresh = recovery.seq_last == 0;
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.journal.set(journal.watermarks());
-        let wake = match &output {
-            OutputMode::Poll(w) => Some(Arc::clone(w)),
-            OutputMode::Sink(_) => None,
-        };
         let topology = config.topology();
+        let inline = topology == Topology::Inline;
+        let wake = match &output {
+            OutputMode::Poll(w) if !inline => Some(Arc::clone(w)),
+            _ => None,
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // Fused: the pipeline thread and the gateway, one core each. Split: three stages
         // plus the gateway, which on a small machine share cores.
@@ -341,13 +395,14 @@ impl Node {
             WaitMode::Backoff => StageWait::bell(Bell::leak(spin)),
         };
         let publisher_wait = match &output {
-            OutputMode::Sink(_) => StageWait::bell(Bell::leak(doorbell::SPIN_SHARED)),
-            OutputMode::Poll(_) => StageWait::Spin,
+            _ if inline => None,
+            OutputMode::Sink(_) => Some(StageWait::bell(Bell::leak(doorbell::SPIN_SHARED))),
+            OutputMode::Poll(_) => Some(StageWait::Spin),
         };
         let shared = Arc::new(Shared::new(
             Arc::clone(&metrics),
             wake,
-            publisher_wait.own_bell(),
+            publisher_wait.as_ref().and_then(|w| w.own_bell()),
         ));
         let (control_tx, control) = mpsc::channel();
         let (snapshot_tx, snapshot_rx) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_QUEUE_MAX);
@@ -361,13 +416,21 @@ impl Node {
         let cores = &config.pipeline.cores;
         let core = |stage: &str| cores.get(stage).copied();
         // The publisher shares a core: it waits on its doorbell, rung by the engine.
-        let b = build_single_producer(
-            config.pipeline.output_ring_size,
-            OutputSlot::empty,
-            publisher_wait,
-        );
-        let (out, poller) = match output {
-            OutputMode::Sink(mut sink) => {
+        let (out, poller, inline_sink) = match (output, publisher_wait) {
+            (output, None) => {
+                let sink = match output {
+                    OutputMode::Sink(sink) => Some(sink),
+                    OutputMode::Poll(_) => None,
+                };
+                let queue = VecDeque::with_capacity(config.pipeline.output_ring_size);
+                (Outlet::Queue(queue), None, sink)
+            }
+            (OutputMode::Sink(mut sink), Some(publisher_wait)) => {
+                let b = build_single_producer(
+                    config.pipeline.output_ring_size,
+                    OutputSlot::empty,
+                    publisher_wait,
+                );
                 let metrics = Arc::clone(&metrics);
                 let out = pin(b, core("publisher"))
                     .thread_name("ringex-publish")
@@ -376,11 +439,16 @@ impl Node {
                         bump(&metrics.events_published, 1);
                     })
                     .build();
-                (out, None)
+                (Outlet::Ring(out), None, None)
             }
-            OutputMode::Poll(_) => {
+            (OutputMode::Poll(_), Some(publisher_wait)) => {
+                let b = build_single_producer(
+                    config.pipeline.output_ring_size,
+                    OutputSlot::empty,
+                    publisher_wait,
+                );
                 let (poller, b) = b.new_event_poller();
-                (b.build(), Some(poller))
+                (Outlet::Ring(b.build()), Some(poller), None)
             }
         };
         let group = config.journal.durability == DurabilityMode::Group;
@@ -412,11 +480,21 @@ impl Node {
             control_tx,
         );
         let mut input_bells = Vec::new();
+        let mut inline_pipeline = None;
         let producer = match topology {
+            Topology::Inline => {
+                inline_pipeline = Some(Box::new(Inline {
+                    stage: FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max),
+                    sink: inline_sink,
+                    queued_max: config.pipeline.output_ring_size,
+                    slot: InputSlot::empty(),
+                }));
+                None
+            }
             Topology::Fused | Topology::Auto => {
                 let wait = stage_wait();
                 input_bells.extend(wait.own_bell());
-                build_fused(config, wait, journal_stage, engine_stage)
+                Some(build_fused(config, wait, journal_stage, engine_stage))
             }
             Topology::Split => {
                 let engine = stage_wait();
@@ -425,16 +503,17 @@ impl Node {
                 input_bells.extend(journaler.own_bell());
                 input_bells.extend(replicator.own_bell());
                 journal_stage.next_bell = engine.own_bell();
-                build_split(
+                Some(build_split(
                     config,
                     [journaler, replicator, engine],
                     journal_stage,
                     engine_stage,
-                )
+                ))
             }
         };
         Ok(Node {
-            producer: Some(producer),
+            producer,
+            inline: inline_pipeline,
             input_bells,
             poller,
             control,
@@ -502,7 +581,19 @@ impl Node {
     }
 
     /// Poll mode: hands up to `limit` output slots to `f`, in order; returns how many.
+    /// In the inline topology this ends the open batch first (journal, apply) on the
+    /// caller's thread.
     pub fn poll_outputs(&mut self, limit: u64, mut f: impl FnMut(&OutputSlot)) -> usize {
+        if let Some(inline) = self.inline.as_mut() {
+            inline.end_batch();
+            let queue = inline.queue();
+            let n = queue.len().min(limit as usize);
+            for slot in queue.drain(..n) {
+                f(&slot);
+            }
+            bump(&self.shared.metrics.events_published, n as u64);
+            return n;
+        }
         let Some(poller) = self.poller.as_mut() else {
             return 0;
         };
@@ -523,6 +614,13 @@ impl Node {
 
     /// Poll mode: whether output is waiting.
     pub fn outputs_available(&self) -> bool {
+        if let Some(inline) = &self.inline {
+            let queued = match &inline.stage.engine.out {
+                Outlet::Queue(q) => q.len(),
+                Outlet::Ring(_) => 0,
+            };
+            return inline.stage.pending() > 0 || queued > 0;
+        }
         self.poller.as_ref().is_some_and(|p| p.has_available())
     }
 
@@ -556,8 +654,28 @@ impl Node {
         wait: Duration,
     ) -> Result<(), NodeError> {
         let timestamp_ns = self.stamp()?;
-        let producer = self.producer.as_mut().expect("running");
         let (command, query) = (*command, *query);
+        if let Some(inline) = self.inline.as_mut() {
+            if inline.is_full() {
+                bump(&self.shared.metrics.commands_backpressured, 1);
+                return Err(NodeError::Backpressure);
+            }
+            let fill = |slot: &mut InputSlot| {
+                slot.kind = kind;
+                slot.timestamp_ns = timestamp_ns;
+                slot.tag = tag;
+                slot.command = command;
+                slot.query = query;
+            };
+            // With a sink nobody polls: each submission is its own batch.
+            let end_of_batch = inline.sink.is_some();
+            inline.submit(fill, end_of_batch);
+            if kind == SlotKind::Command {
+                bump(&self.shared.metrics.commands_submitted, 1);
+            }
+            return Ok(());
+        }
+        let producer = self.producer.as_mut().expect("running");
         let mut attempt = || {
             producer
                 .try_publish(|slot| {
@@ -599,6 +717,25 @@ impl Node {
             return Ok(());
         }
         let timestamp_ns = self.stamp()?;
+        if let Some(inline) = self.inline.as_mut() {
+            if inline.is_full() {
+                bump(&self.shared.metrics.commands_backpressured, 1);
+                return Err(NodeError::Backpressure);
+            }
+            for (i, (command, tag)) in items.iter().enumerate() {
+                let fill = |slot: &mut InputSlot| {
+                    slot.kind = SlotKind::Command;
+                    slot.timestamp_ns = timestamp_ns;
+                    slot.tag = *tag;
+                    slot.command = *command;
+                    slot.query = NO_QUERY;
+                };
+                let end_of_batch = inline.sink.is_some() && i + 1 == items.len();
+                inline.submit(fill, end_of_batch);
+            }
+            bump(&self.shared.metrics.commands_submitted, items.len() as u64);
+            return Ok(());
+        }
         let producer = self.producer.as_mut().expect("running");
         let published = producer.try_batch_publish(items.len(), |slots| {
             for (slot, (command, tag)) in slots.zip(items) {
@@ -626,6 +763,22 @@ impl Node {
 
     fn control(&mut self, kind: SlotKind, what: &'static str) -> Result<ControlReply, NodeError> {
         // Control slots must get through even after a journal failure.
+        if let Some(inline) = self.inline.as_mut() {
+            // Applied at once, with the open batch; its outputs stay queued for the owner.
+            inline.submit(
+                |slot| {
+                    slot.kind = kind;
+                    slot.tag = 0;
+                    slot.command = FILLER;
+                    slot.query = NO_QUERY;
+                },
+                true,
+            );
+            return self
+                .control
+                .try_recv()
+                .map_err(|_| NodeError::NoReply(what));
+        }
         let deadline = std::time::Instant::now() + CONTROL_WAIT_MAX;
         let producer = self.producer.as_mut().expect("running");
         let mut poller = self.poller.as_mut();
@@ -683,6 +836,7 @@ impl Node {
         // Dropping the producer drains the input ring and joins its stages; the engine
         // stage's drop does the same for the output ring and the publisher.
         drop(self.producer.take());
+        drop(self.inline.take());
         drop(self.poller.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
@@ -710,6 +864,7 @@ impl Drop for Node {
             }
         }
         drop(self.producer.take());
+        drop(self.inline.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
         }

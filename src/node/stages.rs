@@ -2,7 +2,7 @@
 //! topology (one thread per stage) and the `fused` one (one thread for all) share the same
 //! code and produce the same journal and events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::Arc;
@@ -211,7 +211,7 @@ pub struct SnapshotPolicy {
 /// events into the output ring.
 pub struct EngineStage {
     pub exchange: Exchange,
-    pub out: SingleProducer<OutputSlot, SingleConsumerBarrier>,
+    pub out: Outlet,
     pub shared: Arc<Shared>,
     pub epoch: u32,
     pub policy: SnapshotPolicy,
@@ -236,7 +236,7 @@ impl EngineStage {
         exchange: Exchange,
         seq_last: u64,
         chain_last: u64,
-        out: SingleProducer<OutputSlot, SingleConsumerBarrier>,
+        out: Outlet,
         shared: Arc<Shared>,
         epoch: u32,
         policy: SnapshotPolicy,
@@ -374,44 +374,66 @@ impl EngineStage {
     fn publish_events(&mut self, seq: u64, tag: u64) {
         let count = self.events.len();
         let events = &self.events;
-        let discard = &self.shared.discard_output;
-        let out = &mut self.out;
-        let published = retry_until(OUTPUT_WAIT_MAX, || {
-            out.try_batch_publish(count, |slots| {
-                for (i, (slot, event)) in slots.zip(events.iter()).enumerate() {
-                    slot.seq = seq;
-                    slot.tag = tag;
-                    slot.item = Output::Event(*event);
-                    slot.last = i + 1 == count;
+        let fill = |i: usize, slot: &mut OutputSlot| {
+            slot.seq = seq;
+            slot.tag = tag;
+            slot.item = Output::Event(events[i]);
+            slot.last = i + 1 == count;
+        };
+        match &mut self.out {
+            Outlet::Ring(out) => {
+                let discard = &self.shared.discard_output;
+                let published = retry_until(OUTPUT_WAIT_MAX, || {
+                    out.try_batch_publish(count, |slots| {
+                        for (i, slot) in slots.enumerate() {
+                            fill(i, slot);
+                        }
+                    })
+                    .ok()
+                    .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
+                });
+                assert!(
+                    published.is_some(),
+                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
+                );
+            }
+            Outlet::Queue(queue) => {
+                for i in 0..count {
+                    let mut slot = OutputSlot::empty();
+                    fill(i, &mut slot);
+                    queue.push_back(slot);
                 }
-            })
-            .ok()
-            .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
-        });
-        assert!(
-            published.is_some(),
-            "publisher stalled for {OUTPUT_WAIT_MAX:?}"
-        );
+            }
+        }
         bump(&self.shared.metrics.events_produced, count as u64);
     }
 
     fn publish(&mut self, seq: u64, tag: u64, item: Output, last: bool) {
-        let discard = &self.shared.discard_output;
-        let out = &mut self.out;
-        let published = retry_until(OUTPUT_WAIT_MAX, || {
-            out.try_publish(|s| {
-                s.seq = seq;
-                s.tag = tag;
-                s.item = item;
-                s.last = last;
-            })
-            .ok()
-            .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
-        });
-        assert!(
-            published.is_some(),
-            "publisher stalled for {OUTPUT_WAIT_MAX:?}"
-        );
+        let fill = |s: &mut OutputSlot| {
+            s.seq = seq;
+            s.tag = tag;
+            s.item = item;
+            s.last = last;
+        };
+        match &mut self.out {
+            Outlet::Ring(out) => {
+                let discard = &self.shared.discard_output;
+                let published = retry_until(OUTPUT_WAIT_MAX, || {
+                    out.try_publish(fill)
+                        .ok()
+                        .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
+                });
+                assert!(
+                    published.is_some(),
+                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
+                );
+            }
+            Outlet::Queue(queue) => {
+                let mut slot = OutputSlot::empty();
+                fill(&mut slot);
+                queue.push_back(slot);
+            }
+        }
         bump(&self.shared.metrics.events_produced, 1);
     }
 
@@ -483,6 +505,15 @@ impl EngineStage {
     }
 }
 
+/// Where the engine stage puts its events.
+pub enum Outlet {
+    /// The output ring, drained by the publisher thread or the polling owner.
+    Ring(SingleProducer<OutputSlot, SingleConsumerBarrier>),
+    /// Inline topology: a queue on the owner's own thread, drained after each batch. The
+    /// owner bounds it by submitting nothing while it holds more than a ring's worth.
+    Queue(VecDeque<OutputSlot>),
+}
+
 /// A slot's content, copied so the fused stage can apply it after the batch is durable.
 #[derive(Clone, Copy)]
 pub struct Item {
@@ -525,14 +556,24 @@ impl FusedStage {
             chain,
         });
         if end_of_batch || self.pending.len() == self.batch_max {
-            self.journal.make_durable();
-            for item in &self.pending {
-                self.engine.apply(item);
-            }
-            self.pending.clear();
-            self.engine.end_of_batch();
-            self.journal.prune_if_snapshotted();
-            self.journal.prefault_ahead();
+            self.end_batch();
         }
+    }
+
+    /// Makes the batch durable, applies it and emits its events.
+    pub fn end_batch(&mut self) {
+        self.journal.make_durable();
+        for item in &self.pending {
+            self.engine.apply(item);
+        }
+        self.pending.clear();
+        self.engine.end_of_batch();
+        self.journal.prune_if_snapshotted();
+        self.journal.prefault_ahead();
+    }
+
+    /// Journaled (or refused) items not yet applied.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }

@@ -96,6 +96,11 @@ pub struct LoadArgs {
     /// Print nothing but the final report.
     #[arg(long)]
     pub quiet: bool,
+    /// Busy-poll the sockets instead of sleeping until the next send or answer, as a
+    /// latency-sensitive market maker does on a core of its own: no wake-up delay in the
+    /// figures. Burns the generator's core for the whole run.
+    #[arg(long)]
+    pub spin: bool,
 }
 
 impl LoadArgs {
@@ -118,6 +123,7 @@ impl LoadArgs {
             seed: 42,
             json: None,
             quiet: true,
+            spin: false,
         }
     }
 }
@@ -1012,7 +1018,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         }
         .min(next_keepalive)
         .min(next_drift);
-        if wake > now_ns {
+        if wake > now_ns && !args.spin {
             timer
                 .arm(Duration::from_nanos(wake - now_ns))
                 .map_err(|e| e.to_string())?;
