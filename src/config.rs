@@ -87,6 +87,10 @@ pub struct JournalConfig {
     /// Write path: `auto` (mmap for async; io_uring with O_DIRECT for group, falling
     /// back to pwrite where io_uring is unavailable), `mmap`, `pwrite`, `io-uring`.
     pub backend: JournalBackend,
+    /// Write zeros into each new segment (and sync them) before it is used, on the
+    /// journal's preallocation thread: appends then never wait on the file system's
+    /// extent conversion. Each segment is written twice.
+    pub zero_fill_segments: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -107,6 +111,7 @@ impl Default for JournalConfig {
             low_space_mib: 256,
             prune_after_snapshot: true,
             backend: JournalBackend::Auto,
+            zero_fill_segments: true,
         }
     }
 }

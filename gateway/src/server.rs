@@ -213,6 +213,7 @@ pub struct Gateway {
     closing: Vec<(usize, Option<LogoutReason>)>,
     /// Reused buffers: no allocation per loop pass.
     deliveries: Vec<Delivery>,
+    /// Connections given output this pass, in order (see `flush_all`).
     dirty: Vec<usize>,
 }
 
@@ -562,18 +563,15 @@ impl Gateway {
         }
     }
 
+    /// Writes the connections that got output this pass, in the order they got it: the
+    /// session whose request caused a burst (its acceptance comes first) is written before
+    /// the makers its order filled. Connections whose socket was full wait for writability.
     fn flush_all(&mut self) {
         let mut ids = std::mem::take(&mut self.dirty);
-        ids.clear();
-        ids.extend(
-            self.conns
-                .iter()
-                .filter(|(_, c)| c.wpos < c.wbuf.len())
-                .map(|(id, _)| *id),
-        );
         for &id in &ids {
             self.flush(id);
         }
+        ids.clear();
         self.dirty = ids;
     }
 
@@ -626,6 +624,10 @@ impl Gateway {
         }
         if conn.wbuf.len() - conn.wpos + frame.len() > cap {
             return false;
+        }
+        // Empty and not waiting for writability: new output for this pass's flush.
+        if conn.wpos == conn.wbuf.len() && !conn.writable_registered {
+            self.dirty.push(id);
         }
         conn.wbuf.extend_from_slice(frame);
         conn.last_tx_ns = self.base.elapsed().as_nanos() as u64;

@@ -51,8 +51,13 @@ pub struct Config {
     pub record_size_bytes_max: u32,
     /// Appends are refused while the file system has less free space than this.
     pub low_space_threshold_bytes: u64,
-    /// Write zeros into preallocated segments (turns fallocate's unwritten extents into
-    /// written blocks, so group-commit syncs carry no extent conversions).
+    /// Write zeros into preallocated segments and sync them, on the preallocation thread
+    /// (at open for the first segment). This turns fallocate's unwritten extents into
+    /// written blocks, so syncs during appends carry no extent conversion: on ext4 the
+    /// conversion at I/O completion holds the inode's extent lock, and a mapped writer
+    /// faulting pages meanwhile spun on it for up to 20 ms (measured, docs/benchmarks.md).
+    /// Costs one extra write of each segment. With the mmap backend the zeroed pages stay
+    /// cached, so the writer's page faults find them ready; the staged backends drop them.
     pub prealloc_zero_fill: bool,
     pub verify: Verify,
     pub storage: Arc<dyn Storage>,
@@ -375,7 +380,7 @@ struct Shared {
     durability: Durability,
     segment_size_bytes: u64,
     low_space_threshold_bytes: u64,
-    prealloc_zero_fill: bool,
+    zero_fill: ZeroFill,
     watermarks: Arc<Watermarks>,
     progress: Progress,
     failed: AtomicBool,
@@ -558,7 +563,7 @@ fn create_segment_file(
     header: &SegmentHeader,
     storage: &dyn Storage,
     spare: Option<File>,
-    zero_fill: bool,
+    zero_fill: ZeroFill,
 ) -> Result<()> {
     let file = match spare {
         Some(f) => f,
@@ -577,11 +582,41 @@ fn create_segment_file(
     Ok(())
 }
 
+/// Zero fill writes and syncs this much at a time.
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// How new segment files are prepared (`Config::prealloc_zero_fill`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ZeroFill {
+    /// fallocate only: unwritten extents, converted as appends are synced.
+    Off,
+    /// Zeros written and synced; the pages stay cached for a mapped writer.
+    Cached,
+    /// Zeros written and synced, then dropped from the cache (staged backends write with
+    /// pwrite or O_DIRECT, and never read the zeros through the cache).
+    Dropped,
+}
+
+impl ZeroFill {
+    pub(crate) fn of(config: &Config) -> ZeroFill {
+        let mapped = match config.backend {
+            Backend::Mmap => true,
+            Backend::Auto => matches!(config.durability, Durability::Async { .. }),
+            Backend::Pwrite | Backend::IoUring => false,
+        };
+        match (config.prealloc_zero_fill, mapped) {
+            (false, _) => ZeroFill::Off,
+            (true, true) => ZeroFill::Cached,
+            (true, false) => ZeroFill::Dropped,
+        }
+    }
+}
+
 /// Creates `path` with `size_bytes` of real blocks (zeroed content).
 fn prepare_spare(
     path: &Path,
     size_bytes: u64,
-    zero_fill: bool,
+    zero_fill: ZeroFill,
     storage: &dyn Storage,
 ) -> Result<File> {
     let file = OpenOptions::new()
@@ -598,23 +633,52 @@ fn prepare_spare(
             reason: format!("fallocate of {size_bytes} bytes: {e}"),
         });
     let result = result.and_then(|()| {
-        if !zero_fill {
+        if zero_fill == ZeroFill::Off {
             return Ok(());
         }
-        let zeros = vec![0u8; 1 << 20];
+        let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let mut at = 0u64;
-        for _ in 0..size_bytes / zeros.len() as u64 + 1 {
-            if at >= size_bytes {
-                break;
-            }
-            let n = (size_bytes - at).min(zeros.len() as u64) as usize;
+        for _ in 0..size_bytes.div_ceil(ZERO_FILL_CHUNK_BYTES as u64) {
+            let n = (size_bytes - at).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
             file.write_all_at(&zeros[..n], at)
                 .map_err(|e| Error::PreallocFailed {
                     path: path.to_path_buf(),
                     reason: format!("zero fill: {e}"),
                 })?;
+            // Each chunk goes to disk before the next is written: at most one chunk of
+            // this background I/O is ever queued ahead of the journal's own syncs, and
+            // the dirty pages never pile up for the kernel's flusher. Best effort: the
+            // sync below reports errors.
+            // SAFETY: plain syscalls on an open descriptor.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    at as libc::off64_t,
+                    n as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                if zero_fill == ZeroFill::Dropped {
+                    libc::posix_fadvise(
+                        fd,
+                        at as libc::off_t,
+                        n as libc::off_t,
+                        libc::POSIX_FADV_DONTNEED,
+                    );
+                }
+            }
             at += n as u64;
         }
+        assert_eq!(at, size_bytes);
+        // The extents' new state (written) is metadata: make it durable too.
+        storage
+            .sync_data(&file)
+            .map_err(|e| Error::PreallocFailed {
+                path: path.to_path_buf(),
+                reason: format!("sync after zero fill: {e}"),
+            })?;
         Ok(())
     });
     if let Err(e) = result {
@@ -663,7 +727,7 @@ impl Journal {
                     &header,
                     storage.as_ref(),
                     None,
-                    config.prealloc_zero_fill,
+                    ZeroFill::of(&config),
                 )?;
                 storage
                     .sync_dir(&dir)
@@ -788,7 +852,7 @@ impl Journal {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
             low_space_threshold_bytes: config.low_space_threshold_bytes,
-            prealloc_zero_fill: config.prealloc_zero_fill,
+            zero_fill: ZeroFill::of(&config),
             watermarks,
             progress: Progress::default(),
             failed: AtomicBool::new(false),
@@ -1150,7 +1214,7 @@ impl Journal {
             &header,
             self.shared.storage.as_ref(),
             Some(spare),
-            self.shared.prealloc_zero_fill,
+            self.shared.zero_fill,
         )?;
         let segment = Arc::new(Segment::open(
             &path,

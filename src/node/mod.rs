@@ -325,6 +325,7 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
     j.helper_core = config.pipeline.cores.get("helpers").copied();
     // The journaling thread prefaults between batches: no helper thread to preempt it.
     j.prefault = ringex_journal::Prefault::Writer;
+    j.prealloc_zero_fill = config.journal.zero_fill_segments;
     // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
     j.record_size_bytes_max = 4096;
     j.backend = match config.journal.backend {

@@ -76,7 +76,7 @@ pub(super) fn preallocator_main(shared: &Shared) {
             Ok(false) => prepare_spare(
                 &path,
                 shared.segment_size_bytes,
-                shared.prealloc_zero_fill,
+                shared.zero_fill,
                 shared.storage.as_ref(),
             )
             .map_err(|e| e.to_string()),

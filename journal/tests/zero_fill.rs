@@ -1,0 +1,199 @@
+//! `Config::prealloc_zero_fill`: every new segment (the first, created at open, and each
+//! spare made for a roll) is written with zeros and synced before the writer uses it, so
+//! none of its extents is left unwritten (no extent conversion while appending), and no
+//! byte read back changes. The mmap backend keeps the zeroed pages cached for its writer;
+//! the staged backends drop them.
+
+mod common;
+use common::*;
+use ringex_journal::{Backend, Durability, Journal};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SEGMENT_BYTES: u64 = 1 << 20;
+
+/// `FS_IOC_FIEMAP` = `_IOWR('f', 11, struct fiemap)`.
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIEMAP_FLAG_SYNC: u32 = 0x1;
+const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+const EXTENTS_MAX: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct FiemapExtent {
+    logical: u64,
+    physical: u64,
+    length: u64,
+    reserved64: [u64; 2],
+    flags: u32,
+    reserved: [u32; 3],
+}
+
+#[repr(C)]
+struct Fiemap {
+    start: u64,
+    length: u64,
+    flags: u32,
+    mapped_extents: u32,
+    extent_count: u32,
+    reserved: u32,
+    extents: [FiemapExtent; EXTENTS_MAX],
+}
+
+/// Bytes of `path` in unwritten (allocated, never written) extents, or None where the file
+/// system does not report extents.
+fn unwritten_bytes(path: &Path) -> Option<u64> {
+    let file = std::fs::File::open(path).unwrap();
+    let mut map = Fiemap {
+        start: 0,
+        length: u64::MAX,
+        flags: FIEMAP_FLAG_SYNC,
+        mapped_extents: 0,
+        extent_count: EXTENTS_MAX as u32,
+        reserved: 0,
+        extents: [FiemapExtent::default(); EXTENTS_MAX],
+    };
+    // SAFETY: FIEMAP fills at most `extent_count` extents of the struct passed.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP, &mut map as *mut Fiemap) };
+    if rc != 0 {
+        return None;
+    }
+    let n = map.mapped_extents as usize;
+    assert!(n < EXTENTS_MAX, "more extents than the test reads");
+    Some(
+        map.extents[..n]
+            .iter()
+            .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+            .map(|e| e.length)
+            .sum(),
+    )
+}
+
+/// Pages of `path` resident in the page cache (mincore over a fresh read-only map).
+fn resident_pages(path: &Path) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    // SAFETY: a read-only shared mapping of a file this test owns; only mincore reads it.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    assert_eq!(unsafe { libc::mincore(map, len, vec.as_mut_ptr()) }, 0);
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(map, len) };
+    vec.iter().filter(|b| *b & 1 == 1).count()
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn zero_fill_config(
+    dir: &Path,
+    durability: Durability,
+    backend: Backend,
+) -> ringex_journal::Config {
+    let mut c = config(dir, durability);
+    c.segment_size_bytes = SEGMENT_BYTES;
+    c.backend = backend;
+    c.prealloc_zero_fill = true;
+    c
+}
+
+/// Appends until the journal has rolled into a second segment.
+fn append_past_first_segment(j: &mut Journal) -> u64 {
+    let mut last = 0;
+    for _ in 0..100_000 {
+        last = append_n(j, 64, |_| 200);
+        if segments(j.dir()).len() >= 2 {
+            return last;
+        }
+    }
+    panic!("no roll after {last} records");
+}
+
+#[test]
+fn without_zero_fill_a_new_segment_is_unwritten_extents_which_is_what_the_option_avoids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = zero_fill_config(dir.path(), Durability::Group, Backend::Mmap);
+    c.prealloc_zero_fill = false;
+    let j = Journal::open(c).unwrap();
+    let first = &segments(dir.path())[0];
+    match unwritten_bytes(first) {
+        Some(bytes) => assert!(bytes > SEGMENT_BYTES / 2, "{bytes} unwritten bytes"),
+        None => eprintln!("skipped: the file system reports no extents (FIEMAP)"),
+    }
+    drop(j);
+}
+
+#[test]
+fn mapped_segments_are_zero_filled_at_open_and_for_each_roll_and_stay_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let async_mode = Durability::Async {
+        flush_interval_ms: 1,
+    };
+    let mut j = Journal::open(zero_fill_config(dir.path(), async_mode, Backend::Mmap)).unwrap();
+    let first = segments(dir.path())[0].clone();
+    assert_eq!(unwritten_bytes(&first).unwrap_or(0), 0, "first segment");
+    let pages = (SEGMENT_BYTES / 4096) as usize;
+    assert!(
+        resident_pages(&first) >= pages * 9 / 10,
+        "the zeroed pages stay cached for the mapped writer"
+    );
+    let last = append_past_first_segment(&mut j);
+    j.sync().unwrap();
+    let second = segments(dir.path())[1].clone();
+    assert_eq!(
+        unwritten_bytes(&second).unwrap_or(0),
+        0,
+        "a rolled-into segment"
+    );
+    drop(j);
+    let records = read_all(dir.path());
+    assert_eq!(records.len() as u64, last);
+    check_prefix(&records, |_| 200);
+}
+
+#[test]
+fn staged_segments_are_zero_filled_and_dropped_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(zero_fill_config(
+        dir.path(),
+        Durability::Group,
+        Backend::Pwrite,
+    ))
+    .unwrap();
+    let first = segments(dir.path())[0].clone();
+    assert_eq!(unwritten_bytes(&first).unwrap_or(0), 0, "first segment");
+    // The header page is written through the cache after the fill; the zeros are gone.
+    assert!(resident_pages(&first) <= 2, "{}", resident_pages(&first));
+    let last = append_past_first_segment(&mut j);
+    j.commit().unwrap();
+    // The spare for the next roll is prepared in the background: wait for it.
+    let spare = dir.path().join("next.seg.spare");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unwritten_bytes(&spare).is_none_or(|b| b > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(unwritten_bytes(&spare).unwrap_or(0), 0, "the next spare");
+    drop(j);
+    let records = read_all(dir.path());
+    assert_eq!(records.len() as u64, last);
+    check_prefix(&records, |_| 200);
+}
