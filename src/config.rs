@@ -119,7 +119,7 @@ impl Default for JournalConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
-    /// `fused` below 4 cores, `split` otherwise.
+    /// `inline` on one core, `fused` below 4 cores, `split` otherwise.
     Auto,
     Split,
     Fused,
@@ -615,15 +615,20 @@ impl Config {
 
     /// The topology to run, with `auto` resolved by core count.
     pub fn topology(&self) -> Topology {
+        let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+        self.topology_for(cores)
+    }
+
+    /// The topology on a machine with `cores` usable cores: `auto` is `inline` on one
+    /// core (a pipeline thread could only take turns with the gateway), `fused` below 4,
+    /// `split` from 4.
+    pub fn topology_for(&self, cores: usize) -> Topology {
         match self.pipeline.topology {
-            Topology::Auto => {
-                let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
-                if cores >= 4 {
-                    Topology::Split
-                } else {
-                    Topology::Fused
-                }
-            }
+            Topology::Auto => match cores {
+                0 | 1 => Topology::Inline,
+                2 | 3 => Topology::Fused,
+                _ => Topology::Split,
+            },
             t => t,
         }
     }
@@ -638,6 +643,19 @@ pub fn secret_hash(secret: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_topology_follows_the_core_count_and_an_explicit_one_is_kept() {
+        let auto = Config::embedded();
+        assert_eq!(auto.pipeline.topology, Topology::Auto);
+        assert_eq!(auto.topology_for(1), Topology::Inline);
+        assert_eq!(auto.topology_for(2), Topology::Fused);
+        assert_eq!(auto.topology_for(3), Topology::Fused);
+        assert_eq!(auto.topology_for(4), Topology::Split);
+        let text = DEFAULT_CONFIG_TOML.replace("topology = \"auto\"", "topology = \"inline\"");
+        let inline = Config::parse(&text, "inline.toml").unwrap();
+        assert_eq!(inline.topology_for(16), Topology::Inline);
+    }
 
     #[test]
     fn the_embedded_default_is_valid_and_bootstraps_two_markets() {

@@ -3,7 +3,9 @@
 //! Threads: the gateway's event loop runs on the calling thread, is the only producer of
 //! the input ring and drains the output ring itself (the node in poll mode wakes it);
 //! the node's pipeline thread(s) and the journal's helpers run beside it. On 2 cores with
-//! the fused topology that is one core for the network and one for the exchange.
+//! the fused topology that is one core for the network and one for the exchange; with the
+//! inline topology the event loop's thread is the pipeline too (`Node::poll_outputs`
+//! journals and applies what the pass submitted).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

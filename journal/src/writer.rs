@@ -401,6 +401,9 @@ struct Shared {
     durable_changed: (Mutex<()>, Condvar),
     spare: Mutex<Spare>,
     spare_changed: Condvar,
+    /// The writer is waiting for the spare: a zero fill in progress stops where it is
+    /// (the file is fully allocated already; the rest stays unwritten extents).
+    spare_wanted: AtomicBool,
     cursors: Mutex<Vec<Weak<AtomicU64>>>,
     /// Offset up to which the populate thread should prefault the active segment.
     populate_target: (Mutex<u64>, Condvar),
@@ -567,11 +570,13 @@ fn create_segment_file(
 ) -> Result<()> {
     let file = match spare {
         Some(f) => f,
+        // At open: nobody is waiting yet, the fill completes.
         None => prepare_spare(
             &dir.join(SPARE_FILE_NAME),
             header.segment_size_bytes,
             zero_fill,
             storage,
+            &AtomicBool::new(false),
         )?,
     };
     file.write_all_at(&header.encode(), 0)
@@ -613,11 +618,14 @@ impl ZeroFill {
 }
 
 /// Creates `path` with `size_bytes` of real blocks (zeroed content).
+/// A zero fill stops early (between chunks) once `hurry` is set: the writer needs the
+/// file now, and a fully allocated file is a valid segment with or without the zeros.
 fn prepare_spare(
     path: &Path,
     size_bytes: u64,
     zero_fill: ZeroFill,
     storage: &dyn Storage,
+    hurry: &AtomicBool,
 ) -> Result<File> {
     let file = OpenOptions::new()
         .read(true)
@@ -640,6 +648,9 @@ fn prepare_spare(
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
         let mut at = 0u64;
         for _ in 0..size_bytes.div_ceil(ZERO_FILL_CHUNK_BYTES as u64) {
+            if hurry.load(Ordering::Relaxed) {
+                break;
+            }
             let n = (size_bytes - at).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
             file.write_all_at(&zeros[..n], at)
                 .map_err(|e| Error::PreallocFailed {
@@ -671,7 +682,7 @@ fn prepare_spare(
             }
             at += n as u64;
         }
-        assert_eq!(at, size_bytes);
+        assert!(at <= size_bytes);
         // The extents' new state (written) is metadata: make it durable too.
         storage
             .sync_data(&file)
@@ -873,6 +884,7 @@ impl Journal {
             durable_changed: (Mutex::new(()), Condvar::new()),
             spare: Mutex::new(Spare::Requested),
             spare_changed: Condvar::new(),
+            spare_wanted: AtomicBool::new(false),
             cursors: Mutex::new(Vec::new()),
             populate_target: (
                 Mutex::new(end_offset_bytes + POPULATE_AHEAD_BYTES),
@@ -1257,7 +1269,10 @@ impl Journal {
         let mut spare = lock(&self.shared.spare);
         loop {
             match std::mem::replace(&mut *spare, Spare::Empty) {
-                Spare::Ready(f) => return Ok(f),
+                Spare::Ready(f) => {
+                    self.shared.spare_wanted.store(false, Ordering::SeqCst);
+                    return Ok(f);
+                }
                 Spare::Failed(reason) => {
                     // Ask again: a later append retries once space is back.
                     *spare = Spare::Requested;
@@ -1273,6 +1288,7 @@ impl Journal {
                 }
                 Spare::Requested => *spare = Spare::Requested,
             }
+            self.shared.spare_wanted.store(true, Ordering::SeqCst);
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::PreallocFailed {

@@ -116,6 +116,18 @@ fn zero_fill_config(
     c
 }
 
+/// Waits (bounded) until the spare for the next roll is fully zero-filled: the fill runs
+/// in the background at the lowest priority, and stops early if the writer needs the
+/// spare first (then the rest of it is left unwritten).
+fn wait_for_zero_filled_spare(dir: &Path) {
+    let spare = dir.join("next.seg.spare");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unwritten_bytes(&spare).is_none_or(|b| b > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(unwritten_bytes(&spare).unwrap_or(0), 0, "the next spare");
+}
+
 /// Appends until the journal has rolled into a second segment.
 fn append_past_first_segment(j: &mut Journal) -> u64 {
     let mut last = 0;
@@ -156,6 +168,7 @@ fn mapped_segments_are_zero_filled_at_open_and_for_each_roll_and_stay_cached() {
         resident_pages(&first) >= pages * 9 / 10,
         "the zeroed pages stay cached for the mapped writer"
     );
+    wait_for_zero_filled_spare(dir.path());
     let last = append_past_first_segment(&mut j);
     j.sync().unwrap();
     let second = segments(dir.path())[1].clone();
@@ -185,13 +198,7 @@ fn staged_segments_are_zero_filled_and_dropped_from_the_cache() {
     assert!(resident_pages(&first) <= 2, "{}", resident_pages(&first));
     let last = append_past_first_segment(&mut j);
     j.commit().unwrap();
-    // The spare for the next roll is prepared in the background: wait for it.
-    let spare = dir.path().join("next.seg.spare");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while unwritten_bytes(&spare).is_none_or(|b| b > 0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(unwritten_bytes(&spare).unwrap_or(0), 0, "the next spare");
+    wait_for_zero_filled_spare(dir.path());
     drop(j);
     let records = read_all(dir.path());
     assert_eq!(records.len() as u64, last);

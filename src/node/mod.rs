@@ -7,6 +7,8 @@
 //!
 //! `split` runs one thread per stage; `fused` runs the journaler, (replicator) and engine
 //! as one thread that journals a batch, makes it durable, applies it and emits its events.
+//! `inline` has no rings and no pipeline thread: the owner's thread (the gateway's event
+//! loop) runs the fused stage itself, a batch being what it submits between two polls.
 //! The engine sees a command only after it is durable per the journal's mode, and the
 //! sink hears of a command only after the engine applied it.
 

@@ -19,8 +19,8 @@
 //! **One thread.** All connections are non-blocking and multiplexed on one mio poller;
 //! a timerfd wakes the loop at the next planned send with nanosecond precision, so the
 //! generator neither spins nor rounds to milliseconds, and leaves the other core to the
-//! server on a 2-core machine. Requests due together on a connection go out in one
-//! write.
+//! server on a 2-core machine (`--spin` busy-polls instead, for runs where it has a core
+//! of its own). Requests due together on a connection go out in one write.
 //!
 //! **Setup** goes through the admin listener: accounts `account_base..+users` are
 //! created (or reused: `AccountExists` is fine), funded with deposits whose external

@@ -45,6 +45,13 @@ pub(super) fn populator_main(shared: &Shared) {
 
 pub(super) fn preallocator_main(shared: &Shared) {
     let path = shared.dir.join(SPARE_FILE_NAME);
+    // Its work (a zero fill is a segment's worth of writes) is never urgent until the
+    // writer asks, and then it stops early: the lowest priority keeps it from preempting a
+    // busy thread on a small machine. Best effort; Linux applies nice per thread.
+    // SAFETY: plain syscall on the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
     loop {
         {
             let mut spare = lock(&shared.spare);
@@ -78,6 +85,7 @@ pub(super) fn preallocator_main(shared: &Shared) {
                 shared.segment_size_bytes,
                 shared.zero_fill,
                 shared.storage.as_ref(),
+                &shared.spare_wanted,
             )
             .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
