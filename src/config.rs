@@ -119,7 +119,7 @@ impl Default for JournalConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
-    /// `inline` on one core, `fused` below 4 cores, `split` otherwise.
+    /// `inline` below 4 cores, `split` otherwise.
     Auto,
     Split,
     Fused,
@@ -619,16 +619,15 @@ impl Config {
         self.topology_for(cores)
     }
 
-    /// The topology on a machine with `cores` usable cores: `auto` is `inline` on one
-    /// core (a pipeline thread could only take turns with the gateway), `fused` below 4,
-    /// `split` from 4.
+    /// The topology on a machine with `cores` usable cores: `auto` is `inline` below 4
+    /// cores, `split` from 4. On 2 cores inline beat fused through the gateway in every
+    /// measurement (latency and sustained rate, async and group: docs/benchmarks.md,
+    /// gateway): the network, not the pipeline, is the bottleneck there, and a hand-off
+    /// between threads costs a wake-up.
     pub fn topology_for(&self, cores: usize) -> Topology {
         match self.pipeline.topology {
-            Topology::Auto => match cores {
-                0 | 1 => Topology::Inline,
-                2 | 3 => Topology::Fused,
-                _ => Topology::Split,
-            },
+            Topology::Auto if cores < 4 => Topology::Inline,
+            Topology::Auto => Topology::Split,
             t => t,
         }
     }
@@ -649,8 +648,8 @@ mod tests {
         let auto = Config::embedded();
         assert_eq!(auto.pipeline.topology, Topology::Auto);
         assert_eq!(auto.topology_for(1), Topology::Inline);
-        assert_eq!(auto.topology_for(2), Topology::Fused);
-        assert_eq!(auto.topology_for(3), Topology::Fused);
+        assert_eq!(auto.topology_for(2), Topology::Inline);
+        assert_eq!(auto.topology_for(3), Topology::Inline);
         assert_eq!(auto.topology_for(4), Topology::Split);
         let text = DEFAULT_CONFIG_TOML.replace("topology = \"auto\"", "topology = \"inline\"");
         let inline = Config::parse(&text, "inline.toml").unwrap();

@@ -280,9 +280,15 @@ impl Inline {
         }
     }
 
-    fn is_full(&mut self) -> bool {
-        let max = self.queued_max;
-        self.sink.is_none() && self.queue().len() >= max
+    fn queued(&self) -> usize {
+        match &self.stage.engine.out {
+            Outlet::Queue(q) => q.len(),
+            Outlet::Ring(_) => unreachable!("the inline stage has a queue outlet"),
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.sink.is_none() && self.queued() >= self.queued_max
     }
 
     /// Journals (and, at the batch's end, applies) the slot as filled by `fill`.
@@ -418,6 +424,8 @@ impl Node {
 
         let cores = &config.pipeline.cores;
         let core = |stage: &str| cores.get(stage).copied();
+        let output_ring =
+            |wait| build_single_producer(config.pipeline.output_ring_size, OutputSlot::empty, wait);
         // The publisher shares a core: it waits on its doorbell, rung by the engine.
         let (out, poller, inline_sink) = match (output, publisher_wait) {
             (output, None) => {
@@ -429,11 +437,7 @@ impl Node {
                 (Outlet::Queue(queue), None, sink)
             }
             (OutputMode::Sink(mut sink), Some(publisher_wait)) => {
-                let b = build_single_producer(
-                    config.pipeline.output_ring_size,
-                    OutputSlot::empty,
-                    publisher_wait,
-                );
+                let b = output_ring(publisher_wait);
                 let metrics = Arc::clone(&metrics);
                 let out = pin(b, core("publisher"))
                     .thread_name("ringex-publish")
@@ -445,12 +449,7 @@ impl Node {
                 (Outlet::Ring(out), None, None)
             }
             (OutputMode::Poll(_), Some(publisher_wait)) => {
-                let b = build_single_producer(
-                    config.pipeline.output_ring_size,
-                    OutputSlot::empty,
-                    publisher_wait,
-                );
-                let (poller, b) = b.new_event_poller();
+                let (poller, b) = output_ring(publisher_wait).new_event_poller();
                 (Outlet::Ring(b.build()), Some(poller), None)
             }
         };
@@ -618,11 +617,7 @@ impl Node {
     /// Poll mode: whether output is waiting.
     pub fn outputs_available(&self) -> bool {
         if let Some(inline) = &self.inline {
-            let queued = match &inline.stage.engine.out {
-                Outlet::Queue(q) => q.len(),
-                Outlet::Ring(_) => 0,
-            };
-            return inline.stage.pending() > 0 || queued > 0;
+            return inline.stage.pending() > 0 || inline.queued() > 0;
         }
         self.poller.as_ref().is_some_and(|p| p.has_available())
     }
