@@ -1,5 +1,6 @@
-//! The pipeline benchmark of issue 4: the whole node (rings, journal, engine, publisher)
-//! driven open loop at fixed offered rates.
+//! The pipeline benchmark of issue 4: the whole node (rings, journal, engine, publisher;
+//! in the inline topology the driver's own thread journals and applies) driven open loop
+//! at fixed offered rates.
 //!
 //! Every command is stamped with its *planned* send time; if the driver falls behind, the
 //! command still carries the time it should have been sent, so queueing behind a stall is
