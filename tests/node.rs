@@ -172,9 +172,15 @@ fn restart_without_a_snapshot_replays_the_whole_journal() {
 
 #[test]
 fn graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing() {
+    for topology in ["fused", "inline"] {
+        graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing_in(topology);
+    }
+}
+
+fn graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing_in(topology: &str) {
     let commands = stream(1_000);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "fused", "group", 0);
+    let cfg = config(dir.path(), topology, "group", 0);
     let (hash, _, seq_last) = run(&cfg, &commands);
     let node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let log = node.recovery();
@@ -186,10 +192,16 @@ fn graceful_shutdown_writes_a_snapshot_and_the_next_start_replays_nothing() {
 
 #[test]
 fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
+    for topology in ["fused", "inline"] {
+        a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it_in(topology);
+    }
+}
+
+fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it_in(topology: &str) {
     let commands = stream(1_500);
     let (hash_direct, _) = direct(&commands);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "fused", "group", 500);
+    let cfg = config(dir.path(), topology, "group", 500);
     {
         let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
         submit_all(&mut node, &commands);
@@ -213,10 +225,16 @@ fn a_restart_after_a_periodic_snapshot_replays_only_the_commands_after_it() {
 
 #[test]
 fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works() {
+    for topology in ["fused", "inline"] {
+        segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works_in(topology);
+    }
+}
+
+fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works_in(topology: &str) {
     let commands = stream(20_000);
     let (hash_direct, _) = direct(&commands);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "fused", "async", 4_000);
+    let cfg = config(dir.path(), topology, "async", 4_000);
     let (hash, _, _) = run(&cfg, &commands);
     assert_eq!(hash, hash_direct);
     let first_record = journal_payloads(dir.path()).first().map(|(seq, _)| *seq);
@@ -255,8 +273,14 @@ fn a_snapshot_the_engine_refuses_is_skipped_for_the_previous_one() {
 
 #[test]
 fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
+    for topology in ["fused", "inline"] {
+        a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in(topology);
+    }
+}
+
+fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in(topology: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "fused", "group", 0);
+    let mut cfg = config(dir.path(), topology, "group", 0);
     // Demand more free space than any disk has: every append is refused.
     cfg.journal.low_space_mib = 1 << 40;
     let (tx, rx) = mpsc::channel();
@@ -453,8 +477,13 @@ fn ringex_start_on_the_embedded_default_bootstraps_and_stops_cleanly_on_sigterm(
             }
             lines.push(line);
         }
-        assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM");
-        lines.join("\n")
+        let status = child.wait().unwrap();
+        let log = lines.join("\n");
+        assert!(
+            status.success(),
+            "exit 0 after SIGTERM, got {status}:\n{log}"
+        );
+        log
     };
     let first = run_once();
     assert!(

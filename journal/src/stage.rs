@@ -25,6 +25,10 @@ pub enum Backend {
     IoUring,
 }
 
+/// Waits for one write + fdatasync pair's completions, each pass ended by a completion
+/// or a signal: far more than any real run needs.
+const IO_URING_WAIT_PASSES_MAX: u32 = 1_000_000;
+
 /// Single-producer (writer) / single-consumer (syncer) byte ring addressed by stream
 /// position (bytes staged since open, across segments): byte `p` lives at `p % capacity`.
 pub(crate) struct Ring {
@@ -182,22 +186,51 @@ impl Engine {
                     sq.push(&fsync)
                         .map_err(|_| io::Error::other("io_uring submission queue full"))?;
                 }
-                // EINTR: the entries are already submitted; wait again (bounded).
-                let mut waited = ring.submit_and_wait(2);
-                for _ in 0..100 {
-                    match &waited {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                            waited = ring.submit_and_wait(2)
+                // The first call submits both entries; the kernel may return before they
+                // complete when a signal arrives (it reports the submission, not the
+                // interrupted wait), so wait until both completions are in. The buffers
+                // must outlive the I/O: no return in between except a failed submission.
+                let mut results = [None, None];
+                let mut collected = 0;
+                for pass in 0..IO_URING_WAIT_PASSES_MAX {
+                    match ring.submit_and_wait(2 - collected) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if pass == 0 => return Err(e),
+                        Err(e) => {
+                            eprintln!(
+                                "ringex-journal: io_uring wait failed with I/O in flight: {e}"
+                            );
+                            std::process::abort();
                         }
-                        _ => break,
+                    }
+                    for cqe in ring.completion() {
+                        let slot = (cqe.user_data() as usize).wrapping_sub(1);
+                        if slot < 2 && results[slot].is_none() {
+                            results[slot] = Some(cqe.result());
+                            collected += 1;
+                        }
+                    }
+                    if collected == 2 {
+                        break;
                     }
                 }
-                waited?;
-                let mut results = [None, None];
-                for cqe in ring.completion() {
-                    let slot = (cqe.user_data() as usize).wrapping_sub(1);
-                    if slot < 2 {
-                        results[slot] = Some(cqe.result());
+                if collected < 2 {
+                    // Only a signal storm gets here; the I/O may still use the buffers.
+                    eprintln!("ringex-journal: io_uring completions never arrived");
+                    std::process::abort();
+                }
+                // A signal can cancel the linked fdatasync (seen: -ECANCELED after a full
+                // write) or the write before it ran. Neither is an I/O error, and both
+                // operations may be repeated: finish this one the plain way. (EIO and
+                // the like stay fatal: after a failed fdatasync the cache's state is
+                // unknown.)
+                let interrupted = |r: i32| r == -libc::ECANCELED || r == -libc::EINTR;
+                if let [Some(w), Some(s)] = results {
+                    if interrupted(w) || (w as usize == total && interrupted(s)) {
+                        file.write_all_at(a, offset)?;
+                        file.write_all_at(b, offset + a.len() as u64)?;
+                        return sync_data(file);
                     }
                 }
                 match results {

@@ -181,3 +181,53 @@ fn direct_io_on_tmpfs_works_or_falls_back() {
     j.close().unwrap();
     check_prefix(&read_all(dir.path()), len_of);
 }
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// A signal landing on the thread that commits (as SIGTERM does on a node whose gateway
+/// thread commits) interrupts io_uring's wait; the kernel then returns before the write
+/// and fdatasync complete. The commit must wait them out, not fail the journal.
+#[test]
+fn signals_during_group_commits_fail_nothing_and_lose_nothing() {
+    // SA_RESTART, as signal-hook installs handlers.
+    // SAFETY: installs a handler that does nothing, for a signal only this test sends.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    for backend in [Backend::IoUring, Backend::Pwrite] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(staged(dir.path(), backend)).unwrap();
+        // SAFETY: the id of the calling thread.
+        let committer = unsafe { libc::pthread_self() };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_signals = Arc::clone(&stop);
+        let signaller = std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop_signals.load(Ordering::Relaxed) && sent < 1_000_000 {
+                // SAFETY: the committer outlives this thread (joined below).
+                unsafe { libc::pthread_kill(committer, libc::SIGUSR1) };
+                sent += 1;
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            sent
+        });
+        let mut last = 0;
+        for _ in 0..300 {
+            last = append_n(&mut j, 3, len_of);
+            j.commit().expect("a signal does not fail a commit");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(signaller.join().unwrap() > 0);
+        assert_eq!(j.watermarks().durable(), last, "{backend:?}");
+        j.close().unwrap();
+        let records = read_all(dir.path());
+        assert_eq!(records.len() as u64, last, "{backend:?}");
+        check_prefix(&records, len_of);
+    }
+}
