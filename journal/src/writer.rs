@@ -272,15 +272,16 @@ impl Segment {
         }
     }
 
-    /// Prefaults `[offset, offset + len)` writable (MADV_POPULATE_WRITE) without touching the
-    /// bytes, so it never races the writer.
-    fn populate(&self, offset: u64, len: u64, writable: bool) -> std::io::Result<()> {
-        let advice = if writable {
-            memmap2::Advice::PopulateWrite
-        } else {
-            memmap2::Advice::PopulateRead
-        };
-        self.map.advise_range(advice, offset as usize, len as usize)
+    /// Prefaults `[offset, offset + len)` readable (MADV_POPULATE_READ) without touching
+    /// the bytes, so it never races the writer: the page is in the cache and mapped, and the
+    /// writer's first store costs a minor fault only. Not writable: a page prefaulted
+    /// writable is dirty, so the next flush writes its zeros back and write-protects it, and
+    /// the writer's store then faults anyway, waiting for the folio lock whenever that
+    /// writeback is in flight: measured, p99 at 100 K appends/s went from 1.4-2.5 ms
+    /// (writable) to 34-45 us (readable) in the node's pipeline bench.
+    fn populate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.map
+            .advise_range(memmap2::Advice::PopulateRead, offset as usize, len as usize)
     }
 
     /// Copies `bytes` to `offset`. Caller guarantees it owns the range.
@@ -1128,8 +1129,7 @@ impl Journal {
             return 0;
         }
         let len = (want - start).min(WRITER_PREFAULT_STEP_BYTES);
-        let writable = matches!(self.shared.durability, Durability::Async { .. });
-        if self.active.populate(start, len, writable).is_err() {
+        if self.active.populate(start, len).is_err() {
             // Unsupported here (old kernel): stop for this segment; pages fault on write.
             self.prefaulted_to = self.active.size_bytes;
             return 0;

@@ -82,6 +82,68 @@ fn writer_prefault_is_bounded_per_call_and_changes_no_byte() {
     check_prefix(&all, |seq| (seq as usize * 13) % 300);
 }
 
+/// (Rss, dirty) kB of this process's mapping of `path`, from /proc/self/smaps.
+fn mapping_rss_and_dirty_kb(path: &Path) -> (u64, u64) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let name = path.to_str().unwrap();
+    let mut in_mapping = false;
+    let (mut rss, mut dirty) = (0, 0);
+    for line in smaps.lines() {
+        let is_header = line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'));
+        if is_header {
+            in_mapping = line.ends_with(name);
+            continue;
+        }
+        if !in_mapping {
+            continue;
+        }
+        let kb = || {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        if line.starts_with("Rss:") {
+            rss += kb();
+        } else if line.starts_with("Shared_Dirty:") || line.starts_with("Private_Dirty:") {
+            dirty += kb();
+        }
+    }
+    (rss, dirty)
+}
+
+/// Pages prefaulted ahead of the writer are mapped but not dirty: a dirty page ahead
+/// would be written back (zeros) by the next flush and write-protected, and the writer's
+/// store would then fault and wait for that writeback's folio lock (milliseconds, seen
+/// in the node's pipeline bench).
+#[test]
+fn pages_prefaulted_ahead_of_the_writer_are_mapped_but_not_dirty() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = async_config(dir.path(), 1 << 20);
+    c.prefault = Prefault::Writer;
+    let mut j = Journal::open(c).unwrap();
+    let last = append_n(&mut j, 4, |_| 100);
+    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    let mut prefaulted = 0;
+    for _ in 0..16 {
+        prefaulted += j.prefault_ahead();
+    }
+    assert!(prefaulted >= 64 << 10, "prefaulted {prefaulted} bytes");
+    let segment = &segment_paths(dir.path())[0];
+    let (rss_kb, dirty_kb) = mapping_rss_and_dirty_kb(segment);
+    assert!(rss_kb * 1024 >= prefaulted, "mapped {rss_kb} kB");
+    // At most the header page and the one holding the records.
+    assert!(
+        dirty_kb <= 8,
+        "{dirty_kb} kB dirty after prefaulting {prefaulted} bytes"
+    );
+    j.close().unwrap();
+    assert_eq!(read_all(dir.path()).len(), 4);
+}
+
 #[test]
 fn thread_prefault_journal_ignores_writer_calls() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,11 +30,8 @@ pub(super) fn populator_main(shared: &Shared) {
                 break;
             }
             let len = (end - populated.1).min(POPULATE_CHUNK_BYTES);
-            // Group mode syncs back to back: pages prefaulted writable would be dirty, so each
-            // sync would write them back (zeros) and write-protect them again. Read-populate
-            // there (allocates and maps; the first write costs a minor fault only).
-            let writable = matches!(shared.durability, Durability::Async { .. });
-            if active.populate(populated.1, len, writable).is_err() {
+            // Read-populated, in both modes (see `Segment::populate`).
+            if active.populate(populated.1, len).is_err() {
                 populated.1 = active.size_bytes; // unsupported here: stop for this segment
                 break;
             }
