@@ -44,6 +44,11 @@ struct Fiemap {
 /// Bytes of `path` in unwritten (allocated, never written) extents, or None where the file
 /// system does not report extents.
 fn unwritten_bytes(path: &Path) -> Option<u64> {
+    extent_bytes(path).map(|(_, unwritten)| unwritten)
+}
+
+/// (allocated, unwritten) bytes of `path` by FIEMAP, or None where unsupported.
+fn extent_bytes(path: &Path) -> Option<(u64, u64)> {
     let file = std::fs::File::open(path).unwrap();
     let mut map = Fiemap {
         start: 0,
@@ -61,13 +66,13 @@ fn unwritten_bytes(path: &Path) -> Option<u64> {
     }
     let n = map.mapped_extents as usize;
     assert!(n < EXTENTS_MAX, "more extents than the test reads");
-    Some(
-        map.extents[..n]
-            .iter()
-            .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
-            .map(|e| e.length)
-            .sum(),
-    )
+    let extents = &map.extents[..n];
+    let unwritten = extents
+        .iter()
+        .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0)
+        .map(|e| e.length)
+        .sum();
+    Some((extents.iter().map(|e| e.length).sum(), unwritten))
 }
 
 /// Pages of `path` resident in the page cache (mincore over a fresh read-only map).
@@ -122,7 +127,15 @@ fn zero_fill_config(
 fn wait_for_zero_filled_spare(dir: &Path) {
     let spare = dir.join("next.seg.spare");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while unwritten_bytes(&spare).is_none_or(|b| b > 0) && Instant::now() < deadline {
+    // The preallocator creates it in the background.
+    while !spare.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Allocated in full (the fill starts after fallocate), then nothing left unwritten.
+    let filled = |e: Option<(u64, u64)>| {
+        e.is_none_or(|(all, unwritten)| all >= SEGMENT_BYTES && unwritten == 0)
+    };
+    while !filled(extent_bytes(&spare)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(unwritten_bytes(&spare).unwrap_or(0), 0, "the next spare");
