@@ -25,6 +25,19 @@ pub enum Backend {
     IoUring,
 }
 
+/// The pwrite engine's commit: `a` then `b` at `offset`, then `sync_data`.
+fn pwrite_and_sync(
+    file: &File,
+    offset: u64,
+    a: &[u8],
+    b: &[u8],
+    sync_data: &dyn Fn(&File) -> io::Result<()>,
+) -> io::Result<()> {
+    file.write_all_at(a, offset)?;
+    file.write_all_at(b, offset + a.len() as u64)?;
+    sync_data(file)
+}
+
 /// Waits for one write + fdatasync pair's completions, each pass ended by a completion
 /// or a signal: far more than any real run needs.
 const IO_URING_WAIT_PASSES_MAX: u32 = 1_000_000;
@@ -138,7 +151,7 @@ impl Engine {
         }
     }
 
-    /// Writes `a` then `b` at `offset` and, when `sync` is set, fdatasyncs `file`.
+    /// Writes `a` then `b` at `offset`, then fdatasyncs `file`.
     /// `sync_data` is the pwrite engine's fsync (the storage trait, so faults inject).
     pub fn write_and_sync(
         &mut self,
@@ -149,11 +162,7 @@ impl Engine {
         sync_data: &dyn Fn(&File) -> io::Result<()>,
     ) -> io::Result<()> {
         match self {
-            Engine::Pwrite => {
-                file.write_all_at(a, offset)?;
-                file.write_all_at(b, offset + a.len() as u64)?;
-                sync_data(file)
-            }
+            Engine::Pwrite => pwrite_and_sync(file, offset, a, b, sync_data),
             Engine::IoUring(ring) => {
                 let iov = [
                     libc::iovec {
@@ -228,9 +237,7 @@ impl Engine {
                 let interrupted = |r: i32| r == -libc::ECANCELED || r == -libc::EINTR;
                 if let [Some(w), Some(s)] = results {
                     if interrupted(w) || (w as usize == total && interrupted(s)) {
-                        file.write_all_at(a, offset)?;
-                        file.write_all_at(b, offset + a.len() as u64)?;
-                        return sync_data(file);
+                        return pwrite_and_sync(file, offset, a, b, sync_data);
                     }
                 }
                 match results {

@@ -710,6 +710,7 @@ impl Journal {
             .map_err(|e| Error::io(format!("create_dir_all {}", dir.display()), e))?;
         let dir_lock = DirLock::acquire(&dir)?;
         let storage = config.storage.clone();
+        let zero_fill = ZeroFill::of(&config);
 
         let (tail, report) = recovery::analyze(&dir, config.verify)?;
         recovery::apply(&dir, &tail, &report, storage.as_ref())?;
@@ -733,14 +734,7 @@ impl Journal {
                     epoch: config.epoch,
                 };
                 let path = segment_path(&dir, header.base_seq);
-                create_segment_file(
-                    &dir,
-                    &path,
-                    &header,
-                    storage.as_ref(),
-                    None,
-                    ZeroFill::of(&config),
-                )?;
+                create_segment_file(&dir, &path, &header, storage.as_ref(), None, zero_fill)?;
                 storage
                     .sync_dir(&dir)
                     .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
@@ -864,7 +858,7 @@ impl Journal {
             durability: config.durability,
             segment_size_bytes: config.segment_size_bytes,
             low_space_threshold_bytes: config.low_space_threshold_bytes,
-            zero_fill: ZeroFill::of(&config),
+            zero_fill,
             watermarks,
             progress: Progress::default(),
             failed: AtomicBool::new(false),

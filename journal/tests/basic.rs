@@ -224,12 +224,7 @@ fn verify_reports_without_modifying() {
     append_n(&mut j, 3, len_of);
     j.abandon();
     // Tear the last record's last byte.
-    let mut segs: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    segs.sort();
+    let segs = segment_paths(dir.path());
     let last = segs.last().unwrap();
     let mut bytes = std::fs::read(last).unwrap();
     let end = bytes[4096..bytes.len() - 80]

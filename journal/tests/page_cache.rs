@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use ringex_journal::{Durability, Journal, Prefault, WRITER_PREFAULT_STEP_BYTES};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -18,42 +17,6 @@ fn async_config(dir: &Path, segment_size_bytes: u64) -> ringex_journal::Config {
     );
     c.segment_size_bytes = segment_size_bytes;
     c
-}
-
-/// Pages of the first `len` bytes of `path` resident in the page cache, by `mincore` over
-/// a fresh read-only map: (resident, pages).
-fn resident_pages(path: &Path, len: usize) -> (usize, usize) {
-    let file = std::fs::File::open(path).unwrap();
-    // SAFETY: a read-only shared mapping of a file this test owns; only mincore reads it.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    let pages = len.div_ceil(4096);
-    let mut vec = vec![0u8; pages];
-    // SAFETY: `vec` has one byte per page of the mapping.
-    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
-    assert_eq!(rc, 0);
-    // SAFETY: unmapping what was mapped above.
-    unsafe { libc::munmap(map, len) };
-    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
-}
-
-fn segment_paths(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use ringex_journal::{Backend, Durability, Journal};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const SEGMENT_BYTES: u64 = 1 << 20;
@@ -75,40 +75,6 @@ fn extent_bytes(path: &Path) -> Option<(u64, u64)> {
     Some((extents.iter().map(|e| e.length).sum(), unwritten))
 }
 
-/// Pages of `path` resident in the page cache (mincore over a fresh read-only map).
-fn resident_pages(path: &Path) -> usize {
-    let file = std::fs::File::open(path).unwrap();
-    let len = file.metadata().unwrap().len() as usize;
-    // SAFETY: a read-only shared mapping of a file this test owns; only mincore reads it.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
-    let mut vec = vec![0u8; len.div_ceil(4096)];
-    // SAFETY: `vec` has one byte per page of the mapping.
-    assert_eq!(unsafe { libc::mincore(map, len, vec.as_mut_ptr()) }, 0);
-    // SAFETY: unmapping what was mapped above.
-    unsafe { libc::munmap(map, len) };
-    vec.iter().filter(|b| *b & 1 == 1).count()
-}
-
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .collect();
-    v.sort();
-    v
-}
-
 fn zero_fill_config(
     dir: &Path,
     durability: Durability,
@@ -146,7 +112,7 @@ fn append_past_first_segment(j: &mut Journal) -> u64 {
     let mut last = 0;
     for _ in 0..100_000 {
         last = append_n(j, 64, |_| 200);
-        if segments(j.dir()).len() >= 2 {
+        if segment_paths(j.dir()).len() >= 2 {
             return last;
         }
     }
@@ -159,7 +125,7 @@ fn without_zero_fill_a_new_segment_is_unwritten_extents_which_is_what_the_option
     let mut c = zero_fill_config(dir.path(), Durability::Group, Backend::Mmap);
     c.prealloc_zero_fill = false;
     let j = Journal::open(c).unwrap();
-    let first = &segments(dir.path())[0];
+    let first = &segment_paths(dir.path())[0];
     match unwritten_bytes(first) {
         Some(bytes) => assert!(bytes > SEGMENT_BYTES / 2, "{bytes} unwritten bytes"),
         None => eprintln!("skipped: the file system reports no extents (FIEMAP)"),
@@ -174,17 +140,17 @@ fn mapped_segments_are_zero_filled_at_open_and_for_each_roll_and_stay_cached() {
         flush_interval_ms: 1,
     };
     let mut j = Journal::open(zero_fill_config(dir.path(), async_mode, Backend::Mmap)).unwrap();
-    let first = segments(dir.path())[0].clone();
+    let first = segment_paths(dir.path())[0].clone();
     assert_eq!(unwritten_bytes(&first).unwrap_or(0), 0, "first segment");
     let pages = (SEGMENT_BYTES / 4096) as usize;
     assert!(
-        resident_pages(&first) >= pages * 9 / 10,
+        resident_pages(&first, SEGMENT_BYTES as usize).0 >= pages * 9 / 10,
         "the zeroed pages stay cached for the mapped writer"
     );
     wait_for_zero_filled_spare(dir.path());
     let last = append_past_first_segment(&mut j);
     j.sync().unwrap();
-    let second = segments(dir.path())[1].clone();
+    let second = segment_paths(dir.path())[1].clone();
     assert_eq!(
         unwritten_bytes(&second).unwrap_or(0),
         0,
@@ -205,10 +171,11 @@ fn staged_segments_are_zero_filled_and_dropped_from_the_cache() {
         Backend::Pwrite,
     ))
     .unwrap();
-    let first = segments(dir.path())[0].clone();
+    let first = segment_paths(dir.path())[0].clone();
     assert_eq!(unwritten_bytes(&first).unwrap_or(0), 0, "first segment");
     // The header page is written through the cache after the fill; the zeros are gone.
-    assert!(resident_pages(&first) <= 2, "{}", resident_pages(&first));
+    let (resident, _) = resident_pages(&first, SEGMENT_BYTES as usize);
+    assert!(resident <= 2, "{resident}");
     let last = append_past_first_segment(&mut j);
     j.commit().unwrap();
     wait_for_zero_filled_spare(dir.path());

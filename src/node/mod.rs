@@ -658,16 +658,12 @@ impl Node {
                 bump(&self.shared.metrics.commands_backpressured, 1);
                 return Err(NodeError::Backpressure);
             }
-            let fill = |slot: &mut InputSlot| {
-                slot.kind = kind;
-                slot.timestamp_ns = timestamp_ns;
-                slot.tag = tag;
-                slot.command = command;
-                slot.query = query;
-            };
             // With a sink nobody polls: each submission is its own batch.
             let end_of_batch = inline.sink.is_some();
-            inline.submit(fill, end_of_batch);
+            inline.submit(
+                |slot| slot.set(kind, timestamp_ns, tag, command, query),
+                end_of_batch,
+            );
             if kind == SlotKind::Command {
                 bump(&self.shared.metrics.commands_submitted, 1);
             }
@@ -676,13 +672,7 @@ impl Node {
         let producer = self.producer.as_mut().expect("running");
         let mut attempt = || {
             producer
-                .try_publish(|slot| {
-                    slot.kind = kind;
-                    slot.timestamp_ns = timestamp_ns;
-                    slot.tag = tag;
-                    slot.command = command;
-                    slot.query = query;
-                })
+                .try_publish(|slot| slot.set(kind, timestamp_ns, tag, command, query))
                 .ok()
         };
         let published = if wait.is_zero() {
@@ -720,28 +710,20 @@ impl Node {
                 bump(&self.shared.metrics.commands_backpressured, 1);
                 return Err(NodeError::Backpressure);
             }
-            for (i, (command, tag)) in items.iter().enumerate() {
-                let fill = |slot: &mut InputSlot| {
-                    slot.kind = SlotKind::Command;
-                    slot.timestamp_ns = timestamp_ns;
-                    slot.tag = *tag;
-                    slot.command = *command;
-                    slot.query = NO_QUERY;
-                };
+            for (i, &(command, tag)) in items.iter().enumerate() {
                 let end_of_batch = inline.sink.is_some() && i + 1 == items.len();
-                inline.submit(fill, end_of_batch);
+                inline.submit(
+                    |slot| slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY),
+                    end_of_batch,
+                );
             }
             bump(&self.shared.metrics.commands_submitted, items.len() as u64);
             return Ok(());
         }
         let producer = self.producer.as_mut().expect("running");
         let published = producer.try_batch_publish(items.len(), |slots| {
-            for (slot, (command, tag)) in slots.zip(items) {
-                slot.kind = SlotKind::Command;
-                slot.timestamp_ns = timestamp_ns;
-                slot.tag = *tag;
-                slot.command = *command;
-                slot.query = NO_QUERY;
+            for (slot, &(command, tag)) in slots.zip(items) {
+                slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY);
             }
         });
         for bell in &self.input_bells {
@@ -763,15 +745,7 @@ impl Node {
         // Control slots must get through even after a journal failure.
         if let Some(inline) = self.inline.as_mut() {
             // Applied at once, with the open batch; its outputs stay queued for the owner.
-            inline.submit(
-                |slot| {
-                    slot.kind = kind;
-                    slot.tag = 0;
-                    slot.command = FILLER;
-                    slot.query = NO_QUERY;
-                },
-                true,
-            );
+            inline.submit(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY), true);
             return self
                 .control
                 .try_recv()
@@ -791,12 +765,7 @@ impl Node {
         let published = retry_until(CONTROL_WAIT_MAX, || {
             drain();
             producer
-                .try_publish(|slot| {
-                    slot.kind = kind;
-                    slot.tag = 0;
-                    slot.command = FILLER;
-                    slot.query = NO_QUERY;
-                })
+                .try_publish(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY))
                 .ok()
         });
         published.ok_or(NodeError::Backpressure)?;

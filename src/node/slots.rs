@@ -54,6 +54,22 @@ impl InputSlot {
         }
     }
 
+    /// Fills the producer's fields (the journaler's stay as they are).
+    pub fn set(
+        &mut self,
+        kind: SlotKind,
+        timestamp_ns: u64,
+        tag: u64,
+        command: Command,
+        query: Query,
+    ) {
+        self.kind = kind;
+        self.timestamp_ns = timestamp_ns;
+        self.tag = tag;
+        self.command = command;
+        self.query = query;
+    }
+
     pub fn seq(&self) -> u64 {
         self.seq.load(Ordering::Relaxed)
     }

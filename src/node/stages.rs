@@ -3,7 +3,7 @@
 //! code and produce the same journal and events.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -374,66 +374,23 @@ impl EngineStage {
     fn publish_events(&mut self, seq: u64, tag: u64) {
         let count = self.events.len();
         let events = &self.events;
-        let fill = |i: usize, slot: &mut OutputSlot| {
-            slot.seq = seq;
-            slot.tag = tag;
-            slot.item = Output::Event(events[i]);
-            slot.last = i + 1 == count;
-        };
-        match &mut self.out {
-            Outlet::Ring(out) => {
-                let discard = &self.shared.discard_output;
-                let published = retry_until(OUTPUT_WAIT_MAX, || {
-                    out.try_batch_publish(count, |slots| {
-                        for (i, slot) in slots.enumerate() {
-                            fill(i, slot);
-                        }
-                    })
-                    .ok()
-                    .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
-                });
-                assert!(
-                    published.is_some(),
-                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
-                );
-            }
-            Outlet::Queue(queue) => {
-                for i in 0..count {
-                    let mut slot = OutputSlot::empty();
-                    fill(i, &mut slot);
-                    queue.push_back(slot);
-                }
-            }
-        }
+        self.out
+            .emit(count, &self.shared.discard_output, |i, slot| {
+                slot.seq = seq;
+                slot.tag = tag;
+                slot.item = Output::Event(events[i]);
+                slot.last = i + 1 == count;
+            });
         bump(&self.shared.metrics.events_produced, count as u64);
     }
 
     fn publish(&mut self, seq: u64, tag: u64, item: Output, last: bool) {
-        let fill = |s: &mut OutputSlot| {
-            s.seq = seq;
-            s.tag = tag;
-            s.item = item;
-            s.last = last;
-        };
-        match &mut self.out {
-            Outlet::Ring(out) => {
-                let discard = &self.shared.discard_output;
-                let published = retry_until(OUTPUT_WAIT_MAX, || {
-                    out.try_publish(fill)
-                        .ok()
-                        .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
-                });
-                assert!(
-                    published.is_some(),
-                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
-                );
-            }
-            Outlet::Queue(queue) => {
-                let mut slot = OutputSlot::empty();
-                fill(&mut slot);
-                queue.push_back(slot);
-            }
-        }
+        self.out.emit(1, &self.shared.discard_output, |_, slot| {
+            slot.seq = seq;
+            slot.tag = tag;
+            slot.item = item;
+            slot.last = last;
+        });
         bump(&self.shared.metrics.events_produced, 1);
     }
 
@@ -512,6 +469,38 @@ pub enum Outlet {
     /// Inline topology: a queue on the owner's own thread, drained after each batch. The
     /// owner bounds it by submitting nothing while it holds more than a ring's worth.
     Queue(VecDeque<OutputSlot>),
+}
+
+impl Outlet {
+    /// Emits `count` slots filled by `fill(i, slot)`, with one claim of the ring. Waits for
+    /// room (bounded: a publisher that never drains is a bug) unless `discard` says nobody
+    /// will read the ring any more.
+    fn emit(&mut self, count: usize, discard: &AtomicBool, fill: impl Fn(usize, &mut OutputSlot)) {
+        match self {
+            Outlet::Ring(out) => {
+                let published = retry_until(OUTPUT_WAIT_MAX, || {
+                    out.try_batch_publish(count, |slots| {
+                        for (i, slot) in slots.enumerate() {
+                            fill(i, slot);
+                        }
+                    })
+                    .ok()
+                    .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
+                });
+                assert!(
+                    published.is_some(),
+                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
+                );
+            }
+            Outlet::Queue(queue) => {
+                for i in 0..count {
+                    let mut slot = OutputSlot::empty();
+                    fill(i, &mut slot);
+                    queue.push_back(slot);
+                }
+            }
+        }
+    }
 }
 
 /// A slot's content, copied so the fused stage can apply it after the batch is durable.

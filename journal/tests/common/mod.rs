@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 use ringex_journal::{Config, Durability, Journal, OwnedRecord, Reader};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 
 pub const SEGMENT_SIZE_BYTES: u64 = 16 * 1024;
 
@@ -52,4 +53,40 @@ pub fn check_prefix(records: &[OwnedRecord], len_of: impl Fn(u64) -> usize) {
         assert_eq!(r.record_type, 7);
         assert_eq!(r.payload, payload(seq, len_of(seq)), "seq {seq}");
     }
+}
+
+/// Pages of the first `len` bytes of `path` resident in the page cache, by `mincore` over
+/// a fresh read-only map: (resident, pages).
+pub fn resident_pages(path: &Path, len: usize) -> (usize, usize) {
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: a read-only shared mapping of a file this test owns; only mincore reads it.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let pages = len.div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(map, len) };
+    (vec.iter().filter(|b| *b & 1 == 1).count(), pages)
+}
+
+pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
 }
