@@ -474,11 +474,11 @@ impl Config {
         }
         let j = &self.journal;
         if j.durability == DurabilityMode::Async
-            && matches!(j.backend, JournalBackend::Pwrite | JournalBackend::IoUring)
+            && j.backend == JournalBackend::IoUring
         {
             return err(
                 "journal.backend",
-                "the pwrite and io-uring backends need durability = \"group\"".into(),
+                "the io-uring backend needs durability = \"group\"".into(),
             );
         }
         if !(1..=4096).contains(&j.segment_size_mib) {

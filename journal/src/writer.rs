@@ -61,7 +61,9 @@ pub struct Config {
     pub prealloc_zero_fill: bool,
     pub verify: Verify,
     pub storage: Arc<dyn Storage>,
-    /// Write path. `Pwrite` and `IoUring` stage records in memory and need `Group`;
+    /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
+    /// `Pwrite` under `Async` writes through: the writer's own
+    /// [`Journal::write_staged`] puts each batch into the page cache with one pwrite.
     /// `Auto` (the default) picks `Mmap` for `Async` and `IoUring` for `Group`.
     pub backend: Backend,
     /// Size of the staging ring for the staged backends (a power of two).
@@ -152,7 +154,8 @@ impl Config {
             )));
         }
         if self.backend_resolved() != Backend::Mmap {
-            if self.durability != Durability::Group {
+            if self.backend_resolved() == Backend::IoUring && self.durability != Durability::Group
+            {
                 return Err(Error::Config(format!(
                     "the {:?} backend needs the group durability mode",
                     self.backend
@@ -410,6 +413,9 @@ struct Shared {
     populate_target: (Mutex<u64>, Condvar),
     /// Staging ring of the staged backends (None for mmap).
     ring: Option<Ring>,
+    /// `Pwrite` under `Async`: the writer writes its staged bytes itself
+    /// ([`Journal::write_staged`]) and publishes progress only then; the syncer only syncs.
+    write_through: bool,
     sync_state: Mutex<SyncerState>,
     /// Staged data goes to disk with O_DIRECT.
     direct_io: bool,
@@ -458,6 +464,12 @@ impl Shared {
                 .clone()
                 .unwrap_or_else(|| "unknown".into()),
         }
+    }
+
+    /// The writer's bytes reach the file through the page cache (mmap, or writing
+    /// through): synced pages behind it are dropped, so they do not pile up in memory.
+    fn writer_fills_cache(&self) -> bool {
+        self.ring.is_none() || self.write_through
     }
 
     fn wake_syncer(&self) {
@@ -596,21 +608,25 @@ const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 pub(crate) enum ZeroFill {
     /// fallocate only: unwritten extents, converted as appends are synced.
     Off,
-    /// Zeros written and synced; the pages stay cached for a mapped writer.
+    /// Zeros written and synced; the pages stay cached for the writer: a mapped writer's
+    /// faults find them ready, and a writer writing through the cache in small pieces
+    /// never has the kernel read a partly written page back from disk.
     Cached,
-    /// Zeros written and synced, then dropped from the cache (staged backends write with
-    /// pwrite or O_DIRECT, and never read the zeros through the cache).
+    /// Zeros written and synced, then dropped from the cache (the group mode's staged
+    /// backends write whole staged runs with pwrite or O_DIRECT and never read the zeros
+    /// through the cache).
     Dropped,
 }
 
 impl ZeroFill {
     pub(crate) fn of(config: &Config) -> ZeroFill {
-        let mapped = match config.backend {
+        let asynchronous = matches!(config.durability, Durability::Async { .. });
+        let cached = match config.backend {
             Backend::Mmap => true,
-            Backend::Auto => matches!(config.durability, Durability::Async { .. }),
-            Backend::Pwrite | Backend::IoUring => false,
+            Backend::Auto | Backend::Pwrite => asynchronous,
+            Backend::IoUring => false,
         };
-        match (config.prealloc_zero_fill, mapped) {
+        match (config.prealloc_zero_fill, cached) {
             (false, _) => ZeroFill::Off,
             (true, true) => ZeroFill::Cached,
             (true, false) => ZeroFill::Dropped,
@@ -804,6 +820,10 @@ impl Journal {
         let ring = engine
             .as_ref()
             .map(|_| Ring::new(config.staging_size_bytes));
+        let write_through = ring.is_some() && config.durability != Durability::Group;
+        // Writing through, the writer writes and the syncer only syncs: no staged syncer,
+        // and no O_DIRECT (the pages go to the page cache and the syncer flushes them).
+        let engine = engine.filter(|_| !write_through);
         let mut backend_note = backend_note;
         let direct = if config.direct_io && engine.is_some() {
             match DirectState::new(&active, end_offset_bytes, config.staging_size_bytes) {
@@ -849,6 +869,7 @@ impl Journal {
 
         let shared = Arc::new(Shared {
             ring,
+            write_through,
             sync_state: Mutex::new(sync_state),
             direct_io,
             backend,
@@ -1043,7 +1064,11 @@ impl Journal {
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
         if let Some(ring) = &self.shared.ring {
             if ring.free(self.stream_end) < size {
-                self.wait_ring(size)?;
+                if self.shared.write_through {
+                    self.write_staged()?;
+                } else {
+                    self.wait_ring(size)?;
+                }
             }
             let ring = self.shared.ring.as_ref().expect("staged");
             let p = self.stream_end;
@@ -1081,14 +1106,11 @@ impl Journal {
         }
         self.record_count += 1;
         self.timestamp_ns_last = timestamp_ns;
-        self.shared.progress.publish(ProgressSnapshot {
-            seq,
-            chain: self.chain,
-            segment_base_seq: self.active.base_seq,
-            end_offset_bytes: self.end_offset_bytes,
-            epoch: self.epoch,
-            stream_end: self.stream_end,
-        });
+        if self.shared.write_through {
+            // Published by `write_staged`, once the bytes are in the file.
+            return Ok(seq);
+        }
+        self.publish_progress();
         if self.shared.ring.is_none() {
             // Staged backends: the syncer publishes `written` once the bytes are in the file.
             self.shared.watermarks.written.store(seq, Ordering::Release);
@@ -1103,6 +1125,60 @@ impl Journal {
             }
         }
         Ok(seq)
+    }
+
+    fn publish_progress(&self) {
+        self.shared.progress.publish(ProgressSnapshot {
+            seq: self.seq_next - 1,
+            chain: self.chain,
+            segment_base_seq: self.active.base_seq,
+            end_offset_bytes: self.end_offset_bytes,
+            epoch: self.epoch,
+            stream_end: self.stream_end,
+        });
+    }
+
+    /// Writing through (`Pwrite` under `Async`): writes the records staged since the last
+    /// call into the segment file, with one pwrite on this thread, and advances `written`
+    /// over them. From then on they survive a crash of this process, and readers see them.
+    /// Call it at the end of each batch, before anyone acts on the batch; `sync`, `commit`
+    /// and `close` call it, and so do `append` when the staging ring is full and a segment
+    /// roll. Returns `written`. No-op for the other backends (their appends are written, or
+    /// the syncer writes them). A failed write is fatal, as a failed sync is.
+    pub fn write_staged(&mut self) -> Result<u64> {
+        if !self.shared.write_through {
+            return Ok(self.shared.watermarks.written());
+        }
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.shared.failure());
+        }
+        let ring = self.shared.ring.as_ref().expect("write-through stages");
+        let flushed = ring.flushed_end.load(Ordering::Relaxed);
+        if flushed == self.stream_end {
+            return Ok(self.shared.watermarks.written());
+        }
+        // Rolls write first, so everything staged belongs to the active segment and ends at
+        // the append position.
+        let len = self.stream_end - flushed;
+        assert!(len <= self.end_offset_bytes - DATA_OFFSET, "staged run spans a roll");
+        let offset = self.end_offset_bytes - len;
+        let (a, b) = ring.slices(flushed, self.stream_end);
+        let file = &self.active.file;
+        let result = file
+            .write_all_at(a, offset)
+            .and_then(|()| file.write_all_at(b, offset + a.len() as u64));
+        if let Err(e) = result {
+            self.shared.fail(format!(
+                "write of {len} bytes to {} at offset {offset} failed: {e}",
+                self.active.path.display()
+            ));
+            return Err(self.shared.failure());
+        }
+        ring.flushed_end.store(self.stream_end, Ordering::Release);
+        self.publish_progress();
+        let written = self.seq_next - 1;
+        self.shared.watermarks.written.store(written, Ordering::Release);
+        Ok(written)
     }
 
     /// `Prefault::Writer`: prefaults up to [`WRITER_PREFAULT_AHEAD_BYTES`] past the append
@@ -1177,7 +1253,11 @@ impl Journal {
     fn roll(&mut self) -> Result<()> {
         if self.shared.ring.is_some() && !self.sealed {
             // Staged: every record of this segment is in the file before the seal.
-            self.wait_ring(0)?;
+            if self.shared.write_through {
+                self.write_staged()?;
+            } else {
+                self.wait_ring(0)?;
+            }
         }
         if !self.sealed {
             let seal = Seal {
@@ -1307,7 +1387,8 @@ impl Journal {
 
     /// Asks the syncer for a sync now (in `async` mode too) and waits for it to cover
     /// everything written so far.
-    pub fn sync(&self) -> Result<()> {
+    pub fn sync(&mut self) -> Result<()> {
+        self.write_staged()?;
         let target = self.seq_next - 1;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut guard = lock(&self.shared.durable_changed.0);
@@ -1347,7 +1428,8 @@ impl Journal {
     /// returns the durable watermark. For a pipeline thread that journals a batch and
     /// must see it durable before applying it (no hand-off to the syncer thread). A failure
     /// is fatal, as for the syncer.
-    pub fn commit(&self) -> Result<u64> {
+    pub fn commit(&mut self) -> Result<u64> {
+        self.write_staged()?;
         let target = self.seq_next - 1;
         if self.shared.watermarks.durable() >= target {
             return Ok(self.shared.watermarks.durable());

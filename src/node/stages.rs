@@ -110,13 +110,21 @@ impl JournalStage {
         }
     }
 
-    /// In `group` mode, waits until everything appended is durable. If it never becomes
-    /// durable, marks the node failed so the engine applies nothing past the durable point.
+    /// Makes the batch durable per the mode before the engine may see it: in `group` mode
+    /// waits until everything appended is on disk; in `async` mode puts it in the page
+    /// cache (a no-op for mapped appends; one pwrite for a journal writing through). If it
+    /// never gets there, marks the node failed so the engine applies nothing past it.
     pub fn make_durable(&mut self) {
-        if !self.group || self.batch_appended == 0 {
+        if self.batch_appended == 0 {
             return;
         }
         self.batch_appended = 0;
+        if !self.group {
+            if let Err(e) = self.journal.write_staged() {
+                self.durability_lost(e.to_string());
+            }
+            return;
+        }
         let start = Instant::now();
         // Group commit on this thread: no hand-off to the journal's syncer and back.
         match self.journal.commit() {
@@ -136,10 +144,17 @@ impl JournalStage {
     }
 
     fn durability_lost(&self, why: String) {
-        let durable = self.journal.watermarks().durable();
+        // Past this point nothing may be applied: what is on disk (group) or in the page
+        // cache (async).
+        let marks = self.journal.watermarks();
+        let kept = if self.group {
+            marks.durable()
+        } else {
+            marks.written()
+        };
         self.shared
             .journal_failed_at
-            .fetch_min(durable + 1, Ordering::SeqCst);
+            .fetch_min(kept + 1, Ordering::SeqCst);
         self.shared
             .fail(format!("journal could not make commands durable: {why}"));
     }

@@ -212,7 +212,7 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             .storage
             .sync_data(&s.file)
             .map_err(|e| format!("fdatasync of {} failed: {e}", s.path.display()))?;
-        if shared.ring.is_none() {
+        if shared.writer_fills_cache() {
             let from = if dropped.0 == s.base_seq {
                 dropped.1
             } else {
@@ -300,7 +300,7 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
         _ => {
             sync_data(&active.file)
                 .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
-            if ring.is_none() && snap.segment_base_seq == active.base_seq {
+            if shared.writer_fills_cache() && snap.segment_base_seq == active.base_seq {
                 if dropped.0 != active.base_seq {
                     *dropped = (active.base_seq, DATA_OFFSET);
                 }
