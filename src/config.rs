@@ -473,9 +473,7 @@ impl Config {
             }
         }
         let j = &self.journal;
-        if j.durability == DurabilityMode::Async
-            && j.backend == JournalBackend::IoUring
-        {
+        if j.durability == DurabilityMode::Async && j.backend == JournalBackend::IoUring {
             return err(
                 "journal.backend",
                 "the io-uring backend needs durability = \"group\"".into(),

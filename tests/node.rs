@@ -322,6 +322,7 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in
 
 const CHILD_DIR: &str = "RINGEX_TEST_CRASH_CHILD_DIR";
 const CHILD_TOPOLOGY: &str = "RINGEX_TEST_CRASH_CHILD_TOPOLOGY";
+const CHILD_DURABILITY: &str = "RINGEX_TEST_CRASH_CHILD_DURABILITY";
 const CRASH_COMMANDS: usize = 40_000;
 
 /// Not a test on its own: the child half of the SIGKILL test. It runs a node on the
@@ -329,55 +330,77 @@ const CRASH_COMMANDS: usize = 40_000;
 /// on stdout while it submits, until it is killed.
 #[test]
 fn crash_child() {
-    let (Ok(dir), Ok(topology)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_TOPOLOGY)) else {
+    let (Ok(dir), Ok(topology), Ok(durability)) = (
+        std::env::var(CHILD_DIR),
+        std::env::var(CHILD_TOPOLOGY),
+        std::env::var(CHILD_DURABILITY),
+    ) else {
         return;
     };
-    let cfg = config(Path::new(&dir), &topology, "group", 0);
+    let cfg = config(Path::new(&dir), &topology, &durability, 0);
     let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let metrics = node.metrics();
+    let report = || {
+        let s = metrics.summary();
+        // Applied: the engine has emitted the command's events, so a client may know.
+        println!("durable {} applied {}", s.journal_durable, s.applied);
+    };
     for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
         node.submit(c, i as u64).unwrap();
         if i % 100 == 0 {
-            println!("durable {}", metrics.summary().journal_durable);
+            report();
         }
     }
     // Keep reporting until killed.
     for _ in 0..10_000 {
-        println!("durable {}", metrics.summary().journal_durable);
+        report();
         std::thread::sleep(Duration::from_millis(1));
     }
 }
 
 #[test]
 fn a_fused_node_killed_with_sigkill_recovers_every_durable_command() {
-    killed_node_recovers_every_durable_command("fused");
+    killed_node_recovers_every_durable_command("fused", "group");
 }
 
 #[test]
 fn an_inline_node_killed_with_sigkill_recovers_every_durable_command() {
-    killed_node_recovers_every_durable_command("inline");
+    killed_node_recovers_every_durable_command("inline", "group");
 }
 
-fn killed_node_recovers_every_durable_command(topology: &str) {
+/// Async mode survives a crash of the process: whatever the engine applied (and so may
+/// have told a client) was in the page cache first.
+#[test]
+fn an_async_node_killed_with_sigkill_recovers_every_command_it_applied() {
+    for topology in ["fused", "inline"] {
+        killed_node_recovers_every_durable_command(topology, "async");
+    }
+}
+
+fn killed_node_recovers_every_durable_command(topology: &str, durability: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Process::new(std::env::current_exe().unwrap())
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env(CHILD_DIR, dir.path())
         .env(CHILD_TOPOLOGY, topology)
+        .env(CHILD_DURABILITY, durability)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut durable_reported = 0u64;
+    let mut applied_reported = 0u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     for line in stdout.lines() {
         let line = line.unwrap();
-        if let Some(n) = line.strip_prefix("durable ") {
-            durable_reported = n.trim().parse().unwrap();
+        if let Some(rest) = line.strip_prefix("durable ") {
+            let (durable, applied) = rest.split_once(" applied ").unwrap();
+            durable_reported = durable.trim().parse().unwrap();
+            applied_reported = applied.trim().parse().unwrap();
         }
         // Kill it mid-stream, well before the end.
-        if durable_reported >= 5_000 || Instant::now() > deadline {
+        if durable_reported.min(applied_reported) >= 5_000 || Instant::now() > deadline {
             break;
         }
     }
@@ -391,12 +414,16 @@ fn killed_node_recovers_every_durable_command(topology: &str) {
     );
 
     let commands = stream(CRASH_COMMANDS);
-    let cfg = config(dir.path(), topology, "group", 0);
+    let cfg = config(dir.path(), topology, durability, 0);
     let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
     let seq = node.recovery().seq_last;
     assert!(
         seq >= durable_reported,
-        "recovered {seq} < durable {durable_reported}"
+        "{topology} {durability}: recovered {seq} < durable {durable_reported}"
+    );
+    assert!(
+        seq >= applied_reported,
+        "{topology} {durability}: recovered {seq} < applied {applied_reported}"
     );
     assert!(seq <= commands.len() as u64);
     let (hash_direct, _) = direct(&commands[..seq as usize]);

@@ -1,7 +1,8 @@
-//! Staged write backends for `group` mode: the writer copies frames into an in-memory ring;
-//! the syncer writes them to the segment file with `pwrite` + `fdatasync`, or with one
-//! io_uring submission (write linked to an fdatasync). The file is never written through a
-//! mapping in these modes, so mapped writes and file writes never mix on one file.
+//! Staged write backends: the writer copies frames into an in-memory ring. In `group` mode
+//! the syncer (or the committing thread) writes them to the segment file with `pwrite` +
+//! `fdatasync`, or with one io_uring submission (write linked to an fdatasync); in `async`
+//! mode the writer writes them itself, a batch per pwrite (`Journal::write_staged`). The
+//! file is never written through a mapping in these modes.
 
 use std::cell::UnsafeCell;
 use std::fs::File;
@@ -13,12 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Which write path a journal uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// The default: `Mmap` for `Async`, `IoUring` (with `direct_io` as configured) for
+    /// The default: `Pwrite` for `Async`, `IoUring` (with `direct_io` as configured) for
     /// `Group`.
     Auto,
     /// Writes through a shared mapping; syncs with fdatasync. Both durability modes.
     Mmap,
-    /// Staged ring, `pwrite` + `fdatasync` by the syncer (group mode only).
+    /// Staged ring. `Group`: `pwrite` + `fdatasync` by the syncer (or the committing
+    /// thread). `Async`: writes through, with one pwrite per batch by the writer
+    /// (`Journal::write_staged`); the syncer fdatasyncs every flush interval.
     Pwrite,
     /// Staged ring, io_uring write linked to fdatasync (group mode only). Falls back to
     /// `Pwrite` when io_uring is unavailable or forbidden; `Journal::backend()` says which.

@@ -91,7 +91,12 @@ fn direct_io_is_ignored_by_mmap_and_auto_picks_by_mode() {
     );
     c.backend = Backend::Auto;
     let j = Journal::open(c).unwrap();
-    assert_eq!(j.backend(), Backend::Mmap);
+    assert_eq!(
+        j.backend(),
+        Backend::Pwrite,
+        "async writes through by default"
+    );
+    assert!(!j.direct_io(), "writing through goes via the page cache");
 }
 
 #[test]
@@ -100,24 +105,112 @@ fn io_uring_round_trip() {
 }
 
 #[test]
-fn staged_backends_need_group_mode() {
+fn io_uring_needs_group_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = staged(dir.path(), Backend::Pwrite);
+    let mut c = staged(dir.path(), Backend::IoUring);
     c.durability = Durability::Async {
         flush_interval_ms: 5,
     };
     assert!(matches!(Journal::open(c), Err(Error::Config(_))));
 }
 
+/// `Pwrite` under `Async`: the writer writes its staged records itself.
+fn write_through(dir: &std::path::Path) -> ringex_journal::Config {
+    let mut c = staged(dir, Backend::Pwrite);
+    c.durability = Durability::Async {
+        flush_interval_ms: 5,
+    };
+    c
+}
+
+#[test]
+fn writing_through_records_reach_the_file_at_write_staged_and_disk_at_the_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(write_through(dir.path())).unwrap();
+    assert_eq!(j.backend(), Backend::Pwrite);
+    let marks = j.watermarks();
+    let last = append_n(&mut j, 3, len_of);
+    // Staged only: neither written nor in the file, so not yet safe from a crash.
+    assert_eq!(marks.written(), 0);
+    assert!(read_all(dir.path()).is_empty());
+    assert_eq!(j.write_staged().unwrap(), last);
+    assert_eq!(marks.written(), last);
+    assert_eq!(read_all(dir.path()).len(), 3);
+    // Nothing more staged: a second call writes nothing and says the same.
+    assert_eq!(j.write_staged().unwrap(), last);
+    // The periodic flush makes them durable without being asked.
+    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    j.close().unwrap();
+    check_prefix(&read_all(dir.path()), len_of);
+}
+
+/// Batches of every size, across staging-ring wraps, full rings (the writer writes
+/// mid-batch) and segment rolls; reopened with the other backends in between.
+#[test]
+fn writing_through_round_trips_across_rolls_full_rings_and_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = Journal::open(write_through(dir.path())).unwrap();
+    let mut batch = 1;
+    while j.seq_next() <= 500 {
+        let n = batch.min(501 - j.seq_next());
+        let last = append_n(&mut j, n, len_of);
+        assert_eq!(j.write_staged().unwrap(), last);
+        assert_eq!(j.watermarks().written(), last);
+        batch = batch % 37 + 5;
+    }
+    j.close().unwrap();
+    let mut j = Journal::open(config(
+        dir.path(),
+        Durability::Async {
+            flush_interval_ms: 5,
+        },
+    ))
+    .unwrap();
+    assert_eq!(j.recovery_report().seq_last, 500);
+    assert_eq!(j.recovery_report().truncation, None);
+    append_n(&mut j, 20, len_of);
+    j.close().unwrap();
+    let mut j = Journal::open(write_through(dir.path())).unwrap();
+    // Never asked to write: `close` writes what is staged.
+    append_n(&mut j, 80, len_of);
+    j.close().unwrap();
+    let all = read_all(dir.path());
+    assert_eq!(all.len(), 600);
+    check_prefix(&all, len_of);
+}
+
+#[test]
+fn writing_through_sync_failure_is_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultStorage::default());
+    let mut c = write_through(dir.path());
+    c.storage = faults.clone();
+    let mut j = Journal::open(c).unwrap();
+    append_n(&mut j, 10, len_of);
+    j.sync().unwrap();
+    faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
+    let seq = j.append(7, 1, 0, b"x").unwrap();
+    j.write_staged().unwrap();
+    let e = j.wait_durable(seq, Duration::from_secs(10)).unwrap_err();
+    assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
+    assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
+    assert!(j.write_staged().unwrap_err().is_fatal());
+}
+
 #[test]
 fn staged_tailer_sees_every_record_once() {
-    for (backend, direct_io) in [
-        (Backend::Pwrite, false),
-        (Backend::IoUring, false),
-        (Backend::IoUring, true),
+    for (backend, direct_io, through) in [
+        (Backend::Pwrite, false, false),
+        (Backend::IoUring, false, false),
+        (Backend::IoUring, true, false),
+        (Backend::Pwrite, false, true),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = staged(dir.path(), backend);
+        let mut c = if through {
+            write_through(dir.path())
+        } else {
+            staged(dir.path(), backend)
+        };
         c.direct_io = direct_io;
         let mut j = Journal::open(c).unwrap();
         let w = j.watermarks();
@@ -137,7 +230,10 @@ fn staged_tailer_sees_every_record_once() {
                 }
             }
         });
-        append_n(&mut j, total, len_of);
+        for _ in 0..total / 10 {
+            append_n(&mut j, 10, len_of);
+            j.write_staged().unwrap();
+        }
         t.join().unwrap();
         j.close().unwrap();
     }
