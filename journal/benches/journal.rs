@@ -67,20 +67,32 @@ fn config(dir: &Path, durability: Durability) -> Config {
     c
 }
 
-fn bench_async(root: &Path, payload_len: usize, records: u64) -> Outcome {
+/// `batch`: None for the mmap backend (every append is written); Some(n) to write through
+/// with pwrite, `write_staged` after every n appends (as the node does per batch).
+fn bench_async(root: &Path, payload_len: usize, records: u64, batch: Option<u64>) -> Outcome {
     let dir = fresh_dir(root, &format!("async-{payload_len}"));
-    let mut j = Journal::open(config(
+    let mut c = config(
         &dir,
         Durability::Async {
             flush_interval_ms: 100,
         },
-    ))
-    .unwrap();
+    );
+    c.backend = if batch.is_some() {
+        Backend::Pwrite
+    } else {
+        Backend::Mmap
+    };
+    let mut j = Journal::open(c).unwrap();
     let payload = vec![0xabu8; payload_len];
+    let every = batch.unwrap_or(u64::MAX);
     let start = Instant::now();
     for i in 0..records {
         j.append(1, 1, i, &payload).unwrap();
+        if i % every == every - 1 {
+            j.write_staged().unwrap();
+        }
     }
+    j.write_staged().unwrap();
     let elapsed = start.elapsed();
     j.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -306,8 +318,12 @@ fn main() {
         if !"async".contains(only.as_str()) {
             break;
         }
-        let o = bench_async(&root, payload_len, async_records);
+        let o = bench_async(&root, payload_len, async_records, None);
         o.print(&format!("async mmap {payload_len} B"));
+        for batch in [1u64, 64] {
+            let o = bench_async(&root, payload_len, async_records, Some(batch));
+            o.print(&format!("async write-through {payload_len} B x{batch}"));
+        }
     }
     for payload_len in [64usize, 256] {
         if !"group".contains(only.as_str()) {
