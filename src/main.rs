@@ -105,6 +105,12 @@ struct PipelineArgs {
     /// Directory for the journals (choose the disk to measure).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Input ring size in slots (a power of two); default: the node's.
+    #[arg(long)]
+    input_ring_size: Option<usize>,
+    /// Output ring size in slots (a power of two); default: the node's.
+    #[arg(long)]
+    output_ring_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -138,6 +144,15 @@ fn main() -> ExitCode {
             which: Bench::Pipeline(a),
         } => {
             let defaults = PipelineBenchArgs::default();
+            for (name, size) in [
+                ("--input-ring-size", a.input_ring_size),
+                ("--output-ring-size", a.output_ring_size),
+            ] {
+                if size.is_some_and(|n| n < 64 || !n.is_power_of_two()) {
+                    eprintln!("ringex bench pipeline: {name} must be a power of two >= 64");
+                    return ExitCode::FAILURE;
+                }
+            }
             pipeline::run(&PipelineBenchArgs {
                 commands: a.commands,
                 rates: a.rates,
@@ -146,6 +161,8 @@ fn main() -> ExitCode {
                 placements: a.placements,
                 dir: a.dir.unwrap_or(defaults.dir),
                 seed: defaults.seed,
+                input_ring_size: a.input_ring_size,
+                output_ring_size: a.output_ring_size,
             });
             ExitCode::SUCCESS
         }

@@ -372,7 +372,7 @@ fn an_inline_node_killed_with_sigkill_recovers_every_durable_command() {
 /// have told a client) was in the page cache first.
 #[test]
 fn an_async_node_killed_with_sigkill_recovers_every_command_it_applied() {
-    for topology in ["fused", "inline"] {
+    for topology in TOPOLOGIES {
         killed_node_recovers_every_durable_command(topology, "async");
     }
 }

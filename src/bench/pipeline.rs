@@ -35,6 +35,9 @@ pub struct PipelineBenchArgs {
     /// Where the journals go (pick the disk to measure). A fresh subdirectory per case.
     pub dir: PathBuf,
     pub seed: u64,
+    /// Ring sizes in slots; None: the node's defaults.
+    pub input_ring_size: Option<usize>,
+    pub output_ring_size: Option<usize>,
 }
 
 impl Default for PipelineBenchArgs {
@@ -47,6 +50,8 @@ impl Default for PipelineBenchArgs {
             placements: vec!["free".into(), "pinned".into()],
             dir: std::env::temp_dir().join("ringex-bench-pipeline"),
             seed: 0x5eed_2024,
+            input_ring_size: None,
+            output_ring_size: None,
         }
     }
 }
@@ -114,8 +119,6 @@ flush_interval_ms = 5
 low_space_mib = 64
 [pipeline]
 topology = "{topology}"
-input_ring_size = 65536
-output_ring_size = 262144
 wait = "{wait}"
 batch_max = 512
 {cores}
@@ -176,7 +179,14 @@ fn run_case(
     let _ = std::fs::remove_dir_all(&dir);
     // Started here: config validation and stage pinning read the calling thread's cores,
     // and the driver pins itself.
-    let config = node_config(&dir, topology, durability, placement);
+    let mut config = node_config(&dir, topology, durability, placement);
+    if let Some(n) = args.input_ring_size {
+        config.pipeline.input_ring_size = n;
+        config.pipeline.batch_max = config.pipeline.batch_max.min(n);
+    }
+    if let Some(n) = args.output_ring_size {
+        config.pipeline.output_ring_size = n;
+    }
     let no_wake: crate::node::Waker = std::sync::Arc::new(|| {});
     let node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
     // The driver runs on its own thread so that pinning it leaves the caller unpinned.
