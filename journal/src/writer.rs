@@ -79,6 +79,13 @@ pub struct Config {
     pub helper_core: Option<usize>,
     /// Who prefaults the active segment's pages ahead of the writer (mmap backend).
     pub prefault: Prefault,
+    /// `Group`: the writer's own thread makes its batches durable with
+    /// [`Journal::commit`], so the syncer thread does not also sync after every append (it
+    /// still syncs what is left every 10 ms, and sealed segments and checkpoints). Its
+    /// rounds in parallel with the caller's cost a thread wake-up per batch and made the
+    /// caller's commit wait for the lock: measured, the node's inline group maximum went
+    /// from ~0.3 to ~0.5 M commands/s without them (docs/benchmarks.md). Default false.
+    pub caller_commits: bool,
 }
 
 /// Who prefaults pages of the mapped segment before the writer reaches them (a page the
@@ -126,6 +133,7 @@ impl Config {
             direct_io: true,
             helper_core: None,
             prefault: Prefault::Thread,
+            caller_commits: false,
         }
     }
 
@@ -414,6 +422,8 @@ struct Shared {
     populate_target: (Mutex<u64>, Condvar),
     /// Staging ring of the staged backends (None for mmap).
     ring: Option<Ring>,
+    /// `Config::caller_commits`.
+    caller_commits: bool,
     /// `Pwrite` under `Async`: the writer writes its staged bytes itself
     /// ([`Journal::write_staged`]) and publishes progress only then; the syncer only syncs.
     write_through: bool,
@@ -471,6 +481,12 @@ impl Shared {
     /// through): synced pages behind it are dropped, so they do not pile up in memory.
     fn writer_fills_cache(&self) -> bool {
         self.ring.is_none() || self.write_through
+    }
+
+    /// Group mode, unless the caller commits: the syncer syncs as soon as there is
+    /// something unsynced (woken by appends).
+    fn syncer_commits(&self) -> bool {
+        self.durability == Durability::Group && !self.caller_commits
     }
 
     fn wake_syncer(&self) {
@@ -872,6 +888,7 @@ impl Journal {
         let shared = Arc::new(Shared {
             ring,
             write_through,
+            caller_commits: config.caller_commits,
             sync_state: Mutex::new(sync_state),
             direct_io,
             backend,
@@ -1117,7 +1134,7 @@ impl Journal {
             // Staged backends: the syncer publishes `written` once the bytes are in the file.
             self.shared.watermarks.written.store(seq, Ordering::Release);
         }
-        if self.shared.durability == Durability::Group {
+        if self.shared.syncer_commits() {
             // Pairs with the syncer's SeqCst store of `syncer_idle` before it re-checks
             // progress: one of the two sides sees the other.
             fence(Ordering::SeqCst);

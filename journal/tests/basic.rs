@@ -184,6 +184,32 @@ fn commit_syncs_in_the_calling_thread() {
     }
 }
 
+/// With `caller_commits` the syncer stops syncing after every append (the caller's
+/// `commit` does that), but still syncs what nobody committed, within its interval.
+#[test]
+fn when_the_caller_commits_the_syncer_still_syncs_what_it_left() {
+    for backend in [
+        ringex_journal::Backend::Mmap,
+        ringex_journal::Backend::IoUring,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path(), Durability::Group);
+        c.backend = backend;
+        c.caller_commits = true;
+        let mut j = Journal::open(c).unwrap();
+        let committed = append_n(&mut j, 20, len_of);
+        assert!(j.commit().unwrap() >= committed);
+        let left = append_n(&mut j, 5, len_of);
+        assert!(
+            j.wait_durable(left, std::time::Duration::from_secs(10))
+                .unwrap(),
+            "{backend:?}: the syncer's periodic round made the uncommitted appends durable"
+        );
+        j.close().unwrap();
+        check_prefix(&read_all(dir.path()), len_of);
+    }
+}
+
 #[test]
 fn epochs_only_go_up() {
     let dir = tempfile::tempdir().unwrap();

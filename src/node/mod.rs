@@ -334,6 +334,8 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
     // The journaling thread prefaults between batches: no helper thread to preempt it.
     j.prefault = ringex_journal::Prefault::Writer;
     j.prealloc_zero_fill = config.journal.zero_fill_segments;
+    // Every topology's journaling thread commits its batches itself (`make_durable`).
+    j.caller_commits = true;
     // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
     j.record_size_bytes_max = 4096;
     j.backend = match config.journal.backend {

@@ -102,7 +102,8 @@ impl DirectState {
 pub(super) fn syncer_main(shared: &Shared) {
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
-        // Group mode is woken by appends; the timeout only bounds idle checkpointing.
+        // Group mode is woken by appends; the timeout only bounds idle checkpointing (and,
+        // when the caller commits, how long an uncommitted append waits for a sync).
         Durability::Group => CHECKPOINT_INTERVAL,
     };
     let mut space_checked = Instant::now();
@@ -136,16 +137,14 @@ pub(super) fn syncer_main(shared: &Shared) {
             let _ = shared.check_space();
             space_checked = Instant::now();
         }
-        if shared.durability == Durability::Group
-            && shared.progress.read().seq > shared.watermarks.durable()
-        {
+        if shared.syncer_commits() && shared.progress.read().seq > shared.watermarks.durable() {
             continue; // more arrived during the sync: next group
         }
         let mut woken = lock(&shared.syncer_wake.0);
         shared.syncer_idle.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let more_work = shared.durability == Durability::Group
-            && shared.progress.read().seq > shared.watermarks.durable();
+        let more_work =
+            shared.syncer_commits() && shared.progress.read().seq > shared.watermarks.durable();
         if !*woken && !more_work {
             woken = shared
                 .syncer_wake
