@@ -713,6 +713,22 @@ mod tests {
     }
 
     #[test]
+    fn async_takes_the_mmap_and_pwrite_backends_but_not_io_uring() {
+        let with = |backend: &str| {
+            let t = DEFAULT_CONFIG_TOML
+                .replace("durability = \"group\"", "durability = \"async\"")
+                .replace("backend = \"auto\"", &format!("backend = \"{backend}\""));
+            Config::parse(&t, "test.toml")
+        };
+        for ok in ["auto", "mmap", "pwrite"] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        let e = with("io-uring").unwrap_err();
+        assert_eq!(e.key, "journal.backend");
+        assert!(e.reason.contains("group"), "{e}");
+    }
+
+    #[test]
     fn malformed_toml_is_refused_with_the_file_name() {
         let e = Config::parse("[node\nid = 1", "x.toml").unwrap_err();
         assert!(e.to_string().starts_with("config x.toml:"), "{e}");

@@ -32,7 +32,7 @@ use disruptor::{
     SingleConsumerBarrier, SingleProducer, SingleProducerBarrier,
 };
 use ringex_engine::{Command, Query};
-use ringex_journal::{Durability, Journal, SnapshotStore};
+use ringex_journal::{Backend, Durability, Journal, SnapshotStore};
 
 use crate::config::{Config, DurabilityMode, JournalBackend, Topology, WaitMode};
 use crate::metrics::{bump, Metrics};
@@ -371,10 +371,12 @@ impl Node {
         let journal_backend = format!(
             "{:?}{}{}",
             journal.backend(),
-            if journal.direct_io() {
-                " + O_DIRECT"
-            } else {
-                ""
+            match (journal.direct_io(), config.journal.durability) {
+                (true, _) => " + O_DIRECT",
+                (false, DurabilityMode::Async) if journal.backend() != Backend::Mmap => {
+                    ", a batch per write through the page cache"
+                }
+                _ => "",
             },
             journal
                 .backend_note()
