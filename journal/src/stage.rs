@@ -104,7 +104,8 @@ impl Ring {
         }
     }
 
-    /// Syncer side: the published bytes `[from, to)` as at most two slices.
+    /// The bytes `[from, to)` as at most two slices: the syncer's published ones, or the
+    /// writer's own not yet published (to checksum a frame in place).
     pub fn slices(&self, from: u64, to: u64) -> (&[u8], &[u8]) {
         assert!(to >= from && to - from <= self.capacity);
         let start = (from % self.capacity) as usize;

@@ -1078,7 +1078,6 @@ impl Journal {
             schema_version,
             crc: 0,
         };
-        let hdr = h.encode_with_crc_from(&self.hasher_fresh, payload);
         let at = self.end_offset_bytes;
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
         if let Some(ring) = &self.shared.ring {
@@ -1091,15 +1090,22 @@ impl Journal {
             }
             let ring = self.shared.ring.as_ref().expect("staged");
             let p = self.stream_end;
-            ring.write(p, &hdr);
+            let unpadded = FRAME_HEADER_SIZE as u64 + payload.len() as u64;
+            ring.write(p, &h.encode_without_crc());
             ring.write(p + FRAME_HEADER_SIZE as u64, payload);
             // The ring holds old bytes: padding is written explicitly.
-            ring.write(
-                p + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
-                &[0u8; 8][..pad],
-            );
+            ring.write(p + unpadded, &[0u8; 8][..pad]);
+            // One CRC pass over header and payload where they now lie together (two when
+            // the frame wraps the ring), then the CRC into its field.
+            let mut hasher = self.hasher_fresh.clone();
+            let (first, second) = ring.slices(p, p + unpadded);
+            hasher.update(first);
+            hasher.update(second);
+            h.crc = hasher.finalize();
+            ring.write(p + FRAME_CRC_OFFSET as u64, &h.crc.to_le_bytes());
             self.stream_end += size;
         } else {
+            let hdr = h.encode_with_crc_from(&self.hasher_fresh, payload);
             // Payload first, header last: a concurrent reader that sees the header sees a
             // frame whose CRC it can check.
             self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
