@@ -1169,13 +1169,14 @@ impl Journal {
     /// Call it at the end of each batch, before anyone acts on the batch; `sync`, `commit`
     /// and `close` call it, and so do `append` when the staging ring is full and a segment
     /// roll. Returns `written`. No-op for the other backends (their appends are written, or
-    /// the syncer writes them). A failed write is fatal, as a failed sync is.
+    /// the syncer writes them). A failed write is fatal, as a failed sync is; once the
+    /// journal has failed, every backend returns the failure here.
     pub fn write_staged(&mut self) -> Result<u64> {
-        if !self.shared.write_through {
-            return Ok(self.shared.watermarks.written());
-        }
         if self.shared.failed.load(Ordering::Relaxed) {
             return Err(self.shared.failure());
+        }
+        if !self.shared.write_through {
+            return Ok(self.shared.watermarks.written());
         }
         let ring = self.shared.ring.as_ref().expect("write-through stages");
         let flushed = ring.flushed_end.load(Ordering::Relaxed);

@@ -38,18 +38,28 @@ fn round_trip(backend: Backend, direct_io: bool) {
     assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
     assert_eq!(j.watermarks().written(), last);
     j.close().unwrap();
-    // Reopen with another backend and continue: files are backend-independent.
-    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    let mut again = staged(dir.path(), backend);
+    again.direct_io = direct_io;
+    continue_across_backends(dir.path(), Durability::Group, again);
+}
+
+/// Files are backend-independent: after 500 records, 20 more through the mmap backend,
+/// then 80 through `again` (closed without anything else: `close` writes what is staged),
+/// and all 600 read back.
+fn continue_across_backends(
+    dir: &std::path::Path,
+    durability: Durability,
+    again: ringex_journal::Config,
+) {
+    let mut j = Journal::open(config(dir, durability)).unwrap();
     assert_eq!(j.recovery_report().seq_last, 500);
     assert_eq!(j.recovery_report().truncation, None);
     append_n(&mut j, 20, len_of);
     j.close().unwrap();
-    let mut c = staged(dir.path(), backend);
-    c.direct_io = direct_io;
-    let mut j = Journal::open(c).unwrap();
+    let mut j = Journal::open(again).unwrap();
     append_n(&mut j, 80, len_of);
     j.close().unwrap();
-    let all = read_all(dir.path());
+    let all = read_all(dir);
     assert_eq!(all.len(), 600);
     check_prefix(&all, len_of);
 }
@@ -159,42 +169,15 @@ fn writing_through_round_trips_across_rolls_full_rings_and_backends() {
         batch = batch % 37 + 5;
     }
     j.close().unwrap();
-    let mut j = Journal::open(config(
-        dir.path(),
-        Durability::Async {
-            flush_interval_ms: 5,
-        },
-    ))
-    .unwrap();
-    assert_eq!(j.recovery_report().seq_last, 500);
-    assert_eq!(j.recovery_report().truncation, None);
-    append_n(&mut j, 20, len_of);
-    j.close().unwrap();
-    let mut j = Journal::open(write_through(dir.path())).unwrap();
-    // Never asked to write: `close` writes what is staged.
-    append_n(&mut j, 80, len_of);
-    j.close().unwrap();
-    let all = read_all(dir.path());
-    assert_eq!(all.len(), 600);
-    check_prefix(&all, len_of);
+    let async_mode = Durability::Async {
+        flush_interval_ms: 5,
+    };
+    continue_across_backends(dir.path(), async_mode, write_through(dir.path()));
 }
 
 #[test]
 fn writing_through_sync_failure_is_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultStorage::default());
-    let mut c = write_through(dir.path());
-    c.storage = faults.clone();
-    let mut j = Journal::open(c).unwrap();
-    append_n(&mut j, 10, len_of);
-    j.sync().unwrap();
-    faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
-    let seq = j.append(7, 1, 0, b"x").unwrap();
-    j.write_staged().unwrap();
-    let e = j.wait_durable(seq, Duration::from_secs(10)).unwrap_err();
-    assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
-    assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
-    assert!(j.write_staged().unwrap_err().is_fatal());
+    sync_failure_is_fatal(write_through);
 }
 
 #[test]
@@ -241,18 +224,25 @@ fn staged_tailer_sees_every_record_once() {
 
 #[test]
 fn pwrite_sync_failure_is_fatal() {
+    sync_failure_is_fatal(|dir| staged(dir, Backend::Pwrite));
+}
+
+/// Once an fdatasync fails, nothing more is accepted: the writer is failed for good.
+fn sync_failure_is_fatal(config_in: impl Fn(&std::path::Path) -> ringex_journal::Config) {
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(FaultStorage::default());
-    let mut c = staged(dir.path(), Backend::Pwrite);
+    let mut c = config_in(dir.path());
     c.storage = faults.clone();
     let mut j = Journal::open(c).unwrap();
     append_n(&mut j, 10, len_of);
     j.sync().unwrap();
     faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
     let seq = j.append(7, 1, 0, b"x").unwrap();
+    j.write_staged().unwrap();
     let e = j.wait_durable(seq, Duration::from_secs(10)).unwrap_err();
     assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
     assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
+    assert!(j.write_staged().unwrap_err().is_fatal());
 }
 
 /// Auto + O_DIRECT on a file system that may refuse O_DIRECT (tmpfs): works either way,

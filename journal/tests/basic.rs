@@ -163,8 +163,9 @@ fn tailer_without_watermarks_follows_files() {
     }
 }
 
-#[test]
-fn commit_syncs_in_the_calling_thread() {
+/// Runs `body` on a fresh group-mode journal for the mapped and the staged write path,
+/// then closes it and reads everything back.
+fn with_each_group_backend(caller_commits: bool, body: impl Fn(&mut Journal)) {
     for backend in [
         ringex_journal::Backend::Mmap,
         ringex_journal::Backend::IoUring,
@@ -172,42 +173,41 @@ fn commit_syncs_in_the_calling_thread() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path(), Durability::Group);
         c.backend = backend;
+        c.caller_commits = caller_commits;
         let mut j = Journal::open(c).unwrap();
+        body(&mut j);
+        j.close().unwrap();
+        check_prefix(&read_all(dir.path()), len_of);
+    }
+}
+
+#[test]
+fn commit_syncs_in_the_calling_thread() {
+    with_each_group_backend(false, |j| {
         for round in 0..50u64 {
-            let last = append_n(&mut j, 1 + round % 7, len_of);
+            let last = append_n(j, 1 + round % 7, len_of);
             assert!(j.commit().unwrap() >= last);
             assert!(j.watermarks().durable() >= last);
             assert!(j.watermarks().written() >= last);
         }
-        j.close().unwrap();
-        check_prefix(&read_all(dir.path()), len_of);
-    }
+    });
 }
 
 /// With `caller_commits` the syncer stops syncing after every append (the caller's
 /// `commit` does that), but still syncs what nobody committed, within its interval.
 #[test]
 fn when_the_caller_commits_the_syncer_still_syncs_what_it_left() {
-    for backend in [
-        ringex_journal::Backend::Mmap,
-        ringex_journal::Backend::IoUring,
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = config(dir.path(), Durability::Group);
-        c.backend = backend;
-        c.caller_commits = true;
-        let mut j = Journal::open(c).unwrap();
-        let committed = append_n(&mut j, 20, len_of);
+    with_each_group_backend(true, |j| {
+        let committed = append_n(j, 20, len_of);
         assert!(j.commit().unwrap() >= committed);
-        let left = append_n(&mut j, 5, len_of);
+        let left = append_n(j, 5, len_of);
         assert!(
             j.wait_durable(left, std::time::Duration::from_secs(10))
                 .unwrap(),
-            "{backend:?}: the syncer's periodic round made the uncommitted appends durable"
+            "{:?}: the syncer's periodic round made the uncommitted appends durable",
+            j.backend()
         );
-        j.close().unwrap();
-        check_prefix(&read_all(dir.path()), len_of);
-    }
+    });
 }
 
 #[test]
