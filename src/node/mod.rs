@@ -240,13 +240,8 @@ pub struct ShutdownReport {
 /// A running node. Dropping it without `shutdown` stops the threads without the final
 /// snapshot.
 pub struct Node {
-    /// Split and fused: the input ring's producer. None in the inline topology.
-    producer: Option<SingleProducer<InputSlot, SingleConsumerBarrier>>,
-    /// The inline topology's pipeline, run on the owner's thread.
-    inline: Option<Box<Inline>>,
-    /// Doorbells of the input ring's first stages: rung after every publish.
-    input_bells: Vec<&'static Bell>,
-    poller: Option<EventPoller<OutputSlot, SingleProducerBarrier>>,
+    /// How input reaches the pipeline. None once stopped.
+    intake: Option<Intake>,
     control: Receiver<ControlReply>,
     snapshot_writer: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -257,6 +252,56 @@ pub struct Node {
     fresh: bool,
     /// The journal's write path, and why if it is not the one asked for.
     journal_backend: String,
+}
+
+/// How submissions reach the pipeline.
+enum Intake {
+    /// Split and fused: through the input ring to the stage threads.
+    Rings(Rings),
+    /// Inline: straight into the fused stage, on the owner's thread.
+    Inline(Box<Inline>),
+}
+
+/// The owner's ends of the rings (split and fused topologies). Dropped in field order:
+/// the producer first, which drains the input ring and joins its stages.
+struct Rings {
+    producer: SingleProducer<InputSlot, SingleConsumerBarrier>,
+    /// Doorbells of the input ring's first stages: rung after every publish.
+    bells: Vec<&'static Bell>,
+    /// Poll mode: the output ring's consumer end.
+    poller: Option<EventPoller<OutputSlot, SingleProducerBarrier>>,
+}
+
+impl Rings {
+    fn ring_bells(&self) {
+        for bell in &self.bells {
+            bell.ring();
+        }
+    }
+
+    /// Poll mode: hands up to `limit` output slots to `f`; returns how many.
+    fn poll(&mut self, limit: u64, mut f: impl FnMut(&OutputSlot)) -> usize {
+        let Some(poller) = self.poller.as_mut() else {
+            return 0;
+        };
+        match poller.take(limit) {
+            Ok(mut guard) => {
+                let mut n = 0;
+                for slot in &mut guard {
+                    f(slot);
+                    n += 1;
+                }
+                n
+            }
+            Err(Polling::NoEvents) | Err(Polling::Shutdown) => 0,
+        }
+    }
+
+    /// Poll mode: discards what is in the output ring (nobody else drains it while the
+    /// owner waits for a control reply, or once the node is dropped).
+    fn discard_outputs(&mut self) {
+        self.poll(u64::MAX, |_| {});
+    }
 }
 
 /// The inline topology: the fused stage run by the node's owner, between its own work.
@@ -485,43 +530,49 @@ impl Node {
             snapshot_tx,
             control_tx,
         );
-        let mut input_bells = Vec::new();
-        let mut inline_pipeline = None;
-        let producer = match topology {
-            Topology::Inline => {
-                inline_pipeline = Some(Box::new(Inline {
-                    stage: FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max),
-                    sink: inline_sink,
-                    queued_max: config.pipeline.output_ring_size,
-                    slot: InputSlot::empty(),
-                }));
-                None
-            }
+        let rings = |producer, bells| {
+            Intake::Rings(Rings {
+                producer,
+                bells,
+                poller,
+            })
+        };
+        let intake = match topology {
+            Topology::Inline => Intake::Inline(Box::new(Inline {
+                stage: FusedStage::new(journal_stage, engine_stage, config.pipeline.batch_max),
+                sink: inline_sink,
+                queued_max: config.pipeline.output_ring_size,
+                slot: InputSlot::empty(),
+            })),
             Topology::Fused | Topology::Auto => {
                 let wait = stage_wait();
-                input_bells.extend(wait.own_bell());
-                Some(build_fused(config, wait, journal_stage, engine_stage))
+                let bells = wait.own_bell().into_iter().collect();
+                rings(
+                    build_fused(config, wait, journal_stage, engine_stage),
+                    bells,
+                )
             }
             Topology::Split => {
                 let engine = stage_wait();
                 let journaler = stage_wait().ringing(engine.own_bell());
                 let replicator = stage_wait().ringing(engine.own_bell());
-                input_bells.extend(journaler.own_bell());
-                input_bells.extend(replicator.own_bell());
+                let bells = journaler
+                    .own_bell()
+                    .into_iter()
+                    .chain(replicator.own_bell())
+                    .collect();
                 journal_stage.next_bell = engine.own_bell();
-                Some(build_split(
+                let producer = build_split(
                     config,
                     [journaler, replicator, engine],
                     journal_stage,
                     engine_stage,
-                ))
+                );
+                rings(producer, bells)
             }
         };
         Ok(Node {
-            producer,
-            inline: inline_pipeline,
-            input_bells,
-            poller,
+            intake: Some(intake),
             control,
             snapshot_writer: Some(snapshot_writer),
             shared,
@@ -590,29 +641,18 @@ impl Node {
     /// In the inline topology this ends the open batch first (journal, apply) on the
     /// caller's thread.
     pub fn poll_outputs(&mut self, limit: u64, mut f: impl FnMut(&OutputSlot)) -> usize {
-        if let Some(inline) = self.inline.as_mut() {
-            inline.end_batch();
-            let queue = inline.queue();
-            let n = queue.len().min(limit as usize);
-            for slot in queue.drain(..n) {
-                f(&slot);
-            }
-            bump(&self.shared.metrics.events_published, n as u64);
-            return n;
-        }
-        let Some(poller) = self.poller.as_mut() else {
-            return 0;
-        };
-        let n = match poller.take(limit) {
-            Ok(mut guard) => {
-                let mut n = 0;
-                for slot in &mut guard {
-                    f(slot);
-                    n += 1;
+        let n = match self.intake.as_mut() {
+            Some(Intake::Inline(inline)) => {
+                inline.end_batch();
+                let queue = inline.queue();
+                let n = queue.len().min(limit as usize);
+                for slot in queue.drain(..n) {
+                    f(&slot);
                 }
                 n
             }
-            Err(Polling::NoEvents) | Err(Polling::Shutdown) => 0,
+            Some(Intake::Rings(rings)) => rings.poll(limit, f),
+            None => 0,
         };
         bump(&self.shared.metrics.events_published, n as u64);
         n
@@ -620,10 +660,18 @@ impl Node {
 
     /// Poll mode: whether output is waiting.
     pub fn outputs_available(&self) -> bool {
-        if let Some(inline) = &self.inline {
-            return inline.stage.pending() > 0 || inline.queued() > 0;
+        match &self.intake {
+            Some(Intake::Inline(inline)) => inline.stage.pending() > 0 || inline.queued() > 0,
+            Some(Intake::Rings(rings)) => rings.poller.as_ref().is_some_and(|p| p.has_available()),
+            None => false,
         }
-        self.poller.as_ref().is_some_and(|p| p.has_available())
+    }
+
+    /// The intake, or why there is none (the node was shut down).
+    fn intake(&mut self) -> Result<&mut Intake, NodeError> {
+        self.intake
+            .as_mut()
+            .ok_or_else(|| NodeError::Refused("stopped".into()))
     }
 
     /// Poll mode: asks the engine to call the waker after its next batch. Call before
@@ -657,48 +705,37 @@ impl Node {
     ) -> Result<(), NodeError> {
         let timestamp_ns = self.stamp()?;
         let (command, query) = (*command, *query);
-        if let Some(inline) = self.inline.as_mut() {
-            if inline.is_full() {
-                bump(&self.shared.metrics.commands_backpressured, 1);
-                return Err(NodeError::Backpressure);
-            }
-            // With a sink nobody polls: each submission is its own batch.
-            let end_of_batch = inline.sink.is_some();
-            inline.submit(
-                |slot| slot.set(kind, timestamp_ns, tag, command, query),
-                end_of_batch,
-            );
-            if kind == SlotKind::Command {
-                bump(&self.shared.metrics.commands_submitted, 1);
-            }
-            return Ok(());
-        }
-        let producer = self.producer.as_mut().expect("running");
-        let mut attempt = || {
-            producer
-                .try_publish(|slot| slot.set(kind, timestamp_ns, tag, command, query))
-                .ok()
-        };
-        let published = if wait.is_zero() {
-            attempt()
-        } else {
-            retry_until(wait, attempt)
-        };
-        for bell in &self.input_bells {
-            bell.ring();
-        }
-        match published {
-            Some(_) => {
-                if kind == SlotKind::Command {
-                    bump(&self.shared.metrics.commands_submitted, 1);
+        let fill = |slot: &mut InputSlot| slot.set(kind, timestamp_ns, tag, command, query);
+        let published = match self.intake()? {
+            Intake::Inline(inline) => {
+                let room = !inline.is_full();
+                if room {
+                    // With a sink nobody polls: each submission is its own batch.
+                    let end_of_batch = inline.sink.is_some();
+                    inline.submit(fill, end_of_batch);
                 }
-                Ok(())
+                room
             }
-            None => {
-                bump(&self.shared.metrics.commands_backpressured, 1);
-                Err(NodeError::Backpressure)
+            Intake::Rings(rings) => {
+                let producer = &mut rings.producer;
+                let mut attempt = || producer.try_publish(fill).ok();
+                let published = if wait.is_zero() {
+                    attempt()
+                } else {
+                    retry_until(wait, attempt)
+                };
+                rings.ring_bells();
+                published.is_some()
             }
+        };
+        if !published {
+            bump(&self.shared.metrics.commands_backpressured, 1);
+            return Err(NodeError::Backpressure);
         }
+        if kind == SlotKind::Command {
+            bump(&self.shared.metrics.commands_submitted, 1);
+        }
+        Ok(())
     }
 
     /// Publishes commands as one batch (one clock read, one ring claim), without waiting:
@@ -709,76 +746,67 @@ impl Node {
             return Ok(());
         }
         let timestamp_ns = self.stamp()?;
-        if let Some(inline) = self.inline.as_mut() {
-            if inline.is_full() {
-                bump(&self.shared.metrics.commands_backpressured, 1);
-                return Err(NodeError::Backpressure);
+        let published = match self.intake()? {
+            Intake::Inline(inline) => {
+                let room = !inline.is_full();
+                if room {
+                    for (i, &(command, tag)) in items.iter().enumerate() {
+                        let end_of_batch = inline.sink.is_some() && i + 1 == items.len();
+                        inline.submit(
+                            |slot| {
+                                slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY)
+                            },
+                            end_of_batch,
+                        );
+                    }
+                }
+                room
             }
-            for (i, &(command, tag)) in items.iter().enumerate() {
-                let end_of_batch = inline.sink.is_some() && i + 1 == items.len();
-                inline.submit(
-                    |slot| slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY),
-                    end_of_batch,
-                );
+            Intake::Rings(rings) => {
+                let published = rings.producer.try_batch_publish(items.len(), |slots| {
+                    for (slot, &(command, tag)) in slots.zip(items) {
+                        slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY);
+                    }
+                });
+                rings.ring_bells();
+                published.is_ok()
             }
-            bump(&self.shared.metrics.commands_submitted, items.len() as u64);
-            return Ok(());
+        };
+        if !published {
+            bump(&self.shared.metrics.commands_backpressured, 1);
+            return Err(NodeError::Backpressure);
         }
-        let producer = self.producer.as_mut().expect("running");
-        let published = producer.try_batch_publish(items.len(), |slots| {
-            for (slot, &(command, tag)) in slots.zip(items) {
-                slot.set(SlotKind::Command, timestamp_ns, tag, command, NO_QUERY);
-            }
-        });
-        for bell in &self.input_bells {
-            bell.ring();
-        }
-        match published {
-            Ok(_) => {
-                bump(&self.shared.metrics.commands_submitted, items.len() as u64);
-                Ok(())
-            }
-            Err(_) => {
-                bump(&self.shared.metrics.commands_backpressured, 1);
-                Err(NodeError::Backpressure)
-            }
-        }
+        bump(&self.shared.metrics.commands_submitted, items.len() as u64);
+        Ok(())
     }
 
     fn control(&mut self, kind: SlotKind, what: &'static str) -> Result<ControlReply, NodeError> {
         // Control slots must get through even after a journal failure.
-        if let Some(inline) = self.inline.as_mut() {
-            // Applied at once, with the open batch; its outputs stay queued for the owner.
-            inline.submit(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY), true);
-            return self
-                .control
-                .try_recv()
-                .map_err(|_| NodeError::NoReply(what));
-        }
-        let deadline = std::time::Instant::now() + CONTROL_WAIT_MAX;
-        let producer = self.producer.as_mut().expect("running");
-        let mut poller = self.poller.as_mut();
-        let mut drain = || {
-            // In poll mode nobody else drains the output ring while we wait here.
-            if let Some(p) = poller.as_mut() {
-                if let Ok(mut guard) = p.poll() {
-                    for _ in &mut guard {}
-                }
+        let rings = match self.intake.as_mut() {
+            None => return Err(NodeError::NoReply(what)),
+            Some(Intake::Inline(inline)) => {
+                // Applied at once, with the open batch; its outputs stay queued for the owner.
+                inline.submit(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY), true);
+                return self
+                    .control
+                    .try_recv()
+                    .map_err(|_| NodeError::NoReply(what));
             }
+            Some(Intake::Rings(rings)) => rings,
         };
+        let deadline = std::time::Instant::now() + CONTROL_WAIT_MAX;
         let published = retry_until(CONTROL_WAIT_MAX, || {
-            drain();
-            producer
+            rings.discard_outputs();
+            rings
+                .producer
                 .try_publish(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY))
                 .ok()
         });
         published.ok_or(NodeError::Backpressure)?;
-        for bell in &self.input_bells {
-            bell.ring();
-        }
+        rings.ring_bells();
         // Bounded by the deadline: each pass waits at most 1 ms.
         while std::time::Instant::now() < deadline {
-            drain();
+            rings.discard_outputs();
             match self.control.recv_timeout(Duration::from_millis(1)) {
                 Ok(reply) => return Ok(reply),
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -806,9 +834,7 @@ impl Node {
         let reply = self.control(SlotKind::Shutdown, "shutdown")?;
         // Dropping the producer drains the input ring and joins its stages; the engine
         // stage's drop does the same for the output ring and the publisher.
-        drop(self.producer.take());
-        drop(self.inline.take());
-        drop(self.poller.take());
+        drop(self.intake.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
         }
@@ -829,13 +855,10 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Nobody reads the output ring from now on: the engine must not wait for room.
         self.shared.discard_output.store(true, Ordering::SeqCst);
-        if let Some(p) = self.poller.as_mut() {
-            if let Ok(mut guard) = p.poll() {
-                for _ in &mut guard {}
-            }
+        if let Some(Intake::Rings(rings)) = self.intake.as_mut() {
+            rings.discard_outputs();
         }
-        drop(self.producer.take());
-        drop(self.inline.take());
+        drop(self.intake.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
         }
