@@ -377,6 +377,7 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
     );
     let alone = engine_alone(&setup, timed);
     println!("engine alone (baseline): {:.2} M commands/s", alone / 1e6);
+    print_cross_core("before the cases");
     let sync = fdatasync_latency(&args.dir, 2_000);
     println!(
         "single 64 B write + fdatasync: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
@@ -440,7 +441,18 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
             }
         }
     }
+    print_cross_core("after the cases");
     reports
+}
+
+/// Prints the cache-line round trip between core 0 and the last core: the fused
+/// topology's maximum depends on it (docs/benchmarks.md), and the host may change it
+/// between runs, so each run reports it.
+fn print_cross_core(when: &str) {
+    match super::cross_core_round_trip_ns(0, core_last(), 200_000) {
+        Some(ns) => println!("cross-core cache-line round trip {when}: {ns:.0} ns"),
+        None => println!("cross-core cache-line round trip {when}: not measured (one core)"),
+    }
 }
 
 #[cfg(test)]
