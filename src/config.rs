@@ -84,9 +84,9 @@ pub struct JournalConfig {
     pub low_space_mib: u64,
     /// After each snapshot, delete the segments no recovery needs any more.
     pub prune_after_snapshot: bool,
-    /// Write path: `auto` (pwrite for async, a batch per write through the page cache;
-    /// io_uring with O_DIRECT for group, falling back to pwrite where io_uring is
-    /// unavailable), `mmap`, `pwrite`, `io-uring` (group only).
+    /// Write path: `auto` (pwrite: for async a batch per write through the page cache,
+    /// for group O_DIRECT + fdatasync on the journaling thread), `mmap`, `pwrite`,
+    /// `io-uring` (group only; falls back to pwrite where io_uring is unavailable).
     pub backend: JournalBackend,
     /// Write zeros into each new segment (and sync them) before it is used, on the
     /// journal's preallocation thread: appends then never wait on the file system's

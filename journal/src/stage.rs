@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Which write path a journal uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// The default: `Pwrite` for `Async`, `IoUring` (with `direct_io` as configured) for
-    /// `Group`.
+    /// The default: `Pwrite` for `Async`; for `Group`, `IoUring` (with `direct_io` as
+    /// configured), or `Pwrite` (likewise) when the caller commits.
     Auto,
     /// Writes through a shared mapping; syncs with fdatasync. Both durability modes.
     Mmap,

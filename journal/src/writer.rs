@@ -64,7 +64,8 @@ pub struct Config {
     /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
     /// `Pwrite` under `Async` writes through: the writer's own
     /// [`Journal::write_staged`] puts each batch into the page cache with one pwrite.
-    /// `Auto` (the default) picks `Pwrite` for `Async` and `IoUring` for `Group`.
+    /// `Auto` (the default) picks `Pwrite` for `Async` and `IoUring` for `Group`, or
+    /// `Pwrite` for `Group` when the caller commits (`caller_commits`).
     pub backend: Backend,
     /// Size of the staging ring for the staged backends (a power of two).
     pub staging_size_bytes: u64,
@@ -142,6 +143,12 @@ impl Config {
             // Writing through with pwrite: 2.5x the mapped writer's rate in the pipeline,
             // and no page faults or TLB shootdowns in its tail (docs/benchmarks.md).
             (Backend::Auto, Durability::Async { .. }) => Backend::Pwrite,
+            // The caller's thread commits: pwrite + fdatasync right there beats io_uring,
+            // whose fdatasync runs on a kernel worker that must be woken (node pipeline,
+            // inline at 100 K/s: p50 121-131 against 160-177 us, p99 1.4-3.2x against
+            // 2.3-4.3x one fdatasync's; docs/benchmarks.md). The syncer thread batches
+            // better with io_uring (BENCHMARKS.md).
+            (Backend::Auto, Durability::Group) if self.caller_commits => Backend::Pwrite,
             (Backend::Auto, Durability::Group) => Backend::IoUring,
             (b, _) => b,
         }

@@ -93,6 +93,16 @@ fn direct_io_is_ignored_by_mmap_and_auto_picks_by_mode() {
     let j = Journal::open(c).unwrap();
     assert_ne!(j.backend(), Backend::Mmap);
     drop(j);
+    let mut c = config(dir.path(), Durability::Group);
+    c.backend = Backend::Auto;
+    c.caller_commits = true;
+    let j = Journal::open(c).unwrap();
+    assert_eq!(
+        j.backend(),
+        Backend::Pwrite,
+        "the committing thread writes and syncs"
+    );
+    drop(j);
     let mut c = config(
         dir.path(),
         Durability::Async {
