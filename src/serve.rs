@@ -239,6 +239,11 @@ fn spawn_logger(
     std::thread::Builder::new()
         .name("ringex-log".into())
         .spawn(move || {
+            // Never urgent: at nice 19 its wake-ups do not preempt the event loop.
+            // SAFETY: plain syscall on the calling thread.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            }
             let mut last = Instant::now();
             let mut previous = Summary::default();
             while !stop.load(Ordering::Relaxed) {

@@ -40,15 +40,20 @@ pub(super) fn populator_main(shared: &Shared) {
     }
 }
 
-pub(super) fn preallocator_main(shared: &Shared) {
-    let path = shared.dir.join(SPARE_FILE_NAME);
-    // Its work (a zero fill is a segment's worth of writes) is never urgent until the
-    // writer asks, and then it stops early: the lowest priority keeps it from preempting a
-    // busy thread on a small machine. Best effort; Linux applies nice per thread.
+/// Gives the calling thread the lowest priority (nice 19), so that its wake-ups do not
+/// preempt a busy thread sharing its core. Best effort; Linux applies nice per thread.
+pub(super) fn lowest_priority() {
     // SAFETY: plain syscall on the calling thread.
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 19);
     }
+}
+
+pub(super) fn preallocator_main(shared: &Shared) {
+    let path = shared.dir.join(SPARE_FILE_NAME);
+    // Its work (a zero fill is a segment's worth of writes) is never urgent until the
+    // writer asks, and then it stops early.
+    lowest_priority();
     loop {
         {
             let mut spare = lock(&shared.spare);
