@@ -172,10 +172,27 @@ fn tmpfs_full_never_sigbus() {
         }
     }
     let _guard = Unmount(mnt.clone());
-    for threshold in [0u64, 64 * 1024] {
-        let jdir = mnt.join(format!("j{threshold}"));
-        let mut c = config(&jdir, Durability::Group);
+    let write_through = Durability::Async {
+        flush_interval_ms: 5,
+    };
+    for (threshold, durability) in [
+        (0u64, Durability::Group),
+        (64 * 1024, Durability::Group),
+        (0, write_through),
+        (64 * 1024, write_through),
+    ] {
+        let mode = if durability == write_through {
+            "through"
+        } else {
+            "group"
+        };
+        let jdir = mnt.join(format!("j{threshold}-{mode}"));
+        let mut c = config(&jdir, durability);
         c.low_space_threshold_bytes = threshold;
+        if durability == write_through {
+            c.backend = ringex_journal::Backend::Pwrite;
+            c.staging_size_bytes = 16 * 1024;
+        }
         let mut j = Journal::open(c).unwrap();
         let mut stopped = None;
         for _ in 0..100_000 {
