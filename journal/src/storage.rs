@@ -1,5 +1,5 @@
 //! The few storage calls whose failure matters, behind a trait so tests can inject faults
-//! (sync failure, space exhaustion) without a failing disk.
+//! (sync or write failure, space exhaustion) without a failing disk.
 
 use std::fs::File;
 use std::io;
@@ -16,6 +16,11 @@ pub trait Storage: Send + Sync + 'static {
     fn allocate(&self, file: &File, len: u64) -> io::Result<()>;
     /// Bytes available to unprivileged writers on the file system holding `dir`.
     fn free_space_bytes(&self, dir: &Path) -> io::Result<u64>;
+    /// Writes all of `buf` at `offset` (pwrite): the writer's own writes when writing
+    /// through the page cache.
+    fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
 }
 
 /// The real thing: libc calls.
@@ -73,6 +78,8 @@ impl Storage for OsStorage {
 pub struct FaultStorage {
     /// Number of `sync_data` calls that succeed before every later one fails (EIO).
     pub syncs_ok_remaining: AtomicU64,
+    /// Number of `write_all_at` calls that succeed before every later one fails (EIO).
+    pub writes_ok_remaining: AtomicU64,
     /// Number of `allocate` calls that succeed before every later one fails (ENOSPC).
     pub allocates_ok_remaining: AtomicU64,
     /// When not `u64::MAX`, reported as the free space instead of the real value.
@@ -83,6 +90,7 @@ impl Default for FaultStorage {
     fn default() -> Self {
         FaultStorage {
             syncs_ok_remaining: AtomicU64::new(u64::MAX),
+            writes_ok_remaining: AtomicU64::new(u64::MAX),
             allocates_ok_remaining: AtomicU64::new(u64::MAX),
             free_space_bytes_fake: AtomicU64::new(u64::MAX),
         }
@@ -109,6 +117,13 @@ impl Storage for FaultStorage {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         OsStorage.sync_dir(dir)
+    }
+
+    fn write_all_at(&self, file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+        if !take_one(&self.writes_ok_remaining) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        OsStorage.write_all_at(file, buf, offset)
     }
 
     fn allocate(&self, file: &File, len: u64) -> io::Result<()> {

@@ -1200,9 +1200,12 @@ impl Journal {
         let offset = self.end_offset_bytes - len;
         let (a, b) = ring.slices(flushed, self.stream_end);
         let file = &self.active.file;
-        let result = file
-            .write_all_at(a, offset)
-            .and_then(|()| file.write_all_at(b, offset + a.len() as u64));
+        let storage = self.shared.storage.as_ref();
+        let mut result = storage.write_all_at(file, a, offset);
+        if result.is_ok() && !b.is_empty() {
+            // The staged run wraps the ring.
+            result = storage.write_all_at(file, b, offset + a.len() as u64);
+        }
         if let Err(e) = result {
             self.shared.fail(format!(
                 "write of {len} bytes to {} at offset {offset} failed: {e}",

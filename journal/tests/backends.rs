@@ -185,6 +185,30 @@ fn writing_through_round_trips_across_rolls_full_rings_and_backends() {
     continue_across_backends(dir.path(), async_mode, write_through(dir.path()));
 }
 
+/// A failed write is fatal like a failed sync: the batch it carried is neither written nor
+/// visible, nothing more is accepted, and everything written before survives.
+#[test]
+fn writing_through_a_failed_write_is_fatal_and_keeps_what_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FaultStorage::default());
+    let mut c = write_through(dir.path());
+    c.storage = faults.clone();
+    let mut j = Journal::open(c).unwrap();
+    let kept = append_n(&mut j, 10, len_of);
+    assert_eq!(j.write_staged().unwrap(), kept);
+    faults.writes_ok_remaining.store(0, Ordering::SeqCst);
+    append_n(&mut j, 3, len_of);
+    let e = j.write_staged().unwrap_err();
+    assert!(e.is_fatal() && e.to_string().contains("write of"), "{e}");
+    assert_eq!(j.watermarks().written(), kept);
+    assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
+    assert!(j.sync().unwrap_err().is_fatal());
+    drop(j);
+    let all = read_all(dir.path());
+    assert_eq!(all.len() as u64, kept);
+    check_prefix(&all, len_of);
+}
+
 #[test]
 fn writing_through_sync_failure_is_fatal() {
     sync_failure_is_fatal(write_through);
