@@ -100,14 +100,12 @@ impl DirectState {
 }
 
 pub(super) fn syncer_main(shared: &Shared) {
-    if !shared.syncer_commits() {
-        // Nobody waits for this thread's rounds (async flushes, or checkpoints while the
-        // caller commits): at nice 19 its wake-ups, hundreds a second, stop preempting the
-        // thread it shares a core with. Measured with the gateway spinning beside it: p99
-        // at 100 K orders/s 131-215 us against 221-460 us (5 runs each). `durable` may
-        // then trail by a few scheduler periods more in async mode.
-        super::threads::lowest_priority();
-    }
+    // Normal priority on purpose, although nobody waits for its rounds in async mode: at
+    // nice 19 (or SCHED_BATCH) its wake-ups stopped preempting a gateway spinning on its
+    // core (p99 ~440 -> ~285 us), but a round preempted inside fdatasync then holds
+    // kernel locks the writer's next pwrite needs for as long as it waits for a CPU, and
+    // the fused pipeline's p99 at 100 K/s went from 0.1-0.3 ms to 1.6-8.4 ms (priority
+    // inversion; docs/benchmarks.md).
     let interval = match shared.durability {
         Durability::Async { flush_interval_ms } => Duration::from_millis(flush_interval_ms),
         // Group mode is woken by appends; the timeout only bounds idle checkpointing (and,
