@@ -7,9 +7,10 @@
 use std::cell::UnsafeCell;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::storage::Storage;
 
 /// Which write path a journal uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,17 +29,32 @@ pub enum Backend {
     IoUring,
 }
 
-/// The pwrite engine's commit: `a` then `b` at `offset`, then `sync_data`.
-fn pwrite_and_sync(
+/// Writes a staged run, `a` then `b` (its second half when it wraps the ring), at
+/// `offset`, through `storage` (so tests inject write faults).
+pub(crate) fn write_run(
+    storage: &dyn Storage,
     file: &File,
     offset: u64,
     a: &[u8],
     b: &[u8],
-    sync_data: &dyn Fn(&File) -> io::Result<()>,
 ) -> io::Result<()> {
-    file.write_all_at(a, offset)?;
-    file.write_all_at(b, offset + a.len() as u64)?;
-    sync_data(file)
+    storage.write_all_at(file, a, offset)?;
+    if !b.is_empty() {
+        storage.write_all_at(file, b, offset + a.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// The pwrite engine's commit: the run at `offset`, then fdatasync.
+fn pwrite_and_sync(
+    storage: &dyn Storage,
+    file: &File,
+    offset: u64,
+    a: &[u8],
+    b: &[u8],
+) -> io::Result<()> {
+    write_run(storage, file, offset, a, b)?;
+    storage.sync_data(file)
 }
 
 /// Waits for one write + fdatasync pair's completions, each pass ended by a completion
@@ -155,18 +171,18 @@ impl Engine {
         }
     }
 
-    /// Writes `a` then `b` at `offset`, then fdatasyncs `file`.
-    /// `sync_data` is the pwrite engine's fsync (the storage trait, so faults inject).
+    /// Writes `a` then `b` at `offset`, then fdatasyncs `file`. The pwrite engine writes
+    /// and syncs through `storage` (so faults inject); io_uring's own operations do not.
     pub fn write_and_sync(
         &mut self,
+        storage: &dyn Storage,
         file: &File,
         offset: u64,
         a: &[u8],
         b: &[u8],
-        sync_data: &dyn Fn(&File) -> io::Result<()>,
     ) -> io::Result<()> {
         match self {
-            Engine::Pwrite => pwrite_and_sync(file, offset, a, b, sync_data),
+            Engine::Pwrite => pwrite_and_sync(storage, file, offset, a, b),
             Engine::IoUring(ring) => {
                 let iov = [
                     libc::iovec {
@@ -241,7 +257,7 @@ impl Engine {
                 let interrupted = |r: i32| r == -libc::ECANCELED || r == -libc::EINTR;
                 if let [Some(w), Some(s)] = results {
                     if interrupted(w) || (w as usize == total && interrupted(s)) {
-                        return pwrite_and_sync(file, offset, a, b, sync_data);
+                        return pwrite_and_sync(storage, file, offset, a, b);
                     }
                 }
                 match results {

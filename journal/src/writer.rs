@@ -10,7 +10,7 @@ use crate::lock::DirLock;
 use crate::recovery::{self, RecoveryReport, Verify};
 use crate::segment::{list_segments, segment_path, SPARE_FILE_NAME};
 use crate::snapshot::SnapshotStore;
-use crate::stage::{Backend, Engine, Ring};
+use crate::stage::{write_run, Backend, Engine, Ring};
 use crate::storage::{OsStorage, Storage};
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
@@ -154,6 +154,13 @@ impl Config {
         }
     }
 
+    /// `Pwrite` under `Async`: the writer writes its staged batches itself
+    /// ([`Journal::write_staged`]) and the syncer only syncs.
+    fn writes_through(&self) -> bool {
+        self.backend_resolved() == Backend::Pwrite
+            && matches!(self.durability, Durability::Async { .. })
+    }
+
     fn validate(&self) -> Result<()> {
         if self.segment_size_bytes < SEGMENT_SIZE_BYTES_MIN
             || !self.segment_size_bytes.is_multiple_of(4096)
@@ -170,8 +177,9 @@ impl Config {
                 self.record_size_bytes_max
             )));
         }
-        if self.backend_resolved() != Backend::Mmap {
-            if self.backend_resolved() == Backend::IoUring && self.durability != Durability::Group {
+        let backend = self.backend_resolved();
+        if backend != Backend::Mmap {
+            if backend == Backend::IoUring && self.durability != Durability::Group {
                 return Err(Error::Config(format!(
                     "the {:?} backend needs the group durability mode",
                     self.backend
@@ -644,12 +652,8 @@ pub(crate) enum ZeroFill {
 
 impl ZeroFill {
     pub(crate) fn of(config: &Config) -> ZeroFill {
-        let asynchronous = matches!(config.durability, Durability::Async { .. });
-        let cached = match config.backend {
-            Backend::Mmap => true,
-            Backend::Auto | Backend::Pwrite => asynchronous,
-            Backend::IoUring => false,
-        };
+        // The writer's own small writes reach the cache: mapped stores, or writing through.
+        let cached = config.backend_resolved() == Backend::Mmap || config.writes_through();
         match (config.prealloc_zero_fill, cached) {
             (false, _) => ZeroFill::Off,
             (true, true) => ZeroFill::Cached,
@@ -845,7 +849,7 @@ impl Journal {
         let ring = engine
             .as_ref()
             .map(|_| Ring::new(config.staging_size_bytes));
-        let write_through = ring.is_some() && config.durability != Durability::Group;
+        let write_through = config.writes_through();
         // Writing through, the writer writes and the syncer only syncs: no staged syncer,
         // and no O_DIRECT (the pages go to the page cache and the syncer flushes them).
         let engine = engine.filter(|_| !write_through);
@@ -1199,13 +1203,13 @@ impl Journal {
         );
         let offset = self.end_offset_bytes - len;
         let (a, b) = ring.slices(flushed, self.stream_end);
-        let file = &self.active.file;
-        let storage = self.shared.storage.as_ref();
-        let mut result = storage.write_all_at(file, a, offset);
-        if result.is_ok() && !b.is_empty() {
-            // The staged run wraps the ring.
-            result = storage.write_all_at(file, b, offset + a.len() as u64);
-        }
+        let result = write_run(
+            self.shared.storage.as_ref(),
+            &self.active.file,
+            offset,
+            a,
+            b,
+        );
         if let Err(e) = result {
             self.shared.fail(format!(
                 "write of {len} bytes to {} at offset {offset} failed: {e}",

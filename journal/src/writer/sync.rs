@@ -170,15 +170,16 @@ pub(super) struct SyncerState {
     pub(super) generation: u64,
     pub(super) checkpoint: CheckpointState,
     pub(super) staged: Option<StagedSyncer>,
-    /// Mmap backend: (segment base, offset) below which the active segment's synced pages
-    /// have been dropped from the page cache.
+    /// Writer filling the cache (mmap, or writing through): (segment base, offset) below
+    /// which the active segment's synced pages have been dropped from the page cache.
     pub(super) dropped: (u64, u64),
 }
 
-/// Mmap backend: synced pages further than this behind the durable point leave the page
-/// cache. New pages are the dear part of a mapped append (allocate and zero: 1-7 us each
-/// on the VMs measured, against ~0.4 us for a page just freed), and pages dropped behind
-/// the writer are the ones the kernel hands back for the pages ahead of it. It also keeps
+/// Writer filling the cache (mmap, or writing through): synced pages further than this
+/// behind the durable point leave the page cache. New pages are the dear part of an
+/// append into the cache (allocate and zero: 1-7 us each on the VMs measured, against
+/// ~0.4 us for a page just freed), and pages dropped behind the writer are the ones the
+/// kernel hands back for the pages ahead of it. It also keeps
 /// the journal from filling memory with data nobody reads. Tailers keep reading: dropped
 /// pages are read back from the file.
 const DROP_BEHIND_KEEP_BYTES: u64 = 8 << 20;
@@ -232,7 +233,6 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             .sync_dir(&shared.dir)
             .map_err(|e| format!("fsync of directory {} failed: {e}", shared.dir.display()))?;
     }
-    let sync_data = |f: &File| shared.storage.sync_data(f);
     let ring = shared.ring.as_ref();
     match (staged, ring) {
         (Some(st), Some(ring)) if snap.stream_end > ring.flushed_end.load(Ordering::Acquire) => {
@@ -260,7 +260,7 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             match st.direct.as_mut() {
                 None => st
                     .engine
-                    .write_and_sync(&active.file, offset, a, b, &sync_data)
+                    .write_and_sync(shared.storage.as_ref(), &active.file, offset, a, b)
                     .map_err(what)?,
                 Some(d) => {
                     if d.segment_base_seq != active.base_seq {
@@ -283,11 +283,11 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
                     buf[total..total_aligned].fill(0);
                     st.engine
                         .write_and_sync(
+                            shared.storage.as_ref(),
                             &d.file,
                             d.tail_offset,
                             &buf[..total_aligned],
                             &[],
-                            &sync_data,
                         )
                         .map_err(what)?;
                     let keep_from = total & !(DIRECT_BLOCK_BYTES as usize - 1);
@@ -303,7 +303,9 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
             shared.watermarks.written.store(snap.seq, Ordering::Release);
         }
         _ => {
-            sync_data(&active.file)
+            shared
+                .storage
+                .sync_data(&active.file)
                 .map_err(|e| format!("fdatasync of {} failed: {e}", active.path.display()))?;
             if shared.writer_fills_cache() && snap.segment_base_seq == active.base_seq {
                 if dropped.0 != active.base_seq {
