@@ -215,6 +215,9 @@ pub struct Gateway {
     deliveries: Vec<Delivery>,
     /// Connections given output this pass, in order (see `flush_all`).
     dirty: Vec<usize>,
+    /// Connections whose read stopped at its bound with bytes perhaps left: readiness is
+    /// edge-triggered, so no event will come for those bytes; the next pass reads on.
+    unread: Vec<usize>,
 }
 
 fn wall_clock_ns() -> u64 {
@@ -258,6 +261,7 @@ impl Gateway {
             closing: Vec::new(),
             deliveries: Vec::with_capacity(DRAIN_PER_PASS),
             dirty: Vec::new(),
+            unread: Vec::new(),
         })
     }
 
@@ -292,7 +296,7 @@ impl Gateway {
             // clients and a pipeline thread more than a wake-up costs; with the inline
             // topology and a core of its own it saves the wake-up.
             let spinning = !spin.is_zero() && active_at.elapsed() < spin;
-            let busy = spinning || backend.outputs_available() || {
+            let busy = spinning || !self.unread.is_empty() || backend.outputs_available() || {
                 backend.want_wake();
                 backend.outputs_available()
             };
@@ -305,6 +309,9 @@ impl Gateway {
             if !events.is_empty() {
                 active_at = Instant::now();
             }
+            for id in std::mem::take(&mut self.unread) {
+                self.read(id, false, backend);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     TRADING => self.accept(false),
@@ -312,7 +319,7 @@ impl Gateway {
                     WAKER => {}
                     Token(id) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(id, backend);
+                            self.read(id, ev.is_read_closed() || ev.is_error(), backend);
                         }
                         if ev.is_writable() {
                             self.flush(id);
@@ -405,13 +412,15 @@ impl Gateway {
         }
     }
 
-    /// Reads what the socket has and handles every complete frame.
-    fn read(&mut self, id: usize, backend: &mut dyn Backend) {
+    /// Reads what the socket holds and handles the frames in it. `closing`: the peer
+    /// closed or failed, so read on to the end of the stream.
+    fn read(&mut self, id: usize, closing: bool, backend: &mut dyn Backend) {
         // Bounded: a socket read per pass until it would block.
         for _ in 0..64 {
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
+            let space = conn.rbuf.len() - conn.rlen;
             let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
                 Ok(0) => {
                     self.close(id, None, backend);
@@ -430,7 +439,15 @@ impl Gateway {
             if !self.handle_frames(id, backend) {
                 return;
             }
+            // A short read emptied the socket, and bytes arriving later raise a new
+            // readiness edge: the read that would only say WouldBlock is skipped (one
+            // system call per request). Not when the peer closed: its end of stream
+            // raises no further edge and must be read now.
+            if n < space && !closing {
+                return;
+            }
         }
+        self.unread.push(id);
     }
 
     /// Decodes and handles the complete frames in the read buffer. False if the

@@ -561,6 +561,51 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
 }
 
 #[test]
+fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
+    let s = default_server();
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    const REQUESTS: u64 = 40_000;
+    let mut frames = Vec::new();
+    let mut b = [0u8; FRAME_SIZE_MAX];
+    for request_id in 1..=REQUESTS {
+        let n = encode_client(
+            &ClientMessage::BalanceQuery(BalanceQuery { request_id }),
+            &mut b,
+        );
+        frames.extend_from_slice(&b[..n]);
+    }
+    // First half: writes of odd sizes with pauses, which cut frames anywhere (short
+    // reads, frames completed by a later read). Second half: one write far larger than
+    // the gateway's read buffer, then silence, so the end of it raises no new readiness
+    // and must be read on from the reads before.
+    let (small, large) = frames.split_at(frames.len() / 2);
+    let (small, large) = (small.to_vec(), large.to_vec());
+    let mut writer = p.stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for (i, chunk) in small.chunks(997).enumerate() {
+            writer.write_all(chunk).unwrap();
+            if i % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        writer.write_all(&large).unwrap();
+    });
+    let mut next_done = 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while next_done <= REQUESTS && Instant::now() < deadline {
+        match p.recv_within(Duration::from_millis(100)) {
+            Some(ServerMessage::RequestDone(d)) => {
+                assert_eq!(d.request_id, next_done, "answers in request order");
+                next_done += 1;
+            }
+            Some(_) | None => {}
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(next_done, REQUESTS + 1, "every request answered");
+}
+
+#[test]
 fn a_client_that_does_not_read_is_disconnected_as_a_slow_consumer() {
     let s = serve(GatewayConfig {
         outbound_buffer_bytes: 16 * 1024,

@@ -148,6 +148,53 @@ fn pipelined_requests_and_mass_cancel() {
 }
 
 #[test]
+fn read_ready_under_edge_triggered_readiness_misses_no_answer() {
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+
+    let server = serve();
+    let mut c = Client::connect(server.trading, KEY_1001, SECRET_1001, options()).unwrap();
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut SourceFd(&c.raw_fd()), Token(0), Interest::READABLE)
+        .unwrap();
+    // Far more answers than one read takes: they arrive in pieces, some reads fill the
+    // buffer, frames straddle reads.
+    const REQUESTS: u64 = 20_000;
+    for _ in 0..REQUESTS {
+        c.queue_request(&Request::BalanceQuery).unwrap();
+    }
+    let mut events = Events::with_capacity(4);
+    let mut done = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done < REQUESTS && Instant::now() < deadline {
+        c.flush().unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(20)))
+            .unwrap();
+        if events.is_empty() {
+            continue;
+        }
+        // Only on a readiness edge: whatever read_ready leaves unread would wait for
+        // the next edge, which might never come.
+        loop {
+            let (_, more) = c
+                .read_ready(&mut |m| {
+                    if let ServerMessage::RequestDone(d) = m {
+                        done += 1;
+                        assert_eq!(d.request_id, done, "answers in request order");
+                    }
+                })
+                .unwrap();
+            if !more {
+                break;
+            }
+        }
+    }
+    assert_eq!(done, REQUESTS, "every request answered");
+    assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
 fn reconnect_resumes_and_resends() {
     let server = serve();
     let mut maker = Client::connect(server.trading, KEY_1001, SECRET_1001, options()).unwrap();

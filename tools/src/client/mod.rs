@@ -71,6 +71,20 @@ pub use outbox::Outbox;
 pub use reader::FrameReader;
 pub use request::{OrderParams, OrderReport, Request, Response};
 
+/// Most socket reads one [`Client::read_ready`] makes (each of 16 KiB or more).
+const READS_PER_READY_MAX: usize = 64;
+
+/// What one non-blocking read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SocketRead {
+    /// WouldBlock.
+    Nothing,
+    /// Some bytes, less than the free space: the socket was emptied.
+    Short,
+    /// As many bytes as there was space for: more may be waiting.
+    Filled,
+}
+
 /// Where to pick a session up after a disconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resume {
@@ -576,18 +590,56 @@ impl Client {
 
     /// One non-blocking read into the frame buffer. `Ok(false)` if nothing was there.
     fn read_once(&mut self) -> Result<bool> {
+        Ok(self.read_once_filled()? != SocketRead::Nothing)
+    }
+
+    /// One non-blocking read into the frame buffer, and how much it found.
+    fn read_once_filled(&mut self) -> Result<SocketRead> {
         loop {
-            match self.reader.read_from(&mut self.stream) {
-                Ok(0) => return Err(self.fail(ClientError::Closed)),
-                Ok(_) => {
+            match self.reader.read_from_filled(&mut self.stream) {
+                Ok((0, _)) => return Err(self.fail(ClientError::Closed)),
+                Ok((_, filled)) => {
                     self.last_received = Instant::now();
-                    return Ok(true);
+                    return Ok(if filled {
+                        SocketRead::Filled
+                    } else {
+                        SocketRead::Short
+                    });
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(SocketRead::Nothing),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.fail(ClientError::Io(e))),
             }
         }
+    }
+
+    /// For callers driven by edge-triggered readiness (a mio `Poll`): hands `f` every
+    /// message the socket holds now (heartbeats excluded), then returns how many. It
+    /// reads until a read comes back short: that read emptied the socket, and bytes
+    /// arriving later raise a new readiness edge, so the read that would only say
+    /// WouldBlock is not made (a system call saved per wake-up). Reads at most
+    /// `READS_PER_READY_MAX` times: `Ok((n, true))` then says bytes may be left, and
+    /// no new edge will come for them, so call again.
+    pub fn read_ready(&mut self, f: &mut impl FnMut(ServerMessage)) -> Result<(usize, bool)> {
+        let mut n = 0;
+        while let Some(m) = self.inbox.pop_front() {
+            f(m);
+            n += 1;
+        }
+        for _ in 0..READS_PER_READY_MAX {
+            while let Some(m) = self.next_buffered()? {
+                f(m);
+                n += 1;
+            }
+            if self.read_once_filled()? != SocketRead::Filled {
+                while let Some(m) = self.next_buffered()? {
+                    f(m);
+                    n += 1;
+                }
+                return Ok((n, false));
+            }
+        }
+        Ok((n, true))
     }
 
     /// Reads until some bytes arrive or `deadline` passes (then `Timeout`), sending

@@ -67,11 +67,18 @@ impl FrameReader {
     /// One `read` call into the free space. `Ok(0)` means end of stream; `WouldBlock`,
     /// `TimedOut` and `Interrupted` are returned to the caller as errors.
     pub fn read_from<R: Read>(&mut self, src: &mut R) -> io::Result<usize> {
+        Ok(self.read_from_filled(src)?.0)
+    }
+
+    /// Like [`FrameReader::read_from`], and says whether the read filled all the free
+    /// space (false: a short read, the source held no more at that moment).
+    pub fn read_from_filled<R: Read>(&mut self, src: &mut R) -> io::Result<(usize, bool)> {
         // Keep at least 16 KiB free so that a read can take many frames at once.
         self.make_room(16 * 1024);
+        let space = self.buf.len() - self.end;
         let n = src.read(&mut self.buf[self.end..])?;
         self.end += n;
-        Ok(n)
+        Ok((n, n == space))
     }
 
     /// Decodes the next complete frame, `Ok(None)` if only part of one (or nothing) is
