@@ -226,6 +226,12 @@ pub fn serve(
     Ok(())
 }
 
+/// The share of `elapsed` that `busy_ns` is, in whole percent (integer arithmetic).
+fn busy_percent(busy_ns: u64, elapsed: Duration) -> u64 {
+    let elapsed_ns = (elapsed.as_nanos() as u64).max(1);
+    (busy_ns.saturating_mul(100) / elapsed_ns).min(100)
+}
+
 /// Logs the one-line summary every `metrics.log_every_seconds`.
 fn spawn_logger(
     config: &Config,
@@ -246,15 +252,20 @@ fn spawn_logger(
             }
             let mut last = Instant::now();
             let mut previous = Summary::default();
+            let mut busy_ns_before = stats.busy_ns.load(Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
                 if !every.is_zero() && last.elapsed() >= every {
-                    let (s, line) = metrics.summary_line(&previous, last.elapsed().as_secs_f64());
+                    let elapsed = last.elapsed();
+                    let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
+                    let busy_ns = stats.busy_ns.load(Ordering::Relaxed);
                     eprintln!(
-                        "ringex: {line} connections={}",
-                        stats.connections_active.load(Ordering::Relaxed)
+                        "ringex: {line} connections={} gateway_busy={}%",
+                        stats.connections_active.load(Ordering::Relaxed),
+                        busy_percent(busy_ns - busy_ns_before, elapsed),
                     );
                     previous = s;
+                    busy_ns_before = busy_ns;
                     last = Instant::now();
                 }
             }

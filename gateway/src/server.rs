@@ -120,6 +120,11 @@ pub struct GatewayStats {
     pub messages_out: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Time the event loop spent on passes that had work (socket events or engine
+    /// output), from the end of the poll to the end of the pass: against wall time, how
+    /// busy the loop is. Near 100% the loop saturates, and well before that requests
+    /// queue behind each other's passes.
+    pub busy_ns: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,8 +311,10 @@ impl Gateway {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+            let worked_from = Instant::now();
+            let mut worked = !events.is_empty() || !self.unread.is_empty();
             if !events.is_empty() {
-                active_at = Instant::now();
+                active_at = worked_from;
             }
             for id in std::mem::take(&mut self.unread) {
                 self.read(id, false, backend);
@@ -330,6 +337,7 @@ impl Gateway {
             let mut deliveries = std::mem::take(&mut self.deliveries);
             deliveries.clear();
             backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
+            worked |= !deliveries.is_empty();
             for d in &deliveries {
                 self.deliver(d, backend);
             }
@@ -342,6 +350,10 @@ impl Gateway {
                 self.close(id, reason, backend);
             }
             self.flush_all();
+            if worked {
+                let busy_ns = worked_from.elapsed().as_nanos() as u64;
+                self.stats.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
+            }
         }
         let ids: Vec<usize> = self.conns.keys().copied().collect();
         for id in ids {

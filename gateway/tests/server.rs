@@ -603,6 +603,10 @@ fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
     }
     sender.join().unwrap();
     assert_eq!(next_done, REQUESTS + 1, "every request answered");
+    assert!(
+        s.stats.busy_ns.load(Ordering::Relaxed) > 0,
+        "the loop's busy time is counted"
+    );
 }
 
 #[test]
