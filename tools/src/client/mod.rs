@@ -10,6 +10,11 @@
 //!   [`Client::recv`] return server messages as they arrive. Messages that arrive while a
 //!   blocking call waits for its own answer (unsolicited fills, answers to pipelined
 //!   requests) are kept, in order, for `poll`.
+//! - **Event loop**: a caller that multiplexes many clients on one mio `Poll` (the load
+//!   generator) registers [`Client::raw_fd`] and, on each readable event, calls
+//!   [`Client::read_ready`], which hands over everything the socket holds with one read
+//!   fewer than `poll` makes (it trusts the next readiness edge instead of reading until
+//!   WouldBlock), and sends heartbeats with [`Client::keepalive`].
 //!
 //! The socket is non-blocking underneath; waits use `ppoll` with a deadline, so no call
 //! blocks longer than its timeout. Heartbeats are sent from inside the client's calls when
