@@ -111,6 +111,10 @@ struct PipelineArgs {
     /// Output ring size in slots (a power of two); default: the node's.
     #[arg(long)]
     output_ring_size: Option<usize>,
+    /// Passes over all the cases, each with its own baselines and vCPU round trip; with
+    /// more than one, per-case medians follow.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
 }
 
 #[derive(Args)]
@@ -163,6 +167,7 @@ fn main() -> ExitCode {
                 seed: defaults.seed,
                 input_ring_size: a.input_ring_size,
                 output_ring_size: a.output_ring_size,
+                runs: a.runs as usize,
             });
             ExitCode::SUCCESS
         }

@@ -38,6 +38,9 @@ pub struct PipelineBenchArgs {
     /// Ring sizes in slots; None: the node's defaults.
     pub input_ring_size: Option<usize>,
     pub output_ring_size: Option<usize>,
+    /// Passes over all the cases, each with its own baselines; with more than one, a
+    /// table of per-case medians follows (the machine is noisy: quote medians).
+    pub runs: usize,
 }
 
 impl Default for PipelineBenchArgs {
@@ -52,6 +55,7 @@ impl Default for PipelineBenchArgs {
             seed: 0x5eed_2024,
             input_ring_size: None,
             output_ring_size: None,
+            runs: 1,
         }
     }
 }
@@ -96,6 +100,89 @@ pub struct CaseReport {
     /// Group mode: p99 of the time from a batch's last append until it was durable (the
     /// commits themselves, without the queueing in front of them).
     pub commit_ns_p99: u64,
+    /// The baselines of the run this case belongs to: the engine alone (commands/s) and
+    /// one fdatasync's p99.
+    pub engine_alone_per_s: f64,
+    pub fdatasync_ns_p99: u64,
+    /// Cache-line round trip between core 0 and the last core, measured just before the
+    /// case (the host's vCPU placement; None on one core).
+    pub cross_core_ns: Option<f64>,
+}
+
+impl CaseReport {
+    /// Throughput as a share of the engine alone in the same run.
+    pub fn ratio_to_engine(&self) -> f64 {
+        self.commands_per_s / self.engine_alone_per_s.max(1.0)
+    }
+
+    /// The commands' p99 over one fdatasync's p99 (the `group` target).
+    pub fn ratio_to_fdatasync(&self) -> f64 {
+        self.latency.latency_ns_p99 as f64 / self.fdatasync_ns_p99.max(1) as f64
+    }
+
+    fn case(&self) -> (&str, &str, u64, &str) {
+        (
+            &self.topology,
+            &self.durability,
+            self.rate_offered,
+            &self.placement,
+        )
+    }
+}
+
+/// Medians of one case over several runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseMedians {
+    pub topology: String,
+    pub durability: String,
+    pub placement: String,
+    pub rate_offered: u64,
+    pub runs: usize,
+    pub commands_per_s: f64,
+    pub ratio_to_engine: f64,
+    pub ratio_to_engine_min: f64,
+    pub ratio_to_engine_max: f64,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_p999: f64,
+    pub ratio_to_fdatasync: f64,
+    pub cross_core_ns: Option<f64>,
+}
+
+/// Groups the reports by case (first-seen order) and takes the median of each figure.
+pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
+    let mut cases: Vec<Vec<&CaseReport>> = Vec::new();
+    for r in reports {
+        match cases.iter_mut().find(|c| c[0].case() == r.case()) {
+            Some(c) => c.push(r),
+            None => cases.push(vec![r]),
+        }
+    }
+    cases
+        .into_iter()
+        .map(|c| {
+            let of =
+                |f: &dyn Fn(&CaseReport) -> f64| -> Vec<f64> { c.iter().map(|r| f(r)).collect() };
+            let ratios = of(&|r| r.ratio_to_engine());
+            let cross: Vec<f64> = c.iter().filter_map(|r| r.cross_core_ns).collect();
+            CaseMedians {
+                topology: c[0].topology.clone(),
+                durability: c[0].durability.clone(),
+                placement: c[0].placement.clone(),
+                rate_offered: c[0].rate_offered,
+                runs: c.len(),
+                commands_per_s: median(&of(&|r| r.commands_per_s)),
+                ratio_to_engine: median(&ratios),
+                ratio_to_engine_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratio_to_engine_max: ratios.iter().copied().fold(0.0, f64::max),
+                latency_us_p50: median(&of(&|r| us(r.latency.latency_ns_p50))),
+                latency_us_p99: median(&of(&|r| us(r.latency.latency_ns_p99))),
+                latency_us_p999: median(&of(&|r| us(r.latency.latency_ns_p999))),
+                ratio_to_fdatasync: median(&of(&|r| r.ratio_to_fdatasync())),
+                cross_core_ns: (!cross.is_empty()).then(|| median(&cross)),
+            }
+        })
+        .collect()
 }
 
 /// `durability` is a mode, optionally with a journal backend: `async`, `group`,
@@ -216,6 +303,9 @@ fn run_case(
         latency: measured.latency,
         backpressured: measured.backpressured,
         commit_ns_p99: measured.commit_ns_p99,
+        engine_alone_per_s: 0.0,
+        fdatasync_ns_p99: 0,
+        cross_core_ns: None,
     }
 }
 
@@ -362,96 +452,150 @@ fn us(ns: u64) -> f64 {
 }
 
 pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
+    assert!(args.runs > 0, "at least one run");
     let workload = generate(1, args.commands, args.seed);
     let mut setup = workload.setup.clone();
     setup.extend(workload.prefill.iter().copied());
     let timed = &workload.commands;
     println!(
         "ringex pipeline bench: nproc={}, cpu={}, release={}, {} timed commands per case, \
-         journals in {}",
+         {} run(s), journals in {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model(),
         !cfg!(debug_assertions),
         timed.len(),
+        args.runs,
         args.dir.display()
     );
-    let alone = engine_alone(&setup, timed);
-    println!("engine alone (baseline): {:.2} M commands/s", alone / 1e6);
-    print_cross_core("before the cases");
-    let sync = fdatasync_latency(&args.dir, 2_000);
-    println!(
-        "single 64 B write + fdatasync: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
-        us(sync.latency_ns_p50),
-        us(sync.latency_ns_p99),
-        us(sync.latency_ns_p999),
-        us(sync.latency_ns_max)
-    );
-    println!(
-        "{:<6} {:<6} {:<6} {:>10} {:>10} {:>8} {:>9} {:>9} {:>10} {:>10} {:>8}",
-        "topo",
-        "durab",
-        "place",
-        "offered/s",
-        "achieved/s",
-        "x alone",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "max us",
-        "backpr"
-    );
     let mut reports = Vec::new();
-    for topology in &args.topologies {
-        for durability in &args.durabilities {
-            for (&rate, placement) in args
-                .rates
-                .iter()
-                .flat_map(|r| args.placements.iter().map(move |p| (r, p)))
-            {
-                if placement == "pinned" && core_last() == 0 {
-                    continue;
+    for run_index in 0..args.runs {
+        if args.runs > 1 {
+            println!("--- run {} of {}", run_index + 1, args.runs);
+        }
+        let alone = engine_alone(&setup, timed);
+        println!("engine alone (baseline): {:.2} M commands/s", alone / 1e6);
+        let sync = fdatasync_latency(&args.dir, 2_000);
+        println!(
+            "single 64 B write + fdatasync: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            us(sync.latency_ns_p50),
+            us(sync.latency_ns_p99),
+            us(sync.latency_ns_p999),
+            us(sync.latency_ns_max)
+        );
+        println!(
+            "{} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6}",
+            case_columns_header(),
+            "p50 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            "backpr",
+            "rt ns"
+        );
+        for topology in &args.topologies {
+            for durability in &args.durabilities {
+                for (&rate, placement) in args
+                    .rates
+                    .iter()
+                    .flat_map(|r| args.placements.iter().map(move |p| (r, p)))
+                {
+                    if placement == "pinned" && core_last() == 0 {
+                        continue;
+                    }
+                    // Where the host has put the two vCPUs right now (it moves them).
+                    let cross_core_ns = super::cross_core_round_trip_ns(0, core_last(), 100_000);
+                    let mut r =
+                        run_case(args, &setup, timed, topology, durability, rate, placement);
+                    r.engine_alone_per_s = alone;
+                    r.fdatasync_ns_p99 = sync.latency_ns_p99;
+                    r.cross_core_ns = cross_core_ns;
+                    print_row(&r);
+                    reports.push(r);
                 }
-                let r = run_case(args, &setup, timed, topology, durability, rate, placement);
-                println!(
-                    "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8}",
-                    r.topology,
-                    r.durability,
-                    r.placement,
-                    if rate == 0 {
-                        "max".to_string()
-                    } else {
-                        rate.to_string()
-                    },
-                    r.commands_per_s,
-                    r.commands_per_s / alone,
-                    us(r.latency.latency_ns_p50),
-                    us(r.latency.latency_ns_p99),
-                    us(r.latency.latency_ns_p999),
-                    us(r.latency.latency_ns_max),
-                    r.backpressured,
-                );
-                if durability.starts_with("group") {
-                    println!(
-                        "       group p99 / single fdatasync p99 = {:.2}; the commits' own p99 {:.1} us",
-                        r.latency.latency_ns_p99 as f64 / sync.latency_ns_p99.max(1) as f64,
-                        us(r.commit_ns_p99)
-                    );
-                }
-                reports.push(r);
             }
         }
     }
-    print_cross_core("after the cases");
+    if args.runs > 1 {
+        print_medians(&case_medians(&reports));
+    }
     reports
 }
 
-/// Prints the cache-line round trip between core 0 and the last core: the fused
-/// topology's maximum depends on it (docs/benchmarks.md), and the host may change it
-/// between runs, so each run reports it.
-fn print_cross_core(when: &str) {
-    match super::cross_core_round_trip_ns(0, core_last(), 200_000) {
-        Some(ns) => println!("cross-core cache-line round trip {when}: {ns:.0} ns"),
-        None => println!("cross-core cache-line round trip {when}: not measured (one core)"),
+/// The columns every table starts with: the case and its throughput.
+fn case_columns_header() -> String {
+    format!(
+        "{:<6} {:<6} {:<6} {:>10} {:>10} {:>8}",
+        "topo", "durab", "place", "offered/s", "achieved/s", "x alone"
+    )
+}
+
+fn rate_label(rate: u64) -> String {
+    if rate == 0 {
+        "max".to_string()
+    } else {
+        rate.to_string()
+    }
+}
+
+fn print_row(r: &CaseReport) {
+    println!(
+        "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8} {:>6}",
+        r.topology,
+        r.durability,
+        r.placement,
+        rate_label(r.rate_offered),
+        r.commands_per_s,
+        r.ratio_to_engine(),
+        us(r.latency.latency_ns_p50),
+        us(r.latency.latency_ns_p99),
+        us(r.latency.latency_ns_p999),
+        us(r.latency.latency_ns_max),
+        r.backpressured,
+        r.cross_core_ns
+            .map_or("-".to_string(), |ns| format!("{ns:.0}")),
+    );
+    if r.durability.starts_with("group") {
+        println!(
+            "       group p99 / single fdatasync p99 = {:.2}; the commits' own p99 {:.1} us",
+            r.ratio_to_fdatasync(),
+            us(r.commit_ns_p99)
+        );
+    }
+}
+
+fn print_medians(medians: &[CaseMedians]) {
+    println!("--- medians over the runs (x alone: median, min-max; rt: median round trip)");
+    println!(
+        "{} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        case_columns_header(),
+        "min-max",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "x fsync",
+        "rt ns"
+    );
+    for m in medians {
+        println!(
+            "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6}",
+            m.topology,
+            m.durability,
+            m.placement,
+            rate_label(m.rate_offered),
+            m.commands_per_s,
+            m.ratio_to_engine,
+            format!("{:.2}-{:.2}", m.ratio_to_engine_min, m.ratio_to_engine_max),
+            m.latency_us_p50,
+            m.latency_us_p99,
+            m.latency_us_p999,
+            if m.durability.starts_with("group") {
+                format!("{:.2}", m.ratio_to_fdatasync)
+            } else {
+                "-".to_string()
+            },
+            m.cross_core_ns
+                .map_or("-".to_string(), |ns| format!("{ns:.0}")),
+        );
     }
 }
 
@@ -474,5 +618,56 @@ mod tests {
         assert!(r.commands_per_s > 0.0);
         assert!(r.latency.latency_ns_p50 > 0);
         assert!(r.latency.latency_ns_max >= r.latency.latency_ns_p99);
+    }
+
+    fn report(topology: &str, rate: u64, per_s: f64, alone: f64, p99_ns: u64) -> CaseReport {
+        CaseReport {
+            topology: topology.into(),
+            durability: "group".into(),
+            placement: "pinned".into(),
+            rate_offered: rate,
+            commands_per_s: per_s,
+            latency: LatencySummary {
+                latency_ns_p50: p99_ns / 2,
+                latency_ns_p99: p99_ns,
+                latency_ns_p999: p99_ns * 2,
+                latency_ns_max: p99_ns * 3,
+                latency_ns_mean: 0.0,
+            },
+            backpressured: 0,
+            commit_ns_p99: 0,
+            engine_alone_per_s: alone,
+            fdatasync_ns_p99: 100_000,
+            cross_core_ns: Some(per_s / 1000.0),
+        }
+    }
+
+    #[test]
+    fn medians_are_taken_per_case_against_each_runs_own_baselines() {
+        // Two cases interleaved over three runs, as `run` produces them.
+        let reports = [
+            report("fused", 0, 5.0e6, 10.0e6, 300_000),
+            report("inline", 0, 4.0e6, 10.0e6, 100_000),
+            report("fused", 0, 2.0e6, 8.0e6, 500_000),
+            report("inline", 0, 3.0e6, 12.0e6, 200_000),
+            report("fused", 0, 6.0e6, 10.0e6, 100_000),
+            report("inline", 0, 5.0e6, 10.0e6, 150_000),
+        ];
+        let m = case_medians(&reports);
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].topology.as_str(), m[0].runs), ("fused", 3));
+        assert_eq!(m[0].commands_per_s, 5.0e6);
+        // Ratios 0.5, 0.25, 0.6: each against its own run's engine alone.
+        assert_eq!(m[0].ratio_to_engine, 0.5);
+        assert_eq!(
+            (m[0].ratio_to_engine_min, m[0].ratio_to_engine_max),
+            (0.25, 0.6)
+        );
+        assert_eq!(m[0].latency_us_p99, 300.0);
+        assert_eq!(m[0].ratio_to_fdatasync, 3.0);
+        assert_eq!(m[0].cross_core_ns, Some(5000.0));
+        assert_eq!(m[1].topology, "inline");
+        assert_eq!(m[1].ratio_to_engine, 0.4);
+        assert_eq!(m[1].latency_us_p50, 75.0);
     }
 }
