@@ -223,6 +223,10 @@ pub struct Gateway {
     /// Connections whose read stopped at its bound with bytes perhaps left: readiness is
     /// edge-triggered, so no event will come for those bytes; the next pass reads on.
     unread: Vec<usize>,
+    /// Listeners (trading, admin) whose accepting stopped before the backlog was empty
+    /// (the per-pass bound, or an error such as running out of file descriptors): no new
+    /// edge comes for connections already waiting, so the timers accept again.
+    accept_again: [bool; 2],
 }
 
 fn wall_clock_ns() -> u64 {
@@ -267,6 +271,7 @@ impl Gateway {
             deliveries: Vec::with_capacity(DRAIN_PER_PASS),
             dirty: Vec::new(),
             unread: Vec::new(),
+            accept_again: [false; 2],
         })
     }
 
@@ -365,6 +370,7 @@ impl Gateway {
     // ------------------------------------------------------------ connections
 
     fn accept(&mut self, admin_listener: bool) {
+        self.accept_again[usize::from(admin_listener)] = false;
         // Bounded: at most the configured connection count per wake-up.
         for _ in 0..self.config.connections_max.max(1) {
             let listener = if admin_listener {
@@ -375,7 +381,20 @@ impl Gateway {
             let (mut stream, peer) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
+                // A connection reset while it waited, or a signal: the next one may be fine.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                // Out of file descriptors or memory: try again at the next timer tick.
+                Err(_) => {
+                    self.accept_again[usize::from(admin_listener)] = true;
+                    return;
+                }
             };
             if self.conns.len() as u32 >= self.config.connections_max
                 || !self.ips.try_add(peer.ip(), self.config.connections_per_ip)
@@ -422,6 +441,8 @@ impl Gateway {
                 .fetch_add(1, Ordering::Relaxed);
             self.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         }
+        // The bound, not the backlog, ended the loop.
+        self.accept_again[usize::from(admin_listener)] = true;
     }
 
     /// Reads what the socket holds and handles the frames in it. `closing`: the peer
@@ -1506,6 +1527,11 @@ impl Gateway {
     // ------------------------------------------------------------ timers
 
     fn timers(&mut self, backend: &mut dyn Backend) {
+        for admin_listener in [false, true] {
+            if self.accept_again[usize::from(admin_listener)] {
+                self.accept(admin_listener);
+            }
+        }
         let now = self.now_ns();
         let login_timeout_ns = u64::from(self.config.login_timeout_ms) * 1_000_000;
         let mut to_close = Vec::new();

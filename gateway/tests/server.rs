@@ -106,7 +106,11 @@ impl Drop for Server {
 }
 
 fn serve(config: GatewayConfig) -> Server {
-    let mut gateway = Gateway::bind(config).unwrap();
+    run(Gateway::bind(config).unwrap())
+}
+
+/// Runs a bound gateway's event loop on a thread of its own.
+fn run(mut gateway: Gateway) -> Server {
     let trading = gateway.trading_addr().unwrap();
     let admin = gateway.admin_addr().unwrap();
     let stats = gateway.stats();
@@ -293,6 +297,28 @@ impl Peer {
         let mut b = [0u8; 1];
         matches!(self.stream.read(&mut b), Ok(0))
     }
+}
+
+/// Whether the server closes (or resets) the connection within `wait`.
+fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + wait;
+    let mut b = [0u8; 64];
+    while Instant::now() < deadline {
+        match stream.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 fn rejected(reply: ServerMessage) -> LoginRejectReason {
@@ -593,12 +619,9 @@ fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
     let mut next_done = 1;
     let deadline = Instant::now() + Duration::from_secs(10);
     while next_done <= REQUESTS && Instant::now() < deadline {
-        match p.recv_within(Duration::from_millis(100)) {
-            Some(ServerMessage::RequestDone(d)) => {
-                assert_eq!(d.request_id, next_done, "answers in request order");
-                next_done += 1;
-            }
-            Some(_) | None => {}
+        if let Some(ServerMessage::RequestDone(d)) = p.recv_within(Duration::from_millis(100)) {
+            assert_eq!(d.request_id, next_done, "answers in request order");
+            next_done += 1;
         }
     }
     sender.join().unwrap();
@@ -607,6 +630,30 @@ fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
         s.stats.busy_ns.load(Ordering::Relaxed) > 0,
         "the loop's busy time is counted"
     );
+}
+
+#[test]
+fn connections_waiting_beyond_one_passes_accept_bound_are_still_served_or_refused() {
+    // The gateway accepts at most `connections_max` connections per readiness edge.
+    // Six connect before its loop runs, so all six wait in the backlog behind one edge.
+    let gateway = Gateway::bind(GatewayConfig {
+        connections_max: 2,
+        ..GatewayConfig::loopback()
+    })
+    .unwrap();
+    let addr = gateway.trading_addr().unwrap();
+    let mut waiting: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let s = run(gateway);
+    // Two are served; the other four are closed at once (over the limit), not left
+    // hanging in the backlog.
+    let mut closed = 0;
+    for stream in &mut waiting {
+        if closed_within(stream, Duration::from_secs(1)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(s.stats.connections_total.load(Ordering::Relaxed), 2);
+    assert_eq!(closed, 4, "every connection over the limit was closed");
 }
 
 #[test]
