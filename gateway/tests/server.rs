@@ -405,6 +405,30 @@ fn a_malformed_frame_ends_the_session_with_a_reason() {
 }
 
 #[test]
+fn a_close_that_arrives_with_the_last_bytes_ends_the_connection_at_once() {
+    // The client's last bytes and its end of stream wait in the socket together before
+    // the loop runs, so they raise one readiness edge and no later one.
+    let gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
+    let mut p = Peer::connect(gateway.trading_addr().unwrap());
+    p.send(&ClientMessage::Login(login_message(
+        MAKER_KEY,
+        &secret(MAKER_KEY),
+    )));
+    p.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let s = run(gateway);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while s.stats.connections_total.load(Ordering::Relaxed) == 0
+        || s.stats.connections_active.load(Ordering::Relaxed) > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the connection is closed when its end of stream arrives, not at a timeout"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
 fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
     let s = serve(GatewayConfig {
         login_timeout_ms: 200,

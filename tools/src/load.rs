@@ -917,8 +917,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     // Messages of one read, and users whose read stopped at its bound (no new readiness
     // edge will come for what is left): reused, nothing allocated per pass.
     let mut received: Vec<ServerMessage> = Vec::with_capacity(1024);
-    let mut unread: Vec<usize> = Vec::new();
-    let mut reading: Vec<usize> = Vec::new();
+    let mut unread: Vec<(usize, bool)> = Vec::new();
+    let mut reading: Vec<(usize, bool)> = Vec::new();
     let duration_ns = (args.duration * 1e9) as u64;
     let drain_ns = 3_000_000_000u64;
     let start = Instant::now();
@@ -1056,24 +1056,24 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
                 }
             }
             if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                unread.push(i);
+                unread.push((i, ev.is_read_closed() || ev.is_error()));
             }
         }
         std::mem::swap(&mut unread, &mut reading);
-        for &i in &reading {
+        for &(i, peer_closed) in &reading {
             let u = &mut users[i];
             if u.dead {
                 continue;
             }
             received.clear();
-            let read = u.client.read_ready(&mut |m| received.push(m));
+            let read = u.client.read_ready(peer_closed, &mut |m| received.push(m));
             let t = start.elapsed().as_nanos() as u64;
             for msg in &received {
                 on_message(u, msg, t, &mut stats);
             }
             match read {
                 Ok((_, false)) => {}
-                Ok((_, true)) => unread.push(i),
+                Ok((_, true)) => unread.push((i, peer_closed)),
                 Err(e) => fail(u, &mut stats, e),
             }
         }

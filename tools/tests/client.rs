@@ -178,7 +178,7 @@ fn read_ready_under_edge_triggered_readiness_misses_no_answer() {
         // the next edge, which might never come.
         loop {
             let (_, more) = c
-                .read_ready(&mut |m| {
+                .read_ready(false, &mut |m| {
                     if let ServerMessage::RequestDone(d) = m {
                         done += 1;
                         assert_eq!(d.request_id, done, "answers in request order");
@@ -192,6 +192,79 @@ fn read_ready_under_edge_triggered_readiness_misses_no_answer() {
     }
     assert_eq!(done, REQUESTS, "every request answered");
     assert_eq!(c.in_flight(), 0);
+}
+
+#[test]
+fn read_ready_reads_an_end_of_stream_that_came_with_the_last_bytes() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use mio::unix::SourceFd;
+    use mio::{Events, Interest, Poll, Token};
+    use ringex_gateway::protocol::{
+        decode_client, encode_server, ClientMessage, LoginAccepted, RequestDone, FRAME_SIZE_MAX,
+    };
+
+    // A bare server: accepts the login, then answers request 1 and closes without a
+    // Logout (a cut connection), so the answer and the end of stream arrive together.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (answer_now, answer_when) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        while !matches!(
+            decode_client(&buf[..have]),
+            Ok((ClientMessage::Login(_), _))
+        ) {
+            have += s.read(&mut buf[have..]).unwrap();
+        }
+        let mut frame = [0u8; FRAME_SIZE_MAX];
+        let accepted = ServerMessage::LoginAccepted(LoginAccepted {
+            session_id: 1,
+            next_seq: 1,
+            last_request_id: 0,
+            account: 1001,
+            heartbeat_ms: 1000,
+            flags: 0,
+        });
+        let n = encode_server(&accepted, &mut frame);
+        s.write_all(&frame[..n]).unwrap();
+        answer_when.recv().unwrap();
+        // Take the request, so that closing sends an end of stream, not a reset.
+        let _ = s.read(&mut buf).unwrap();
+        let done = ServerMessage::RequestDone(RequestDone {
+            seq: 1,
+            request_id: 1,
+            count: 0,
+        });
+        let n = encode_server(&done, &mut frame);
+        s.write_all(&frame[..n]).unwrap();
+    });
+    let mut c = Client::connect(addr, KEY_1001, SECRET_1001, options()).unwrap();
+    c.queue_request(&Request::BalanceQuery).unwrap();
+    while !c.flush().unwrap() {}
+    let mut poll = Poll::new().unwrap();
+    poll.registry()
+        .register(&mut SourceFd(&c.raw_fd()), Token(0), Interest::READABLE)
+        .unwrap();
+    answer_now.send(()).unwrap();
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let mut events = Events::with_capacity(4);
+    poll.poll(&mut events, Some(Duration::from_secs(5)))
+        .unwrap();
+    let ev = events.iter().next().expect("a readiness event");
+    assert!(ev.is_read_closed(), "the answer and the close in one event");
+    let mut answers = Vec::new();
+    let read = c.read_ready(ev.is_read_closed() || ev.is_error(), &mut |m| {
+        answers.push(m)
+    });
+    assert!(matches!(answers[..], [ServerMessage::RequestDone(d)] if d.request_id == 1));
+    // No further edge will come: the close must be seen now.
+    assert!(matches!(read, Err(ClientError::Closed)), "{read:?}");
 }
 
 #[test]

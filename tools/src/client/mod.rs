@@ -622,10 +622,16 @@ impl Client {
     /// message the socket holds now (heartbeats excluded), then returns how many. It
     /// reads until a read comes back short: that read emptied the socket, and bytes
     /// arriving later raise a new readiness edge, so the read that would only say
-    /// WouldBlock is not made (a system call saved per wake-up). Reads at most
-    /// `READS_PER_READY_MAX` times: `Ok((n, true))` then says bytes may be left, and
-    /// no new edge will come for them, so call again.
-    pub fn read_ready(&mut self, f: &mut impl FnMut(ServerMessage)) -> Result<(usize, bool)> {
+    /// WouldBlock is not made (a system call saved per wake-up). `peer_closed`: the
+    /// event said the server closed or failed (`is_read_closed`, `is_error`); then it
+    /// reads on to the end of the stream, which raises no further edge, and returns the
+    /// error. Reads at most `READS_PER_READY_MAX` times: `Ok((n, true))` then says bytes
+    /// may be left, and no new edge will come for them, so call again.
+    pub fn read_ready(
+        &mut self,
+        peer_closed: bool,
+        f: &mut impl FnMut(ServerMessage),
+    ) -> Result<(usize, bool)> {
         let mut n = 0;
         while let Some(m) = self.inbox.pop_front() {
             f(m);
@@ -636,7 +642,8 @@ impl Client {
                 f(m);
                 n += 1;
             }
-            if self.read_once_filled()? != SocketRead::Filled {
+            let read = self.read_once_filled()?;
+            if read == SocketRead::Nothing || (read == SocketRead::Short && !peer_closed) {
                 while let Some(m) = self.next_buffered()? {
                     f(m);
                     n += 1;
