@@ -253,19 +253,29 @@ fn spawn_logger(
             let mut last = Instant::now();
             let mut previous = Summary::default();
             let mut busy_ns_before = stats.busy_ns.load(Ordering::Relaxed);
+            let slow = || {
+                [&stats.passes_slow_100us, &stats.passes_slow_1ms]
+                    .map(|c| c.load(Ordering::Relaxed))
+            };
+            let mut slow_before = slow();
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
                 if !every.is_zero() && last.elapsed() >= every {
                     let elapsed = last.elapsed();
                     let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
                     let busy_ns = stats.busy_ns.load(Ordering::Relaxed);
+                    let slow_now = slow();
                     eprintln!(
-                        "ringex: {line} connections={} gateway_busy={}%",
+                        "ringex: {line} connections={} gateway_busy={}% \
+                         gateway_slow_passes={}/{}",
                         stats.connections_active.load(Ordering::Relaxed),
                         busy_percent(busy_ns - busy_ns_before, elapsed),
+                        slow_now[0] - slow_before[0],
+                        slow_now[1] - slow_before[1],
                     );
                     previous = s;
                     busy_ns_before = busy_ns;
+                    slow_before = slow_now;
                     last = Instant::now();
                 }
             }

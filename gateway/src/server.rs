@@ -125,6 +125,12 @@ pub struct GatewayStats {
     /// busy the loop is. Near 100% the loop saturates, and well before that requests
     /// queue behind each other's passes.
     pub busy_ns: AtomicU64,
+    /// Passes that took 100 µs or more, and 1 ms or more: stalls of the event loop
+    /// (large bursts of work, or the thread losing its core), which every request
+    /// waiting meanwhile pays. Counted for passes with work and for polls that should
+    /// have returned at once.
+    pub passes_slow_100us: AtomicU64,
+    pub passes_slow_1ms: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,6 +317,7 @@ impl Gateway {
                 backend.outputs_available()
             };
             let timeout = if busy { Duration::ZERO } else { IDLE_POLL };
+            let polled_from = Instant::now();
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -359,12 +366,30 @@ impl Gateway {
                 let busy_ns = worked_from.elapsed().as_nanos() as u64;
                 self.stats.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
             }
+            // A poll that may sleep is not a stall; one that should return at once is.
+            let pass_from = if timeout.is_zero() {
+                polled_from
+            } else {
+                worked_from
+            };
+            if worked || timeout.is_zero() {
+                self.count_slow_pass(pass_from.elapsed());
+            }
         }
         let ids: Vec<usize> = self.conns.keys().copied().collect();
         for id in ids {
             self.close(id, Some(LogoutReason::ServerShutdown), backend);
         }
         Ok(())
+    }
+
+    fn count_slow_pass(&self, took: Duration) {
+        if took >= Duration::from_micros(100) {
+            self.stats.passes_slow_100us.fetch_add(1, Ordering::Relaxed);
+            if took >= Duration::from_millis(1) {
+                self.stats.passes_slow_1ms.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     // ------------------------------------------------------------ connections
