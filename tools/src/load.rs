@@ -16,6 +16,14 @@
 //! load (coordinated omission). The service time (actual send to first answer) and the
 //! generator's own send lag are reported beside it.
 //!
+//! **Per-user rates follow from `--users`.** The mix fixes each class's share of users
+//! and of requests, so a market maker sends `rate * 0.6 / (users * 0.05)` requests a
+//! second: at the default 60 users and 100 K/s, 20 K/s each, where a real market maker
+//! quotes at 10-50 orders/s. More users spread the same rate over more connections,
+//! which costs the server more (fewer requests share a socket write): raise `--users`
+//! and the server's connection limits to measure that (docs/benchmarks.md has 600 and
+//! 2000 users).
+//!
 //! **One thread.** All connections are non-blocking and multiplexed on one mio poller;
 //! a timerfd wakes the loop at the next planned send with nanosecond precision, so the
 //! generator neither spins nor rounds to milliseconds, and leaves the other core to the
