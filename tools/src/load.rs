@@ -146,6 +146,25 @@ pub enum UserClass {
     Bot,
 }
 
+impl UserClass {
+    /// Position in [`MIX`].
+    fn index(self) -> usize {
+        match self {
+            UserClass::MarketMaker => 0,
+            UserClass::Retail => 1,
+            UserClass::Bot => 2,
+        }
+    }
+
+    fn snake_name(self) -> &'static str {
+        match self {
+            UserClass::MarketMaker => "market_maker",
+            UserClass::Retail => "retail",
+            UserClass::Bot => "bot",
+        }
+    }
+}
+
 /// Class shares: (class, share of users, share of requests).
 pub const MIX: [(UserClass, f64, f64); 3] = [
     (UserClass::MarketMaker, 0.05, 0.60),
@@ -533,6 +552,9 @@ pub struct Report {
     pub latency: BTreeMap<String, Percentiles>,
     /// Actual send -> first answer.
     pub service_time: BTreeMap<String, Percentiles>,
+    /// Planned send -> first answer per user class (`market_maker`, `retail`, `bot`): a
+    /// bot's burst waits for itself, a market maker's quote does not.
+    pub latency_by_class: BTreeMap<String, Percentiles>,
     /// How late the generator sent requests after their planned time.
     pub send_lag: Percentiles,
 }
@@ -566,6 +588,8 @@ impl Report {
         print_table(&self.latency);
         println!("  service time, actual send -> first answer, microseconds:");
         print_table(&self.service_time);
+        println!("  round trip by user class (CO-corrected), microseconds:");
+        print_table(&self.latency_by_class);
         let l = &self.send_lag;
         println!(
             "  generator send lag: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} us",
@@ -576,12 +600,12 @@ impl Report {
 
 fn print_table(t: &BTreeMap<String, Percentiles>) {
     println!(
-        "    {:<11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "type", "count", "p50", "p90", "p99", "p99.9", "max"
+        "    {:<12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "", "count", "p50", "p90", "p99", "p99.9", "max"
     );
     for (k, p) in t {
         println!(
-            "    {:<11} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
+            "    {:<12} {:>9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>10.1}",
             k, p.count, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us
         );
     }
@@ -729,6 +753,8 @@ struct Stats {
     service: BTreeMap<Kind, Histogram<u64>>,
     all_latency: Histogram<u64>,
     all_service: Histogram<u64>,
+    /// Indexed like [`MIX`].
+    by_class: [Histogram<u64>; 3],
     send_lag: Histogram<u64>,
     planned: u64,
     sent: u64,
@@ -751,6 +777,7 @@ impl Stats {
             service: Kind::ALL.iter().map(|k| (*k, histogram())).collect(),
             all_latency: histogram(),
             all_service: histogram(),
+            by_class: [histogram(), histogram(), histogram()],
             send_lag: histogram(),
             planned: 0,
             sent: 0,
@@ -806,6 +833,7 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
         let svc = now_ns.saturating_sub(f.sent_ns).max(1);
         stats.all_latency.saturating_record(lat);
         stats.all_service.saturating_record(svc);
+        stats.by_class[user.class.index()].saturating_record(lat);
         if let Some(h) = stats.latency.get_mut(&f.kind) {
             h.saturating_record(lat);
         }
@@ -1117,8 +1145,17 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         error_messages: stats.errors.iter().take(20).cloned().collect(),
         latency: BTreeMap::new(),
         service_time: BTreeMap::new(),
+        latency_by_class: BTreeMap::new(),
         send_lag: Percentiles::of(&stats.send_lag),
     };
+    for (class, _, _) in MIX {
+        let h = &stats.by_class[class.index()];
+        if !h.is_empty() {
+            report
+                .latency_by_class
+                .insert(class.snake_name().into(), Percentiles::of(h));
+        }
+    }
     for k in Kind::ALL {
         if !stats.latency[&k].is_empty() {
             report
@@ -1148,6 +1185,13 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_class_index_is_its_position_in_the_mix() {
+        for (i, (class, _, _)) in MIX.iter().enumerate() {
+            assert_eq!(class.index(), i);
+        }
+    }
 
     #[test]
     fn class_counts_follow_the_mix() {

@@ -27,6 +27,12 @@ fn short_load_run_completes_without_errors() {
     assert_eq!(report.answered, report.sent);
     assert!(report.fills > 0, "the mix trades: {report:?}");
     assert!(report.latency["all"].count == report.answered);
+    // Every answered request is counted once under its user's class.
+    let by_class: u64 = report.latency_by_class.values().map(|p| p.count).sum();
+    assert_eq!(by_class, report.answered, "{:?}", report.latency_by_class);
+    for class in ["market_maker", "retail", "bot"] {
+        assert!(report.latency_by_class.contains_key(class), "{class}");
+    }
     // No reject that would mean the generator builds bad orders.
     for bad in [
         "PriceOutsideBand",
