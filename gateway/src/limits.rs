@@ -4,13 +4,23 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-/// A token bucket: `rate_per_s` tokens a second, at most one second's worth banked.
+/// A token bucket: `rate_per_s` tokens a second, at most one second's worth banked. It
+/// also counts the requests it refused in the current one-second window, to tell a client
+/// that overshoots now and then from one that ignores its rejects.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     rate_per_s: u64,
     /// Tokens scaled by 1e9 so refills in nanoseconds stay integers.
     tokens_scaled: u128,
     refilled_at_ns: u64,
+    refused_window_start_ns: u64,
+    refused_in_window: u64,
+}
+
+/// Refusals in one second beyond which a client is abusing its limit: it has sent, in
+/// that second, its whole allowance and as much again after being told no.
+pub const fn refusals_abusive_per_s(rate_per_s: u64) -> u64 {
+    rate_per_s
 }
 
 const SCALE: u128 = 1_000_000_000;
@@ -22,7 +32,20 @@ impl TokenBucket {
             rate_per_s,
             tokens_scaled: rate_per_s as u128 * SCALE,
             refilled_at_ns: now_ns,
+            refused_window_start_ns: now_ns,
+            refused_in_window: 0,
         }
+    }
+
+    /// Counts a refused request; true when the refusals of the current one-second window
+    /// are more than [`refusals_abusive_per_s`].
+    pub fn refuse(&mut self, now_ns: u64) -> bool {
+        if now_ns.saturating_sub(self.refused_window_start_ns) >= 1_000_000_000 {
+            self.refused_window_start_ns = now_ns;
+            self.refused_in_window = 0;
+        }
+        self.refused_in_window += 1;
+        self.refused_in_window > refusals_abusive_per_s(self.rate_per_s)
     }
 
     /// Takes one token if there is one.
@@ -88,6 +111,19 @@ mod tests {
         assert!(!b.try_take(SECOND_NS / 10));
         // A long pause banks at most one second's worth.
         assert_eq!((0..20).filter(|_| b.try_take(100 * SECOND_NS)).count(), 10);
+    }
+
+    #[test]
+    fn refusals_beyond_a_seconds_allowance_within_one_second_are_abuse() {
+        let mut b = TokenBucket::new(10, 0);
+        // Ten refusals in a second: tolerated; the eleventh is abuse.
+        assert!((0..10).all(|i| !b.refuse(i * SECOND_NS / 20)));
+        assert!(b.refuse(SECOND_NS / 2));
+        // A new second starts a new count.
+        let mut b = TokenBucket::new(10, 0);
+        assert!((0..10).all(|_| !b.refuse(0)));
+        assert!((0..10).all(|_| !b.refuse(SECOND_NS)));
+        assert!(b.refuse(SECOND_NS + 1));
     }
 
     #[test]

@@ -976,8 +976,16 @@ impl Gateway {
             .entry(key_id)
             .or_insert_with(|| TokenBucket::new(rate, now));
         if !bucket.try_take(now) {
+            let abusive = bucket.refuse(now);
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             self.request_refused(session_id, request_id, template, RejectReason::RateLimited);
+            if abusive {
+                // Its rejects are queued ahead of the Logout.
+                if let Some(c) = self.sessions.get(&session_id).and_then(|s| s.conn) {
+                    self.close(c, Some(LogoutReason::RateLimitAbuse), backend);
+                }
+                return false;
+            }
             return true;
         }
         let t = tag(PURPOSE_REQUEST, session_id);

@@ -743,6 +743,36 @@ fn connections_waiting_beyond_one_passes_accept_bound_are_still_served_or_refuse
 }
 
 #[test]
+fn a_client_that_ignores_its_rate_limit_rejects_is_disconnected_for_abuse() {
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: 5,
+        ..GatewayConfig::loopback()
+    });
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    // Five allowed, then more than five refused within the second: abuse. Nothing is
+    // sent after the eleventh, so the server's close finds no unread input and ends
+    // the stream cleanly (unread input would reset it, and the Logout with it).
+    for request_id in 1..=11 {
+        p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
+    }
+    let mut limited = 0;
+    let reason = loop {
+        match p.recv_within(Duration::from_secs(5)) {
+            Some(ServerMessage::OrderRejected(r)) => {
+                assert_eq!(r.reason, RejectReason::RateLimited);
+                limited += 1;
+            }
+            Some(ServerMessage::Logout { reason }) => break Some(reason),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert_eq!(reason, Some(LogoutReason::RateLimitAbuse));
+    assert!(limited >= 1, "the refusals were answered before the Logout");
+    assert_eq!(s.stats.rate_limited.load(Ordering::Relaxed), 6);
+}
+
+#[test]
 fn a_client_that_does_not_read_is_disconnected_as_a_slow_consumer() {
     let s = serve(GatewayConfig {
         outbound_buffer_bytes: 16 * 1024,
