@@ -748,28 +748,49 @@ fn a_client_that_ignores_its_rate_limit_rejects_is_disconnected_for_abuse() {
         requests_per_second_per_key: 5,
         ..GatewayConfig::loopback()
     });
-    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    let (mut p, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(accepted) = reply else {
+        panic!("{reply:?}")
+    };
     // Five allowed, then more than five refused within the second: abuse. Nothing is
     // sent after the eleventh, so the server's close finds no unread input and ends
     // the stream cleanly (unread input would reset it, and the Logout with it).
     for request_id in 1..=11 {
         p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
     }
-    let mut limited = 0;
+    let mut seq_last = 0;
+    let mut answered = Vec::new();
     let reason = loop {
         match p.recv_within(Duration::from_secs(5)) {
-            Some(ServerMessage::OrderRejected(r)) => {
-                assert_eq!(r.reason, RejectReason::RateLimited);
-                limited += 1;
-            }
             Some(ServerMessage::Logout { reason }) => break Some(reason),
-            Some(_) => {}
+            Some(m) => {
+                seq_last = m.seq().unwrap_or(seq_last);
+                if let ServerMessage::RequestDone(d) = m {
+                    answered.push(d.request_id);
+                }
+            }
             None => break None,
         }
     };
     assert_eq!(reason, Some(LogoutReason::RateLimitAbuse));
-    assert!(limited >= 1, "the refusals were answered before the Logout");
     assert_eq!(s.stats.rate_limited.load(Ordering::Relaxed), 6);
+    // Every request is still answered, in order: what did not go out before the Logout
+    // waits in the session, and a resume replays it.
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.resume_session = accepted.session_id;
+    login.resume_from_seq = seq_last + 1;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    while answered.len() < 11 {
+        match p.recv() {
+            ServerMessage::RequestDone(d) => answered.push(d.request_id),
+            ServerMessage::OrderRejected(r) => assert_eq!(r.reason, RejectReason::RateLimited),
+            _ => {}
+        }
+    }
+    assert_eq!(answered, (1..=11).collect::<Vec<_>>());
 }
 
 #[test]
