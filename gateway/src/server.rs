@@ -157,6 +157,11 @@ struct Conn {
     heartbeat_ns: u64,
     silence_ns: u64,
     writable_registered: bool,
+    /// Bytes of a resume replay still allowed above the outbound limit: the replay is
+    /// bounded by the retained window, which may be larger than the limit, and a client
+    /// must be able to resume from anywhere in it. Zero once the backlog is back under
+    /// the limit.
+    replay_allowance_bytes: usize,
 }
 
 /// A request the session is waiting on, in submission order.
@@ -459,6 +464,7 @@ impl Gateway {
                     heartbeat_ns: u64::from(self.config.heartbeat_ms) * 1_000_000,
                     silence_ns: u64::from(self.config.idle_timeout_ms) * 1_000_000,
                     writable_registered: false,
+                    replay_allowance_bytes: 0,
                 },
             );
             self.stats
@@ -670,6 +676,9 @@ impl Gateway {
             }
         }
         let pending = conn.wpos < conn.wbuf.len();
+        if conn.wbuf.len() - conn.wpos <= self.config.outbound_buffer_bytes {
+            conn.replay_allowance_bytes = 0;
+        }
         if pending && conn.wpos > conn.wbuf.len() / 2 {
             conn.wbuf.drain(..conn.wpos);
             conn.wpos = 0;
@@ -690,10 +699,10 @@ impl Gateway {
 
     /// Queues a frame on a connection. False if that made it a slow consumer.
     fn queue(&mut self, id: usize, frame: &[u8]) -> bool {
-        let cap = self.config.outbound_buffer_bytes;
         let Some(conn) = self.conns.get_mut(&id) else {
             return true;
         };
+        let cap = self.config.outbound_buffer_bytes + conn.replay_allowance_bytes;
         if conn.closing {
             return true;
         }
@@ -926,6 +935,9 @@ impl Gateway {
             conn.silence_ns = u64::from(silence_ms) * 1_000_000;
         }
         self.send_unsequenced(id, &accepted);
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.replay_allowance_bytes = replay.len();
+        }
         if !replay.is_empty() && !self.queue(id, &replay) {
             self.slow_consumer(id, backend);
         }

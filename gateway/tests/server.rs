@@ -915,6 +915,53 @@ fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
 }
 
 #[test]
+fn a_resume_replays_the_whole_window_even_when_it_exceeds_the_outbound_limit() {
+    let s = serve(GatewayConfig {
+        outbound_buffer_bytes: 16 * 1024,
+        ..GatewayConfig::loopback()
+    });
+    let (mut p, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(first) = reply else {
+        panic!("{reply:?}")
+    };
+    // Far more than 16 KiB of answers, read as they come (no slow consumer here).
+    const REQUESTS: u64 = 1_000;
+    for request_id in 1..=REQUESTS {
+        p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
+        p.outcome(request_id);
+    }
+    p.send(&ClientMessage::Logout);
+    assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    // Resume from the first seq: the replay is the whole window.
+    let mut p = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.resume_session = first.session_id;
+    login.resume_from_seq = 1;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    p.send(&ClientMessage::Login(login));
+    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    let mut replayed_messages = 0usize;
+    let mut done = 0;
+    while done < REQUESTS {
+        let m = p.recv();
+        replayed_messages += 1;
+        if let ServerMessage::RequestDone(d) = m {
+            done += 1;
+            assert_eq!(d.request_id, done, "replayed in order");
+        }
+    }
+    assert!(replayed_messages > 2_000, "{replayed_messages}");
+    assert_eq!(s.stats.slow_consumers.load(Ordering::Relaxed), 0);
+    // After the replay, the session is live.
+    p.next_request = REQUESTS + 1;
+    p.send(&ClientMessage::BalanceQuery(BalanceQuery {
+        request_id: REQUESTS + 1,
+    }));
+    let out = p.outcome(REQUESTS + 1);
+    assert!(matches!(out[0], ServerMessage::Balance(_)), "{out:?}");
+}
+
+#[test]
 fn resuming_outside_the_retained_window_is_refused() {
     let s = default_server();
     let mut p = Peer::connect(s.trading);
