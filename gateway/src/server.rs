@@ -234,10 +234,20 @@ pub struct Gateway {
     /// Connections whose read stopped at its bound with bytes perhaps left: readiness is
     /// edge-triggered, so no event will come for those bytes; the next pass reads on.
     unread: Vec<usize>,
+    /// Accounts whose cancel-on-disconnect sessions were ended by an admin command (see
+    /// `end_sessions`): their orders are cancelled at the end of the pass.
+    cancel_all_pending: Vec<AccountId>,
     /// Listeners (trading, admin) whose accepting stopped before the backlog was empty
     /// (the per-pass bound, or an error such as running out of file descriptors): no new
     /// edge comes for connections already waiting, so the timers accept again.
     accept_again: [bool; 2],
+}
+
+/// Whose sessions an admin command ends.
+#[derive(Clone, Copy, Debug)]
+enum SessionsOf {
+    Key(u64),
+    Account(AccountId),
 }
 
 fn wall_clock_ns() -> u64 {
@@ -283,6 +293,7 @@ impl Gateway {
             dirty: Vec::new(),
             unread: Vec::new(),
             accept_again: [false; 2],
+            cancel_all_pending: Vec::new(),
         })
     }
 
@@ -365,6 +376,14 @@ impl Gateway {
             }
             for (id, reason) in std::mem::take(&mut self.closing) {
                 self.close(id, reason, backend);
+            }
+            for account in std::mem::take(&mut self.cancel_all_pending) {
+                let cmd = ringex_engine::Command::CancelAll {
+                    account,
+                    market: None,
+                };
+                // Its Cancelled events route to the account's remaining sessions.
+                let _ = backend.submit(&cmd, tag(PURPOSE_INTERNAL, 0));
             }
             self.flush_all();
             if worked {
@@ -1529,24 +1548,41 @@ impl Gateway {
                     let msg = admin_ack(kind, id, false);
                     self.send_to_origin(o, msg);
                 }
-                if kind == CommandKind::RevokeApiKey {
-                    self.end_sessions_of_key(id);
+                match kind {
+                    CommandKind::RevokeApiKey => self.end_sessions(SessionsOf::Key(id)),
+                    CommandKind::SuspendAccount => {
+                        if let Ok(account) = AccountId::try_from(id) {
+                            self.end_sessions(SessionsOf::Account(account));
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
     }
 
-    /// A revoked key's sessions end now: their connections are told why and closed on the
-    /// next timer pass.
-    fn end_sessions_of_key(&mut self, key_id: u64) {
+    /// The sessions of a revoked key or a suspended account end now: their connections
+    /// are told why (`KeyRevoked`) and closed at the end of the pass, and those that asked
+    /// for cancel-on-disconnect get it, as on any other close.
+    fn end_sessions(&mut self, which: SessionsOf) {
         let ids: Vec<u64> = self
             .sessions
             .values()
-            .filter(|s| s.key_id == key_id)
+            .filter(|s| match which {
+                SessionsOf::Key(key_id) => s.key_id == key_id,
+                SessionsOf::Account(account) => s.account == account,
+            })
             .map(|s| s.id)
             .collect();
         for sid in ids {
-            let conn = self.sessions.get(&sid).and_then(|s| s.conn);
+            let Some(session) = self.sessions.get(&sid) else {
+                continue;
+            };
+            let (conn, account, cancel) =
+                (session.conn, session.account, session.cancel_on_disconnect);
+            if cancel && !self.cancel_all_pending.contains(&account) {
+                self.cancel_all_pending.push(account);
+            }
             if let Some(c) = conn {
                 // The connection no longer belongs to a session.
                 if let Some(conn) = self.conns.get_mut(&c) {

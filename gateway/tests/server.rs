@@ -587,6 +587,60 @@ fn an_admin_session_creates_and_funds_accounts() {
     }
 }
 
+/// Sends one admin command from an admin session and waits for its AdminAck.
+fn admin(a: &mut Peer, command: Command) {
+    let request_id = a.request_id();
+    a.send(&ClientMessage::Admin(
+        ringex_gateway::protocol::AdminRequest {
+            request_id,
+            command,
+        },
+    ));
+    let out = a.outcome(request_id);
+    assert!(matches!(out[0], ServerMessage::AdminAck(_)), "{out:?}");
+}
+
+#[test]
+fn revoking_a_key_logs_its_sessions_out_and_honours_cancel_on_disconnect() {
+    let s = default_server();
+    let mut maker = Peer::connect(s.trading);
+    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
+    login.flags = login_flags::CANCEL_ON_DISCONNECT;
+    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
+    maker.send(&ClientMessage::Login(login));
+    assert!(matches!(maker.recv(), ServerMessage::LoginAccepted(_)));
+    maker.order(Side::Sell, 100, 5, 0);
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    admin(&mut a, Command::RevokeApiKey { key_id: MAKER_KEY });
+    assert_eq!(maker.logout_reason(), Some(LogoutReason::KeyRevoked));
+    // The session asked for cancel-on-disconnect: its order is gone.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    let out = taker.order(Side::Buy, 100, 1, 0);
+    assert!(
+        !out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),
+        "{out:?}"
+    );
+    // And the key no longer logs in.
+    let (_, reply) = Peer::login(s.trading, MAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::UnknownKey);
+}
+
+#[test]
+fn suspending_an_account_logs_its_sessions_out() {
+    let s = default_server();
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    admin(&mut a, Command::SuspendAccount { account: 11 });
+    assert_eq!(taker.logout_reason(), Some(LogoutReason::KeyRevoked));
+    let (_, reply) = Peer::login(s.trading, TAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::AccountSuspended);
+    // Other accounts are untouched.
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let out = maker.order(Side::Sell, 100, 1, 0);
+    assert!(matches!(out[0], ServerMessage::OrderAccepted(_)), "{out:?}");
+}
+
 // ---------------------------------------------------------------- metrics
 
 /// The inline engine, except that applying each order takes `stall` (a journal write
