@@ -587,10 +587,12 @@ impl Gateway {
                             fresh
                         });
                         if fresh {
+                            // Its fields could not be read: no market or order to name.
                             self.request_refused(
                                 session,
                                 request_id,
                                 template_id,
+                                (0, None),
                                 RejectReason::Malformed,
                             );
                         }
@@ -1009,7 +1011,13 @@ impl Gateway {
         if !bucket.try_take(now) {
             let abusive = bucket.refuse(now);
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            self.request_refused(session_id, request_id, template, RejectReason::RateLimited);
+            self.request_refused(
+                session_id,
+                request_id,
+                template,
+                (market, order),
+                RejectReason::RateLimited,
+            );
             if abusive {
                 // Its rejects are queued ahead of the Logout.
                 if let Some(c) = self.sessions.get(&session_id).and_then(|s| s.conn) {
@@ -1046,9 +1054,13 @@ impl Gateway {
                     local_reject: None,
                 });
             }
-            Err(_) => {
-                self.request_refused(session_id, request_id, template, RejectReason::Unavailable)
-            }
+            Err(_) => self.request_refused(
+                session_id,
+                request_id,
+                template,
+                (market, order),
+                RejectReason::Unavailable,
+            ),
         }
         true
     }
@@ -1060,6 +1072,7 @@ impl Gateway {
         session_id: u64,
         request_id: u64,
         template: u16,
+        (market, order): (MarketId, Option<OrderRef>),
         reason: RejectReason,
     ) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
@@ -1068,8 +1081,8 @@ impl Gateway {
         session.inflight.push_back(Inflight {
             request_id,
             template,
-            market: 0,
-            order: None,
+            market,
+            order,
             sent: 0,
             local_reject: Some(reason),
         });

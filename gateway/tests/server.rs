@@ -719,6 +719,19 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
     for request_id in 1..=8 {
         p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
     }
+    // The ninth, sent with the others, finds the bucket empty too.
+    p.send(&ClientMessage::NewOrder(NewOrder {
+        request_id: 9,
+        market: MARKET,
+        client_order_id: 77,
+        side: Side::Sell,
+        kind: OrderKind::Limit,
+        tif: TimeInForce::Gtc,
+        stp: StpMode::None,
+        price: 120,
+        qty: 1,
+        quote_budget: 0,
+    }));
     let mut limited = 0;
     for request_id in 1..=8 {
         let out = p.outcome(request_id);
@@ -728,6 +741,13 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
         }
     }
     assert!(limited >= 3, "{limited}");
+    // A refused order is named like any reject: its market and client order id.
+    let out = p.outcome(9);
+    let ServerMessage::OrderRejected(r) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::RateLimited);
+    assert_eq!((r.market, r.order), (MARKET, Some(OrderRef::Client(77))));
 }
 
 #[test]
