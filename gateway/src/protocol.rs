@@ -229,7 +229,8 @@ pub enum LoginRejectReason {
     BadSignature = 2,
     /// `timestamp_ns` too far from the server clock.
     StaleTimestamp = 3,
-    /// The (key, nonce) pair was already used within the freshness window.
+    /// The (key, nonce) pair was seen within twice the freshness window (while a login
+    /// carrying it could still pass the timestamp check).
     ReplayedNonce = 4,
     /// The session to resume is unknown, ended, of another key, or `resume_from_seq` is
     /// outside the retained window. Log in to a new session and query open orders.
@@ -240,9 +241,10 @@ pub enum LoginRejectReason {
     /// listener, [`permission::TRADE`] on the trading listener.
     WrongListener = 7,
     AccountSuspended = 8,
-    /// Connection or session limit reached (per IP, per key, or global).
+    /// The key already has its most sessions (16, detached ones included). Connections
+    /// over the per-IP or total limits are closed at accept, with no answer.
     TooManySessions = 9,
-    /// The server cannot take sessions now (starting, standby, shutting down).
+    /// The exchange takes no input now (its journal failed, or it is stopping).
     Unavailable = 10,
 }
 
@@ -288,7 +290,8 @@ pub enum LogoutReason {
     LoginTimeout = 7,
     /// The outbound buffer limit was exceeded: the client does not read fast enough.
     SlowConsumer = 8,
-    /// Requests far beyond the rate limit, after rejects.
+    /// More requests refused within one second than the key's rate (docs/protocol.md
+    /// 3.5).
     RateLimitAbuse = 9,
     ServerShutdown = 10,
     /// The session's API key was revoked, or its account suspended.
