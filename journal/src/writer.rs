@@ -557,6 +557,9 @@ pub struct Journal {
     seq_next: u64,
     chain: u64,
     epoch: u32,
+    /// The epoch of the active segment's last record (its header's while it has none):
+    /// what its seal must say, which differs from `epoch` after a promotion.
+    epoch_segment_last: u32,
     sealed: bool,
     record_count: u64,
     timestamp_ns_first: u64,
@@ -813,9 +816,9 @@ impl Journal {
         )?);
 
         // Everything recovered is made durable before it is reported durable.
-        let segments_count = tail.segments.len();
+        let bases: Vec<u64> = tail.segments.iter().map(|s| s.base_seq).collect();
         for (i, s) in tail.segments.iter().enumerate() {
-            if s.base_seq > report.seq_durable || i + 2 >= segments_count {
+            if needs_sync_at_open(&bases, i, report.seq_durable) {
                 let f = File::open(&s.path)
                     .map_err(|e| Error::io(format!("open {}", s.path.display()), e))?;
                 storage
@@ -972,6 +975,11 @@ impl Journal {
             seq_next: tail.seq_next,
             chain: tail.chain,
             epoch: config.epoch,
+            epoch_segment_last: if tail.segments.is_empty() {
+                config.epoch
+            } else {
+                tail.epoch
+            },
             sealed: tail.sealed,
             record_count: tail.record_count,
             timestamp_ns_first: tail.timestamp_ns_first,
@@ -1132,6 +1140,7 @@ impl Journal {
         }
 
         self.chain = chain_next(self.chain, h.crc, seq);
+        self.epoch_segment_last = h.epoch;
         self.end_offset_bytes = at + size;
         if self.end_offset_bytes >= self.populate_next_at && self.populator.is_some() {
             self.request_populate();
@@ -1309,7 +1318,7 @@ impl Journal {
             let seal = Seal {
                 seq_next: self.seq_next,
                 chain: self.chain,
-                epoch: self.epoch,
+                epoch: self.epoch_segment_last,
                 record_count: self.record_count,
                 timestamp_ns_first: self.timestamp_ns_first,
                 timestamp_ns_last: self.timestamp_ns_last,
@@ -1372,6 +1381,7 @@ impl Journal {
         self.record_count = 0;
         self.timestamp_ns_first = 0;
         self.timestamp_ns_last = 0;
+        self.epoch_segment_last = self.epoch;
         self.shared.progress.publish(ProgressSnapshot {
             seq: self.seq_next - 1,
             chain: self.chain,
@@ -1625,5 +1635,38 @@ fn wait_durable(shared: &Shared, seq: u64, timeout: Duration) -> Result<bool> {
             .wait_timeout(guard, (deadline - now).min(Duration::from_millis(10)))
             .unwrap_or_else(|e| e.into_inner())
             .0;
+    }
+}
+
+/// Whether segment `i` (of segments starting at `bases`, in order) must be fdatasynced
+/// when a journal opens with `seq_durable` its last checkpointed record: when it holds a
+/// record past that point (its successor starts after the record after it, or it has
+/// none), and the last two in any case (a seal may have been written and not synced).
+fn needs_sync_at_open(bases: &[u64], i: usize, seq_durable: u64) -> bool {
+    debug_assert!(i < bases.len());
+    let past_durable = bases.get(i + 1).is_none_or(|&next| next > seq_durable + 1);
+    past_durable || i + 2 >= bases.len()
+}
+
+#[cfg(test)]
+mod open_sync_tests {
+    use super::needs_sync_at_open;
+
+    #[test]
+    fn opening_syncs_every_segment_with_records_past_the_durable_point() {
+        // Segments start at 1, 36, 71, 106, 141; the checkpoint says 30 is durable.
+        let bases = [1, 36, 71, 106, 141];
+        let synced = |durable| -> Vec<usize> {
+            (0..bases.len())
+                .filter(|&i| needs_sync_at_open(&bases, i, durable))
+                .collect()
+        };
+        // The first holds 31..=35, past the durable point, though later ones follow.
+        assert_eq!(synced(30), vec![0, 1, 2, 3, 4]);
+        // Durable through 35: the first is complete.
+        assert_eq!(synced(35), vec![1, 2, 3, 4]);
+        // Durable through 70: the first two are complete; the last two always sync.
+        assert_eq!(synced(70), vec![2, 3, 4]);
+        assert_eq!(synced(200), vec![3, 4]);
     }
 }

@@ -242,6 +242,35 @@ fn epochs_only_go_up() {
 }
 
 #[test]
+fn a_seal_carries_the_epoch_of_its_segments_last_record() {
+    // 64-byte payloads make 112-byte frames, and 109 of them fill a 16 KiB segment's data
+    // area exactly: the first record at the new epoch rolls, sealing a segment whose
+    // records are all of the old one.
+    let dir = tempfile::tempdir().unwrap();
+    let data_area = SEGMENT_SIZE_BYTES - 4096 - 80;
+    assert_eq!(data_area % 112, 0);
+    let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
+    append_n(&mut j, data_area / 112, |_| 64);
+    j.set_epoch(2).unwrap();
+    append_n(&mut j, 1, |_| 64);
+    j.close().unwrap();
+    assert_eq!(segment_paths(dir.path()).len(), 2, "the promotion rolled");
+    let report = ringex_journal::verify(dir.path(), ringex_journal::Verify::All).unwrap();
+    assert!(report.truncation.is_none(), "{report:?}");
+    let mut c = config(dir.path(), Durability::Group);
+    c.epoch = 2;
+    let j = Journal::open(c).unwrap();
+    assert_eq!(j.seq_next(), data_area / 112 + 2);
+    j.close().unwrap();
+    let epochs: Vec<u32> = read_all(dir.path()).iter().map(|r| r.epoch).collect();
+    assert_eq!(
+        epochs.iter().filter(|&&e| e == 1).count() as u64,
+        data_area / 112
+    );
+    assert_eq!(epochs.last(), Some(&2));
+}
+
+#[test]
 fn verify_reports_without_modifying() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
