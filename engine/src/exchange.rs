@@ -1030,6 +1030,8 @@ impl Exchange {
     /// `restore` runs this, so a snapshot that decodes into an impossible state is refused.
     pub fn verify_invariants(&self) -> Result<(), String> {
         let mut held: BTreeMap<(u32, AssetId), i128> = BTreeMap::new();
+        // Order ids are global: one id names one order in one book.
+        let mut order_ids: BTreeSet<OrderId> = BTreeSet::new();
         let mut open_count = vec![0usize; self.accounts.len()];
         let mut with_client_id = 0usize;
         for m in self.markets.iter().flatten() {
@@ -1052,6 +1054,9 @@ impl Exchange {
             }
             let mut violation = None;
             m.book.for_each_order(|n| {
+                if violation.is_none() && !order_ids.insert(n.id) {
+                    violation = Some(format!("order {} in two books", n.id));
+                }
                 if violation.is_none() {
                     violation = self
                         .verify_order(m, n, &mut held, &mut open_count, &mut with_client_id)
@@ -1088,6 +1093,17 @@ impl Exchange {
                     ));
                 }
                 totals[asset] += b.available as i128 + b.held as i128;
+            }
+        }
+        // Every hold an order needs was compared above, unless its asset lies past the end
+        // of the account's balances (a restored state can say so): then it is unbacked.
+        for (&(account, asset), &need) in &held {
+            let balances = self.accounts[account as usize].balances.len();
+            if need != 0 && asset as usize >= balances {
+                return Err(format!(
+                    "account {} asset {asset}: orders need {need} held but it has no balance",
+                    self.accounts[account as usize].id
+                ));
             }
         }
         for (asset, total) in totals.iter().enumerate() {
@@ -1339,5 +1355,89 @@ fn command_order_ref(cmd: &Command) -> u64 {
         }
         Command::AddApiKey { key_id, .. } | Command::RevokeApiKey { key_id } => key_id,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod invariant_tests {
+    use super::*;
+    use crate::{MarketSpec, OrderKind, PlaceOrder, Side, StpMode, Symbol, TimeInForce};
+
+    /// One market (base 1, quote 2), account 7 funded in both, with a resting buy that
+    /// holds quote.
+    fn with_a_resting_buy() -> Exchange {
+        let mut ex = Exchange::new();
+        let mut out = Vec::new();
+        let spec = MarketSpec {
+            market: 1,
+            symbol: Symbol::new("BTC-USD").unwrap(),
+            base: 1,
+            quote: 2,
+            tick_size: 1,
+            lot_size: 1,
+            qty_min: 1,
+            qty_max: 100,
+            band_ppm: 0,
+            reference_price: 100,
+            maker_fee_ppm: 0,
+            taker_fee_ppm: 0,
+        };
+        let cmds = [
+            Command::CreateAsset {
+                asset: 1,
+                symbol: Symbol::new("BTC").unwrap(),
+                decimals: 8,
+            },
+            Command::CreateAsset {
+                asset: 2,
+                symbol: Symbol::new("USD").unwrap(),
+                decimals: 2,
+            },
+            Command::CreateMarket(spec),
+            Command::CreateAccount { account: 7 },
+            Command::Deposit {
+                account: 7,
+                asset: 1,
+                amount: 1_000,
+                external_ref: 1,
+            },
+            Command::Deposit {
+                account: 7,
+                asset: 2,
+                amount: 1_000,
+                external_ref: 2,
+            },
+            Command::Place(PlaceOrder {
+                account: 7,
+                market: 1,
+                client_order_id: 0,
+                side: Side::Buy,
+                kind: OrderKind::Limit,
+                tif: TimeInForce::Gtc,
+                price: 90,
+                qty: 2,
+                quote_budget: 0,
+                stp: StpMode::None,
+            }),
+        ];
+        for c in &cmds {
+            out.clear();
+            ex.apply(c, &mut out);
+            assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
+        }
+        ex
+    }
+
+    #[test]
+    fn an_order_whose_hold_has_no_balance_behind_it_breaks_the_invariants() {
+        let mut ex = with_a_resting_buy();
+        assert_eq!(ex.verify_invariants(), Ok(()));
+        // What a crafted snapshot can say: the account's balances end before the quote
+        // asset its order holds, and the supply no longer counts that balance.
+        let i = ex.account_idx(7).expect("account 7") as usize;
+        let quote = ex.accounts[i].balances.pop().expect("the quote balance");
+        ex.supply[2] -= quote.available + quote.held;
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("no balance"), "{err}");
     }
 }

@@ -18,8 +18,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap;
-
 use crate::book::OrderBook;
 use crate::command::MarketSpec;
 use crate::exchange::*;
@@ -447,7 +445,8 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
     let volume_lots = r.u64()?;
     let n = r.len(55)?;
     let mut book = OrderBook::with_capacity(n);
-    let mut client_ids: FxHashMap<(u32, ClientOrderId), OrderId> = FxHashMap::default();
+    // Ordered, so that moving it into the index below iterates no unordered map.
+    let mut client_ids: BTreeMap<(u32, ClientOrderId), OrderId> = BTreeMap::new();
     for _ in 0..n {
         let id = r.u64()?;
         let side = Side::from_u8(r.u8()?).ok_or(SnapshotError::Invalid("order side"))?;
