@@ -449,7 +449,8 @@ impl Config {
                 format!("{} must be in 1..=input_ring_size", p.batch_max),
             );
         }
-        let cores = core_affinity::get_core_ids().map_or(0, |c| c.len());
+        let allowed: Option<Vec<usize>> =
+            core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect());
         for (stage, core) in &p.cores {
             const STAGES: [&str; 7] = [
                 "pipeline",
@@ -466,11 +467,15 @@ impl Config {
                     format!("unknown stage; expected one of {STAGES:?}"),
                 );
             }
-            if cores > 0 && *core >= cores {
-                return err(
-                    &format!("pipeline.cores.{stage}"),
-                    format!("core {core} does not exist (this machine has {cores})"),
-                );
+            // The cores this process may run on (taskset, cgroups), by id: pinning to
+            // any other panics in the ring crate.
+            if let Some(allowed) = &allowed {
+                if !allowed.contains(core) {
+                    return err(
+                        &format!("pipeline.cores.{stage}"),
+                        format!("core {core} is not one this process may run on ({allowed:?})"),
+                    );
+                }
             }
         }
         let j = &self.journal;
@@ -709,7 +714,33 @@ mod tests {
         assert_eq!(e.key, "pipeline.cores.helper");
         assert!(e.reason.contains("helpers"), "{e}");
         let e = pin("cores = { helpers = 4096 }").unwrap_err();
-        assert!(e.reason.contains("does not exist"), "{e}");
+        assert!(e.reason.contains("may run on"), "{e}");
+    }
+
+    #[test]
+    fn cores_are_checked_against_the_ones_this_process_may_use_not_the_count() {
+        let Some(ids) = core_affinity::get_core_ids().filter(|ids| ids.len() >= 2) else {
+            return; // one core: nothing to restrict
+        };
+        let (first, last) = (ids[0].id, ids[ids.len() - 1].id);
+        // As under `taskset -c LAST`: one core allowed, with the last core's id.
+        let (refused, accepted) = std::thread::spawn(move || {
+            assert!(core_affinity::set_for_current(core_affinity::CoreId { id: last }));
+            let pin = |core: usize| {
+                let t = DEFAULT_CONFIG_TOML.replace(
+                    "[pipeline]",
+                    &format!("[pipeline]\ncores = {{ pipeline = {core} }}"),
+                );
+                Config::parse(&t, "test.toml")
+            };
+            (pin(first), pin(last))
+        })
+        .join()
+        .unwrap();
+        let e = refused.unwrap_err();
+        assert_eq!(e.key, "pipeline.cores.pipeline");
+        assert!(e.reason.contains("may run on"), "{e}");
+        assert!(accepted.is_ok(), "{accepted:?}");
     }
 
     #[test]
