@@ -725,7 +725,9 @@ mod tests {
         let (first, last) = (ids[0].id, ids[ids.len() - 1].id);
         // As under `taskset -c LAST`: one core allowed, with the last core's id.
         let (refused, accepted) = std::thread::spawn(move || {
-            assert!(core_affinity::set_for_current(core_affinity::CoreId { id: last }));
+            assert!(core_affinity::set_for_current(core_affinity::CoreId {
+                id: last
+            }));
             let pin = |core: usize| {
                 let t = DEFAULT_CONFIG_TOML.replace(
                     "[pipeline]",

@@ -272,6 +272,36 @@ fn a_snapshot_the_engine_refuses_is_skipped_for_the_previous_one() {
 }
 
 #[test]
+fn a_snapshot_from_another_history_is_skipped() {
+    // Two data directories whose journals agree up to a point and then differ.
+    let a_commands = stream(1_500);
+    let mut b_commands = a_commands[..a_commands.len() - 100].to_vec();
+    b_commands.extend(a_commands[a_commands.len() - 100..].iter().rev().copied());
+    b_commands.extend(a_commands[..50].iter().copied());
+    let (hash_b, _) = direct(&b_commands);
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_, _, a_last) = run(&config(a.path(), "inline", "group", 0), &a_commands);
+    let cfg_b = config(b.path(), "inline", "group", 0);
+    let (_, _, b_last) = run(&cfg_b, &b_commands);
+    assert!(b_last > a_last);
+    // B's snapshots give way to A's final one: at a sequence B's journal has, with a
+    // state B never had.
+    let b_snapshots = b.path().join("snapshots");
+    std::fs::remove_dir_all(&b_snapshots).unwrap();
+    std::fs::create_dir_all(&b_snapshots).unwrap();
+    for entry in std::fs::read_dir(a.path().join("snapshots")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, b_snapshots.join(path.file_name().unwrap())).unwrap();
+    }
+    let node = Node::start(&cfg_b, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let log = node.recovery().clone();
+    assert_eq!(log.snapshot_seq, None, "{log}");
+    assert!(log.to_string().contains("another history"), "{log}");
+    assert_eq!(log.state_hash, hash_b, "a full replay of B's own journal");
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
     for topology in ["fused", "inline"] {
         a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in(topology);

@@ -108,14 +108,30 @@ pub fn apply_records(
     Ok((applied, seq_last))
 }
 
+/// The journal's chain value after `seq`: the next record's `chain_prev`, or the writer's
+/// chain when `seq` is the last record. None when the journal cannot tell (no record after
+/// `seq` to read).
+fn journal_chain_after(journal: &Journal, journal_dir: &Path, seq: u64) -> Option<u64> {
+    if seq + 1 == journal.seq_next() {
+        return Some(journal.chain());
+    }
+    let mut reader = Reader::open(journal_dir).ok()?;
+    reader.seek(seq + 1).ok()?;
+    let r = reader.next().ok()??;
+    (r.seq == seq + 1).then_some(r.chain_prev)
+}
+
 /// The newest snapshot that passes its checksums, restores into a state that passes every
-/// invariant, matches its recorded state hash and is not ahead of the journal. Older ones
-/// are tried in turn; each one skipped is reported with why.
+/// invariant, matches its recorded state hash, is not ahead of the journal and was taken
+/// from this journal's history (its chain value is the journal's at its sequence). Older
+/// ones are tried in turn; each one skipped is reported with why.
 #[allow(clippy::type_complexity)]
 fn load_snapshot(
     snapshots: &SnapshotStore,
-    seq_last: u64,
+    journal: &Journal,
+    journal_dir: &Path,
 ) -> Result<(Exchange, Option<u64>, Vec<(PathBuf, String)>), NodeError> {
+    let seq_last = journal.seq_next() - 1;
     let mut skipped = Vec::new();
     let entries = snapshots.list().map_err(NodeError::Journal)?;
     for entry in entries.into_iter().rev() {
@@ -155,6 +171,14 @@ fn load_snapshot(
             skipped.push((entry.path, why));
             continue;
         }
+        if journal_chain_after(journal, journal_dir, meta.seq) != Some(meta.chain) {
+            let why = format!(
+                "snapshot at seq {} was taken from another history: its chain value differs                  from the journal's at that sequence",
+                meta.seq
+            );
+            skipped.push((entry.path, why));
+            continue;
+        }
         return Ok((exchange, Some(meta.seq), skipped));
     }
     Ok((Exchange::new(), None, skipped))
@@ -168,7 +192,7 @@ pub fn recover(
 ) -> Result<(Exchange, RecoveryLog), NodeError> {
     let report = journal.recovery_report().clone();
     let seq_last = journal.seq_next() - 1;
-    let (mut exchange, snapshot_seq, skipped) = load_snapshot(snapshots, seq_last)?;
+    let (mut exchange, snapshot_seq, skipped) = load_snapshot(snapshots, journal, journal_dir)?;
     let from = snapshot_seq.unwrap_or(0) + 1;
     let mut replayed = 0u64;
     if from <= seq_last {
