@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use disruptor::{
     build_single_producer, EventPoller, Polling, ProcessorSettings, Producer,
@@ -121,6 +121,9 @@ pub struct Shared {
     failure: Mutex<Option<String>>,
     /// The latest non-fatal problem, for the log.
     last_note: Mutex<Option<String>>,
+    /// When a note was last logged (ms since `started`).
+    note_logged_ms: AtomicU64,
+    started: Instant,
     /// Poll mode: the consumer asked to be woken when output arrives.
     wake_wanted: AtomicBool,
     /// Sink mode: the publisher thread's doorbell, rung after each engine batch.
@@ -146,6 +149,8 @@ impl Shared {
             refusing: AtomicBool::new(false),
             failure: Mutex::new(None),
             last_note: Mutex::new(None),
+            note_logged_ms: AtomicU64::new(0),
+            started: Instant::now(),
             wake_wanted: AtomicBool::new(false),
             output_bell,
             discard_output: AtomicBool::new(false),
@@ -178,8 +183,19 @@ impl Shared {
         self.refusing.store(true, Ordering::SeqCst);
     }
 
+    /// Records what the node survived or did in the background (a refused append, a
+    /// skipped or failed snapshot, pruning) and logs it: a new note at once, the same one
+    /// again at most once a second, so a full disk refusing every append does not flood
+    /// the log.
     pub fn note(&self, why: String) {
-        *self.last_note.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        let mut last = self.last_note.lock().unwrap_or_else(|e| e.into_inner());
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let logged_ms = self.note_logged_ms.load(Ordering::Relaxed);
+        if last.as_deref() != Some(why.as_str()) || now_ms >= logged_ms + 1_000 {
+            self.note_logged_ms.store(now_ms, Ordering::Relaxed);
+            eprintln!("ringex: {why}");
+        }
+        *last = Some(why);
     }
 
     pub fn failure(&self) -> Option<String> {

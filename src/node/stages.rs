@@ -235,6 +235,9 @@ pub struct EngineStage {
     seq_last: u64,
     chain_last: u64,
     seq_snapshot: u64,
+    /// The last sequence a snapshot was attempted at (taken or skipped): the count policy
+    /// runs from it.
+    seq_snapshot_attempted: u64,
     snapshot_taken_at: Instant,
     metrics_merged_at: Instant,
     /// TSC clock for per-command timing: a few ns per read, against ~25 for the vDSO.
@@ -269,6 +272,7 @@ impl EngineStage {
             seq_last,
             chain_last,
             seq_snapshot: seq_last,
+            seq_snapshot_attempted: seq_last,
             snapshot_taken_at: Instant::now(),
             metrics_merged_at: Instant::now(),
             clock: quanta::Clock::new(),
@@ -300,7 +304,7 @@ impl EngineStage {
         match item.kind {
             SlotKind::Command => self.apply_command(item.tag, &item.command, item.seq, item.chain),
             SlotKind::Query => self.answer(item.tag, &item.query),
-            SlotKind::Snapshot => self.snapshot(),
+            SlotKind::Snapshot => self.snapshot(true),
             SlotKind::StateHash => {
                 self.merge_metrics();
                 let reply = ControlReply::StateHash {
@@ -311,7 +315,7 @@ impl EngineStage {
             }
             SlotKind::Shutdown => {
                 self.merge_metrics();
-                self.snapshot();
+                self.snapshot(true);
                 let reply = ControlReply::Stopped {
                     seq: self.seq_last,
                     hash: self.exchange.state_hash(),
@@ -367,10 +371,10 @@ impl EngineStage {
         }
         self.publish_events(seq, tag);
         bump(&self.shared.metrics.commands_applied, 1);
-        let due =
-            self.policy.every_commands > 0 && seq - self.seq_snapshot >= self.policy.every_commands;
+        let due = self.policy.every_commands > 0
+            && seq - self.seq_snapshot_attempted >= self.policy.every_commands;
         if due {
-            self.snapshot();
+            self.snapshot(false);
         }
     }
 
@@ -410,8 +414,10 @@ impl EngineStage {
     }
 
     /// Copies the state (the only time matching pauses) and hands the bytes to the
-    /// snapshot writer thread.
-    fn snapshot(&mut self) {
+    /// snapshot writer thread. A periodic snapshot never waits for the writer: when its
+    /// queue is full (the disk is slower than the policy), this one is skipped and the
+    /// next one due is tried. The final snapshot (`wait`) waits for room.
+    fn snapshot(&mut self, wait: bool) {
         self.snapshot_taken_at = Instant::now();
         if self.seq_last == self.seq_snapshot || self.seq_last == 0 {
             return;
@@ -424,10 +430,26 @@ impl EngineStage {
             state_hash,
             bytes,
         };
-        self.seq_snapshot = self.seq_last;
-        if self.snapshots.send(job).is_err() {
-            self.shared
-                .note("snapshot writer is gone; snapshot skipped".into());
+        let sent = if wait {
+            self.snapshots
+                .send(job)
+                .map_err(|_| "the snapshot writer is gone")
+        } else {
+            self.snapshots.try_send(job).map_err(|e| match e {
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    "the snapshot writer is still writing earlier ones"
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => "the snapshot writer is gone",
+            })
+        };
+        // Either way the policy counts from here: a skipped snapshot is retried when the
+        // next one is due, not at every command.
+        self.seq_snapshot_attempted = self.seq_last;
+        match sent {
+            Ok(()) => self.seq_snapshot = self.seq_last,
+            Err(why) => self
+                .shared
+                .note(format!("snapshot at seq {} skipped: {why}", self.seq_last)),
         }
     }
 
@@ -442,7 +464,7 @@ impl EngineStage {
         }
         if let Some(every) = self.policy.every {
             if now.duration_since(self.snapshot_taken_at) >= every {
-                self.snapshot();
+                self.snapshot(false);
             }
         }
     }
