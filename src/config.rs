@@ -425,6 +425,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, reason: String| Err((key.to_string(), reason));
+        let l = &self.listeners;
+        for (key, value) in [
+            ("listeners.binary", &l.binary),
+            ("listeners.admin", &l.admin),
+            ("listeners.websocket", &l.websocket),
+            ("listeners.http", &l.http),
+        ] {
+            if let Err(e) = value.parse::<std::net::SocketAddr>() {
+                return err(key, format!("{value:?} is not an address (ip:port): {e}"));
+            }
+        }
         let p = &self.pipeline;
         for (key, size) in [
             ("pipeline.input_ring_size", p.input_ring_size),
@@ -715,6 +726,19 @@ mod tests {
         assert!(e.reason.contains("helpers"), "{e}");
         let e = pin("cores = { helpers = 4096 }").unwrap_err();
         assert!(e.reason.contains("may run on"), "{e}");
+    }
+
+    #[test]
+    fn a_listener_that_is_not_an_address_is_refused_with_its_key() {
+        let t =
+            DEFAULT_CONFIG_TOML.replace("binary = \"127.0.0.1:9100\"", "binary = \"localhost\"");
+        assert_ne!(t, DEFAULT_CONFIG_TOML);
+        let e = Config::parse(&t, "test.toml").unwrap_err();
+        assert_eq!(
+            (e.file.as_str(), e.key.as_str()),
+            ("test.toml", "listeners.binary")
+        );
+        assert!(e.reason.contains("not an address"), "{e}");
     }
 
     #[test]
