@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringex_engine::{Command, Query};
+use ringex_engine::{Command, Event, Output, Query};
 use ringex_gateway::backend::{Backend, BackendError, Delivery};
 use ringex_gateway::server::{Gateway, GatewayConfig};
 
@@ -142,6 +142,70 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
 }
 
 /// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
+/// Submits the config's bootstrap commands through the journal and waits for the engine's
+/// answer to each, draining the output ring as it goes (a large bootstrap outgrows both
+/// rings). A command the engine refuses (a deposit to an asset the config does not
+/// create, a journal that refuses appends) fails the start, naming it.
+fn bootstrap(node: &mut Node, config: &Config) -> Result<(), String> {
+    let commands = config.bootstrap_commands();
+    let mut answered = 0usize;
+    let mut refusal: Option<String> = None;
+    let drain = |node: &mut Node, answered: &mut usize, refusal: &mut Option<String>| {
+        node.poll_outputs(DRAIN_WHILE_FULL, |s| {
+            if let Output::Event(Event::Rejected { reason, .. }) = s.item {
+                if refusal.is_none() {
+                    let key = commands
+                        .get(s.tag as usize)
+                        .map_or("?", |(k, _)| k.as_str());
+                    *refusal = Some(format!("bootstrap of {key} was refused: {reason:?}"));
+                }
+            }
+            if s.last {
+                *answered += 1;
+            }
+        })
+    };
+    for (i, (key, cmd)) in commands.iter().enumerate() {
+        let mut submitted = false;
+        for waits in 0..SUBMIT_ATTEMPTS_MAX {
+            match node.try_submit(cmd, i as u64) {
+                Ok(()) => {
+                    submitted = true;
+                    break;
+                }
+                Err(NodeError::Backpressure) => {
+                    if drain(node, &mut answered, &mut refusal) == 0 {
+                        pause(waits);
+                    }
+                }
+                Err(e) => return Err(format!("bootstrap of {key} failed: {e}")),
+            }
+        }
+        if !submitted {
+            return Err(format!("bootstrap of {key} failed: the node took no input"));
+        }
+    }
+    // Bounded: each wait is short, and the engine answers every command it was given.
+    let mut waits = 0u32;
+    while answered < commands.len() {
+        if waits >= SUBMIT_ATTEMPTS_MAX {
+            return Err(format!(
+                "bootstrap: {} of {} commands answered",
+                answered,
+                commands.len()
+            ));
+        }
+        if drain(node, &mut answered, &mut refusal) == 0 {
+            pause(waits);
+            waits += 1;
+        }
+    }
+    match refusal {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
 /// Every step says what it did on stderr. `ready` (if given) receives the bound
 /// (trading, admin) addresses once the gateway accepts connections.
 pub fn serve(
@@ -170,10 +234,7 @@ pub fn serve(
         node.journal_backend()
     );
     if node.is_fresh() {
-        for (key, cmd) in config.bootstrap_commands() {
-            node.submit(&cmd, 0)
-                .map_err(|e| format!("bootstrap of {key} failed: {e}"))?;
-        }
+        bootstrap(&mut node, config)?;
         eprintln!(
             "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
             config.assets.len(),

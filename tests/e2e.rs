@@ -145,6 +145,38 @@ fn maker_taker_and_restart(topology: &str) {
 }
 
 #[test]
+fn a_bootstrap_larger_than_the_rings_completes_and_one_the_journal_refuses_fails_the_start() {
+    // 3,000 funded accounts: ~9,000 bootstrap commands through 64-slot rings.
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = config_text(dir.path(), "fused")
+        .replace("input_ring_size = 65536", "input_ring_size = 64")
+        .replace("output_ring_size = 262144", "output_ring_size = 64")
+        .replace("batch_max = 512", "batch_max = 64");
+    for id in 0..3_000u32 {
+        text.push_str(&format!(
+            "\n[[accounts]]\nid = {}\ndeposits = {{ BTC = 1000, USDT = 1000 }}\n",
+            10_000 + id
+        ));
+    }
+    let config = Config::parse(&text, "big.toml").expect("valid config");
+    let stop = Arc::new(AtomicBool::new(true)); // stop as soon as it listens
+    assert_eq!(ringex::serve::serve(&config, stop, None), Ok(()));
+
+    // A journal that refuses every append (less free space than it keeps in reserve):
+    // the engine answers each bootstrap command `Unavailable`, and the start fails and
+    // says which, instead of claiming a bootstrap it did not do. (Commands the engine
+    // itself would refuse never get here: the config check runs them first.)
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), "inline")
+        .replace("low_space_mib = 256", "low_space_mib = 1000000000");
+    let config = Config::parse(&text, "full.toml").expect("valid config");
+    let stop = Arc::new(AtomicBool::new(true));
+    let err = ringex::serve::serve(&config, stop, None).unwrap_err();
+    assert!(err.contains("bootstrap of assets[0] was refused"), "{err}");
+    assert!(err.contains("Unavailable"), "{err}");
+}
+
+#[test]
 fn an_independent_python_client_trades_against_ringex_start() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("e2e.toml");
