@@ -26,6 +26,10 @@ use crate::node::{Node, NodeError, OutputMode};
 const SUBMIT_ATTEMPTS_MAX: u32 = 100_000;
 /// Deliveries drained per attempt while the input ring is full.
 const DRAIN_WHILE_FULL: u64 = 4096;
+/// Most deliveries the stash holds: past it, a submission that finds the input ring full
+/// is refused (`Busy`, answered as unavailable) instead of moving more output into
+/// memory, so overload stays bounded by the rings plus this.
+const STASH_MAX: usize = 16 * DRAIN_WHILE_FULL as usize;
 
 /// The node as the gateway's backend. When the input ring is full it drains the output
 /// ring into a stash (the engine may be waiting for room there) and tries again, so the
@@ -63,6 +67,9 @@ impl<'a> NodeBackend<'a> {
             match attempt(self.node) {
                 Ok(()) => return Ok(()),
                 Err(NodeError::Backpressure) => {
+                    if self.stash.len() >= STASH_MAX {
+                        return Err(BackendError::Busy);
+                    }
                     if self.stash_outputs() == 0 {
                         pause(waits);
                     }
