@@ -50,6 +50,9 @@ pub struct Metrics {
     pub commands_applied: Padded<AtomicU64>,
     /// Commands refused because they could not be made durable.
     pub commands_unavailable: Padded<AtomicU64>,
+    /// Commands the journal refused to append (low space, preallocation failing): they
+    /// passed the journaler without being journaled.
+    pub commands_refused_by_journal: Padded<AtomicU64>,
     /// Events the engine put into the output ring.
     pub events_produced: Padded<AtomicU64>,
     /// Events the publisher handed on.
@@ -74,6 +77,7 @@ impl Default for Metrics {
             commands_journaled: Padded::default(),
             commands_applied: Padded::default(),
             commands_unavailable: Padded::default(),
+            commands_refused_by_journal: Padded::default(),
             events_produced: Padded::default(),
             events_published: Padded::default(),
             snapshot_seq: Padded::default(),
@@ -144,7 +148,10 @@ impl Metrics {
             unavailable: get(&self.commands_unavailable),
             backpressured: get(&self.commands_backpressured),
             events_published: published,
-            input_ring_journaler: submitted.saturating_sub(journaled),
+            // A command the journal refused passed the journaler too.
+            input_ring_journaler: submitted
+                .saturating_sub(journaled)
+                .saturating_sub(get(&self.commands_refused_by_journal)),
             input_ring_engine: submitted.saturating_sub(applied),
             output_ring_publisher: produced.saturating_sub(published),
             journal_written: written,

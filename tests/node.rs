@@ -345,6 +345,10 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in
         node.last_note()
     );
     assert!(node.failure().is_none(), "low space is not fatal");
+    // Refused commands passed the journaler: nothing waits in front of it.
+    let summary = node.metrics().summary();
+    assert_eq!(summary.unavailable, 3);
+    assert_eq!(summary.input_ring_journaler, 0, "{summary:?}");
     drop(node);
 }
 

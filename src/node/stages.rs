@@ -105,6 +105,7 @@ impl JournalStage {
                 } else {
                     self.shared.note(format!("journal refused an append: {e}"));
                 }
+                bump(&self.shared.metrics.commands_refused_by_journal, 1);
                 (0, 0)
             }
         }
