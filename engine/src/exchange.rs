@@ -1429,6 +1429,58 @@ mod invariant_tests {
     }
 
     #[test]
+    fn one_order_id_in_two_books_breaks_the_invariants() {
+        let mut ex = with_a_resting_buy();
+        let mut out = Vec::new();
+        let second = MarketSpec {
+            market: 2,
+            symbol: Symbol::new("BTC-USD2").unwrap(),
+            ..ex.markets[1].as_ref().unwrap().spec
+        };
+        for c in [
+            Command::CreateMarket(second),
+            Command::CreateAccount { account: 8 },
+            Command::Deposit {
+                account: 8,
+                asset: 2,
+                amount: 1_000,
+                external_ref: 3,
+            },
+            Command::Place(PlaceOrder {
+                account: 8,
+                market: 2,
+                client_order_id: 0,
+                side: Side::Buy,
+                kind: OrderKind::Limit,
+                tif: TimeInForce::Gtc,
+                price: 80,
+                qty: 1,
+                quote_budget: 0,
+                stp: StpMode::None,
+            }),
+        ] {
+            out.clear();
+            ex.apply(&c, &mut out);
+            assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
+        }
+        assert_eq!(ex.verify_invariants(), Ok(()));
+        // What a crafted snapshot can say: account 8's order in the second market
+        // carries the id of account 7's order in the first (and account 8 lists it under
+        // that id). Each account's own view is consistent.
+        let (first_id, second_id) = (1, 2);
+        let book = &mut ex.markets[2].as_mut().unwrap().book;
+        let (node, _) = book.remove(second_id).expect("the second order");
+        book.insert(
+            first_id, node.side, node.price, node.qty, node.owner, node.data,
+        );
+        let i = ex.account_idx(8).unwrap() as usize;
+        ex.accounts[i].open_orders.remove(&second_id);
+        ex.accounts[i].open_orders.insert(first_id, 2);
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("in two books"), "{err}");
+    }
+
+    #[test]
     fn an_order_whose_hold_has_no_balance_behind_it_breaks_the_invariants() {
         let mut ex = with_a_resting_buy();
         assert_eq!(ex.verify_invariants(), Ok(()));
