@@ -153,9 +153,8 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
 /// answer to each, draining the output ring as it goes (a large bootstrap outgrows both
 /// rings). A command the engine refuses (a deposit to an asset the config does not
 /// create, a journal that refuses appends) fails the start, naming it.
-fn bootstrap(node: &mut Node, config: &Config) -> Result<(), String> {
-    let commands = config.bootstrap_commands();
-    let mut answered = 0usize;
+fn bootstrap(node: &mut Node, commands: &[(String, Command)], from: usize) -> Result<(), String> {
+    let mut answered = from;
     let mut refusal: Option<String> = None;
     let drain = |node: &mut Node, answered: &mut usize, refusal: &mut Option<String>| {
         node.poll_outputs(DRAIN_WHILE_FULL, |s| {
@@ -172,7 +171,7 @@ fn bootstrap(node: &mut Node, config: &Config) -> Result<(), String> {
             }
         })
     };
-    for (i, (key, cmd)) in commands.iter().enumerate() {
+    for (i, (key, cmd)) in commands.iter().enumerate().skip(from) {
         let mut submitted = false;
         for waits in 0..SUBMIT_ATTEMPTS_MAX {
             match node.try_submit(cmd, i as u64) {
@@ -213,6 +212,31 @@ fn bootstrap(node: &mut Node, config: &Config) -> Result<(), String> {
     }
 }
 
+/// How many bootstrap commands the journal holds when it holds nothing else: its records
+/// are exactly the first N of `commands`. None when it holds anything else (a finished
+/// bootstrap followed by other commands, another config's bootstrap, pruned records): then
+/// the bootstrap is not ours to complete.
+fn bootstrap_prefix(
+    journal_dir: &std::path::Path,
+    commands: &[(String, Command)],
+) -> Option<usize> {
+    let mut reader = ringex_journal::Reader::open(journal_dir).ok()?;
+    reader.seek(1).ok()?;
+    // Bounded by the bootstrap's length (one more read to see that nothing follows).
+    for (i, (_, expected)) in commands.iter().enumerate() {
+        let Some(r) = reader.next().ok()? else {
+            return Some(i);
+        };
+        let found =
+            crate::node::recovery::decode_record(r.seq, r.record_type, r.schema_version, r.payload)
+                .ok()?;
+        if r.seq != i as u64 + 1 || found != *expected {
+            return None;
+        }
+    }
+    Some(commands.len())
+}
+
 /// Every step says what it did on stderr. `ready` (if given) receives the bound
 /// (trading, admin) addresses once the gateway accepts connections.
 pub fn serve(
@@ -240,8 +264,21 @@ pub fn serve(
         config.journal.durability,
         node.journal_backend()
     );
-    if node.is_fresh() {
-        bootstrap(&mut node, config)?;
+    let commands = config.bootstrap_commands();
+    let done = if node.is_fresh() {
+        Some(0)
+    } else {
+        bootstrap_prefix(&config.node.data_dir.join("journal"), &commands)
+    };
+    if let Some(done) = done.filter(|&done| done < commands.len()) {
+        if done > 0 {
+            eprintln!(
+                "ringex: the journal holds only the first {done} of {} bootstrap commands (a \
+                 first start stopped part-way): submitting the rest",
+                commands.len()
+            );
+        }
+        bootstrap(&mut node, &commands, done)?;
         eprintln!(
             "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
             config.assets.len(),

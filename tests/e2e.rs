@@ -177,6 +177,46 @@ fn a_bootstrap_larger_than_the_rings_completes_and_one_the_journal_refuses_fails
 }
 
 #[test]
+fn a_bootstrap_that_stopped_part_way_is_completed_by_the_next_start() {
+    // The first start journals exactly a prefix of the full bootstrap (as if it had
+    // died part-way); the next start, with the full config, finds the journal holding
+    // nothing but that prefix and submits the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let partial = config_text(dir.path(), "inline");
+    let full = format!(
+        "{partial}\n[[accounts]]\nid = 4242\ndeposits = {{ USDT = 1000 }}\n\
+         api_keys = [{{ key_id = 42, secret = \"late-secret\" }}]\n"
+    );
+    let start = |text: &str| {
+        let config = Config::parse(text, "e2e.toml").expect("valid config");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready) = mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let thread =
+            std::thread::spawn(move || ringex::serve::serve(&config, flag, Some(ready_tx)));
+        let (trading, _) = ready
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the exchange starts listening");
+        Running {
+            trading,
+            stop,
+            thread: Some(thread),
+        }
+    };
+    start(&partial).stop();
+    let exchange = start(&full);
+    let mut late = Client::connect(exchange.trading, 42, "late-secret", options())
+        .expect("the rest of the bootstrap was submitted");
+    late.logout().unwrap();
+    exchange.stop();
+    // A later start finds the whole bootstrap and adds nothing.
+    let exchange = start(&full);
+    let mut late = Client::connect(exchange.trading, 42, "late-secret", options()).unwrap();
+    late.logout().unwrap();
+    exchange.stop();
+}
+
+#[test]
 fn an_independent_python_client_trades_against_ringex_start() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("e2e.toml");
