@@ -43,7 +43,11 @@ struct Running {
 
 impl Running {
     fn start(dir: &Path, topology: &str) -> Running {
-        let config = Config::parse(&config_text(dir, topology), "e2e.toml").expect("valid config");
+        Running::start_with(&config_text(dir, topology))
+    }
+
+    fn start_with(text: &str) -> Running {
+        let config = Config::parse(text, "e2e.toml").expect("valid config");
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready) = mpsc::channel();
         let flag = Arc::clone(&stop);
@@ -187,22 +191,7 @@ fn a_bootstrap_that_stopped_part_way_is_completed_by_the_next_start() {
         "{partial}\n[[accounts]]\nid = 4242\ndeposits = {{ USDT = 1000 }}\n\
          api_keys = [{{ key_id = 42, secret = \"late-secret\" }}]\n"
     );
-    let start = |text: &str| {
-        let config = Config::parse(text, "e2e.toml").expect("valid config");
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready) = mpsc::channel();
-        let flag = Arc::clone(&stop);
-        let thread =
-            std::thread::spawn(move || ringex::serve::serve(&config, flag, Some(ready_tx)));
-        let (trading, _) = ready
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the exchange starts listening");
-        Running {
-            trading,
-            stop,
-            thread: Some(thread),
-        }
-    };
+    let start = Running::start_with;
     start(&partial).stop();
     let exchange = start(&full);
     let mut late = Client::connect(exchange.trading, 42, "late-secret", options())
