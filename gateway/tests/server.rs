@@ -238,8 +238,21 @@ impl Peer {
     }
 
     fn login(addr: SocketAddr, key: u64) -> (Peer, ServerMessage) {
+        Peer::login_with(addr, key, |_| {})
+    }
+
+    /// Logs in with the login message changed by `adjust` (flags, resume, heartbeat),
+    /// signed after the change; returns the server's reply.
+    fn login_with(
+        addr: SocketAddr,
+        key: u64,
+        adjust: impl FnOnce(&mut Login),
+    ) -> (Peer, ServerMessage) {
         let mut p = Peer::connect(addr);
-        p.send(&ClientMessage::Login(login_message(key, &secret(key))));
+        let mut login = login_message(key, &secret(key));
+        adjust(&mut login);
+        login.sign(&secret_hash(secret(key).as_bytes()));
+        p.send(&ClientMessage::Login(login));
         let reply = p.recv();
         (p, reply)
     }
@@ -603,12 +616,10 @@ fn admin(a: &mut Peer, command: Command) {
 #[test]
 fn revoking_a_key_logs_its_sessions_out_and_honours_cancel_on_disconnect() {
     let s = default_server();
-    let mut maker = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.flags = login_flags::CANCEL_ON_DISCONNECT;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    maker.send(&ClientMessage::Login(login));
-    assert!(matches!(maker.recv(), ServerMessage::LoginAccepted(_)));
+    let (mut maker, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.flags = login_flags::CANCEL_ON_DISCONNECT;
+    });
+    assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
     maker.order(Side::Sell, 100, 5, 0);
     let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
     admin(&mut a, Command::RevokeApiKey { key_id: MAKER_KEY });
@@ -850,13 +861,11 @@ fn a_client_that_ignores_its_rate_limit_rejects_is_disconnected_for_abuse() {
     assert_eq!(s.stats.rate_limited.load(Ordering::Relaxed), 6);
     // Every request is still answered, in order: what did not go out before the Logout
     // waits in the session, and a resume replays it.
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.resume_session = accepted.session_id;
-    login.resume_from_seq = seq_last + 1;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.resume_session = accepted.session_id;
+        login.resume_from_seq = seq_last + 1;
+    });
+    assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
     while answered.len() < 11 {
         match p.recv() {
             ServerMessage::RequestDone(d) => answered.push(d.request_id),
@@ -915,12 +924,10 @@ fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
         idle_timeout_ms: 300,
         ..GatewayConfig::loopback()
     });
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.heartbeat_ms = 100;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    let ServerMessage::LoginAccepted(a) = p.recv() else {
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.heartbeat_ms = 100;
+    });
+    let ServerMessage::LoginAccepted(a) = reply else {
         panic!()
     };
     assert_eq!(a.heartbeat_ms, 100);
@@ -969,13 +976,11 @@ fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
     // While the first session is away, its order fills.
     let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
     taker.order(Side::Buy, 100, 2, 0);
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.resume_session = session_id;
-    login.resume_from_seq = 3;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    let ServerMessage::LoginAccepted(a) = p.recv() else {
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.resume_session = session_id;
+        login.resume_from_seq = 3;
+    });
+    let ServerMessage::LoginAccepted(a) = reply else {
         panic!()
     };
     assert_eq!(a.session_id, session_id);
@@ -1007,13 +1012,11 @@ fn a_resume_replays_the_whole_window_even_when_it_exceeds_the_outbound_limit() {
     p.send(&ClientMessage::Logout);
     assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
     // Resume from the first seq: the replay is the whole window.
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.resume_session = first.session_id;
-    login.resume_from_seq = 1;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.resume_session = first.session_id;
+        login.resume_from_seq = 1;
+    });
+    assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
     let mut replayed_messages = 0usize;
     let mut done = 0;
     while done < REQUESTS {
@@ -1038,24 +1041,20 @@ fn a_resume_replays_the_whole_window_even_when_it_exceeds_the_outbound_limit() {
 #[test]
 fn resuming_outside_the_retained_window_is_refused() {
     let s = default_server();
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.resume_session = 12345;
-    login.resume_from_seq = 1;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    assert_eq!(rejected(p.recv()), LoginRejectReason::ResumeImpossible);
+    let (_, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.resume_session = 12345;
+        login.resume_from_seq = 1;
+    });
+    assert_eq!(rejected(reply), LoginRejectReason::ResumeImpossible);
 }
 
 #[test]
 fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_ends() {
     let s = default_server();
-    let mut p = Peer::connect(s.trading);
-    let mut login = login_message(MAKER_KEY, &secret(MAKER_KEY));
-    login.flags = login_flags::CANCEL_ON_DISCONNECT;
-    login.sign(&secret_hash(secret(MAKER_KEY).as_bytes()));
-    p.send(&ClientMessage::Login(login));
-    assert!(matches!(p.recv(), ServerMessage::LoginAccepted(_)));
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.flags = login_flags::CANCEL_ON_DISCONNECT;
+    });
+    assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
     p.order(Side::Sell, 100, 5, 0);
     drop(p);
     // A taker finds nothing to buy.
