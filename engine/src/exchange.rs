@@ -1367,7 +1367,6 @@ mod invariant_tests {
     /// holds quote.
     fn with_a_resting_buy() -> Exchange {
         let mut ex = Exchange::new();
-        let mut out = Vec::new();
         let spec = MarketSpec {
             market: 1,
             symbol: Symbol::new("BTC-USD").unwrap(),
@@ -1407,62 +1406,59 @@ mod invariant_tests {
                 amount: 1_000,
                 external_ref: 2,
             },
-            Command::Place(PlaceOrder {
-                account: 7,
-                market: 1,
-                client_order_id: 0,
-                side: Side::Buy,
-                kind: OrderKind::Limit,
-                tif: TimeInForce::Gtc,
-                price: 90,
-                qty: 2,
-                quote_budget: 0,
-                stp: StpMode::None,
-            }),
+            buy(7, 1, 90, 2),
         ];
-        for c in &cmds {
+        apply_all(&mut ex, &cmds);
+        ex
+    }
+
+    fn buy(account: AccountId, market: MarketId, price: Price, qty: Qty) -> Command {
+        Command::Place(PlaceOrder {
+            account,
+            market,
+            client_order_id: 0,
+            side: Side::Buy,
+            kind: OrderKind::Limit,
+            tif: TimeInForce::Gtc,
+            price,
+            qty,
+            quote_budget: 0,
+            stp: StpMode::None,
+        })
+    }
+
+    /// Applies each command, which must be accepted.
+    fn apply_all(ex: &mut Exchange, cmds: &[Command]) {
+        let mut out = Vec::new();
+        for c in cmds {
             out.clear();
             ex.apply(c, &mut out);
             assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
         }
-        ex
     }
 
     #[test]
     fn one_order_id_in_two_books_breaks_the_invariants() {
         let mut ex = with_a_resting_buy();
-        let mut out = Vec::new();
         let second = MarketSpec {
             market: 2,
             symbol: Symbol::new("BTC-USD2").unwrap(),
             ..ex.markets[1].as_ref().unwrap().spec
         };
-        for c in [
-            Command::CreateMarket(second),
-            Command::CreateAccount { account: 8 },
-            Command::Deposit {
-                account: 8,
-                asset: 2,
-                amount: 1_000,
-                external_ref: 3,
-            },
-            Command::Place(PlaceOrder {
-                account: 8,
-                market: 2,
-                client_order_id: 0,
-                side: Side::Buy,
-                kind: OrderKind::Limit,
-                tif: TimeInForce::Gtc,
-                price: 80,
-                qty: 1,
-                quote_budget: 0,
-                stp: StpMode::None,
-            }),
-        ] {
-            out.clear();
-            ex.apply(&c, &mut out);
-            assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
-        }
+        apply_all(
+            &mut ex,
+            &[
+                Command::CreateMarket(second),
+                Command::CreateAccount { account: 8 },
+                Command::Deposit {
+                    account: 8,
+                    asset: 2,
+                    amount: 1_000,
+                    external_ref: 3,
+                },
+                buy(8, 2, 80, 1),
+            ],
+        );
         assert_eq!(ex.verify_invariants(), Ok(()));
         // What a crafted snapshot can say: account 8's order in the second market
         // carries the id of account 7's order in the first (and account 8 lists it under

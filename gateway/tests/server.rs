@@ -616,22 +616,12 @@ fn admin(a: &mut Peer, command: Command) {
 #[test]
 fn revoking_a_key_logs_its_sessions_out_and_honours_cancel_on_disconnect() {
     let s = default_server();
-    let (mut maker, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
-        login.flags = login_flags::CANCEL_ON_DISCONNECT;
-    });
-    assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
-    maker.order(Side::Sell, 100, 5, 0);
+    let mut maker = a_sell_at_100_cancelled_on_disconnect(s.trading);
     let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
     admin(&mut a, Command::RevokeApiKey { key_id: MAKER_KEY });
     assert_eq!(maker.logout_reason(), Some(LogoutReason::KeyRevoked));
     // The session asked for cancel-on-disconnect: its order is gone.
-    std::thread::sleep(Duration::from_millis(100));
-    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
-    let out = taker.order(Side::Buy, 100, 1, 0);
-    assert!(
-        !out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),
-        "{out:?}"
-    );
+    assert_nothing_to_buy_at_100(s.trading);
     // And the key no longer logs in.
     let (_, reply) = Peer::login(s.trading, MAKER_KEY);
     assert_eq!(rejected(reply), LoginRejectReason::UnknownKey);
@@ -1051,15 +1041,24 @@ fn resuming_outside_the_retained_window_is_refused() {
 #[test]
 fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_ends() {
     let s = default_server();
-    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+    drop(a_sell_at_100_cancelled_on_disconnect(s.trading));
+    assert_nothing_to_buy_at_100(s.trading);
+}
+
+/// The maker, logged in with cancel-on-disconnect, with a sell of 5 resting at 100.
+fn a_sell_at_100_cancelled_on_disconnect(addr: SocketAddr) -> Peer {
+    let (mut maker, reply) = Peer::login_with(addr, MAKER_KEY, |login| {
         login.flags = login_flags::CANCEL_ON_DISCONNECT;
     });
     assert!(matches!(reply, ServerMessage::LoginAccepted(_)));
-    p.order(Side::Sell, 100, 5, 0);
-    drop(p);
-    // A taker finds nothing to buy.
+    maker.order(Side::Sell, 100, 5, 0);
+    maker
+}
+
+/// A taker's buy at 100 fills nothing (after the cancels have had time to apply).
+fn assert_nothing_to_buy_at_100(addr: SocketAddr) {
     std::thread::sleep(Duration::from_millis(200));
-    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    let mut taker = Peer::logged_in(addr, TAKER_KEY);
     let out = taker.order(Side::Buy, 100, 1, 0);
     assert!(
         !out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),
