@@ -250,6 +250,17 @@ enum SessionsOf {
     Account(AccountId),
 }
 
+/// Cancel-on-disconnect: cancels the account's orders in every market. The Cancelled
+/// events route to the account's sessions (a detached one included, for resume); the
+/// gateway needs no answer itself. `session`: the one that asked, or 0 when it is gone.
+fn cancel_on_disconnect(backend: &mut dyn Backend, account: AccountId, session: u64) {
+    let cmd = ringex_engine::Command::CancelAll {
+        account,
+        market: None,
+    };
+    let _ = backend.submit(&cmd, tag(PURPOSE_INTERNAL, session));
+}
+
 fn wall_clock_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -378,16 +389,13 @@ impl Gateway {
                 self.close(id, reason, backend);
             }
             for account in std::mem::take(&mut self.cancel_all_pending) {
-                let cmd = ringex_engine::Command::CancelAll {
-                    account,
-                    market: None,
-                };
-                // Its Cancelled events route to the account's remaining sessions.
-                let _ = backend.submit(&cmd, tag(PURPOSE_INTERNAL, 0));
+                // The session is gone already: no session to tag.
+                cancel_on_disconnect(backend, account, 0);
             }
             self.flush_all();
+            let ended = Instant::now();
             if worked {
-                let busy_ns = worked_from.elapsed().as_nanos() as u64;
+                let busy_ns = (ended - worked_from).as_nanos() as u64;
                 self.stats.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
             }
             // A poll that may sleep is not a stall; one that should return at once is.
@@ -397,7 +405,7 @@ impl Gateway {
                 worked_from
             };
             if worked || timeout.is_zero() {
-                self.count_slow_pass(pass_from.elapsed());
+                self.count_slow_pass(ended - pass_from);
             }
         }
         let ids: Vec<usize> = self.conns.keys().copied().collect();
@@ -653,13 +661,7 @@ impl Gateway {
                 session.conn = None;
                 session.detached_at_ns = Some(now);
                 if session.cancel_on_disconnect {
-                    let cmd = ringex_engine::Command::CancelAll {
-                        account: session.account,
-                        market: None,
-                    };
-                    // The cancels route to the account's sessions (this one included,
-                    // for resume); the gateway needs no answer itself.
-                    let _ = backend.submit(&cmd, tag(PURPOSE_INTERNAL, s));
+                    cancel_on_disconnect(backend, session.account, s);
                 }
             }
         }
