@@ -173,7 +173,8 @@ fn load_snapshot(
         }
         if journal_chain_after(journal, journal_dir, meta.seq) != Some(meta.chain) {
             let why = format!(
-                "snapshot at seq {} was taken from another history: its chain value differs                  from the journal's at that sequence",
+                "snapshot at seq {} was taken from another history: its chain value differs \
+                 from the journal's at that sequence",
                 meta.seq
             );
             skipped.push((entry.path, why));
