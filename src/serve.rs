@@ -148,68 +148,70 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
     })
 }
 
-/// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
-/// Submits the config's bootstrap commands through the journal and waits for the engine's
-/// answer to each, draining the output ring as it goes (a large bootstrap outgrows both
-/// rings). A command the engine refuses (a deposit to an asset the config does not
-/// create, a journal that refuses appends) fails the start, naming it.
+/// What the engine answered to the bootstrap commands so far.
+struct BootstrapAnswers {
+    /// Commands whose last output came back.
+    answered: usize,
+    /// The first refusal, naming its entry.
+    refusal: Option<String>,
+}
+
+impl BootstrapAnswers {
+    fn take(&mut self, commands: &[(String, Command)], d: &Delivery) {
+        if let Output::Event(Event::Rejected { reason, .. }) = d.item {
+            if self.refusal.is_none() {
+                let key = commands
+                    .get(d.tag as usize)
+                    .map_or("?", |(k, _)| k.as_str());
+                self.refusal = Some(format!("bootstrap of {key} was refused: {reason:?}"));
+            }
+        }
+        if d.last {
+            self.answered += 1;
+        }
+    }
+}
+
+/// Submits the config's bootstrap commands from `from` on through the journal and waits
+/// for the engine's answer to each. It goes through the gateway's own backend, which
+/// drains the output ring while the input ring is full (a large bootstrap outgrows both
+/// rings). A command the engine refuses (a journal that refuses appends) fails the start,
+/// naming it.
 fn bootstrap(node: &mut Node, commands: &[(String, Command)], from: usize) -> Result<(), String> {
-    let mut answered = from;
-    let mut refusal: Option<String> = None;
-    let drain = |node: &mut Node, answered: &mut usize, refusal: &mut Option<String>| {
-        node.poll_outputs(DRAIN_WHILE_FULL, |s| {
-            if let Output::Event(Event::Rejected { reason, .. }) = s.item {
-                if refusal.is_none() {
-                    let key = commands
-                        .get(s.tag as usize)
-                        .map_or("?", |(k, _)| k.as_str());
-                    *refusal = Some(format!("bootstrap of {key} was refused: {reason:?}"));
-                }
-            }
-            if s.last {
-                *answered += 1;
-            }
-        })
+    let mut backend = NodeBackend::new(node);
+    let mut answers = BootstrapAnswers {
+        answered: from,
+        refusal: None,
     };
     for (i, (key, cmd)) in commands.iter().enumerate().skip(from) {
-        let mut submitted = false;
-        for waits in 0..SUBMIT_ATTEMPTS_MAX {
-            match node.try_submit(cmd, i as u64) {
-                Ok(()) => {
-                    submitted = true;
-                    break;
-                }
-                Err(NodeError::Backpressure) => {
-                    if drain(node, &mut answered, &mut refusal) == 0 {
-                        pause(waits);
-                    }
-                }
-                Err(e) => return Err(format!("bootstrap of {key} failed: {e}")),
-            }
-        }
-        if !submitted {
-            return Err(format!("bootstrap of {key} failed: the node took no input"));
-        }
+        backend.submit(cmd, i as u64).map_err(|e| {
+            let why = match e {
+                BackendError::Busy => "the node took no input".to_string(),
+                BackendError::Unavailable(why) => why,
+            };
+            format!("bootstrap of {key} failed: {why}")
+        })?;
+        backend.drain(DRAIN_WHILE_FULL as usize, &mut |d| {
+            answers.take(commands, d)
+        });
     }
     // Bounded: each wait is short, and the engine answers every command it was given.
-    let mut waits = 0u32;
-    while answered < commands.len() {
-        if waits >= SUBMIT_ATTEMPTS_MAX {
-            return Err(format!(
-                "bootstrap: {} of {} commands answered",
-                answered,
-                commands.len()
-            ));
+    for waits in 0..SUBMIT_ATTEMPTS_MAX {
+        if answers.answered >= commands.len() {
+            return answers.refusal.map_or(Ok(()), Err);
         }
-        if drain(node, &mut answered, &mut refusal) == 0 {
+        if backend.drain(DRAIN_WHILE_FULL as usize, &mut |d| {
+            answers.take(commands, d)
+        }) == 0
+        {
             pause(waits);
-            waits += 1;
         }
     }
-    match refusal {
-        Some(why) => Err(why),
-        None => Ok(()),
-    }
+    Err(format!(
+        "bootstrap: {} of {} commands answered",
+        answers.answered,
+        commands.len()
+    ))
 }
 
 /// How many bootstrap commands the journal holds when it holds nothing else: its records
@@ -237,6 +239,7 @@ fn bootstrap_prefix(
     Some(commands.len())
 }
 
+/// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
 /// Every step says what it did on stderr. `ready` (if given) receives the bound
 /// (trading, admin) addresses once the gateway accepts connections.
 pub fn serve(
@@ -267,6 +270,10 @@ pub fn serve(
     let commands = config.bootstrap_commands();
     let done = if node.is_fresh() {
         Some(0)
+    } else if node.recovery().seq_last >= commands.len() as u64 {
+        // As many records as the bootstrap or more: it is complete, or followed by
+        // other commands (then not ours to complete). No need to read them.
+        None
     } else {
         bootstrap_prefix(&config.node.data_dir.join("journal"), &commands)
     };

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use disruptor::{
     build_single_producer, EventPoller, Polling, ProcessorSettings, Producer,
@@ -121,9 +121,8 @@ pub struct Shared {
     failure: Mutex<Option<String>>,
     /// The latest non-fatal problem, for the log.
     last_note: Mutex<Option<String>>,
-    /// When a note was last logged (ms since `started`).
+    /// When a note was last logged (ms since `metrics.started`).
     note_logged_ms: AtomicU64,
-    started: Instant,
     /// Poll mode: the consumer asked to be woken when output arrives.
     wake_wanted: AtomicBool,
     /// Sink mode: the publisher thread's doorbell, rung after each engine batch.
@@ -150,7 +149,6 @@ impl Shared {
             failure: Mutex::new(None),
             last_note: Mutex::new(None),
             note_logged_ms: AtomicU64::new(0),
-            started: Instant::now(),
             wake_wanted: AtomicBool::new(false),
             output_bell,
             discard_output: AtomicBool::new(false),
@@ -189,7 +187,7 @@ impl Shared {
     /// the log.
     pub fn note(&self, why: String) {
         let mut last = self.last_note.lock().unwrap_or_else(|e| e.into_inner());
-        let now_ms = self.started.elapsed().as_millis() as u64;
+        let now_ms = self.metrics.started.elapsed().as_millis() as u64;
         let logged_ms = self.note_logged_ms.load(Ordering::Relaxed);
         if last.as_deref() != Some(why.as_str()) || now_ms >= logged_ms + 1_000 {
             self.note_logged_ms.store(now_ms, Ordering::Relaxed);
