@@ -149,11 +149,9 @@ pub enum UserClass {
 impl UserClass {
     /// Position in [`MIX`].
     fn index(self) -> usize {
-        match self {
-            UserClass::MarketMaker => 0,
-            UserClass::Retail => 1,
-            UserClass::Bot => 2,
-        }
+        MIX.iter()
+            .position(|&(class, _, _)| class == self)
+            .expect("every class is in the mix")
     }
 
     fn snake_name(self) -> &'static str {

@@ -633,25 +633,33 @@ impl Client {
         f: &mut impl FnMut(ServerMessage),
     ) -> Result<(usize, bool)> {
         let mut n = 0;
-        while let Some(m) = self.inbox.pop_front() {
-            f(m);
-            n += 1;
-        }
         for _ in 0..READS_PER_READY_MAX {
-            while let Some(m) = self.next_buffered()? {
-                f(m);
-                n += 1;
-            }
+            self.hand_over_received(f, &mut n)?;
             let read = self.read_once_filled()?;
             if read == SocketRead::Nothing || (read == SocketRead::Short && !peer_closed) {
-                while let Some(m) = self.next_buffered()? {
-                    f(m);
-                    n += 1;
-                }
+                self.hand_over_received(f, &mut n)?;
                 return Ok((n, false));
             }
         }
         Ok((n, true))
+    }
+
+    /// Hands `f` what is already received: the inbox, then the complete frames buffered;
+    /// counts them in `n`.
+    fn hand_over_received(
+        &mut self,
+        f: &mut impl FnMut(ServerMessage),
+        n: &mut usize,
+    ) -> Result<()> {
+        while let Some(m) = self.inbox.pop_front() {
+            f(m);
+            *n += 1;
+        }
+        while let Some(m) = self.next_buffered()? {
+            f(m);
+            *n += 1;
+        }
+        Ok(())
     }
 
     /// Reads until some bytes arrive or `deadline` passes (then `Timeout`), sending
