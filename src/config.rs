@@ -391,6 +391,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The ids of the cores the calling thread may run on (its affinity mask: taskset,
+/// cgroups); None when the system does not say. Pinning to any other core fails, or
+/// panics in the ring crate.
+pub fn allowed_core_ids() -> Option<Vec<usize>> {
+    core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect())
+}
+
 impl Config {
     /// The embedded default.
     pub fn embedded() -> Config {
@@ -460,8 +467,7 @@ impl Config {
                 format!("{} must be in 1..=input_ring_size", p.batch_max),
             );
         }
-        let allowed: Option<Vec<usize>> =
-            core_affinity::get_core_ids().map(|ids| ids.into_iter().map(|c| c.id).collect());
+        let allowed = allowed_core_ids();
         for (stage, core) in &p.cores {
             const STAGES: [&str; 7] = [
                 "pipeline",
@@ -630,7 +636,7 @@ impl Config {
 
     /// The topology to run, with `auto` resolved by core count.
     pub fn topology(&self) -> Topology {
-        let cores = core_affinity::get_core_ids().map_or(1, |c| c.len());
+        let cores = allowed_core_ids().map_or(1, |c| c.len());
         self.topology_for(cores)
     }
 
@@ -743,10 +749,10 @@ mod tests {
 
     #[test]
     fn cores_are_checked_against_the_ones_this_process_may_use_not_the_count() {
-        let Some(ids) = core_affinity::get_core_ids().filter(|ids| ids.len() >= 2) else {
+        let Some(ids) = allowed_core_ids().filter(|ids| ids.len() >= 2) else {
             return; // one core: nothing to restrict
         };
-        let (first, last) = (ids[0].id, ids[ids.len() - 1].id);
+        let (first, last) = (ids[0], ids[ids.len() - 1]);
         // As under `taskset -c LAST`: one core allowed, with the last core's id.
         let (refused, accepted) = std::thread::spawn(move || {
             assert!(core_affinity::set_for_current(core_affinity::CoreId {

@@ -74,11 +74,7 @@ pub fn cross_core_round_trip_ns(a: usize, b: usize, round_trips: u64) -> Option<
     struct Line(AtomicU64);
     // Only cores this process may run on: pinning to others is refused, or, past the
     // size of a CPU set, panics in libc.
-    let available: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .iter()
-        .map(|c| c.id)
-        .collect();
+    let available = crate::config::allowed_core_ids().unwrap_or_default();
     if a == b || round_trips == 0 || !available.contains(&a) || !available.contains(&b) {
         return None;
     }
@@ -154,11 +150,7 @@ mod tests {
     #[test]
     fn the_cross_core_round_trip_needs_two_cores_and_completes_on_them() {
         assert_eq!(cross_core_round_trip_ns(0, 0, 10), None);
-        let cores: Vec<usize> = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .iter()
-            .map(|c| c.id)
-            .collect();
+        let cores = crate::config::allowed_core_ids().unwrap_or_default();
         if let [first, .., last] = cores[..] {
             let ns = cross_core_round_trip_ns(first, last, 1_000).expect("both threads pin");
             assert!(ns > 0.0);

@@ -245,8 +245,8 @@ fn pipeline_cores(topology: &str, placement: &str) -> String {
 fn core_last() -> usize {
     static CORE_LAST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORE_LAST.get_or_init(|| {
-        core_affinity::get_core_ids()
-            .and_then(|c| c.iter().map(|c| c.id).max())
+        crate::config::allowed_core_ids()
+            .and_then(|ids| ids.into_iter().max())
             .unwrap_or(0)
     })
 }
