@@ -537,22 +537,40 @@ fn rate_label(rate: u64) -> String {
     }
 }
 
+/// The columns every row starts with, under [`case_columns_header`].
+fn case_columns(
+    (topology, durability, placement): (&str, &str, &str),
+    rate: u64,
+    commands_per_s: f64,
+    ratio_to_engine: f64,
+) -> String {
+    format!(
+        "{topology:<6} {durability:<6} {placement:<6} {:>10} {commands_per_s:>10.0} \
+         {ratio_to_engine:>8.2}",
+        rate_label(rate)
+    )
+}
+
+/// The `rt ns` column: the cache-line round trip, or `-` when not measured.
+fn round_trip_label(ns: Option<f64>) -> String {
+    ns.map_or("-".to_string(), |ns| format!("{ns:.0}"))
+}
+
 fn print_row(r: &CaseReport) {
     println!(
-        "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8} {:>6}",
-        r.topology,
-        r.durability,
-        r.placement,
-        rate_label(r.rate_offered),
-        r.commands_per_s,
-        r.ratio_to_engine(),
+        "{} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>8} {:>6}",
+        case_columns(
+            (&r.topology, &r.durability, &r.placement),
+            r.rate_offered,
+            r.commands_per_s,
+            r.ratio_to_engine()
+        ),
         us(r.latency.latency_ns_p50),
         us(r.latency.latency_ns_p99),
         us(r.latency.latency_ns_p999),
         us(r.latency.latency_ns_max),
         r.backpressured,
-        r.cross_core_ns
-            .map_or("-".to_string(), |ns| format!("{ns:.0}")),
+        round_trip_label(r.cross_core_ns),
     );
     if r.durability.starts_with("group") {
         println!(
@@ -577,13 +595,13 @@ fn print_medians(medians: &[CaseMedians]) {
     );
     for m in medians {
         println!(
-            "{:<6} {:<6} {:<6} {:>10} {:>10.0} {:>8.2} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6}",
-            m.topology,
-            m.durability,
-            m.placement,
-            rate_label(m.rate_offered),
-            m.commands_per_s,
-            m.ratio_to_engine,
+            "{} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6}",
+            case_columns(
+                (&m.topology, &m.durability, &m.placement),
+                m.rate_offered,
+                m.commands_per_s,
+                m.ratio_to_engine
+            ),
             format!("{:.2}-{:.2}", m.ratio_to_engine_min, m.ratio_to_engine_max),
             m.latency_us_p50,
             m.latency_us_p99,
@@ -593,8 +611,7 @@ fn print_medians(medians: &[CaseMedians]) {
             } else {
                 "-".to_string()
             },
-            m.cross_core_ns
-                .map_or("-".to_string(), |ns| format!("{ns:.0}")),
+            round_trip_label(m.cross_core_ns),
         );
     }
 }
