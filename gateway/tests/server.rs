@@ -274,18 +274,7 @@ impl Peer {
 
     fn order(&mut self, side: Side, price: i64, qty: u64, cid: u64) -> Vec<ServerMessage> {
         let request_id = self.request_id();
-        self.send(&ClientMessage::NewOrder(NewOrder {
-            request_id,
-            market: MARKET,
-            client_order_id: cid,
-            side,
-            kind: OrderKind::Limit,
-            tif: TimeInForce::Gtc,
-            stp: StpMode::None,
-            price,
-            qty,
-            quote_budget: 0,
-        }));
+        self.send(&limit_order(request_id, side, price, qty, cid));
         self.outcome(request_id)
     }
 
@@ -332,6 +321,22 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
         }
     }
     false
+}
+
+/// A GTC limit order in the test market.
+fn limit_order(request_id: u64, side: Side, price: i64, qty: u64, cid: u64) -> ClientMessage {
+    ClientMessage::NewOrder(NewOrder {
+        request_id,
+        market: MARKET,
+        client_order_id: cid,
+        side,
+        kind: OrderKind::Limit,
+        tif: TimeInForce::Gtc,
+        stp: StpMode::None,
+        price,
+        qty,
+        quote_budget: 0,
+    })
 }
 
 fn rejected(reply: ServerMessage) -> LoginRejectReason {
@@ -510,18 +515,7 @@ fn a_request_id_not_above_the_last_processed_one_is_ignored() {
     // Resend request 1: ignored, no answer.
     p.next_request = 1;
     let request_id = p.request_id();
-    p.send(&ClientMessage::NewOrder(NewOrder {
-        request_id,
-        market: MARKET,
-        client_order_id: 0,
-        side: Side::Sell,
-        kind: OrderKind::Limit,
-        tif: TimeInForce::Gtc,
-        stp: StpMode::None,
-        price: 120,
-        qty: 1,
-        quote_budget: 0,
-    }));
+    p.send(&limit_order(request_id, Side::Sell, 120, 1, 0));
     assert!(p.recv_within(Duration::from_millis(300)).is_none());
     p.next_request = 2;
     p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id: 2 }));
@@ -721,18 +715,7 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
         p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
     }
     // The ninth, sent with the others, finds the bucket empty too.
-    p.send(&ClientMessage::NewOrder(NewOrder {
-        request_id: 9,
-        market: MARKET,
-        client_order_id: 77,
-        side: Side::Sell,
-        kind: OrderKind::Limit,
-        tif: TimeInForce::Gtc,
-        stp: StpMode::None,
-        price: 120,
-        qty: 1,
-        quote_budget: 0,
-    }));
+    p.send(&limit_order(9, Side::Sell, 120, 1, 77));
     let mut limited = 0;
     for request_id in 1..=8 {
         let out = p.outcome(request_id);
