@@ -352,6 +352,100 @@ fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in
     drop(node);
 }
 
+/// The outcome of each of `count` commands: the reject reason of its last slot, if any.
+fn outcomes(rx: &mpsc::Receiver<OutputSlot>, count: usize) -> Vec<(u64, Option<RejectReason>)> {
+    let mut out = Vec::new();
+    while out.len() < count {
+        let slot = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an outcome");
+        if slot.last {
+            let reason = match event_of(&slot) {
+                Event::Rejected { reason, .. } => Some(reason),
+                _ => None,
+            };
+            out.push((slot.seq, reason));
+        }
+    }
+    out
+}
+
+#[test]
+fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_and_replayed_after_restart() {
+    for topology in TOPOLOGIES {
+        commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology);
+    }
+}
+
+fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), topology, "group", 0);
+    let commands = stream(40);
+    let (healthy, doomed) = commands.split_at(commands.len() - 6);
+    let storage = std::sync::Arc::new(ringex_journal::FaultStorage::default());
+    let (tx, rx) = mpsc::channel();
+    let out = OutputMode::Sink(Box::new(ChannelSink(tx)));
+    let mut node = Node::start_on(&cfg, out, storage.clone()).expect("start");
+    submit_all(&mut node, healthy);
+    for (seq, reason) in outcomes(&rx, healthy.len()) {
+        assert!(seq > 0 && reason != Some(RejectReason::OutcomeUnknown));
+    }
+    // The disk fails every sync from now on; writes still land in the page cache.
+    storage
+        .syncs_ok_remaining
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // Once the node knows, it refuses input at the door.
+    let taken = doomed
+        .iter()
+        .take_while(|c| node.submit(c, 0).is_ok())
+        .count();
+    assert!(taken >= 1);
+    let answers = outcomes(&rx, taken);
+    // The first batch was written, then its sync failed: outcome unknown. After that the
+    // journal takes nothing: unavailable, which is final.
+    let unknown = answers
+        .iter()
+        .take_while(|(_, r)| *r == Some(RejectReason::OutcomeUnknown))
+        .count();
+    assert!(unknown >= 1, "{topology}: {answers:?}");
+    for (i, (seq, reason)) in answers.iter().enumerate() {
+        if i < unknown {
+            assert_eq!(*seq, (healthy.len() + i + 1) as u64, "{topology}: written");
+        } else {
+            assert_eq!(
+                *reason,
+                Some(RejectReason::Unavailable),
+                "{topology}: {answers:?}"
+            );
+            assert_eq!(*seq, 0, "{topology}: never written");
+        }
+    }
+    assert!(
+        node.failure().is_some(),
+        "{topology}: a failed sync is fatal"
+    );
+    let (seq, hash) = node.state_hash().unwrap();
+    assert_eq!(
+        seq,
+        healthy.len() as u64,
+        "{topology}: nothing past the sync applied"
+    );
+    assert_eq!(hash, direct(healthy).0, "{topology}");
+    drop(node);
+    // The records survived (only the sync "failed"): the restart applies them.
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).expect("restart");
+    let (seq, hash) = node.state_hash().unwrap();
+    let survived = &commands[..healthy.len() + unknown];
+    assert_eq!(
+        seq,
+        survived.len() as u64,
+        "{topology}: {}",
+        node.recovery()
+    );
+    assert_eq!(hash, direct(survived).0, "{topology}");
+    node.shutdown().unwrap();
+}
+
 // ---------------------------------------------------------------- crash
 
 const CHILD_DIR: &str = "RINGEX_TEST_CRASH_CHILD_DIR";

@@ -236,13 +236,17 @@ pub enum RejectReason {
     Malformed = 31,
     /// Asset decimals above 18.
     InvalidDecimals = 32,
-    /// Reserved for the node: the command could not be made durable (journal failed or
-    /// the disk is nearly full). It was not applied; nothing changed.
+    /// Reserved for the node: the command was not written to the journal (the journal
+    /// had failed, or the disk is nearly full). It was not applied and never will be.
     Unavailable = 33,
+    /// Reserved for the node: the command was written to the journal, but the disk failed
+    /// before it was confirmed durable. It was not applied in this run; if its record
+    /// survived, the restart's replay applies it. Query before resubmitting.
+    OutcomeUnknown = 34,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 33] = {
+    pub const ALL: [RejectReason; 34] = {
         use RejectReason::*;
         [
             UnknownMarket,
@@ -278,6 +282,7 @@ impl RejectReason {
             Malformed,
             InvalidDecimals,
             Unavailable,
+            OutcomeUnknown,
         ]
     };
 
@@ -322,6 +327,7 @@ impl RejectReason {
             Malformed => "malformed",
             InvalidDecimals => "invalid_decimals",
             Unavailable => "unavailable",
+            OutcomeUnknown => "outcome_unknown",
         }
     }
 }

@@ -419,6 +419,16 @@ where
 impl Node {
     /// Recovers the state from the data directory and starts the pipeline.
     pub fn start(config: &Config, output: OutputMode) -> Result<Node, NodeError> {
+        Node::start_on(config, output, Arc::new(ringex_journal::OsStorage))
+    }
+
+    /// [`Node::start`] with the journal's storage calls going through `storage` (tests
+    /// and drills inject disk faults with [`ringex_journal::FaultStorage`]).
+    pub fn start_on(
+        config: &Config,
+        output: OutputMode,
+        storage: Arc<dyn ringex_journal::Storage>,
+    ) -> Result<Node, NodeError> {
         let data_dir = &config.node.data_dir;
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshots");
@@ -426,7 +436,9 @@ impl Node {
             std::fs::create_dir_all(dir)
                 .map_err(io_err(format!("create directory {}", dir.display())))?;
         }
-        let journal = Journal::open(journal_config(config)).map_err(NodeError::Journal)?;
+        let mut journal_config = journal_config(config);
+        journal_config.storage = storage;
+        let journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
         let journal_backend = format!(
             "{:?}{}{}",
             journal.backend(),

@@ -329,12 +329,19 @@ impl EngineStage {
     fn apply_command(&mut self, tag: u64, cmd: &Command, seq: u64, chain: u64) {
         let failed_at = self.shared.journal_failed_at.load(Ordering::SeqCst);
         if seq == 0 || seq >= failed_at {
-            // Not durable: never applied. The client hears why; nothing is lost.
+            // Not durable: not applied in this run. The client hears which of the two it
+            // is: never written (final), or written before the disk failed (a restart
+            // replays it if its record survived).
+            let reason = if seq == 0 {
+                RejectReason::Unavailable
+            } else {
+                RejectReason::OutcomeUnknown
+            };
             let event = Event::Rejected {
                 kind: cmd.kind(),
                 account: 0,
                 order_ref: 0,
-                reason: RejectReason::Unavailable,
+                reason,
             };
             self.publish(seq, tag, Output::Event(event), true);
             bump(&self.shared.metrics.commands_unavailable, 1);
