@@ -114,6 +114,9 @@ pub struct Summary {
     pub output_ring_publisher: u64,
     pub journal_written: u64,
     pub journal_durable: u64,
+    /// The journal's sync rounds (group commits or async flushes) and their total time.
+    pub journal_syncs: u64,
+    pub journal_sync_ns_total: u64,
     pub snapshot_seq: u64,
     pub durability_wait_ns_p99: u64,
     pub engine_ns_p99: u64,
@@ -130,6 +133,7 @@ impl Metrics {
             .journal
             .get()
             .map_or((0, 0), |w| (w.written(), w.durable()));
+        let (syncs, sync_ns_total) = self.journal.get().map_or((0, 0), |w| w.syncs());
         let engine_ns_p99 = {
             let per_kind = self
                 .engine_latency_ns
@@ -156,6 +160,8 @@ impl Metrics {
             output_ring_publisher: produced.saturating_sub(published),
             journal_written: written,
             journal_durable: durable,
+            journal_syncs: syncs,
+            journal_sync_ns_total: sync_ns_total,
             snapshot_seq: get(&self.snapshot_seq),
             durability_wait_ns_p99: self
                 .durability_wait_ns
@@ -171,13 +177,20 @@ impl Metrics {
     pub fn summary_line(&self, previous: &Summary, seconds: f64) -> (Summary, String) {
         let s = self.summary();
         let rate = (s.applied - previous.applied) as f64 / seconds.max(1e-9);
+        let syncs = s.journal_syncs - previous.journal_syncs;
+        let sync_us_avg = (s.journal_sync_ns_total - previous.journal_sync_ns_total)
+            .checked_div(syncs)
+            .unwrap_or(0)
+            / 1000;
+        let sync_us_max = self.journal.get().map_or(0, |w| w.take_sync_ns_max()) / 1000;
         let (orders, trades) = {
             let m = self.markets.lock().unwrap_or_else(|e| e.into_inner());
             m.values()
                 .fold((0, 0), |(o, t), c| (o + c.orders, t + c.trades))
         };
         let line = format!(
-            "applied={} ({rate:.0}/s) journal written={} durable={} ring journaler={} engine={} \
+            "applied={} ({rate:.0}/s) journal written={} durable={} syncs={syncs} \
+             sync_avg={sync_us_avg}us sync_max={sync_us_max}us ring journaler={} engine={} \
              publisher={} backpressured={} unavailable={} orders={orders} trades={trades} \
              durable_wait_p99={}us engine_p99={}ns snapshot={}",
             s.applied,

@@ -204,12 +204,17 @@ impl Config {
     }
 }
 
-/// Watermarks readable from any thread. `written`: last sequence in the page cache
-/// (visible to readers). `durable`: last sequence synced to disk.
+/// The journal's progress, readable from any thread. `written`: last sequence in the page
+/// cache (visible to readers). `durable`: last sequence synced to disk. And what the syncs
+/// cost, for metrics: every sync round (group commit, or the async flush), in any mode.
 #[derive(Debug, Default)]
 pub struct Watermarks {
     written: AtomicU64,
     durable: AtomicU64,
+    syncs: AtomicU64,
+    sync_ns_total: AtomicU64,
+    /// Largest round since the last [`Watermarks::take_sync_ns_max`].
+    sync_ns_max: AtomicU64,
 }
 
 impl Watermarks {
@@ -218,6 +223,22 @@ impl Watermarks {
     }
     pub fn durable(&self) -> u64 {
         self.durable.load(Ordering::Acquire)
+    }
+    /// Sync rounds completed, and their total time in ns.
+    pub fn syncs(&self) -> (u64, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.sync_ns_total.load(Ordering::Relaxed),
+        )
+    }
+    /// The longest sync round since the previous call, in ns (0: none).
+    pub fn take_sync_ns_max(&self) -> u64 {
+        self.sync_ns_max.swap(0, Ordering::Relaxed)
+    }
+    pub(crate) fn record_sync(&self, took_ns: u64) {
+        self.sync_ns_total.fetch_add(took_ns, Ordering::Relaxed);
+        self.sync_ns_max.fetch_max(took_ns, Ordering::Relaxed);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
     }
 }
 

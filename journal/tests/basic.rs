@@ -193,6 +193,28 @@ fn commit_syncs_in_the_calling_thread() {
     });
 }
 
+#[test]
+fn every_sync_round_is_counted_and_timed_for_metrics() {
+    with_each_group_backend(false, |j| {
+        let marks = j.watermarks();
+        let (before, _) = marks.syncs();
+        marks.take_sync_ns_max();
+        for _ in 0..5 {
+            let last = append_n(j, 3, len_of);
+            assert!(j.commit().unwrap() >= last);
+        }
+        let (after, ns_total) = marks.syncs();
+        assert!(
+            after >= before + 5,
+            "{:?}: each commit is a round",
+            j.backend()
+        );
+        assert!(ns_total > 0);
+        let max = marks.take_sync_ns_max();
+        assert!(max > 0 && max <= ns_total, "{max} {ns_total}");
+    });
+}
+
 /// With `caller_commits` the syncer stops syncing after every append (the caller's
 /// `commit` does that), but still syncs what nobody committed, within its interval.
 #[test]

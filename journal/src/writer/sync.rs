@@ -197,6 +197,7 @@ pub(super) struct CheckpointState {
 /// write their staged bytes first), advance `durable`, then record it in a checkpoint slot
 /// that the next round persists. Err is fatal.
 pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::Result<(), String> {
+    let started = Instant::now();
     let SyncerState {
         generation,
         checkpoint: checkpoint_pending,
@@ -362,6 +363,9 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
         *generation += 1;
         checkpoint_pending.unsynced = Some(cp.seq);
     }
+    shared
+        .watermarks
+        .record_sync(started.elapsed().as_nanos() as u64);
     let _g = lock(&shared.durable_changed.0);
     shared.durable_changed.1.notify_all();
     Ok(())
