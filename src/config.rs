@@ -224,6 +224,8 @@ impl Default for ListenersConfig {
 pub struct LimitsConfig {
     pub requests_per_second_per_key: u32,
     pub connections_per_ip: u32,
+    /// Logical sessions one API key may have at once, detached ones included.
+    pub sessions_per_key: u32,
 }
 
 impl Default for LimitsConfig {
@@ -231,6 +233,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             requests_per_second_per_key: 10_000,
             connections_per_ip: 64,
+            sessions_per_key: 16,
         }
     }
 }
@@ -508,6 +511,53 @@ impl Config {
         if j.flush_interval_ms == 0 || j.flush_interval_ms > 10_000 {
             return err("journal.flush_interval_ms", "must be in 1..=10000".into());
         }
+        // Zero in any of these shuts every client out (or, for the rate, logs each one
+        // out on its first request); the upper bounds keep memory per session bounded.
+        let (lim, g) = (&self.limits, &self.gateway);
+        for (key, value, range) in [
+            (
+                "limits.requests_per_second_per_key",
+                lim.requests_per_second_per_key,
+                1..=100_000_000,
+            ),
+            (
+                "limits.connections_per_ip",
+                lim.connections_per_ip,
+                1..=1_000_000,
+            ),
+            ("limits.sessions_per_key", lim.sessions_per_key, 1..=1024),
+            ("gateway.connections_max", g.connections_max, 1..=1_000_000),
+            ("gateway.heartbeat_ms", g.heartbeat_ms, 1..=60_000),
+            ("gateway.idle_timeout_ms", g.idle_timeout_ms, 1..=3_600_000),
+            (
+                "gateway.login_timeout_ms",
+                g.login_timeout_ms,
+                1..=3_600_000,
+            ),
+            (
+                "gateway.login_clock_skew_ms",
+                g.login_clock_skew_ms,
+                1..=3_600_000,
+            ),
+            (
+                "gateway.outbound_buffer_kib",
+                g.outbound_buffer_kib,
+                1..=1 << 20,
+            ),
+            (
+                "gateway.resume_window_messages",
+                g.resume_window_messages,
+                0..=1 << 20,
+            ),
+            ("gateway.spin_us", g.spin_us, 0..=100_000),
+        ] {
+            if !range.contains(&value) {
+                return err(
+                    key,
+                    format!("{value} is outside {}..={}", range.start(), range.end()),
+                );
+            }
+        }
         if self.snapshot.keep == 0 {
             return err("snapshot.keep", "must keep at least one snapshot".into());
         }
@@ -704,6 +754,35 @@ mod tests {
         let e = broken(|t| t.replace("input_ring_size = 65536", "input_ring_size = 1000"));
         assert_eq!(e.key, "pipeline.input_ring_size");
         assert!(e.reason.contains("power of two"));
+    }
+
+    #[test]
+    fn limits_that_would_shut_every_client_out_are_refused() {
+        for (line, key) in [
+            (
+                "requests_per_second_per_key = 10000",
+                "limits.requests_per_second_per_key",
+            ),
+            ("connections_per_ip = 64", "limits.connections_per_ip"),
+            ("connections_max = 1024", "gateway.connections_max"),
+            ("outbound_buffer_kib = 4096", "gateway.outbound_buffer_kib"),
+        ] {
+            let zero = line.split('=').next().unwrap().to_string() + "= 0";
+            let e = broken(|t| t.replacen(line, &zero, 1));
+            assert_eq!(e.key, key);
+            assert!(e.reason.contains("outside 1..="), "{e}");
+        }
+        let sessions = |n: u32| {
+            let t = DEFAULT_CONFIG_TOML.replacen(
+                "sessions_per_key = 16",
+                &format!("sessions_per_key = {n}"),
+                1,
+            );
+            Config::parse(&t, "test.toml")
+        };
+        assert_eq!(sessions(2).unwrap().limits.sessions_per_key, 2);
+        let e = sessions(5000).unwrap_err();
+        assert_eq!(e.key, "limits.sessions_per_key");
     }
 
     #[test]

@@ -44,8 +44,6 @@ const DRAIN_PER_PASS: usize = 4096;
 const TIMER_EVERY: Duration = Duration::from_millis(20);
 /// Longest sleep in `poll` when idle.
 const IDLE_POLL: Duration = Duration::from_millis(50);
-/// Logical sessions one API key may have at once.
-const SESSIONS_PER_KEY_MAX: usize = 16;
 /// Granted heartbeat interval bounds (docs/protocol.md §3.2).
 const HEARTBEAT_MS_MIN: u32 = 100;
 const HEARTBEAT_MS_MAX: u32 = 1000;
@@ -85,6 +83,8 @@ pub struct GatewayConfig {
     pub connections_max: u32,
     pub connections_per_ip: u32,
     pub requests_per_second_per_key: u32,
+    /// Logical sessions one API key may have at once, detached ones included.
+    pub sessions_per_key_max: u32,
     /// After the last socket or exchange activity, poll without sleeping for this long
     /// (0: always sleep in `poll` when idle). Worth it only on a core of its own.
     pub spin_us: u32,
@@ -106,6 +106,7 @@ impl GatewayConfig {
             connections_max: 1024,
             connections_per_ip: 256,
             requests_per_second_per_key: 100_000,
+            sessions_per_key_max: 16,
             spin_us: 0,
         }
     }
@@ -851,7 +852,7 @@ impl Gateway {
                 .values()
                 .filter(|s| s.key_id == login.api_key_id)
                 .count();
-            if open >= SESSIONS_PER_KEY_MAX {
+            if open >= self.config.sessions_per_key_max as usize {
                 return Err(LoginRejectReason::TooManySessions);
             }
         }

@@ -393,6 +393,32 @@ fn logins_with_a_bad_signature_unknown_key_stale_timestamp_or_replayed_nonce_are
 }
 
 #[test]
+fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
+    let linger = Duration::from_millis(300);
+    let s = serve(GatewayConfig {
+        sessions_per_key_max: 2,
+        session_linger_ms: linger.as_millis() as u64,
+        ..GatewayConfig::loopback()
+    });
+    let first = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut second = Peer::logged_in(s.trading, MAKER_KEY);
+    let (_, reply) = Peer::login(s.trading, MAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
+    // Other keys have their own count.
+    let _taker = Peer::logged_in(s.trading, TAKER_KEY);
+    // A dropped connection, or a logout, leaves its session resumable: it still counts.
+    drop(first);
+    second.send(&ClientMessage::Logout);
+    assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
+    let (_, reply) = Peer::login(s.trading, MAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
+    // Once they are no longer resumable, there is room again.
+    std::thread::sleep(linger + Duration::from_millis(200));
+    Peer::logged_in(s.trading, MAKER_KEY);
+    Peer::logged_in(s.trading, MAKER_KEY);
+}
+
+#[test]
 fn keys_log_in_only_on_the_listener_their_permission_allows() {
     let s = default_server();
     assert_eq!(
