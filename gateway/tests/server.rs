@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringex_engine::{
-    Command, Event, Exchange, MarketSpec, OrderKind, OrderRef, RejectReason, Side, StpMode, Symbol,
-    TimeInForce,
+    Command, Event, Exchange, MarketSpec, MarketStatus, OrderKind, OrderRef, RejectReason, Side,
+    StpMode, Symbol, TimeInForce,
 };
 use ringex_gateway::backend::{Backend, BackendError, Delivery, InlineBackend};
 use ringex_gateway::protocol::{
@@ -659,6 +659,52 @@ fn suspending_an_account_logs_its_sessions_out() {
     // Other accounts are untouched.
     let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
     let out = maker.order(Side::Sell, 100, 1, 0);
+    assert!(matches!(out[0], ServerMessage::OrderAccepted(_)), "{out:?}");
+}
+
+#[test]
+fn halting_a_market_tells_every_session_and_rejects_its_orders_until_it_reopens() {
+    let s = default_server();
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    let set = |a: &mut Peer, status| {
+        let cancel_resting = false;
+        admin(
+            a,
+            Command::SetMarketStatus {
+                market: MARKET,
+                status,
+                cancel_resting,
+            },
+        );
+    };
+    set(&mut a, MarketStatus::Halted);
+    let ServerMessage::SystemEvent(halted) = maker.recv() else {
+        panic!("a system event first")
+    };
+    assert_eq!(
+        (halted.market, halted.status),
+        (MARKET, MarketStatus::Halted)
+    );
+    assert_eq!(
+        (halted.seq, halted.request_id),
+        (1, 0),
+        "sequenced, no request"
+    );
+    let out = maker.order(Side::Sell, 100, 1, 7);
+    let ServerMessage::OrderRejected(r) = out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.reason, RejectReason::MarketHalted);
+    set(&mut a, MarketStatus::Open);
+    let ServerMessage::SystemEvent(open) = maker.recv() else {
+        panic!("a system event")
+    };
+    assert_eq!(
+        (open.status, open.seq),
+        (MarketStatus::Open, halted.seq + 3)
+    );
+    let out = maker.order(Side::Sell, 100, 1, 7);
     assert!(matches!(out[0], ServerMessage::OrderAccepted(_)), "{out:?}");
 }
 
