@@ -11,7 +11,7 @@ use ringex::bench::engine::generate;
 use ringex::config::Config;
 use ringex::node::slots::OutputSlot;
 use ringex::node::{ChannelSink, CountingSink, Node, OutputMode};
-use ringex_engine::{Command, Event, Exchange, Output, RejectReason};
+use ringex_engine::{Command, Event, Exchange, MarketStatus, Output, RejectReason};
 use ringex_journal::Reader;
 
 const TOPOLOGIES: [&str; 3] = ["split", "fused", "inline"];
@@ -444,6 +444,88 @@ fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &s
     );
     assert_eq!(hash, direct(survived).0, "{topology}");
     node.shutdown().unwrap();
+}
+
+/// A book of 1,000 resting orders, then one command that cancels them all: more events
+/// than the smallest output ring holds several times over.
+fn halt_cancelling_a_full_book() -> (Vec<Command>, Vec<Event>) {
+    let w = generate(1, 0, 7);
+    let market = w
+        .setup
+        .iter()
+        .find_map(|c| match c {
+            Command::CreateMarket(spec) => Some(spec.market),
+            _ => None,
+        })
+        .expect("the generator creates a market");
+    let mut commands = w.setup;
+    commands.extend(w.prefill);
+    let (_, before) = direct(&commands);
+    commands.push(Command::SetMarketStatus {
+        market,
+        status: MarketStatus::Halted,
+        cancel_resting: true,
+    });
+    let (_, all) = direct(&commands);
+    (commands, all[before.len()..].to_vec())
+}
+
+#[test]
+fn a_command_with_more_events_than_the_output_ring_holds_is_delivered_whole() {
+    let (commands, halt_events) = halt_cancelling_a_full_book();
+    let ring_size = 64;
+    assert!(halt_events.len() > 4 * ring_size, "{}", halt_events.len());
+    for topology in TOPOLOGIES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), topology, "async", 0);
+        cfg.pipeline.output_ring_size = ring_size;
+        let (_, slots, seq_last) = run(&cfg, &commands);
+        assert_eq!(seq_last, commands.len() as u64, "{topology}");
+        let halt: Vec<&OutputSlot> = slots
+            .iter()
+            .filter(|s| s.seq == commands.len() as u64)
+            .collect();
+        let events: Vec<Event> = halt.iter().map(|s| event_of(s)).collect();
+        assert_eq!(events, halt_events, "{topology}");
+        let lasts: Vec<bool> = halt.iter().map(|s| s.last).collect();
+        assert_eq!(lasts.iter().filter(|l| **l).count(), 1, "{topology}");
+        assert_eq!(
+            lasts.last(),
+            Some(&true),
+            "{topology}: `last` ends the command"
+        );
+    }
+}
+
+#[test]
+fn a_command_with_more_events_than_the_output_ring_holds_reaches_a_polling_owner() {
+    let (commands, halt_events) = halt_cancelling_a_full_book();
+    for topology in ["fused", "inline"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), topology, "async", 0);
+        cfg.pipeline.output_ring_size = 64;
+        let waker: ringex::node::Waker = std::sync::Arc::new(|| {});
+        let mut node = Node::start(&cfg, OutputMode::Poll(waker)).unwrap();
+        let mut slots = Vec::new();
+        // As the gateway does: never wait on the input ring, keep draining the output.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut next = 0;
+        while slots.iter().filter(|s: &&OutputSlot| s.last).count() < commands.len() {
+            assert!(Instant::now() < deadline, "{topology}: stalled");
+            if next < commands.len() && node.try_submit(&commands[next], 0).is_ok() {
+                next += 1;
+            }
+            node.poll_outputs(16, |s| slots.push(*s));
+        }
+        let events: Vec<Event> = slots
+            .iter()
+            .filter(|s| s.seq == commands.len() as u64)
+            .map(event_of)
+            .collect();
+        assert_eq!(events, halt_events, "{topology}");
+        assert!(node.failure().is_none(), "{topology}");
+        node.shutdown().unwrap();
+    }
 }
 
 // ---------------------------------------------------------------- crash

@@ -335,14 +335,14 @@ impl Inline {
     fn queue(&mut self) -> &mut VecDeque<OutputSlot> {
         match &mut self.stage.engine.out {
             Outlet::Queue(q) => q,
-            Outlet::Ring(_) => unreachable!("the inline stage has a queue outlet"),
+            Outlet::Ring { .. } => unreachable!("the inline stage has a queue outlet"),
         }
     }
 
     fn queued(&self) -> usize {
         match &self.stage.engine.out {
             Outlet::Queue(q) => q.len(),
-            Outlet::Ring(_) => unreachable!("the inline stage has a queue outlet"),
+            Outlet::Ring { .. } => unreachable!("the inline stage has a queue outlet"),
         }
     }
 
@@ -521,11 +521,16 @@ impl Node {
                         bump(&metrics.events_published, 1);
                     })
                     .build();
-                (Outlet::Ring(out), None, None)
+                (
+                    Outlet::ring(out, config.pipeline.output_ring_size),
+                    None,
+                    None,
+                )
             }
             (OutputMode::Poll(_), Some(publisher_wait)) => {
                 let (poller, b) = output_ring(publisher_wait).new_event_poller();
-                (Outlet::Ring(b.build()), Some(poller), None)
+                let out = Outlet::ring(b.build(), config.pipeline.output_ring_size);
+                (out, Some(poller), None)
             }
         };
         let group = config.journal.durability == DurabilityMode::Group;

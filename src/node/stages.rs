@@ -507,35 +507,81 @@ impl EngineStage {
     }
 }
 
+/// A stage dropped while its thread unwinds (a broken invariant) marks the node failed:
+/// intake stops and clients are answered `Unavailable` at once, rather than waiting on a
+/// thread that is gone. The panic message itself goes to stderr from the panic hook.
+fn fail_if_panicking(shared: &Shared, stage: &str) {
+    if std::thread::panicking() {
+        shared.fail(format!(
+            "the {stage} stage panicked (see the message above); the node takes no more \
+             input: restart it"
+        ));
+    }
+}
+
+impl Drop for JournalStage {
+    fn drop(&mut self) {
+        fail_if_panicking(&self.shared, "journal");
+    }
+}
+
+impl Drop for EngineStage {
+    fn drop(&mut self) {
+        fail_if_panicking(&self.shared, "engine");
+    }
+}
+
 /// Where the engine stage puts its events.
 pub enum Outlet {
-    /// The output ring, drained by the publisher thread or the polling owner.
-    Ring(SingleProducer<OutputSlot, SingleConsumerBarrier>),
+    /// The output ring, drained by the publisher thread or the polling owner. A claim takes
+    /// at most `claim_max` slots (half the ring), so it can always be met once the reader
+    /// catches up.
+    Ring {
+        out: SingleProducer<OutputSlot, SingleConsumerBarrier>,
+        claim_max: usize,
+    },
     /// Inline topology: a queue on the owner's own thread, drained after each batch. The
-    /// owner bounds it by submitting nothing while it holds more than a ring's worth.
+    /// owner bounds it by submitting nothing while it holds more than a ring's worth; one
+    /// command's events (a cancel-all, a halt cancelling a whole book) may exceed that
+    /// once, by as many events as the engine holds orders.
     Queue(VecDeque<OutputSlot>),
 }
 
 impl Outlet {
-    /// Emits `count` slots filled by `fill(i, slot)`, with one claim of the ring. Waits for
-    /// room (bounded: a publisher that never drains is a bug) unless `discard` says nobody
-    /// will read the ring any more.
+    pub fn ring(out: SingleProducer<OutputSlot, SingleConsumerBarrier>, size: usize) -> Outlet {
+        assert!(size >= 2 && size.is_power_of_two());
+        Outlet::Ring {
+            out,
+            claim_max: size / 2,
+        }
+    }
+
+    /// Emits `count` slots filled by `fill(i, slot)`: one claim of the ring, or one per
+    /// `claim_max` slots for a command with more events than that (a cancel-all of
+    /// thousands of orders: a single claim larger than the ring could never be met). Waits
+    /// for room (bounded: a publisher that never drains is a bug) unless `discard` says
+    /// nobody will read the ring any more.
     fn emit(&mut self, count: usize, discard: &AtomicBool, fill: impl Fn(usize, &mut OutputSlot)) {
         match self {
-            Outlet::Ring(out) => {
-                let published = retry_until(OUTPUT_WAIT_MAX, || {
-                    out.try_batch_publish(count, |slots| {
-                        for (i, slot) in slots.enumerate() {
-                            fill(i, slot);
-                        }
-                    })
-                    .ok()
-                    .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
-                });
-                assert!(
-                    published.is_some(),
-                    "publisher stalled for {OUTPUT_WAIT_MAX:?}"
-                );
+            Outlet::Ring { out, claim_max } => {
+                let claims = count.div_ceil(*claim_max);
+                for claim in 0..claims {
+                    let from = claim * *claim_max;
+                    let n = (count - from).min(*claim_max);
+                    let published = retry_until(OUTPUT_WAIT_MAX, || {
+                        out.try_batch_publish(n, |slots| {
+                            for (i, slot) in slots.enumerate() {
+                                fill(from + i, slot);
+                            }
+                        })
+                        .ok()
+                        .or_else(|| discard.load(Ordering::Relaxed).then_some(0))
+                    });
+                    assert!(
+                        published.is_some(),
+                        "publisher stalled for {OUTPUT_WAIT_MAX:?}"
+                    );
+                }
             }
             Outlet::Queue(queue) => {
                 for i in 0..count {
