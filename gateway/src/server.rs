@@ -836,7 +836,9 @@ impl Gateway {
                 .sessions
                 .get(&login.resume_session)
                 .ok_or(LoginRejectReason::ResumeImpossible)?;
-            if s.key_id != login.api_key_id {
+            // A session stays on the listener it was opened on: an admin session resumed
+            // on the trading listener would take admin requests there.
+            if s.key_id != login.api_key_id || s.admin != admin_listener {
                 return Err(LoginRejectReason::ResumeImpossible);
             }
             if s.conn.is_some() {

@@ -24,6 +24,7 @@ const MARKET: u32 = 1;
 const ADMIN_KEY: u64 = 100;
 const MAKER_KEY: u64 = 10;
 const TAKER_KEY: u64 = 11;
+const OPS_KEY: u64 = 101;
 
 fn secret(key: u64) -> String {
     format!("secret-{key}")
@@ -80,6 +81,13 @@ fn exchange() -> Exchange {
             });
         }
     }
+    // An operator's key, good on both listeners.
+    cmds.push(Command::AddApiKey {
+        account: 1,
+        key_id: OPS_KEY,
+        secret_hash: secret_hash(secret(OPS_KEY).as_bytes()),
+        permissions: permission::ADMIN | permission::TRADE,
+    });
     for c in &cmds {
         out.clear();
         ex.apply(c, &mut out);
@@ -430,6 +438,31 @@ fn keys_log_in_only_on_the_listener_their_permission_allows() {
         LoginRejectReason::WrongListener
     );
     Peer::logged_in(s.admin, ADMIN_KEY);
+}
+
+#[test]
+fn a_session_resumes_only_on_the_listener_it_was_opened_on() {
+    let s = default_server();
+    let (mut a, reply) = Peer::login(s.admin, OPS_KEY);
+    let ServerMessage::LoginAccepted(opened) = reply else {
+        panic!("{reply:?}")
+    };
+    a.send(&ClientMessage::Logout);
+    assert_eq!(a.logout_reason(), Some(LogoutReason::Requested));
+    // The key may trade, but an admin session must not move to the trading listener
+    // (nor a trading session to the admin one): admin requests are for the admin
+    // listener only.
+    let resume = |l: &mut Login| {
+        l.resume_session = opened.session_id;
+        l.resume_from_seq = opened.next_seq;
+    };
+    let (_, reply) = Peer::login_with(s.trading, OPS_KEY, resume);
+    assert_eq!(rejected(reply), LoginRejectReason::ResumeImpossible);
+    let (_, reply) = Peer::login_with(s.admin, OPS_KEY, resume);
+    assert!(
+        matches!(reply, ServerMessage::LoginAccepted(_)),
+        "{reply:?}"
+    );
 }
 
 #[test]
