@@ -1,7 +1,7 @@
 //! Request rate limits and connection limits. Time comes from the caller (`now_ns`), so
 //! the rules are tested without sleeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 /// A token bucket: `rate_per_s` tokens a second, at most one second's worth banked. It
@@ -96,9 +96,62 @@ impl ConnectionCounts {
     }
 }
 
+/// The login nonces one key used recently, to refuse a replayed login. Nonces leave after
+/// `keep_ns` (twice the login freshness window: a login older than that fails the
+/// timestamp check anyway). Membership is a hash lookup, so a key that logs in very often
+/// costs each login O(1), not a scan of everything it sent in the window.
+#[derive(Debug, Default)]
+pub struct NoncesSeen {
+    by_time: VecDeque<(u64, u64)>,
+    set: HashSet<u64>,
+}
+
+impl NoncesSeen {
+    /// Records `nonce` at `now_ns`; false if it was seen within `keep_ns` (a replay).
+    pub fn admit(&mut self, nonce: u64, now_ns: u64, keep_ns: u64) -> bool {
+        while let Some(&(at, old)) = self.by_time.front() {
+            if now_ns.saturating_sub(at) <= keep_ns {
+                break;
+            }
+            self.by_time.pop_front();
+            self.set.remove(&old);
+        }
+        if !self.set.insert(nonce) {
+            return false;
+        }
+        self.by_time.push_back((now_ns, nonce));
+        debug_assert_eq!(self.by_time.len(), self.set.len());
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nonce_is_refused_while_remembered_and_forgotten_after_the_window() {
+        let mut seen = NoncesSeen::default();
+        let keep_ns = 10;
+        assert!(seen.admit(7, 100, keep_ns));
+        assert!(seen.admit(8, 105, keep_ns));
+        assert!(!seen.admit(7, 110, keep_ns), "a replay within the window");
+        assert!(
+            seen.admit(7, 111, keep_ns),
+            "forgotten once older than the window"
+        );
+        assert_eq!(seen.len(), 2, "8 and the new 7; the old 7 left");
+        assert!(seen.admit(9, 1_000, keep_ns));
+        assert_eq!(seen.len(), 1, "everything older left");
+    }
 
     const SECOND_NS: u64 = 1_000_000_000;
 

@@ -23,7 +23,7 @@ use ringex_engine::{
 };
 
 use crate::backend::{Backend, BackendError, Delivery};
-use crate::limits::{ConnectionCounts, TokenBucket};
+use crate::limits::{ConnectionCounts, NoncesSeen, TokenBucket};
 use crate::protocol::{
     decode_client, encode_server, login_flags, permission, template, AdminAck, Balance, BalanceEnd,
     Cancelled, ClientMessage, Filled, FrameError, Liquidity, Login, LoginAccepted,
@@ -52,8 +52,9 @@ const HEARTBEAT_MS_MAX: u32 = 1000;
 /// zeroing 512 bytes per message showed up in profiles.
 const SERVER_FRAME_MAX: usize = 128;
 const _: () = assert!(SERVER_FRAME_MAX <= FRAME_SIZE_MAX);
-/// Typical retained frame size, to size each session's resume buffer.
-const RETAINED_FRAME_BYTES_TYPICAL: usize = 56;
+/// A connection's output buffer keeps its capacity between bursts up to this; a larger
+/// one (a slow reader's backlog, a resume's replay) is released once it is written out.
+const WBUF_KEEP_BYTES: usize = 64 * 1024;
 
 /// Tag layout: the top byte says what a submission was for, the rest names it.
 const PURPOSE_SHIFT: u32 = 56;
@@ -218,7 +219,7 @@ pub struct Gateway {
     /// Client order ids of open orders, to echo them on every report.
     orders: HashMap<OrderId, u64>,
     buckets: HashMap<u64, TokenBucket>,
-    nonces: HashMap<u64, VecDeque<(u64, u64)>>,
+    nonces: HashMap<u64, NoncesSeen>,
     ips: ConnectionCounts,
     stats: Arc<GatewayStats>,
     base: Instant,
@@ -689,6 +690,9 @@ impl Gateway {
         for _ in 0..1024 {
             if conn.wpos == conn.wbuf.len() {
                 conn.wbuf.clear();
+                if conn.wbuf.capacity() > WBUF_KEEP_BYTES {
+                    conn.wbuf.shrink_to(WBUF_KEEP_BYTES);
+                }
                 conn.wpos = 0;
                 break;
             }
@@ -820,17 +824,14 @@ impl Gateway {
         if login.timestamp_ns.abs_diff(now) > window_ns {
             return Err(LoginRejectReason::StaleTimestamp);
         }
-        let seen = self.nonces.entry(login.api_key_id).or_default();
-        while seen
-            .front()
-            .is_some_and(|(at, _)| now.saturating_sub(*at) > 2 * window_ns)
+        if !self
+            .nonces
+            .entry(login.api_key_id)
+            .or_default()
+            .admit(login.nonce, now, 2 * window_ns)
         {
-            seen.pop_front();
-        }
-        if seen.iter().any(|(_, n)| *n == login.nonce) {
             return Err(LoginRejectReason::ReplayedNonce);
         }
-        seen.push_back((now, login.nonce));
         if login.resume_session != 0 {
             let s = self
                 .sessions
@@ -879,8 +880,8 @@ impl Gateway {
         let silence_ms = self.config.idle_timeout_ms.max(3 * heartbeat_ms);
         let cancel_on_disconnect = login.flags & login_flags::CANCEL_ON_DISCONNECT != 0;
         let resumed = login.resume_session != 0;
-        let retained_capacity =
-            self.config.resume_window_messages as usize * RETAINED_FRAME_BYTES_TYPICAL;
+        // The window's most: no frame is larger than SERVER_FRAME_MAX.
+        let retained_capacity = self.config.resume_window_messages as usize * SERVER_FRAME_MAX;
         let session_id = if resumed {
             login.resume_session
         } else {
