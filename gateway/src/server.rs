@@ -236,6 +236,7 @@ pub struct Gateway {
     /// Connections whose read stopped at its bound with bytes perhaps left: readiness is
     /// edge-triggered, so no event will come for those bytes; the next pass reads on.
     unread: Vec<usize>,
+    unread_spare: Vec<usize>,
     /// Accounts whose cancel-on-disconnect sessions were ended by an admin command (see
     /// `end_sessions`): their orders are cancelled at the end of the pass.
     cancel_all_pending: Vec<AccountId>,
@@ -305,6 +306,7 @@ impl Gateway {
             deliveries: Vec::with_capacity(DRAIN_PER_PASS),
             dirty: Vec::new(),
             unread: Vec::new(),
+            unread_spare: Vec::new(),
             accept_again: [false; 2],
             cancel_all_pending: Vec::new(),
         })
@@ -357,9 +359,15 @@ impl Gateway {
             if !events.is_empty() {
                 active_at = worked_from;
             }
-            for id in std::mem::take(&mut self.unread) {
+            // Reads below may queue their connection again: into the spare list, so
+            // neither list is ever reallocated.
+            let unread = std::mem::take(&mut self.unread_spare);
+            let mut ids = std::mem::replace(&mut self.unread, unread);
+            for &id in &ids {
                 self.read(id, false, backend);
             }
+            ids.clear();
+            self.unread_spare = ids;
             for ev in events.iter() {
                 match ev.token() {
                     TRADING => self.accept(false),
