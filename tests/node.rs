@@ -302,6 +302,52 @@ fn a_snapshot_from_another_history_is_skipped() {
 }
 
 #[test]
+fn a_journal_that_lost_durable_commands_is_refused_not_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "inline", "async", 0);
+    // Every segment stays, so the damaged one is not the oldest (that case the journal
+    // refuses by itself).
+    cfg.journal.prune_after_snapshot = false;
+    let commands = stream(20_000);
+    let (_, _, seq_last) = run(&cfg, &commands);
+    // Damage: the newest segment loses its contents (the final snapshot, at `seq_last`,
+    // survives).
+    let journal = dir.path().join("journal");
+    let newest = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .unwrap();
+    assert!(
+        !newest.ends_with("00000000000000000001.seg"),
+        "several segments"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let refused = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink)));
+    let e = refused
+        .err()
+        .expect("a start that would roll commands back")
+        .to_string();
+    assert!(e.contains("lost commands it had made durable"), "{e}");
+    assert!(e.contains(&format!("is at seq {seq_last}")), "{e}");
+    // The operator's way out, named in the message: set the snapshot aside.
+    let snapshots = dir.path().join("snapshots");
+    let aside = dir.path().join("snapshots-aside");
+    std::fs::rename(&snapshots, &aside).unwrap();
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let (seq, hash) = node.state_hash().unwrap();
+    assert!(seq < seq_last);
+    assert_eq!(hash, direct(&commands[..seq as usize]).0);
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied() {
     for topology in ["fused", "inline"] {
         a_command_the_journal_refuses_is_rejected_as_unavailable_and_never_applied_in(topology);

@@ -417,14 +417,27 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
 
     if let Some(p) = problem {
         let seg = &segments[p.index];
-        if p.seq <= seq_durable || (p.index == 0 && p.offset_bytes == 0 && seg.base_seq != 1) {
+        let below_durable = p.seq <= seq_durable;
+        // The oldest segment left after pruning: cutting it would leave no journal at all,
+        // and the records before it are gone for good.
+        let oldest_left = p.index == 0 && p.offset_bytes == 0 && seg.base_seq != 1;
+        if below_durable || oldest_left {
+            let why = if below_durable {
+                format!(
+                    "sequence {} is at or below the durable point {seq_durable}",
+                    p.seq
+                )
+            } else {
+                format!(
+                    "the oldest segment left (earlier ones were pruned) is damaged at its \
+                     start: sequences from {} on cannot be recovered",
+                    p.seq
+                )
+            };
             return Err(Error::Corrupt {
                 segment: seg.path.clone(),
                 offset_bytes: p.offset_bytes,
-                reason: format!(
-                    "{} (sequence {} is at or below the durable point {seq_durable})",
-                    p.reason, p.seq
-                ),
+                reason: format!("{} ({why})", p.reason),
                 dir: dir.to_path_buf(),
             });
         }

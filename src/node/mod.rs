@@ -494,6 +494,7 @@ impl Node {
             snapshots,
             snapshot_rx,
             Arc::clone(&shared),
+            journal.watermarks(),
             config.pipeline.cores.get("helpers").copied(),
         )?;
 
@@ -957,10 +958,15 @@ fn build_split(
         .build()
 }
 
+/// How long the snapshot writer waits for the journal to make a snapshot's commands
+/// durable (async mode: one flush interval, at most 10 s by config).
+const SNAPSHOT_DURABLE_WAIT_MAX: Duration = Duration::from_secs(30);
+
 fn spawn_snapshot_writer(
     store: SnapshotStore,
     jobs: Receiver<SnapshotJob>,
     shared: Arc<Shared>,
+    journal: Arc<ringex_journal::Watermarks>,
     core: Option<usize>,
 ) -> Result<JoinHandle<()>, NodeError> {
     std::thread::Builder::new()
@@ -971,6 +977,17 @@ fn spawn_snapshot_writer(
             }
             // Ends when the engine stage drops its sender.
             for job in jobs {
+                // A snapshot never gets ahead of the durable journal (in async mode the
+                // engine applies what is only in the page cache): so a snapshot ahead of
+                // the journal at start always means the journal lost durable records.
+                let durable = retry_until(SNAPSHOT_DURABLE_WAIT_MAX, || {
+                    (journal.durable() >= job.seq || shared.failure().is_some()).then_some(())
+                });
+                if durable.is_none() || journal.durable() < job.seq {
+                    let why = "its commands were not made durable";
+                    shared.note(format!("snapshot at seq {} skipped: {why}", job.seq));
+                    continue;
+                }
                 let hash = job.state_hash.to_le_bytes();
                 match store.write(job.seq, job.epoch, job.chain, &hash, &job.bytes) {
                     Ok(_) => shared

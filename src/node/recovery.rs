@@ -122,9 +122,10 @@ fn journal_chain_after(journal: &Journal, journal_dir: &Path, seq: u64) -> Optio
 }
 
 /// The newest snapshot that passes its checksums, restores into a state that passes every
-/// invariant, matches its recorded state hash, is not ahead of the journal and was taken
-/// from this journal's history (its chain value is the journal's at its sequence). Older
-/// ones are tried in turn; each one skipped is reported with why.
+/// invariant, matches its recorded state hash and was taken from this journal's history
+/// (its chain value is the journal's at its sequence). Older ones are tried in turn; each
+/// one skipped is reported with why. A usable snapshot ahead of the journal is an error:
+/// the journal lost durable commands.
 #[allow(clippy::type_complexity)]
 fn load_snapshot(
     snapshots: &SnapshotStore,
@@ -163,13 +164,22 @@ fn load_snapshot(
             continue;
         }
         if meta.seq > seq_last {
-            let why = format!(
-                "snapshot is at seq {} but the journal ends at {seq_last}: the journal lost \
-                 records the snapshot includes",
-                meta.seq
-            );
-            skipped.push((entry.path, why));
-            continue;
+            // Snapshots are written only once their commands are durable: the journal
+            // lost durable (acknowledged) commands. Starting from an older state would
+            // roll them back without a word; the operator decides.
+            return Err(NodeError::Snapshot {
+                reason: format!(
+                    "is at seq {} but the journal ends at {seq_last}: the journal lost \
+                     commands it had made durable (damaged or truncated segments). Refusing \
+                     to start rather than roll them back. Restore the journal from a backup; \
+                     or, to start from the journal alone and lose commands {}..={}, move \
+                     this snapshot (and any newer) out of the snapshots directory",
+                    meta.seq,
+                    seq_last + 1,
+                    meta.seq
+                ),
+                path: entry.path,
+            });
         }
         if journal_chain_after(journal, journal_dir, meta.seq) != Some(meta.chain) {
             let why = format!(
