@@ -21,6 +21,7 @@ pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, 
 pub use lock::LOCK_FILE_NAME;
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, RecoveryReport, Truncation, Verify};
+pub use segment::read_regular;
 pub use snapshot::{
     snapshot_file_name, LoadedSnapshot, SnapshotEntry, SnapshotMeta, SnapshotStore,
     STATE_HASH_SIZE_MAX,

@@ -39,9 +39,29 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
     Ok(out)
 }
 
+/// Opens a file for reading only if it is a regular one (links followed): a FIFO named
+/// like a segment or a snapshot would block the open forever, and a device such as
+/// `/dev/zero` would never end.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    File::open(path)
+}
+
+/// Reads a whole regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// Maps a whole file read-only. None for an empty file (mmap of length 0 is invalid).
 pub fn map_read(path: &Path) -> Result<Option<(File, Mmap)>> {
-    let file = File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    let file = open_regular(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(format!("stat {}", path.display()), e))?

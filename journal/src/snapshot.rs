@@ -254,7 +254,7 @@ impl SnapshotStore {
     pub fn list(&self) -> Result<Vec<SnapshotEntry>> {
         let mut out = Vec::new();
         for (path, seq) in Self::files(&self.dir, ".snap")? {
-            let meta = match std::fs::read(&path) {
+            let meta = match crate::segment::read_regular(&path) {
                 Ok(bytes) => decode(&path, &bytes).and_then(|m| {
                     if m.seq == seq {
                         Ok(m)
@@ -281,7 +281,7 @@ impl SnapshotStore {
     pub fn load_newest_valid(&self) -> Result<Option<LoadedSnapshot>> {
         let mut skipped = Vec::new();
         for (path, seq) in Self::files(&self.dir, ".snap")?.into_iter().rev() {
-            let bytes = match std::fs::read(&path) {
+            let bytes = match crate::segment::read_regular(&path) {
                 Ok(b) => b,
                 Err(e) => {
                     skipped.push((path, format!("read: {e}")));

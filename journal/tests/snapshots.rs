@@ -162,3 +162,57 @@ fn ringex_journal_segments(dir: &std::path::Path) -> Vec<u64> {
     v.sort();
     v
 }
+
+/// Runs `f` on another thread and fails the test if it has not returned within 10 s.
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("returned instead of blocking")
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+#[test]
+fn a_fifo_or_device_named_like_a_segment_or_snapshot_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let jdir = dir.path().join("journal");
+    let mut j = Journal::open(config(&jdir, Durability::Group)).unwrap();
+    let last = append_n(&mut j, 20, |_| 100);
+    assert!(j.commit().unwrap() >= last);
+    j.close().unwrap();
+    let snapshots = dir.path().join("snapshots");
+    let store = SnapshotStore::open(&snapshots, 3).unwrap();
+    store.write(10, 1, 1, &[7; 16], b"state").unwrap();
+    // A FIFO would block an open forever; /dev/zero would never end a read.
+    mkfifo(&snapshots.join("snapshot-00000000000000000015.snap"));
+    std::os::unix::fs::symlink(
+        "/dev/zero",
+        snapshots.join("snapshot-00000000000000000016.snap"),
+    )
+    .unwrap();
+    let listed = within_10s(move || store.list().unwrap());
+    let unusable: Vec<String> = listed.iter().filter_map(|e| e.meta.clone().err()).collect();
+    assert_eq!(unusable.len(), 2, "{unusable:?}");
+    assert!(
+        unusable
+            .iter()
+            .all(|why| why.contains("not a regular file")),
+        "{unusable:?}"
+    );
+    assert!(listed.iter().any(|e| e.seq == 10 && e.meta.is_ok()));
+    // The journal: a FIFO named like a later segment is an error naming it.
+    mkfifo(&jdir.join("00000000000000099999.seg"));
+    let opened = within_10s(move || Journal::open(config(&jdir, Durability::Group)).err());
+    let e = opened.expect("refused").to_string();
+    assert!(
+        e.contains("not a regular file") && e.contains("99999.seg"),
+        "{e}"
+    );
+}

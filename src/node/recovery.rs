@@ -143,7 +143,7 @@ fn load_snapshot(
                 continue;
             }
         };
-        let bytes = match std::fs::read(&entry.path) {
+        let bytes = match ringex_journal::read_regular(&entry.path) {
             Ok(b) => b,
             Err(e) => {
                 skipped.push((entry.path, format!("read: {e}")));
