@@ -616,8 +616,13 @@ impl<T: Copy + Default> OrderBook<T> {
     ) -> (Qty, MatchEnd) {
         let opposite = order.side.opposite();
         let mut remaining = order.qty;
-        // Each pass fills or removes at least one resting order, or returns.
-        let passes_max = self.index.len() + 1;
+        // Each pass removes a resting order, or returns, or fills part of one without
+        // removing it. The last happens only on the last resting order this order
+        // reaches: when its remaining quantity ends first (the next pass returns), or
+        // when a budget buy's budget does. A budget leaves at most two such fills: the
+        // lot cap is computed with the exact fee, each fill charges the fee rounded down,
+        // and the rounding saved can buy one lot more, never two (engine/README.md).
+        let passes_max = self.index.len() + 4;
         for _ in 0..passes_max {
             if remaining == 0 {
                 return (0, MatchEnd::Filled);

@@ -127,7 +127,11 @@ pub struct ApiKey {
 
 /// Quote notional of `qty` lots at `price`: `price * qty * tick_size`, if it fits.
 pub fn notional(price: Price, qty: Qty, tick_size: Amount) -> Option<Amount> {
-    let n = price as i128 * qty as i128 * tick_size as i128;
+    // Checked in i128 too: a price near i64::MAX times a large quantity times a large
+    // tick exceeds even i128, and a wrapped product would hold the wrong amount.
+    let n = (price as i128)
+        .checked_mul(qty as i128)?
+        .checked_mul(tick_size as i128)?;
     Amount::try_from(n).ok()
 }
 
@@ -148,7 +152,11 @@ pub fn buy_hold(price: Price, qty: Qty, tick_size: Amount, fee_ppm: u32) -> Opti
 pub fn lots_for_budget(budget: Amount, price: Price, tick_size: Amount, fee_ppm: u32) -> Qty {
     let unit = price as i128 * tick_size as i128;
     assert!(unit > 0 && budget >= 0);
-    let lots = budget as i128 * PPM as i128 / (unit * (PPM as i128 + fee_ppm as i128));
+    // A lot whose price with fees does not fit in i128 is beyond any budget (an i64).
+    let Some(lot_cost_ppm) = unit.checked_mul(PPM as i128 + fee_ppm as i128) else {
+        return 0;
+    };
+    let lots = budget as i128 * PPM as i128 / lot_cost_ppm;
     lots.min(Qty::MAX as i128) as Qty
 }
 
@@ -505,7 +513,8 @@ impl Exchange {
             market.reference_price = price;
         }
         market.trade_count += trades;
-        market.volume_lots += volume;
+        // A statistic: it saturates rather than wrap (qty_max may be near u64::MAX).
+        market.volume_lots = market.volume_lots.saturating_add(volume);
         let account = &mut self.accounts[meta.account_index as usize];
         let hold_asset = match incoming.side {
             Side::Buy => spec.quote,
@@ -1281,7 +1290,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
             .available += maker_fee + taker_fee;
         self.last_price = Some(price);
         self.trades += 1;
-        self.volume += qty;
+        self.volume = self.volume.saturating_add(qty);
         self.out.push(Event::Trade {
             market: spec.market,
             maker_order_id: maker.id,

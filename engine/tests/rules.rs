@@ -385,6 +385,119 @@ fn a_market_buy_by_budget_never_spends_more_than_its_budget() {
     assert_eq!(w.bal(BOB, BTC).0, 1_000_009);
 }
 
+/// The lot cap is computed with the exact fee, but each fill charges the fee rounded
+/// down: what the rounding saved may buy one more lot from the same resting order. (On
+/// the demo BTC-USDT market this crashed the engine: the matching loop's bound assumed
+/// every pass removed a resting order, and the journaled command crashed every replay.)
+#[test]
+fn a_market_buy_by_budget_may_take_a_second_fill_from_the_same_resting_order() {
+    let mut w = World::with_spec(MarketSpec {
+        lot_size: 10_000,
+        band_ppm: 100_000,
+        reference_price: 6_000_000,
+        maker_fee_ppm: 200,
+        taker_fee_ppm: 500,
+        ..spec()
+    });
+    w.deposit(BOB, USD, 20_000_000);
+    let maker = w.limit(ALICE, Side::Sell, 5_999_999, 3);
+    let ev = w.ok(Command::Place(market_order(BOB, Side::Buy, 0, 12_005_997)));
+    // 1 lot costs 5,999,999 + 2,999 fee (2,999.9995 rounded down): the cap is 1 lot
+    // (12,005,997 / 6,002,998.9995), and the 6,002,999 left buys one more.
+    assert_eq!(
+        trades(&ev),
+        vec![(maker, 5_999_999, 1), (maker, 5_999_999, 1)]
+    );
+    assert_eq!(cancelled_reason(&ev).unwrap().2, CancelReason::BudgetDone);
+    assert_eq!(w.bal(BOB, USD), (21_000_000 - 2 * 6_002_998, 0));
+}
+
+#[test]
+fn a_market_buy_by_budget_whose_lot_price_exceeds_any_amount_buys_nothing() {
+    let mut w = World::with_spec(MarketSpec {
+        tick_size: 100_000_000_000_000,
+        qty_max: 1_000_000_000,
+        band_ppm: 0,
+        taker_fee_ppm: 2_500,
+        ..spec()
+    });
+    w.deposit(BOB, USD, 1_000_000_000_000_000_000);
+    // price x tick x (1e6 + fee) is beyond i128: no lot is affordable (it used to wrap,
+    // divide by a small number or zero, and crash).
+    w.limit(ALICE, Side::Sell, 3_394_337_824_647_765_222, 1);
+    let ev = w.ok(Command::Place(market_order(
+        BOB,
+        Side::Buy,
+        0,
+        1_000_000_000_000_000_000,
+    )));
+    assert!(trades(&ev).is_empty(), "{ev:?}");
+    assert_eq!(w.bal(BOB, USD).1, 0, "the hold is released");
+}
+
+#[test]
+fn an_order_whose_notional_exceeds_any_amount_is_rejected() {
+    let mut w = World::with_spec(MarketSpec {
+        tick_size: 1_000_000_000_000,
+        qty_max: 1_000_000_000,
+        band_ppm: 0,
+        ..spec()
+    });
+    // price x qty x tick overflows i128 itself (it used to wrap to a small hold).
+    w.rejected(
+        Command::Place(order(
+            ALICE,
+            Side::Buy,
+            340_284_171_788_185_628,
+            999_994_696,
+        )),
+        RejectReason::AmountOverflow,
+    );
+    w.deposit(ALICE, USD, 2_000_000_000_000);
+    let id = w.limit(ALICE, Side::Buy, 1, 1);
+    w.rejected(
+        Command::Replace {
+            account: ALICE,
+            market: M,
+            order: OrderRef::Exchange(id),
+            price: 340_284_171_788_185_628,
+            qty: 999_994_696,
+        },
+        RejectReason::AmountOverflow,
+    );
+}
+
+#[test]
+fn a_markets_traded_volume_saturates_instead_of_wrapping() {
+    let mut w = World::with_spec(MarketSpec {
+        qty_max: u64::MAX,
+        band_ppm: 0,
+        reference_price: 1,
+        maker_fee_ppm: 0,
+        taker_fee_ppm: 0,
+        ..spec()
+    });
+    // Each account ends up with a little more than 2^62 - 2^21 of each asset (the total
+    // of an asset must fit in an i64).
+    for account in [ALICE, BOB] {
+        for asset in [BTC, USD] {
+            w.deposit(account, asset, i64::MAX / 2 - (1 << 21));
+        }
+    }
+    // Five trades of this many lots add up to more than u64::MAX; four do not.
+    let q: Qty = (1 << 62) - (1 << 21);
+    for round in 0..5 {
+        let (seller, buyer) = if round % 2 == 0 {
+            (ALICE, BOB)
+        } else {
+            (BOB, ALICE)
+        };
+        w.limit(seller, Side::Sell, 1, q);
+        w.ok(Command::Place(order(buyer, Side::Buy, 1, q)));
+    }
+    assert_eq!(w.ex.market(M).unwrap().volume_lots, u64::MAX);
+}
+
 #[test]
 fn a_market_buy_by_quantity_holds_at_the_top_of_the_band() {
     let mut w = World::new();
