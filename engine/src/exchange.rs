@@ -127,12 +127,15 @@ pub struct ApiKey {
 
 /// Quote notional of `qty` lots at `price`: `price * qty * tick_size`, if it fits.
 pub fn notional(price: Price, qty: Qty, tick_size: Amount) -> Option<Amount> {
-    // Checked in i128 too: a price near i64::MAX times a large quantity times a large
-    // tick exceeds even i128, and a wrapped product would hold the wrong amount.
-    let n = (price as i128)
-        .checked_mul(qty as i128)?
-        .checked_mul(tick_size as i128)?;
-    Amount::try_from(n).ok()
+    // price * qty always fits in i128 (|price| < 2^63, qty < 2^64), but times a large
+    // tick it may not, and a wrapped product would hold the wrong amount. When price *
+    // qty alone exceeds an amount, so does the notional (a tick is at least 1), and
+    // otherwise the product of two i64 fits in i128: no overflow check in i128 needed.
+    if tick_size == 0 {
+        return Some(0);
+    }
+    let price_qty = Amount::try_from(price as i128 * qty as i128).ok()?;
+    Amount::try_from(price_qty as i128 * tick_size as i128).ok()
 }
 
 /// Fee on a notional, rounded down (per fill).
