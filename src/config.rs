@@ -508,6 +508,13 @@ impl Config {
         if !(1..=4096).contains(&j.segment_size_mib) {
             return err("journal.segment_size_mib", "must be in 1..=4096".into());
         }
+        // In MiB: shifted to bytes, a larger value would wrap (and so disable the check).
+        if j.low_space_mib > 1 << 40 {
+            return err(
+                "journal.low_space_mib",
+                "must be at most 2^40 (1 EiB)".into(),
+            );
+        }
         if j.flush_interval_ms == 0 || j.flush_interval_ms > 10_000 {
             return err("journal.flush_interval_ms", "must be in 1..=10000".into());
         }

@@ -148,16 +148,7 @@ fn main() -> ExitCode {
             which: Bench::Pipeline(a),
         } => {
             let defaults = PipelineBenchArgs::default();
-            for (name, size) in [
-                ("--input-ring-size", a.input_ring_size),
-                ("--output-ring-size", a.output_ring_size),
-            ] {
-                if size.is_some_and(|n| n < 64 || !n.is_power_of_two()) {
-                    eprintln!("ringex bench pipeline: {name} must be a power of two >= 64");
-                    return ExitCode::FAILURE;
-                }
-            }
-            pipeline::run(&PipelineBenchArgs {
+            let args = PipelineBenchArgs {
                 commands: a.commands,
                 rates: a.rates,
                 topologies: a.topologies,
@@ -168,13 +159,23 @@ fn main() -> ExitCode {
                 input_ring_size: a.input_ring_size,
                 output_ring_size: a.output_ring_size,
                 runs: a.runs as usize,
-            });
+            };
+            if let Err(e) = pipeline::check_args(&args) {
+                eprintln!("ringex bench pipeline: {e}");
+                return ExitCode::FAILURE;
+            }
+            pipeline::run(&args);
             ExitCode::SUCCESS
         }
         Cmd::Bench {
             which: Bench::Engine(a),
         } => {
             let defaults = EngineBenchArgs::default();
+            // Each market takes an asset id below 65536; a run needs at least one.
+            if a.markets.iter().any(|m| !(1..=10_000).contains(m)) || a.runs == 0 {
+                eprintln!("ringex bench engine: --markets must be in 1..=10000, --runs at least 1");
+                return ExitCode::FAILURE;
+            }
             engine::run(&EngineBenchArgs {
                 commands: a.commands,
                 markets: if a.markets.is_empty() {

@@ -124,9 +124,18 @@ impl fmt::Display for Error {
                 seq,
                 seq_first,
                 seq_last,
-            } => write!(
+            } if seq_last >= seq_first => write!(
                 f,
                 "journal sequence {seq} is not available (journal holds {seq_first}..={seq_last})"
+            ),
+            Error::SequenceUnavailable { seq, seq_first, .. } if seq < seq_first => write!(
+                f,
+                "journal sequence {seq} is not available (the journal's records start at \
+                 {seq_first}; earlier ones were pruned)"
+            ),
+            Error::SequenceUnavailable { seq, .. } => write!(
+                f,
+                "journal sequence {seq} is not available (the journal holds no records yet)"
             ),
             Error::Config(msg) => write!(f, "journal configuration error: {msg}"),
             Error::Snapshot { path, reason } => {

@@ -103,6 +103,11 @@ enum Step {
 }
 
 impl Reader {
+    /// The journal directory this reader reads.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Opens a reader positioned at the first record of the journal.
     pub fn open(dir: impl AsRef<Path>) -> Result<Reader> {
         let dir = dir.as_ref().to_path_buf();

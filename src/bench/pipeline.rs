@@ -187,7 +187,43 @@ pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
 
 /// `durability` is a mode, optionally with a journal backend: `async`, `group`,
 /// `group-mmap`, `group-pwrite`, `group-io-uring`.
+/// Checks what `run` would otherwise find out by panicking part-way: every case's node
+/// config (topology, durability and its backend, placement), the ring sizes, and that the
+/// journal directory can be created.
+pub fn check_args(args: &PipelineBenchArgs) -> Result<(), String> {
+    for (name, size) in [
+        ("--input-ring-size", args.input_ring_size),
+        ("--output-ring-size", args.output_ring_size),
+    ] {
+        if size.is_some_and(|n| !(64..=1 << 24).contains(&n) || !n.is_power_of_two()) {
+            return Err(format!("{name} must be a power of two in 64..=16777216"));
+        }
+    }
+    for placement in &args.placements {
+        if !["free", "pinned"].contains(&placement.as_str()) {
+            return Err(format!("unknown placement {placement:?} (free, pinned)"));
+        }
+    }
+    for topology in &args.topologies {
+        for durability in &args.durabilities {
+            for placement in &args.placements {
+                let text = node_config_text(&args.dir, topology, durability, placement);
+                Config::parse(&text, "bench").map_err(|e| {
+                    format!("topology {topology:?}, durability {durability:?}: {e}")
+                })?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("journal directory {}: {e}", args.dir.display()))
+}
+
 fn node_config(dir: &Path, topology: &str, durability: &str, placement: &str) -> Config {
+    let text = node_config_text(dir, topology, durability, placement);
+    Config::parse(&text, "bench").expect("bench config is valid (check_args)")
+}
+
+fn node_config_text(dir: &Path, topology: &str, durability: &str, placement: &str) -> String {
     let (durability, backend) = durability.split_once('-').unwrap_or((durability, "auto"));
     // Fused: the pipeline thread and the driver, one core each, so the pipeline may spin.
     // Split: more stages than cores, so they back off.
@@ -196,7 +232,7 @@ fn node_config(dir: &Path, topology: &str, durability: &str, placement: &str) ->
     } else {
         "backoff"
     };
-    let text = format!(
+    format!(
         r#"
 [node]
 id = 1
@@ -221,8 +257,7 @@ log_every_seconds = 0
 "#,
         dir.display(),
         cores = pipeline_cores(topology, placement),
-    );
-    Config::parse(&text, "bench").expect("bench config is valid")
+    )
 }
 
 /// The `[pipeline]` cores line for a placement. `pinned`: the journal's helpers and the

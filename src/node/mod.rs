@@ -90,11 +90,9 @@ impl fmt::Display for NodeError {
             NodeError::Snapshot { path, reason } => {
                 write!(f, "snapshot {}: {reason}", path.display())
             }
-            NodeError::Replay { seq, reason } => write!(
-                f,
-                "cannot replay journal record {seq}: {reason} (inspect with `{} DIR`)",
-                ringex_journal::VERIFY_COMMAND
-            ),
+            NodeError::Replay { seq, reason } => {
+                write!(f, "cannot replay journal record {seq}: {reason}")
+            }
             NodeError::Refused(why) => write!(f, "node refuses input: {why}"),
             NodeError::Backpressure => write!(f, "input ring full: the pipeline is behind"),
             NodeError::NoReply(what) => write!(f, "no reply to {what}"),

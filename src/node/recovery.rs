@@ -81,16 +81,24 @@ pub fn apply_records(
     mut each: impl FnMut(&[Event]),
 ) -> Result<(u64, u64), NodeError> {
     reader.seek(from).map_err(NodeError::Journal)?;
+    // A record that cannot be replayed names the command that shows the journal around it.
+    let inspect = format!(
+        "inspect with `{} {}`",
+        ringex_journal::VERIFY_COMMAND,
+        reader.dir().display()
+    );
+    let replay_error = |seq: u64, reason: String| NodeError::Replay {
+        seq,
+        reason: format!("{reason} ({inspect})"),
+    };
     let mut events: Vec<Event> = Vec::with_capacity(64);
     let (mut applied, mut seq_last) = (0u64, from - 1);
     // Bounded by `to`, or by the journal's length (the reader returns None at its end).
     for expected in from..=to.unwrap_or(u64::MAX) {
         let Some(r) = reader.next().map_err(NodeError::Journal)? else {
             if let Some(to) = to {
-                return Err(NodeError::Replay {
-                    seq: expected,
-                    reason: format!("journal ended before its last sequence {to}"),
-                });
+                let why = format!("journal ended before its last sequence {to}");
+                return Err(replay_error(expected, why));
             }
             break;
         };
@@ -98,7 +106,12 @@ pub fn apply_records(
             r.seq, expected,
             "the journal reader returns dense sequences"
         );
-        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload)?;
+        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload).map_err(
+            |e| match e {
+                NodeError::Replay { seq, reason } => replay_error(seq, reason),
+                other => other,
+            },
+        )?;
         events.clear();
         exchange.apply(&cmd, &mut events);
         each(&events);

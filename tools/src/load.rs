@@ -848,11 +848,22 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
 /// JSON with `--json`). Errors are setup failures; failures during the run are counted
 /// in the report.
 pub fn run(args: &LoadArgs) -> Result<Report, String> {
-    if args.users < 3 {
-        return Err("--users must be at least 3 (one of each class)".into());
+    // Each user is a connection, and the schedule's gaps are whole nanoseconds.
+    const USERS_MAX: u32 = 100_000;
+    const RATE_MAX: u64 = 100_000_000;
+    if !(3..=USERS_MAX).contains(&args.users) {
+        return Err(format!(
+            "--users must be in 3..={USERS_MAX} (at least one of each class)"
+        ));
     }
     if args.rate == 0 || args.duration.is_nan() || args.duration <= 0.0 {
         return Err("--rate and --duration must be positive".into());
+    }
+    if args.duration > 86_400.0 {
+        return Err("--duration must be at most 86400 s".into());
+    }
+    if args.rate > RATE_MAX {
+        return Err(format!("--rate must be at most {RATE_MAX} requests/s"));
     }
     let mut markets = parse_markets(&args.markets)?;
     if markets.is_empty() {
