@@ -218,6 +218,9 @@ pub struct Gateway {
     pending_logins: HashMap<usize, PendingLogin>,
     /// Client order ids of open orders, to echo them on every report.
     orders: HashMap<OrderId, u64>,
+    /// Market buys by budget between their acceptance and their end, which is always a
+    /// Cancelled in the same command: a few at most.
+    budget_orders: Vec<OrderId>,
     buckets: HashMap<u64, TokenBucket>,
     nonces: HashMap<u64, NoncesSeen>,
     ips: ConnectionCounts,
@@ -294,6 +297,7 @@ impl Gateway {
             by_account: HashMap::new(),
             pending_logins: HashMap::new(),
             orders: HashMap::new(),
+            budget_orders: Vec::new(),
             buckets: HashMap::new(),
             nonces: HashMap::new(),
             ips: ConnectionCounts::default(),
@@ -1384,6 +1388,11 @@ impl Gateway {
                 qty,
             } => {
                 self.orders.insert(order_id, client_order_id);
+                if qty == 0 {
+                    // A market buy by budget: every fill reports remaining 0, and the
+                    // order ends with its Cancelled{BudgetDone}.
+                    self.budget_orders.push(order_id);
+                }
                 let msg = ServerMessage::OrderAccepted(OrderAccepted {
                     seq: 0,
                     request_id: 0,
@@ -1430,7 +1439,7 @@ impl Gateway {
                     ),
                 ] {
                     let client_order_id = self.orders.get(&order_id).copied().unwrap_or(0);
-                    if remaining == 0 {
+                    if remaining == 0 && !self.budget_orders.contains(&order_id) {
                         self.orders.remove(&order_id);
                     }
                     let msg = ServerMessage::Filled(Filled {
@@ -1463,6 +1472,7 @@ impl Gateway {
                 reason,
             } => {
                 let client_order_id = self.orders.remove(&order_id).unwrap_or(0);
+                self.budget_orders.retain(|o| *o != order_id);
                 let msg = ServerMessage::Cancelled(Cancelled {
                     seq: 0,
                     request_id: 0,

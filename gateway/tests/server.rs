@@ -334,6 +334,15 @@ fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 /// A GTC limit order in the test market.
 fn limit_order(request_id: u64, side: Side, price: i64, qty: u64, cid: u64) -> ClientMessage {
     ClientMessage::NewOrder(NewOrder {
+        price,
+        qty,
+        ..limit_order_fields(request_id, side, cid)
+    })
+}
+
+/// A GTC limit order on the test market, price and quantity zero.
+fn limit_order_fields(request_id: u64, side: Side, cid: u64) -> NewOrder {
+    NewOrder {
         request_id,
         market: MARKET,
         client_order_id: cid,
@@ -341,10 +350,10 @@ fn limit_order(request_id: u64, side: Side, price: i64, qty: u64, cid: u64) -> C
         kind: OrderKind::Limit,
         tif: TimeInForce::Gtc,
         stp: StpMode::None,
-        price,
-        qty,
+        price: 0,
+        qty: 0,
         quote_budget: 0,
-    })
+    }
 }
 
 fn rejected(reply: ServerMessage) -> LoginRejectReason {
@@ -564,6 +573,44 @@ fn a_cross_fills_both_sides_with_the_makers_price_and_one_match_id() {
     assert_eq!(maker_fill.client_order_id, 1);
     assert_eq!(maker_fill.remaining_qty, 2);
     assert_eq!(maker_fill.match_id, taker_fill.match_id);
+}
+
+#[test]
+fn a_market_buy_by_budget_echoes_its_client_order_id_on_every_fill_and_its_end() {
+    let s = default_server();
+    let mut maker = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
+    maker.order(Side::Sell, 100, 1, 11);
+    maker.order(Side::Sell, 101, 1, 12);
+    let request_id = taker.request_id();
+    taker.send(&ClientMessage::NewOrder(NewOrder {
+        kind: OrderKind::Market,
+        tif: TimeInForce::Ioc,
+        price: 0,
+        qty: 0,
+        quote_budget: 1_000,
+        ..limit_order_fields(request_id, Side::Buy, 77)
+    }));
+    let out = taker.outcome(request_id);
+    let echoed: Vec<(&str, u64)> = out
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::OrderAccepted(a) => Some(("accepted", a.client_order_id)),
+            ServerMessage::Filled(f) => Some(("filled", f.client_order_id)),
+            ServerMessage::Cancelled(c) => Some(("cancelled", c.client_order_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        echoed,
+        [
+            ("accepted", 77),
+            ("filled", 77),
+            ("filled", 77),
+            ("cancelled", 77)
+        ],
+        "{out:?}"
+    );
 }
 
 #[test]
