@@ -9,7 +9,9 @@
 //! - **Pipelined**: [`Client::send`] returns the request id at once; [`Client::poll`] /
 //!   [`Client::recv`] return server messages as they arrive. Messages that arrive while a
 //!   blocking call waits for its own answer (unsolicited fills, answers to pipelined
-//!   requests) are kept, in order, for `poll`.
+//!   requests) are kept, in order, for `poll`; so is the part of its own answer already
+//!   received when the call fails (a timeout, a disconnect), since a resume does not
+//!   replay what was received.
 //! - **Event loop**: a caller that multiplexes many clients on one mio `Poll` (the load
 //!   generator) registers [`Client::raw_fd`] and, on each readable event, calls
 //!   [`Client::read_ready`], which hands over everything the socket holds with one read
@@ -21,8 +23,8 @@
 //! the connection has been idle for the granted interval: an application that calls
 //! nothing for longer than the server's silence timeout (5 s by default) is logged out.
 //!
-//! Sequencing: every sequenced message must carry the next seq. A gap is an error
-//! ([`ClientError::SeqGap`]); [`Client::reconnect`] then resumes the session from the
+//! Sequencing: every sequenced message must carry the next seq. One already received (a
+//! replay that starts early) is skipped; a gap is an error ([`ClientError::SeqGap`]); [`Client::reconnect`] then resumes the session from the
 //! first missing seq and the server replays what was lost. Requests sent but not yet
 //! known to be processed are kept in a bounded [`Outbox`] and resent, with their ids, by
 //! `reconnect` (the server ignores ids it has already processed).
@@ -78,6 +80,13 @@ pub use request::{OrderParams, OrderReport, Request, Response};
 
 /// Most socket reads one [`Client::read_ready`] makes (each of 16 KiB or more).
 const READS_PER_READY_MAX: usize = 64;
+/// Most messages kept unread for `poll` (80 MiB or so): a blocking call that would read
+/// more returns an error instead of growing memory without bound.
+const INBOX_MAX: usize = 1 << 20;
+/// The heartbeat intervals a server may grant (docs/protocol.md 3.2 grants 100-1000 ms;
+/// up to a minute is accepted).
+const HEARTBEAT_MS_MIN: u32 = 100;
+const HEARTBEAT_MS_MAX: u32 = 60_000;
 
 /// What one non-blocking read found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +149,8 @@ pub enum ClientError {
     /// A call was made on a connection that has failed; `reconnect` first.
     Disconnected,
     Timeout,
-    /// A sequenced message out of order: messages were lost. Reconnect to replay them.
+    /// A sequenced message ahead of the next expected one: messages were lost. Reconnect
+    /// to replay them.
     SeqGap {
         expected: u64,
         got: u64,
@@ -334,7 +344,9 @@ impl Client {
             },
         };
         login.sign(&self.secret_hash);
-        self.broken = false;
+        // Unusable until a valid LoginAccepted: a login that times out or fails leaves
+        // the client broken, so nothing is sent on a connection that is not logged in.
+        self.broken = true;
         self.logged_in = false;
         self.queue(&ClientMessage::Login(login));
         let deadline = Instant::now() + self.options.timeout;
@@ -365,16 +377,36 @@ impl Client {
         let expected_seq = resume.map_or(1, |r| r.from_seq);
         let resumed = accepted.flags & login_flags::RESUMED != 0;
         if accepted.next_seq != expected_seq || resumed != resume.is_some() {
-            self.broken = true;
             return Err(ClientError::Protocol(format!(
                 "LoginAccepted next_seq {} (flags {:#x}), expected {expected_seq}",
                 accepted.next_seq, accepted.flags
             )));
         }
+        // A new session has processed nothing; a resumed one at most what we sent. Any
+        // other value would drop unanswered requests from the outbox without resending.
+        let request_id_max = if resume.is_some() {
+            self.next_request_id - 1
+        } else {
+            0
+        };
+        if accepted.last_request_id > request_id_max {
+            return Err(ClientError::Protocol(format!(
+                "LoginAccepted last_request_id {}, but requests were sent up to {request_id_max}",
+                accepted.last_request_id
+            )));
+        }
+        // The protocol grants 100-1000 ms; 0 would make the client heartbeat nonstop.
+        if !(HEARTBEAT_MS_MIN..=HEARTBEAT_MS_MAX).contains(&accepted.heartbeat_ms) {
+            return Err(ClientError::Protocol(format!(
+                "LoginAccepted heartbeat {} ms",
+                accepted.heartbeat_ms
+            )));
+        }
+        self.broken = false;
         self.login = accepted;
         self.logged_in = true;
         self.next_seq = accepted.next_seq;
-        self.heartbeat = Duration::from_millis(accepted.heartbeat_ms.clamp(1, 60_000) as u64);
+        self.heartbeat = Duration::from_millis(u64::from(accepted.heartbeat_ms));
         self.silence = self.options.silence_timeout.max(self.heartbeat * 3);
         self.next_request_id = self.next_request_id.max(accepted.last_request_id + 1);
         // Resend what the session has not processed, with the original ids.
@@ -673,7 +705,10 @@ impl Client {
             if now >= deadline {
                 return Err(ClientError::Timeout);
             }
-            self.keepalive()?;
+            // While logging in the client is not usable yet: nothing to keep alive.
+            if self.logged_in {
+                self.keepalive()?;
+            }
             let wake = if self.logged_in {
                 let hb_due = self.last_sent + self.heartbeat;
                 deadline.min(hb_due.max(now + Duration::from_micros(50)))
@@ -712,7 +747,11 @@ impl Client {
             let (Some(seq), Some(request_id)) = (msg.seq(), msg.request_id()) else {
                 unreachable!("every other message is sequenced")
             };
-            if seq != self.next_seq {
+            if seq < self.next_seq {
+                // Already received (a replay that starts early): not a loss, skipped.
+                continue;
+            }
+            if seq > self.next_seq {
                 return Err(self.fail(ClientError::SeqGap {
                     expected: self.next_seq,
                     got: seq,
@@ -738,6 +777,11 @@ impl Client {
         loop {
             if let Some(m) = self.next_buffered()? {
                 return Ok(Some(m));
+            }
+            // Bytes that keep trickling in without completing a frame must not hold the
+            // caller past its deadline.
+            if Instant::now() >= deadline {
+                return Ok(None);
             }
             match self.fill_until(deadline) {
                 Ok(()) => {}
@@ -789,26 +833,54 @@ impl Client {
             request_id,
             messages: Vec::new(),
         };
+        // Everything read during the call, in order: on success the others go to the
+        // inbox; on failure all of it does, so that no report is lost (its seq is counted
+        // already, and a resume would not replay it).
+        let mut arrived: Vec<ServerMessage> = Vec::new();
         let deadline = Instant::now() + self.options.timeout;
-        loop {
-            let Some(msg) = self.read_message(deadline)? else {
-                return Err(ClientError::Timeout);
+        let outcome = loop {
+            if Instant::now() >= deadline {
+                break Err(ClientError::Timeout);
+            }
+            if self.inbox.len() + arrived.len() >= INBOX_MAX {
+                break Err(ClientError::Protocol(format!(
+                    "{INBOX_MAX} messages arrived during one blocking call; poll them"
+                )));
+            }
+            let msg = match self.read_message(deadline) {
+                Ok(Some(m)) => m,
+                Ok(None) => break Err(ClientError::Timeout),
+                Err(e) => break Err(e),
             };
+            arrived.push(msg);
             if msg.request_id() != Some(request_id) {
-                self.inbox.push_back(msg);
                 continue;
             }
             if let ServerMessage::RequestDone(done) = msg {
                 if done.count as usize != response.messages.len() {
-                    return Err(self.fail(ClientError::Protocol(format!(
+                    let why = format!(
                         "RequestDone counts {} messages for request {request_id}, {} arrived",
                         done.count,
                         response.messages.len()
-                    ))));
+                    );
+                    break Err(self.fail(ClientError::Protocol(why)));
                 }
-                return Ok(response);
+                break Ok(());
             }
             response.messages.push(msg);
+        };
+        match outcome {
+            Ok(()) => {
+                let others = arrived
+                    .into_iter()
+                    .filter(|m| m.request_id() != Some(request_id));
+                self.inbox.extend(others);
+                Ok(response)
+            }
+            Err(e) => {
+                self.inbox.extend(arrived);
+                Err(e)
+            }
         }
     }
 
@@ -972,6 +1044,9 @@ impl Client {
         let deadline = Instant::now() + self.options.timeout;
         self.flush_until(deadline)?;
         loop {
+            if Instant::now() >= deadline || self.inbox.len() >= INBOX_MAX {
+                return Err(ClientError::Timeout);
+            }
             match self.read_message(deadline) {
                 Ok(Some(m)) => self.inbox.push_back(m),
                 Ok(None) => return Err(ClientError::Timeout),

@@ -71,15 +71,23 @@ impl Conn {
 
     /// Checks the Login and answers LoginAccepted; returns the Login.
     fn accept_login(&mut self, session_id: u64, last_request_id: u64) -> Login {
+        self.accept_login_with(|a| {
+            a.session_id = session_id;
+            a.last_request_id = last_request_id;
+        })
+    }
+
+    /// Like `accept_login`, with the LoginAccepted changed by `adjust`.
+    fn accept_login_with(&mut self, adjust: impl FnOnce(&mut LoginAccepted)) -> Login {
         let ClientMessage::Login(login) = self.recv() else {
             panic!("expected Login")
         };
         assert!(login.verify(&secret_hash(SECRET.as_bytes())), "signature");
         let resumed = login.resume_session != 0;
-        self.send(&[ServerMessage::LoginAccepted(LoginAccepted {
-            session_id,
+        let mut accepted = LoginAccepted {
+            session_id: 1,
             next_seq: if resumed { login.resume_from_seq } else { 1 },
-            last_request_id,
+            last_request_id: 0,
             account: 7,
             heartbeat_ms: if login.heartbeat_ms == 0 {
                 1000
@@ -88,7 +96,9 @@ impl Conn {
             },
             flags: (login.flags & login_flags::CANCEL_ON_DISCONNECT)
                 | if resumed { login_flags::RESUMED } else { 0 },
-        })]);
+        };
+        adjust(&mut accepted);
+        self.send(&[ServerMessage::LoginAccepted(accepted)]);
         login
     }
 }
@@ -119,6 +129,14 @@ fn options() -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_secs(2),
         ..ClientOptions::default()
+    }
+}
+
+/// For tests that wait out a blocking call's timeout.
+fn options_timeout_300ms() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_millis(300),
+        ..options()
     }
 }
 
@@ -426,6 +444,168 @@ fn invalid_admin_request_is_refused_locally() {
         Err(ClientError::InvalidRequest)
     ));
     assert_eq!(client.next_request_id(), 1);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_blocking_call_that_fails_part_way_leaves_what_arrived_for_poll() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        c.accept_login(1, 0);
+        c.recv_request();
+        c.send(&[accepted(1, 1, 500), filled(2, 1, 500, 7)]);
+        std::thread::sleep(Duration::from_millis(800));
+        c.send(&[done(3, 1, 2)]);
+        c.wait_close();
+    })]);
+    let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
+    let r = client.new_order(&OrderParams::limit(1, Side::Buy, 100, 10));
+    assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+    // The accept and the fill were received (their seqs are counted, a resume would not
+    // replay them): poll hands them over, then the late RequestDone.
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let m = client
+            .poll(Duration::from_secs(2))
+            .unwrap()
+            .expect("a message");
+        seqs.push(m.seq().unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_blocking_call_returns_at_its_timeout_even_while_reports_stream_in() {
+    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+        c.accept_login(1, 0);
+        c.recv_request();
+        // Unsolicited reports, never the answer, until the client goes away.
+        let mut seq = 1;
+        for _ in 0..100_000 {
+            let burst: Vec<ServerMessage> = (seq..seq + 512).map(|s| filled(s, 0, 9, 1)).collect();
+            seq += 512;
+            let mut out = Vec::new();
+            for m in &burst {
+                let mut buf = [0u8; FRAME_SIZE_MAX];
+                let n = encode_server(m, &mut buf);
+                out.extend_from_slice(&buf[..n]);
+            }
+            if c.stream.write_all(&out).is_err() {
+                return;
+            }
+        }
+    })]);
+    let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
+    let started = std::time::Instant::now();
+    let r = client.balances();
+    assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_login_accepted_with_values_the_protocol_never_grants_is_an_error() {
+    let (addr, server) = fake(vec![
+        // A new session that claims to have processed requests.
+        Box::new(|c: &mut Conn| {
+            c.accept_login_with(|a| a.last_request_id = u64::MAX);
+            c.wait_close();
+        }),
+        // A heartbeat interval of 0 (granted: 100-1000 ms).
+        Box::new(|c: &mut Conn| {
+            c.accept_login_with(|a| a.heartbeat_ms = 0);
+            c.wait_close();
+        }),
+    ]);
+    for _ in 0..2 {
+        let r = Client::connect(addr, 9, SECRET, options());
+        assert!(matches!(r, Err(ClientError::Protocol(_))), "{r:?}");
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn a_resume_claiming_requests_never_sent_is_an_error_not_a_silent_loss() {
+    let (addr, server) = fake(vec![
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            c.recv_request();
+            c.recv_request();
+        }),
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 1_000);
+            c.wait_close();
+        }),
+    ]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    client.send(&Request::BalanceQuery).unwrap();
+    client.send(&Request::BalanceQuery).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let r = client.reconnect();
+    assert!(matches!(r, Err(ClientError::Protocol(_))), "{r:?}");
+    assert_eq!(client.in_flight(), 2, "nothing dropped from the outbox");
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_reconnect_whose_login_goes_unanswered_leaves_the_client_broken() {
+    let (addr, server) = fake(vec![
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            c.wait_close();
+        }),
+        Box::new(|c: &mut Conn| {
+            let _login = c.recv();
+            c.wait_close();
+        }),
+    ]);
+    let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
+    client.disconnect();
+    assert!(matches!(client.reconnect(), Err(ClientError::Timeout)));
+    assert!(client.is_broken());
+    assert!(matches!(
+        client.send(&Request::BalanceQuery),
+        Err(ClientError::Disconnected)
+    ));
+    drop(client);
+    server.join().unwrap();
+}
+
+#[test]
+fn a_replay_that_starts_early_skips_what_was_already_received() {
+    let (addr, server) = fake(vec![
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 0);
+            c.recv_request();
+            c.send(&[accepted(1, 1, 500), done(2, 1, 1)]);
+            std::thread::sleep(Duration::from_millis(100));
+        }),
+        Box::new(|c: &mut Conn| {
+            c.accept_login(1, 1);
+            // Replays from seq 1 although the client asked for 3, then goes on.
+            c.send(&[accepted(1, 1, 500), done(2, 1, 1), filled(3, 0, 500, 9)]);
+            c.wait_close();
+        }),
+    ]);
+    let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
+    client
+        .new_order(&OrderParams::limit(1, Side::Buy, 100, 10))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    client.reconnect().unwrap();
+    let m = client
+        .poll(Duration::from_secs(2))
+        .unwrap()
+        .expect("the new message");
+    assert_eq!(m.seq(), Some(3));
     drop(client);
     server.join().unwrap();
 }
