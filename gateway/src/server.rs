@@ -62,6 +62,11 @@ const PURPOSE_REQUEST: u64 = 1;
 const PURPOSE_LOGIN: u64 = 2;
 const PURPOSE_WARM: u64 = 3;
 const PURPOSE_INTERNAL: u64 = 4;
+/// The barrier query of a stop (see `stop_gracefully`).
+const PURPOSE_STOP: u64 = 5;
+/// How long a stop waits for the answers to what was submitted and for the clients to
+/// take them.
+const STOP_DRAIN_MAX: Duration = Duration::from_secs(5);
 
 fn tag(purpose: u64, id: u64) -> u64 {
     assert!(id < 1 << PURPOSE_SHIFT);
@@ -240,6 +245,8 @@ pub struct Gateway {
     /// edge-triggered, so no event will come for those bytes; the next pass reads on.
     unread: Vec<usize>,
     unread_spare: Vec<usize>,
+    /// The stop's barrier query was answered (see `stop_gracefully`).
+    stop_barrier_answered: bool,
     /// Accounts whose cancel-on-disconnect sessions were ended by an admin command (see
     /// `end_sessions`): their orders are cancelled at the end of the pass.
     cancel_all_pending: Vec<AccountId>,
@@ -311,6 +318,7 @@ impl Gateway {
             dirty: Vec::new(),
             unread: Vec::new(),
             unread_spare: Vec::new(),
+            stop_barrier_answered: false,
             accept_again: [false; 2],
             cancel_all_pending: Vec::new(),
         })
@@ -422,11 +430,100 @@ impl Gateway {
                 self.count_slow_pass(ended - pass_from);
             }
         }
-        let ids: Vec<usize> = self.conns.keys().copied().collect();
-        for id in ids {
-            self.close(id, Some(LogoutReason::ServerShutdown), backend);
-        }
+        self.stop_gracefully(backend);
         Ok(())
+    }
+
+    /// The end of `run`: reads nothing more, answers every request already submitted
+    /// (so every processed request gets its `RequestDone`), runs the sessions'
+    /// cancel-on-disconnect while they can still hear the reports, then sends every
+    /// client `Logout{ServerShutdown}` and closes without discarding what the kernel
+    /// still holds for it. Bounded by `STOP_DRAIN_MAX`.
+    fn stop_gracefully(&mut self, backend: &mut dyn Backend) {
+        let deadline = Instant::now() + STOP_DRAIN_MAX;
+        let flagged: Vec<(u64, AccountId)> = self
+            .sessions
+            .values()
+            .filter(|s| s.conn.is_some() && s.cancel_on_disconnect)
+            .map(|s| (s.id, s.account))
+            .collect();
+        for (sid, account) in flagged {
+            cancel_on_disconnect(backend, account, sid);
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.cancel_on_disconnect = false;
+            }
+        }
+        // A barrier: its reply comes after the outputs of everything submitted before it.
+        self.stop_barrier_answered = false;
+        let barrier = Query::ApiKey { key_id: 0 };
+        let barrier_sent = backend.query(&barrier, tag(PURPOSE_STOP, 0)).is_ok();
+        let mut events = Events::with_capacity(1024);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        // Bounded by the deadline; each pass waits at most 1 ms.
+        for _ in 0..STOP_DRAIN_MAX.as_millis() as usize * 2 {
+            deliveries.clear();
+            backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
+            for d in &deliveries {
+                self.deliver(d, backend);
+            }
+            for (id, reason) in std::mem::take(&mut self.closing) {
+                self.close(id, reason, backend);
+            }
+            self.flush_all();
+            let answered = (!barrier_sent || self.stop_barrier_answered)
+                && self.sessions.values().all(|s| s.inflight.is_empty());
+            if answered || Instant::now() >= deadline {
+                break;
+            }
+            self.flush_writable(&mut events, Duration::from_millis(1));
+        }
+        self.deliveries = deliveries;
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for &id in &ids {
+            self.send_unsequenced(
+                id,
+                &ServerMessage::Logout {
+                    reason: LogoutReason::ServerShutdown,
+                },
+            );
+        }
+        self.flush_all();
+        // Bounded by the deadline; each pass waits at most 1 ms.
+        for _ in 0..STOP_DRAIN_MAX.as_millis() as usize * 2 {
+            let unsent = self.conns.values().any(|c| c.wpos < c.wbuf.len());
+            if !unsent || Instant::now() >= deadline {
+                break;
+            }
+            self.flush_writable(&mut events, Duration::from_millis(1));
+        }
+        for id in ids {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                // Half-close, then read what the client still had in flight: closing with
+                // unread input would reset the connection and discard the Logout.
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                let mut scratch = [0u8; 4096];
+                for _ in 0..64 {
+                    match conn.stream.read(&mut scratch) {
+                        Ok(n) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+            }
+            self.close(id, None, backend);
+        }
+    }
+
+    /// Waits up to `wait` for sockets to become writable and writes to them.
+    fn flush_writable(&mut self, events: &mut Events, wait: Duration) {
+        if self.poll.poll(events, Some(wait)).is_err() {
+            return;
+        }
+        for ev in events.iter() {
+            let token = ev.token();
+            if ev.is_writable() && ![TRADING, ADMIN, WAKER].contains(&token) {
+                self.flush(token.0);
+            }
+        }
     }
 
     fn count_slow_pass(&self, took: Duration) {
@@ -712,7 +809,13 @@ impl Gateway {
                 Ok(0) => break,
                 Ok(n) => conn.wpos += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The peer is gone (reset, broken pipe): nothing more can reach it. The
+                // read side sees the close and ends the connection.
+                Err(_) => {
+                    conn.wpos = conn.wbuf.len();
+                    break;
+                }
             }
         }
         let pending = conn.wpos < conn.wbuf.len();
@@ -1248,6 +1351,12 @@ impl Gateway {
         match purpose {
             PURPOSE_LOGIN => {
                 self.login_reply(id as usize, d, backend);
+                return;
+            }
+            PURPOSE_STOP => {
+                if d.last {
+                    self.stop_barrier_answered = true;
+                }
                 return;
             }
             PURPOSE_WARM => {

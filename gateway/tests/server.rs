@@ -818,6 +818,94 @@ impl Backend for StallingBackend {
     }
 }
 
+/// The inline engine, except that every output reaches the gateway `delay` after its
+/// command (a pipeline on other threads, its rings not yet drained).
+struct DelayedBackend {
+    inner: InlineBackend,
+    delay: Duration,
+    held: std::collections::VecDeque<(Instant, Delivery)>,
+}
+
+impl DelayedBackend {
+    fn hold_outputs(&mut self) {
+        let now = Instant::now();
+        let held = &mut self.held;
+        self.inner
+            .drain(usize::MAX, &mut |d| held.push_back((now, *d)));
+    }
+}
+
+impl Backend for DelayedBackend {
+    fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
+        let r = self.inner.submit(command, tag);
+        self.hold_outputs();
+        r
+    }
+    fn query(&mut self, query: &ringex_engine::Query, tag: u64) -> Result<(), BackendError> {
+        let r = self.inner.query(query, tag);
+        self.hold_outputs();
+        r
+    }
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        let mut n = 0;
+        while n < limit
+            && self
+                .held
+                .front()
+                .is_some_and(|(at, _)| at.elapsed() >= self.delay)
+        {
+            let (_, d) = self.held.pop_front().expect("checked");
+            f(&d);
+            n += 1;
+        }
+        n
+    }
+    fn want_wake(&self) {}
+    fn outputs_available(&self) -> bool {
+        self.held
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() >= self.delay)
+    }
+}
+
+#[test]
+fn a_stop_answers_every_request_it_took_then_logs_out() {
+    let mut gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
+    let addr = gateway.trading_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let server = std::thread::spawn(move || {
+        let mut backend = DelayedBackend {
+            inner: InlineBackend::new(exchange()),
+            delay: Duration::from_millis(200),
+            held: Default::default(),
+        };
+        gateway.run(&mut backend, &flag).unwrap();
+    });
+    let mut maker = Peer::logged_in(addr, MAKER_KEY);
+    let n = 100;
+    for i in 0..n {
+        let request_id = maker.request_id();
+        maker.send(&limit_order(request_id, Side::Sell, 200 + i % 50, 1, 0));
+    }
+    // The server has taken the requests; their answers are still on their way when the
+    // stop comes.
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let mut done = 0;
+    let reason = loop {
+        match maker.recv_within(Duration::from_secs(10)) {
+            Some(ServerMessage::RequestDone(_)) => done += 1,
+            Some(ServerMessage::Logout { reason }) => break reason,
+            Some(_) => {}
+            None => panic!("closed without a Logout after {done} answers"),
+        }
+    };
+    assert_eq!(reason, LogoutReason::ServerShutdown);
+    assert_eq!(done, n, "every request the server took is answered");
+    server.join().unwrap();
+}
+
 #[test]
 fn the_event_loops_busy_time_and_slow_passes_are_counted() {
     let mut gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
