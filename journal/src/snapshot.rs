@@ -214,13 +214,22 @@ impl SnapshotStore {
             .truncate(true)
             .open(&tmp)
             .map_err(|e| io("create", e))?;
-        file.write_all(&header).map_err(|e| io("write", e))?;
-        file.write_all(payload).map_err(|e| io("write", e))?;
-        if let Err(e) = self.storage.sync_data(&file) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io("fdatasync", e));
-        }
+        // A failed write (a full disk) or sync removes the partial file: each failed
+        // snapshot would otherwise keep the space it took.
+        let written = file
+            .write_all(&header)
+            .and_then(|()| file.write_all(payload))
+            .map_err(|e| io("write", e))
+            .and_then(|()| {
+                self.storage
+                    .sync_data(&file)
+                    .map_err(|e| io("fdatasync", e))
+            });
         drop(file);
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
         self.storage
             .sync_dir(&self.dir)

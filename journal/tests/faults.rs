@@ -149,11 +149,18 @@ fn failed_preallocation_pauses_appends_cleanly() {
     check_prefix(&all, len_of);
 }
 
-/// A real small tmpfs, where mounting works (root); skipped elsewhere.
-#[test]
-fn tmpfs_full_never_sigbus() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
+/// Unmounts its tmpfs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A real 256 KiB tmpfs under `dir`, where mounting works (root); None elsewhere.
+fn small_tmpfs(dir: &std::path::Path) -> Option<(std::path::PathBuf, Unmount)> {
+    let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     let ok = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
@@ -163,15 +170,35 @@ fn tmpfs_full_never_sigbus() {
         .is_ok_and(|s| s.success());
     if !ok {
         eprintln!("skipping: cannot mount a tmpfs here");
+        return None;
+    }
+    Some((mnt.clone(), Unmount(mnt)))
+}
+
+#[test]
+fn a_snapshot_that_does_not_fit_leaves_no_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _guard)) = small_tmpfs(dir.path()) else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
+    let store = ringex_journal::SnapshotStore::open(mnt.join("snapshots"), 2).unwrap();
+    let e = store.write(10, 1, 1, &[7; 16], &vec![1u8; 1 << 20]);
+    assert!(e.is_err(), "1 MiB does not fit in 256 KiB");
+    let left: Vec<_> = std::fs::read_dir(mnt.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The space is back: a snapshot that fits is written.
+    store.write(11, 1, 1, &[7; 16], b"state").unwrap();
+}
+
+#[test]
+fn tmpfs_full_never_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((mnt, _guard)) = small_tmpfs(dir.path()) else {
+        return;
+    };
     let write_through = Durability::Async {
         flush_interval_ms: 5,
     };
