@@ -598,6 +598,9 @@ pub struct Journal {
     /// Bytes staged since open (staged backends).
     stream_end: u64,
     hasher_fresh: crc32fast::Hasher,
+    /// Why the last spare segment could not be prepared, until one is: appends that need
+    /// a spare meanwhile are refused at once instead of each waiting for a retry.
+    spare_failure: Option<String>,
     _lock: DirLock,
 }
 
@@ -988,6 +991,7 @@ impl Journal {
             populator,
             stream_end: 0,
             hasher_fresh: crc32fast::Hasher::new(),
+            spare_failure: None,
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             prefaulted_to: end_offset_bytes,
             seal_at: seal_offset(segment_size_bytes),
@@ -1422,12 +1426,15 @@ impl Journal {
             match std::mem::replace(&mut *spare, Spare::Empty) {
                 Spare::Ready(f) => {
                     self.shared.spare_wanted.store(false, Ordering::SeqCst);
+                    self.spare_failure = None;
                     return Ok(f);
                 }
                 Spare::Failed(reason) => {
-                    // Ask again: a later append retries once space is back.
+                    // Ask again: the preallocator retries, and a later append takes the
+                    // spare once space is back.
                     *spare = Spare::Requested;
                     self.shared.spare_changed.notify_all();
+                    self.spare_failure = Some(reason.clone());
                     return Err(Error::PreallocFailed {
                         path: self.shared.dir.join(SPARE_FILE_NAME),
                         reason,
@@ -1438,6 +1445,15 @@ impl Journal {
                     self.shared.spare_changed.notify_all();
                 }
                 Spare::Requested => *spare = Spare::Requested,
+            }
+            // A retry after a failure is under way: refuse now. Waiting for it made every
+            // append wait for the preallocator (a low-priority thread) while the disk
+            // stayed full: seconds per refused command under load.
+            if let Some(reason) = &self.spare_failure {
+                return Err(Error::PreallocFailed {
+                    path: self.shared.dir.join(SPARE_FILE_NAME),
+                    reason: reason.clone(),
+                });
             }
             self.shared.spare_wanted.store(true, Ordering::SeqCst);
             let now = Instant::now();

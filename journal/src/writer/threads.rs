@@ -49,11 +49,15 @@ pub(super) fn lowest_priority() {
     }
 }
 
+/// How often the preallocator retries on its own after failing (a full disk).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(100);
+
 pub(super) fn preallocator_main(shared: &Shared) {
     let path = shared.dir.join(SPARE_FILE_NAME);
     // Its work (a zero fill is a segment's worth of writes) is never urgent until the
     // writer asks, and then it stops early.
     lowest_priority();
+    let mut failed_at: Option<std::time::Instant> = None;
     loop {
         {
             let mut spare = lock(&shared.spare);
@@ -61,6 +65,13 @@ pub(super) fn preallocator_main(shared: &Shared) {
             while !matches!(*spare, Spare::Requested) {
                 if shared.stop.load(Ordering::SeqCst) {
                     return;
+                }
+                // After a failure, retry on its own every RETRY_AFTER_FAILURE, so that the
+                // spare is ready soon after space returns, before an append asks.
+                let retry_due = failed_at.is_some_and(|at| at.elapsed() >= RETRY_AFTER_FAILURE);
+                if matches!(*spare, Spare::Failed(_)) && retry_due {
+                    *spare = Spare::Requested;
+                    break;
                 }
                 spare = shared
                     .spare_changed
@@ -92,6 +103,7 @@ pub(super) fn preallocator_main(shared: &Shared) {
             .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
+        failed_at = result.is_err().then(std::time::Instant::now);
         let mut spare = lock(&shared.spare);
         *spare = match result {
             Ok(f) => Spare::Ready(f),
