@@ -67,6 +67,9 @@ const PURPOSE_STOP: u64 = 5;
 /// How long a stop waits for the answers to what was submitted and for the clients to
 /// take them.
 const STOP_DRAIN_MAX: Duration = Duration::from_secs(5);
+/// A bound on each of a stop's waiting loops: a pass waits at most 1 ms, so the deadline
+/// ends them first.
+const STOP_PASSES_MAX: usize = 2 * STOP_DRAIN_MAX.as_millis() as usize;
 
 fn tag(purpose: u64, id: u64) -> u64 {
     assert!(id < 1 << PURPOSE_SHIFT);
@@ -395,26 +398,12 @@ impl Gateway {
                     }
                 }
             }
-            let mut deliveries = std::mem::take(&mut self.deliveries);
-            deliveries.clear();
-            backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
-            worked |= !deliveries.is_empty();
-            for d in &deliveries {
-                self.deliver(d, backend);
-            }
-            self.deliveries = deliveries;
+            worked |= self.deliver_outputs(backend);
             if self.timers_at.elapsed() >= TIMER_EVERY {
                 self.timers_at = Instant::now();
                 self.timers(backend);
             }
-            for (id, reason) in std::mem::take(&mut self.closing) {
-                self.close(id, reason, backend);
-            }
-            for account in std::mem::take(&mut self.cancel_all_pending) {
-                // The session is gone already: no session to tag.
-                cancel_on_disconnect(backend, account, 0);
-            }
-            self.flush_all();
+            self.end_pass(backend);
             let ended = Instant::now();
             if worked {
                 let busy_ns = (ended - worked_from).as_nanos() as u64;
@@ -458,18 +447,9 @@ impl Gateway {
         let barrier = Query::ApiKey { key_id: 0 };
         let barrier_sent = backend.query(&barrier, tag(PURPOSE_STOP, 0)).is_ok();
         let mut events = Events::with_capacity(1024);
-        let mut deliveries = std::mem::take(&mut self.deliveries);
-        // Bounded by the deadline; each pass waits at most 1 ms.
-        for _ in 0..STOP_DRAIN_MAX.as_millis() as usize * 2 {
-            deliveries.clear();
-            backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
-            for d in &deliveries {
-                self.deliver(d, backend);
-            }
-            for (id, reason) in std::mem::take(&mut self.closing) {
-                self.close(id, reason, backend);
-            }
-            self.flush_all();
+        for _ in 0..STOP_PASSES_MAX {
+            self.deliver_outputs(backend);
+            self.end_pass(backend);
             let answered = (!barrier_sent || self.stop_barrier_answered)
                 && self.sessions.values().all(|s| s.inflight.is_empty());
             if answered || Instant::now() >= deadline {
@@ -477,7 +457,6 @@ impl Gateway {
             }
             self.flush_writable(&mut events, Duration::from_millis(1));
         }
-        self.deliveries = deliveries;
         let ids: Vec<usize> = self.conns.keys().copied().collect();
         for &id in &ids {
             self.send_unsequenced(
@@ -488,8 +467,7 @@ impl Gateway {
             );
         }
         self.flush_all();
-        // Bounded by the deadline; each pass waits at most 1 ms.
-        for _ in 0..STOP_DRAIN_MAX.as_millis() as usize * 2 {
+        for _ in 0..STOP_PASSES_MAX {
             let unsent = self.conns.values().any(|c| c.wpos < c.wbuf.len());
             if !unsent || Instant::now() >= deadline {
                 break;
@@ -511,6 +489,34 @@ impl Gateway {
             }
             self.close(id, None, backend);
         }
+    }
+
+    /// Hands what the backend has output to the sessions it belongs to; true if there
+    /// was any.
+    fn deliver_outputs(&mut self, backend: &mut dyn Backend) -> bool {
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        deliveries.clear();
+        backend.drain(DRAIN_PER_PASS, &mut |d| deliveries.push(*d));
+        let any = !deliveries.is_empty();
+        for d in &deliveries {
+            self.deliver(d, backend);
+        }
+        self.deliveries = deliveries;
+        any
+    }
+
+    /// The end of every pass: closes the connections the pass ended, runs the
+    /// cancel-on-disconnect of sessions an admin command ended, and writes what the pass
+    /// produced.
+    fn end_pass(&mut self, backend: &mut dyn Backend) {
+        for (id, reason) in std::mem::take(&mut self.closing) {
+            self.close(id, reason, backend);
+        }
+        for account in std::mem::take(&mut self.cancel_all_pending) {
+            // The session is gone already: no session to tag.
+            cancel_on_disconnect(backend, account, 0);
+        }
+        self.flush_all();
     }
 
     /// Waits up to `wait` for sockets to become writable and writes to them.
