@@ -458,12 +458,6 @@ impl Config {
                 );
             }
         }
-        if p.spin_us > 100_000 {
-            return err(
-                "pipeline.spin_us",
-                format!("{} is more than 100000 (0.1 s)", p.spin_us),
-            );
-        }
         if p.batch_max == 0 || p.batch_max > p.input_ring_size {
             return err(
                 "pipeline.batch_max",
@@ -505,58 +499,64 @@ impl Config {
                 "the io-uring backend needs durability = \"group\"".into(),
             );
         }
-        if !(1..=4096).contains(&j.segment_size_mib) {
-            return err("journal.segment_size_mib", "must be in 1..=4096".into());
-        }
-        // In MiB: shifted to bytes, a larger value would wrap (and so disable the check).
-        if j.low_space_mib > 1 << 40 {
-            return err(
-                "journal.low_space_mib",
-                "must be at most 2^40 (1 EiB)".into(),
-            );
-        }
-        if j.flush_interval_ms == 0 || j.flush_interval_ms > 10_000 {
-            return err("journal.flush_interval_ms", "must be in 1..=10000".into());
-        }
-        // Zero in any of these shuts every client out (or, for the rate, logs each one
-        // out on its first request); the upper bounds keep memory per session bounded.
+        // Numbers with a range. For the limits, zero shuts every client out (or, for the
+        // rate, logs each one out on its first request); the upper bounds keep memory per
+        // session bounded. `journal.low_space_mib` is shifted to bytes: a larger value
+        // would wrap (and so disable the check).
         let (lim, g) = (&self.limits, &self.gateway);
+        let wide = u64::from;
         for (key, value, range) in [
+            ("pipeline.spin_us", wide(p.spin_us), 0..=100_000),
+            ("journal.segment_size_mib", j.segment_size_mib, 1..=4096),
+            ("journal.low_space_mib", j.low_space_mib, 0..=1 << 40),
+            ("journal.flush_interval_ms", j.flush_interval_ms, 1..=10_000),
             (
                 "limits.requests_per_second_per_key",
-                lim.requests_per_second_per_key,
+                wide(lim.requests_per_second_per_key),
                 1..=100_000_000,
             ),
             (
                 "limits.connections_per_ip",
-                lim.connections_per_ip,
+                wide(lim.connections_per_ip),
                 1..=1_000_000,
             ),
-            ("limits.sessions_per_key", lim.sessions_per_key, 1..=1024),
-            ("gateway.connections_max", g.connections_max, 1..=1_000_000),
-            ("gateway.heartbeat_ms", g.heartbeat_ms, 1..=60_000),
-            ("gateway.idle_timeout_ms", g.idle_timeout_ms, 1..=3_600_000),
+            (
+                "limits.sessions_per_key",
+                wide(lim.sessions_per_key),
+                1..=1024,
+            ),
+            (
+                "gateway.connections_max",
+                wide(g.connections_max),
+                1..=1_000_000,
+            ),
+            ("gateway.heartbeat_ms", wide(g.heartbeat_ms), 1..=60_000),
+            (
+                "gateway.idle_timeout_ms",
+                wide(g.idle_timeout_ms),
+                1..=3_600_000,
+            ),
             (
                 "gateway.login_timeout_ms",
-                g.login_timeout_ms,
+                wide(g.login_timeout_ms),
                 1..=3_600_000,
             ),
             (
                 "gateway.login_clock_skew_ms",
-                g.login_clock_skew_ms,
+                wide(g.login_clock_skew_ms),
                 1..=3_600_000,
             ),
             (
                 "gateway.outbound_buffer_kib",
-                g.outbound_buffer_kib,
+                wide(g.outbound_buffer_kib),
                 1..=1 << 20,
             ),
             (
                 "gateway.resume_window_messages",
-                g.resume_window_messages,
+                wide(g.resume_window_messages),
                 0..=1 << 20,
             ),
-            ("gateway.spin_us", g.spin_us, 0..=100_000),
+            ("gateway.spin_us", wide(g.spin_us), 0..=100_000),
         ] {
             if !range.contains(&value) {
                 return err(
