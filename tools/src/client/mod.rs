@@ -357,18 +357,14 @@ impl Client {
             }
             self.fill_until(deadline)?;
         };
+        // Every early return below leaves the client broken (set above).
         let accepted = match first {
             ServerMessage::LoginAccepted(a) => a,
             ServerMessage::LoginRejected { reason } => {
-                self.broken = true;
                 return Err(ClientError::LoginRejected(reason));
             }
-            ServerMessage::Logout { reason } => {
-                self.broken = true;
-                return Err(ClientError::LoggedOut(reason));
-            }
+            ServerMessage::Logout { reason } => return Err(ClientError::LoggedOut(reason)),
             other => {
-                self.broken = true;
                 return Err(ClientError::Protocol(format!(
                     "expected LoginAccepted, got {other:?}"
                 )));
