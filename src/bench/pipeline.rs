@@ -185,20 +185,10 @@ pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
         .collect()
 }
 
-/// `durability` is a mode, optionally with a journal backend: `async`, `group`,
-/// `group-mmap`, `group-pwrite`, `group-io-uring`.
 /// Checks what `run` would otherwise find out by panicking part-way: every case's node
-/// config (topology, durability and its backend, placement), the ring sizes, and that the
+/// config (topology, durability and its backend, placement, ring sizes), and that the
 /// journal directory can be created.
 pub fn check_args(args: &PipelineBenchArgs) -> Result<(), String> {
-    for (name, size) in [
-        ("--input-ring-size", args.input_ring_size),
-        ("--output-ring-size", args.output_ring_size),
-    ] {
-        if size.is_some_and(|n| !(64..=1 << 24).contains(&n) || !n.is_power_of_two()) {
-            return Err(format!("{name} must be a power of two in 64..=16777216"));
-        }
-    }
     for placement in &args.placements {
         if !["free", "pinned"].contains(&placement.as_str()) {
             return Err(format!("unknown placement {placement:?} (free, pinned)"));
@@ -207,7 +197,7 @@ pub fn check_args(args: &PipelineBenchArgs) -> Result<(), String> {
     for topology in &args.topologies {
         for durability in &args.durabilities {
             for placement in &args.placements {
-                let text = node_config_text(&args.dir, topology, durability, placement);
+                let text = node_config_text(&args.dir, topology, durability, placement, args);
                 Config::parse(&text, "bench").map_err(|e| {
                     format!("topology {topology:?}, durability {durability:?}: {e}")
                 })?;
@@ -218,13 +208,36 @@ pub fn check_args(args: &PipelineBenchArgs) -> Result<(), String> {
         .map_err(|e| format!("journal directory {}: {e}", args.dir.display()))
 }
 
-fn node_config(dir: &Path, topology: &str, durability: &str, placement: &str) -> Config {
-    let text = node_config_text(dir, topology, durability, placement);
+fn node_config(
+    dir: &Path,
+    topology: &str,
+    durability: &str,
+    placement: &str,
+    args: &PipelineBenchArgs,
+) -> Config {
+    let text = node_config_text(dir, topology, durability, placement, args);
     Config::parse(&text, "bench").expect("bench config is valid (check_args)")
 }
 
-fn node_config_text(dir: &Path, topology: &str, durability: &str, placement: &str) -> String {
+/// `durability` is a mode, optionally with a journal backend: `async`, `group`,
+/// `group-mmap`, `group-pwrite`, `group-io-uring`. The ring sizes are the node's unless
+/// `args` sets them; the config's own checks apply to them.
+fn node_config_text(
+    dir: &Path,
+    topology: &str,
+    durability: &str,
+    placement: &str,
+    args: &PipelineBenchArgs,
+) -> String {
     let (durability, backend) = durability.split_once('-').unwrap_or((durability, "auto"));
+    let mut rings = String::new();
+    if let Some(n) = args.input_ring_size {
+        rings += &format!("input_ring_size = {n}\n");
+    }
+    if let Some(n) = args.output_ring_size {
+        rings += &format!("output_ring_size = {n}\n");
+    }
+    let batch_max = args.input_ring_size.map_or(512, |n| n.min(512));
     // Fused: the pipeline thread and the driver, one core each, so the pipeline may spin.
     // Split: more stages than cores, so they back off.
     let wait = if topology == "fused" {
@@ -246,8 +259,8 @@ low_space_mib = 64
 [pipeline]
 topology = "{topology}"
 wait = "{wait}"
-batch_max = 512
-{cores}
+batch_max = {batch_max}
+{rings}{cores}
 [snapshot]
 every_commands = 0
 every_seconds = 0
@@ -304,14 +317,7 @@ fn run_case(
     let _ = std::fs::remove_dir_all(&dir);
     // Started here: config validation and stage pinning read the calling thread's cores,
     // and the driver pins itself.
-    let mut config = node_config(&dir, topology, durability, placement);
-    if let Some(n) = args.input_ring_size {
-        config.pipeline.input_ring_size = n;
-        config.pipeline.batch_max = config.pipeline.batch_max.min(n);
-    }
-    if let Some(n) = args.output_ring_size {
-        config.pipeline.output_ring_size = n;
-    }
+    let config = node_config(&dir, topology, durability, placement, args);
     let no_wake: crate::node::Waker = std::sync::Arc::new(|| {});
     let node = Node::start(&config, OutputMode::Poll(no_wake)).expect("bench node starts");
     // The driver runs on its own thread so that pinning it leaves the caller unpinned.
