@@ -1419,6 +1419,14 @@ impl Journal {
     }
 
     /// Takes the spare prepared by the preallocator, waiting a bounded time for it.
+    /// The error of an append that needs a spare segment it cannot have.
+    fn spare_failed(&self, reason: String) -> Error {
+        Error::PreallocFailed {
+            path: self.shared.dir.join(SPARE_FILE_NAME),
+            reason,
+        }
+    }
+
     fn take_spare(&mut self) -> Result<File> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut spare = lock(&self.shared.spare);
@@ -1435,10 +1443,7 @@ impl Journal {
                     *spare = Spare::Requested;
                     self.shared.spare_changed.notify_all();
                     self.spare_failure = Some(reason.clone());
-                    return Err(Error::PreallocFailed {
-                        path: self.shared.dir.join(SPARE_FILE_NAME),
-                        reason,
-                    });
+                    return Err(self.spare_failed(reason));
                 }
                 Spare::Empty => {
                     *spare = Spare::Requested;
@@ -1450,18 +1455,12 @@ impl Journal {
             // append wait for the preallocator (a low-priority thread) while the disk
             // stayed full: seconds per refused command under load.
             if let Some(reason) = &self.spare_failure {
-                return Err(Error::PreallocFailed {
-                    path: self.shared.dir.join(SPARE_FILE_NAME),
-                    reason: reason.clone(),
-                });
+                return Err(self.spare_failed(reason.clone()));
             }
             self.shared.spare_wanted.store(true, Ordering::SeqCst);
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::PreallocFailed {
-                    path: self.shared.dir.join(SPARE_FILE_NAME),
-                    reason: "timed out waiting for the preallocator".into(),
-                });
+                return Err(self.spare_failed("timed out waiting for the preallocator".into()));
             }
             spare = self
                 .shared
