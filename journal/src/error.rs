@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 /// The command operators run to inspect a journal directory. Named in corruption errors.
 pub const VERIFY_COMMAND: &str = "ringex journal verify --dir";
+/// The command that cuts a damaged journal on purpose. Named in corruption errors.
+pub const REPAIR_COMMAND: &str = "ringex journal repair --dir";
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -20,6 +22,8 @@ pub enum Error {
     Corrupt {
         segment: PathBuf,
         offset_bytes: u64,
+        /// First sequence the damage takes (0 when not known).
+        seq: u64,
         reason: String,
         dir: PathBuf,
     },
@@ -50,6 +54,8 @@ pub enum Error {
     Config(String),
     /// A snapshot could not be used.
     Snapshot { path: PathBuf, reason: String },
+    /// An operator's request (a repair) that would not do what it asks; nothing changed.
+    Refused(String),
 }
 
 impl Error {
@@ -78,15 +84,36 @@ impl fmt::Display for Error {
             Error::Corrupt {
                 segment,
                 offset_bytes,
+                seq,
                 reason,
                 dir,
-            } => write!(
-                f,
-                "journal corrupt: segment {} at offset {offset_bytes}: {reason}; inspect with \
-                 `{VERIFY_COMMAND} {}`",
-                segment.display(),
-                dir.display()
-            ),
+            } => {
+                write!(
+                    f,
+                    "journal corrupt: segment {} at offset {offset_bytes}",
+                    segment.display()
+                )?;
+                if *seq > 0 {
+                    write!(f, " (sequence {seq})")?;
+                }
+                write!(
+                    f,
+                    ": {reason}; inspect with `{VERIFY_COMMAND} {}`",
+                    dir.display()
+                )?;
+                if *seq > 0 {
+                    write!(
+                        f,
+                        "; to go on, restore the journal directory from a backup or the \
+                         standby, or cut it before the damage (losing sequences from {seq} \
+                         on) with `{REPAIR_COMMAND} {} --truncate-at {seq}`, which moves \
+                         what it cuts into {}/quarantine/",
+                        dir.display(),
+                        dir.display()
+                    )?;
+                }
+                Ok(())
+            }
             Error::Failed { reason } => write!(
                 f,
                 "journal writer stopped after a fatal error (not retried): {reason}"
@@ -141,6 +168,7 @@ impl fmt::Display for Error {
             Error::Snapshot { path, reason } => {
                 write!(f, "snapshot {}: {reason}", path.display())
             }
+            Error::Refused(why) => write!(f, "refused, nothing changed: {why}"),
         }
     }
 }

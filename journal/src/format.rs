@@ -3,7 +3,10 @@
 
 /// Segment header magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RGXJSEG\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added `durable_lag` to the frame header (bytes 44..48, zero in version 1).
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version still read (its frames carry no durable lag).
+pub const FORMAT_VERSION_MIN: u32 = 1;
 /// CRC-32 (IEEE polynomial, as computed by crc32fast).
 pub const CRC_ALGORITHM_CRC32_IEEE: u32 = 1;
 pub const SEGMENT_HEADER_SIZE: usize = 128;
@@ -16,6 +19,8 @@ pub const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"CKPT");
 pub const FRAME_HEADER_SIZE: usize = 48;
 /// Where a frame header holds its CRC (docs/journal-format.md).
 pub const FRAME_CRC_OFFSET: usize = 40;
+/// Where a frame header holds its durable lag (docs/journal-format.md).
+pub const FRAME_DURABLE_LAG_OFFSET: usize = 44;
 pub const FRAME_ALIGN: u64 = 8;
 pub const FRAME_KIND_DATA: u8 = 1;
 pub const FRAME_KIND_SEAL: u8 = 2;
@@ -125,7 +130,7 @@ impl SegmentHeader {
             ));
         }
         let version = get_u32(b, 8);
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
             return Err(format!("unsupported format version {version}"));
         }
         if get_u32(b, 12) as usize != SEGMENT_HEADER_SIZE
@@ -213,9 +218,39 @@ pub struct FrameHeader {
     pub epoch: u32,
     pub schema_version: u16,
     pub crc: u32,
+    /// `seq` minus the writer's durable watermark when the record was appended; 0 when
+    /// not recorded. Every record up to `seq - durable_lag` had been synced before this
+    /// frame was written: recovery's proof that damage there is not a torn write.
+    pub durable_lag: u32,
 }
 
 impl FrameHeader {
+    /// The durable lag to store for a record appended at `seq` while the writer's durable
+    /// watermark was `durable`: 0 (no claim) when nothing was durable yet or the distance
+    /// does not fit.
+    #[inline]
+    pub fn durable_lag_of(seq: u64, durable: u64) -> u32 {
+        debug_assert!(
+            durable < seq,
+            "a record cannot be durable before it is appended"
+        );
+        if durable == 0 {
+            return 0;
+        }
+        u32::try_from(seq - durable).unwrap_or(0)
+    }
+
+    /// Every record up to this sequence was durable before this frame was written (0: the
+    /// frame makes no claim).
+    #[inline]
+    pub fn seq_durable_before(&self) -> u64 {
+        if self.durable_lag == 0 {
+            0
+        } else {
+            self.seq.saturating_sub(u64::from(self.durable_lag))
+        }
+    }
+
     /// Encodes the header with its CRC computed over header (CRC field zero) and payload.
     #[inline]
     pub fn encode_with_crc(&mut self, payload: &[u8]) -> [u8; FRAME_HEADER_SIZE] {
@@ -256,6 +291,7 @@ impl FrameHeader {
         put_u64(&mut b, 24, self.chain_prev);
         put_u32(&mut b, 32, self.epoch);
         put_u16(&mut b, 36, self.schema_version);
+        put_u32(&mut b, FRAME_DURABLE_LAG_OFFSET, self.durable_lag);
         b
     }
 
@@ -270,6 +306,7 @@ impl FrameHeader {
             epoch: get_u32(b, 32),
             schema_version: get_u16(b, 36),
             crc: get_u32(b, FRAME_CRC_OFFSET),
+            durable_lag: get_u32(b, FRAME_DURABLE_LAG_OFFSET),
         }
     }
 }
@@ -325,7 +362,7 @@ pub fn check_frame(buf: &[u8], offset: u64, limit: u64) -> FrameCheck {
     {
         return FrameCheck::Invalid("non-zero frame padding".into());
     }
-    if hdr[5] != 0 || get_u16(hdr, 38) != 0 || get_u32(hdr, 44) != 0 {
+    if hdr[5] != 0 || get_u16(hdr, 38) != 0 {
         return FrameCheck::Invalid("non-zero reserved header bytes".into());
     }
     if h.kind != FRAME_KIND_DATA && h.kind != FRAME_KIND_SEAL {
@@ -366,6 +403,7 @@ impl Seal {
             epoch: self.epoch,
             schema_version: 0,
             crc: 0,
+            durable_lag: 0,
         };
         let hdr = h.encode_with_crc(&payload);
         let mut b = [0u8; SEAL_FRAME_SIZE as usize];
@@ -448,6 +486,7 @@ mod tests {
             epoch: 1,
             schema_version: 2,
             crc: 0,
+            durable_lag: 0,
         };
         let hdr = h.encode_with_crc(payload);
         let mut buf = vec![0u8; 256];

@@ -9,6 +9,7 @@ mod format;
 mod lock;
 mod reader;
 mod recovery;
+mod repair;
 mod segment;
 mod snapshot;
 mod stage;
@@ -16,15 +17,16 @@ mod storage;
 mod writer;
 
 pub use describe::{describe, JournalDescription, SegmentSummary};
-pub use error::{Error, Result, VERIFY_COMMAND};
+pub use error::{Error, Result, REPAIR_COMMAND, VERIFY_COMMAND};
 pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE};
-pub use lock::LOCK_FILE_NAME;
+pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
-pub use recovery::{verify, RecoveryReport, Truncation, Verify};
+pub use recovery::{verify, LiveTail, RecoveryReport, Truncation, Verify};
+pub use repair::{repair_truncate, RepairReport, QUARANTINE_DIR_NAME};
 pub use segment::read_regular;
 pub use snapshot::{
-    snapshot_file_name, LoadedSnapshot, SnapshotEntry, SnapshotMeta, SnapshotStore,
-    STATE_HASH_SIZE_MAX,
+    snapshot_file_name, snapshot_seq_newest, LoadedSnapshot, SnapshotEntry, SnapshotMeta,
+    SnapshotStore, STATE_HASH_SIZE_MAX,
 };
 pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};

@@ -45,11 +45,52 @@ impl DirLock {
             }
             return Err(Error::io(format!("flock {}", path.display()), err));
         }
+        Ok(DirLock { _file: file, path })
+    }
+
+    /// Writes this process's pid into the lock file, for the message another writer
+    /// gets. Called once the journal has decided to open: a refused open leaves the
+    /// directory as it found it.
+    pub fn note_holder(&mut self) -> Result<()> {
         let note = format!("pid {}\n", std::process::id());
+        let file = &mut self._file;
         file.set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
             .and_then(|_| file.write_all(note.as_bytes()))
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-        Ok(DirLock { _file: file, path })
+            .map_err(|e| Error::io(format!("write {}", self.path.display()), e))
     }
+}
+
+/// The writer holding `dir`'s lock, if one is running: its lock file's note (`pid N`).
+/// Read from `/proc/locks`, so the caller never takes the lock itself (a reader that took
+/// it, even briefly, could make a starting writer fail). None when nobody holds it or the
+/// kernel does not say.
+pub fn holder(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(LOCK_FILE_NAME);
+    let meta = std::fs::metadata(&path).ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    // /proc/locks names a file as MAJOR:MINOR:INODE (major and minor in hex).
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(dev),
+        libc::minor(dev),
+        meta.ino()
+    );
+    let held = locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK ADVISORY WRITE <pid> <dev:inode> 0 EOF"; waiters carry "->".
+        fields.len() >= 6 && fields[1] == "FLOCK" && fields[3] == "WRITE" && fields[5] == id
+    });
+    if !held {
+        return None;
+    }
+    let note = std::fs::read_to_string(&path).unwrap_or_default();
+    let note = note.trim();
+    Some(if note.is_empty() {
+        "holder unknown".to_string()
+    } else {
+        note.to_string()
+    })
 }

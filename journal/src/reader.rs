@@ -149,6 +149,7 @@ impl Reader {
                 .as_ref()
                 .map_or_else(|| self.dir.clone(), |m| m.path.clone()),
             offset_bytes: offset,
+            seq: self.seq_next,
             reason: reason.into(),
             dir: self.dir.clone(),
         }
@@ -159,6 +160,7 @@ impl Reader {
             return Err(Error::Corrupt {
                 segment: seg.path.clone(),
                 offset_bytes: 0,
+                seq: seg.base_seq,
                 reason: "empty segment file".into(),
                 dir: self.dir.clone(),
             });
@@ -166,6 +168,7 @@ impl Reader {
         let header = SegmentHeader::decode(&map).map_err(|reason| Error::Corrupt {
             segment: seg.path.clone(),
             offset_bytes: 0,
+            seq: seg.base_seq,
             reason,
             dir: self.dir.clone(),
         })?;
@@ -173,6 +176,7 @@ impl Reader {
             return Err(Error::Corrupt {
                 segment: seg.path.clone(),
                 offset_bytes: 0,
+                seq: seg.base_seq,
                 reason: "header does not match the file name or size".into(),
                 dir: self.dir.clone(),
             });
@@ -183,6 +187,7 @@ impl Reader {
             return Err(Error::Corrupt {
                 segment: seg.path.clone(),
                 offset_bytes: 0,
+                seq: self.seq_next,
                 reason: "segment does not continue the previous one (sequence or chain)".into(),
                 dir: self.dir.clone(),
             });

@@ -1,9 +1,19 @@
-//! Recovery: find the end of the valid log, tell a torn tail (after the durable point: cut
-//! it) from corruption (at or before the durable point: refuse), and apply the cut.
+//! Recovery: find the end of the valid log, tell a torn tail (what a crash can leave:
+//! cut it) from damage (anything else: refuse, changing nothing), and apply the cut.
+//!
+//! A crash tears only writes that no completed sync covered. So the first problem found
+//! is cut only when nothing on the disk proves that its records were already durable:
+//! not the newest checkpoint, not the durable lag stamped in any CRC-valid frame (read
+//! past the damage too: every frame records what was synced before it was written), not
+//! a sequence the caller knows to be durable (the node passes its newest snapshot's), and
+//! not a checkpoint naming the segment as one that existed. Damage of a kind a crash
+//! never produces (a segment file of the wrong size, a header that is neither intact nor
+//! all zero, a missing segment, a segment from another journal) is refused wherever it is.
+//! Nothing is changed until the whole journal has been read and the decision made.
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::segment::{list_segments, map_read, SegmentFile, SPARE_FILE_NAME};
+use crate::segment::{list_segments, map_read, segment_path, SegmentFile, SPARE_FILE_NAME};
 use crate::storage::Storage;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -18,15 +28,61 @@ pub struct Truncation {
     pub offset_bytes: u64,
     /// First sequence number that is no longer in the journal.
     pub seq_first_cut: u64,
-    /// Highest sequence number seen in a CRC-valid frame past the cut (best effort; equal
-    /// to `seq_first_cut - 1` when no such frame was seen).
+    /// Highest sequence number seen in a CRC-valid frame past the cut (equal to
+    /// `seq_first_cut - 1` when no such frame was seen).
     pub seq_last_cut: u64,
-    /// Non-zero bytes zeroed or removed, including removed segment files.
+    /// CRC-valid frames found past the cut (records written but never synced: a crash
+    /// persisted them out of order).
+    pub records_cut: u64,
+    /// Bytes zeroed (from the cut to the last non-zero byte of its segment) plus the
+    /// non-zero extent of every removed segment file.
     pub cut_size_bytes: u64,
     /// Later segment files removed.
     pub segments_removed: Vec<PathBuf>,
     /// Why the frame at the cut was rejected.
     pub reason: String,
+}
+
+impl std::fmt::Display for Truncation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cut at {} offset {}: {}; sequences from {} cut",
+            self.segment.display(),
+            self.offset_bytes,
+            self.reason,
+            self.seq_first_cut
+        )?;
+        if self.records_cut > 0 {
+            write!(
+                f,
+                " ({} CRC-valid record(s) past the cut, up to {}, none of them proven durable)",
+                self.records_cut, self.seq_last_cut
+            )?;
+        }
+        write!(f, ", {} non-zero bytes", self.cut_size_bytes)?;
+        if !self.segments_removed.is_empty() {
+            write!(
+                f,
+                ", {} later segment(s) removed",
+                self.segments_removed.len()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A journal read while its writer is running: everything up to the durable point was
+/// checked; past it the writer may be mid-write, so a frame that is not (yet) valid is the
+/// end of what can be read, not damage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveTail {
+    /// The writer holding the lock, as its lock file says (`pid N`).
+    pub holder: String,
+    /// Valid records read past the durable point (not checked for durability).
+    pub records_past_durable: u64,
+    /// Why reading stopped there, when it stopped before the end of the data.
+    pub stopped_at: Option<String>,
 }
 
 /// The outcome of opening (or verifying) a journal.
@@ -38,10 +94,16 @@ pub struct RecoveryReport {
     pub seq_last: u64,
     /// Durable point read from the newest valid checkpoint (0 when none).
     pub seq_durable: u64,
+    /// Highest sequence proven durable by anything on the disk or known to the caller
+    /// (checkpoints, frames' durable lag, the caller's snapshot): damage at or below it is
+    /// refused, never cut.
+    pub seq_durable_proven: u64,
     /// Segments whose frames were all checked (the others were checked by header and seal).
     pub segments_scanned: usize,
     /// The torn tail that was (or, for `verify`, would be) cut.
     pub truncation: Option<Truncation>,
+    /// Set when a writer held the journal while it was verified.
+    pub live: Option<LiveTail>,
 }
 
 /// Where the log ends, for the writer to resume.
@@ -74,27 +136,119 @@ pub enum Verify {
     All,
 }
 
-struct Problem {
-    index: usize,
-    offset_bytes: u64,
-    seq: u64,
-    reason: String,
+/// How to read the journal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Analysis {
+    pub verify: Verify,
+    /// A sequence the caller knows was durable (the node's newest snapshot): the journal
+    /// must hold it intact.
+    pub seq_durable_known: u64,
+    /// Read as if the journal ended just before this sequence (repair's cut).
+    pub seq_end: Option<u64>,
+    /// A writer is running (verify beside a live node): past the durable point, a frame
+    /// that is not valid yet is the end of the data, not damage. Holds the lock holder.
+    pub live: Option<String>,
 }
 
-/// Highest sequence of CRC-valid frames walked from `offset` (best effort, bounded).
-fn walk_max_seq(buf: &[u8], mut offset: u64, limit: u64) -> Option<u64> {
-    let mut seq_max = None;
-    let steps_max = (limit.saturating_sub(offset)) / FRAME_HEADER_SIZE as u64 + 1;
-    for _ in 0..steps_max {
-        match check_frame(buf, offset, limit) {
-            FrameCheck::Valid(h) if h.kind == FRAME_KIND_DATA => {
-                seq_max = Some(seq_max.map_or(h.seq, |m: u64| m.max(h.seq)));
-                offset += frame_size(u64::from(h.payload_len));
-            }
-            _ => break,
+/// Could a crash have left this?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Damage {
+    /// Bytes of a write a crash can tear (a frame, the bytes after the last record, a
+    /// seal): torn unless something proves its records durable.
+    Tearable,
+    /// An all-zero segment header: the header of a segment created by a roll reaches the
+    /// disk with the segment's first sync, so a crash can leave it zero only in a segment
+    /// none of whose records was durable, and which no checkpoint names.
+    HeaderZero,
+    /// Never produced by a crash (the file's size, a garbled header, a missing segment,
+    /// another journal's segment, a broken link between segments).
+    NeverTorn,
+}
+
+struct Problem {
+    index: usize,
+    /// Path of the damaged (or missing) segment file.
+    path: PathBuf,
+    offset_bytes: u64,
+    /// First sequence that would be lost.
+    seq: u64,
+    reason: String,
+    damage: Damage,
+}
+
+/// CRC-valid data frames seen: the highest durable point they prove, and where.
+#[derive(Clone, Debug, Default)]
+struct Proof {
+    seq_durable: u64,
+    /// (segment, offset, seq) of the frame that proves `seq_durable`.
+    witness: Option<(PathBuf, u64, u64)>,
+    frames: u64,
+    seq_max: u64,
+}
+
+impl Proof {
+    fn see(&mut self, h: &FrameHeader, path: &Path, offset: u64) {
+        self.frames += 1;
+        self.seq_max = self.seq_max.max(h.seq);
+        let d = h.seq_durable_before();
+        if d > self.seq_durable {
+            self.seq_durable = d;
+            self.witness = Some((path.to_path_buf(), offset, h.seq));
         }
     }
-    seq_max
+}
+
+/// Past damage, frames further than this from the damaged sequence are not looked at
+/// (only a cheap filter before the CRC: no journal holds 2^40 records).
+const SEQ_SPAN_PLAUSIBLE: u64 = 1 << 40;
+
+/// Scans `buf[from..limit]` for CRC-valid data frames at every 8-byte position (past
+/// damage, where frame boundaries are unknown), adding what they prove to `proof`. Only
+/// frames with sequences from `seq_min` count.
+fn scan_past_damage(
+    buf: &[u8],
+    path: &Path,
+    from: u64,
+    limit: u64,
+    seq_min: u64,
+    proof: &mut Proof,
+) {
+    let limit = limit.min(buf.len() as u64);
+    let mut at = align_up(from);
+    let steps_max = limit.saturating_sub(at) / FRAME_ALIGN + 1;
+    for _ in 0..steps_max {
+        if at + FRAME_HEADER_SIZE as u64 > limit {
+            break;
+        }
+        let start = at as usize;
+        // A frame's first 8 bytes hold its kind, so they are never all zero: skip zeros
+        // to the next non-zero 8-byte word at once.
+        if get_u64(buf, start) == 0 {
+            match buf[start..limit as usize].iter().position(|&b| b != 0) {
+                Some(i) => {
+                    at = (at + i as u64) & !(FRAME_ALIGN - 1);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        // Cheap checks before the CRC: kind, flags, reserved bytes, a plausible sequence.
+        let hdr = &buf[start..start + FRAME_HEADER_SIZE];
+        let seq = get_u64(hdr, 8);
+        let plausible = hdr[4] == FRAME_KIND_DATA
+            && hdr[5] == 0
+            && get_u16(hdr, 38) == 0
+            && seq >= seq_min
+            && seq - seq_min < SEQ_SPAN_PLAUSIBLE;
+        if plausible {
+            if let FrameCheck::Valid(h) = check_frame(buf, at, limit) {
+                proof.see(&h, path, at);
+                at += frame_size(u64::from(h.payload_len));
+                continue;
+            }
+        }
+        at += FRAME_ALIGN;
+    }
 }
 
 /// End of the non-zero bytes in `buf[from..to]` (returns `from` if all zero).
@@ -112,9 +266,10 @@ fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
     }
 }
 
-/// Reads the log without modifying anything. Errors with `Corrupt` on damage at or before
-/// the durable point.
-pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryReport)> {
+/// Reads the log without modifying anything. Errors with `Corrupt` on damage a crash
+/// cannot explain.
+pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryReport)> {
+    let verify = how.verify;
     let segments = list_segments(dir)?;
     let mut report = RecoveryReport::default();
     let mut tail = Tail {
@@ -122,6 +277,19 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         ..Tail::default()
     };
     if segments.is_empty() {
+        if how.seq_durable_known > 0 {
+            return Err(Error::Corrupt {
+                segment: dir.to_path_buf(),
+                offset_bytes: 0,
+                seq: 1,
+                reason: format!(
+                    "the journal holds no segment, but sequence {} is known to be durable \
+                     (the newest snapshot is at it)",
+                    how.seq_durable_known
+                ),
+                dir: dir.to_path_buf(),
+            });
+        }
         return Ok((tail, report));
     }
 
@@ -130,27 +298,13 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
     for s in &segments {
         maps.push(map_read(&s.path)?.map(|(_, m)| m));
     }
-    let headers: Vec<std::result::Result<SegmentHeader, String>> = maps
-        .iter()
-        .zip(&segments)
-        .map(|(m, s)| match m {
-            None => Err("empty file".to_string()),
-            Some(m) => SegmentHeader::decode(m).and_then(|h| {
-                if h.base_seq == s.base_seq {
-                    Ok(h)
-                } else {
-                    Err(format!(
-                        "header base sequence {} does not match the file name",
-                        h.base_seq
-                    ))
-                }
-            }),
-        })
-        .collect();
 
-    // The newest checkpoint in any segment's header page. Slots carry their own CRC, so
-    // they are read even when the segment header itself is damaged.
+    // Checkpoints in every segment's header page. Slots carry their own CRC, so they are
+    // read even when the segment header itself is damaged. Each one's claims are true
+    // when written: its sequence was durable, and its segment existed with its header.
     let mut checkpoint: Option<Checkpoint> = None;
+    let mut checkpoint_seq_max = 0u64;
+    let mut checkpoint_segment_max = 0u64;
     for m in maps.iter().flatten() {
         for at in CHECKPOINT_OFFSETS {
             if m.len() >= at + CHECKPOINT_SIZE {
@@ -158,6 +312,8 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                     if checkpoint.is_none_or(|b| c.generation > b.generation) {
                         checkpoint = Some(c);
                     }
+                    checkpoint_seq_max = checkpoint_seq_max.max(c.seq);
+                    checkpoint_segment_max = checkpoint_segment_max.max(c.segment_base_seq);
                 }
             }
         }
@@ -166,30 +322,81 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
     report.seq_durable = seq_durable;
     tail.checkpoint_generation = checkpoint.map_or(0, |c| c.generation);
 
+    // The journal's geometry comes from the first intact header.
+    let segment_size_journal = maps
+        .iter()
+        .flatten()
+        .find_map(|m| SegmentHeader::decode(m).ok())
+        .map(|h| h.segment_size_bytes);
+
     let mut problem: Option<Problem> = None;
+    let mut proof = Proof::default();
     let mut seq_next = segments[0].base_seq;
     let mut chain = 0u64;
     let mut epoch = 0u32;
     let mut journal_id = 0u128;
     let mut end_offset = DATA_OFFSET;
     let mut sealed = false;
+    let mut seal_last: Option<Seal> = None;
     let mut record_count = 0u64;
     let mut ts_first = 0u64;
     let mut ts_last = 0u64;
     let mut segment_size = 0u64;
     let mut index_last_good = 0usize;
+    let mut ended = false;
 
     'segments: for (i, seg) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
-        let header = match &headers[i] {
-            Ok(h) => *h,
+        let found = |offset_bytes: u64, seq: u64, reason: String, damage: Damage| Problem {
+            index: i,
+            path: seg.path.clone(),
+            offset_bytes,
+            seq,
+            reason,
+            damage,
+        };
+        let file_len = maps[i].as_ref().map_or(0, |m| m.len() as u64);
+        let header = match maps[i].as_deref().map(SegmentHeader::decode) {
+            None => Err("empty file".to_string()),
+            Some(Ok(h)) if h.base_seq != seg.base_seq => Err(format!(
+                "header base sequence {} does not match the file name",
+                h.base_seq
+            )),
+            Some(r) => r,
+        };
+        // Segments are preallocated and synced at full size before they get their name.
+        if let Some(size) = header
+            .as_ref()
+            .ok()
+            .map(|h| h.segment_size_bytes)
+            .or(segment_size_journal)
+        {
+            if file_len != size {
+                problem = Some(found(
+                    file_len.min(size),
+                    seq_next,
+                    format!(
+                        "file is {file_len} bytes, not the segment size {size} (segments are \
+                         preallocated at full size before they are named: cut or damaged)"
+                    ),
+                    Damage::NeverTorn,
+                ));
+                break;
+            }
+        }
+        let header = match header {
+            Ok(h) => h,
             Err(why) => {
-                problem = Some(Problem {
-                    index: i,
-                    offset_bytes: 0,
-                    seq: seq_next,
-                    reason: format!("segment header: {why}"),
+                let zero = maps[i].as_ref().is_some_and(|m| {
+                    m.len() >= SEGMENT_HEADER_SIZE
+                        && m[..SEGMENT_HEADER_SIZE].iter().all(|&b| b == 0)
                 });
+                let damage = if zero {
+                    Damage::HeaderZero
+                } else {
+                    Damage::NeverTorn
+                };
+                problem = Some(found(0, seq_next, format!("segment header: {why}"), damage));
                 break;
             }
         };
@@ -203,7 +410,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
             Some("segment belongs to another journal (journal id differs)".to_string())
         } else if header.base_seq != seq_next {
             Some(format!(
-                "segment starts at {} but the log continues at {seq_next}",
+                "segment starts at {} but the log continues at {seq_next} (a segment is missing)",
                 header.base_seq
             ))
         } else if header.chain_prev != chain {
@@ -213,38 +420,35 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                 "segment epoch {} below previous epoch {epoch}",
                 header.epoch
             ))
+        } else if segment_size != 0 && header.segment_size_bytes != segment_size {
+            Some(format!(
+                "segment size {} differs from the journal's {segment_size}",
+                header.segment_size_bytes
+            ))
         } else {
             None
         };
         if let Some(reason) = why {
-            problem = Some(Problem {
-                index: i,
-                offset_bytes: 0,
-                seq: seq_next,
-                reason,
-            });
+            problem = Some(found(0, seq_next, reason, Damage::NeverTorn));
             break;
         }
         index_last_good = i;
         epoch = header.epoch;
         segment_size = header.segment_size_bytes;
-        let file_len = map.len() as u64;
         let seal_at = seal_offset(segment_size);
-        let limit = seal_at.min(file_len);
         end_offset = DATA_OFFSET;
         sealed = false;
+        seal_last = None;
         record_count = 0;
         ts_first = 0;
         ts_last = 0;
 
-        let seal = if file_len >= segment_size {
-            Seal::read(map, segment_size)
-        } else {
-            Ok(None)
-        };
+        let seal = Seal::read(map, segment_size);
         let trusted_seal = match (&seal, verify) {
             (Ok(Some(s)), Verify::Tail)
-                if !is_last && s.seq_next.saturating_sub(1) <= seq_durable =>
+                if !is_last
+                    && s.seq_next.saturating_sub(1) <= seq_durable
+                    && how.seq_end.is_none_or(|e| s.seq_next <= e) =>
             {
                 Some(*s)
             }
@@ -253,27 +457,29 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         if let Some(s) = trusted_seal {
             let ok = s.seq_next >= seq_next && s.epoch >= epoch && s.end_offset_bytes <= seal_at;
             if !ok {
-                problem = Some(Problem {
-                    index: i,
-                    offset_bytes: seal_at,
-                    seq: seq_next,
-                    reason: "seal values out of range".into(),
-                });
+                problem = Some(found(
+                    seal_at,
+                    seq_next,
+                    "seal values out of range".into(),
+                    Damage::NeverTorn,
+                ));
                 break;
             }
             if checkpoint.is_some_and(|c| c.seq == s.seq_next - 1 && c.chain != s.chain) {
-                return Err(Error::Corrupt {
-                    segment: seg.path.clone(),
-                    offset_bytes: seal_at,
-                    reason: "seal chain value differs from the checkpoint's".into(),
-                    dir: dir.to_path_buf(),
-                });
+                problem = Some(found(
+                    seal_at,
+                    seq_next,
+                    "seal chain value differs from the checkpoint's".into(),
+                    Damage::NeverTorn,
+                ));
+                break;
             }
             seq_next = s.seq_next;
             chain = s.chain;
             epoch = s.epoch;
             end_offset = s.end_offset_bytes;
             sealed = true;
+            seal_last = Some(s);
             record_count = s.record_count;
             ts_first = s.timestamp_ns_first;
             ts_last = s.timestamp_ns_last;
@@ -284,30 +490,25 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         let mut offset = DATA_OFFSET;
         let steps_max = seal_at / FRAME_HEADER_SIZE as u64 + 1;
         for _ in 0..steps_max {
-            let check = if offset + FRAME_HEADER_SIZE as u64 > limit {
-                if offset + FRAME_HEADER_SIZE as u64 > seal_at
-                    || nonzero_end(map, offset, file_len) == offset
-                {
-                    // Data area full, or a cut file whose remainder is zero: the end.
-                    FrameCheck::Empty
-                } else {
-                    FrameCheck::Invalid("file ends inside a frame".into())
-                }
+            if how.seq_end == Some(seq_next) {
+                ended = true;
+                break;
+            }
+            let check = if offset + FRAME_HEADER_SIZE as u64 > seal_at {
+                // Data area full: the end.
+                FrameCheck::Empty
             } else {
-                check_frame(map, offset, limit)
+                check_frame(map, offset, seal_at)
             };
             match check {
                 FrameCheck::Empty => break,
                 FrameCheck::Invalid(reason) => {
-                    problem = Some(Problem {
-                        index: i,
-                        offset_bytes: offset,
-                        seq: seq_next,
-                        reason,
-                    });
+                    problem = Some(found(offset, seq_next, reason, Damage::Tearable));
                     break 'segments;
                 }
                 FrameCheck::Valid(h) => {
+                    // A valid frame out of context is not a torn write: segments start
+                    // zeroed and a cut zeroes what it cuts, so no stale frame is left.
                     let why = if h.kind != FRAME_KIND_DATA {
                         Some("seal frame inside the data area".to_string())
                     } else if h.seq != seq_next {
@@ -320,25 +521,25 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                         None
                     };
                     if let Some(reason) = why {
-                        problem = Some(Problem {
-                            index: i,
-                            offset_bytes: offset,
-                            seq: seq_next,
-                            reason,
-                        });
+                        problem = Some(found(offset, seq_next, reason, Damage::NeverTorn));
                         break 'segments;
                     }
                     chain = chain_next(chain, h.crc, h.seq);
                     if let Some(c) = checkpoint {
                         if c.seq == h.seq && c.chain != chain {
-                            return Err(Error::Corrupt {
-                                segment: seg.path.clone(),
-                                offset_bytes: offset,
-                                reason: format!("chain value at durable sequence {} differs from the checkpoint's", h.seq),
-                                dir: dir.to_path_buf(),
-                            });
+                            problem = Some(found(
+                                offset,
+                                h.seq,
+                                format!(
+                                    "chain value at durable sequence {} differs from the checkpoint's",
+                                    h.seq
+                                ),
+                                Damage::NeverTorn,
+                            ));
+                            break 'segments;
                         }
                     }
+                    proof.see(&h, &seg.path, offset);
                     if record_count == 0 {
                         ts_first = h.timestamp_ns;
                     }
@@ -351,30 +552,18 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                 }
             }
         }
-        // After the last record: nothing but zeros up to the seal.
-        let garbage_end = nonzero_end(map, end_offset, limit);
-        if garbage_end > end_offset {
-            problem = Some(Problem {
-                index: i,
-                offset_bytes: end_offset,
-                seq: seq_next,
-                reason: "non-zero bytes after the last valid record".into(),
-            });
+        if ended {
             break;
         }
-        if file_len < segment_size {
-            if !is_last {
-                problem = Some(Problem {
-                    index: i,
-                    offset_bytes: file_len,
-                    seq: seq_next,
-                    reason: format!(
-                        "file is {file_len} bytes, shorter than the segment size {segment_size}"
-                    ),
-                });
-                break;
-            }
-            continue;
+        // After the last record: nothing but zeros up to the seal.
+        if nonzero_end(map, end_offset, seal_at) > end_offset {
+            problem = Some(found(
+                end_offset,
+                seq_next,
+                "non-zero bytes after the last valid record".into(),
+                Damage::Tearable,
+            ));
+            break;
         }
         match seal {
             Ok(Some(s)) => {
@@ -383,66 +572,163 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
                     || s.end_offset_bytes != end_offset
                     || s.epoch != epoch
                 {
-                    problem = Some(Problem {
-                        index: i,
-                        offset_bytes: seal_at,
-                        seq: seq_next,
-                        reason: "seal does not match the records of the segment".into(),
-                    });
+                    problem = Some(found(
+                        seal_at,
+                        seq_next,
+                        "seal does not match the records of the segment".into(),
+                        Damage::Tearable,
+                    ));
                     break;
                 }
                 sealed = true;
+                seal_last = Some(s);
+            }
+            Ok(None) if is_last && nonzero_end(map, seal_at, segment_size) > seal_at => {
+                problem = Some(found(
+                    seal_at,
+                    seq_next,
+                    "non-zero bytes in the seal area of the unsealed last segment".into(),
+                    Damage::Tearable,
+                ));
+                break;
             }
             Ok(None) if is_last => {}
             Ok(None) => {
-                problem = Some(Problem {
-                    index: i,
-                    offset_bytes: seal_at,
-                    seq: seq_next,
-                    reason: "segment not sealed but a later segment exists".into(),
-                });
+                problem = Some(found(
+                    seal_at,
+                    seq_next,
+                    "segment not sealed but a later segment exists".into(),
+                    Damage::Tearable,
+                ));
                 break;
             }
             Err(reason) => {
-                problem = Some(Problem {
-                    index: i,
-                    offset_bytes: seal_at,
-                    seq: seq_next,
-                    reason,
-                });
+                problem = Some(found(seal_at, seq_next, reason, Damage::Tearable));
                 break;
             }
         }
     }
 
-    if let Some(p) = problem {
-        let seg = &segments[p.index];
-        let below_durable = p.seq <= seq_durable;
-        // The oldest segment left after pruning: cutting it would leave no journal at all,
-        // and the records before it are gone for good.
-        let oldest_left = p.index == 0 && p.offset_bytes == 0 && seg.base_seq != 1;
-        if below_durable || oldest_left {
-            let why = if below_durable {
-                format!(
-                    "sequence {} is at or below the durable point {seq_durable}",
-                    p.seq
-                )
+    // A sealed last segment whose successor a checkpoint names: the successor existed
+    // with its header on disk (the writer records that only after syncing both), so it
+    // was removed or lost, not torn.
+    if problem.is_none() && !ended && sealed {
+        if let Some(s) = seal_last {
+            let missing = segment_path(dir, s.seq_next);
+            let named = checkpoint_segment_max >= s.seq_next;
+            let live_created = how.live.is_some() && missing.exists();
+            if named && !live_created {
+                problem = Some(Problem {
+                    index: segments.len(),
+                    path: missing,
+                    offset_bytes: 0,
+                    seq: s.seq_next,
+                    reason: "segment is missing (a checkpoint records that it existed)".into(),
+                    damage: Damage::NeverTorn,
+                });
+            }
+        }
+    }
+
+    // What the caller knows and what the disk proves.
+    let mut proven = (checkpoint_seq_max, "the newest checkpoint".to_string());
+    if let Some(p) = &problem {
+        // Every frame past the damage still says what was durable when it was written.
+        let mut past = Proof::default();
+        for (j, seg) in segments.iter().enumerate().skip(p.index) {
+            let Some(m) = &maps[j] else { continue };
+            let from = if j == p.index {
+                p.offset_bytes + FRAME_ALIGN
             } else {
-                format!(
-                    "the oldest segment left (earlier ones were pruned) is damaged at its \
-                     start: sequences from {} on cannot be recovered",
-                    p.seq
-                )
+                DATA_OFFSET
             };
+            let limit = segment_size_journal.map_or(m.len() as u64, seal_offset);
+            scan_past_damage(m, &seg.path, from.max(DATA_OFFSET), limit, p.seq, &mut past);
+        }
+        if past.seq_durable > proof.seq_durable {
+            proof.seq_durable = past.seq_durable;
+            proof.witness = past.witness.clone();
+        }
+        proof.frames = past.frames;
+        proof.seq_max = past.seq_max;
+    } else {
+        proof.frames = 0;
+        proof.seq_max = 0;
+    }
+    if proof.seq_durable > proven.0 {
+        let (path, offset, seq) = proof.witness.clone().expect("a witness for a proof");
+        proven = (
+            proof.seq_durable,
+            format!(
+                "record {seq} ({} offset {offset}), written after it was synced",
+                path.display()
+            ),
+        );
+    }
+    if how.seq_durable_known > proven.0 {
+        proven = (how.seq_durable_known, "the newest snapshot".to_string());
+    }
+    let seq_proven = proven.0;
+    report.seq_durable_proven = seq_proven;
+
+    if let Some(p) = problem {
+        let crash_cannot = match p.damage {
+            Damage::NeverTorn => Some("a crash never leaves this".to_string()),
+            Damage::HeaderZero if p.index == 0 => Some(
+                "the oldest segment's header was synced before any record was written".to_string(),
+            ),
+            Damage::HeaderZero if checkpoint_segment_max >= segments[p.index].base_seq => Some(
+                "a checkpoint records that this segment existed with its header on disk"
+                    .to_string(),
+            ),
+            _ => None,
+        };
+        let proven_durable = (p.seq <= seq_proven).then(|| {
+            format!(
+                "sequence {} was durable: {} proves sequences up to {seq_proven}",
+                p.seq, proven.1
+            )
+        });
+        if let Some(why) = proven_durable.or(crash_cannot) {
             return Err(Error::Corrupt {
-                segment: seg.path.clone(),
+                segment: p.path,
                 offset_bytes: p.offset_bytes,
-                reason: format!("{} ({why})", p.reason),
+                seq: p.seq,
+                reason: format!(
+                    "{}; refusing to cut it, {why}{}",
+                    p.reason,
+                    if proof.frames > 0 {
+                        format!(
+                            "; {} CRC-valid record(s) lie past it, up to sequence {}",
+                            proof.frames, proof.seq_max
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
                 dir: dir.to_path_buf(),
             });
         }
+        if let Some(holder) = &how.live {
+            // The writer is mid-write past the durable point: the end of what can be read.
+            report.live = Some(LiveTail {
+                holder: holder.clone(),
+                records_past_durable: (seq_next - 1).saturating_sub(seq_proven),
+                stopped_at: Some(format!(
+                    "{} offset {}: {}",
+                    p.path.display(),
+                    p.offset_bytes,
+                    p.reason
+                )),
+            });
+            problem = None;
+        } else {
+            problem = Some(p);
+        }
+    }
+
+    if let Some(p) = problem {
         let mut cut_size_bytes = 0u64;
-        let mut seq_last_cut = p.seq - 1;
         let mut segments_removed = Vec::new();
         let keep = if p.offset_bytes == 0 {
             p.index
@@ -453,11 +739,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
             let map = maps[p.index].as_ref().expect("mapped");
             let end = nonzero_end(map, p.offset_bytes, map.len() as u64);
             cut_size_bytes += end - p.offset_bytes;
-            let limit = seal_offset(segment_size).min(map.len() as u64);
-            if let Some(s) = walk_max_seq(map, p.offset_bytes, limit) {
-                seq_last_cut = seq_last_cut.max(s);
-            }
-            tail.zero_range = Some((seg.path.clone(), p.offset_bytes, end));
+            tail.zero_range = Some((p.path.clone(), p.offset_bytes, end));
             // The segment is active again; `end_offset` already is the end of its valid
             // records.
             sealed = false;
@@ -465,44 +747,41 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
         for (j, s) in segments.iter().enumerate().skip(keep) {
             if let Some(m) = &maps[j] {
                 cut_size_bytes += nonzero_end(m, 0, m.len() as u64);
-                if let Some(x) = walk_max_seq(
-                    m,
-                    DATA_OFFSET,
-                    seal_offset(segment_size).min(m.len() as u64),
-                ) {
-                    seq_last_cut = seq_last_cut.max(x);
-                }
             }
             segments_removed.push(s.path.clone());
         }
         report.truncation = Some(Truncation {
-            segment: seg.path.clone(),
+            segment: p.path.clone(),
             offset_bytes: p.offset_bytes,
             seq_first_cut: p.seq,
-            seq_last_cut,
+            seq_last_cut: proof.seq_max.max(p.seq - 1),
+            records_cut: proof.frames,
             cut_size_bytes,
             segments_removed,
             reason: p.reason,
         });
-        if keep == 0 {
-            // Nothing valid is left (a fresh journal whose first header was torn).
-            report.seq_first = 0;
-            report.seq_last = 0;
-            tail.segments.clear();
-            tail.seq_next = 1;
-            return Ok((tail, report));
-        }
+        // Only header damage cuts at offset 0, and the oldest segment's is always refused.
+        assert!(keep > 0, "the oldest segment is never cut whole");
         debug_assert!(index_last_good < keep);
+    } else if report.live.is_none() && how.live.is_some() {
+        report.live = Some(LiveTail {
+            holder: how.live.clone().unwrap_or_default(),
+            records_past_durable: (seq_next - 1).saturating_sub(seq_proven),
+            stopped_at: None,
+        });
     }
 
-    if seq_next.saturating_sub(1) < seq_durable {
+    let seq_last = seq_next - 1;
+    if seq_last < seq_proven && how.seq_end.is_none_or(|e| seq_proven < e) {
         let last = &segments[index_last_good];
         return Err(Error::Corrupt {
             segment: last.path.clone(),
             offset_bytes: end_offset,
+            seq: seq_next,
             reason: format!(
-                "the checkpoint records sequence {seq_durable} as durable but the journal ends at {}",
-                seq_next - 1
+                "the journal ends at {seq_last} but {} proves sequence {seq_proven} durable \
+                 (records were lost)",
+                proven.1
             ),
             dir: dir.to_path_buf(),
         });
@@ -511,6 +790,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
     let keep = report.truncation.as_ref().map_or(segments.len(), |t| {
         segments.len() - t.segments_removed.len()
     });
+    let keep = if ended { index_last_good + 1 } else { keep };
     tail.journal_id = journal_id;
     tail.segments = segments[..keep].to_vec();
     tail.segment_size_bytes = segment_size;
@@ -523,7 +803,7 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
     tail.timestamp_ns_first = ts_first;
     tail.timestamp_ns_last = ts_last;
     report.seq_first = segments[0].base_seq;
-    report.seq_last = seq_next - 1;
+    report.seq_last = seq_last;
     if report.seq_last < report.seq_first {
         report.seq_first = 0;
         report.seq_last = 0;
@@ -531,13 +811,21 @@ pub(crate) fn analyze(dir: &Path, verify: Verify) -> Result<(Tail, RecoveryRepor
     Ok((tail, report))
 }
 
-/// Checks a journal directory without modifying it. `Ok` carries what opening it would cut.
+/// Checks a journal directory without modifying it: the same analysis `Journal::open`
+/// runs (with `verify`'s depth), so whatever opening would refuse, this reports with the
+/// same place. `Ok` carries what opening would cut. Beside a running writer (another
+/// process holds the lock) the records past the durable point may be mid-write: they are
+/// reported as live, not as a torn tail. Never takes the writer's lock.
 pub fn verify(dir: &Path, verify: Verify) -> Result<RecoveryReport> {
-    analyze(dir, verify).map(|(_, r)| r)
+    let how = Analysis {
+        verify,
+        live: crate::lock::holder(dir),
+        ..Analysis::default()
+    };
+    analyze(dir, &how).map(|(_, r)| r)
 }
 
-/// Applies the cut found by `analyze`: zero the torn bytes, remove later segments, restore
-/// the cut segment's full preallocated size, sync.
+/// Applies the cut found by `analyze`: zero the torn bytes, remove later segments, sync.
 pub(crate) fn apply(
     dir: &Path,
     tail: &Tail,
@@ -562,23 +850,7 @@ pub(crate) fn apply(
             .write(true)
             .open(path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-        let zeros = [0u8; 4096];
-        let mut at = *from;
-        let chunks_max = (to - from) / zeros.len() as u64 + 1;
-        for _ in 0..chunks_max {
-            if at >= *to {
-                break;
-            }
-            let n = (*to - at).min(zeros.len() as u64) as usize;
-            file.write_all_at(&zeros[..n], at)
-                .map_err(|e| Error::io(format!("zero {}", path.display()), e))?;
-            at += n as u64;
-        }
-        assert!(at >= *to);
-        // A cut file gets its preallocated size back, so mmap never reads past its end.
-        storage
-            .allocate(&file, tail.segment_size_bytes)
-            .map_err(|e| Error::io(format!("fallocate {}", path.display()), e))?;
+        zero_range(&file, path, *from, *to)?;
         storage
             .sync_data(&file)
             .map_err(|e| Error::io(format!("fdatasync {}", path.display()), e))?;
@@ -586,5 +858,23 @@ pub(crate) fn apply(
     storage
         .sync_dir(dir)
         .map_err(|e| Error::io(format!("fsync directory {}", dir.display()), e))?;
+    Ok(())
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+pub(crate) fn zero_range(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<()> {
+    let zeros = [0u8; 4096];
+    let mut at = from;
+    let chunks_max = to.saturating_sub(from) / zeros.len() as u64 + 1;
+    for _ in 0..chunks_max {
+        if at >= to {
+            break;
+        }
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)
+            .map_err(|e| Error::io(format!("zero {}", path.display()), e))?;
+        at += n as u64;
+    }
+    assert!(at >= to);
     Ok(())
 }

@@ -138,6 +138,30 @@ fn decode(path: &Path, bytes: &[u8]) -> std::result::Result<SnapshotMeta, String
     })
 }
 
+/// Sequence of the newest snapshot in `dir` whose header checks out, read-only (no
+/// directory is created, no leftover is removed; None when `dir` does not exist). A
+/// snapshot is renamed into place only after its commands were durable in the journal,
+/// so its sequence is one the journal must still hold: recovery's evidence
+/// (`Config::seq_durable_known`).
+pub fn snapshot_seq_newest(dir: &Path) -> Result<Option<u64>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    for (path, seq) in SnapshotStore::files(dir, ".snap")?.into_iter().rev() {
+        let mut h = [0u8; SNAPSHOT_HEADER_SIZE];
+        let read = crate::segment::open_regular(&path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut h));
+        let intact = read.is_ok()
+            && h[0..8] == SNAPSHOT_MAGIC
+            && crc32fast::hash(&h[0..92]) == get_u32(&h, 92)
+            && get_u64(&h, 16) == seq;
+        if intact {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
+}
+
 impl SnapshotStore {
     /// A store in `dir` (created if missing) keeping the newest `keep` snapshots.
     pub fn open(dir: impl Into<PathBuf>, keep: usize) -> Result<SnapshotStore> {

@@ -60,6 +60,11 @@ pub struct Config {
     /// cached, so the writer's page faults find them ready; the staged backends drop them.
     pub prealloc_zero_fill: bool,
     pub verify: Verify,
+    /// A sequence the caller knows was durable in this journal (the node passes its newest
+    /// snapshot's: snapshots are written only once their commands are durable). Opening
+    /// refuses, changing nothing, when the journal cannot hold it intact: a torn-tail cut
+    /// must never reach below it. 0: none.
+    pub seq_durable_known: u64,
     pub storage: Arc<dyn Storage>,
     /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
     /// `Pwrite` under `Async` writes through: the writer's own
@@ -128,6 +133,7 @@ impl Config {
             low_space_threshold_bytes: 1 << 30,
             prealloc_zero_fill: false,
             verify: Verify::Tail,
+            seq_durable_known: 0,
             storage: Arc::new(OsStorage),
             backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
@@ -486,6 +492,23 @@ struct SyncList {
     active: Arc<Segment>,
     sealed_unsynced: Vec<Arc<Segment>>,
     dir_unsynced: bool,
+    /// Set by a roll: the next sync round records in the sealed segment that its successor
+    /// exists (see [`RollMarker`]).
+    roll_marker: Option<RollMarker>,
+}
+
+/// After a roll, once the new segment's name and header are synced, the syncer writes a
+/// checkpoint into the sealed segment's header page naming the new segment (and claiming
+/// the sealed segment's last record, synced in the same round), then syncs it, before
+/// the round publishes any record of the new segment as durable. So whenever a record of
+/// a segment was ever durable, an older segment says that segment existed: recovery
+/// refuses to treat its loss, truncation or zeroed header as a torn tail.
+pub(crate) struct RollMarker {
+    pub(crate) sealed: Arc<Segment>,
+    pub(crate) seq_last: u64,
+    pub(crate) chain: u64,
+    pub(crate) epoch: u32,
+    pub(crate) segment_base_seq: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -640,6 +663,7 @@ fn create_segment_file(
     spare: Option<File>,
     zero_fill: ZeroFill,
 ) -> Result<()> {
+    let sync_header = spare.is_none();
     let file = match spare {
         Some(f) => f,
         // At open: nobody is waiting yet, the fill completes.
@@ -653,6 +677,16 @@ fn create_segment_file(
     };
     file.write_all_at(&header.encode(), 0)
         .map_err(|e| Error::io(format!("write header {}", path.display()), e))?;
+    if sync_header {
+        // The journal's first segment: its header is on disk before it has a name, so
+        // recovery knows a damaged oldest header is never a torn write. (A rolled
+        // segment's header reaches the disk with the segment's first sync, before any of
+        // its records is durable; the syncer then records in the sealed segment that it
+        // exists.)
+        storage
+            .sync_data(&file)
+            .map_err(|e| Error::io(format!("fdatasync {}", path.display()), e))?;
+    }
     let tmp = dir.join(SPARE_FILE_NAME);
     std::fs::rename(&tmp, path)
         .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), path.display()), e))?;
@@ -714,7 +748,12 @@ fn prepare_spare(
         });
     let result = result.and_then(|()| {
         if zero_fill == ZeroFill::Off {
-            return Ok(());
+            // The allocated size is durable before the file can get a segment's name:
+            // recovery treats a segment of the wrong size as damage, never as a tear.
+            return storage.sync_data(&file).map_err(|e| Error::PreallocFailed {
+                path: path.to_path_buf(),
+                reason: format!("sync after fallocate: {e}"),
+            });
         }
         let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
@@ -779,19 +818,25 @@ impl Journal {
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("create_dir_all {}", dir.display()), e))?;
-        let dir_lock = DirLock::acquire(&dir)?;
+        let mut dir_lock = DirLock::acquire(&dir)?;
         let storage = config.storage.clone();
         let zero_fill = ZeroFill::of(&config);
 
-        let (tail, report) = recovery::analyze(&dir, config.verify)?;
-        recovery::apply(&dir, &tail, &report, storage.as_ref())?;
-
+        // Decide first, change after: a refused open leaves the directory as it was.
+        let analysis = recovery::Analysis {
+            verify: config.verify,
+            seq_durable_known: config.seq_durable_known,
+            ..recovery::Analysis::default()
+        };
+        let (tail, report) = recovery::analyze(&dir, &analysis)?;
         if config.epoch < tail.epoch {
             return Err(Error::StaleEpoch {
                 epoch: config.epoch,
                 epoch_journal: tail.epoch,
             });
         }
+        dir_lock.note_holder()?;
+        recovery::apply(&dir, &tail, &report, storage.as_ref())?;
 
         // The active segment: the last one, or a fresh first segment.
         let (active_file, journal_id) = match tail.segments.last() {
@@ -951,6 +996,7 @@ impl Journal {
                 active: active.clone(),
                 sealed_unsynced: Vec::new(),
                 dir_unsynced: false,
+                roll_marker: None,
             }),
             syncer_idle: AtomicBool::new(false),
             syncer_wake: (Mutex::new(false), Condvar::new()),
@@ -1121,6 +1167,12 @@ impl Journal {
             epoch: self.epoch,
             schema_version,
             crc: 0,
+            // What was durable before this frame exists: recovery's proof that damage at
+            // or below it is not a torn write (a crash tears only unsynced writes).
+            durable_lag: FrameHeader::durable_lag_of(
+                seq,
+                self.shared.watermarks.durable.load(Ordering::Relaxed),
+            ),
         };
         let at = self.end_offset_bytes;
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
@@ -1390,6 +1442,13 @@ impl Journal {
         {
             let mut list = lock(&self.shared.segments);
             let old = std::mem::replace(&mut list.active, segment.clone());
+            list.roll_marker = Some(RollMarker {
+                sealed: old.clone(),
+                seq_last: header.base_seq - 1,
+                chain: header.chain_prev,
+                epoch: header.epoch,
+                segment_base_seq: header.base_seq,
+            });
             list.sealed_unsynced.push(old);
             list.dir_unsynced = true;
         }

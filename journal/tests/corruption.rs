@@ -23,7 +23,25 @@ struct Golden {
     extents: Vec<(PathBuf, u64, u64, u64)>,
 }
 
+/// A journal of several segments: records up to `RECORDS_DURABLE` synced and
+/// checkpointed, the rest written after the last sync. The syncer may run one more round
+/// after `sync()` returns (persisting the checkpoint), which can make later records
+/// durable too: such a journal is built again, so the durable point is exactly
+/// `RECORDS_DURABLE`.
 fn build(dir: &Path) -> Golden {
+    for _ in 0..50 {
+        for e in std::fs::read_dir(dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        let g = build_once(dir);
+        if verify(dir, Verify::All).unwrap().seq_durable_proven == RECORDS_DURABLE {
+            return g;
+        }
+    }
+    panic!("no journal with exactly {RECORDS_DURABLE} durable records in 50 attempts");
+}
+
+fn build_once(dir: &Path) -> Golden {
     let mut c = config(
         dir,
         Durability::Async {
@@ -135,56 +153,153 @@ fn assert_documented_refusal(e: &Error, dir: &Path) {
     );
 }
 
+fn open_group(dir: &Path) -> ringex_journal::Result<Journal> {
+    let mut c = config(dir, Durability::Group);
+    c.segment_size_bytes = SEGMENT_BYTES;
+    c.record_size_bytes_max = 1024;
+    c.verify = Verify::All;
+    Journal::open(c)
+}
+
+/// Every file of the directory (segments, spare, lock), for "nothing changed".
+fn snapshot_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// Opening refuses as documented and leaves every file as it was.
+fn assert_refused_unchanged(dir: &Path, what: &str) -> Error {
+    let before = snapshot_files(dir);
+    let e = match open_group(dir) {
+        Ok(j) => panic!("{what}: opened at {:?}", j.recovery_report()),
+        Err(e) => e,
+    };
+    assert_documented_refusal(&e, dir);
+    assert!(
+        snapshot_files(dir) == before,
+        "{what}: a refused open changed files"
+    );
+    e
+}
+
+/// The last sequence held by each segment file (its base - 1 when it holds none).
+fn segment_last(g: &Golden, path: &Path) -> u64 {
+    g.extents
+        .iter()
+        .filter(|e| e.0 == path)
+        .map(|e| e.3)
+        .max()
+        .unwrap_or_else(|| {
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            name.parse::<u64>().unwrap() - 1
+        })
+}
+
+/// After a cut, the journal takes new records and reads everything back.
+fn append_reopen_read(dir: &Path, g: &Golden, valid: u64) {
+    let mut j = open_group(dir).unwrap();
+    assert_eq!(j.recovery_report().seq_last, valid);
+    let seq = j.seq_next();
+    assert_eq!(seq, valid + 1);
+    j.append(7, 1, seq * 1000, &payload(seq, len_of(seq)))
+        .unwrap();
+    j.close().unwrap();
+    let j = open_group(dir).unwrap();
+    assert_eq!(j.recovery_report().seq_last, valid + 1);
+    assert!(j.recovery_report().truncation.is_none());
+    drop(j);
+    let records = read_all(dir);
+    assert_eq!(records.len() as u64, valid + 1);
+    assert_eq!(&records[..valid as usize], &g.records[..valid as usize]);
+    assert_eq!(records[valid as usize].payload, payload(seq, len_of(seq)));
+}
+
+/// A crash leaves the unwritten part of a preallocated segment zero: from every offset of
+/// the last records on, the rest of the file reads back as zeros. Past the durable point
+/// the torn record is cut (and reported exactly); before it, opening refuses.
 #[test]
-fn cut_at_every_offset_of_the_last_records() {
+fn torn_tail_at_every_offset_of_the_last_records() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let g = build(dir);
-    let durable_end = g.extents[RECORDS_DURABLE as usize - 1].clone();
     let last_path = g.files.keys().last().unwrap().clone();
-    // Frames in the last segment; cut at every offset from the first of them to the end.
     let first_in_last = g.extents.iter().find(|e| e.0 == last_path).unwrap().1;
     let end_in_last = g.extents.last().unwrap().2;
-    assert!(durable_end.0 != last_path || durable_end.2 > first_in_last);
     for cut in first_in_last..=end_in_last {
         restore(&g, dir);
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&last_path)
-            .unwrap();
-        f.set_len(cut).unwrap();
-        drop(f);
+        let mut damaged = g.files[&last_path].clone();
+        damaged[cut as usize..].fill(0);
+        std::fs::write(&last_path, &damaged).unwrap();
+        // Records whose bytes the zeros left intact (padding is zero already).
         let valid = g
             .extents
             .iter()
-            .take_while(|e| e.0 != last_path || e.2 <= cut)
+            .take_while(|e| {
+                e.0 != last_path
+                    || damaged[e.1 as usize..e.2 as usize]
+                        == g.files[&last_path][e.1 as usize..e.2 as usize]
+            })
             .count() as u64;
-        let result = Journal::open({
-            let mut c = config(dir, Durability::Group);
-            c.segment_size_bytes = SEGMENT_BYTES;
-            c.record_size_bytes_max = 1024;
-            c.verify = Verify::All;
-            c
-        });
-        if valid >= RECORDS_DURABLE {
-            let j = result.unwrap_or_else(|e| panic!("cut {cut}: {e}"));
-            let rep = j.recovery_report().clone();
-            assert_eq!(rep.seq_last, valid, "cut at {cut}");
-            let torn = g
-                .extents
-                .iter()
-                .any(|e| e.0 == last_path && e.1 < cut && cut < e.2);
-            if torn {
-                let t = rep.truncation.as_ref().expect("truncation reported");
-                assert_eq!(t.seq_first_cut, valid + 1);
-                assert!(t.cut_size_bytes > 0);
-            }
-            drop(j);
-            assert_eq!(read_prefix(dir, &g), valid, "cut at {cut}");
-        } else {
-            let e = result.expect_err("cut before the durable point must refuse");
-            assert_documented_refusal(&e, dir);
+        if valid < RECORDS_DURABLE {
+            assert_refused_unchanged(dir, &format!("zeros from {cut}"));
             assert_eq!(read_prefix(dir, &g), valid);
+            continue;
+        }
+        let j = open_group(dir).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let rep = j.recovery_report().clone();
+        drop(j);
+        assert_eq!(rep.seq_last, valid, "cut at {cut}");
+        let torn = g.extents.get(valid as usize).filter(|e| e.1 < cut);
+        match (torn, &rep.truncation) {
+            (Some(e), Some(t)) => {
+                assert_eq!(t.seq_first_cut, e.3, "cut at {cut}");
+                assert_eq!(t.seq_last_cut, e.3 - 1, "nothing valid past a torn end");
+                assert_eq!(t.records_cut, 0);
+                assert_eq!(t.offset_bytes, e.1);
+                assert_eq!(t.segment, last_path);
+                let nonzero = damaged[e.1 as usize..cut as usize]
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .map_or(0, |i| i as u64 + 1);
+                assert_eq!(t.cut_size_bytes, nonzero, "cut at {cut}");
+                // The torn bytes are zero on disk now.
+                let after = std::fs::read(&last_path).unwrap();
+                assert!(
+                    after[e.1 as usize..].iter().all(|&b| b == 0),
+                    "cut at {cut}"
+                );
+            }
+            (None, None) => {}
+            (torn, t) => panic!("cut at {cut}: torn {torn:?}, reported {t:?}"),
+        }
+        assert_eq!(read_prefix(dir, &g), valid, "cut at {cut}");
+        if cut % 13 == 0 || torn.is_some_and(|e| e.1 + 1 == cut) {
+            append_reopen_read(dir, &g, valid);
+        }
+    }
+}
+
+/// Segments are preallocated at full size before they are named, so a shorter (or
+/// longer) segment is damage wherever it is, never a torn tail: refused, nothing changed.
+#[test]
+fn a_segment_of_the_wrong_size_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let g = build(dir);
+    for path in g.files.keys() {
+        for len in [0, 100, 4096, SEGMENT_BYTES - 1, SEGMENT_BYTES + 4096] {
+            restore(&g, dir);
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            f.set_len(len).unwrap();
+            drop(f);
+            let e = assert_refused_unchanged(dir, &format!("{} at {len} bytes", path.display()));
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
         }
     }
 }
@@ -225,6 +340,12 @@ fn flip_single_bits_anywhere() {
                 .iter()
                 .find(|e| &e.0 == path && e.1 <= at as u64 && (at as u64) < e.2);
             let result = verify(dir, Verify::All);
+            // Outside records: the header page's unchecked bytes and the checkpoint slots
+            // (a damaged slot falls back to the other) change nothing; the header itself
+            // is refused; bytes after the segment's last record (zeros, or its seal) are a
+            // torn tail unless the segment's records are durable.
+            let seg_last = segment_last(&g, path);
+            let total = RECORDS_DURABLE + RECORDS_TAIL;
             match (&result, in_record) {
                 (Ok(rep), Some(e)) => {
                     assert!(
@@ -233,12 +354,54 @@ fn flip_single_bits_anywhere() {
                         e.3
                     );
                     assert_eq!(rep.seq_last, e.3 - 1);
+                    let t = rep.truncation.as_ref().expect("a torn record is reported");
+                    assert_eq!((t.seq_first_cut, t.segment.as_path()), (e.3, e.0.as_path()));
+                    assert_eq!(t.offset_bytes, e.1);
+                    // Every later record is intact and counted, none proven durable.
+                    assert_eq!(t.records_cut, total - e.3);
+                    assert_eq!(t.seq_last_cut, total.max(e.3 - 1) - u64::from(e.3 == total));
                 }
-                (Ok(rep), None) => assert!(
-                    rep.seq_last >= RECORDS_DURABLE,
-                    "{} at {at}: {rep:?}",
-                    path.display()
-                ),
+                (Ok(rep), None) if at < 4096 => {
+                    assert!(at >= 128, "{} header byte {at} accepted", path.display());
+                    assert_eq!((rep.seq_last, &rep.truncation), (total, &None), "at {at}");
+                }
+                (Ok(rep), None) => {
+                    assert!(
+                        seg_last >= RECORDS_DURABLE,
+                        "{} at {at}: {rep:?}",
+                        path.display()
+                    );
+                    assert_eq!(rep.seq_last, seg_last, "{} at {at}", path.display());
+                    let t = rep.truncation.as_ref().unwrap_or_else(|| {
+                        panic!("{} at {at}: not reported: {rep:?}", path.display())
+                    });
+                    assert_eq!(t.seq_first_cut, seg_last + 1);
+                    assert_eq!((t.records_cut, t.seq_last_cut), (total - seg_last, total));
+                    assert_eq!(
+                        t.segments_removed.len(),
+                        g.files
+                            .keys()
+                            .filter(|p| segment_last(&g, p) > seg_last)
+                            .count()
+                    );
+                    assert!(t.cut_size_bytes >= 1);
+                    if t.records_cut == 0 {
+                        // Garbage after the very last record: one byte, cut and zeroed;
+                        // the journal takes the next record after it.
+                        assert_eq!(t.cut_size_bytes, at as u64 + 1 - t.offset_bytes);
+                        append_reopen_read(dir, &g, total);
+                        restore(&g, dir);
+                        std::fs::write(path, &damaged).unwrap();
+                    }
+                }
+                (Err(err), None) if at >= 4096 => {
+                    assert!(
+                        seg_last < RECORDS_DURABLE,
+                        "{} at {at}: refused a torn tail: {err}",
+                        path.display()
+                    );
+                    assert_documented_refusal(err, dir);
+                }
                 (Err(err), Some(e)) => {
                     assert!(e.3 <= RECORDS_DURABLE, "torn record {} refused: {err}", e.3);
                     assert_documented_refusal(err, dir);
@@ -338,29 +501,31 @@ fn lost_sector_anywhere() {
                         && bytes[e.1 as usize..e.2 as usize] != damaged[e.1 as usize..e.2 as usize]
                 })
                 .map(|e| e.3);
-            let mut c = config(dir, Durability::Group);
-            c.segment_size_bytes = SEGMENT_BYTES;
-            c.record_size_bytes_max = 1024;
-            c.verify = Verify::All;
-            let result = Journal::open(c);
-            match first_changed {
-                Some(seq) if seq <= RECORDS_DURABLE => {
-                    let e = result.expect_err("lost durable page must refuse");
-                    assert_documented_refusal(&e, dir);
-                }
-                Some(seq) => {
-                    let j = result.unwrap_or_else(|e| panic!("page {page_start}: {e}"));
-                    assert_eq!(j.recovery_report().seq_last, seq - 1, "page {page_start}");
-                    drop(j);
-                    assert_eq!(read_prefix(dir, &g), seq - 1);
-                }
-                None => {
-                    // Only the seal or zero areas changed.
-                    if let Ok(j) = result {
-                        assert!(j.recovery_report().seq_last >= RECORDS_DURABLE);
-                    }
-                }
+            // No record changed: only the seal was lost, and the segment's records end
+            // the log unless the segment is durable.
+            let seq_lost_first = first_changed.unwrap_or(segment_last(&g, path) + 1);
+            if seq_lost_first <= RECORDS_DURABLE {
+                assert_refused_unchanged(dir, &format!("sector {page_start} zeroed"));
+                continue;
             }
+            let j = open_group(dir).unwrap_or_else(|e| panic!("page {page_start}: {e}"));
+            let rep = j.recovery_report().clone();
+            drop(j);
+            assert_eq!(rep.seq_last, seq_lost_first - 1, "page {page_start}");
+            let Some(t) = rep.truncation else {
+                // The sector held the journal's last bytes: what is left ends cleanly.
+                let from = g.extents[seq_lost_first as usize - 1].1 as usize;
+                assert!(
+                    damaged[from..].iter().all(|&b| b == 0),
+                    "sector {page_start}"
+                );
+                assert_eq!(path, g.files.keys().last().unwrap());
+                continue;
+            };
+            assert_eq!(t.seq_first_cut, seq_lost_first);
+            // Records past the lost sector are found and reported as cut.
+            assert!(t.seq_last_cut >= seq_lost_first - 1);
+            assert_eq!(read_prefix(dir, &g), seq_lost_first - 1);
         }
     }
 }

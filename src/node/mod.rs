@@ -436,6 +436,11 @@ impl Node {
         }
         let mut journal_config = journal_config(config);
         journal_config.storage = storage;
+        // The newest snapshot's commands were durable before it was written: the journal
+        // refuses to open (changing nothing) rather than cut below it.
+        journal_config.seq_durable_known = ringex_journal::snapshot_seq_newest(&snapshot_dir)
+            .map_err(NodeError::Journal)?
+            .unwrap_or(0);
         let journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
         let journal_backend = format!(
             "{:?}{}{}",
@@ -553,6 +558,7 @@ impl Node {
             exchange,
             seq_last,
             chain_last,
+            recovery.snapshot_seq.unwrap_or(0),
             out,
             Arc::clone(&shared),
             1,

@@ -42,7 +42,7 @@ impl fmt::Display for RecoveryLog {
             self.records_replayed, self.seq_last
         )?;
         match &self.truncation {
-            Some(t) => write!(f, "; cut torn journal tail: {t:?}")?,
+            Some(t) => write!(f, "; cut a torn journal tail: {t}")?,
             None => write!(f, "; journal tail intact")?,
         }
         write!(f, "; state hash {:032x}", self.state_hash)

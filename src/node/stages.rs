@@ -255,6 +255,7 @@ impl EngineStage {
         exchange: Exchange,
         seq_last: u64,
         chain_last: u64,
+        seq_snapshot: u64,
         out: Outlet,
         shared: Arc<Shared>,
         epoch: u32,
@@ -272,8 +273,11 @@ impl EngineStage {
             control,
             seq_last,
             chain_last,
-            seq_snapshot: seq_last,
-            seq_snapshot_attempted: seq_last,
+            // The state's newest snapshot: after a restart that replayed records, the
+            // state is ahead of it, and the next snapshot (the final one at the latest)
+            // records the replayed commands too.
+            seq_snapshot,
+            seq_snapshot_attempted: seq_snapshot,
             snapshot_taken_at: Instant::now(),
             metrics_merged_at: Instant::now(),
             clock: quanta::Clock::new(),

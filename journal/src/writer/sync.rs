@@ -206,11 +206,11 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
     } = st;
     let staged = staged.as_mut();
     let snap = shared.progress.read();
-    let (active, sealed, dir_unsynced) = {
+    let (active, sealed, dir_unsynced, roll_marker) = {
         let mut list = lock(&shared.segments);
         let sealed = std::mem::take(&mut list.sealed_unsynced);
         let d = std::mem::replace(&mut list.dir_unsynced, false);
-        (list.active.clone(), sealed, d)
+        (list.active.clone(), sealed, d, list.roll_marker.take())
     };
     // A checkpoint written by the previous round is persisted by this round's syncs.
     let checkpoint_written = checkpoint_pending.unsynced.take();
@@ -320,6 +320,31 @@ pub(super) fn sync_round(shared: &Shared, st: &mut SyncerState) -> std::result::
                 }
             }
         }
+    }
+    if let Some(m) = roll_marker {
+        // The new segment's name (directory synced above) and header (its sync above) are
+        // on disk, and so is every record of the sealed one: say so in the sealed segment
+        // before any record of the new one is published durable.
+        let c = Checkpoint {
+            generation: *generation,
+            seq: m.seq_last,
+            chain: m.chain,
+            segment_base_seq: m.segment_base_seq,
+            end_offset_bytes: DATA_OFFSET,
+            epoch: m.epoch,
+        };
+        let at = CHECKPOINT_OFFSETS[(*generation % 2) as usize] as u64;
+        m.sealed
+            .file
+            .write_all_at(&c.encode(), at)
+            .and_then(|()| shared.storage.sync_data(&m.sealed.file))
+            .map_err(|e| {
+                format!(
+                    "write + fdatasync of the roll checkpoint in {} failed: {e}",
+                    m.sealed.path.display()
+                )
+            })?;
+        *generation += 1;
     }
     if let Some(seq) = checkpoint_written {
         shared.checkpoint_seq_durable.store(seq, Ordering::Release);
