@@ -144,7 +144,8 @@ impl Refusal {
         }
     }
 
-    fn index(self) -> usize {
+    /// The reason's position in [`Refusal::ALL`] (and in [`RefusalCounters::snapshot`]).
+    pub fn index(self) -> usize {
         self as usize
     }
 
