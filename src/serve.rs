@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn refusals_are_printed_one_prefixed_line_each_and_a_full_queue_says_so() {
         let queue = Arc::new(LogQueue::default());
-        let mut log = RefusalLog::new(Arc::clone(&queue), 1, 1_000_000_000, 0);
+        let mut log = RefusalLog::new(Arc::clone(&queue), (1, 1), 1_000_000_000, 0);
         let record = RefusalRecord {
             reason: Refusal::BadSignature,
             peer: "192.0.2.7:50000".parse().unwrap(),

@@ -4,9 +4,12 @@
 //! a refused request, a connection the gateway cuts off) adds one to its reason's counter
 //! in [`RefusalCounters`] (a relaxed atomic add, read by the node's metrics) and passes
 //! through a [`RefusalLog`]. The log lets the first [`LOG_LINES_PER_WINDOW`] refusals of
-//! each one-second window through as [`LogRecord::Refused`] and counts the rest, which it
-//! reports in one [`LogRecord::Suppressed`] when the window ends: a flood of refusals
-//! costs a handful of lines a second, and the summaries account for every refusal.
+//! each one-second window through as [`LogRecord::Refused`], at most
+//! [`LOG_LINES_PER_REASON`] of one reason (so a flood of one kind leaves lines for the
+//! others: a bad signature amid a connection flood still gets its line), and counts the
+//! rest, which it reports in one [`LogRecord::Suppressed`] when the window ends. A flood
+//! of refusals costs a handful of lines a second, and the summaries account for every
+//! refusal.
 //!
 //! The gateway never writes to stderr itself: records go into a bounded [`LogQueue`] that
 //! the daemon drains on its logging thread, so a stalled stderr never stalls the event
@@ -23,6 +26,8 @@ use crate::protocol::{template, FrameError, LoginRejectReason, LogoutReason};
 
 /// Refusals logged on a line of their own per window; the rest are summed up.
 pub const LOG_LINES_PER_WINDOW: u32 = 10;
+/// Of those, at most this many of one reason.
+pub const LOG_LINES_PER_REASON: u32 = 3;
 /// The length of a log window.
 pub const LOG_WINDOW_NS: u64 = 1_000_000_000;
 /// Distinct (reason, address) pairs a window's summary keeps counts for; refusals from
@@ -385,16 +390,18 @@ impl LogQueue {
 }
 
 /// The rate limit between refusals and the log: per window, the first
-/// `lines_per_window` refusals as records of their own, a summary of the rest. Memory is
-/// bounded: the summary keeps a count per reason and per (reason, address) for at most
-/// [`SUMMARY_SOURCES_MAX`] pairs.
+/// `lines_per_window` refusals as records of their own (at most `lines_per_reason` of
+/// each reason), a summary of the rest. Memory is bounded: the summary keeps a count per
+/// reason and per (reason, address) for at most [`SUMMARY_SOURCES_MAX`] pairs.
 #[derive(Debug)]
 pub struct RefusalLog {
     queue: Arc<LogQueue>,
     lines_per_window: u32,
+    lines_per_reason: u32,
     window_ns: u64,
     window_start_ns: u64,
     logged: u32,
+    logged_by_reason: [u32; Refusal::COUNT],
     suppressed: u64,
     by_reason: [u64; Refusal::COUNT],
     /// Capacity reserved up front: never grows past [`SUMMARY_SOURCES_MAX`].
@@ -404,16 +411,18 @@ pub struct RefusalLog {
 impl RefusalLog {
     pub fn new(
         queue: Arc<LogQueue>,
-        lines_per_window: u32,
+        (lines_per_window, lines_per_reason): (u32, u32),
         window_ns: u64,
         now_ns: u64,
     ) -> RefusalLog {
         RefusalLog {
             queue,
             lines_per_window,
+            lines_per_reason,
             window_ns: window_ns.max(1),
             window_start_ns: now_ns,
             logged: 0,
+            logged_by_reason: [0; Refusal::COUNT],
             suppressed: 0,
             by_reason: [0; Refusal::COUNT],
             sources: Vec::with_capacity(SUMMARY_SOURCES_MAX),
@@ -423,8 +432,10 @@ impl RefusalLog {
     /// A refusal happened: logged, or counted for the window's summary.
     pub fn refused(&mut self, now_ns: u64, record: RefusalRecord) {
         self.tick(now_ns);
-        if self.logged < self.lines_per_window {
+        let of_reason = &mut self.logged_by_reason[record.reason.index()];
+        if self.logged < self.lines_per_window && *of_reason < self.lines_per_reason {
             self.logged += 1;
+            *of_reason += 1;
             self.queue.push(LogRecord::Refused(record));
             return;
         }
@@ -459,6 +470,7 @@ impl RefusalLog {
         }
         self.window_start_ns = now_ns;
         self.logged = 0;
+        self.logged_by_reason = [0; Refusal::COUNT];
         self.suppressed = 0;
         self.by_reason = [0; Refusal::COUNT];
         self.sources.clear();
@@ -577,7 +589,7 @@ mod tests {
     #[test]
     fn a_window_logs_its_first_lines_and_sums_up_the_rest_exactly() {
         let queue = Arc::new(LogQueue::default());
-        let mut log = RefusalLog::new(Arc::clone(&queue), 10, SECOND, 0);
+        let mut log = RefusalLog::new(Arc::clone(&queue), (10, 5), SECOND, 0);
         for i in 0..1_950u64 {
             log.refused(i * 1000, record(Refusal::PerIpLimit, "127.0.0.1"));
         }
@@ -585,11 +597,13 @@ mod tests {
             log.refused(2_000_000 + i, record(Refusal::BadSignature, "10.0.0.2"));
         }
         let records = queue.drain();
-        assert_eq!(
-            refused(&records),
-            10,
-            "the first ten, on lines of their own"
-        );
+        // The first five of each on lines of their own: a flood of one kind does not hide
+        // the other.
+        assert_eq!(refused(&records), 10);
+        let bad_signatures = records
+            .iter()
+            .filter(|r| matches!(r, LogRecord::Refused(r) if r.reason == Refusal::BadSignature));
+        assert_eq!(bad_signatures.count(), 5);
         assert!(summaries(&records).is_empty(), "the window is not over");
         // The window ends at the next call after one second: a tick is enough.
         log.tick(SECOND - 1);
@@ -605,22 +619,22 @@ mod tests {
             vec![
                 SuppressedReason {
                     reason: Refusal::PerIpLimit,
-                    count: 1_940,
-                    sources: vec![("127.0.0.1".parse().unwrap(), 1_940)],
+                    count: 1_945,
+                    sources: vec![("127.0.0.1".parse().unwrap(), 1_945)],
                     others: 0,
                 },
                 SuppressedReason {
                     reason: Refusal::BadSignature,
-                    count: 37,
-                    sources: vec![("10.0.0.2".parse().unwrap(), 37)],
+                    count: 32,
+                    sources: vec![("10.0.0.2".parse().unwrap(), 32)],
                     others: 0,
                 },
             ]
         );
         assert_eq!(
             s[0].to_string(),
-            "suppressed 1977 more refusals in 1.000 s: per-ip-limit 1940 from 127.0.0.1 \
-             1940; bad-signature 37 from 10.0.0.2 37"
+            "suppressed 1977 more refusals in 1.000 s: per-ip-limit 1945 from 127.0.0.1 \
+             1945; bad-signature 32 from 10.0.0.2 32"
         );
         // A new window logs again.
         log.refused(SECOND + 1, record(Refusal::BadSignature, "10.0.0.2"));
@@ -633,7 +647,7 @@ mod tests {
     #[test]
     fn a_summary_keeps_counts_for_a_bounded_number_of_addresses_and_names_the_busiest() {
         let queue = Arc::new(LogQueue::default());
-        let mut log = RefusalLog::new(Arc::clone(&queue), 0, SECOND, 0);
+        let mut log = RefusalLog::new(Arc::clone(&queue), (0, 0), SECOND, 0);
         // Many addresses, one refusal each, then one address often.
         for i in 0..1_000u32 {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
@@ -659,7 +673,7 @@ mod tests {
     #[test]
     fn a_queue_nobody_drains_stays_bounded_and_counts_what_it_dropped() {
         let queue = Arc::new(LogQueue::default());
-        let mut log = RefusalLog::new(Arc::clone(&queue), 10, SECOND, 0);
+        let mut log = RefusalLog::new(Arc::clone(&queue), (10, 10), SECOND, 0);
         let windows = LogQueue::CAPACITY as u64;
         for w in 0..windows {
             for _ in 0..20 {

@@ -32,7 +32,7 @@ use crate::protocol::{
 };
 use crate::refusals::{
     Detail, Listener, LogQueue, Refusal, RefusalCounters, RefusalLog, RefusalRecord,
-    LOG_LINES_PER_WINDOW, LOG_WINDOW_NS,
+    LOG_LINES_PER_REASON, LOG_LINES_PER_WINDOW, LOG_WINDOW_NS,
 };
 
 const TRADING: Token = Token(0);
@@ -325,7 +325,7 @@ impl Gateway {
             stats: Arc::new(GatewayStats::default()),
             refusal_log: RefusalLog::new(
                 Arc::clone(&log_queue),
-                LOG_LINES_PER_WINDOW,
+                (LOG_LINES_PER_WINDOW, LOG_LINES_PER_REASON),
                 LOG_WINDOW_NS,
                 0,
             ),

@@ -19,7 +19,7 @@ use ringex_gateway::protocol::{
     FRAME_SIZE_MAX,
 };
 use ringex_gateway::refusals::{
-    Detail, Listener, LogQueue, LogRecord, Refusal, RefusalRecord, LOG_LINES_PER_WINDOW,
+    Detail, Listener, LogQueue, LogRecord, Refusal, RefusalRecord, LOG_LINES_PER_REASON,
 };
 use ringex_gateway::server::{Gateway, GatewayConfig, GatewayStats};
 
@@ -584,7 +584,7 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
     assert_eq!(s.count(Refusal::PerIpLimit), FLOOD);
     let lines = s.refusals().count() as u64;
     assert!(
-        lines <= u64::from(LOG_LINES_PER_WINDOW) * windows,
+        lines <= u64::from(LOG_LINES_PER_REASON) * windows,
         "{lines} lines in at most {windows} windows"
     );
     let summaries: Vec<_> = s
@@ -731,15 +731,26 @@ fn requests_beyond_the_sessions_permissions_or_its_rate_are_counted_and_logged()
     assert_eq!(eager.logout_reason(), Some(LogoutReason::RateLimitAbuse));
     let r = s.logged(Refusal::RateLimitAbuse, eager.addr());
     assert_eq!(r.key_id, Some(MAKER_KEY));
+    // The first of the six on lines of their own, the rest in the window's summary.
     let limited: Vec<_> = s
         .refusals()
         .filter(|r| r.reason == Refusal::RateLimited)
         .collect();
-    assert_eq!(limited.len(), 6, "{limited:?}");
+    assert_eq!(limited.len() as u32, LOG_LINES_PER_REASON, "{limited:?}");
     for r in limited {
         assert_eq!((r.peer, r.key_id), (eager.addr(), Some(MAKER_KEY)));
         assert_eq!(r.detail, Detail::Template(template::BALANCE_QUERY));
     }
+    let rest = 6 - u64::from(LOG_LINES_PER_REASON);
+    s.wait_log("the summary of the rate limited requests", |records| {
+        records.iter().any(|r| match r {
+            LogRecord::Suppressed(s) => s.reasons.iter().any(|r| {
+                r.reason == Refusal::RateLimited
+                    && r.sources == vec![("127.0.0.1".parse().unwrap(), rest)]
+            }),
+            LogRecord::Refused(_) => false,
+        })
+    });
     assert_eq!(s.count(Refusal::NotPermitted), 1);
     assert_eq!(s.count(Refusal::RateLimited), 6);
     assert_eq!(s.count(Refusal::RateLimitAbuse), 1);
