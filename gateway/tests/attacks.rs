@@ -100,10 +100,7 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
+        self.stop_now();
     }
 }
 
@@ -129,6 +126,14 @@ impl Server {
             records: Vec::new(),
             stop,
             thread: Some(thread),
+        }
+    }
+
+    /// Stops the gateway and waits until its event loop has ended.
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
         }
     }
 
@@ -617,6 +622,36 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
     assert_eq!(s.log.dropped(), 0);
 }
 
+#[test]
+fn a_stopping_gateway_sums_up_what_it_suppressed_without_waiting_for_the_window_to_end() {
+    let mut s = Server::start(GatewayConfig {
+        connections_per_ip: 1,
+        ..GatewayConfig::loopback()
+    });
+    let _held = TcpStream::connect(s.trading).unwrap();
+    accepted(&s, 1);
+    let refused = 2 * u64::from(LOG_LINES_PER_REASON);
+    for sent in 1..=refused {
+        drop(TcpStream::connect(s.trading).unwrap());
+        refused_at_least(&s, sent);
+    }
+    s.stop_now();
+    s.records.extend(s.log.drain());
+    let lines = s.refusals().count() as u64;
+    let suppressed: u64 = s
+        .records
+        .iter()
+        .map(|r| match r {
+            LogRecord::Suppressed(s) => s.total,
+            LogRecord::Refused(_) => 0,
+        })
+        .sum();
+    assert_eq!(
+        (lines, suppressed),
+        (u64::from(LOG_LINES_PER_REASON), refused - lines)
+    );
+}
+
 // ---------------------------------------------------------------- frames
 
 /// `frame` with the byte at `offset` replaced.
@@ -625,6 +660,23 @@ fn with_byte(msg: &ClientMessage, offset: usize, byte: u8) -> Vec<u8> {
     let n = encode_client(msg, &mut b);
     b[offset] = byte;
     b[..n].to_vec()
+}
+
+/// A NewOrder frame with side 9, which no side is.
+fn order_with_a_bad_side() -> Vec<u8> {
+    let order = ClientMessage::NewOrder(NewOrder {
+        request_id: 1,
+        market: MARKET,
+        client_order_id: 1,
+        side: ringex_engine::Side::Buy,
+        kind: ringex_engine::OrderKind::Limit,
+        tif: ringex_engine::TimeInForce::Gtc,
+        stp: ringex_engine::StpMode::None,
+        price: 100,
+        qty: 1,
+        quote_budget: 0,
+    });
+    with_byte(&order, 52, 9)
 }
 
 #[test]
@@ -638,6 +690,22 @@ fn frames_that_break_the_protocol_are_counted_and_logged() {
     let r = s.logged(Refusal::ProtocolViolation, early.addr());
     assert_eq!(r.key_id, None);
     assert_eq!(r.detail, Detail::Template(template::BALANCE_QUERY));
+
+    // A request before the login that does not even decode.
+    let mut early_and_bad = Peer::connect(s.trading);
+    early_and_bad
+        .stream
+        .write_all(&order_with_a_bad_side())
+        .unwrap();
+    assert_eq!(
+        early_and_bad.logout_reason(),
+        Some(LogoutReason::ProtocolViolation)
+    );
+    let r = s.logged(Refusal::ProtocolViolation, early_and_bad.addr());
+    assert!(
+        matches!(r.detail, Detail::Frame(FrameError::InvalidField { .. })),
+        "{r:?}"
+    );
 
     // Not this protocol at all, after a login: the session's key is named.
     let (mut garbage, _) = Peer::logged_in(s.trading, MAKER_KEY);
@@ -673,19 +741,7 @@ fn frames_that_break_the_protocol_are_counted_and_logged() {
 
     // A request with a bad side: rejected, and the session goes on.
     let (mut sloppy, _) = Peer::logged_in(s.trading, MAKER_KEY);
-    let order = ClientMessage::NewOrder(NewOrder {
-        request_id: 1,
-        market: MARKET,
-        client_order_id: 1,
-        side: ringex_engine::Side::Buy,
-        kind: ringex_engine::OrderKind::Limit,
-        tif: ringex_engine::TimeInForce::Gtc,
-        stp: ringex_engine::StpMode::None,
-        price: 100,
-        qty: 1,
-        quote_budget: 0,
-    });
-    sloppy.stream.write_all(&with_byte(&order, 52, 9)).unwrap();
+    sloppy.stream.write_all(&order_with_a_bad_side()).unwrap();
     match sloppy.recv() {
         Some(ServerMessage::OrderRejected(r)) => assert_eq!(r.reason, RejectReason::Malformed),
         other => panic!("{other:?}"),
@@ -693,8 +749,8 @@ fn frames_that_break_the_protocol_are_counted_and_logged() {
     let r = s.logged(Refusal::MalformedRequest, sloppy.addr());
     assert_eq!(r.key_id, Some(MAKER_KEY));
 
+    assert_eq!(s.count(Refusal::ProtocolViolation), 2);
     for reason in [
-        Refusal::ProtocolViolation,
         Refusal::MalformedFrame,
         Refusal::UnknownTemplate,
         Refusal::InvalidField,
@@ -702,7 +758,7 @@ fn frames_that_break_the_protocol_are_counted_and_logged() {
     ] {
         assert_eq!(s.count(reason), 1, "{reason}");
     }
-    assert_eq!(s.stats.refusals.total(), 5);
+    assert_eq!(s.stats.refusals.total(), 6);
 }
 
 // ---------------------------------------------------------------- sessions
