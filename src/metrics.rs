@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use ringex_engine::{CommandKind, MarketId};
+use ringex_gateway::refusals::Refusal;
+use ringex_gateway::server::GatewayStats;
 use ringex_journal::Watermarks;
 
 /// Histograms track 1 ns .. 60 s with 3 significant digits.
@@ -61,6 +63,8 @@ pub struct Metrics {
     pub snapshot_seq: Padded<AtomicU64>,
     /// The journal's written and durable watermarks.
     pub journal: OnceLock<Arc<Watermarks>>,
+    /// The gateway's counters (connections, refusals by reason), once one serves.
+    pub gateway: OnceLock<Arc<GatewayStats>>,
     /// Time from a batch's last append until it was durable, in ns.
     pub durability_wait_ns: Mutex<Histogram<u64>>,
     /// Engine time per command, in ns, by command kind.
@@ -82,6 +86,7 @@ impl Default for Metrics {
             events_published: Padded::default(),
             snapshot_seq: Padded::default(),
             journal: OnceLock::new(),
+            gateway: OnceLock::new(),
             durability_wait_ns: Mutex::new(new_histogram()),
             engine_latency_ns: Mutex::new(BTreeMap::new()),
             markets: Mutex::new(BTreeMap::new()),
@@ -120,6 +125,8 @@ pub struct Summary {
     pub snapshot_seq: u64,
     pub durability_wait_ns_p99: u64,
     pub engine_ns_p99: u64,
+    /// The gateway's refusals of peers since start, by reason in [`Refusal::ALL`] order.
+    pub refusals: [u64; Refusal::COUNT],
 }
 
 impl Metrics {
@@ -169,6 +176,10 @@ impl Metrics {
                 .unwrap_or_else(|e| e.into_inner())
                 .value_at_quantile(0.99),
             engine_ns_p99,
+            refusals: self
+                .gateway
+                .get()
+                .map_or([0; Refusal::COUNT], |g| g.refusals.snapshot()),
         }
     }
 
@@ -192,7 +203,7 @@ impl Metrics {
             "applied={} ({rate:.0}/s) journal written={} durable={} syncs={syncs} \
              sync_avg={sync_us_avg}us sync_max={sync_us_max}us ring journaler={} engine={} \
              publisher={} backpressured={} unavailable={} orders={orders} trades={trades} \
-             durable_wait_p99={}us engine_p99={}ns snapshot={}",
+             durable_wait_p99={}us engine_p99={}ns snapshot={} refused={}",
             s.applied,
             s.journal_written,
             s.journal_durable,
@@ -204,7 +215,56 @@ impl Metrics {
             s.durability_wait_ns_p99 / 1000,
             s.engine_ns_p99,
             s.snapshot_seq,
+            refused_since(previous, &s),
         );
         (s, line)
+    }
+}
+
+/// The refusals between two summaries: their sum, then the reasons that had any, as
+/// one token: `0`, or `1987(per-ip-limit=1950,bad-signature=37)`.
+fn refused_since(previous: &Summary, now: &Summary) -> String {
+    let mut total = 0;
+    let mut reasons = Vec::new();
+    for reason in Refusal::ALL {
+        let i = reason.index();
+        let n = now.refusals[i].saturating_sub(previous.refusals[i]);
+        if n > 0 {
+            total += n;
+            reasons.push(format!("{reason}={n}"));
+        }
+    }
+    if reasons.is_empty() {
+        "0".to_string()
+    } else {
+        format!("{total}({})", reasons.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_counts_the_gateways_refusals_of_the_interval_by_reason() {
+        let metrics = Metrics::default();
+        let (first, line) = metrics.summary_line(&Summary::default(), 1.0);
+        assert!(line.ends_with(" refused=0"), "no gateway yet: {line}");
+        let stats = Arc::new(GatewayStats::default());
+        assert!(metrics.gateway.set(Arc::clone(&stats)).is_ok());
+        for _ in 0..1950 {
+            stats.refusals.add(Refusal::PerIpLimit);
+        }
+        stats.refusals.add(Refusal::BadSignature);
+        let (second, line) = metrics.summary_line(&first, 1.0);
+        assert!(
+            line.ends_with(" refused=1951(per-ip-limit=1950,bad-signature=1)"),
+            "{line}"
+        );
+        assert_eq!(second.refusals[Refusal::PerIpLimit.index()], 1950);
+        // The next interval counts only its own.
+        stats.refusals.add(Refusal::BadSignature);
+        let (_, line) = metrics.summary_line(&second, 1.0);
+        assert!(line.ends_with(" refused=1(bad-signature=1)"), "{line}");
     }
 }

@@ -8,6 +8,7 @@
 //! journals and applies what the pass submitted).
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ringex_engine::{Command, Event, Output, Query};
 use ringex_gateway::backend::{Backend, BackendError, Delivery};
+use ringex_gateway::refusals::LogQueue;
 use ringex_gateway::server::{Gateway, GatewayConfig};
 
 use crate::config::Config;
@@ -261,6 +263,7 @@ pub fn serve(
     });
     let mut node =
         Node::start(config, OutputMode::Poll(wake)).map_err(|e| format!("cannot start: {e}"))?;
+    let _ = node.metrics().gateway.set(gateway.stats());
     eprintln!("ringex: recovery: {}", node.recovery());
     eprintln!(
         "ringex: topology {:?}, durability {:?}, journal backend {}",
@@ -319,9 +322,13 @@ pub fn serve(
         gateway.run(&mut backend, &stop)
     };
     stop.store(true, Ordering::Relaxed);
-    if let Some(l) = logger {
-        let _ = l.join();
-    }
+    let dropped_before = logger.map_or(0, |l| l.join().unwrap_or(0));
+    // What the gateway refused while it stopped.
+    print_refusals(
+        &gateway.log_queue(),
+        dropped_before,
+        &mut std::io::stderr().lock(),
+    );
     if let Err(e) = result {
         eprintln!("ringex: the gateway stopped: {e}");
     }
@@ -345,16 +352,36 @@ fn busy_percent(busy_ns: u64, elapsed: Duration) -> u64 {
     (busy_ns.saturating_mul(100) / elapsed_ns).min(100)
 }
 
-/// Logs the one-line summary every `metrics.log_every_seconds`.
+/// Prints the gateway's log records of refused peers, one `ringex: gateway …` line each
+/// (docs/operations.md, "Refusals"), and says how many records the full queue dropped
+/// since `dropped_before`. Returns the queue's dropped count.
+fn print_refusals(queue: &LogQueue, dropped_before: u64, out: &mut impl Write) -> u64 {
+    for record in queue.drain() {
+        let _ = writeln!(out, "ringex: gateway {record}");
+    }
+    let dropped = queue.dropped();
+    if dropped > dropped_before {
+        let _ = writeln!(
+            out,
+            "ringex: gateway log queue full: {} refusal records dropped",
+            dropped - dropped_before
+        );
+    }
+    dropped
+}
+
+/// Logs the one-line summary every `metrics.log_every_seconds`, and the gateway's
+/// refusals as they come (within 50 ms). Returns the log queue's dropped count.
 fn spawn_logger(
     config: &Config,
     node: &Node,
     gateway: &Gateway,
     stop: Arc<AtomicBool>,
-) -> Option<std::thread::JoinHandle<()>> {
+) -> Option<std::thread::JoinHandle<u64>> {
     let every = Duration::from_secs(config.metrics.log_every_seconds);
     let metrics = node.metrics();
     let stats = gateway.stats();
+    let refusals = gateway.log_queue();
     std::thread::Builder::new()
         .name("ringex-log".into())
         .spawn(move || {
@@ -371,8 +398,10 @@ fn spawn_logger(
                     .map(|c| c.load(Ordering::Relaxed))
             };
             let mut slow_before = slow();
+            let mut dropped = 0;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
+                dropped = print_refusals(&refusals, dropped, &mut std::io::stderr().lock());
                 if !every.is_zero() && last.elapsed() >= every {
                     let elapsed = last.elapsed();
                     let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
@@ -392,6 +421,50 @@ fn spawn_logger(
                     last = Instant::now();
                 }
             }
+            dropped
         })
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringex_gateway::refusals::{Detail, Listener, Refusal, RefusalLog, RefusalRecord};
+
+    #[test]
+    fn refusals_are_printed_one_prefixed_line_each_and_a_full_queue_says_so() {
+        let queue = Arc::new(LogQueue::default());
+        let mut log = RefusalLog::new(Arc::clone(&queue), (1, 1), 1_000_000_000, 0);
+        let record = RefusalRecord {
+            reason: Refusal::BadSignature,
+            peer: "192.0.2.7:50000".parse().unwrap(),
+            listener: Listener::Trading,
+            key_id: Some(1001),
+            detail: Detail::None,
+        };
+        log.refused(0, record);
+        log.refused(1, record);
+        log.flush(2);
+        let mut out = Vec::new();
+        assert_eq!(print_refusals(&queue, 0, &mut out), 0);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ringex: gateway refused bad-signature peer=192.0.2.7:50000 listener=trading \
+             key=1001\n\
+             ringex: gateway suppressed 1 more refusals in 0.000 s: bad-signature 1 from \
+             192.0.2.7 1\n"
+        );
+        // Nobody drained it: the queue fills, drops, and the next print says how many.
+        for w in 0..LogQueue::CAPACITY as u64 + 5 {
+            log.refused(w * 1_000_000_000, record);
+        }
+        let mut out = Vec::new();
+        assert_eq!(print_refusals(&queue, 0, &mut out), 5);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), LogQueue::CAPACITY + 1);
+        assert!(
+            text.ends_with("ringex: gateway log queue full: 5 refusal records dropped\n"),
+            "{text}"
+        );
+    }
 }

@@ -9,4 +9,5 @@
 pub mod backend;
 pub mod limits;
 pub mod protocol;
+pub mod refusals;
 pub mod server;

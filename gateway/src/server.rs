@@ -30,6 +30,10 @@ use crate::protocol::{
     LoginRejectReason, LogoutReason, MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted,
     OrderRejected, Replaced, RequestDone, ServerMessage, SystemEvent, FRAME_SIZE_MAX,
 };
+use crate::refusals::{
+    Detail, Listener, LogQueue, Refusal, RefusalCounters, RefusalLog, RefusalRecord,
+    LOG_LINES_PER_REASON, LOG_LINES_PER_WINDOW, LOG_WINDOW_NS,
+};
 
 const TRADING: Token = Token(0);
 const ADMIN: Token = Token(1);
@@ -141,6 +145,9 @@ pub struct GatewayStats {
     /// have returned at once.
     pub passes_slow_100us: AtomicU64,
     pub passes_slow_1ms: AtomicU64,
+    /// Refusals of peers by reason (`refusals`): each is also logged, at a bounded rate,
+    /// through [`Gateway::log_queue`].
+    pub refusals: RefusalCounters,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +240,9 @@ pub struct Gateway {
     nonces: HashMap<u64, NoncesSeen>,
     ips: ConnectionCounts,
     stats: Arc<GatewayStats>,
+    /// Refusals on their way to the log (see `refuse`).
+    refusal_log: RefusalLog,
+    log_queue: Arc<LogQueue>,
     base: Instant,
     match_seq: u64,
     match_index: u64,
@@ -294,6 +304,7 @@ impl Gateway {
             .register(&mut trading, TRADING, Interest::READABLE)?;
         poll.registry()
             .register(&mut admin, ADMIN, Interest::READABLE)?;
+        let log_queue = Arc::new(LogQueue::default());
         Ok(Gateway {
             config,
             poll,
@@ -312,6 +323,13 @@ impl Gateway {
             nonces: HashMap::new(),
             ips: ConnectionCounts::default(),
             stats: Arc::new(GatewayStats::default()),
+            refusal_log: RefusalLog::new(
+                Arc::clone(&log_queue),
+                (LOG_LINES_PER_WINDOW, LOG_LINES_PER_REASON),
+                LOG_WINDOW_NS,
+                0,
+            ),
+            log_queue,
             base: Instant::now(),
             match_seq: 0,
             match_index: 0,
@@ -342,6 +360,11 @@ impl Gateway {
 
     pub fn stats(&self) -> Arc<GatewayStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// The log records of refusals (`refusals`), for the daemon to drain and print.
+    pub fn log_queue(&self) -> Arc<LogQueue> {
+        Arc::clone(&self.log_queue)
     }
 
     fn now_ns(&self) -> u64 {
@@ -420,6 +443,9 @@ impl Gateway {
             }
         }
         self.stop_gracefully(backend);
+        // What the current window suppressed so far, rather than nothing.
+        let now = self.now_ns();
+        self.refusal_log.flush(now);
         Ok(())
     }
 
@@ -570,11 +596,18 @@ impl Gateway {
                     return;
                 }
             };
-            if self.conns.len() as u32 >= self.config.connections_max
-                || !self.ips.try_add(peer.ip(), self.config.connections_per_ip)
-            {
+            let limit = if self.conns.len() as u32 >= self.config.connections_max {
+                Some((Refusal::ConnectionLimit, self.config.connections_max))
+            } else if !self.ips.try_add(peer.ip(), self.config.connections_per_ip) {
+                Some((Refusal::PerIpLimit, self.config.connections_per_ip))
+            } else {
+                None
+            };
+            if let Some((reason, limit)) = limit {
                 // Over a limit: close at once; nothing was promised.
                 drop(stream);
+                let listener = Listener::of(admin_listener);
+                self.refuse(reason, peer, listener, None, Detail::Limit(limit));
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -682,6 +715,9 @@ impl Gateway {
                 Err(FrameError::Incomplete) => break,
                 Err(e) => match e.logout_reason() {
                     Some(reason) => {
+                        if let Some(refusal) = Refusal::from_logout(reason) {
+                            self.refuse_conn(id, refusal, Detail::Frame(e));
+                        }
                         self.close(id, Some(reason), backend);
                         return false;
                     }
@@ -699,6 +735,9 @@ impl Gateway {
                         let session = match self.conns.get(&id).map(|c| c.state) {
                             Some(ConnState::Active(s)) => s,
                             _ => {
+                                // A request before the login.
+                                let detail = Detail::Frame(e);
+                                self.refuse_conn(id, Refusal::ProtocolViolation, detail);
                                 self.close(id, Some(LogoutReason::ProtocolViolation), backend);
                                 return false;
                             }
@@ -712,6 +751,7 @@ impl Gateway {
                             fresh
                         });
                         if fresh {
+                            self.refuse_conn(id, Refusal::MalformedRequest, Detail::Frame(e));
                             // Its fields could not be read: no market or order to name.
                             self.request_refused(
                                 session,
@@ -747,7 +787,9 @@ impl Gateway {
             (ConnState::Active(s), msg) if msg.request_id().is_some() => {
                 self.request(s, msg, backend)
             }
-            _ => {
+            (_, msg) => {
+                let detail = Detail::Template(msg.template_id());
+                self.refuse_conn(id, Refusal::ProtocolViolation, detail);
                 self.close(id, Some(LogoutReason::ProtocolViolation), backend);
                 false
             }
@@ -874,6 +916,47 @@ impl Gateway {
         let _ = self.queue(id, &buf[..n]);
     }
 
+    // ------------------------------------------------------------ refusals
+
+    /// Counts a refusal of a peer and passes it to the log, which writes at most a few
+    /// lines a second and sums up the rest. Runs on refusals only, never for a request
+    /// that goes through.
+    fn refuse(
+        &mut self,
+        reason: Refusal,
+        peer: SocketAddr,
+        listener: Listener,
+        key_id: Option<u64>,
+        detail: Detail,
+    ) {
+        self.stats.refusals.add(reason);
+        let now = self.now_ns();
+        let record = RefusalRecord {
+            reason,
+            peer,
+            listener,
+            key_id,
+            detail,
+        };
+        self.refusal_log.refused(now, record);
+    }
+
+    /// A refusal on an open connection: its peer, listener and key (the session's, or the
+    /// one a pending login claims).
+    fn refuse_conn(&mut self, id: usize, reason: Refusal, detail: Detail) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let key_id = match conn.state {
+            ConnState::Active(s) => self.sessions.get(&s).map(|s| s.key_id),
+            ConnState::AwaitingLogin | ConnState::LoggingIn => {
+                self.pending_logins.get(&id).map(|p| p.login.api_key_id)
+            }
+        };
+        let (peer, listener) = (conn.peer, Listener::of(conn.admin_listener));
+        self.refuse(reason, peer, listener, key_id, detail);
+    }
+
     // ------------------------------------------------------------ login
 
     fn begin_login(&mut self, id: usize, login: Login, backend: &mut dyn Backend) -> bool {
@@ -907,10 +990,23 @@ impl Gateway {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let admin_listener = conn.admin_listener;
+        let (admin_listener, peer) = (conn.admin_listener, conn.peer);
         let login = pending.login;
-        match self.check_login(&login, pending.key, admin_listener) {
-            Err(reason) => self.reject_login(id, reason, backend),
+        let now = wall_clock_ns();
+        match self.check_login(&login, pending.key, admin_listener, now) {
+            Err(reason) => {
+                if let Some(refusal) = Refusal::from_login(reason) {
+                    let detail = if reason == LoginRejectReason::StaleTimestamp {
+                        let skew = i128::from(login.timestamp_ns) - i128::from(now);
+                        Detail::ClockSkewNs(skew.clamp(i64::MIN.into(), i64::MAX.into()) as i64)
+                    } else {
+                        Detail::None
+                    };
+                    let listener = Listener::of(admin_listener);
+                    self.refuse(refusal, peer, listener, Some(login.api_key_id), detail);
+                }
+                self.reject_login(id, reason, backend)
+            }
             Ok((account, permissions)) => {
                 self.open_session(id, login, account, permissions, backend)
             }
@@ -922,6 +1018,7 @@ impl Gateway {
         login: &Login,
         key: Option<(AccountId, [u8; 32], u32, bool)>,
         admin_listener: bool,
+        now: u64,
     ) -> Result<(AccountId, u32), LoginRejectReason> {
         let Some((account, secret_hash, permissions, suspended)) = key else {
             return Err(LoginRejectReason::UnknownKey);
@@ -940,7 +1037,6 @@ impl Gateway {
         if !login.verify(&secret_hash) {
             return Err(LoginRejectReason::BadSignature);
         }
-        let now = wall_clock_ns();
         let window_ns = u64::from(self.config.login_freshness_ms) * 1_000_000;
         if login.timestamp_ns.abs_diff(now) > window_ns {
             return Err(LoginRejectReason::StaleTimestamp);
@@ -1120,6 +1216,8 @@ impl Gateway {
         };
         if !permitted {
             if let Some(c) = session.conn {
+                let detail = Detail::Template(msg.template_id());
+                self.refuse_conn(c, Refusal::NotPermitted, detail);
                 self.close(c, Some(LogoutReason::NotPermitted), backend);
             }
             return false;
@@ -1138,6 +1236,10 @@ impl Gateway {
         if !bucket.try_take(now) {
             let abusive = bucket.refuse(now);
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let conn = self.sessions.get(&session_id).and_then(|s| s.conn);
+            if let Some(c) = conn {
+                self.refuse_conn(c, Refusal::RateLimited, Detail::Template(template));
+            }
             self.request_refused(
                 session_id,
                 request_id,
@@ -1148,6 +1250,7 @@ impl Gateway {
             if abusive {
                 // Its rejects are queued ahead of the Logout.
                 if let Some(c) = self.sessions.get(&session_id).and_then(|s| s.conn) {
+                    self.refuse_conn(c, Refusal::RateLimitAbuse, Detail::None);
                     self.close(c, Some(LogoutReason::RateLimitAbuse), backend);
                 }
                 return false;
@@ -1281,6 +1384,7 @@ impl Gateway {
         if let Some(c) = session.conn {
             if !self.queue(c, &buf[..n]) {
                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.refuse_conn(c, Refusal::SlowConsumer, Detail::None);
                 self.mark_closing(c, LogoutReason::SlowConsumer);
             }
         }
@@ -1303,6 +1407,7 @@ impl Gateway {
 
     fn slow_consumer(&mut self, id: usize, backend: &mut dyn Backend) {
         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        self.refuse_conn(id, Refusal::SlowConsumer, Detail::None);
         if let Some(conn) = self.conns.get_mut(&id) {
             // Make room for the Logout so it has a chance to arrive.
             conn.wbuf.truncate(conn.wpos);
@@ -1790,8 +1895,12 @@ impl Gateway {
             self.send_unsequenced(id, &ServerMessage::Heartbeat);
         }
         for (id, reason) in to_close {
+            if let Some(refusal) = reason.and_then(Refusal::from_logout) {
+                self.refuse_conn(id, refusal, Detail::None);
+            }
             self.close(id, reason, backend);
         }
+        self.refusal_log.tick(now);
         let linger_ns = self.config.session_linger_ms.saturating_mul(1_000_000);
         let expired: Vec<u64> = self
             .sessions
