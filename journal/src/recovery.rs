@@ -410,7 +410,7 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             Some("segment belongs to another journal (journal id differs)".to_string())
         } else if header.base_seq != seq_next {
             Some(format!(
-                "segment starts at {} but the log continues at {seq_next} (a segment is missing)",
+                "segment starts at {} but the log continues at {seq_next}",
                 header.base_seq
             ))
         } else if header.chain_prev != chain {
@@ -429,7 +429,18 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             None
         };
         if let Some(reason) = why {
-            problem = Some(found(0, seq_next, reason, Damage::NeverTorn));
+            let mut p = found(0, seq_next, reason, Damage::NeverTorn);
+            if header.journal_id == journal_id && header.base_seq > seq_next {
+                // Name the file that is missing, not the one after the gap.
+                p.path = segment_path(dir, seq_next);
+                p.reason = format!(
+                    "segment is missing: the log continues at {seq_next} but the next \
+                     segment, {}, starts at {}",
+                    seg.path.display(),
+                    header.base_seq
+                );
+            }
+            problem = Some(p);
             break;
         }
         index_last_good = i;

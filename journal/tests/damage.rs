@@ -1,0 +1,346 @@
+//! Recovery cuts only what a crash can tear. Damage to records that something on the disk
+//! proves durable, and damage a crash never leaves, is refused with the place, the
+//! sequence and the way out, and a refused open changes nothing. Verify beside a running
+//! writer raises no false alarm; repair cuts on purpose and keeps what it cuts.
+
+mod common;
+use common::*;
+use ringex_journal::{
+    repair_truncate, verify, Backend, Durability, Error, Journal, Verify, QUARANTINE_DIR_NAME,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const SEGMENT_BYTES: u64 = 16 * 1024;
+
+fn len_of(seq: u64) -> usize {
+    40 + (seq as usize * 37) % 200
+}
+
+fn journal(dir: &Path, durability: Durability, backend: Backend) -> Journal {
+    let mut c = config(dir, durability);
+    c.segment_size_bytes = SEGMENT_BYTES;
+    c.record_size_bytes_max = 1024;
+    c.backend = backend;
+    c.verify = Verify::All;
+    Journal::open(c).unwrap()
+}
+
+fn open(dir: &Path) -> ringex_journal::Result<Journal> {
+    let mut c = config(dir, Durability::Group);
+    c.segment_size_bytes = SEGMENT_BYTES;
+    c.record_size_bytes_max = 1024;
+    c.verify = Verify::All;
+    Journal::open(c)
+}
+
+/// Appends `n` records and waits until they are durable (one group commit or more).
+fn append_durable(j: &mut Journal, n: u64) -> u64 {
+    let last = append_n(j, n, len_of);
+    j.write_staged().unwrap();
+    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    last
+}
+
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+/// Opening refuses, names the sequence and the repair command, and changes no file.
+fn refused_unchanged(dir: &Path, seq: u64) -> String {
+    let before = files(dir);
+    let e = match open(dir) {
+        Ok(j) => panic!("opened: {:?}", j.recovery_report()),
+        Err(e) => e,
+    };
+    let msg = e.to_string();
+    assert!(
+        matches!(e, Error::Corrupt { seq: s, .. } if s == seq),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("(sequence {seq})")), "{msg}");
+    assert!(
+        msg.contains(&format!("--truncate-at {seq}")),
+        "the way out is named: {msg}"
+    );
+    assert!(files(dir) == before, "a refused open changed files");
+    // The operator's tool agrees with the open, at the same place.
+    let v = verify(dir, Verify::All).expect_err("verify reports what open refuses");
+    assert_eq!(v.to_string(), msg);
+    msg
+}
+
+/// (path, frame offset) of record `seq`, walking the segments' frames.
+fn locate(dir: &Path, seq: u64) -> (PathBuf, u64) {
+    for path in segment_paths(dir) {
+        let b = std::fs::read(&path).unwrap();
+        let mut at = 4096usize;
+        while at + 48 <= b.len() {
+            let len = u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as u64;
+            if b[at + 4] != 1 {
+                break;
+            }
+            let s = u64::from_le_bytes(b[at + 8..at + 16].try_into().unwrap());
+            if s == seq {
+                return (path, at as u64);
+            }
+            at += ringex_journal::frame_size_bytes(len) as usize;
+        }
+    }
+    panic!("record {seq} not found");
+}
+
+fn flip_payload_byte(dir: &Path, seq: u64) {
+    let (path, at) = locate(dir, seq);
+    let mut b = std::fs::read(&path).unwrap();
+    b[at as usize + 50] ^= 0x20;
+    std::fs::write(&path, b).unwrap();
+}
+
+/// The checkpoint lags the syncs (written at most every 10 ms, persisted by the next
+/// sync): zeroing every slot is a state a crash can leave.
+fn drop_checkpoints(dir: &Path) {
+    for path in segment_paths(dir) {
+        let mut b = std::fs::read(&path).unwrap();
+        b[256..384].fill(0);
+        std::fs::write(&path, b).unwrap();
+    }
+}
+
+#[test]
+fn damage_to_a_record_a_later_sync_covered_is_refused_past_the_checkpoint() {
+    for backend in [Backend::Mmap, Backend::IoUring, Backend::Pwrite] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut j = journal(dir, Durability::Group, backend);
+        let a = append_durable(&mut j, 40);
+        let b = append_durable(&mut j, 40);
+        let c = append_durable(&mut j, 1);
+        j.abandon();
+        let _ = std::fs::remove_file(dir.join("next.seg.spare"));
+        drop_checkpoints(dir);
+        let golden = files(dir);
+        assert_eq!(verify(dir, Verify::All).unwrap().seq_last, c);
+
+        // A record of the first batch: the second batch's records were written after it
+        // was synced, and say so.
+        flip_payload_byte(dir, a - 3);
+        let msg = refused_unchanged(dir, a - 3);
+        assert!(
+            msg.contains("written after it was synced"),
+            "{backend:?}: {msg}"
+        );
+        assert!(msg.contains("CRC-valid record(s) lie past it"), "{msg}");
+        for (p, bytes) in &golden {
+            std::fs::write(p, bytes).unwrap();
+        }
+        // A record of the second batch: the last record proves it.
+        flip_payload_byte(dir, b);
+        refused_unchanged(dir, b);
+        for (p, bytes) in &golden {
+            std::fs::write(p, bytes).unwrap();
+        }
+        // The last batch: nothing written after it proves it synced, and a crash during
+        // its write looks the same. It is cut, and reported.
+        flip_payload_byte(dir, c);
+        let j = open(dir).unwrap();
+        let t = j.recovery_report().truncation.clone().expect("reported");
+        assert_eq!((t.seq_first_cut, j.recovery_report().seq_last), (c, c - 1));
+    }
+}
+
+/// A journal of several segments written in group mode and closed: the newest segment's
+/// header page holds the checkpoints, and the segment before it says it exists.
+fn closed_journal(dir: &Path) -> Vec<PathBuf> {
+    let mut j = journal(dir, Durability::Group, Backend::Mmap);
+    for _ in 0..6 {
+        append_durable(&mut j, 40);
+    }
+    j.close().unwrap();
+    let _ = std::fs::remove_file(dir.join("next.seg.spare"));
+    let segs = segment_paths(dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    segs
+}
+
+fn base_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_zeroed_header_page_of_any_segment_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let segs = closed_journal(dir);
+    let golden = files(dir);
+    for path in &segs {
+        for (p, bytes) in &golden {
+            std::fs::write(p, bytes).unwrap();
+        }
+        let mut b = golden[path].clone();
+        b[..4096].fill(0);
+        std::fs::write(path, b).unwrap();
+        let msg = refused_unchanged(dir, base_of(path));
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+}
+
+#[test]
+fn a_missing_segment_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let segs = closed_journal(dir);
+    let golden = files(dir);
+    for path in &segs[1..] {
+        for (p, bytes) in &golden {
+            std::fs::write(p, bytes).unwrap();
+        }
+        std::fs::remove_file(path).unwrap();
+        let msg = refused_unchanged(dir, base_of(path));
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+}
+
+/// A crash right after a roll (async mode: no sync round since) can leave the new
+/// segment named but its header never written, and none of its records synced: that
+/// segment is a torn tail, removed and reported.
+#[test]
+fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut j = journal(
+        dir,
+        Durability::Async {
+            flush_interval_ms: 3_600_000,
+        },
+        Backend::Mmap,
+    );
+    append_n(&mut j, 60, len_of);
+    j.sync().unwrap();
+    let segs_before = segment_paths(dir);
+    // Append until the writer rolls into a new segment, and a few records more.
+    let mut last = 60;
+    while segment_paths(dir).len() == segs_before.len() {
+        last = append_n(&mut j, 1, len_of);
+    }
+    last = last.max(append_n(&mut j, 3, len_of));
+    j.abandon();
+    let _ = std::fs::remove_file(dir.join("next.seg.spare"));
+    let newest = segment_paths(dir).last().unwrap().clone();
+    let base = base_of(&newest);
+    let rep = verify(dir, Verify::All).unwrap();
+    assert!(rep.seq_durable_proven < base, "{rep:?}");
+    let mut b = std::fs::read(&newest).unwrap();
+    b[..4096].fill(0);
+    std::fs::write(&newest, b).unwrap();
+
+    let j = open(dir).unwrap();
+    let rep = j.recovery_report().clone();
+    drop(j);
+    let t = rep.truncation.expect("the torn segment is reported");
+    assert_eq!(t.segments_removed, vec![newest.clone()]);
+    assert_eq!((t.seq_first_cut, t.seq_last_cut), (base, last));
+    assert_eq!(rep.seq_last, base - 1);
+    assert!(!newest.exists());
+    assert_eq!(open(dir).unwrap().seq_next(), base);
+}
+
+#[test]
+fn verify_beside_a_running_writer_reports_the_live_tail_not_damage() {
+    for backend in [Backend::Mmap, Backend::IoUring] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut j = journal(&dir, Durability::Group, backend);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Bounded: at most this many records, or until told to stop.
+                for _ in 0..200_000u64 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    append_n(&mut j, 1, len_of);
+                }
+                j.close().unwrap();
+            })
+        };
+        let mut live_seen = 0;
+        for _ in 0..20 {
+            let rep = verify(&dir, Verify::All).unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+            assert!(rep.truncation.is_none(), "{backend:?}: false alarm {rep:?}");
+            let live = rep.live.expect("the writer holds the lock");
+            assert!(live.holder.starts_with("pid "), "{live:?}");
+            live_seen += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert_eq!(live_seen, 20);
+        let rep = verify(&dir, Verify::All).unwrap();
+        assert!(rep.live.is_none() && rep.truncation.is_none(), "{rep:?}");
+    }
+}
+
+#[test]
+fn repair_cuts_on_purpose_and_keeps_what_it_cuts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let segs = closed_journal(dir);
+    let total = verify(dir, Verify::All).unwrap().seq_last;
+    let seq_bad = base_of(&segs[1]) + 5;
+    flip_payload_byte(dir, seq_bad);
+    let (cut_path, _) = locate(dir, seq_bad);
+    let damaged = files(dir);
+    refused_unchanged(dir, seq_bad);
+
+    // Refused, changing nothing: past the damage, at the start, beyond the end, and
+    // while a writer holds the lock.
+    for seq in [seq_bad + 1, 1, total + 5] {
+        let e = repair_truncate(dir, seq).expect_err("refused");
+        assert!(files(dir) == damaged, "repair at {seq} changed files: {e}");
+    }
+
+    let r = repair_truncate(dir, seq_bad).unwrap();
+    assert_eq!((r.seq_cut, r.segment.clone()), (seq_bad, cut_path.clone()));
+    assert_eq!(r.after.seq_last, seq_bad - 1);
+    assert!(r.after.truncation.is_none());
+    assert!(r.quarantine.starts_with(dir.join(QUARANTINE_DIR_NAME)));
+    // The quarantine holds the original bytes of the cut segment and of every later one.
+    let name = |p: &Path| p.file_name().unwrap().to_owned();
+    assert_eq!(
+        std::fs::read(r.quarantine.join(name(&cut_path))).unwrap(),
+        damaged[&cut_path]
+    );
+    for p in segs.iter().filter(|p| base_of(p) > base_of(&cut_path)) {
+        assert!(!p.exists());
+        assert_eq!(
+            std::fs::read(r.quarantine.join(name(p))).unwrap(),
+            damaged[p]
+        );
+    }
+    let note = std::fs::read_to_string(r.quarantine.join("NOTE.txt")).unwrap();
+    assert!(note.contains(&format!("--truncate-at {seq_bad}")), "{note}");
+
+    // The journal opens as cut, takes new records, and reads back.
+    let mut j = open(dir).unwrap();
+    assert!(j.recovery_report().truncation.is_none());
+    assert_eq!(j.seq_next(), seq_bad);
+    append_durable(&mut j, 50);
+    // Repair refuses while the writer holds the journal.
+    assert!(matches!(
+        repair_truncate(dir, seq_bad + 10),
+        Err(Error::Locked { .. })
+    ));
+    j.close().unwrap();
+    let records = read_all(dir);
+    assert_eq!(records.len() as u64, seq_bad - 1 + 50);
+    check_prefix(&records, len_of);
+}
