@@ -1,21 +1,75 @@
-//! `ringex journal ...`: read-only inspection of a journal directory, for operators. The
-//! journal's corruption errors name `ringex journal verify --dir DIR`; this is it.
+//! `ringex journal ...`: inspection of a journal directory, for operators. The journal's
+//! corruption errors name `ringex journal verify --dir DIR`; this is it.
 //!
-//! Nothing here writes: `verify` reports what recovery would cut or refuse without
-//! cutting, `describe` summarises segments, `dump` decodes records, and `replay` feeds
-//! them to a fresh engine and prints the state hash (compare two nodes, or a node with
-//! its snapshot).
+//! Everything but `repair` is read-only and safe beside a running node (it never takes
+//! the writer's lock): `verify` runs the same analysis `ringex start` does and reports what
+//! it would cut or refuse, with the same message; `describe` summarises segments; `dump`
+//! decodes records and marks damaged stretches, reading past them; `replay` feeds the
+//! records to a fresh engine and prints the state hash (compare two nodes, or a node with
+//! its snapshot). `repair` is the operator's explicit cut of a damaged journal.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ringex_engine::{Event, Exchange};
-use ringex_journal::{describe, verify, Reader, Verify};
+use ringex_journal::{describe, scan, verify_known, Reader, ScanItem, Verify};
 
 use crate::node::recovery::{apply_records, decode_record};
 
+/// Where the default config keeps the journal (`node.data_dir` = `./data`).
+pub const JOURNAL_DIR_DEFAULT: &str = "./data/journal";
+
 fn ts(ns: Option<u64>) -> String {
     ns.map_or("-".into(), |n| format!("{n}"))
+}
+
+fn holds_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".seg") && n.len() == 24)
+        })
+    })
+}
+
+/// The journal directory an operator meant: `dir` itself when it holds segments, its
+/// `journal/` when it is a node's data directory, the default config's journal when no
+/// `--dir` is given. A directory with no journal in it is an error, never an empty
+/// journal.
+pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
+    let given = dir.map_or_else(|| PathBuf::from(JOURNAL_DIR_DEFAULT), Path::to_path_buf);
+    if holds_segments(&given) {
+        return Ok(given);
+    }
+    let inner = given.join("journal");
+    if holds_segments(&inner) {
+        return Ok(inner);
+    }
+    let what = if !given.exists() {
+        "does not exist"
+    } else if !given.is_dir() {
+        "is not a directory"
+    } else {
+        "holds no journal segments (NNNNNNNNNNNNNNNNNNNN.seg), nor does its journal/"
+    };
+    Err(format!(
+        "{} {what}; pass the journal directory (a node's <data_dir>/journal) or the data \
+         directory with --dir{}",
+        given.display(),
+        if dir.is_none() {
+            " (the default is the default config's ./data/journal)"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// The snapshots directory beside a node's journal directory.
+fn snapshots_dir(journal_dir: &Path) -> PathBuf {
+    journal_dir
+        .parent()
+        .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"))
 }
 
 /// Every segment with its header, seal, record count and time span, and the durable
@@ -41,12 +95,15 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
         }
     }
     for s in &d.segments {
+        let seqs = if s.record_count == 0 {
+            "empty".to_string()
+        } else {
+            format!("seqs {}..={}", s.base_seq, s.seq_last)
+        };
         let _ = writeln!(
             out,
-            "{}: seqs {}..={} ({} records), {} bytes, {}, epoch {}, timestamps {}..{}{}",
+            "{}: {seqs} ({} records), {} bytes, {}, epoch {}, timestamps {}..{}{}",
             s.path.display(),
-            s.base_seq,
-            s.seq_last,
             s.record_count,
             s.size_bytes,
             if s.sealed { "sealed" } else { "open" },
@@ -62,57 +119,115 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
     Ok(out)
 }
 
-/// What opening the journal would find, without changing anything. `Err` on corruption
-/// before the durable point (the message names the segment and offset).
-pub fn verify_text(dir: &Path, all: bool) -> Result<String, String> {
-    let mode = if all { Verify::All } else { Verify::Tail };
-    let r = verify(dir, mode).map_err(|e| e.to_string())?;
+/// What `ringex start` would find, without changing anything: the same analysis, with the
+/// newest snapshot as the start takes it. `Err` carries the start's refusal, word for
+/// word. Every frame of every segment is checked unless `quick` (then, as the start does,
+/// sealed segments before the checkpoint and the snapshot by header and seal only).
+pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
+    let mode = if quick { Verify::Tail } else { Verify::All };
+    let snapshot = ringex_journal::snapshot_seq_newest(&snapshots_dir(dir))
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    let r = verify_known(dir, mode, snapshot, snapshot + 1).map_err(|e| e.to_string())?;
     let mut out = format!(
-        "journal {}: records {}..={}, durable checkpoint at {}, {} segment(s) scanned frame by \
-         frame\n",
+        "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
+         segment(s) checked frame by frame\n",
         dir.display(),
-        r.seq_first,
-        r.seq_last,
+        if r.seq_last == 0 {
+            "none".to_string()
+        } else {
+            format!("{}..={}", r.seq_first, r.seq_last)
+        },
         r.seq_durable,
+        r.seq_durable_proven,
         r.segments_scanned
     );
+    if let Some(live) = &r.live {
+        let _ = writeln!(
+            out,
+            "live: a writer ({}) holds the journal; {} record(s) past the durable point \
+             not checked{}",
+            live.holder,
+            live.records_past_durable,
+            live.stopped_at
+                .as_ref()
+                .map(|at| format!(" (the writer is mid-write at {at})"))
+                .unwrap_or_default()
+        );
+    }
     match &r.truncation {
         None => out.push_str("tail intact: nothing would be cut\n"),
         Some(t) => {
-            let _ = writeln!(out, "torn tail that opening would cut: {t:?}");
+            let _ = writeln!(out, "torn tail that opening would cut: {t}");
         }
     }
     Ok(out)
 }
 
-/// Decodes records `from..` (at most `count`) as engine commands, one line each.
+/// One line per record from `from` (at most `count` lines), decoded as engine commands;
+/// damaged stretches get a line of their own and reading goes on past them.
 pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
-    let mut reader = Reader::open(dir).map_err(|e| e.to_string())?;
-    reader.seek(from.max(1)).map_err(|e| e.to_string())?;
     let mut out = String::new();
-    for _ in 0..count {
-        let Some(r) = reader.next().map_err(|e| e.to_string())? else {
-            break;
-        };
-        let line = match decode_record(r.seq, r.record_type, r.schema_version, r.payload) {
-            // The stored hash is key-equivalent (docs/protocol.md §3.1): never print it.
-            Ok(ringex_engine::Command::AddApiKey {
-                account,
-                key_id,
-                permissions,
+    let mut lines = 0u64;
+    scan(dir, from.max(1), |item| {
+        match item {
+            ScanItem::Record {
+                header: h,
+                payload,
+                linked,
                 ..
-            }) => format!(
-                "AddApiKey {{ account: {account}, key_id: {key_id}, secret_hash: <redacted>, \
-                 permissions: {permissions} }}"
-            ),
-            Ok(cmd) => format!("{cmd:?}"),
-            Err(e) => format!("UNDECODABLE: {e}"),
-        };
-        let _ = writeln!(
-            out,
-            "{} epoch={} ts={} {line}",
-            r.seq, r.epoch, r.timestamp_ns
-        );
+            } => {
+                let line = match decode_record(h.seq, h.record_type, h.schema_version, payload) {
+                    // The stored hash is key-equivalent (docs/protocol.md §3.1): never print it.
+                    Ok(ringex_engine::Command::AddApiKey {
+                        account,
+                        key_id,
+                        permissions,
+                        ..
+                    }) => format!(
+                        "AddApiKey {{ account: {account}, key_id: {key_id}, secret_hash: \
+                         <redacted>, permissions: {permissions} }}"
+                    ),
+                    Ok(cmd) => format!("{cmd:?}"),
+                    Err(e) => format!("UNDECODABLE: {e}"),
+                };
+                let _ = writeln!(
+                    out,
+                    "{} epoch={} ts={}{} {line}",
+                    h.seq,
+                    h.epoch,
+                    h.timestamp_ns,
+                    if linked {
+                        ""
+                    } else {
+                        " (NOT LINKED to the record before)"
+                    }
+                );
+            }
+            ScanItem::Damaged {
+                segment,
+                offset_bytes,
+                len_bytes,
+                seq_expected,
+                reason,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "!! DAMAGED where sequence {seq_expected} should be: {} offset \
+                     {offset_bytes}, {len_bytes} bytes: {reason}",
+                    segment.display()
+                );
+            }
+        }
+        lines += 1;
+        lines < count
+    })
+    .map_err(|e| e.to_string())?;
+    if lines == 0 {
+        return Err(format!(
+            "no record from sequence {from} on in {}",
+            dir.display()
+        ));
     }
     Ok(out)
 }
@@ -135,10 +250,73 @@ pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
             rejected += 1;
         }
     })
-    .map_err(|e| {
-        format!("{e} (replay needs the journal from seq 1; after pruning, use the snapshot)")
+    .map_err(|e| match e {
+        crate::node::NodeError::Journal(e @ ringex_journal::Error::SequenceUnavailable { .. }) => {
+            format!(
+                "{e} (replay needs the journal from seq 1; after pruning, the node starts from \
+             its snapshot)"
+            )
+        }
+        e => e.to_string(),
     })?;
     Ok((records, seq_last, exchange.state_hash(), rejected))
+}
+
+/// Cuts the journal so that it ends before `seq_cut` (the operator's decision to give up
+/// those records), keeping the original bytes in `<dir>/quarantine/`. Snapshots at or
+/// after the cut describe records no longer in the journal: they move to the same folder.
+pub fn repair_text(dir: &Path, seq_cut: u64) -> Result<String, String> {
+    let r = ringex_journal::repair_truncate(dir, seq_cut).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cut {} at offset {}: the journal now ends at {} (records {}..={})",
+        r.segment.display(),
+        r.offset_bytes,
+        seq_cut - 1,
+        r.after.seq_first,
+        r.after.seq_last
+    );
+    for p in &r.segments_moved {
+        let _ = writeln!(out, "moved {} into the quarantine", p.display());
+    }
+    let snapshots = snapshots_dir(dir);
+    if let Ok(entries) = std::fs::read_dir(&snapshots) {
+        let mut moved = Vec::new();
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let seq = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("snapshot-"))
+                .and_then(|n| n.get(..20))
+                .and_then(|d| d.parse::<u64>().ok());
+            if seq.is_some_and(|s| s >= seq_cut) {
+                let to = r.quarantine.join(&name);
+                std::fs::rename(e.path(), &to).map_err(|err| {
+                    format!(
+                        "the journal was cut, but moving snapshot {} failed: {err}; move it \
+                         out of {} before starting",
+                        e.path().display(),
+                        snapshots.display()
+                    )
+                })?;
+                moved.push(e.path());
+            }
+        }
+        for p in moved {
+            let _ = writeln!(
+                out,
+                "moved snapshot {} (past the cut) into the quarantine",
+                p.display()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "the original bytes are in {} (NOTE.txt says what was cut)",
+        r.quarantine.display()
+    );
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -170,7 +348,7 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("(17 records)"), "{d}");
-        let v = verify_text(&journal, true).unwrap();
+        let v = verify_text(&journal, false).unwrap();
         assert!(v.contains("records 1..=17"), "{v}");
         assert!(v.contains("tail intact"), "{v}");
         let dump = dump_text(&journal, 3, 2).unwrap();

@@ -34,44 +34,65 @@ enum Cmd {
     /// Load generator: a realistic user mix against a running gateway, open loop, with
     /// round-trip latency percentiles.
     Load(ringex_tools::load::LoadArgs),
-    /// Inspect a journal directory (read only).
+    /// Inspect a journal directory (read only, safe beside a running node), or cut a
+    /// damaged one on purpose (`repair`).
     Journal {
         #[command(subcommand)]
         which: JournalCmd,
     },
 }
 
+/// `--dir` of the journal tools.
+#[derive(Args)]
+struct JournalDir {
+    /// Journal directory, or a node's data directory (its journal/ is used). Default: the
+    /// default config's ./data/journal.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum JournalCmd {
     /// Segments, records, time spans and the durable checkpoint.
-    Describe {
-        #[arg(long)]
-        dir: PathBuf,
-    },
-    /// What opening would find: a torn tail it would cut (reported, not cut), or the
-    /// corruption before the durable point that makes it refuse (exit 1).
+    Describe(JournalDir),
+    /// What `ringex start` would find, changing nothing: the torn tail it would cut
+    /// (reported, not cut), or the damage that makes it refuse (exit 1, the same
+    /// message). Checks every frame. Safe beside a running node: records past the
+    /// durable point are reported as live.
     Verify {
+        #[command(flatten)]
+        dir: JournalDir,
+        /// As the start does: sealed segments before the checkpoint and the newest
+        /// snapshot by header and seal only.
         #[arg(long)]
-        dir: PathBuf,
-        /// Check every frame of every segment, not only the tail.
-        #[arg(long)]
+        quick: bool,
+        /// Accepted for compatibility: every frame is checked by default.
+        #[arg(long, hide = true)]
         all: bool,
     },
-    /// Decode records as engine commands.
+    /// Decode records as engine commands; damaged stretches are marked and read past.
     Dump {
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        dir: JournalDir,
         /// First sequence.
         #[arg(long, default_value_t = 1)]
         from: u64,
-        /// Most records.
+        /// Most lines.
         #[arg(long, default_value_t = 100)]
         count: u64,
     },
     /// Replay every record into a fresh engine and print the state hash.
-    Replay {
+    Replay(JournalDir),
+    /// Cut a damaged journal on purpose, giving up every record from --truncate-at on:
+    /// the segment holding it is copied and then zeroed from there, later segments and
+    /// snapshots past the cut are moved into <journal>/quarantine/. Refused while a node
+    /// runs, or when the records before the cut are not intact.
+    Repair {
+        #[command(flatten)]
+        dir: JournalDir,
+        /// First sequence to give up (the one `ringex start`'s refusal names).
         #[arg(long)]
-        dir: PathBuf,
+        truncate_at: u64,
     },
 }
 
@@ -234,16 +255,30 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
 }
 
 fn journal(cmd: JournalCmd) -> ExitCode {
-    use ringex::journal_cli;
+    use ringex::journal_cli::{self, resolve_dir};
+    let dir_of = |d: &JournalDir| resolve_dir(d.dir.as_deref());
     let result = match cmd {
-        JournalCmd::Describe { dir } => journal_cli::describe_text(&dir),
-        JournalCmd::Verify { dir, all } => journal_cli::verify_text(&dir, all),
-        JournalCmd::Dump { dir, from, count } => journal_cli::dump_text(&dir, from, count),
-        JournalCmd::Replay { dir } => journal_cli::replay(&dir).map(|(n, seq, hash, rejected)| {
-            format!(
-                "replayed {n} records (last seq {seq}, {rejected} rejected by the engine); \
-                 state hash {hash:032x}\n"
-            )
+        JournalCmd::Describe(d) => dir_of(&d).and_then(|dir| journal_cli::describe_text(&dir)),
+        JournalCmd::Verify { dir, quick, all: _ } => {
+            dir_of(&dir).and_then(|dir| journal_cli::verify_text(&dir, quick))
+        }
+        JournalCmd::Dump { dir, from, count } => {
+            dir_of(&dir).and_then(|dir| journal_cli::dump_text(&dir, from, count))
+        }
+        JournalCmd::Replay(d) => dir_of(&d).and_then(|dir| {
+            journal_cli::replay(&dir).map(|(n, seq, hash, rejected)| {
+                format!(
+                    "replayed {n} records (last seq {seq}, {rejected} rejected by the engine); \
+                     state hash {hash:032x}\n"
+                )
+            })
+        }),
+        JournalCmd::Repair { dir, truncate_at } => dir_of(&dir).and_then(|dir| {
+            eprintln!(
+                "ringex journal repair: cutting {} at sequence {truncate_at}",
+                dir.display()
+            );
+            journal_cli::repair_text(&dir, truncate_at)
         }),
     };
     match result {

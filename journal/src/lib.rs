@@ -3,6 +3,7 @@
 //! orders. See `README.md` for durability guarantees and `docs/journal-format.md` for the
 //! on-disk format.
 
+mod aligned;
 mod describe;
 mod error;
 mod format;
@@ -10,6 +11,7 @@ mod lock;
 mod reader;
 mod recovery;
 mod repair;
+mod scan;
 mod segment;
 mod snapshot;
 mod stage;
@@ -18,11 +20,14 @@ mod writer;
 
 pub use describe::{describe, JournalDescription, SegmentSummary};
 pub use error::{Error, Result, REPAIR_COMMAND, VERIFY_COMMAND};
-pub use format::{chain_next, segment_file_name, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE};
+pub use format::{
+    chain_next, segment_file_name, FrameHeader, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE,
+};
 pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
-pub use recovery::{verify, LiveTail, RecoveryReport, Truncation, Verify};
+pub use recovery::{verify, verify_known, LiveTail, RecoveryReport, Truncation, Verify};
 pub use repair::{repair_truncate, RepairReport, QUARANTINE_DIR_NAME};
+pub use scan::{scan, ScanItem};
 pub use segment::read_regular;
 pub use snapshot::{
     snapshot_file_name, snapshot_seq_newest, LoadedSnapshot, SnapshotEntry, SnapshotMeta,

@@ -13,7 +13,10 @@
 
 use crate::error::{Error, Result};
 use crate::format::*;
-use crate::segment::{list_segments, map_read, segment_path, SegmentFile, SPARE_FILE_NAME};
+use crate::segment::{
+    drop_cache, list_segments, map_read, read_direct, segment_path, SegmentBytes, SegmentFile,
+    SPARE_FILE_NAME,
+};
 use crate::storage::Storage;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -143,6 +146,9 @@ pub(crate) struct Analysis {
     /// A sequence the caller knows was durable (the node's newest snapshot): the journal
     /// must hold it intact.
     pub seq_durable_known: u64,
+    /// The first sequence the caller will read (0: any start will do): a journal that
+    /// starts after it lost records the caller needs.
+    pub seq_first_needed: u64,
     /// Read as if the journal ended just before this sequence (repair's cut).
     pub seq_end: Option<u64>,
     /// A writer is running (verify beside a live node): past the durable point, a frame
@@ -202,35 +208,29 @@ impl Proof {
 /// (only a cheap filter before the CRC: no journal holds 2^40 records).
 const SEQ_SPAN_PLAUSIBLE: u64 = 1 << 40;
 
-/// Scans `buf[from..limit]` for CRC-valid data frames at every 8-byte position (past
-/// damage, where frame boundaries are unknown), adding what they prove to `proof`. Only
-/// frames with sequences from `seq_min` count.
-fn scan_past_damage(
+/// The first CRC-valid data frame at an 8-byte position in `buf[from..limit]` whose
+/// sequence is at least `seq_min`: how readers get past damage, where frame boundaries
+/// are unknown. Returns its offset and header.
+pub(crate) fn next_valid_frame(
     buf: &[u8],
-    path: &Path,
     from: u64,
     limit: u64,
     seq_min: u64,
-    proof: &mut Proof,
-) {
+) -> Option<(u64, FrameHeader)> {
     let limit = limit.min(buf.len() as u64);
     let mut at = align_up(from);
     let steps_max = limit.saturating_sub(at) / FRAME_ALIGN + 1;
     for _ in 0..steps_max {
         if at + FRAME_HEADER_SIZE as u64 > limit {
-            break;
+            return None;
         }
         let start = at as usize;
         // A frame's first 8 bytes hold its kind, so they are never all zero: skip zeros
         // to the next non-zero 8-byte word at once.
         if get_u64(buf, start) == 0 {
-            match buf[start..limit as usize].iter().position(|&b| b != 0) {
-                Some(i) => {
-                    at = (at + i as u64) & !(FRAME_ALIGN - 1);
-                    continue;
-                }
-                None => break,
-            }
+            let i = buf[start..limit as usize].iter().position(|&b| b != 0)?;
+            at = (at + i as u64) & !(FRAME_ALIGN - 1);
+            continue;
         }
         // Cheap checks before the CRC: kind, flags, reserved bytes, a plausible sequence.
         let hdr = &buf[start..start + FRAME_HEADER_SIZE];
@@ -242,17 +242,37 @@ fn scan_past_damage(
             && seq - seq_min < SEQ_SPAN_PLAUSIBLE;
         if plausible {
             if let FrameCheck::Valid(h) = check_frame(buf, at, limit) {
-                proof.see(&h, path, at);
-                at += frame_size(u64::from(h.payload_len));
-                continue;
+                return Some((at, h));
             }
         }
         at += FRAME_ALIGN;
     }
+    None
+}
+
+/// Adds what every CRC-valid data frame in `buf[from..limit]` proves to `proof`.
+fn scan_past_damage(
+    buf: &[u8],
+    path: &Path,
+    from: u64,
+    limit: u64,
+    seq_min: u64,
+    proof: &mut Proof,
+) {
+    let mut at = from;
+    // Each frame found moves past itself: at most one per 8 bytes.
+    let frames_max = limit.saturating_sub(from) / FRAME_ALIGN + 1;
+    for _ in 0..frames_max {
+        let Some((offset, h)) = next_valid_frame(buf, at, limit, seq_min) else {
+            return;
+        };
+        proof.see(&h, path, offset);
+        at = offset + frame_size(u64::from(h.payload_len));
+    }
 }
 
 /// End of the non-zero bytes in `buf[from..to]` (returns `from` if all zero).
-fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
+pub(crate) fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
     let to = to.min(buf.len() as u64);
     if from >= to {
         return from;
@@ -293,10 +313,37 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         return Ok((tail, report));
     }
 
-    // Map everything once; a file of length 0 maps to None.
+    if how.seq_first_needed > 0 && segments[0].base_seq > how.seq_first_needed {
+        return Err(Error::Corrupt {
+            segment: segment_path(dir, how.seq_first_needed),
+            offset_bytes: 0,
+            seq: how.seq_first_needed,
+            reason: format!(
+                "records {}..{} are missing: the oldest segment starts at {}, and starting \
+                 needs them (the newest snapshot is at {})",
+                how.seq_first_needed,
+                segments[0].base_seq,
+                segments[0].base_seq,
+                how.seq_first_needed - 1
+            ),
+            dir: dir.to_path_buf(),
+        });
+    }
+
+    // Read what the disk holds, not stale cached pages (see `drop_cache`): with no
+    // writer, drop every segment's cached pages first; beside a running writer, drop the
+    // sealed segments' (the writer no longer writes them; a live writer's active segment
+    // keeps its cache) and read the newest segment with O_DIRECT. A file of length 0 reads
+    // as None.
     let mut maps = Vec::with_capacity(segments.len());
-    for s in &segments {
-        maps.push(map_read(&s.path)?.map(|(_, m)| m));
+    for (i, s) in segments.iter().enumerate() {
+        let newest = i + 1 == segments.len();
+        if how.live.is_some() && newest {
+            maps.push(read_direct(&s.path)?);
+        } else {
+            drop_cache(&s.path);
+            maps.push(map_read(&s.path)?.map(|(_, m)| SegmentBytes::Mapped(m)));
+        }
     }
 
     // Checkpoints in every segment's header page. Slots carry their own CRC, so they are
@@ -456,9 +503,13 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
 
         let seal = Seal::read(map, segment_size);
         let trusted_seal = match (&seal, verify) {
+            // Sealed segments the caller will not read (up to the checkpoint and the
+            // caller's known durable point) are checked by header and seal only.
             (Ok(Some(s)), Verify::Tail)
                 if !is_last
                     && s.seq_next.saturating_sub(1) <= seq_durable
+                    && (how.seq_durable_known == 0
+                        || s.seq_next.saturating_sub(1) <= how.seq_durable_known)
                     && how.seq_end.is_none_or(|e| s.seq_next <= e) =>
             {
                 Some(*s)
@@ -828,8 +879,22 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
 /// process holds the lock) the records past the durable point may be mid-write: they are
 /// reported as live, not as a torn tail. Never takes the writer's lock.
 pub fn verify(dir: &Path, verify: Verify) -> Result<RecoveryReport> {
+    verify_known(dir, verify, 0, 0)
+}
+
+/// [`verify`] with what the caller knows, as `Journal::open` takes it: a sequence known
+/// durable and the first sequence it will read (`Config::seq_durable_known` and
+/// `Config::seq_first_needed`; the node passes its newest snapshot's sequence and the next).
+pub fn verify_known(
+    dir: &Path,
+    verify: Verify,
+    seq_durable_known: u64,
+    seq_first_needed: u64,
+) -> Result<RecoveryReport> {
     let how = Analysis {
         verify,
+        seq_durable_known,
+        seq_first_needed,
         live: crate::lock::holder(dir),
         ..Analysis::default()
     };

@@ -75,3 +75,91 @@ pub fn map_read(path: &Path) -> Result<Option<(File, Mmap)>> {
         .map_err(|e| Error::io(format!("mmap {}", path.display()), e))?;
     Ok(Some((file, map)))
 }
+
+/// A segment's bytes as recovery reads them: mapped, or read with O_DIRECT.
+pub(crate) enum SegmentBytes {
+    Mapped(Mmap),
+    Direct {
+        buf: crate::aligned::AlignedBuf,
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for SegmentBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Mapped(m) => m,
+            SegmentBytes::Direct { buf, len } => &buf.as_slice()[..*len],
+        }
+    }
+}
+
+/// Drops the file's clean pages from the page cache (best effort). Pages of a range
+/// written with O_DIRECT can be left stale in the cache by a buffered reader that raced
+/// the write (the kernel does not order them): recovery and verification must read what
+/// the disk holds. Dirty pages are written back, never lost; pages mapped by a process
+/// stay.
+pub(crate) fn drop_cache(path: &Path) {
+    use std::os::fd::AsRawFd;
+    if let Ok(f) = open_regular(path) {
+        // SAFETY: plain syscall on an open descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
+/// Reads a whole segment with O_DIRECT, around the page cache: what the disk holds, even
+/// while a writer writes it with O_DIRECT (a buffered read could see stale pages), without
+/// caching anything. Falls back to a mapping where the file system refuses O_DIRECT.
+/// None for an empty file.
+pub(crate) fn read_direct(path: &Path) -> Result<Option<SegmentBytes>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let Ok(file) = direct else {
+        return Ok(map_read(path)?.map(|(_, m)| SegmentBytes::Mapped(m)));
+    };
+    if !file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+        .is_file()
+    {
+        return map_read(path).map(|m| m.map(|(_, m)| SegmentBytes::Mapped(m)));
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+        .len() as usize;
+    if len == 0 {
+        return Ok(None);
+    }
+    let block = crate::aligned::DIRECT_BLOCK_BYTES as usize;
+    let mut buf = crate::aligned::AlignedBuf::new(len.next_multiple_of(block));
+    let chunk = 1 << 20;
+    let mut at = 0usize;
+    // Each step reads a chunk or ends: at most len / chunk + 1 steps.
+    for _ in 0..=len / chunk {
+        if at >= len {
+            break;
+        }
+        let want = chunk.min(len.next_multiple_of(block) - at);
+        let n = match file.read_at(&mut buf.as_mut_slice()[at..at + want], at as u64) {
+            Ok(n) => n,
+            // O_DIRECT refused for this file after all: read it the ordinary way.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && at == 0 => {
+                return Ok(map_read(path)?.map(|(_, m)| SegmentBytes::Mapped(m)));
+            }
+            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+        };
+        if n == 0 {
+            break;
+        }
+        at += n;
+    }
+    Ok(Some(SegmentBytes::Direct {
+        buf,
+        len: at.min(len),
+    }))
+}

@@ -65,6 +65,10 @@ pub struct Config {
     /// refuses, changing nothing, when the journal cannot hold it intact: a torn-tail cut
     /// must never reach below it. 0: none.
     pub seq_durable_known: u64,
+    /// The first sequence the caller will read (the node: its snapshot's sequence + 1, or
+    /// 1 without one). Opening refuses, changing nothing, when the journal starts after
+    /// it. 0: any start will do (a pruned journal read from its start).
+    pub seq_first_needed: u64,
     pub storage: Arc<dyn Storage>,
     /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
     /// `Pwrite` under `Async` writes through: the writer's own
@@ -134,6 +138,7 @@ impl Config {
             prealloc_zero_fill: false,
             verify: Verify::Tail,
             seq_durable_known: 0,
+            seq_first_needed: 0,
             storage: Arc::new(OsStorage),
             backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
@@ -826,6 +831,7 @@ impl Journal {
         let analysis = recovery::Analysis {
             verify: config.verify,
             seq_durable_known: config.seq_durable_known,
+            seq_first_needed: config.seq_first_needed,
             ..recovery::Analysis::default()
         };
         let (tail, report) = recovery::analyze(&dir, &analysis)?;

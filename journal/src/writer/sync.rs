@@ -3,6 +3,7 @@
 //! `Journal::commit`, on the writer's thread, serialised by the sync-state mutex.
 
 use super::*;
+use crate::aligned::{AlignedBuf, DIRECT_BLOCK_BYTES};
 
 /// The syncer's state for staged backends: its I/O engine and where the active segment's
 /// bytes sit in the stream (offset = segment_offset_base + (stream - segment_stream_base)).
@@ -12,41 +13,6 @@ pub(super) struct StagedSyncer {
     pub(super) segment_offset_base: u64,
     pub(super) segment_stream_base: u64,
     pub(super) direct: Option<DirectState>,
-}
-
-const DIRECT_BLOCK_BYTES: u64 = 4096;
-
-/// A 4 KiB-aligned heap buffer for O_DIRECT writes.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: owned heap memory, used by one thread at a time (under the sync-state lock).
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn new(size_bytes: usize) -> AlignedBuf {
-        let layout = std::alloc::Layout::from_size_align(size_bytes, DIRECT_BLOCK_BYTES as usize)
-            .expect("valid layout");
-        // SAFETY: non-zero size (asserted by callers via the staging minimum).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, layout }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is `layout.size()` bytes, owned by self.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
 }
 
 /// O_DIRECT state of the syncer: a descriptor of the active segment opened with O_DIRECT,
