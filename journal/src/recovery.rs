@@ -370,11 +370,11 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
     tail.checkpoint_generation = checkpoint.map_or(0, |c| c.generation);
 
     // The journal's geometry comes from the first intact header.
-    let segment_size_journal = maps
+    let header_first = maps
         .iter()
         .flatten()
-        .find_map(|m| SegmentHeader::decode(m).ok())
-        .map(|h| h.segment_size_bytes);
+        .find_map(|m| SegmentHeader::decode(m).ok());
+    let segment_size_journal = header_first.map(|h| h.segment_size_bytes);
 
     let mut problem: Option<Problem> = None;
     let mut proof = Proof::default();
@@ -717,6 +717,20 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         proof.frames = 0;
         proof.seq_max = 0;
     }
+    // Cutting a torn tail removes every later segment file: each must be one a crash can
+    // leave, or the file is not the writer's and the cut would delete it.
+    if let Some(p) = problem.as_mut().filter(|p| p.damage != Damage::NeverTorn) {
+        let stray = (p.index + 1..segments.len()).find_map(|j| {
+            not_left_by_a_crash(maps[j].as_deref(), header_first.as_ref())
+                .map(|(offset, why)| (j, offset, why))
+        });
+        if let Some((j, offset_bytes, why)) = stray {
+            p.path = segments[j].path.clone();
+            p.offset_bytes = offset_bytes;
+            p.reason = format!("a later segment file, which a cut would remove: {why}");
+            p.damage = Damage::NeverTorn;
+        }
+    }
     if proof.seq_durable > proven.0 {
         let (path, offset, seq) = proof.witness.clone().expect("a witness for a proof");
         proven = (
@@ -871,6 +885,40 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         report.seq_last = 0;
     }
     Ok((tail, report))
+}
+
+/// Why a segment file past a torn point cannot be one a crash left: a roll names only a
+/// spare preallocated at full size and synced, whose header is then intact or, not yet
+/// synced, all zero. `journal` is the journal's first intact header. Returns the offset
+/// and the reason; None when a crash can leave it (or no intact header says the geometry).
+fn not_left_by_a_crash(
+    map: Option<&[u8]>,
+    journal: Option<&SegmentHeader>,
+) -> Option<(u64, String)> {
+    let journal = journal?;
+    let len = map.map_or(0, |m| m.len() as u64);
+    let size = journal.segment_size_bytes;
+    if size != len {
+        return Some((
+            len.min(size),
+            format!(
+                "file is {len} bytes, not the segment size {size} (segments are preallocated \
+                 at full size before they are named)"
+            ),
+        ));
+    }
+    let header = &map?[..SEGMENT_HEADER_SIZE.min(len as usize)];
+    if header.iter().all(|&b| b == 0) {
+        return None;
+    }
+    match SegmentHeader::decode(header) {
+        Err(why) => Some((0, format!("segment header: {why}"))),
+        Ok(h) if h.journal_id != journal.journal_id => Some((
+            0,
+            "segment belongs to another journal (journal id differs)".to_string(),
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// Checks a journal directory without modifying it: the same analysis `Journal::open`

@@ -253,6 +253,35 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
     assert_eq!(open(dir).unwrap().seq_next(), base);
 }
 
+/// A file named like a later segment that no roll made (of the wrong size, empty, or with
+/// a header that is neither intact nor zero) is not a torn tail, even past the durable
+/// point: the open refuses and deletes nothing, naming the file; the repair the message
+/// names moves it into the quarantine, and the journal opens.
+#[test]
+fn a_stray_file_named_like_a_later_segment_is_refused_not_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    closed_journal(dir);
+    let last = verify(dir, Verify::All).unwrap().seq_last;
+    let golden = files(dir);
+    let stray = dir.join(format!("{:020}.seg", last + 1000));
+    let mut garbled = vec![0u8; SEGMENT_BYTES as usize];
+    garbled[..8].copy_from_slice(b"not ours");
+    for bytes in [b"hello\n".to_vec(), Vec::new(), garbled] {
+        for (p, b) in &golden {
+            std::fs::write(p, b).unwrap();
+        }
+        std::fs::write(&stray, &bytes).unwrap();
+        let msg = refused_unchanged(dir, last + 1);
+        assert!(msg.contains(&stray.display().to_string()), "{msg}");
+        assert!(stray.exists());
+    }
+    let r = repair_truncate(dir, last + 1).unwrap();
+    assert_eq!(r.segments_moved, vec![stray.clone()]);
+    assert!(!stray.exists());
+    assert_eq!(open(dir).unwrap().seq_next(), last + 1);
+}
+
 #[test]
 fn verify_beside_a_running_writer_reports_the_live_tail_not_damage() {
     for backend in [Backend::Mmap, Backend::IoUring] {
