@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::format::*;
-use crate::segment::{list_segments, map_read};
+use crate::segment::{list_segments, map_read, vanished};
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,12 @@ pub fn describe(dir: &Path) -> Result<JournalDescription> {
             end_offset_bytes: DATA_OFFSET,
             problem: None,
         };
-        let Some((_, map)) = map_read(&seg.path)? else {
+        let map = match map_read(&seg.path) {
+            // Pruned by a running writer since the listing: no longer part of the journal.
+            Err(e) if out.segments.is_empty() && vanished(&e) => continue,
+            map => map?,
+        };
+        let Some((_, map)) = map else {
             s.problem = Some("empty file".into());
             out.segments.push(s);
             continue;

@@ -14,8 +14,8 @@
 use crate::error::{Error, Result};
 use crate::format::*;
 use crate::segment::{
-    drop_cache, list_segments, map_read, read_direct, segment_path, SegmentBytes, SegmentFile,
-    SPARE_FILE_NAME,
+    drop_cache, list_segments, map_read, read_direct, segment_path, vanished, SegmentBytes,
+    SegmentFile, SPARE_FILE_NAME,
 };
 use crate::storage::Storage;
 use std::fs::OpenOptions;
@@ -290,7 +290,7 @@ pub(crate) fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
 /// cannot explain.
 pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryReport)> {
     let verify = how.verify;
-    let segments = list_segments(dir)?;
+    let mut segments = list_segments(dir)?;
     let mut report = RecoveryReport::default();
     let mut tail = Tail {
         seq_next: 1,
@@ -335,16 +335,26 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
     // sealed segments' (the writer no longer writes them; a live writer's active segment
     // keeps its cache) and read the newest segment with O_DIRECT. A file of length 0 reads
     // as None.
+    // A running writer prunes its oldest segments after a snapshot: those that are gone
+    // by the time they are read were listed a moment before, and are skipped.
     let mut maps = Vec::with_capacity(segments.len());
+    let mut pruned = 0usize;
     for (i, s) in segments.iter().enumerate() {
         let newest = i + 1 == segments.len();
-        if how.live.is_some() && newest {
-            maps.push(read_direct(&s.path)?);
+        let bytes = if how.live.is_some() && newest {
+            read_direct(&s.path)
         } else {
             drop_cache(&s.path);
-            maps.push(map_read(&s.path)?.map(|(_, m)| SegmentBytes::Mapped(m)));
+            map_read(&s.path).map(|m| m.map(|(_, m)| SegmentBytes::Mapped(m)))
+        };
+        match bytes {
+            Err(e) if how.live.is_some() && maps.is_empty() && !newest && vanished(&e) => {
+                pruned += 1;
+            }
+            bytes => maps.push(bytes?),
         }
     }
+    segments.drain(..pruned);
 
     // Checkpoints in every segment's header page. Slots carry their own CRC, so they are
     // read even when the segment header itself is damaged. Each one's claims are true

@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::format::*;
 use crate::recovery::{next_valid_frame, nonzero_end};
-use crate::segment::{list_segments, map_read};
+use crate::segment::{list_segments, map_read, vanished};
 use std::path::{Path, PathBuf};
 
 /// One thing found by [`scan`].
@@ -46,9 +46,16 @@ pub fn scan(dir: &Path, seq_from: u64, mut each: impl FnMut(ScanItem<'_>) -> boo
         .unwrap_or(0);
     let mut seq_expected = segments.get(first).map_or(1, |s| s.base_seq);
     let mut chain: Option<u64>;
+    let mut read_any = false;
     for seg in &segments[first..] {
         let path: PathBuf = seg.path.clone();
-        let Some((_, map)) = map_read(&path)? else {
+        let map = match map_read(&path) {
+            // Pruned by a running writer since the listing: no longer part of the journal.
+            Err(e) if !read_any && vanished(&e) => continue,
+            map => map?,
+        };
+        read_any = true;
+        let Some((_, map)) = map else {
             let go = each(ScanItem::Damaged {
                 segment: &path,
                 offset_bytes: 0,

@@ -39,6 +39,12 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentFile>> {
     Ok(out)
 }
 
+/// True for an error reading a segment that was listed a moment before and is gone: a
+/// running writer pruned it (pruning removes the oldest segments, never the newest).
+pub(crate) fn vanished(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// Opens a file for reading only if it is a regular one (links followed): a FIFO named
 /// like a segment or a snapshot would block the open forever, and a device such as
 /// `/dev/zero` would never end.

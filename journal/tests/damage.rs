@@ -318,6 +318,55 @@ fn verify_beside_a_running_writer_reports_the_live_tail_not_damage() {
     }
 }
 
+/// The writer prunes the oldest segments after each snapshot: verify, describe and scan
+/// beside it read what is still there, and a segment removed between listing the
+/// directory and reading it is no alarm.
+#[test]
+fn the_tools_beside_a_writer_that_prunes_raise_no_alarm() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("journal");
+    let snapshots_dir = tmp.path().join("snapshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut j = journal(&dir, Durability::Group, Backend::Mmap);
+    let snapshots = ringex_journal::SnapshotStore::open(&snapshots_dir, 1).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let pruned = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, pruned) = (stop.clone(), pruned.clone());
+        std::thread::spawn(move || {
+            // Bounded: at most this many rounds, or until told to stop.
+            for _ in 0..100_000u64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let last = append_durable(&mut j, 20);
+                snapshots
+                    .write(last, 1, j.chain(), &[1; 32], b"state")
+                    .unwrap();
+                let n = j.prune(&snapshots, false).unwrap().segments.len();
+                pruned.fetch_add(n, Ordering::Relaxed);
+            }
+            j.close().unwrap();
+        })
+    };
+    // Until the writer has pruned 150 segments (the deadline is only a failure bound).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut rounds = 0u64;
+    while pruned.load(Ordering::Relaxed) < 150 {
+        assert!(std::time::Instant::now() < deadline, "the writer stalled");
+        let rep = verify(&dir, Verify::All).unwrap_or_else(|e| panic!("verify: {e}"));
+        assert!(rep.truncation.is_none(), "false alarm {rep:?}");
+        ringex_journal::describe(&dir).unwrap_or_else(|e| panic!("describe: {e}"));
+        ringex_journal::scan(&dir, 1, |_| true).unwrap_or_else(|e| panic!("scan: {e}"));
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(rounds > 0);
+}
+
 #[test]
 fn repair_cuts_on_purpose_and_keeps_what_it_cuts() {
     let tmp = tempfile::tempdir().unwrap();
