@@ -125,10 +125,14 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
 /// sealed segments before the checkpoint and the snapshot by header and seal only).
 pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
     let mode = if quick { Verify::Tail } else { Verify::All };
-    let snapshot = ringex_journal::snapshot_seq_newest(&snapshots_dir(dir))
+    let snapshots = snapshots_dir(dir);
+    let snapshot = ringex_journal::snapshot_seq_newest(&snapshots)
         .map_err(|e| e.to_string())?
         .unwrap_or(0);
-    let r = verify_known(dir, mode, snapshot, snapshot + 1).map_err(|e| e.to_string())?;
+    let snapshot_valid = ringex_journal::snapshot_seq_newest_valid(&snapshots)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    let r = verify_known(dir, mode, snapshot, snapshot_valid + 1).map_err(|e| e.to_string())?;
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
          segment(s) checked frame by frame\n",

@@ -406,3 +406,85 @@ fn dump_shows_the_records_around_damage() {
     assert!(lines[3].contains("NOT LINKED"), "{text}");
     assert!(lines[4].starts_with(&format!("{} ", seq + 2)), "{text}");
 }
+
+/// The start restores the newest snapshot that checks out whole, so a damaged newer one
+/// means a replay from an older one. The records that replay reads are checked before
+/// anything changes: damage among them refuses the start with nothing changed, although
+/// the damaged snapshot's header still covers them; and so does a journal pruned past
+/// what the replay needs, saying that the snapshots are damaged. Verify agrees.
+#[test]
+fn a_damaged_newest_snapshot_is_skipped_before_the_journal_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = config(dir);
+    let commands = stream(60_000);
+    let third = commands.len() / 3;
+    for part in [&commands[..third], &commands[third..]] {
+        let mut node = start(&cfg).unwrap();
+        for (i, c) in part.iter().enumerate() {
+            submit(&mut node, c, i as u64);
+        }
+        node.shutdown().unwrap();
+    }
+    let base = |p: &Path| -> u64 {
+        let stem = p.file_stem().unwrap().to_str().unwrap();
+        stem.trim_start_matches("snapshot-").parse().unwrap()
+    };
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    snapshots.sort();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let (older, newest) = (snapshots[0].clone(), snapshots[1].clone());
+    let segs = segments(dir);
+    assert!(
+        base(&segs[0]) > 1,
+        "pruned up to the older snapshot: {segs:?}"
+    );
+    // A sealed segment wholly between the two snapshots: only a replay from the older
+    // one reads it.
+    let seg = segs[..segs.len() - 1]
+        .iter()
+        .find(|s| base(s) > base(&older))
+        .expect("a sealed segment after the older snapshot")
+        .clone();
+    let golden = files(dir);
+    let damage = |path: &Path, at: usize| {
+        let mut b = std::fs::read(path).unwrap();
+        b[at] ^= 0x08;
+        std::fs::write(path, b).unwrap();
+    };
+    let snapshot_payload_byte = |path: &Path| std::fs::metadata(path).unwrap().len() as usize - 1;
+
+    let (at, seq) = frames(&seg)[frames(&seg).len() / 2];
+    damage(&seg, at + 60);
+    damage(&newest, snapshot_payload_byte(&newest));
+    refused(
+        &cfg,
+        dir,
+        "newest snapshot damaged, a record after the older one flipped",
+        seq,
+    );
+
+    restore(dir, &golden);
+    for s in [&older, &newest] {
+        damage(s, snapshot_payload_byte(s));
+    }
+    let before = files(dir);
+    let err = match start(&cfg) {
+        Ok(n) => panic!("started at seq {}", n.recovery().seq_last),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("records 1..") && err.contains("no snapshot checks out"),
+        "{err}"
+    );
+    assert!(files(dir) == before, "the refused start changed files");
+    let (ok, _, stderr) = verify_cli(dir);
+    assert!(!ok, "verify exited 0");
+    assert!(stderr.contains("no snapshot checks out"), "{stderr}");
+
+    restore(dir, &golden);
+    start(&cfg).unwrap().shutdown().unwrap();
+}

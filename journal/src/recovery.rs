@@ -320,11 +320,22 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             seq: how.seq_first_needed,
             reason: format!(
                 "records {}..{} are missing: the oldest segment starts at {}, and starting \
-                 needs them (the newest snapshot is at {})",
+                 needs them ({})",
                 how.seq_first_needed,
                 segments[0].base_seq,
                 segments[0].base_seq,
-                how.seq_first_needed - 1
+                match (how.seq_first_needed - 1, how.seq_durable_known) {
+                    (0, 0) => "there is no snapshot".to_string(),
+                    (0, newest) => format!(
+                        "no snapshot checks out: the newest, at {newest}, and any older ones \
+                         are damaged"
+                    ),
+                    (usable, newest) if newest > usable => format!(
+                        "the newest snapshot that checks out is at {usable}; the one at \
+                         {newest} is damaged"
+                    ),
+                    (usable, _) => format!("the newest snapshot is at {usable}"),
+                }
             ),
             dir: dir.to_path_buf(),
         });
@@ -386,6 +397,12 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         .find_map(|m| SegmentHeader::decode(m).ok());
     let segment_size_journal = header_first.map(|h| h.segment_size_bytes);
 
+    // Records up to here are not read by the caller (None: no bound from the caller).
+    let seq_read_before = if how.seq_first_needed > 0 {
+        Some(how.seq_first_needed - 1)
+    } else {
+        (how.seq_durable_known > 0).then_some(how.seq_durable_known)
+    };
     let mut problem: Option<Problem> = None;
     let mut proof = Proof::default();
     let mut seq_next = segments[0].base_seq;
@@ -513,13 +530,13 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
 
         let seal = Seal::read(map, segment_size);
         let trusted_seal = match (&seal, verify) {
-            // Sealed segments the caller will not read (up to the checkpoint and the
-            // caller's known durable point) are checked by header and seal only.
+            // Sealed segments the caller will not read (up to the checkpoint, and before
+            // the first sequence the caller reads, or else its known durable point) are
+            // checked by header and seal only.
             (Ok(Some(s)), Verify::Tail)
                 if !is_last
                     && s.seq_next.saturating_sub(1) <= seq_durable
-                    && (how.seq_durable_known == 0
-                        || s.seq_next.saturating_sub(1) <= how.seq_durable_known)
+                    && seq_read_before.is_none_or(|b| s.seq_next.saturating_sub(1) <= b)
                     && how.seq_end.is_none_or(|e| s.seq_next <= e) =>
             {
                 Some(*s)

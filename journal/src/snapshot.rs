@@ -162,6 +162,26 @@ pub fn snapshot_seq_newest(dir: &Path) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// Sequence of the newest snapshot in `dir` that checks out whole (header and payload
+/// CRCs, length, the name's sequence): the one a start restores, unless its state then
+/// proves inconsistent. Read-only, like [`snapshot_seq_newest`]. The caller reads the
+/// journal from the sequence after it (`Config::seq_first_needed`).
+pub fn snapshot_seq_newest_valid(dir: &Path) -> Result<Option<u64>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    for (path, seq) in SnapshotStore::files(dir, ".snap")?.into_iter().rev() {
+        let valid = crate::segment::read_regular(&path)
+            .ok()
+            .and_then(|bytes| decode(&path, &bytes).ok())
+            .is_some_and(|m| m.seq == seq);
+        if valid {
+            return Ok(Some(seq));
+        }
+    }
+    Ok(None)
+}
+
 impl SnapshotStore {
     /// A store in `dir` (created if missing) keeping the newest `keep` snapshots.
     pub fn open(dir: impl Into<PathBuf>, keep: usize) -> Result<SnapshotStore> {

@@ -441,10 +441,14 @@ impl Node {
         journal_config.seq_durable_known = ringex_journal::snapshot_seq_newest(&snapshot_dir)
             .map_err(NodeError::Journal)?
             .unwrap_or(0);
-        journal_config.seq_first_needed = journal_config.seq_durable_known + 1;
-        // Every record the replay will read is checked before anything changes: without a
-        // snapshot that is all of them.
-        if journal_config.seq_durable_known == 0 {
+        // The replay starts after the newest snapshot that checks out whole (a damaged
+        // newer one is skipped): every record it will read is checked before anything
+        // changes, all of them without a usable snapshot.
+        journal_config.seq_first_needed = ringex_journal::snapshot_seq_newest_valid(&snapshot_dir)
+            .map_err(NodeError::Journal)?
+            .unwrap_or(0)
+            + 1;
+        if journal_config.seq_first_needed == 1 {
             journal_config.verify = ringex_journal::Verify::All;
         }
         let journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
