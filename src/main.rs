@@ -77,8 +77,8 @@ enum JournalCmd {
         /// First sequence.
         #[arg(long, default_value_t = 1)]
         from: u64,
-        /// Most lines.
-        #[arg(long, default_value_t = 100)]
+        /// Most lines (at least 1).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
     },
     /// Replay every record into a fresh engine and print the state hash.

@@ -405,6 +405,19 @@ fn dump_shows_the_records_around_damage() {
     assert!(lines[3].starts_with(&format!("{} ", seq + 1)), "{text}");
     assert!(lines[3].contains("NOT LINKED"), "{text}");
     assert!(lines[4].starts_with(&format!("{} ", seq + 2)), "{text}");
+    // At most 0 lines is no request: refused, rather than answered with one record.
+    let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["journal", "dump", "--count", "0", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--count"));
 }
 
 /// The start restores the newest snapshot that checks out whole, so a damaged newer one
