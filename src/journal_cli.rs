@@ -307,12 +307,28 @@ pub fn repair_text(dir: &Path, seq_cut: u64) -> Result<String, String> {
                 moved.push(e.path());
             }
         }
-        for p in moved {
+        for p in &moved {
             let _ = writeln!(
                 out,
                 "moved snapshot {} (past the cut) into the quarantine",
                 p.display()
             );
+        }
+        if !moved.is_empty() {
+            let note = r.quarantine.join("NOTE.txt");
+            let line = format!(
+                "Snapshots moved here (they describe states past the cut): {}.\n",
+                moved
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&note)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+                .map_err(|e| format!("the journal was cut, but {}: {e}", note.display()))?;
         }
     }
     let _ = writeln!(

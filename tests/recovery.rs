@@ -425,10 +425,16 @@ fn dump_shows_the_records_around_damage() {
 /// anything changes: damage among them refuses the start with nothing changed, although
 /// the damaged snapshot's header still covers them; and so does a journal pruned past
 /// what the replay needs, saying that the snapshots are damaged. Verify agrees.
-#[test]
-fn a_damaged_newest_snapshot_is_skipped_before_the_journal_is_opened() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// The sequence in a segment's or a snapshot's file name.
+fn base(p: &Path) -> u64 {
+    let stem = p.file_stem().unwrap().to_str().unwrap();
+    stem.trim_start_matches("snapshot-").parse().unwrap()
+}
+
+/// A node's data directory written in two runs, each stopped with its snapshot: (config,
+/// older snapshot, newest snapshot at the journal's last record); the segments before
+/// the older one are pruned.
+fn two_snapshots(dir: &Path) -> (Config, PathBuf, PathBuf) {
     let cfg = config(dir);
     let commands = stream(60_000);
     let third = commands.len() / 3;
@@ -439,17 +445,28 @@ fn a_damaged_newest_snapshot_is_skipped_before_the_journal_is_opened() {
         }
         node.shutdown().unwrap();
     }
-    let base = |p: &Path| -> u64 {
-        let stem = p.file_stem().unwrap().to_str().unwrap();
-        stem.trim_start_matches("snapshot-").parse().unwrap()
-    };
     let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     snapshots.sort();
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
-    let (older, newest) = (snapshots[0].clone(), snapshots[1].clone());
+    // Pruning runs after a snapshot is written, which a stop does not wait for: remove
+    // what it removes, the segments wholly before the older snapshot.
+    let segs = segments(dir);
+    for pair in segs.windows(2) {
+        if base(&pair[1]) <= base(&snapshots[0]) + 1 {
+            std::fs::remove_file(&pair[0]).unwrap();
+        }
+    }
+    (cfg, snapshots[0].clone(), snapshots[1].clone())
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_skipped_before_the_journal_is_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cfg, older, newest) = two_snapshots(dir);
     let segs = segments(dir);
     assert!(
         base(&segs[0]) > 1,
@@ -500,4 +517,48 @@ fn a_damaged_newest_snapshot_is_skipped_before_the_journal_is_opened() {
 
     restore(dir, &golden);
     start(&cfg).unwrap().shutdown().unwrap();
+}
+
+/// Repair moves the snapshots past the cut into the quarantine beside the segments, and
+/// its note says so; the node then starts from the older snapshot and replays to the cut.
+#[test]
+fn repair_notes_the_snapshots_it_moves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cfg, older, newest) = two_snapshots(dir);
+    // A record after the older snapshot in the newest segment, which every start reads:
+    // the newest snapshot proves it durable, so the start refuses.
+    let last = segments(dir).last().unwrap().clone();
+    let recs = frames(&last);
+    let (at, seq) = recs[recs.len() / 2];
+    assert!(seq > base(&older), "{seq} after {}", base(&older));
+    let mut b = std::fs::read(&last).unwrap();
+    b[at + 60] ^= 0x02;
+    std::fs::write(&last, b).unwrap();
+    refused(&cfg, dir, "record flipped under the newest snapshot", seq);
+
+    let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["journal", "repair", "--truncate-at"])
+        .arg(seq.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quarantine = dir.join(format!("journal/quarantine/cut-at-{seq:020}"));
+    let name = newest.file_name().unwrap();
+    assert!(quarantine.join(name).exists() && !newest.exists());
+    let note = std::fs::read_to_string(quarantine.join("NOTE.txt")).unwrap();
+    assert!(
+        note.contains("Snapshots moved here") && note.contains(name.to_str().unwrap()),
+        "{note}"
+    );
+    let node = start(&cfg).unwrap();
+    assert_eq!(node.recovery().snapshot_seq, Some(base(&older)));
+    assert_eq!(node.recovery().seq_last, seq - 1);
+    node.shutdown().unwrap();
 }
