@@ -121,10 +121,11 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
 
 /// What `ringex start` would find, without changing anything: the same analysis, with the
 /// newest snapshot as the start takes it. `Err` carries the start's refusal, word for
-/// word. Every frame of every segment is checked unless `quick` (then, as the start does,
-/// sealed segments before the checkpoint and the snapshot by header and seal only).
+/// word. Every frame of every segment is checked unless `quick` (then, as the start does
+/// from a snapshot, sealed segments before the checkpoint and the snapshot by header and
+/// seal only). Damage only the deeper check finds, in records the start does not read,
+/// is an `Err` that says so: the start goes ahead there, and no cut is called for.
 pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
-    let mode = if quick { Verify::Tail } else { Verify::All };
     let snapshots = snapshots_dir(dir);
     let snapshot = ringex_journal::snapshot_seq_newest(&snapshots)
         .map_err(|e| e.to_string())?
@@ -132,7 +133,25 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
     let snapshot_valid = ringex_journal::snapshot_seq_newest_valid(&snapshots)
         .map_err(|e| e.to_string())?
         .unwrap_or(0);
-    let r = verify_known(dir, mode, snapshot, snapshot_valid + 1).map_err(|e| e.to_string())?;
+    // Without a usable snapshot the start reads, and so checks, every record.
+    let start_mode = if snapshot_valid > 0 {
+        Verify::Tail
+    } else {
+        Verify::All
+    };
+    let mode = if quick { start_mode } else { Verify::All };
+    let r = match verify_known(dir, mode, snapshot, snapshot_valid + 1) {
+        Ok(r) => r,
+        Err(e) if mode == start_mode => return Err(e.to_string()),
+        Err(e) => {
+            return Err(
+                match verify_known(dir, start_mode, snapshot, snapshot_valid + 1) {
+                    Err(start) => start.to_string(),
+                    Ok(_) => not_read_by_the_start(&e, snapshot_valid),
+                },
+            )
+        }
+    };
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
          segment(s) checked frame by frame\n",
@@ -166,6 +185,35 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Damage that the start does not read (sealed segments it checks by header and seal
+/// only), so it starts: where it is, and that a cut is not what it calls for.
+fn not_read_by_the_start(e: &ringex_journal::Error, snapshot: u64) -> String {
+    let ringex_journal::Error::Corrupt {
+        segment,
+        offset_bytes,
+        seq,
+        reason,
+        ..
+    } = e
+    else {
+        return e.to_string();
+    };
+    let what = reason
+        .split("; refusing to cut it")
+        .next()
+        .unwrap_or(reason);
+    format!(
+        "journal damaged in records `ringex start` does not read: segment {} at offset \
+         {offset_bytes} (sequence {seq}): {what}. The start checks the sealed segments up to \
+         the durable checkpoint and the newest snapshot (at {snapshot}) by header and seal \
+         only, and it starts; `ringex journal replay` and a start that falls back to an \
+         older snapshot read these records and would stop here. Keep a copy of the journal \
+         directory; a repair is not needed to start, and would give up every record from \
+         {seq} on",
+        segment.display()
+    )
 }
 
 /// One line per record from `from` (at most `count` lines), decoded as engine commands;

@@ -57,8 +57,9 @@ enum JournalCmd {
     Describe(JournalDir),
     /// What `ringex start` would find, changing nothing: the torn tail it would cut
     /// (reported, not cut), or the damage that makes it refuse (exit 1, the same
-    /// message). Checks every frame. Safe beside a running node: records past the
-    /// durable point are reported as live.
+    /// message). Checks every frame; damage in records the start does not read is
+    /// reported as such (exit 1). Safe beside a running node: records past the durable
+    /// point are reported as live.
     Verify {
         #[command(flatten)]
         dir: JournalDir,

@@ -562,3 +562,39 @@ fn repair_notes_the_snapshots_it_moves() {
     assert_eq!(node.recovery().seq_last, seq - 1);
     node.shutdown().unwrap();
 }
+
+/// Damage in a sealed segment that the newest snapshot and the checkpoint cover: the
+/// start checks that segment by header and seal only, and starts. Verify, which reads
+/// every frame, reports the damage and says that the start does not read it, instead of
+/// a refusal and its repair (which would give up every record from there on).
+#[test]
+fn verify_says_when_the_damage_it_finds_is_in_records_the_start_does_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (cfg, older, newest) = two_snapshots(dir);
+    let segs = segments(dir);
+    let seg = segs[..segs.len() - 1]
+        .iter()
+        .find(|s| base(s) > base(&older))
+        .expect("a sealed segment after the older snapshot")
+        .clone();
+    let recs = frames(&seg);
+    let (at, seq) = recs[recs.len() / 2];
+    let mut b = std::fs::read(&seg).unwrap();
+    b[at + 60] ^= 0x01;
+    std::fs::write(&seg, b).unwrap();
+
+    let node = start(&cfg).expect("the start does not read the damaged segment");
+    assert_eq!(node.recovery().snapshot_seq, Some(base(&newest)));
+    node.shutdown().unwrap();
+
+    let (ok, _, stderr) = verify_cli(dir);
+    assert!(!ok, "the damage is reported with a failing exit");
+    assert!(
+        stderr.contains("in records `ringex start` does not read")
+            && stderr.contains(&format!("(sequence {seq})"))
+            && stderr.contains(&seg.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--truncate-at"), "{stderr}");
+}
