@@ -66,10 +66,15 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 /// The snapshots directory beside a node's journal directory.
-fn snapshots_dir(journal_dir: &Path) -> PathBuf {
-    journal_dir
-        .parent()
-        .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"))
+/// The snapshots directory beside a node's journal directory (`<data_dir>/journal` and
+/// `<data_dir>/snapshots`); None for a journal directory laid out otherwise (a copy on
+/// its own), whose neighbours are not its snapshots.
+fn snapshots_dir(journal_dir: &Path) -> Option<PathBuf> {
+    let name = journal_dir.canonicalize().ok()?;
+    if name.file_name()? != "journal" {
+        return None;
+    }
+    Some(name.parent()?.join("snapshots"))
 }
 
 /// Every segment with its header, seal, record count and time span, and the durable
@@ -127,12 +132,16 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
 /// is an `Err` that says so: the start goes ahead there, and no cut is called for.
 pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
     let snapshots = snapshots_dir(dir);
-    let snapshot = ringex_journal::snapshot_seq_newest(&snapshots)
-        .map_err(|e| e.to_string())?
-        .unwrap_or(0);
-    let snapshot_valid = ringex_journal::snapshot_seq_newest_valid(&snapshots)
-        .map_err(|e| e.to_string())?
-        .unwrap_or(0);
+    let snapshot = match &snapshots {
+        Some(d) => ringex_journal::snapshot_seq_newest(d).map_err(|e| e.to_string())?,
+        None => None,
+    }
+    .unwrap_or(0);
+    let snapshot_valid = match &snapshots {
+        Some(d) => ringex_journal::snapshot_seq_newest_valid(d).map_err(|e| e.to_string())?,
+        None => None,
+    }
+    .unwrap_or(0);
     // Without a usable snapshot the start reads, and so checks, every record.
     let start_mode = if snapshot_valid > 0 {
         Verify::Tail
@@ -318,7 +327,9 @@ pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
 /// those records), keeping the original bytes in `<dir>/quarantine/`. Snapshots at or
 /// after the cut describe records no longer in the journal: they move to the same folder.
 pub fn repair_text(dir: &Path, seq_cut: u64) -> Result<String, String> {
-    let r = ringex_journal::repair_truncate(dir, seq_cut).map_err(|e| e.to_string())?;
+    let snapshots = snapshots_dir(dir);
+    let r = ringex_journal::repair_truncate(dir, seq_cut, snapshots.as_deref())
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -332,52 +343,12 @@ pub fn repair_text(dir: &Path, seq_cut: u64) -> Result<String, String> {
     for p in &r.segments_moved {
         let _ = writeln!(out, "moved {} into the quarantine", p.display());
     }
-    let snapshots = snapshots_dir(dir);
-    if let Ok(entries) = std::fs::read_dir(&snapshots) {
-        let mut moved = Vec::new();
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let seq = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("snapshot-"))
-                .and_then(|n| n.get(..20))
-                .and_then(|d| d.parse::<u64>().ok());
-            if seq.is_some_and(|s| s >= seq_cut) {
-                let to = r.quarantine.join(&name);
-                std::fs::rename(e.path(), &to).map_err(|err| {
-                    format!(
-                        "the journal was cut, but moving snapshot {} failed: {err}; move it \
-                         out of {} before starting",
-                        e.path().display(),
-                        snapshots.display()
-                    )
-                })?;
-                moved.push(e.path());
-            }
-        }
-        for p in &moved {
-            let _ = writeln!(
-                out,
-                "moved snapshot {} (past the cut) into the quarantine",
-                p.display()
-            );
-        }
-        if !moved.is_empty() {
-            let note = r.quarantine.join("NOTE.txt");
-            let line = format!(
-                "Snapshots moved here (they describe states past the cut): {}.\n",
-                moved
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&note)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
-                .map_err(|e| format!("the journal was cut, but {}: {e}", note.display()))?;
-        }
+    for p in &r.snapshots_moved {
+        let _ = writeln!(
+            out,
+            "moved snapshot {} (past the cut) into the quarantine",
+            p.display()
+        );
     }
     let _ = writeln!(
         out,

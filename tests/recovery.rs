@@ -163,8 +163,18 @@ fn refused(cfg: &Config, dir: &Path, what: &str, seq: u64) {
         Ok(n) => panic!("{what}: started at seq {}", n.recovery().seq_last),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains(&format!("(sequence {seq})")), "{what}: {err}");
-    assert!(err.contains("--truncate-at"), "{what}: {err}");
+    if seq == 1 {
+        // The journal's first record: a cut would keep nothing; only a restore helps.
+        assert!(
+            err.contains("(sequence 1, the first") || err.contains("records 1.."),
+            "{what}: {err}"
+        );
+        assert!(err.contains("restore"), "{what}: {err}");
+        assert!(!err.contains("--truncate-at"), "{what}: {err}");
+    } else {
+        assert!(err.contains(&format!("(sequence {seq})")), "{what}: {err}");
+        assert!(err.contains("--truncate-at"), "{what}: {err}");
+    }
     assert!(
         files(dir) == before,
         "{what}: the refused start changed files"
@@ -594,6 +604,34 @@ fn verify_says_when_the_damage_it_finds_is_in_records_the_start_does_not_read() 
         stderr.contains("in records `ringex start` does not read")
             && stderr.contains(&format!("(sequence {seq})"))
             && stderr.contains(&seg.display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--truncate-at"), "{stderr}");
+}
+
+/// The start reads from its newest snapshot on: damage wholly before it does not stop the
+/// start, and `journal verify` reports it as damage in records the start does not read.
+#[test]
+fn damage_the_snapshot_covers_does_not_stop_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut cfg, seq_last) = written_by_a_node(dir);
+    // Keep the covered segments (pruning would remove them).
+    cfg.journal.prune_after_snapshot = false;
+    start(&cfg).unwrap().shutdown().unwrap();
+    let segs = segments(dir);
+    let middle = &segs[1];
+    let mut b = std::fs::read(middle).unwrap();
+    b[..4096].fill(0);
+    std::fs::write(middle, b).unwrap();
+    let node = start(&cfg).expect("the damage lies before the snapshot");
+    assert_eq!(node.recovery().snapshot_seq, Some(seq_last));
+    assert_eq!(node.recovery().records_replayed, 0);
+    drop(node);
+    let (ok, _, stderr) = verify_cli(dir);
+    assert!(!ok, "verify reports the damage");
+    assert!(
+        stderr.contains("records `ringex start` does not read"),
         "{stderr}"
     );
     assert!(!stderr.contains("--truncate-at"), "{stderr}");

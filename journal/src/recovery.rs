@@ -317,10 +317,12 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         return Err(Error::Corrupt {
             segment: segment_path(dir, how.seq_first_needed),
             offset_bytes: 0,
-            seq: how.seq_first_needed,
+            // A cut cannot bring missing records back: no repair advice.
+            seq: 0,
             reason: format!(
                 "records {}..{} are missing: the oldest segment starts at {}, and starting \
-                 needs them ({})",
+                 needs them ({}); restore the missing segments (or a snapshot that covers \
+                 them) from a backup or the standby",
                 how.seq_first_needed,
                 segments[0].base_seq,
                 segments[0].base_seq,
@@ -339,6 +341,18 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             ),
             dir: dir.to_path_buf(),
         });
+    }
+
+    // The start (`Verify::Tail` with a snapshot) reads from `seq_first_needed` on: the
+    // segments wholly before the one holding it are neither read nor checked (`verify`
+    // with `Verify::All` checks them, and the next pruning removes them).
+    let seq_first_journal = segments[0].base_seq;
+    if how.verify == Verify::Tail && how.seq_first_needed > 1 {
+        let first_needed = segments
+            .iter()
+            .rposition(|s| s.base_seq <= how.seq_first_needed)
+            .unwrap_or(0);
+        segments.drain(..first_needed);
     }
 
     // Read what the disk holds, not stale cached pages (see `drop_cache`): with no
@@ -793,13 +807,25 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             )
         });
         if let Some(why) = proven_durable.or(crash_cannot) {
+            // At the journal's first record a cut would leave nothing: no repair advice.
+            let first = p.seq <= seq_first_journal;
             return Err(Error::Corrupt {
                 segment: p.path,
                 offset_bytes: p.offset_bytes,
-                seq: p.seq,
+                seq: if first { 0 } else { p.seq },
                 reason: format!(
-                    "{}; refusing to cut it, {why}{}",
+                    "{}{}; refusing to cut it, {why}{}",
                     p.reason,
+                    if first {
+                        format!(
+                            " (sequence {}, the first the journal holds: a cut would keep \
+                             nothing, so only a restore, from a backup or the standby, \
+                             brings these records back)",
+                            p.seq
+                        )
+                    } else {
+                        String::new()
+                    },
                     if proof.frames > 0 {
                         format!(
                             "; {} CRC-valid record(s) lie past it, up to sequence {}",

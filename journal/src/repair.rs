@@ -27,6 +27,8 @@ pub struct RepairReport {
     pub offset_bytes: u64,
     /// Later segments moved into the quarantine folder.
     pub segments_moved: Vec<PathBuf>,
+    /// Snapshots at or past the cut, moved into the quarantine folder.
+    pub snapshots_moved: Vec<PathBuf>,
     /// Folder holding the original bytes of everything cut, and a note saying what was cut.
     pub quarantine: PathBuf,
     /// Checkpoint slots cleared because they claimed records or segments past the cut.
@@ -41,7 +43,7 @@ pub struct RepairReport {
 /// anything past the cut are cleared. Takes the writer's lock (refused while a node
 /// runs). Refused, changing nothing, when the records before `seq_cut` are not intact or
 /// `seq_cut` is outside the journal.
-pub fn repair_truncate(dir: &Path, seq_cut: u64) -> Result<RepairReport> {
+pub fn repair_truncate(dir: &Path, seq_cut: u64, snapshots: Option<&Path>) -> Result<RepairReport> {
     let mut lock = DirLock::acquire(dir)?;
     let refuse = |why: String| Err(Error::Refused(why));
     let segments = list_segments(dir)?;
@@ -121,6 +123,38 @@ pub fn repair_truncate(dir: &Path, seq_cut: u64) -> Result<RepairReport> {
         )
     })?;
     sync_file(&copy)?;
+    // Snapshots at or past the cut describe states the journal no longer reaches: they
+    // go too, while the lock keeps a node from starting on them meanwhile.
+    let mut snapshots_moved = Vec::new();
+    if let Some(sdir) = snapshots {
+        if let Ok(entries) = std::fs::read_dir(sdir) {
+            let mut found: Vec<(u64, PathBuf)> = entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name();
+                    let seq = name
+                        .to_str()?
+                        .strip_prefix("snapshot-")?
+                        .get(..20)?
+                        .parse::<u64>()
+                        .ok()?;
+                    (seq >= seq_cut).then(|| (seq, e.path()))
+                })
+                .collect();
+            found.sort();
+            for (_, p) in found {
+                let to = quarantine.join(name(&p));
+                std::fs::rename(&p, &to).map_err(|e| {
+                    Error::io(
+                        format!("move snapshot {} to {}", p.display(), to.display()),
+                        e,
+                    )
+                })?;
+                snapshots_moved.push(p);
+            }
+            sync_dir(sdir)?;
+        }
+    }
     let mut segments_moved = Vec::new();
     for p in &later {
         let to = quarantine.join(name(p));
@@ -131,21 +165,16 @@ pub fn repair_truncate(dir: &Path, seq_cut: u64) -> Result<RepairReport> {
     let note = format!(
         "ringex journal repair --truncate-at {seq_cut}\n\
          The journal in {} was cut so that it ends at sequence {}.\n\
-         {} is the segment that held sequence {seq_cut}, as it was before the cut (the \
-         journal's copy was zeroed from offset {offset}).\n\
-         Segments moved here whole: {}.\n",
+         {} is a copy of segment {} as it was before the cut (the journal's copy was \
+         zeroed from offset {offset}, where sequence {seq_cut} was or would have been).\n\
+         Segments moved here whole: {}.\n\
+         Snapshots moved here (they describe states past the cut): {}.\n",
         dir.display(),
         seq_cut - 1,
         copy.display(),
-        if later.is_empty() {
-            "none".to_string()
-        } else {
-            later
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
+        cut.path.display(),
+        list(&later),
+        list(&snapshots_moved),
     );
     std::fs::write(quarantine.join("NOTE.txt"), note)
         .map_err(|e| Error::io(format!("write {}", quarantine.display()), e))?;
@@ -205,6 +234,7 @@ pub fn repair_truncate(dir: &Path, seq_cut: u64) -> Result<RepairReport> {
     )?;
     Ok(RepairReport {
         seq_cut,
+        snapshots_moved,
         segment: cut.path.clone(),
         offset_bytes: offset,
         segments_moved,
@@ -212,6 +242,17 @@ pub fn repair_truncate(dir: &Path, seq_cut: u64) -> Result<RepairReport> {
         checkpoints_cleared,
         after,
     })
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "none".to_string();
+    }
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn sync_file(path: &Path) -> Result<()> {

@@ -660,6 +660,47 @@ fn spawn_helper(
         .map_err(|e| Error::io(format!("spawn {name} thread"), e))
 }
 
+/// Checks, before anything is changed, what opening will need to write: the directory,
+/// the active segment, and a leftover spare it will replace. A refusal here leaves the
+/// directory as it was (a permission error found half-way would not).
+fn writable(dir: &Path, tail: &recovery::Tail) -> Result<()> {
+    let refuse = |what: String, e: std::io::Error| Error::io(what, e);
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| {
+        refuse(
+            format!("journal directory {}", dir.display()),
+            std::io::ErrorKind::InvalidInput.into(),
+        )
+    })?;
+    // SAFETY: a plain syscall on a valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(refuse(
+            format!("journal directory {} is not writable", dir.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if let Some(active) = tail.segments.last() {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&active.path)
+            .map_err(|e| refuse(format!("open {} for writing", active.path.display()), e))?;
+    }
+    let spare = dir.join(SPARE_FILE_NAME);
+    if let Ok(meta) = std::fs::symlink_metadata(&spare) {
+        if !meta.is_file() {
+            return Err(refuse(
+                format!(
+                    "{} is not a regular file (the journal replaces it with the next segment): \
+                     move it away",
+                    spare.display()
+                ),
+                std::io::ErrorKind::InvalidInput.into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn create_segment_file(
     dir: &Path,
     path: &Path,
@@ -841,6 +882,7 @@ impl Journal {
                 epoch_journal: tail.epoch,
             });
         }
+        writable(&dir, &tail)?;
         dir_lock.note_holder()?;
         recovery::apply(&dir, &tail, &report, storage.as_ref())?;
 

@@ -62,15 +62,26 @@ fn refused_unchanged(dir: &Path, seq: u64) -> String {
         Err(e) => e,
     };
     let msg = e.to_string();
-    assert!(
-        matches!(e, Error::Corrupt { seq: s, .. } if s == seq),
-        "{msg}"
-    );
-    assert!(msg.contains(&format!("(sequence {seq})")), "{msg}");
-    assert!(
-        msg.contains(&format!("--truncate-at {seq}")),
-        "the way out is named: {msg}"
-    );
+    if seq == 1 {
+        // The journal's first record: a cut would keep nothing; only a restore helps.
+        assert!(matches!(e, Error::Corrupt { seq: 0, .. }), "{msg}");
+        assert!(
+            msg.contains("(sequence 1, the first the journal holds"),
+            "{msg}"
+        );
+        assert!(msg.contains("only a restore"), "{msg}");
+        assert!(!msg.contains("--truncate-at"), "{msg}");
+    } else {
+        assert!(
+            matches!(e, Error::Corrupt { seq: s, .. } if s == seq),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("(sequence {seq})")), "{msg}");
+        assert!(
+            msg.contains(&format!("--truncate-at {seq}")),
+            "the way out is named: {msg}"
+        );
+    }
     assert!(files(dir) == before, "a refused open changed files");
     // The operator's tool agrees with the open, at the same place.
     let v = verify(dir, Verify::All).expect_err("verify reports what open refuses");
@@ -276,7 +287,7 @@ fn a_stray_file_named_like_a_later_segment_is_refused_not_deleted() {
         assert!(msg.contains(&stray.display().to_string()), "{msg}");
         assert!(stray.exists());
     }
-    let r = repair_truncate(dir, last + 1).unwrap();
+    let r = repair_truncate(dir, last + 1, None).unwrap();
     assert_eq!(r.segments_moved, vec![stray.clone()]);
     assert!(!stray.exists());
     assert_eq!(open(dir).unwrap().seq_next(), last + 1);
@@ -382,11 +393,11 @@ fn repair_cuts_on_purpose_and_keeps_what_it_cuts() {
     // Refused, changing nothing: past the damage, at the start, beyond the end, and
     // while a writer holds the lock.
     for seq in [seq_bad + 1, 1, total + 5] {
-        let e = repair_truncate(dir, seq).expect_err("refused");
+        let e = repair_truncate(dir, seq, None).expect_err("refused");
         assert!(files(dir) == damaged, "repair at {seq} changed files: {e}");
     }
 
-    let r = repair_truncate(dir, seq_bad).unwrap();
+    let r = repair_truncate(dir, seq_bad, None).unwrap();
     assert_eq!((r.seq_cut, r.segment.clone()), (seq_bad, cut_path.clone()));
     assert_eq!(r.after.seq_last, seq_bad - 1);
     assert!(r.after.truncation.is_none());
@@ -414,11 +425,25 @@ fn repair_cuts_on_purpose_and_keeps_what_it_cuts() {
     append_durable(&mut j, 50);
     // Repair refuses while the writer holds the journal.
     assert!(matches!(
-        repair_truncate(dir, seq_bad + 10),
+        repair_truncate(dir, seq_bad + 10, None),
         Err(Error::Locked { .. })
     ));
     j.close().unwrap();
     let records = read_all(dir);
     assert_eq!(records.len() as u64, seq_bad - 1 + 50);
     check_prefix(&records, len_of);
+}
+
+/// What opening will write is checked before anything changes: a spare that is not a
+/// file refuses the open, and the lock file and every segment stay as they were.
+#[test]
+fn an_open_that_cannot_write_refuses_before_changing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    closed_journal(dir);
+    std::fs::create_dir(dir.join("next.seg.spare")).unwrap();
+    let before = files(dir);
+    let e = open(dir).expect_err("refused");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    assert!(files(dir) == before, "the refused open changed files");
 }
