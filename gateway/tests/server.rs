@@ -974,6 +974,91 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
     assert_eq!((r.market, r.order), (MARKET, Some(OrderRef::Client(77))));
 }
 
+/// Whether a balance query is answered, or refused by the rate limit.
+fn balance_query_accepted(p: &mut Peer) -> bool {
+    let request_id = p.request_id();
+    p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
+    let out = p.outcome(request_id);
+    match out[0] {
+        ServerMessage::Balance(_) => true,
+        ServerMessage::OrderRejected(r) if r.reason == RejectReason::RateLimited => false,
+        _ => panic!("{out:?}"),
+    }
+}
+
+/// The most requests one bucket of `rate_per_s` can grant within `elapsed`: a full
+/// second's worth banked, plus what refills meanwhile.
+fn bucket_allowance(rate_per_s: u64, elapsed: Duration) -> u64 {
+    let refilled = (u128::from(rate_per_s) * elapsed.as_nanos()).div_ceil(1_000_000_000);
+    rate_per_s + refilled as u64
+}
+
+#[test]
+fn sessions_of_one_key_share_the_keys_request_budget() {
+    const RATE: u64 = 2;
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: RATE as u32,
+        ..GatewayConfig::loopback()
+    });
+    let mut first = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut second = Peer::logged_in(s.trading, MAKER_KEY);
+    // The two sessions take turns, RATE requests each; every answer is awaited, so the
+    // gateway sees them one by one. Per session, all would be granted. (Refusing no more
+    // than RATE within a second keeps this within the abuse threshold.)
+    let from = Instant::now();
+    let mut accepted = 0;
+    for _ in 0..RATE {
+        accepted += u64::from(balance_query_accepted(&mut first));
+        accepted += u64::from(balance_query_accepted(&mut second));
+    }
+    let elapsed = from.elapsed();
+    assert!(accepted >= RATE, "the key's budget is granted: {accepted}");
+    // One bucket for the key: what it banked and what it refilled meanwhile, which
+    // while the turns took under a second is less than two sessions' budgets.
+    let allowance = bucket_allowance(RATE, elapsed);
+    assert!(
+        accepted <= allowance,
+        "{accepted} requests granted in {elapsed:?}; one key's bucket grants {allowance}"
+    );
+    assert_eq!(
+        s.stats.rate_limited.load(Ordering::Relaxed),
+        2 * RATE - accepted
+    );
+}
+
+#[test]
+fn each_key_has_its_own_request_budget_even_within_one_account() {
+    const RATE: u64 = 2;
+    const SECOND_MAKER_KEY: u64 = 12;
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: RATE as u32,
+        ..GatewayConfig::loopback()
+    });
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    admin(
+        &mut a,
+        Command::AddApiKey {
+            account: 10,
+            key_id: SECOND_MAKER_KEY,
+            secret_hash: secret_hash(secret(SECOND_MAKER_KEY).as_bytes()),
+            permissions: permission::TRADE,
+        },
+    );
+    let mut first = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut second = Peer::logged_in(s.trading, SECOND_MAKER_KEY);
+    let mut other_account = Peer::logged_in(s.trading, TAKER_KEY);
+    // The first key spends its whole budget; the others still have all of theirs.
+    for _ in 0..RATE {
+        assert!(balance_query_accepted(&mut first));
+    }
+    for p in [&mut second, &mut other_account] {
+        for _ in 0..RATE {
+            assert!(balance_query_accepted(p), "a key's budget is its own");
+        }
+    }
+    assert_eq!(s.stats.rate_limited.load(Ordering::Relaxed), 0);
+}
+
 #[test]
 fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
     let s = default_server();
