@@ -801,8 +801,10 @@ fn owner_drains_outputs_and_queries_answer_in_order(topology: &str) {
     let cfg = config(dir.path(), topology, "async", 0);
     let wakes = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&wakes);
+    let (woken_tx, woken) = mpsc::channel();
     let waker: ringex::node::Waker = Arc::new(move || {
         counter.fetch_add(1, Ordering::Relaxed);
+        let _ = woken_tx.send(());
     });
     let mut node = Node::start(&cfg, OutputMode::Poll(waker)).unwrap();
     let mut slots = Vec::new();
@@ -818,17 +820,29 @@ fn owner_drains_outputs_and_queries_answer_in_order(topology: &str) {
             }
         }
     }
+    // A wake asked for before the last input goes in comes after the batch that answers
+    // it at the latest, however soon that batch ends.
+    node.want_wake();
     // The generator's first funded account (ids start at 1).
     node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
         .unwrap();
-    node.want_wake();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
+    // Like the gateway: drain, and sleep only once it has asked for a wake and looked
+    // once more. A lost wake leaves the owner asleep until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         node.poll_outputs(1024, |s| slots.push(*s));
         if slots.last().is_some_and(|s| s.tag == QUERY_TAG && s.last) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        node.want_wake();
+        if node.outputs_available() {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            woken.recv_timeout(left).is_ok(),
+            "{topology}: asleep with output due, and no wake came"
+        );
     }
     let commands_done = slots
         .iter()
