@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use ringex::config::Config;
 use ringex::node::slots::OutputSlot;
 use ringex::node::{ChannelSink, CountingSink, Node, OutputMode};
 use ringex_engine::{Command, Event, Exchange, MarketStatus, Output, RejectReason};
-use ringex_journal::Reader;
+use ringex_journal::{OsStorage, Reader, Storage};
 
 const TOPOLOGIES: [&str; 3] = ["split", "fused", "inline"];
 
@@ -416,6 +417,41 @@ fn outcomes(rx: &mpsc::Receiver<OutputSlot>, count: usize) -> Vec<(u64, Option<R
     out
 }
 
+/// A disk that, once `fail_from_now` is set, fails the sync of every record written from
+/// then on; the writes themselves land in the page cache. A sync with no new record to
+/// persist (the journal's idle checkpoint rounds) still succeeds, so the first sync to
+/// fail is the one meant to make the next batch durable, whenever it comes.
+#[derive(Default)]
+struct RecordSyncsFail {
+    fail_from_now: std::sync::atomic::AtomicBool,
+    record_written_since: std::sync::atomic::AtomicBool,
+}
+
+impl Storage for RecordSyncsFail {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        if self.record_written_since.load(SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        OsStorage.sync_data(file)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+    fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        OsStorage.allocate(file, len)
+    }
+    fn free_space_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        OsStorage.free_space_bytes(dir)
+    }
+    /// The journal's record writes (checkpoints and headers are written directly).
+    fn write_all_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.fail_from_now.load(SeqCst) {
+            self.record_written_since.store(true, SeqCst);
+        }
+        OsStorage.write_all_at(file, buf, offset)
+    }
+}
+
 #[test]
 fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_and_replayed_after_restart() {
     for topology in TOPOLOGIES {
@@ -428,7 +464,7 @@ fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &s
     let cfg = config(dir.path(), topology, "group", 0);
     let commands = stream(40);
     let (healthy, doomed) = commands.split_at(commands.len() - 6);
-    let storage = std::sync::Arc::new(ringex_journal::FaultStorage::default());
+    let storage = std::sync::Arc::new(RecordSyncsFail::default());
     let (tx, rx) = mpsc::channel();
     let out = OutputMode::Sink(Box::new(ChannelSink(tx)));
     let mut node = Node::start_on(&cfg, out, storage.clone()).expect("start");
@@ -436,10 +472,9 @@ fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &s
     for (seq, reason) in outcomes(&rx, healthy.len()) {
         assert!(seq > 0 && reason != Some(RejectReason::OutcomeUnknown));
     }
-    // The disk fails every sync from now on; writes still land in the page cache.
-    storage
-        .syncs_ok_remaining
-        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // The disk fails to persist any record written from now on; writes still land in
+    // the page cache.
+    storage.fail_from_now.store(true, SeqCst);
     // Once the node knows, it refuses input at the door.
     let taken = doomed
         .iter()
