@@ -80,7 +80,21 @@ fn event_of(slot: &OutputSlot) -> Event {
 
 fn submit_all(node: &mut Node, commands: &[Command]) {
     for (i, c) in commands.iter().enumerate() {
-        node.submit(c, i as u64).expect("submit");
+        submit_waiting(node, c, i as u64);
+    }
+}
+
+/// Submits one command. A full input ring is the node's answer while the pipeline is
+/// behind, and on a loaded machine it can stay full for longer than `submit` waits: the
+/// command is offered again, until a deadline that only turns a stall into a failure.
+fn submit_waiting(node: &mut Node, command: &Command, tag: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match node.submit(command, tag) {
+            Ok(()) => return,
+            Err(ringex::node::NodeError::Backpressure) if Instant::now() < deadline => {}
+            Err(e) => panic!("submit: {e}"),
+        }
     }
 }
 
@@ -637,7 +651,7 @@ fn crash_child() {
         println!("durable {} applied {}", s.journal_durable, s.applied);
     };
     for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
-        node.submit(c, i as u64).unwrap();
+        submit_waiting(&mut node, c, i as u64);
         if i % 100 == 0 {
             report();
         }
@@ -844,23 +858,31 @@ fn owner_drains_outputs_and_queries_answer_in_order(topology: &str) {
     let mut node = Node::start(&cfg, OutputMode::Poll(waker)).unwrap();
     let mut slots = Vec::new();
     // Like the gateway: drain outputs whenever the rings push back.
-    for (i, c) in commands.iter().enumerate() {
-        for _ in 0..10_000 {
-            match node.submit(c, i as u64) {
-                Ok(()) => break,
-                Err(ringex::node::NodeError::Backpressure) => {
-                    node.poll_outputs(1024, |s| slots.push(*s));
+    let offer =
+        |node: &mut Node,
+         slots: &mut Vec<OutputSlot>,
+         submit: &dyn Fn(&mut Node) -> Result<(), ringex::node::NodeError>| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match submit(node) {
+                    Ok(()) => return,
+                    Err(ringex::node::NodeError::Backpressure) if Instant::now() < deadline => {
+                        node.poll_outputs(1024, |s| slots.push(*s));
+                    }
+                    Err(e) => panic!("{topology}: {e}"),
                 }
-                Err(e) => panic!("{e}"),
             }
-        }
+        };
+    for (i, c) in commands.iter().enumerate() {
+        offer(&mut node, &mut slots, &|node| node.submit(c, i as u64));
     }
     // A wake asked for before the last input goes in comes after the batch that answers
     // it at the latest, however soon that batch ends.
     node.want_wake();
     // The generator's first funded account (ids start at 1).
-    node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
-        .unwrap();
+    offer(&mut node, &mut slots, &|node| {
+        node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
+    });
     // Like the gateway: drain, and sleep only once it has asked for a wake and looked
     // once more. A lost wake leaves the owner asleep until the deadline.
     let deadline = Instant::now() + Duration::from_secs(60);
