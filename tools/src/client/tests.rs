@@ -399,12 +399,14 @@ fn bad_server_input_is_an_error_not_a_panic() {
 
 #[test]
 fn heartbeats_when_idle_and_cancel_by_client_id() {
-    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+    let (heartbeat_seen, heartbeat_came) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = fake(vec![Box::new(move |c: &mut Conn| {
         let login = c.accept_login(1, 0);
         assert_eq!(login.heartbeat_ms, 100);
         assert_eq!(login.flags, login_flags::CANCEL_ON_DISCONNECT);
         // The idle client heartbeats by itself.
         assert_eq!(c.recv(), ClientMessage::Heartbeat);
+        heartbeat_seen.send(()).unwrap();
         let ClientMessage::Cancel(cancel) = c.recv_request() else {
             panic!()
         };
@@ -422,7 +424,13 @@ fn heartbeats_when_idle_and_cancel_by_client_id() {
     };
     let mut client = Client::connect(addr, 9, SECRET, opts).unwrap();
     assert_eq!(client.heartbeat_interval(), Duration::from_millis(100));
-    assert_eq!(client.poll(Duration::from_millis(250)).unwrap(), None);
+    // Idle (waiting in poll, where it keeps the session alive) until the server has had
+    // a heartbeat; nothing else arrives meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while heartbeat_came.try_recv().is_err() {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat");
+        assert_eq!(client.poll(Duration::from_millis(50)).unwrap(), None);
+    }
     let r = client.cancel(1, OrderRef::Client(77)).unwrap();
     assert_eq!(r.cancelled().count(), 1);
     drop(client);
