@@ -40,7 +40,7 @@ pub struct Bell {
     consumer: OnceLock<Thread>,
     /// How long the consumer spins before parking.
     spin: Duration,
-    /// Longest park: `PARK_MAX`.
+    /// Longest park: `PARK_MAX` (a test sets one longer than itself).
     park_max: Duration,
 }
 
