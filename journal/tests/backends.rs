@@ -41,7 +41,7 @@ fn round_trip(backend: Backend, direct_io: bool) {
         skip(&test, "the io_uring write path", &note);
     }
     let last = append_n(&mut j, 500, len_of);
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     assert_eq!(j.watermarks().written(), last);
     j.close().unwrap();
     let mut again = staged(dir.path(), backend);
@@ -165,7 +165,7 @@ fn writing_through_records_reach_the_file_at_write_staged_and_disk_at_the_flush(
     // Nothing more staged: a second call writes nothing and says the same.
     assert_eq!(j.write_staged().unwrap(), last);
     // The periodic flush makes them durable without being asked.
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     j.close().unwrap();
     check_prefix(&read_all(dir.path()), len_of);
 }
@@ -244,7 +244,7 @@ fn staged_tailer_sees_every_record_once() {
             let mut t = Tailer::new(r, 1).unwrap();
             let mut expect = 1;
             while expect <= total {
-                if let Some(rec) = t.next_timeout(Duration::from_secs(5)).unwrap() {
+                if let Some(rec) = t.next_timeout(Duration::from_secs(60)).unwrap() {
                     assert_eq!(rec.seq, expect);
                     assert_eq!(rec.payload, payload(expect, len_of(expect)).as_slice());
                     expect += 1;
