@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command as Process, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use ringex::config::Config;
 use ringex::node::slots::OutputSlot;
 use ringex::node::{ChannelSink, CountingSink, Node, OutputMode};
 use ringex_engine::{Command, Event, Exchange, MarketStatus, Output, RejectReason};
-use ringex_journal::Reader;
+use ringex_journal::{segment_file_name, OsStorage, Reader, Storage};
 
 const TOPOLOGIES: [&str; 3] = ["split", "fused", "inline"];
 
@@ -79,7 +80,21 @@ fn event_of(slot: &OutputSlot) -> Event {
 
 fn submit_all(node: &mut Node, commands: &[Command]) {
     for (i, c) in commands.iter().enumerate() {
-        node.submit(c, i as u64).expect("submit");
+        submit_waiting(node, c, i as u64);
+    }
+}
+
+/// Submits one command. A full input ring is the node's answer while the pipeline is
+/// behind, and on a loaded machine it can stay full for longer than `submit` waits: the
+/// command is offered again, until a deadline that only turns a stall into a failure.
+fn submit_waiting(node: &mut Node, command: &Command, tag: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match node.submit(command, tag) {
+            Ok(()) => return,
+            Err(ringex::node::NodeError::Backpressure) if Instant::now() < deadline => {}
+            Err(e) => panic!("submit: {e}"),
+        }
     }
 }
 
@@ -235,8 +250,23 @@ fn segments_before_the_oldest_kept_snapshot_are_pruned_and_recovery_still_works_
     let (hash_direct, _) = direct(&commands);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), topology, "async", 4_000);
-    let (hash, _, _) = run(&cfg, &commands);
-    assert_eq!(hash, hash_direct);
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    submit_all(&mut node, &commands);
+    // Snapshots are written in the background; the journal prunes at the end of its
+    // first batch after one is on disk. However late the writer is, every state-hash
+    // request is such a batch.
+    let first_segment = dir.path().join("journal").join(segment_file_name(1));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while first_segment.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{topology}: the first segment was not pruned; {:?}",
+            node.last_note()
+        );
+        node.state_hash().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(node.shutdown().unwrap().state_hash, hash_direct);
     let first_record = journal_payloads(dir.path()).first().map(|(seq, _)| *seq);
     assert!(
         first_record.is_some_and(|seq| seq > 1),
@@ -434,6 +464,41 @@ fn outcomes(rx: &mpsc::Receiver<OutputSlot>, count: usize) -> Vec<(u64, Option<R
     out
 }
 
+/// A disk that, once `fail_from_now` is set, fails the sync of every record written from
+/// then on; the writes themselves land in the page cache. A sync with no new record to
+/// persist (the journal's idle checkpoint rounds) still succeeds, so the first sync to
+/// fail is the one meant to make the next batch durable, whenever it comes.
+#[derive(Default)]
+struct RecordSyncsFail {
+    fail_from_now: std::sync::atomic::AtomicBool,
+    record_written_since: std::sync::atomic::AtomicBool,
+}
+
+impl Storage for RecordSyncsFail {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        if self.record_written_since.load(SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        OsStorage.sync_data(file)
+    }
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        OsStorage.sync_dir(dir)
+    }
+    fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        OsStorage.allocate(file, len)
+    }
+    fn free_space_bytes(&self, dir: &Path) -> std::io::Result<u64> {
+        OsStorage.free_space_bytes(dir)
+    }
+    /// The journal's record writes (checkpoints and headers are written directly).
+    fn write_all_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.fail_from_now.load(SeqCst) {
+            self.record_written_since.store(true, SeqCst);
+        }
+        OsStorage.write_all_at(file, buf, offset)
+    }
+}
+
 #[test]
 fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_and_replayed_after_restart() {
     for topology in TOPOLOGIES {
@@ -446,7 +511,7 @@ fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &s
     let cfg = config(dir.path(), topology, "group", 0);
     let commands = stream(40);
     let (healthy, doomed) = commands.split_at(commands.len() - 6);
-    let storage = std::sync::Arc::new(ringex_journal::FaultStorage::default());
+    let storage = std::sync::Arc::new(RecordSyncsFail::default());
     let (tx, rx) = mpsc::channel();
     let out = OutputMode::Sink(Box::new(ChannelSink(tx)));
     let mut node = Node::start_on(&cfg, out, storage.clone()).expect("start");
@@ -454,10 +519,9 @@ fn commands_caught_by_a_failed_sync_are_answered_outcome_unknown_in(topology: &s
     for (seq, reason) in outcomes(&rx, healthy.len()) {
         assert!(seq > 0 && reason != Some(RejectReason::OutcomeUnknown));
     }
-    // The disk fails every sync from now on; writes still land in the page cache.
-    storage
-        .syncs_ok_remaining
-        .store(0, std::sync::atomic::Ordering::SeqCst);
+    // The disk fails to persist any record written from now on; writes still land in
+    // the page cache.
+    storage.fail_from_now.store(true, SeqCst);
     // Once the node knows, it refuses input at the door.
     let taken = doomed
         .iter()
@@ -620,7 +684,7 @@ fn crash_child() {
         println!("durable {} applied {}", s.journal_durable, s.applied);
     };
     for (i, c) in stream(CRASH_COMMANDS).iter().enumerate() {
-        node.submit(c, i as u64).unwrap();
+        submit_waiting(&mut node, c, i as u64);
         if i % 100 == 0 {
             report();
         }
@@ -819,34 +883,56 @@ fn owner_drains_outputs_and_queries_answer_in_order(topology: &str) {
     let cfg = config(dir.path(), topology, "async", 0);
     let wakes = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&wakes);
+    let (woken_tx, woken) = mpsc::channel();
     let waker: ringex::node::Waker = Arc::new(move || {
         counter.fetch_add(1, Ordering::Relaxed);
+        let _ = woken_tx.send(());
     });
     let mut node = Node::start(&cfg, OutputMode::Poll(waker)).unwrap();
     let mut slots = Vec::new();
     // Like the gateway: drain outputs whenever the rings push back.
-    for (i, c) in commands.iter().enumerate() {
-        for _ in 0..10_000 {
-            match node.submit(c, i as u64) {
-                Ok(()) => break,
-                Err(ringex::node::NodeError::Backpressure) => {
-                    node.poll_outputs(1024, |s| slots.push(*s));
+    let offer =
+        |node: &mut Node,
+         slots: &mut Vec<OutputSlot>,
+         submit: &dyn Fn(&mut Node) -> Result<(), ringex::node::NodeError>| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match submit(node) {
+                    Ok(()) => return,
+                    Err(ringex::node::NodeError::Backpressure) if Instant::now() < deadline => {
+                        node.poll_outputs(1024, |s| slots.push(*s));
+                    }
+                    Err(e) => panic!("{topology}: {e}"),
                 }
-                Err(e) => panic!("{e}"),
             }
-        }
+        };
+    for (i, c) in commands.iter().enumerate() {
+        offer(&mut node, &mut slots, &|node| node.submit(c, i as u64));
     }
-    // The generator's first funded account (ids start at 1).
-    node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
-        .unwrap();
+    // A wake asked for before the last input goes in comes after the batch that answers
+    // it at the latest, however soon that batch ends.
     node.want_wake();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
+    // The generator's first funded account (ids start at 1).
+    offer(&mut node, &mut slots, &|node| {
+        node.submit_query(&Query::Balances { account: 1 }, QUERY_TAG)
+    });
+    // Like the gateway: drain, and sleep only once it has asked for a wake and looked
+    // once more. A lost wake leaves the owner asleep until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         node.poll_outputs(1024, |s| slots.push(*s));
         if slots.last().is_some_and(|s| s.tag == QUERY_TAG && s.last) {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        node.want_wake();
+        if node.outputs_available() {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            woken.recv_timeout(left).is_ok(),
+            "{topology}: asleep with output due, and no wake came"
+        );
     }
     let commands_done = slots
         .iter()

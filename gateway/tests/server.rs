@@ -309,26 +309,24 @@ impl Peer {
     }
 }
 
-/// Whether the server closes (or resets) the connection within `wait`.
-fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let deadline = Instant::now() + wait;
+/// Whether the server has closed (or reset) a non-blocking connection by now.
+fn closed_now(stream: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
-    while Instant::now() < deadline {
-        match stream.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return true,
-        }
+    match stream.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
-    false
+}
+
+/// Waits until `done` holds; fails after a generous deadline (a bound on failure: how
+/// long it took is not what is tested).
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "still waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// A GTC limit order in the test market.
@@ -411,7 +409,8 @@ fn logins_with_a_bad_signature_unknown_key_stale_timestamp_or_replayed_nonce_are
 
 #[test]
 fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
-    let linger = Duration::from_millis(300);
+    // Long enough that the logins below all happen while the sessions linger.
+    let linger = Duration::from_secs(2);
     let s = serve(GatewayConfig {
         sessions_per_key_max: 2,
         session_linger_ms: linger.as_millis() as u64,
@@ -424,14 +423,22 @@ fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
     // Other keys have their own count.
     let _taker = Peer::logged_in(s.trading, TAKER_KEY);
     // A dropped connection, or a logout, leaves its session resumable: it still counts.
+    let detached_from = Instant::now();
     drop(first);
     second.send(&ClientMessage::Logout);
     assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
     let (_, reply) = Peer::login(s.trading, MAKER_KEY);
     assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
-    // Once they are no longer resumable, there is room again.
-    std::thread::sleep(linger + Duration::from_millis(200));
-    Peer::logged_in(s.trading, MAKER_KEY);
+    // Once they are no longer resumable, there is room again, and not before.
+    let mut room = Vec::new();
+    wait_until("the detached sessions leave", || {
+        match Peer::login(s.trading, MAKER_KEY) {
+            (p, ServerMessage::LoginAccepted(_)) => room.push(p),
+            (_, reply) => assert_eq!(rejected(reply), LoginRejectReason::TooManySessions),
+        }
+        !room.is_empty()
+    });
+    assert!(detached_from.elapsed() > linger);
     Peer::logged_in(s.trading, MAKER_KEY);
 }
 
@@ -493,8 +500,14 @@ fn a_malformed_frame_ends_the_session_with_a_reason() {
 #[test]
 fn a_close_that_arrives_with_the_last_bytes_ends_the_connection_at_once() {
     // The client's last bytes and its end of stream wait in the socket together before
-    // the loop runs, so they raise one readiness edge and no later one.
-    let gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
+    // the loop runs, so they raise one readiness edge and no later one. No timeout could
+    // end the connection within the test's time.
+    let gateway = Gateway::bind(GatewayConfig {
+        login_timeout_ms: 3_600_000,
+        idle_timeout_ms: 3_600_000,
+        ..GatewayConfig::loopback()
+    })
+    .unwrap();
     let mut p = Peer::connect(gateway.trading_addr().unwrap());
     p.send(&ClientMessage::Login(login_message(
         MAKER_KEY,
@@ -502,16 +515,10 @@ fn a_close_that_arrives_with_the_last_bytes_ends_the_connection_at_once() {
     )));
     p.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let s = run(gateway);
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while s.stats.connections_total.load(Ordering::Relaxed) == 0
-        || s.stats.connections_active.load(Ordering::Relaxed) > 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the connection is closed when its end of stream arrives, not at a timeout"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the connection is closed at its end of stream", || {
+        s.stats.connections_total.load(Ordering::Relaxed) == 1
+            && s.stats.connections_active.load(Ordering::Relaxed) == 0
+    });
 }
 
 #[test]
@@ -618,15 +625,18 @@ fn a_request_id_not_above_the_last_processed_one_is_ignored() {
     let s = default_server();
     let mut p = Peer::logged_in(s.trading, MAKER_KEY);
     p.order(Side::Sell, 120, 1, 0);
-    // Resend request 1: ignored, no answer.
+    // Resend request 1: ignored, no answer. Answers come in request order, so the next
+    // request's answer is the next thing the session hears.
     p.next_request = 1;
     let request_id = p.request_id();
     p.send(&limit_order(request_id, Side::Sell, 120, 1, 0));
-    assert!(p.recv_within(Duration::from_millis(300)).is_none());
-    p.next_request = 2;
     p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id: 2 }));
     let out = p.outcome(2);
     assert!(matches!(out[0], ServerMessage::Balance(_)), "{out:?}");
+    assert!(
+        out.iter().all(|m| m.request_id() == Some(2)),
+        "only request 2 was answered: {out:?}"
+    );
 }
 
 #[test]
@@ -720,8 +730,9 @@ fn revoking_a_key_logs_its_sessions_out_and_honours_cancel_on_disconnect() {
     let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
     admin(&mut a, Command::RevokeApiKey { key_id: MAKER_KEY });
     assert_eq!(maker.logout_reason(), Some(LogoutReason::KeyRevoked));
-    // The session asked for cancel-on-disconnect: its order is gone.
-    assert_nothing_to_buy_at_100(s.trading);
+    // The session asked for cancel-on-disconnect: its order is gone. (The admin's
+    // connection stays.)
+    assert_nothing_to_buy_at_100(&s, 1);
     // And the key no longer logs in.
     let (_, reply) = Peer::login(s.trading, MAKER_KEY);
     assert_eq!(rejected(reply), LoginRejectReason::UnknownKey);
@@ -872,6 +883,7 @@ impl Backend for DelayedBackend {
 fn a_stop_answers_every_request_it_took_then_logs_out() {
     let mut gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
     let addr = gateway.trading_addr().unwrap();
+    let stats = gateway.stats();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let server = std::thread::spawn(move || {
@@ -888,9 +900,11 @@ fn a_stop_answers_every_request_it_took_then_logs_out() {
         let request_id = maker.request_id();
         maker.send(&limit_order(request_id, Side::Sell, 200 + i % 50, 1, 0));
     }
-    // The server has taken the requests; their answers are still on their way when the
-    // stop comes.
-    std::thread::sleep(Duration::from_millis(50));
+    // The server has taken the requests (it hands each frame to the backend as it
+    // counts it); their answers are still on their way when the stop comes.
+    wait_until("the server has read the login and every order", || {
+        stats.frames_in.load(Ordering::Relaxed) == 1 + n as u64
+    });
     stop.store(true, Ordering::Relaxed);
     let mut done = 0;
     let reason = loop {
@@ -925,14 +939,13 @@ fn the_event_loops_busy_time_and_slow_passes_are_counted() {
         let out = p.order(Side::Sell, price, 1, 0);
         assert!(matches!(out[0], ServerMessage::OrderAccepted(_)), "{out:?}");
     }
-    // The answer leaves before its pass is counted: allow the loop to finish it.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while stats.passes_slow_1ms.load(Ordering::Relaxed) < 3 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    // The answer leaves before its pass is counted: the loop finishes it after.
+    wait_until(
+        "each order's pass, stalled 2 ms, is counted as slow",
+        || stats.passes_slow_1ms.load(Ordering::Relaxed) >= 3,
+    );
     let slow_1ms = stats.passes_slow_1ms.load(Ordering::Relaxed);
     let slow_100us = stats.passes_slow_100us.load(Ordering::Relaxed);
-    assert!(slow_1ms >= 3, "each order's pass stalled 2 ms: {slow_1ms}");
     assert!(slow_100us >= slow_1ms, "{slow_100us} < {slow_1ms}");
     assert!(
         stats.busy_ns.load(Ordering::Relaxed) >= 6_000_000,
@@ -972,6 +985,91 @@ fn requests_beyond_the_rate_limit_are_rejected_not_dropped() {
     };
     assert_eq!(r.reason, RejectReason::RateLimited);
     assert_eq!((r.market, r.order), (MARKET, Some(OrderRef::Client(77))));
+}
+
+/// Whether a balance query is answered, or refused by the rate limit.
+fn balance_query_accepted(p: &mut Peer) -> bool {
+    let request_id = p.request_id();
+    p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
+    let out = p.outcome(request_id);
+    match out[0] {
+        ServerMessage::Balance(_) => true,
+        ServerMessage::OrderRejected(r) if r.reason == RejectReason::RateLimited => false,
+        _ => panic!("{out:?}"),
+    }
+}
+
+/// The most requests one bucket of `rate_per_s` can grant within `elapsed`: a full
+/// second's worth banked, plus what refills meanwhile.
+fn bucket_allowance(rate_per_s: u64, elapsed: Duration) -> u64 {
+    let refilled = (u128::from(rate_per_s) * elapsed.as_nanos()).div_ceil(1_000_000_000);
+    rate_per_s + refilled as u64
+}
+
+#[test]
+fn sessions_of_one_key_share_the_keys_request_budget() {
+    const RATE: u64 = 2;
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: RATE as u32,
+        ..GatewayConfig::loopback()
+    });
+    let mut first = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut second = Peer::logged_in(s.trading, MAKER_KEY);
+    // The two sessions take turns, RATE requests each; every answer is awaited, so the
+    // gateway sees them one by one. Per session, all would be granted. (Refusing no more
+    // than RATE within a second keeps this within the abuse threshold.)
+    let from = Instant::now();
+    let mut accepted = 0;
+    for _ in 0..RATE {
+        accepted += u64::from(balance_query_accepted(&mut first));
+        accepted += u64::from(balance_query_accepted(&mut second));
+    }
+    let elapsed = from.elapsed();
+    assert!(accepted >= RATE, "the key's budget is granted: {accepted}");
+    // One bucket for the key: what it banked and what it refilled meanwhile, which
+    // while the turns took under a second is less than two sessions' budgets.
+    let allowance = bucket_allowance(RATE, elapsed);
+    assert!(
+        accepted <= allowance,
+        "{accepted} requests granted in {elapsed:?}; one key's bucket grants {allowance}"
+    );
+    assert_eq!(
+        s.stats.rate_limited.load(Ordering::Relaxed),
+        2 * RATE - accepted
+    );
+}
+
+#[test]
+fn each_key_has_its_own_request_budget_even_within_one_account() {
+    const RATE: u64 = 2;
+    const SECOND_MAKER_KEY: u64 = 12;
+    let s = serve(GatewayConfig {
+        requests_per_second_per_key: RATE as u32,
+        ..GatewayConfig::loopback()
+    });
+    let mut a = Peer::logged_in(s.admin, ADMIN_KEY);
+    admin(
+        &mut a,
+        Command::AddApiKey {
+            account: 10,
+            key_id: SECOND_MAKER_KEY,
+            secret_hash: secret_hash(secret(SECOND_MAKER_KEY).as_bytes()),
+            permissions: permission::TRADE,
+        },
+    );
+    let mut first = Peer::logged_in(s.trading, MAKER_KEY);
+    let mut second = Peer::logged_in(s.trading, SECOND_MAKER_KEY);
+    let mut other_account = Peer::logged_in(s.trading, TAKER_KEY);
+    // The first key spends its whole budget; the others still have all of theirs.
+    for _ in 0..RATE {
+        assert!(balance_query_accepted(&mut first));
+    }
+    for p in [&mut second, &mut other_account] {
+        for _ in 0..RATE {
+            assert!(balance_query_accepted(p), "a key's budget is its own");
+        }
+    }
+    assert_eq!(s.stats.rate_limited.load(Ordering::Relaxed), 0);
 }
 
 #[test]
@@ -1020,24 +1118,35 @@ fn pipelined_requests_split_anywhere_by_tcp_are_all_answered_in_order() {
 fn connections_waiting_beyond_one_passes_accept_bound_are_still_served_or_refused() {
     // The gateway accepts at most `connections_max` connections per readiness edge.
     // Six connect before its loop runs, so all six wait in the backlog behind one edge.
+    // (No login timeout ends a served one meanwhile.)
     let gateway = Gateway::bind(GatewayConfig {
         connections_max: 2,
+        login_timeout_ms: 3_600_000,
         ..GatewayConfig::loopback()
     })
     .unwrap();
     let addr = gateway.trading_addr().unwrap();
     let mut waiting: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    let s = run(gateway);
-    // Two are served; the other four are closed at once (over the limit), not left
-    // hanging in the backlog.
-    let mut closed = 0;
-    for stream in &mut waiting {
-        if closed_within(stream, Duration::from_secs(1)) {
-            closed += 1;
-        }
+    for stream in &waiting {
+        stream.set_nonblocking(true).unwrap();
     }
+    let s = run(gateway);
+    // Two are served; the other four are closed (over the limit), not left hanging in
+    // the backlog.
+    let mut closed = [false; 6];
+    wait_until("every connection over the limit is closed", || {
+        for (stream, closed) in waiting.iter_mut().zip(&mut closed) {
+            *closed = *closed || closed_now(stream);
+        }
+        closed.iter().filter(|&&c| c).count() >= 4
+    });
     assert_eq!(s.stats.connections_total.load(Ordering::Relaxed), 2);
-    assert_eq!(closed, 4, "every connection over the limit was closed");
+    assert_eq!(s.stats.connections_active.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        closed.iter().filter(|&&c| c).count(),
+        4,
+        "the served two are open"
+    );
 }
 
 #[test]
@@ -1110,7 +1219,9 @@ fn a_client_that_does_not_read_is_disconnected_as_a_slow_consumer() {
         .set_write_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let _ = p.stream.write_all(&frames);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the gateway gives up on the reader", || {
+        s.stats.slow_consumers.load(Ordering::Relaxed) == 1
+    });
     // The connection ends; the Logout may or may not get through the full buffers.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut closed = false;
@@ -1144,8 +1255,9 @@ fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
         panic!()
     };
     assert_eq!(a.heartbeat_ms, 100);
+    // The heartbeat (after 100 ms of silence) comes before the logout (after 300 ms).
     assert!(matches!(
-        p.recv_within(Duration::from_millis(500)),
+        p.recv_within(Duration::from_secs(10)),
         Some(ServerMessage::Heartbeat)
     ));
     // Silent for 3 intervals at least: logged out.
@@ -1265,7 +1377,7 @@ fn resuming_outside_the_retained_window_is_refused() {
 fn cancel_on_disconnect_cancels_the_accounts_orders_when_the_connection_ends() {
     let s = default_server();
     drop(a_sell_at_100_cancelled_on_disconnect(s.trading));
-    assert_nothing_to_buy_at_100(s.trading);
+    assert_nothing_to_buy_at_100(&s, 0);
 }
 
 /// The maker, logged in with cancel-on-disconnect, with a sell of 5 resting at 100.
@@ -1278,10 +1390,14 @@ fn a_sell_at_100_cancelled_on_disconnect(addr: SocketAddr) -> Peer {
     maker
 }
 
-/// A taker's buy at 100 fills nothing (after the cancels have had time to apply).
-fn assert_nothing_to_buy_at_100(addr: SocketAddr) {
-    std::thread::sleep(Duration::from_millis(200));
-    let mut taker = Peer::logged_in(addr, TAKER_KEY);
+/// Once the gateway has closed the maker's connection, leaving `connections_left`, a
+/// taker's buy at 100 fills nothing. (The gateway submits a session's cancels in the pass
+/// that closes its connection; the taker's order comes in a later one.)
+fn assert_nothing_to_buy_at_100(s: &Server, connections_left: u64) {
+    wait_until("the maker's connection is closed", || {
+        s.stats.connections_active.load(Ordering::Relaxed) == connections_left
+    });
+    let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
     let out = taker.order(Side::Buy, 100, 1, 0);
     assert!(
         !out.iter().any(|m| matches!(m, ServerMessage::Filled(_))),

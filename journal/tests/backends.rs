@@ -24,18 +24,24 @@ fn round_trip(backend: Backend, direct_io: bool) {
     let mut c = staged(dir.path(), backend);
     c.direct_io = direct_io;
     let mut j = Journal::open(c).unwrap();
+    let test = format!("round_trip({backend:?}, direct_io: {direct_io})");
     if direct_io && !j.direct_io() {
         // Some file systems (older tmpfs, some overlays) refuse O_DIRECT: the journal
         // must fall back and say so.
         let note = j.backend_note().unwrap_or_default().to_string();
         assert!(note.contains("O_DIRECT"), "{note}");
-        eprintln!("O_DIRECT fell back here: {note}");
+        skip(
+            &test,
+            "writing with O_DIRECT",
+            &format!("fell back: {note}"),
+        );
     }
     if backend == Backend::IoUring && j.backend() != Backend::IoUring {
-        eprintln!("io_uring fell back: {:?}", j.backend_note());
+        let note = format!("fell back: {:?}", j.backend_note());
+        skip(&test, "the io_uring write path", &note);
     }
     let last = append_n(&mut j, 500, len_of);
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     assert_eq!(j.watermarks().written(), last);
     j.close().unwrap();
     let mut again = staged(dir.path(), backend);
@@ -159,7 +165,7 @@ fn writing_through_records_reach_the_file_at_write_staged_and_disk_at_the_flush(
     // Nothing more staged: a second call writes nothing and says the same.
     assert_eq!(j.write_staged().unwrap(), last);
     // The periodic flush makes them durable without being asked.
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     j.close().unwrap();
     check_prefix(&read_all(dir.path()), len_of);
 }
@@ -238,7 +244,7 @@ fn staged_tailer_sees_every_record_once() {
             let mut t = Tailer::new(r, 1).unwrap();
             let mut expect = 1;
             while expect <= total {
-                if let Some(rec) = t.next_timeout(Duration::from_secs(5)).unwrap() {
+                if let Some(rec) = t.next_timeout(Duration::from_secs(60)).unwrap() {
                     assert_eq!(rec.seq, expect);
                     assert_eq!(rec.payload, payload(expect, len_of(expect)).as_slice());
                     expect += 1;
@@ -271,9 +277,16 @@ fn sync_failure_is_fatal(config_in: impl Fn(&std::path::Path) -> ringex_journal:
     append_n(&mut j, 10, len_of);
     j.sync().unwrap();
     faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
-    let seq = j.append(7, 1, 0, b"x").unwrap();
-    j.write_staged().unwrap();
-    let e = j.wait_durable(seq, Duration::from_secs(10)).unwrap_err();
+    // The next sync fails: the one for this record, or the background round that
+    // records the durable point in a checkpoint, if it comes first (then the append or
+    // the write is refused already).
+    let e = j
+        .append(7, 1, 0, b"x")
+        .and_then(|seq| {
+            j.write_staged()?;
+            j.wait_durable(seq, Duration::from_secs(60))
+        })
+        .unwrap_err();
     assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
     assert!(j.append(7, 1, 0, b"y").unwrap_err().is_fatal());
     assert!(j.write_staged().unwrap_err().is_fatal());
@@ -283,8 +296,17 @@ fn sync_failure_is_fatal(config_in: impl Fn(&std::path::Path) -> ringex_journal:
 /// and says which.
 #[test]
 fn direct_io_on_tmpfs_works_or_falls_back() {
-    let Ok(dir) = tempfile::tempdir_in("/dev/shm") else {
-        return;
+    let dir = match tempfile::tempdir_in("/dev/shm") {
+        Ok(dir) => dir,
+        Err(e) => {
+            let why = format!("no tmpfs at /dev/shm to write in: {e}");
+            skip(
+                "direct_io_on_tmpfs_works_or_falls_back",
+                "the whole test",
+                &why,
+            );
+            return;
+        }
     };
     let mut c = config(dir.path(), Durability::Group);
     c.backend = Backend::Auto;

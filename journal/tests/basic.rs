@@ -13,7 +13,7 @@ fn append_close_reopen_read_across_segments() {
     let mut j = Journal::open(config(dir.path(), Durability::Group)).unwrap();
     assert_eq!(j.recovery_report().seq_last, 0);
     let last = append_n(&mut j, 300, len_of);
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     j.close().unwrap();
     let segs = std::fs::read_dir(dir.path())
         .unwrap()
@@ -83,7 +83,7 @@ fn async_mode_flushes_in_background() {
     .unwrap();
     let last = append_n(&mut j, 100, len_of);
     assert_eq!(j.watermarks().written(), last);
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     drop(j);
     check_prefix(&read_all(dir.path()), len_of);
 }
@@ -118,7 +118,7 @@ fn tailer_sees_every_record_once_in_order() {
                 }
                 None => {
                     idle_rounds += 1;
-                    assert!(idle_rounds < 100, "tailer stalled at {expect}");
+                    assert!(idle_rounds < 600, "tailer stalled at {expect}");
                 }
             }
         }
@@ -224,7 +224,7 @@ fn when_the_caller_commits_the_syncer_still_syncs_what_it_left() {
         assert!(j.commit().unwrap() >= committed);
         let left = append_n(j, 5, len_of);
         assert!(
-            j.wait_durable(left, std::time::Duration::from_secs(10))
+            j.wait_durable(left, std::time::Duration::from_secs(60))
                 .unwrap(),
             "{:?}: the syncer's periodic round made the uncommitted appends durable",
             j.backend()

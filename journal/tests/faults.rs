@@ -3,10 +3,19 @@
 
 mod common;
 use common::*;
-use ringex_journal::{Durability, Error, FaultStorage, Journal};
-use std::sync::atomic::Ordering;
+use ringex_journal::{Durability, Error, FaultStorage, Journal, Storage};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Waits until `done` holds; fails after a generous deadline (a bound on failure only).
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "still waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
 
 fn len_of(seq: u64) -> usize {
     (seq as usize * 11) % 300
@@ -23,8 +32,13 @@ fn failed_sync_is_fatal_and_never_retried() {
     j.sync().unwrap();
     let durable_before = j.watermarks().durable();
     faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
-    let seq = j.append(7, 1, 0, b"will not be durable").unwrap();
-    let err = j.wait_durable(seq, Duration::from_secs(10)).unwrap_err();
+    // The next sync fails: the one for this record, or the background round that
+    // records the durable point in a checkpoint, if it comes first (then the append
+    // itself is refused).
+    let err = match j.append(7, 1, 0, b"will not be durable") {
+        Ok(seq) => j.wait_durable(seq, Duration::from_secs(60)).unwrap_err(),
+        Err(e) => e,
+    };
     let msg = err.to_string();
     assert!(err.is_fatal(), "{msg}");
     assert!(
@@ -98,14 +112,49 @@ fn low_space_at_open_refuses_appends() {
     ));
 }
 
+/// [`FaultStorage`], counting the preallocations it grants and refuses, so that a test
+/// can wait for the preallocator's attempts.
+#[derive(Default)]
+struct CountedAllocations {
+    faults: FaultStorage,
+    granted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Storage for CountedAllocations {
+    fn sync_data(&self, file: &std::fs::File) -> std::io::Result<()> {
+        self.faults.sync_data(file)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.faults.sync_dir(dir)
+    }
+    fn allocate(&self, file: &std::fs::File, len: u64) -> std::io::Result<()> {
+        let r = self.faults.allocate(file, len);
+        let counter = if r.is_ok() {
+            &self.granted
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        r
+    }
+    fn free_space_bytes(&self, dir: &std::path::Path) -> std::io::Result<u64> {
+        self.faults.free_space_bytes(dir)
+    }
+    fn write_all_at(&self, file: &std::fs::File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.faults.write_all_at(file, buf, offset)
+    }
+}
+
 #[test]
 fn failed_preallocation_pauses_appends_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let faults = Arc::new(FaultStorage::default());
+    let storage = Arc::new(CountedAllocations::default());
+    let faults = &storage.faults;
     // The first segment and the first spare succeed; everything after fails.
     faults.allocates_ok_remaining.store(2, Ordering::SeqCst);
     let mut c = config(dir.path(), Durability::Group);
-    c.storage = faults.clone();
+    c.storage = storage.clone();
     let mut j = Journal::open(c).unwrap();
     let mut paused_at = None;
     for _ in 0..2000 {
@@ -122,19 +171,25 @@ fn failed_preallocation_pauses_appends_cleanly() {
     }
     let paused_at = paused_at.expect("preallocation failure surfaced");
     // Still paused, not failed; no sequence consumed.
+    let refused = storage.refused.load(Ordering::SeqCst);
     assert!(matches!(
         j.append(7, 1, 0, b"x"),
         Err(Error::PreallocFailed { .. })
     ));
     assert_eq!(j.seq_next(), paused_at);
     // The retry that refusal asked for fails too, while the disk is still full.
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the preallocator retried", || {
+        storage.refused.load(Ordering::SeqCst) > refused
+    });
+    let granted = storage.granted.load(Ordering::SeqCst);
     faults
         .allocates_ok_remaining
         .store(u64::MAX, Ordering::SeqCst);
     // The preallocator retries on its own: once space is back, the next append finds
     // its spare ready (it used to be refused once more, with the stale reason).
-    std::thread::sleep(Duration::from_millis(600));
+    wait_until("the preallocator's own retry got its space", || {
+        storage.granted.load(Ordering::SeqCst) > granted
+    });
     let seq = j.seq_next();
     j.append(7, 1, seq * 1000, &payload(seq, len_of(seq)))
         .expect("the first append after space came back");
@@ -154,27 +209,44 @@ impl Drop for Unmount {
     }
 }
 
-/// A real 256 KiB tmpfs under `dir`, where mounting works (root); None elsewhere.
-fn small_tmpfs(dir: &std::path::Path) -> Option<(std::path::PathBuf, Unmount)> {
+/// A real 256 KiB tmpfs under `dir`, where mounting works (root); elsewhere None, and
+/// `test` is reported skipped (see `common::skip`).
+fn small_tmpfs(dir: &std::path::Path, test: &str) -> Option<(std::path::PathBuf, Unmount)> {
     let mnt = dir.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
+    let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
         .arg(&mnt)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipping: cannot mount a tmpfs here");
-        return None;
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match mounted {
+        Ok(out) if out.status.success() => Some((mnt.clone(), Unmount(mnt))),
+        Ok(out) => {
+            let why = String::from_utf8_lossy(&out.stderr);
+            skip(
+                test,
+                "the whole test",
+                &format!(
+                    "mount of a 256 KiB tmpfs failed (needs root): {}",
+                    why.trim()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            skip(test, "the whole test", &format!("cannot run mount: {e}"));
+            None
+        }
     }
-    Some((mnt.clone(), Unmount(mnt)))
 }
 
 #[test]
 fn a_snapshot_that_does_not_fit_leaves_no_partial_file() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _guard)) = small_tmpfs(dir.path()) else {
+    let Some((mnt, _guard)) = small_tmpfs(
+        dir.path(),
+        "a_snapshot_that_does_not_fit_leaves_no_partial_file",
+    ) else {
         return;
     };
     let store = ringex_journal::SnapshotStore::open(mnt.join("snapshots"), 2).unwrap();
@@ -192,7 +264,7 @@ fn a_snapshot_that_does_not_fit_leaves_no_partial_file() {
 #[test]
 fn tmpfs_full_never_sigbus() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((mnt, _guard)) = small_tmpfs(dir.path()) else {
+    let Some((mnt, _guard)) = small_tmpfs(dir.path(), "tmpfs_full_never_sigbus") else {
         return;
     };
     let write_through = Durability::Async {
@@ -256,8 +328,12 @@ fn failed_commit_is_fatal() {
     append_n(&mut j, 3, len_of);
     j.commit().unwrap();
     faults.syncs_ok_remaining.store(0, Ordering::SeqCst);
-    append_n(&mut j, 1, len_of);
-    let e = j.commit().unwrap_err();
+    // The commit's sync fails, or a background checkpoint round's before it, and then
+    // the append is refused already.
+    let e = j
+        .append(7, 1, 0, b"x")
+        .and_then(|_| j.commit())
+        .unwrap_err();
     assert!(e.is_fatal() && e.to_string().contains("fdatasync"), "{e}");
     assert!(j.append(7, 1, 0, b"x").unwrap_err().is_fatal());
     assert!(j.commit().unwrap_err().is_fatal());

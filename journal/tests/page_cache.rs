@@ -89,7 +89,7 @@ fn pages_prefaulted_ahead_of_the_writer_are_mapped_but_not_dirty() {
     c.prefault = Prefault::Writer;
     let mut j = Journal::open(c).unwrap();
     let last = append_n(&mut j, 4, |_| 100);
-    assert!(j.wait_durable(last, Duration::from_secs(10)).unwrap());
+    assert!(j.wait_durable(last, Duration::from_secs(60)).unwrap());
     let mut prefaulted = 0;
     for _ in 0..16 {
         prefaulted += j.prefault_ahead();
@@ -132,7 +132,7 @@ fn synced_pages_far_behind_the_writer_leave_the_page_cache_and_read_back_intact(
     // writer. The drop runs in a flush round after the data is durable.
     let segment = &segment_paths(dir.path())[0];
     let behind_bytes = 12 << 20;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let (resident, pages) = loop {
         let (resident, pages) = resident_pages(segment, behind_bytes);
         if resident * 20 < pages || Instant::now() > deadline {

@@ -34,20 +34,28 @@ pub const SPIN_SHARED: Duration = Duration::from_micros(10);
 /// Longest park; the producer normally wakes the consumer long before.
 const PARK_MAX: Duration = Duration::from_millis(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Bell {
     sleeping: AtomicBool,
     consumer: OnceLock<Thread>,
     /// How long the consumer spins before parking.
     spin: Duration,
+    /// Longest park: `PARK_MAX` (a test sets one longer than itself).
+    park_max: Duration,
 }
 
 impl Bell {
     /// A bell for the lifetime of the process (one per node start; a few bytes).
     pub fn leak(spin: Duration) -> &'static Bell {
+        Bell::leak_parking_at_most(spin, PARK_MAX)
+    }
+
+    fn leak_parking_at_most(spin: Duration, park_max: Duration) -> &'static Bell {
         Box::leak(Box::new(Bell {
+            sleeping: AtomicBool::new(false),
+            consumer: OnceLock::new(),
             spin,
-            ..Bell::default()
+            park_max,
         }))
     }
 
@@ -107,7 +115,7 @@ impl WaitStrategy for Doorbell {
             }
             Phase::Armed => {
                 if bell.sleeping.load(Ordering::SeqCst) {
-                    std::thread::park_timeout(PARK_MAX);
+                    std::thread::park_timeout(bell.park_max);
                 }
                 // Woken (or timed out): re-arm so a later publish rings again.
                 bell.sleeping.store(true, Ordering::SeqCst);
@@ -182,32 +190,40 @@ mod tests {
 
     #[test]
     fn a_parked_consumer_is_woken_by_the_producer_without_waiting_for_its_timeout() {
-        let bell = Bell::leak(SPIN_ALONE);
+        // Parks that never time out within the test: a consumer that wakes at all was
+        // woken by the ring.
+        let bell = Bell::leak_parking_at_most(SPIN_ALONE, Duration::from_secs(3600));
         let published = Arc::new(AtomicU64::new(0));
         let seen = Arc::clone(&published);
-        let consumer = std::thread::spawn(move || {
+        let (saw, consumer_saw) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             let strategy = Doorbell(bell);
-            let start = Instant::now();
             // Wait for sequence 0 the way the disruptor does: check, then wait_for.
             for _ in 0..1_000_000 {
                 if seen.load(Ordering::Acquire) > 0 {
-                    return start.elapsed();
+                    let _ = saw.send(());
+                    return;
                 }
                 strategy.wait_for(0);
             }
-            panic!("never saw the event");
         });
-        std::thread::sleep(Duration::from_millis(20));
+        // The consumer has spun out its time and armed the bell: it parks (or is about
+        // to, and then the ring's unpark makes that park return at once).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !bell.sleeping.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the consumer never armed the bell"
+            );
+            std::thread::yield_now();
+        }
         published.store(1, Ordering::Release);
-        let rung_at = Instant::now();
         bell.ring();
-        let waited = consumer.join().unwrap();
-        assert!(waited >= Duration::from_millis(20));
-        // Woken by the ring, not by the 10 ms park timeout.
+        // A deadline for failure only: without the ring's wake the consumer would sleep
+        // for an hour.
         assert!(
-            rung_at.elapsed() < Duration::from_millis(9),
-            "{:?}",
-            rung_at.elapsed()
+            consumer_saw.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the ring woke the consumer"
         );
     }
 }

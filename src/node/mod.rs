@@ -21,7 +21,7 @@ pub mod wait;
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -154,13 +154,20 @@ impl Shared {
         }
     }
 
-    /// After a batch: wakes a polling consumer that is about to sleep. One atomic load
-    /// per batch when nobody waits; the wake (a syscall) only when someone does.
+    /// After a batch: wakes a polling consumer that is about to sleep. A fence and one
+    /// atomic load per batch when nobody waits; the wake (a syscall) only when someone
+    /// does.
     pub fn wake_consumer(&self) {
         if let Some(bell) = self.output_bell {
             bell.ring();
         }
         if let Some(wake) = &self.wake {
+            // The batch's outputs are published (a store of the ring's cursor) and the
+            // owner's request is read here; the owner stores its request and then reads
+            // the cursor (`Node::want_wake`, `Node::outputs_available`). Without a full
+            // fence on both sides each load may miss the other's store, and the owner
+            // sleeps with output waiting. With them, at least one sees the other.
+            fence(Ordering::SeqCst);
             if self.wake_wanted.load(Ordering::Relaxed)
                 && self.wake_wanted.swap(false, Ordering::AcqRel)
             {
@@ -721,9 +728,14 @@ impl Node {
     }
 
     /// Poll mode: asks the engine to call the waker after its next batch. Call before
-    /// sleeping, then check [`Node::outputs_available`] once more to close the race.
+    /// sleeping, then check [`Node::outputs_available`] once more to close the race: a
+    /// batch that ends after this call wakes the owner, and one that ended before it left
+    /// its output where that check finds it.
     pub fn want_wake(&self) {
-        self.shared.wake_wanted.store(true, Ordering::Release);
+        self.shared.wake_wanted.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `Shared::wake_consumer`: the request is visible before
+        // the ring is read again.
+        fence(Ordering::SeqCst);
     }
 
     /// The timestamp for the next publish, or why the node takes no input. Journal

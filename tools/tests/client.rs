@@ -251,7 +251,16 @@ fn read_ready_reads_an_end_of_stream_that_came_with_the_last_bytes() {
         .unwrap();
     answer_now.send(()).unwrap();
     server.join().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // Wait until the end of stream is in the socket behind the answer (the kernel says
+    // so without reading anything).
+    let mut pfd = libc::pollfd {
+        fd: c.raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 30_000) };
+    assert_eq!(ready, 1, "the end of stream arrives");
 
     let mut events = Events::with_capacity(4);
     poll.poll(&mut events, Some(Duration::from_secs(5)))
@@ -341,7 +350,7 @@ fn cancel_on_disconnect() {
         .unwrap();
     c.disconnect();
     let mut other = Client::connect(server.trading, KEY_1001, SECRET_1001, options()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !other.open_orders(BTC_USDT).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "orders not cancelled");
         std::thread::sleep(Duration::from_millis(10));

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use ringex_tools::load::{run, LoadArgs};
@@ -17,10 +17,20 @@ fn short_load_run_completes_without_errors() {
     args.duration = 1.0;
     args.users = 20;
     args.json = Some(json.clone());
-    let t = Instant::now();
-    let report = run(&args).unwrap();
+    // The run ends by itself (its duration, then a bounded drain); the deadline only
+    // turns a hang into a failure.
+    let report = {
+        let args = args.clone();
+        let (done, report) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(run(&args));
+        });
+        report
+            .recv_timeout(Duration::from_secs(300))
+            .expect("the run ends")
+            .unwrap()
+    };
     report.print();
-    assert!(t.elapsed() < Duration::from_secs(10));
     assert_eq!(report.errors, 0, "{:?}", report.error_messages);
     assert_eq!(report.unanswered, 0);
     assert!(report.sent > 1_000, "{report:?}");

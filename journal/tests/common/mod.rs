@@ -90,3 +90,23 @@ pub fn segment_paths(dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// Set (to 1) where every test must run, as in CI (`scripts/test.sh` sets it): a test that
+/// cannot run on this machine then fails with its reason instead of passing untested.
+pub const REQUIRE_ALL_TESTS: &str = "RINGEX_REQUIRE_ALL_TESTS";
+
+/// Says, past the test harness's capture, that `what` of `test` did not run here and why;
+/// fails instead where [`REQUIRE_ALL_TESTS`] is set. A test that calls this and returns
+/// passes without having tested what it names.
+pub fn skip(test: &str, what: &str, why: &str) {
+    if std::env::var_os(REQUIRE_ALL_TESTS).is_some_and(|v| v == "1") {
+        panic!("{test}: {what} cannot run here: {why} ({REQUIRE_ALL_TESTS}=1)");
+    }
+    use std::io::Write;
+    // Straight to the process's stderr: the harness shows a passing test's own output
+    // only with --nocapture.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what} did not run: {why} (it fails instead with {REQUIRE_ALL_TESTS}=1)"
+    );
+}

@@ -399,12 +399,14 @@ fn bad_server_input_is_an_error_not_a_panic() {
 
 #[test]
 fn heartbeats_when_idle_and_cancel_by_client_id() {
-    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+    let (heartbeat_seen, heartbeat_came) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = fake(vec![Box::new(move |c: &mut Conn| {
         let login = c.accept_login(1, 0);
         assert_eq!(login.heartbeat_ms, 100);
         assert_eq!(login.flags, login_flags::CANCEL_ON_DISCONNECT);
         // The idle client heartbeats by itself.
         assert_eq!(c.recv(), ClientMessage::Heartbeat);
+        heartbeat_seen.send(()).unwrap();
         let ClientMessage::Cancel(cancel) = c.recv_request() else {
             panic!()
         };
@@ -422,7 +424,13 @@ fn heartbeats_when_idle_and_cancel_by_client_id() {
     };
     let mut client = Client::connect(addr, 9, SECRET, opts).unwrap();
     assert_eq!(client.heartbeat_interval(), Duration::from_millis(100));
-    assert_eq!(client.poll(Duration::from_millis(250)).unwrap(), None);
+    // Idle (waiting in poll, where it keeps the session alive) until the server has had
+    // a heartbeat; nothing else arrives meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while heartbeat_came.try_recv().is_err() {
+        assert!(std::time::Instant::now() < deadline, "no heartbeat");
+        assert_eq!(client.poll(Duration::from_millis(50)).unwrap(), None);
+    }
     let r = client.cancel(1, OrderRef::Client(77)).unwrap();
     assert_eq!(r.cancelled().count(), 1);
     drop(client);
@@ -450,17 +458,22 @@ fn invalid_admin_request_is_refused_locally() {
 
 #[test]
 fn a_blocking_call_that_fails_part_way_leaves_what_arrived_for_poll() {
-    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+    let (timed_out, after_timeout) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = fake(vec![Box::new(move |c: &mut Conn| {
         c.accept_login(1, 0);
         c.recv_request();
         c.send(&[accepted(1, 1, 500), filled(2, 1, 500, 7)]);
-        std::thread::sleep(Duration::from_millis(800));
+        // The RequestDone only once the call has given up.
+        after_timeout
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the call timed out");
         c.send(&[done(3, 1, 2)]);
         c.wait_close();
     })]);
     let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
     let r = client.new_order(&OrderParams::limit(1, Side::Buy, 100, 10));
     assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
+    timed_out.send(()).unwrap();
     // The accept and the fill were received (their seqs are counted, a resume would not
     // replay them): poll hands them over, then the late RequestDone.
     let mut seqs = Vec::new();
@@ -478,19 +491,36 @@ fn a_blocking_call_that_fails_part_way_leaves_what_arrived_for_poll() {
 
 #[test]
 fn a_blocking_call_returns_at_its_timeout_even_while_reports_stream_in() {
-    let (addr, server) = fake(vec![Box::new(|c: &mut Conn| {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streaming = std::sync::Arc::clone(&stop);
+    let (addr, server) = fake(vec![Box::new(move |c: &mut Conn| {
         c.accept_login(1, 0);
         c.recv_request();
-        // Unsolicited reports, never the answer, until the client goes away.
-        let mut seq = 1;
-        for _ in 0..100_000 {
-            let burst: Vec<ServerMessage> = (seq..seq + 512).map(|s| filled(s, 0, 9, 1)).collect();
-            seq += 512;
-            let mut out = Vec::new();
-            for m in &burst {
-                let mut buf = [0u8; FRAME_SIZE_MAX];
-                let n = encode_server(m, &mut buf);
-                out.extend_from_slice(&buf[..n]);
+        // Unsolicited reports, never the answer, written faster than the client can read
+        // them (one frame's bytes repeated, only the seq patched in), so its socket never
+        // runs dry: only the call's own deadline can end it. Until the call has returned
+        // (or, for a call that never does, well past the test's deadline).
+        const MARK: u64 = 0x0807_0605_0403_0201;
+        let ServerMessage::Filled(mut report) = filled(MARK, 0, 9, 1) else {
+            unreachable!()
+        };
+        report.match_id = 1;
+        let mut frame = [0u8; FRAME_SIZE_MAX];
+        let n = encode_server(&ServerMessage::Filled(report), &mut frame);
+        let at = frame[..n]
+            .windows(8)
+            .position(|w| w == MARK.to_le_bytes())
+            .expect("the seq in the frame");
+        const BATCH: usize = 4096;
+        let mut out = frame[..n].repeat(BATCH);
+        let mut seq = 1u64;
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while !streaming.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < until
+        {
+            for frame in out.chunks_exact_mut(n) {
+                frame[at..at + 8].copy_from_slice(&seq.to_le_bytes());
+                seq += 1;
             }
             if c.stream.write_all(&out).is_err() {
                 return;
@@ -498,15 +528,20 @@ fn a_blocking_call_returns_at_its_timeout_even_while_reports_stream_in() {
         }
     })]);
     let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
-    let started = std::time::Instant::now();
-    let r = client.balances();
+    let (returned, result) = std::sync::mpsc::channel();
+    let call = std::thread::spawn(move || {
+        let r = client.balances();
+        let _ = returned.send(r.map(|_| ()));
+        client
+    });
+    // The stream never ends while the call runs: returning at all is returning at the
+    // timeout. The deadline only turns a call that never returns into a failure.
+    let r = result
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the call returns while reports still stream in");
     assert!(matches!(r, Err(ClientError::Timeout)), "{r:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    drop(client);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(call.join().unwrap());
     server.join().unwrap();
 }
 
@@ -533,11 +568,13 @@ fn a_login_accepted_with_values_the_protocol_never_grants_is_an_error() {
 
 #[test]
 fn a_resume_claiming_requests_never_sent_is_an_error_not_a_silent_loss() {
+    let (received, both_received) = std::sync::mpsc::channel::<()>();
     let (addr, server) = fake(vec![
-        Box::new(|c: &mut Conn| {
+        Box::new(move |c: &mut Conn| {
             c.accept_login(1, 0);
             c.recv_request();
             c.recv_request();
+            received.send(()).unwrap();
         }),
         Box::new(|c: &mut Conn| {
             c.accept_login(1, 1_000);
@@ -547,7 +584,9 @@ fn a_resume_claiming_requests_never_sent_is_an_error_not_a_silent_loss() {
     let mut client = Client::connect(addr, 9, SECRET, options()).unwrap();
     client.send(&Request::BalanceQuery).unwrap();
     client.send(&Request::BalanceQuery).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    both_received
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server has both requests");
     let r = client.reconnect();
     assert!(matches!(r, Err(ClientError::Protocol(_))), "{r:?}");
     assert_eq!(client.in_flight(), 2, "nothing dropped from the outbox");
@@ -586,7 +625,8 @@ fn a_replay_that_starts_early_skips_what_was_already_received() {
             c.accept_login(1, 0);
             c.recv_request();
             c.send(&[accepted(1, 1, 500), done(2, 1, 1)]);
-            std::thread::sleep(Duration::from_millis(100));
+            // Closed by the client's reconnect.
+            c.wait_close();
         }),
         Box::new(|c: &mut Conn| {
             c.accept_login(1, 1);
@@ -599,7 +639,6 @@ fn a_replay_that_starts_early_skips_what_was_already_received() {
     client
         .new_order(&OrderParams::limit(1, Side::Buy, 100, 10))
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
     client.reconnect().unwrap();
     let m = client
         .poll(Duration::from_secs(2))
