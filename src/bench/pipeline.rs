@@ -149,7 +149,16 @@ pub struct CaseMedians {
     pub latency_us_p999: f64,
     pub ratio_to_fdatasync: f64,
     pub cross_core_ns: Option<f64>,
+    /// Runs whose round trip was measured, and of those, the ones in the near placement
+    /// (below [`NEAR_ROUND_TRIP_NS`]): a condition to quote beside the medians, which are
+    /// over all runs.
+    pub runs_placed: usize,
+    pub runs_near: usize,
 }
+
+/// A cross-core round trip below this is the near vCPU placement (~50-110 ns measured;
+/// the far one ~400-470 ns).
+pub const NEAR_ROUND_TRIP_NS: f64 = 200.0;
 
 /// Groups the reports by case (first-seen order) and takes the median of each figure.
 pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
@@ -182,6 +191,8 @@ pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
                 latency_us_p999: median(&of(&|r| us(r.latency.latency_ns_p999))),
                 ratio_to_fdatasync: median(&of(&|r| r.ratio_to_fdatasync())),
                 cross_core_ns: (!cross.is_empty()).then(|| median(&cross)),
+                runs_placed: cross.len(),
+                runs_near: cross.iter().filter(|&&ns| ns < NEAR_ROUND_TRIP_NS).count(),
             }
         })
         .collect()
@@ -762,20 +773,25 @@ fn print_row(r: &CaseReport) {
 }
 
 fn print_medians(medians: &[CaseMedians]) {
-    println!("--- medians over the runs (x alone: median, min-max; rt: median round trip)");
     println!(
-        "{} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        "--- medians over all runs (x alone: median, min-max; x commit: the commands' p99 over \
+         one commit alone's; rt: median round trip; near: runs with the two vCPUs placed \
+         near, rt < {NEAR_ROUND_TRIP_NS:.0} ns)"
+    );
+    println!(
+        "{} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6} {:>6}",
         case_columns_header(),
         "min-max",
         "p50 us",
         "p99 us",
         "p99.9 us",
-        "x fsync",
-        "rt ns"
+        "x commit",
+        "rt ns",
+        "near"
     );
     for m in medians {
         println!(
-            "{} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6}",
+            "{} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6} {:>6}",
             case_columns(
                 (&m.topology, &m.durability, &m.placement),
                 m.rate_offered,
@@ -792,6 +808,7 @@ fn print_medians(medians: &[CaseMedians]) {
                 "-".to_string()
             },
             round_trip_label(m.cross_core_ns),
+            format!("{}/{}", m.runs_near, m.runs_placed),
         );
     }
 }
@@ -863,6 +880,8 @@ mod tests {
         assert_eq!(m[0].latency_us_p99, 300.0);
         assert_eq!(m[0].ratio_to_fdatasync, 3.0);
         assert_eq!(m[0].cross_core_ns, Some(5000.0));
+        // Round trips 5000, 2000, 6000 ns: none near.
+        assert_eq!((m[0].runs_near, m[0].runs_placed), (0, 3));
         assert_eq!(m[1].topology, "inline");
         assert_eq!(m[1].ratio_to_engine, 0.4);
         assert_eq!(m[1].latency_us_p50, 75.0);
