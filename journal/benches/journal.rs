@@ -249,7 +249,7 @@ fn bench_group_closed(
 }
 
 /// Waits (at most 30 s) until the journal's preallocation thread has prepared the spare
-/// segment it starts on at open (with zero fill: a segment's worth of writes), so that
+/// segment it starts preparing at open (with zero fill: a segment's worth of writes), so that
 /// the timed part starts in the steady state between segment rolls instead of competing
 /// with that fill. Reads the thread's state and write count from /proc; where /proc says
 /// nothing, returns at once.

@@ -513,6 +513,11 @@ fn fdatasync_latency(
     how: ProbeWrite,
 ) -> (LatencySummary, ProbeWrite) {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    // The aligned buffer below holds a partial block and one record: two blocks at most.
+    assert!(
+        frame_bytes <= PROBE_BLOCK_BYTES,
+        "a command's frame fits a block"
+    );
     std::fs::create_dir_all(dir).expect("bench dir");
     let path = dir.join("fdatasync-probe");
     // Prepare: allocate, write zeros, sync (written blocks, as a zero-filled segment).
