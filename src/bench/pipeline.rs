@@ -105,7 +105,7 @@ pub struct CaseReport {
     /// the p99 of one commit alone (one record written as this case's journal writes it,
     /// then fdatasync; 0 for async cases).
     pub engine_alone_per_s: f64,
-    pub fdatasync_ns_p99: u64,
+    pub commit_alone_ns_p99: u64,
     /// Cache-line round trip between core 0 and the last core, measured just before the
     /// case (the host's vCPU placement; None on one core).
     pub cross_core_ns: Option<f64>,
@@ -118,8 +118,8 @@ impl CaseReport {
     }
 
     /// The commands' p99 over the p99 of one commit alone (the `group` target).
-    pub fn ratio_to_fdatasync(&self) -> f64 {
-        self.latency.latency_ns_p99 as f64 / self.fdatasync_ns_p99.max(1) as f64
+    pub fn ratio_to_commit_alone(&self) -> f64 {
+        self.latency.latency_ns_p99 as f64 / self.commit_alone_ns_p99.max(1) as f64
     }
 
     fn case(&self) -> (&str, &str, u64, &str) {
@@ -147,7 +147,7 @@ pub struct CaseMedians {
     pub latency_us_p50: f64,
     pub latency_us_p99: f64,
     pub latency_us_p999: f64,
-    pub ratio_to_fdatasync: f64,
+    pub ratio_to_commit_alone: f64,
     pub cross_core_ns: Option<f64>,
     /// Runs whose round trip was measured, and of those, the ones in the near placement
     /// (below [`NEAR_ROUND_TRIP_NS`]): a condition to quote beside the medians, which are
@@ -189,7 +189,7 @@ pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
                 latency_us_p50: median(&of(&|r| us(r.latency.latency_ns_p50))),
                 latency_us_p99: median(&of(&|r| us(r.latency.latency_ns_p99))),
                 latency_us_p999: median(&of(&|r| us(r.latency.latency_ns_p999))),
-                ratio_to_fdatasync: median(&of(&|r| r.ratio_to_fdatasync())),
+                ratio_to_commit_alone: median(&of(&|r| r.ratio_to_commit_alone())),
                 cross_core_ns: (!cross.is_empty()).then(|| median(&cross)),
                 runs_placed: cross.len(),
                 runs_near: cross.iter().filter(|&&ns| ns < NEAR_ROUND_TRIP_NS).count(),
@@ -358,7 +358,7 @@ fn run_case(
         backpressured: measured.backpressured,
         commit_ns_p99: measured.commit_ns_p99,
         engine_alone_per_s: 0.0,
-        fdatasync_ns_p99: 0,
+        commit_alone_ns_p99: 0,
         cross_core_ns: None,
     }
 }
@@ -506,7 +506,7 @@ const PROBE_BLOCK_BYTES: usize = 4096;
 /// a growing file size or an unwritten extent's conversion that the journal's commits do
 /// not. `Direct` falls back to `Buffered` where the file system refuses O_DIRECT (as the
 /// journal does); the second value says which ran.
-fn fdatasync_latency(
+fn commit_alone_latency(
     dir: &Path,
     samples: usize,
     frame_bytes: usize,
@@ -650,7 +650,7 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
             if probes.iter().any(|(w, _)| *w == want) {
                 continue;
             }
-            let (sync, ran) = fdatasync_latency(&args.dir, 2_000, frame_bytes, want);
+            let (sync, ran) = commit_alone_latency(&args.dir, 2_000, frame_bytes, want);
             println!(
                 "one commit alone ({}): p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
                 probe_label(ran, frame_bytes),
@@ -686,7 +686,7 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
                     let mut r =
                         run_case(args, &setup, timed, topology, durability, rate, placement);
                     r.engine_alone_per_s = alone;
-                    r.fdatasync_ns_p99 = probes
+                    r.commit_alone_ns_p99 = probes
                         .iter()
                         .find(|(w, _)| *w == probe_for(durability))
                         .map_or(0, |(_, sync)| sync.latency_ns_p99);
@@ -771,7 +771,7 @@ fn print_row(r: &CaseReport) {
     if r.durability.starts_with("group") {
         println!(
             "       group p99 / one commit alone p99 = {:.2}; the commits' own p99 {:.1} us",
-            r.ratio_to_fdatasync(),
+            r.ratio_to_commit_alone(),
             us(r.commit_ns_p99)
         );
     }
@@ -808,7 +808,7 @@ fn print_medians(medians: &[CaseMedians]) {
             m.latency_us_p99,
             m.latency_us_p999,
             if m.durability.starts_with("group") {
-                format!("{:.2}", m.ratio_to_fdatasync)
+                format!("{:.2}", m.ratio_to_commit_alone)
             } else {
                 "-".to_string()
             },
@@ -856,7 +856,7 @@ mod tests {
             backpressured: 0,
             commit_ns_p99: 0,
             engine_alone_per_s: alone,
-            fdatasync_ns_p99: 100_000,
+            commit_alone_ns_p99: 100_000,
             cross_core_ns: Some(per_s / 1000.0),
         }
     }
@@ -883,7 +883,7 @@ mod tests {
             (0.25, 0.6)
         );
         assert_eq!(m[0].latency_us_p99, 300.0);
-        assert_eq!(m[0].ratio_to_fdatasync, 3.0);
+        assert_eq!(m[0].ratio_to_commit_alone, 3.0);
         assert_eq!(m[0].cross_core_ns, Some(5000.0));
         // Round trips 5000, 2000, 6000 ns: none near.
         assert_eq!((m[0].runs_near, m[0].runs_placed), (0, 3));
