@@ -22,7 +22,9 @@
 //! server that queues cannot look faster than it was. Every sent request is in the
 //! latency tables: one never answered is recorded at (end of the drain - its planned
 //! send), a lower bound on its latency, and counted separately, so a stall can only make
-//! the percentiles worse.
+//! the percentiles worse. An answer that refuses the request because the server's input
+//! is full (`Unavailable`) is an answer, but not service: the served rate beside the
+//! achieved one leaves those refusals out.
 //!
 //! **Per-user rates follow from `--users`.** The mix fixes each class's share of users
 //! and of requests, so a market maker sends `rate * 0.6 / (users * 0.05)` requests a
@@ -555,6 +557,11 @@ pub struct Report {
     /// First answers received within the run per second of the run:
     /// `answered_in_run / duration_s`.
     pub achieved_rate: f64,
+    /// Requests whose first answer refused them as `Unavailable` (the server's input was
+    /// full), within the run or after it; counted in `answered` too.
+    pub refused_unavailable: u64,
+    /// Answers within the run other than those refusals, per second of the run.
+    pub served_rate: f64,
     pub accepted: u64,
     pub rejected: u64,
     pub rejects_by_reason: BTreeMap<String, u64>,
@@ -597,6 +604,13 @@ impl Report {
             self.achieved_rate,
             100.0 * self.achieved_rate / self.target_rate.max(1) as f64,
             self.duration_s
+        );
+        println!(
+            "  served {:.0} req/s ({:.1}% of target): the same without the {} refused \
+             Unavailable (the server's input was full)",
+            self.served_rate,
+            100.0 * self.served_rate / self.target_rate.max(1) as f64,
+            self.refused_unavailable
         );
         println!(
             "  accepted {}  rejected {}  fills {}  errors {}",
@@ -794,6 +808,9 @@ struct Stats {
     answered: u64,
     /// First answers that arrived up to `run_ns` (the end of the run, before the drain).
     answered_in_run: u64,
+    /// First answers refusing the request as `Unavailable`: all, and within the run.
+    refused: u64,
+    refused_in_run: u64,
     run_ns: u64,
     accepted: u64,
     rejected: u64,
@@ -819,6 +836,8 @@ impl Stats {
             sent: 0,
             answered: 0,
             answered_in_run: 0,
+            refused: 0,
+            refused_in_run: 0,
             run_ns,
             accepted: 0,
             rejected: 0,
@@ -883,8 +902,15 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
     if !f.answered {
         f.answered = true;
         stats.answered += 1;
-        if now_ns <= stats.run_ns {
+        let in_run = now_ns <= stats.run_ns;
+        if in_run {
             stats.answered_in_run += 1;
+        }
+        if matches!(msg, ServerMessage::OrderRejected(r) if r.reason == RejectReason::Unavailable) {
+            stats.refused += 1;
+            if in_run {
+                stats.refused_in_run += 1;
+            }
         }
         stats.record(user.class, f, now_ns);
     }
@@ -1201,6 +1227,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         unanswered,
         drain_s: end_ns.saturating_sub(duration_ns) as f64 / 1e9,
         achieved_rate: stats.answered_in_run as f64 / run_s,
+        refused_unavailable: stats.refused,
+        served_rate: (stats.answered_in_run - stats.refused_in_run) as f64 / run_s,
         accepted: stats.accepted,
         rejected: stats.rejected,
         rejects_by_reason: stats.rejects.clone(),

@@ -31,6 +31,9 @@ fn short_load_run_completes_without_errors() {
     assert_eq!(report.unanswered, 0);
     assert!(report.sent > 1_000, "{report:?}");
     assert_eq!(report.answered, report.sent);
+    // A server that keeps up refuses nothing: everything answered was served.
+    assert_eq!(report.refused_unavailable, 0);
+    assert_eq!(report.served_rate, report.achieved_rate);
     assert!(report.fills > 0, "the mix trades: {report:?}");
     assert_eq!(
         report.answered_in_run + report.answered_in_drain,
@@ -162,6 +165,86 @@ impl Backend for Stalling {
     fn outputs_available(&self) -> bool {
         self.inner.outputs_available() || (self.release_due() && !self.held.is_empty())
     }
+}
+
+/// The inline engine behind a server whose input is full after its first `taken_max`
+/// trading requests: every later order, cancel, replace or query is refused (`Busy`),
+/// which the gateway answers at once with `Unavailable`.
+struct Refusing {
+    inner: InlineBackend,
+    taken_max: u64,
+    taken: u64,
+}
+
+impl Refusing {
+    fn full(&mut self) -> bool {
+        self.taken += 1;
+        self.taken > self.taken_max
+    }
+}
+
+impl Backend for Refusing {
+    fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
+        let trading = matches!(
+            command,
+            Command::Place(_) | Command::Cancel { .. } | Command::Replace { .. }
+        );
+        if trading && self.full() {
+            return Err(BackendError::Busy);
+        }
+        self.inner.submit(command, tag)
+    }
+
+    fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError> {
+        if !matches!(query, Query::ApiKey { .. }) && self.full() {
+            return Err(BackendError::Busy);
+        }
+        self.inner.query(query, tag)
+    }
+
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        self.inner.drain(limit, f)
+    }
+
+    fn want_wake(&self) {}
+
+    fn outputs_available(&self) -> bool {
+        self.inner.outputs_available()
+    }
+}
+
+#[test]
+fn refusals_for_a_full_input_are_answers_but_not_service() {
+    let server = serve_backend(GatewayConfig::loopback(), |inner| Refusing {
+        inner,
+        taken_max: 100,
+        taken: 0,
+    });
+    let mut args = LoadArgs::new(server.trading, server.admin);
+    args.rate = 2_000;
+    args.duration = 1.0;
+    args.users = 20;
+    args.account_base = 800_000;
+    args.key_base = 10_000_000;
+    let report = run(&args).unwrap();
+    report.print();
+    assert_eq!(report.errors, 0, "{:?}", report.error_messages);
+    assert!(report.sent > 1_000, "{report:?}");
+    // Everything is answered at once, most of it with a refusal...
+    assert_eq!(report.unanswered, 0, "{report:?}");
+    assert!(report.achieved_rate > 0.5 * 2_000.0, "{report:?}");
+    assert!(
+        report.refused_unavailable > report.sent / 2,
+        "{:?}",
+        report.rejects_by_reason
+    );
+    assert_eq!(
+        report.rejects_by_reason.get("Unavailable"),
+        Some(&report.refused_unavailable)
+    );
+    // ...which the served rate leaves out.
+    assert!(report.served_rate < 0.5 * 2_000.0, "{report:?}");
+    assert!(report.served_rate < report.achieved_rate);
 }
 
 /// 1 s at 2,000 requests/s from 20 users against a server that answers its first 100
