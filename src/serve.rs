@@ -57,6 +57,7 @@ impl<'a> NodeBackend<'a> {
                 tag: s.tag,
                 item: s.item,
                 last: s.last,
+                timestamp_ns: s.timestamp_ns,
             })
         })
     }
@@ -110,6 +111,7 @@ impl Backend for NodeBackend<'_> {
                     tag: s.tag,
                     item: s.item,
                     last: s.last,
+                    timestamp_ns: s.timestamp_ns,
                 })
             });
         }

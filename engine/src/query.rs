@@ -17,6 +17,12 @@ pub enum Query {
     },
     /// An API key: what the gateway needs to check a login.
     ApiKey { key_id: u64 },
+    /// A market's book by price level: the best `levels` of each side (bids best
+    /// first, then asks best first). What a market-data publisher starts from.
+    Depth { market: MarketId, levels: u32 },
+    /// Every market, in id order, with what a client needs to read its prices and
+    /// quantities (the assets' symbols and decimals).
+    Markets,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +50,30 @@ pub enum QueryReply {
         permissions: u32,
         /// The key's account is suspended.
         account_suspended: bool,
+    },
+    /// One price level of a [`Query::Depth`].
+    Level {
+        market: MarketId,
+        side: Side,
+        price: Price,
+        /// Total quantity resting at the price.
+        qty: Qty,
+    },
+    /// One market of a [`Query::Markets`].
+    Market {
+        market: MarketId,
+        symbol: Symbol,
+        base: AssetId,
+        quote: AssetId,
+        base_symbol: Symbol,
+        quote_symbol: Symbol,
+        base_decimals: u8,
+        quote_decimals: u8,
+        status: MarketStatus,
+        tick_size: Amount,
+        lot_size: Amount,
+        qty_min: Qty,
+        qty_max: Qty,
     },
     /// The last reply of every query: how many replies came before it, and whether the
     /// subject (account, key) exists.
@@ -106,6 +136,49 @@ impl Exchange {
                     true
                 }
             },
+            Query::Depth { market, levels } => match self.market(market) {
+                None => false,
+                Some(m) => {
+                    for side in [Side::Buy, Side::Sell] {
+                        for (price, qty) in m.book.depth(side, levels as usize) {
+                            out.push(QueryReply::Level {
+                                market,
+                                side,
+                                price,
+                                qty,
+                            });
+                        }
+                    }
+                    true
+                }
+            },
+            Query::Markets => {
+                for id in self.market_ids() {
+                    let m = self.market(id).expect("listed market exists");
+                    let asset = |a| {
+                        self.asset(a)
+                            .map_or((Symbol::default(), 0), |a| (a.symbol, a.decimals))
+                    };
+                    let (base_symbol, base_decimals) = asset(m.spec.base);
+                    let (quote_symbol, quote_decimals) = asset(m.spec.quote);
+                    out.push(QueryReply::Market {
+                        market: id,
+                        symbol: m.spec.symbol,
+                        base: m.spec.base,
+                        quote: m.spec.quote,
+                        base_symbol,
+                        quote_symbol,
+                        base_decimals,
+                        quote_decimals,
+                        status: m.status,
+                        tick_size: m.spec.tick_size,
+                        lot_size: m.spec.lot_size,
+                        qty_min: m.spec.qty_min,
+                        qty_max: m.spec.qty_max,
+                    });
+                }
+                true
+            }
         };
         let count = (out.len() - start) as u32;
         out.push(QueryReply::End { count, found });

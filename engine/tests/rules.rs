@@ -1159,3 +1159,85 @@ fn queries_report_balances_open_orders_and_api_keys_without_changing_anything() 
     );
     assert_eq!(before, w.ex.state_hash());
 }
+
+#[test]
+fn a_depth_query_lists_each_sides_best_levels_with_their_totals_best_first() {
+    let mut w = World::new();
+    w.limit(ALICE, Side::Buy, 99, 2);
+    w.limit(BOB, Side::Buy, 99, 3);
+    w.limit(ALICE, Side::Buy, 98, 1);
+    w.limit(BOB, Side::Buy, 97, 1);
+    w.limit(ALICE, Side::Sell, 101, 4);
+    let mut out = Vec::new();
+    w.ex.query(
+        &Query::Depth {
+            market: M,
+            levels: 2,
+        },
+        &mut out,
+    );
+    let level = |side, price, qty| QueryReply::Level {
+        market: M,
+        side,
+        price,
+        qty,
+    };
+    assert_eq!(
+        out,
+        [
+            level(Side::Buy, 99, 5),
+            level(Side::Buy, 98, 1),
+            level(Side::Sell, 101, 4),
+            QueryReply::End {
+                count: 3,
+                found: true
+            },
+        ]
+    );
+    out.clear();
+    w.ex.query(
+        &Query::Depth {
+            market: 9,
+            levels: 2,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        [QueryReply::End {
+            count: 0,
+            found: false
+        }]
+    );
+}
+
+#[test]
+fn a_markets_query_names_each_market_with_its_assets_and_units() {
+    let w = World::new();
+    let mut out = Vec::new();
+    w.ex.query(&Query::Markets, &mut out);
+    let QueryReply::Market {
+        market,
+        symbol,
+        base_symbol,
+        quote_symbol,
+        base_decimals,
+        quote_decimals,
+        tick_size,
+        lot_size,
+        status,
+        ..
+    } = out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!((market, symbol.as_str()), (M, "BTC-USD"));
+    assert_eq!(
+        (base_symbol.as_str(), quote_symbol.as_str()),
+        ("BTC", "USD")
+    );
+    assert_eq!((base_decimals, quote_decimals), (8, 2));
+    assert_eq!((tick_size, lot_size), (spec().tick_size, spec().lot_size));
+    assert_eq!(status, MarketStatus::Open);
+    assert_eq!(out.len(), 2);
+}

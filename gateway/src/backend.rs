@@ -3,18 +3,21 @@
 //! [`InlineBackend`] implements it with an engine applied inline, for tests and tools.
 
 use std::collections::VecDeque;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ringex_engine::{Command, Event, Exchange, Output, Query, QueryReply};
 
 /// One item from the exchange: an event or query reply, with the journal sequence of the
-/// command that caused it (0 for query replies), the tag given at submission, and whether
-/// it is the last item for that command or query.
+/// command that caused it (0 for query replies), the tag given at submission, whether
+/// it is the last item for that command or query, and the command's journaled timestamp
+/// (ns since the Unix epoch; the query's submission time for replies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub seq: u64,
     pub tag: u64,
     pub item: Output,
     pub last: bool,
+    pub timestamp_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +41,8 @@ pub trait Backend {
 }
 
 /// An engine applied inline on the caller's thread: no journal, no rings. For tests and
-/// tools that need a real exchange behind real sockets.
+/// tools that need a real exchange behind real sockets. Commands are stamped with the
+/// system clock, as the node stamps them.
 pub struct InlineBackend {
     pub exchange: Exchange,
     queue: VecDeque<Delivery>,
@@ -62,6 +66,7 @@ impl InlineBackend {
 impl Backend for InlineBackend {
     fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
         self.seq_last += 1;
+        let timestamp_ns = wall_clock_ns();
         self.events.clear();
         self.exchange.apply(command, &mut self.events);
         let n = self.events.len();
@@ -71,6 +76,7 @@ impl Backend for InlineBackend {
                 tag,
                 item: Output::Event(*e),
                 last: i + 1 == n,
+                timestamp_ns,
             });
         }
         Ok(())
@@ -79,6 +85,7 @@ impl Backend for InlineBackend {
     fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError> {
         self.replies.clear();
         self.exchange.query(query, &mut self.replies);
+        let timestamp_ns = wall_clock_ns();
         let n = self.replies.len();
         for (i, r) in self.replies.iter().enumerate() {
             self.queue.push_back(Delivery {
@@ -86,6 +93,7 @@ impl Backend for InlineBackend {
                 tag,
                 item: Output::Reply(*r),
                 last: i + 1 == n,
+                timestamp_ns,
             });
         }
         Ok(())
@@ -104,4 +112,11 @@ impl Backend for InlineBackend {
     fn outputs_available(&self) -> bool {
         !self.queue.is_empty()
     }
+}
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_clock_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -11,3 +11,4 @@ pub mod limits;
 pub mod protocol;
 pub mod refusals;
 pub mod server;
+pub mod session;

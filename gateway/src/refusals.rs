@@ -227,6 +227,8 @@ impl RefusalCounters {
 pub enum Listener {
     Trading,
     Admin,
+    /// The retail WebSocket listener (`retail`).
+    WebSocket,
 }
 
 impl Listener {
@@ -242,6 +244,7 @@ impl Listener {
         match self {
             Listener::Trading => "trading",
             Listener::Admin => "admin",
+            Listener::WebSocket => "websocket",
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct OutputSlot {
     pub item: Output,
     /// The command's (or query's) last item: its outcome is complete.
     pub last: bool,
+    /// The command's journaled timestamp (the query's stamp for replies).
+    pub timestamp_ns: u64,
 }
 
 impl OutputSlot {
@@ -108,6 +110,7 @@ impl OutputSlot {
                 count: 0,
             }),
             last: false,
+            timestamp_ns: 0,
         }
     }
 }

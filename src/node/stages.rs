@@ -233,6 +233,8 @@ pub struct EngineStage {
     pub policy: SnapshotPolicy,
     pub snapshots: SyncSender<SnapshotJob>,
     pub control: Sender<ControlReply>,
+    /// The timestamp of the command (or query) being applied, stamped on its outputs.
+    timestamp_ns: u64,
     seq_last: u64,
     chain_last: u64,
     seq_snapshot: u64,
@@ -271,6 +273,7 @@ impl EngineStage {
             policy,
             snapshots,
             control,
+            timestamp_ns: 0,
             seq_last,
             chain_last,
             // The state's newest snapshot: after a restart that replayed records, the
@@ -297,6 +300,7 @@ impl EngineStage {
             query: slot.query,
             seq: slot.seq(),
             chain: slot.chain(),
+            timestamp_ns: slot.timestamp_ns,
         };
         self.apply(&item);
         if end_of_batch {
@@ -306,6 +310,7 @@ impl EngineStage {
 
     /// Applies one slot's content. `seq` 0 means the journal refused the command.
     pub fn apply(&mut self, item: &Item) {
+        self.timestamp_ns = item.timestamp_ns;
         match item.kind {
             SlotKind::Command => self.apply_command(item.tag, &item.command, item.seq, item.chain),
             SlotKind::Query => self.answer(item.tag, &item.query),
@@ -405,22 +410,26 @@ impl EngineStage {
     fn publish_events(&mut self, seq: u64, tag: u64) {
         let count = self.events.len();
         let events = &self.events;
+        let timestamp_ns = self.timestamp_ns;
         self.out
             .emit(count, &self.shared.discard_output, |i, slot| {
                 slot.seq = seq;
                 slot.tag = tag;
                 slot.item = Output::Event(events[i]);
                 slot.last = i + 1 == count;
+                slot.timestamp_ns = timestamp_ns;
             });
         bump(&self.shared.metrics.events_produced, count as u64);
     }
 
     fn publish(&mut self, seq: u64, tag: u64, item: Output, last: bool) {
+        let timestamp_ns = self.timestamp_ns;
         self.out.emit(1, &self.shared.discard_output, |_, slot| {
             slot.seq = seq;
             slot.tag = tag;
             slot.item = item;
             slot.last = last;
+            slot.timestamp_ns = timestamp_ns;
         });
         bump(&self.shared.metrics.events_produced, 1);
     }
@@ -607,6 +616,8 @@ pub struct Item {
     pub query: Query,
     pub seq: u64,
     pub chain: u64,
+    /// The producer's stamp, carried onto the outputs (the publisher's clock).
+    pub timestamp_ns: u64,
 }
 
 /// The fused topology: one thread journals a batch, makes it durable, applies it and
@@ -638,6 +649,7 @@ impl FusedStage {
             query: slot.query,
             seq,
             chain,
+            timestamp_ns: slot.timestamp_ns,
         });
         if end_of_batch || self.pending.len() == self.batch_max {
             self.end_batch();
