@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ringex_engine::{Command, Event, Exchange, Output, Query, QueryReply};
 
 /// One item from the exchange: an event or query reply, with the journal sequence of the
-/// command that caused it (0 for query replies), the tag given at submission, whether
+/// command that caused it (for a query reply, of the last command applied before the
+/// query: the answer reflects it and nothing after), the tag given at submission, whether
 /// it is the last item for that command or query, and the command's journaled timestamp
 /// (ns since the Unix epoch; the query's submission time for replies).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +90,7 @@ impl Backend for InlineBackend {
         let n = self.replies.len();
         for (i, r) in self.replies.iter().enumerate() {
             self.queue.push_back(Delivery {
-                seq: 0,
+                seq: self.seq_last,
                 tag,
                 item: Output::Reply(*r),
                 last: i + 1 == n,

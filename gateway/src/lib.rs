@@ -9,6 +9,8 @@
 pub mod backend;
 pub mod limits;
 pub mod protocol;
+pub mod publisher;
 pub mod refusals;
 pub mod server;
 pub mod session;
+pub mod units;

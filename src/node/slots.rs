@@ -89,8 +89,8 @@ impl InputSlot {
 /// the command (or query) it answers.
 #[derive(Clone, Copy, Debug)]
 pub struct OutputSlot {
-    /// Journal sequence of the command that produced the event (0: not journaled, or a
-    /// query reply).
+    /// Journal sequence of the command that produced the event (0: not journaled); for a
+    /// query reply, of the last command applied before the query.
     pub seq: u64,
     pub tag: u64,
     pub item: Output,

@@ -400,9 +400,11 @@ impl EngineStage {
         self.replies.clear();
         self.exchange.query(query, &mut self.replies);
         let count = self.replies.len();
+        // Stamped with the last command applied: the answer reflects it and nothing after.
+        let seq = self.seq_last;
         for i in 0..count {
             let reply = self.replies[i];
-            self.publish(0, tag, Output::Reply(reply), i + 1 == count);
+            self.publish(seq, tag, Output::Reply(reply), i + 1 == count);
         }
     }
 
