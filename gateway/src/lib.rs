@@ -7,10 +7,13 @@
 //! The WebSocket bridge and HTTP are not built yet.
 
 pub mod backend;
+pub mod handoff;
 pub mod limits;
 pub mod protocol;
 pub mod publisher;
 pub mod refusals;
+pub mod retail;
 pub mod server;
 pub mod session;
 pub mod units;
+pub mod ws;

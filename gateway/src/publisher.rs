@@ -93,6 +93,10 @@ pub struct MarketInfo {
     pub symbol: String,
     pub base: String,
     pub quote: String,
+    pub base_asset: ringex_engine::AssetId,
+    pub quote_asset: ringex_engine::AssetId,
+    pub base_decimals: u8,
+    pub quote_decimals: u8,
     pub status: MarketStatus,
     /// None when the tick is no finite decimal: such a market is not served as decimals.
     pub units: Option<Units>,
@@ -409,6 +413,8 @@ impl Publisher {
             QueryReply::Market {
                 market,
                 symbol,
+                base,
+                quote,
                 base_symbol,
                 quote_symbol,
                 base_decimals,
@@ -418,13 +424,16 @@ impl Publisher {
                 lot_size,
                 qty_min,
                 qty_max,
-                ..
             } => {
                 let info = MarketInfo {
                     id: market,
                     symbol: symbol.as_str().to_string(),
                     base: base_symbol.as_str().to_string(),
                     quote: quote_symbol.as_str().to_string(),
+                    base_asset: base,
+                    quote_asset: quote,
+                    base_decimals,
+                    quote_decimals,
                     status,
                     units: Units::new(tick_size, lot_size, base_decimals, quote_decimals),
                     qty_min,
@@ -831,6 +840,10 @@ pub fn book_checksum(units: &Units, bids: &[(Price, Qty)], asks: &[(Price, Qty)]
         symbol: String::new(),
         base: String::new(),
         quote: String::new(),
+        base_asset: 0,
+        quote_asset: 0,
+        base_decimals: 0,
+        quote_decimals: 0,
         status: MarketStatus::Open,
         units: Some(*units),
         qty_min: 0,

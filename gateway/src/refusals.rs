@@ -87,10 +87,15 @@ pub enum Refusal {
     SlowConsumer,
     /// A logged-in client silent for the silence timeout: disconnected.
     HeartbeatTimeout,
+    /// A WebSocket subscription beyond `websocket.subscriptions_max`: refused.
+    SubscriptionLimit,
+    /// A WebSocket connection that neither subscribed nor authenticated within
+    /// `websocket.first_subscription_ms`: closed (1008).
+    SubscriptionTimeout,
 }
 
 impl Refusal {
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 24;
 
     pub const ALL: [Refusal; Refusal::COUNT] = {
         use Refusal::*;
@@ -117,6 +122,8 @@ impl Refusal {
             RateLimitAbuse,
             SlowConsumer,
             HeartbeatTimeout,
+            SubscriptionLimit,
+            SubscriptionTimeout,
         ]
     };
 
@@ -146,6 +153,8 @@ impl Refusal {
             RateLimitAbuse => "rate-limit-abuse",
             SlowConsumer => "slow-consumer",
             HeartbeatTimeout => "heartbeat-timeout",
+            SubscriptionLimit => "subscription-limit",
+            SubscriptionTimeout => "subscription-timeout",
         }
     }
 

@@ -21,6 +21,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::backend::{wall_clock_ns, Backend, Delivery};
+use crate::handoff::GatewayEnd;
 use crate::limits::ConnectionCounts;
 use crate::protocol::{
     decode_client, encode_server, FrameError, LoginRejectReason, LogoutReason, ServerMessage,
@@ -178,6 +179,9 @@ pub struct Gateway {
     /// edge-triggered, so no event will come for those bytes; the next pass reads on.
     unread: Vec<usize>,
     unread_spare: Vec<usize>,
+    /// The retail edge's end of the hand-off, when one is attached: its submissions go
+    /// into the exchange from this loop, and the exchange's events go back to it.
+    retail: Option<GatewayEnd>,
     /// Listeners (trading, admin) whose accepting stopped before the backlog was empty
     /// (the per-pass bound, or an error such as running out of file descriptors): no new
     /// edge comes for connections already waiting, so the timers accept again.
@@ -233,7 +237,14 @@ impl Gateway {
             unread: Vec::new(),
             unread_spare: Vec::new(),
             accept_again: [false; 2],
+            retail: None,
         })
+    }
+
+    /// Attaches the retail edge (`retail`): from now on this loop submits its commands
+    /// and queries and hands it every event. Call before `run`.
+    pub fn attach_retail(&mut self, end: GatewayEnd) {
+        self.retail = Some(end);
     }
 
     /// Wakes the loop from another thread (the node calls it when output arrives).
@@ -279,10 +290,16 @@ impl Gateway {
             // clients and a pipeline thread more than a wake-up costs; with the inline
             // topology and a core of its own it saves the wake-up.
             let spinning = !spin.is_zero() && active_at.elapsed() < spin;
-            let busy = spinning || !self.unread.is_empty() || backend.outputs_available() || {
-                backend.want_wake();
-                backend.outputs_available()
-            };
+            let retail_waiting = self.retail.as_ref().is_some_and(|r| r.has_submissions());
+            let busy = spinning
+                || retail_waiting
+                || !self.unread.is_empty()
+                || backend.outputs_available()
+                || {
+                    backend.want_wake();
+                    let retail = self.retail.as_ref().is_some_and(|r| r.want_wake());
+                    backend.outputs_available() || retail
+                };
             let timeout = if busy { Duration::ZERO } else { IDLE_POLL };
             let polled_from = Instant::now();
             match self.poll.poll(&mut events, Some(timeout)) {
@@ -318,6 +335,9 @@ impl Gateway {
                         }
                     }
                 }
+            }
+            if let Some(retail) = self.retail.as_mut() {
+                worked |= retail.submit_pending(backend) > 0;
             }
             worked |= self.deliver_outputs(backend);
             if self.timers_at.elapsed() >= TIMER_EVERY {
@@ -409,6 +429,9 @@ impl Gateway {
         let any = !deliveries.is_empty();
         let now = self.now();
         for d in &deliveries {
+            if let Some(retail) = self.retail.as_mut() {
+                retail.forward(d);
+            }
             self.core.deliver(d, now, backend);
             self.apply_actions(backend);
         }
@@ -425,6 +448,9 @@ impl Gateway {
         }
         self.core.end_pass(backend);
         self.flush_all();
+        if let Some(retail) = self.retail.as_mut() {
+            retail.end_pass();
+        }
     }
 
     /// Waits up to `wait` for sockets to become writable and writes to them.

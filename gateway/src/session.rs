@@ -50,7 +50,7 @@ const PURPOSE_SHIFT: u32 = 56;
 const FRONT_SHIFT: u32 = 48;
 const ID_MASK: u64 = (1 << FRONT_SHIFT) - 1;
 pub(crate) const PURPOSE_REQUEST: u64 = 1;
-const PURPOSE_LOGIN: u64 = 2;
+pub(crate) const PURPOSE_LOGIN: u64 = 2;
 const PURPOSE_WARM: u64 = 3;
 const PURPOSE_INTERNAL: u64 = 4;
 /// The barrier query of a stop (see [`SessionCore::begin_stop`]).

@@ -1,0 +1,627 @@
+//! The retail WebSocket edge on real loopback sockets, beside the binary gateway, with an
+//! engine applied inline behind both (the hand-off between the two loops is the one the
+//! daemon runs). Each test reads as one rule of `docs/websocket.md`; the Rust client is
+//! tungstenite's, the Python one (`tools/python/ws_book_check.py`) is `websockets`.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ringex_engine::{Command, Event, Exchange, MarketSpec, Side, Symbol};
+use ringex_gateway::backend::InlineBackend;
+use ringex_gateway::handoff;
+use ringex_gateway::protocol::{permission, secret_hash, sign_login};
+use ringex_gateway::refusals::Refusal;
+use ringex_gateway::retail::{RetailConfig, RetailEdge, RetailStats};
+use ringex_gateway::server::{Gateway, GatewayConfig};
+use serde_json::{json, Value};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+const MARKET: u32 = 1;
+const MAKER_KEY: u64 = 10;
+const TAKER_KEY: u64 = 11;
+const ADMIN_KEY: u64 = 100;
+
+fn secret(key: u64) -> String {
+    format!("secret-{key}")
+}
+
+/// BTC-USDT as in the demo config (a tick is 0.01 USDT, a lot 0.0001 BTC), two funded
+/// traders (accounts 10 and 11, keys 10 and 11) and an operator.
+fn exchange() -> Exchange {
+    let mut ex = Exchange::new();
+    let mut out = Vec::new();
+    let mut cmds = vec![
+        Command::CreateAsset {
+            asset: 1,
+            symbol: Symbol::new("BTC").unwrap(),
+            decimals: 8,
+        },
+        Command::CreateAsset {
+            asset: 2,
+            symbol: Symbol::new("USDT").unwrap(),
+            decimals: 6,
+        },
+        Command::CreateMarket(MarketSpec {
+            market: MARKET,
+            symbol: Symbol::new("BTC-USDT").unwrap(),
+            base: 1,
+            quote: 2,
+            tick_size: 1,
+            lot_size: 10_000,
+            qty_min: 1,
+            qty_max: 1_000_000,
+            band_ppm: 0,
+            reference_price: 6_000_000,
+            maker_fee_ppm: 200,
+            taker_fee_ppm: 500,
+        }),
+    ];
+    for (account, key, perms) in [
+        (1, ADMIN_KEY, permission::ADMIN),
+        (10, MAKER_KEY, permission::TRADE),
+        (11, TAKER_KEY, permission::TRADE),
+    ] {
+        cmds.push(Command::CreateAccount { account });
+        cmds.push(Command::AddApiKey {
+            account,
+            key_id: key,
+            secret_hash: secret_hash(secret(key).as_bytes()),
+            permissions: perms,
+        });
+        for (asset, amount) in [(1, 100_000_000_000), (2, 100_000_000_000_000)] {
+            cmds.push(Command::Deposit {
+                account,
+                asset,
+                amount,
+                external_ref: u64::from(account) * 10 + u64::from(asset),
+            });
+        }
+    }
+    for c in &cmds {
+        out.clear();
+        ex.apply(c, &mut out);
+        assert!(!matches!(out[0], Event::Rejected { .. }), "{c:?}: {out:?}");
+    }
+    ex
+}
+
+/// Both loops on threads of their own, linked as the daemon links them.
+struct Rig {
+    ws: SocketAddr,
+    binary: SocketAddr,
+    stats: Arc<RetailStats>,
+    stop: Arc<AtomicBool>,
+    gateway: Option<JoinHandle<InlineBackend>>,
+    retail: Option<JoinHandle<()>>,
+}
+
+impl Rig {
+    fn start(config: RetailConfig) -> Rig {
+        let mut gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
+        let mut retail = RetailEdge::bind(config, gateway.log_queue()).unwrap();
+        let (g, r) = handoff::link(4096, 1 << 16, gateway.waker(), retail.waker());
+        gateway.attach_retail(g);
+        retail.attach(r);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ws, binary, stats) = (
+            retail.local_addr().unwrap(),
+            gateway.trading_addr().unwrap(),
+            retail.stats(),
+        );
+        let s = Arc::clone(&stop);
+        let gateway = std::thread::spawn(move || {
+            let mut backend = InlineBackend::new(exchange());
+            gateway.run(&mut backend, &s).unwrap();
+            backend
+        });
+        let s = Arc::clone(&stop);
+        let retail = std::thread::spawn(move || retail.run(&s).unwrap());
+        let rig = Rig {
+            ws,
+            binary,
+            stats,
+            stop,
+            gateway: Some(gateway),
+            retail: Some(retail),
+        };
+        wait_until("the publisher loaded the books", || {
+            rig.stats.ready.load(Ordering::Relaxed)
+        });
+        rig
+    }
+
+    /// Stops both loops and returns the engine, to compare with what clients saw.
+    fn stop(mut self) -> Exchange {
+        self.stop.store(true, Ordering::Relaxed);
+        self.retail.take().unwrap().join().unwrap();
+        self.gateway.take().unwrap().join().unwrap().exchange
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.retail.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.gateway.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A failure bound, not a measurement.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// A tungstenite client that keeps what it read but was not asked for yet, so a test
+/// can wait for a reply and still see the stream messages that came before it.
+struct Client {
+    ws: WebSocket<TcpStream>,
+    backlog: VecDeque<Value>,
+}
+
+fn connect(addr: SocketAddr) -> Client {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (ws, _) = tungstenite::client(format!("ws://{addr}/ws"), stream).unwrap();
+    Client {
+        ws,
+        backlog: VecDeque::new(),
+    }
+}
+
+fn send(c: &mut Client, v: Value) {
+    c.ws.send(Message::text(v.to_string())).unwrap();
+}
+
+/// The next text message off the socket (pings are answered by tungstenite itself).
+fn read_text(c: &mut Client) -> Value {
+    loop {
+        match c.ws.read().unwrap() {
+            Message::Text(t) => {
+                if std::env::var_os("WS_DEBUG").is_some() {
+                    eprintln!("<< {t}");
+                }
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+            Message::Close(f) => panic!("closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// The next message, oldest unread first.
+fn recv(c: &mut Client) -> Value {
+    match c.backlog.pop_front() {
+        Some(v) => v,
+        None => read_text(c),
+    }
+}
+
+/// The first message matching `pred`, read or waiting; the others stay for later.
+fn recv_until(c: &mut Client, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    if let Some(i) = c.backlog.iter().position(&pred) {
+        return c.backlog.remove(i).unwrap();
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(Instant::now() < deadline, "no message {what}");
+        let m = read_text(c);
+        if pred(&m) {
+            return m;
+        }
+        c.backlog.push_back(m);
+    }
+}
+
+fn reply(c: &mut Client, id: u64) -> Value {
+    recv_until(c, &format!("answering request {id}"), |m| m["id"] == id)
+}
+
+/// Reads until the server closes; returns the close code and reason.
+fn closed(c: &mut Client) -> (u16, String) {
+    loop {
+        match c.ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn auth_params(key: u64, nonce: u64) -> Value {
+    let ts = now_ns();
+    let sig = sign_login(&secret_hash(secret(key).as_bytes()), key, ts, nonce);
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    json!({"key": key, "timestamp": ts, "nonce": nonce, "signature": hex})
+}
+
+fn auth(ws: &mut Client, key: u64, id: u64) -> Value {
+    send(
+        ws,
+        json!({"method": "auth", "params": auth_params(key, id), "id": id}),
+    );
+    reply(ws, id)
+}
+
+fn place(ws: &mut Client, id: u64, side: &str, price: &str, qty: &str) -> Value {
+    send(
+        ws,
+        json!({"method": "order.place", "id": id,
+               "params": {"market": "BTC-USDT", "side": side, "price": price, "qty": qty}}),
+    );
+    reply(ws, id)
+}
+
+#[test]
+fn a_subscriber_gets_a_snapshot_then_diffs_that_chain_and_trades() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut watcher = connect(rig.ws);
+    send(
+        &mut watcher,
+        json!({"method": "subscribe", "params": {"channels": ["depth", "trades"], "markets": ["BTC-USDT"]}, "id": 1}),
+    );
+    let r = reply(&mut watcher, 1);
+    assert_eq!(r["result"], json!(["depth@BTC-USDT", "trades@BTC-USDT"]));
+    let snapshot = recv(&mut watcher);
+    assert_eq!(snapshot["channel"], "depth");
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["bids"], json!([]));
+    let mut last = snapshot["last"].as_u64().unwrap();
+    let trades_snapshot = recv(&mut watcher);
+    assert_eq!(trades_snapshot["channel"], "trades");
+    let mut maker = connect(rig.ws);
+    assert_eq!(auth(&mut maker, MAKER_KEY, 7)["result"]["account"], 10);
+    let placed = place(&mut maker, 8, "sell", "60000.00", "0.0100");
+    assert_eq!(placed["result"]["status"], "new", "{placed}");
+    let mut taker = connect(rig.ws);
+    auth(&mut taker, TAKER_KEY, 9);
+    let took = place(&mut taker, 10, "buy", "60001.00", "0.0040");
+    assert_eq!(took["result"]["status"], "filled", "{took}");
+    assert_eq!(took["result"]["fills"][0]["price"], "60000.00");
+    assert_eq!(took["result"]["fills"][0]["liquidity"], "taker");
+    // Fee: 0.05% of 240 USDT.
+    assert_eq!(took["result"]["fills"][0]["fee"], "0.120000");
+    let d1 = recv_until(&mut watcher, "the resting sell", |m| {
+        m["channel"] == "depth"
+    });
+    assert_eq!(d1["first"].as_u64().unwrap(), last + 1);
+    assert_eq!(d1["asks"], json!([["60000.00", "0.0100"]]));
+    last = d1["last"].as_u64().unwrap();
+    let trades = recv_until(&mut watcher, "the trade", |m| m["channel"] == "trades");
+    assert_eq!(trades["trades"][0]["price"], "60000.00");
+    assert_eq!(trades["trades"][0]["qty"], "0.0040");
+    assert_eq!(trades["trades"][0]["side"], "buy");
+    let d2 = recv_until(&mut watcher, "the fill's depth", |m| {
+        m["channel"] == "depth"
+    });
+    assert_eq!(d2["first"].as_u64().unwrap(), last + 1);
+    assert_eq!(d2["asks"], json!([["60000.00", "0.0060"]]));
+    let ex = rig.stop();
+    assert_eq!(ex.market(MARKET).unwrap().trade_count, 1);
+}
+
+#[test]
+fn malformed_requests_get_their_documented_errors_and_the_connection_goes_on() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut ws = connect(rig.ws);
+    ws.ws.send(Message::text("{not json")).unwrap();
+    let e = recv(&mut ws);
+    assert_eq!(
+        (e["id"].clone(), e["error"]["code"].clone()),
+        (Value::Null, json!(400))
+    );
+    send(&mut ws, json!({"method": "teleport", "id": 2}));
+    assert_eq!(reply(&mut ws, 2)["error"]["code"], 404);
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["depth"], "markets": ["DOGE-USDT"]}, "id": 3}),
+    );
+    assert_eq!(
+        reply(&mut ws, 3)["error"],
+        json!({"code": 1001, "msg": "unknown_market"})
+    );
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["gossip"], "markets": ["BTC-USDT"]}, "id": 4}),
+    );
+    assert_eq!(reply(&mut ws, 4)["error"]["code"], 400);
+    send(
+        &mut ws,
+        json!({"method": "order.place", "params": {}, "id": 5}),
+    );
+    assert_eq!(reply(&mut ws, 5)["error"]["code"], 401);
+    auth(&mut ws, MAKER_KEY, 6);
+    let bad_tick = place(&mut ws, 7, "buy", "60000.005", "0.0001");
+    assert_eq!(bad_tick["error"], json!({"code": 1030, "msg": "bad_tick"}));
+    let broke = place(&mut ws, 8, "buy", "6e4", "0.0001");
+    assert_eq!(broke["error"]["code"], 400);
+    send(&mut ws, json!({"method": "ping", "id": 9}));
+    assert_eq!(reply(&mut ws, 9)["result"], "pong");
+    assert!(rig.stats.refusals.get(Refusal::MalformedRequest) >= 3);
+}
+
+#[test]
+fn binary_frames_oversized_messages_and_bad_utf8_close_with_their_codes() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut ws = connect(rig.ws);
+    ws.ws.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+    assert_eq!(closed(&mut ws).0, 1003);
+    let mut ws = connect(rig.ws);
+    ws.ws.send(Message::text("x".repeat(70_000))).unwrap();
+    assert_eq!(closed(&mut ws).0, 1009);
+    // Invalid UTF-8 in a text frame, written by hand (tungstenite will not send it).
+    let mut raw = TcpStream::connect(rig.ws).unwrap();
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (ws, _) =
+        tungstenite::client(format!("ws://{}/ws", rig.ws), raw.try_clone().unwrap()).unwrap();
+    let mut ws = Client {
+        ws,
+        backlog: VecDeque::new(),
+    };
+    raw.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xff, 0xfe])
+        .unwrap();
+    assert_eq!(closed(&mut ws).0, 1007);
+    // And everyone else is still served.
+    let mut other = connect(rig.ws);
+    send(&mut other, json!({"method": "ping", "id": 1}));
+    assert_eq!(reply(&mut other, 1)["result"], "pong");
+}
+
+#[test]
+fn a_flood_past_the_message_rate_is_answered_429_then_closed_1008() {
+    let config = RetailConfig {
+        messages_per_second: 5,
+        ..RetailConfig::loopback()
+    };
+    let rig = Rig::start(config);
+    let mut ws = connect(rig.ws);
+    for i in 0..30 {
+        let _ = ws.ws.send(Message::text(
+            json!({"method": "ping", "id": i}).to_string(),
+        ));
+    }
+    let mut codes = Vec::new();
+    let (code, reason) = loop {
+        match ws.ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                codes.push(v["error"]["code"].as_u64().unwrap_or(0));
+            }
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(code, 1008, "{reason}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == 0).count(),
+        5,
+        "the rate's worth answered"
+    );
+    assert!(codes.contains(&429));
+    assert_eq!(rig.stats.refusals.get(Refusal::RateLimitAbuse), 1);
+}
+
+#[test]
+fn subscriptions_beyond_the_limit_are_refused_413() {
+    let config = RetailConfig {
+        subscriptions_max: 2,
+        ..RetailConfig::loopback()
+    };
+    let rig = Rig::start(config);
+    let mut ws = connect(rig.ws);
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["depth", "trades", "bbo"], "markets": ["BTC-USDT"]}, "id": 1}),
+    );
+    assert_eq!(reply(&mut ws, 1)["error"]["code"], 413);
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["bbo", "ticker"], "markets": ["BTC-USDT"]}, "id": 2}),
+    );
+    assert!(reply(&mut ws, 2)["result"].is_array());
+    assert_eq!(rig.stats.refusals.get(Refusal::SubscriptionLimit), 1);
+}
+
+#[test]
+fn a_connection_that_never_subscribes_is_closed_1008() {
+    let config = RetailConfig {
+        first_subscription_ms: 200,
+        ..RetailConfig::loopback()
+    };
+    let rig = Rig::start(config);
+    let mut ws = connect(rig.ws);
+    assert_eq!(closed(&mut ws).0, 1008);
+    assert_eq!(rig.stats.refusals.get(Refusal::SubscriptionTimeout), 1);
+}
+
+#[test]
+fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
+    let config = RetailConfig {
+        outbound_buffer_bytes: 16 * 1024,
+        socket_send_buffer_bytes: 16 * 1024,
+        messages_per_second: 100_000,
+        requests_per_second_per_key: 100_000,
+        ..RetailConfig::loopback()
+    };
+    let rig = Rig::start(config);
+    let sub = json!({"method": "subscribe", "params": {"channels": ["depth"], "markets": ["BTC-USDT"]}, "id": 1});
+    // The slow one subscribes and never reads again; its socket buffers fill.
+    let mut slow = connect(rig.ws);
+    send(&mut slow, sub.clone());
+    let mut fast = connect(rig.ws);
+    send(&mut fast, sub);
+    reply(&mut fast, 1);
+    let snapshot = recv(&mut fast);
+    let mut last = snapshot["last"].as_u64().unwrap();
+    let mut maker = connect(rig.ws);
+    auth(&mut maker, MAKER_KEY, 1);
+    let orders = 3000u64;
+    let mut seen = 0u64;
+    for i in 0..orders {
+        // Distinct levels, so every order is a depth update.
+        let price = format!("{}.00", 50_000 + i);
+        send(
+            &mut maker,
+            json!({"method": "order.place", "id": 100 + i,
+                   "params": {"market": "BTC-USDT", "side": "buy", "price": price, "qty": "0.0001"}}),
+        );
+        if i % 50 == 49 {
+            reply(&mut maker, 100 + i);
+            // Keep up: the fast client reads what came so far.
+            while seen < i + 1 {
+                let d = recv_until(&mut fast, "a depth update", |m| m["channel"] == "depth");
+                assert_eq!(d["first"].as_u64().unwrap(), last + 1, "no gap");
+                last = d["last"].as_u64().unwrap();
+                seen += d["bids"].as_array().unwrap().len() as u64;
+            }
+        }
+    }
+    assert_eq!(seen, orders, "the fast client got every level");
+    wait_until("the slow client is cut off", || {
+        rig.stats.refusals.get(Refusal::SlowConsumer) == 1
+    });
+    let (code, reason) = closed(&mut slow);
+    assert_eq!(code, 1013, "{reason}");
+}
+
+#[test]
+fn private_streams_carry_only_the_own_accounts_orders_and_fills() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut a = connect(rig.ws);
+    auth(&mut a, MAKER_KEY, 1);
+    send(
+        &mut a,
+        json!({"method": "subscribe", "params": {"channels": ["orders", "fills", "balances"]}, "id": 2}),
+    );
+    reply(&mut a, 2);
+    let balances = recv_until(&mut a, "the first balances", |m| m["channel"] == "balances");
+    assert_eq!(balances["balances"][0]["asset"], "BTC");
+    assert_eq!(balances["balances"][0]["available"], "1000.00000000");
+    let mut b = connect(rig.ws);
+    auth(&mut b, TAKER_KEY, 3);
+    send(
+        &mut b,
+        json!({"method": "subscribe", "params": {"channels": ["orders", "fills"]}, "id": 4}),
+    );
+    reply(&mut b, 4);
+    let sell = place(&mut a, 5, "sell", "60000.00", "0.0002");
+    let sell_id = sell["result"]["orderId"].as_u64().unwrap();
+    let buy = place(&mut b, 6, "buy", "60000.00", "0.0002");
+    let buy_id = buy["result"]["orderId"].as_u64().unwrap();
+    let accepted = recv_until(&mut a, "a's order", |m| m["channel"] == "orders");
+    assert_eq!(accepted["orderId"].as_u64().unwrap(), sell_id);
+    let fill = recv_until(&mut a, "a's fill", |m| m["channel"] == "fills");
+    assert_eq!(
+        (fill["orderId"].as_u64().unwrap(), fill["liquidity"].clone()),
+        (sell_id, json!("maker"))
+    );
+    let after = recv_until(&mut a, "balances after the fill", |m| {
+        m["channel"] == "balances" && m["balances"][0]["available"] != "1000.00000000"
+    });
+    assert_eq!(after["balances"][0]["available"], "999.99980000");
+    let fill = recv_until(&mut b, "b's fill", |m| m["channel"] == "fills");
+    assert_eq!(fill["orderId"].as_u64().unwrap(), buy_id);
+    // a may not touch b's order: the engine says it does not know it.
+    send(
+        &mut a,
+        json!({"method": "order.cancel", "id": 7, "params": {"market": "BTC-USDT", "orderId": buy_id}}),
+    );
+    assert_eq!(reply(&mut a, 7)["error"]["msg"], "unknown_order");
+}
+
+#[test]
+fn a_bad_signature_is_refused_and_the_connection_may_still_watch_the_market() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut ws = connect(rig.ws);
+    let mut params = auth_params(MAKER_KEY, 1);
+    params["signature"] = json!("00".repeat(32));
+    send(
+        &mut ws,
+        json!({"method": "auth", "params": params, "id": 1}),
+    );
+    assert_eq!(
+        reply(&mut ws, 1)["error"],
+        json!({"code": 403, "msg": "bad_signature"})
+    );
+    assert_eq!(auth(&mut ws, MAKER_KEY, 2)["result"]["account"], 10);
+    assert_eq!(rig.stats.refusals.get(Refusal::BadSignature), 1);
+}
+
+#[test]
+fn a_stop_tells_every_client_server_shutdown_then_closes_1001() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut ws = connect(rig.ws);
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["bbo"], "markets": ["BTC-USDT"]}, "id": 1}),
+    );
+    reply(&mut ws, 1);
+    rig.stop.store(true, Ordering::Relaxed);
+    let notice = recv_until(&mut ws, "the shutdown notice", |m| m["channel"] == "system");
+    assert_eq!(notice["type"], "serverShutdown");
+    assert_eq!(closed(&mut ws).0, u16::from(CloseCode::Away));
+    rig.stop();
+}
+
+#[test]
+fn order_entry_over_websocket_meets_the_keys_rate_limit_like_the_binary_protocol() {
+    let rig = Rig::start(RetailConfig {
+        requests_per_second_per_key: 3,
+        messages_per_second: 100,
+        ..RetailConfig::loopback()
+    });
+    let mut ws = connect(rig.ws);
+    auth(&mut ws, MAKER_KEY, 1);
+    for i in 0..5u64 {
+        send(
+            &mut ws,
+            json!({"method": "order.place", "id": 10 + i,
+                   "params": {"market": "BTC-USDT", "side": "buy", "price": "50000.00", "qty": "0.0001"}}),
+        );
+    }
+    let answers: Vec<Value> = (0..5u64).map(|i| reply(&mut ws, 10 + i)).collect();
+    let limited = answers
+        .iter()
+        .filter(|a| a["error"]["msg"] == "rate_limited")
+        .count();
+    assert_eq!(limited, 2, "{answers:?}");
+    assert_eq!(answers[4]["error"]["code"], 1029);
+    let _ = Side::Buy;
+}
+
+#[test]
+fn a_plain_http_request_is_told_to_upgrade() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut s = TcpStream::connect(rig.ws).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    use std::io::Read;
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+    let _ = rig.binary;
+}
