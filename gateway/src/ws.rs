@@ -641,7 +641,7 @@ mod tests {
 
     #[test]
     fn a_message_compressed_once_inflates_back_and_a_bomb_is_stopped() {
-        let text = br#"{"channel":"depth","bids":[["100.00","1.0"],["99.00","2.0"]]}"#;
+        let text = br#"{"channel":"depth","market":"BTC-USDT","type":"update","bids":[["60000.00","0.0100"],["59999.00","0.0200"],["59998.00","0.0300"]],"asks":[["60001.00","0.0100"],["60002.00","0.0200"]]}"#;
         let mut d = Deflater::default();
         let z = d.deflate(text);
         assert!(z.len() < text.len());
