@@ -7,6 +7,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== python environment for the WebSocket client tests (scripts/python-env.sh)"
+# A real third-party client (Python `websockets`, pinned) checks the WebSocket API in
+# gateway/tests/websocket.rs; the script installs it into target/python-env once.
+RINGEX_PYTHON="$(./scripts/python-env.sh)"
+export RINGEX_PYTHON
 echo "== cargo test"
 # Tests that need something of the machine (root for a tmpfs mount, /dev/shm, FIEMAP,
 # io_uring, O_DIRECT) fail here instead of passing untested: CI has all of it.

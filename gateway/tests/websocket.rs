@@ -625,3 +625,96 @@ fn a_plain_http_request_is_told_to_upgrade() {
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
     let _ = rig.binary;
 }
+
+/// The Python of `scripts/python-env.sh` (RINGEX_PYTHON, or the default place it makes).
+fn python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("RINGEX_PYTHON") {
+        return Some(p.into());
+    }
+    let default =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/python-env/bin/python");
+    default.exists().then_some(default)
+}
+
+/// Says that a test did not run here and why; fails instead where every test must run
+/// (RINGEX_REQUIRE_ALL_TESTS=1, as scripts/test.sh sets).
+fn skip(test: &str, why: &str) {
+    if std::env::var_os("RINGEX_REQUIRE_ALL_TESTS").is_some_and(|v| v == "1") {
+        panic!("{test}: cannot run here: {why} (RINGEX_REQUIRE_ALL_TESTS=1)");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: did not run: {why} (it fails instead with RINGEX_REQUIRE_ALL_TESTS=1)"
+    );
+}
+
+#[test]
+fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression() {
+    let test = "a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression";
+    let Some(python) = python() else {
+        skip(test, "no Python environment: run scripts/python-env.sh");
+        return;
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/python/ws_book_check.py");
+    for compression in ["on", "off"] {
+        let rig = Rig::start(RetailConfig {
+            messages_per_second: 100_000,
+            requests_per_second_per_key: 100_000,
+            ..RetailConfig::loopback()
+        });
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .args(["--url", &format!("ws://{}/ws", rig.ws)])
+            .args(["--compression", compression])
+            .args(["--maker", &format!("{MAKER_KEY}:{}", secret(MAKER_KEY))])
+            .args(["--taker", &format!("{TAKER_KEY}:{}", secret(TAKER_KEY))])
+            .args(["--orders", "400"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "compression {compression}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            seen["extensions"].as_array().unwrap().is_empty(),
+            compression == "off"
+        );
+        if compression == "on" {
+            assert!(rig.stats.bytes_out.load(Ordering::Relaxed) > 0);
+        }
+        let ex = rig.stop();
+        let market = ex.market(MARKET).unwrap();
+        let units = ringex_gateway::units::Units::new(1, 10_000, 8, 6).unwrap();
+        let text = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = Vec::new();
+            f(&mut v);
+            String::from_utf8(v).unwrap()
+        };
+        for (side, name) in [(Side::Buy, "bids"), (Side::Sell, "asks")] {
+            let engine: Vec<Value> = market
+                .book
+                .depth(side, usize::MAX)
+                .into_iter()
+                .map(|(p, q)| json!([text(&|o| units.price(p, o)), text(&|o| units.qty(q, o))]))
+                .collect();
+            assert_eq!(
+                seen[name].as_array().unwrap(),
+                &engine,
+                "{name}, compression {compression}"
+            );
+        }
+        assert!(
+            market.trade_count > 50,
+            "the burst crossed: {}",
+            market.trade_count
+        );
+        assert_eq!(seen["trades"], market.trade_count);
+        let volume = text(&|o| units.qty(market.volume_lots, o));
+        assert_eq!(seen["volume"], volume);
+        assert_eq!(seen["ticker"]["volume"], volume);
+        assert_eq!(seen["ticker"]["count"], market.trade_count);
+    }
+}
