@@ -34,6 +34,8 @@ pub struct Config {
     #[serde(default)]
     pub gateway: GatewayConfig,
     #[serde(default)]
+    pub websocket: WebSocketConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub assets: Vec<AssetConfig>,
@@ -204,6 +206,7 @@ pub struct ListenersConfig {
     pub binary: String,
     /// Binary protocol for admin keys only; keep it on loopback.
     pub admin: String,
+    /// The retail WebSocket API (docs/websocket.md); empty: not served.
     pub websocket: String,
     pub http: String,
 }
@@ -274,6 +277,60 @@ impl Default for GatewayConfig {
             session_linger_seconds: 60,
             connections_max: 1024,
             spin_us: 0,
+        }
+    }
+}
+
+/// The retail WebSocket edge's limits (docs/websocket.md, "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocketConfig {
+    /// Connections served at once.
+    pub connections_max: u32,
+    /// Connections from one address at once.
+    pub connections_per_ip: u32,
+    /// Messages one connection may send per second (pings included).
+    pub messages_per_second: u32,
+    /// Subscriptions (channel and market pairs, private channels) per connection.
+    pub subscriptions_max: u32,
+    /// A connection must subscribe or authenticate within this.
+    pub first_subscription_ms: u32,
+    /// Unsent published bytes one connection may have queued before it is closed.
+    pub outbound_buffer_kib: u32,
+    /// The largest message a client may send, after decompression.
+    pub message_max_kib: u32,
+    /// The kernel's send buffer per connection (0: the kernel's default).
+    pub socket_send_buffer_kib: u32,
+    pub ping_interval_ms: u32,
+    /// A connection silent this long (not even a pong) is dropped.
+    pub idle_timeout_ms: u32,
+    /// Agree to permessage-deflate when a client offers it.
+    pub compression: bool,
+    /// A path that echoes every message, for conformance suites; empty: off.
+    pub echo_path: String,
+    /// Slots of the hand-off queues between the binary gateway's loop and the retail
+    /// loop: retail submissions in, engine events and answers out.
+    pub handoff_in_slots: u32,
+    pub handoff_out_slots: u32,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            connections_max: 10_000,
+            connections_per_ip: 64,
+            messages_per_second: 50,
+            subscriptions_max: 64,
+            first_subscription_ms: 10_000,
+            outbound_buffer_kib: 1024,
+            message_max_kib: 64,
+            socket_send_buffer_kib: 0,
+            ping_interval_ms: 20_000,
+            idle_timeout_ms: 60_000,
+            compression: true,
+            echo_path: String::new(),
+            handoff_in_slots: 16_384,
+            handoff_out_slots: 65_536,
         }
     }
 }
@@ -442,6 +499,9 @@ impl Config {
             ("listeners.websocket", &l.websocket),
             ("listeners.http", &l.http),
         ] {
+            if key == "listeners.websocket" && value.is_empty() {
+                continue;
+            }
             if let Err(e) = value.parse::<std::net::SocketAddr>() {
                 return err(key, format!("{value:?} is not an address (ip:port): {e}"));
             }
@@ -503,7 +563,7 @@ impl Config {
         // rate, logs each one out on its first request); the upper bounds keep memory per
         // session bounded. `journal.low_space_mib` is shifted to bytes: a larger value
         // would wrap (and so disable the check).
-        let (lim, g) = (&self.limits, &self.gateway);
+        let (lim, g, ws) = (&self.limits, &self.gateway, &self.websocket);
         let wide = u64::from;
         for (key, value, range) in [
             ("pipeline.spin_us", wide(p.spin_us), 0..=100_000),
@@ -557,6 +617,66 @@ impl Config {
                 0..=1 << 20,
             ),
             ("gateway.spin_us", wide(g.spin_us), 0..=100_000),
+            (
+                "websocket.connections_max",
+                wide(ws.connections_max),
+                1..=1_000_000,
+            ),
+            (
+                "websocket.connections_per_ip",
+                wide(ws.connections_per_ip),
+                1..=1_000_000,
+            ),
+            (
+                "websocket.messages_per_second",
+                wide(ws.messages_per_second),
+                1..=1_000_000,
+            ),
+            (
+                "websocket.subscriptions_max",
+                wide(ws.subscriptions_max),
+                1..=100_000,
+            ),
+            (
+                "websocket.first_subscription_ms",
+                wide(ws.first_subscription_ms),
+                1..=3_600_000,
+            ),
+            (
+                "websocket.outbound_buffer_kib",
+                wide(ws.outbound_buffer_kib),
+                1..=1 << 20,
+            ),
+            (
+                "websocket.message_max_kib",
+                wide(ws.message_max_kib),
+                1..=1 << 14,
+            ),
+            (
+                "websocket.socket_send_buffer_kib",
+                wide(ws.socket_send_buffer_kib),
+                0..=1 << 16,
+            ),
+            (
+                "websocket.ping_interval_ms",
+                wide(ws.ping_interval_ms),
+                100..=3_600_000,
+            ),
+            (
+                "websocket.idle_timeout_ms",
+                wide(ws.idle_timeout_ms),
+                100..=3_600_000,
+            ),
+            (
+                "websocket.handoff_in_slots",
+                wide(ws.handoff_in_slots),
+                16..=1 << 24,
+            ),
+            (
+                "websocket.handoff_out_slots",
+                wide(ws.handoff_out_slots),
+                16..=1 << 24,
+            ),
         ] {
             if !range.contains(&value) {
                 return err(
@@ -564,6 +684,13 @@ impl Config {
                     format!("{value} is outside {}..={}", range.start(), range.end()),
                 );
             }
+        }
+        let echo = &self.websocket.echo_path;
+        if !echo.is_empty() && (!echo.starts_with('/') || echo == "/" || echo == "/ws") {
+            return err(
+                "websocket.echo_path",
+                format!("{echo:?}: a path like \"/echo\", not / or /ws (the API)"),
+            );
         }
         if self.snapshot.keep == 0 {
             return err("snapshot.keep", "must keep at least one snapshot".into());

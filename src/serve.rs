@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use ringex_engine::{Command, Event, Output, Query};
 use ringex_gateway::backend::{Backend, BackendError, Delivery};
-use ringex_gateway::refusals::LogQueue;
+use ringex_gateway::refusals::{LogQueue, Refusal};
+use ringex_gateway::retail::{RetailConfig, RetailEdge, RetailStats};
 use ringex_gateway::server::{Gateway, GatewayConfig};
 
 use crate::config::Config;
@@ -153,6 +154,39 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
     })
 }
 
+/// The retail edge's settings from the node's config; None when it is not served.
+pub fn retail_config(config: &Config) -> Result<Option<RetailConfig>, String> {
+    let l = &config.listeners;
+    if l.websocket.is_empty() {
+        return Ok(None);
+    }
+    let addr = l.websocket.parse().map_err(|e| {
+        format!(
+            "key `listeners.websocket`: {:?} is not an address: {e}",
+            l.websocket
+        )
+    })?;
+    let w = &config.websocket;
+    Ok(Some(RetailConfig {
+        addr,
+        connections_max: w.connections_max,
+        connections_per_ip: w.connections_per_ip,
+        messages_per_second: w.messages_per_second,
+        subscriptions_max: w.subscriptions_max,
+        first_subscription_ms: w.first_subscription_ms,
+        outbound_buffer_bytes: w.outbound_buffer_kib as usize * 1024,
+        message_bytes_max: w.message_max_kib as usize * 1024,
+        socket_send_buffer_bytes: w.socket_send_buffer_kib as usize * 1024,
+        ping_interval_ms: w.ping_interval_ms,
+        idle_timeout_ms: w.idle_timeout_ms,
+        compression: w.compression,
+        echo_path: (!w.echo_path.is_empty()).then(|| w.echo_path.clone()),
+        login_freshness_ms: config.gateway.login_clock_skew_ms,
+        requests_per_second_per_key: config.limits.requests_per_second_per_key,
+        sessions_per_key_max: config.limits.sessions_per_key,
+    }))
+}
+
 /// What the engine answered to the bootstrap commands so far.
 struct BootstrapAnswers {
     /// Commands whose last output came back.
@@ -244,6 +278,15 @@ fn bootstrap_prefix(
     Some(commands.len())
 }
 
+/// The addresses `serve` listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listening {
+    pub trading: SocketAddr,
+    pub admin: SocketAddr,
+    /// None when `listeners.websocket` is empty.
+    pub websocket: Option<SocketAddr>,
+}
+
 /// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
 /// Every step says what it did on stderr. `ready` (if given) receives the bound
 /// (trading, admin) addresses once the gateway accepts connections.
@@ -251,6 +294,19 @@ pub fn serve(
     config: &Config,
     stop: Arc<AtomicBool>,
     ready: Option<std::sync::mpsc::Sender<(SocketAddr, SocketAddr)>>,
+) -> Result<(), String> {
+    serve_listening(config, stop, move |l| {
+        if let Some(ready) = ready {
+            let _ = ready.send((l.trading, l.admin));
+        }
+    })
+}
+
+/// [`serve`], telling `on_ready` every address it listens on (the WebSocket one too).
+pub fn serve_listening(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(Listening),
 ) -> Result<(), String> {
     let gateway_config = gateway_config(config)?;
     let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
@@ -311,19 +367,58 @@ pub fn serve(
     }
     let trading = gateway.trading_addr().map_err(|e| e.to_string())?;
     let admin = gateway.admin_addr().map_err(|e| e.to_string())?;
+    // The retail edge: its own loop and thread, handing its orders to this loop.
+    let retail = match retail_config(config)? {
+        None => None,
+        Some(rc) => {
+            let addr = rc.addr;
+            let mut edge = RetailEdge::bind(rc, gateway.log_queue())
+                .map_err(|e| format!("cannot listen for WebSocket clients on {addr}: {e}"))?;
+            let w = &config.websocket;
+            let (g, r) = ringex_gateway::handoff::link(
+                w.handoff_in_slots as usize,
+                w.handoff_out_slots as usize,
+                gateway.waker(),
+                edge.waker(),
+            );
+            gateway.attach_retail(g);
+            edge.attach(r);
+            let local = edge.local_addr().map_err(|e| e.to_string())?;
+            let stats = edge.stats();
+            let s = Arc::clone(&stop);
+            let thread = std::thread::Builder::new()
+                .name("ringex-retail".into())
+                .spawn(move || edge.run(&s))
+                .map_err(|e| format!("cannot start the WebSocket thread: {e}"))?;
+            Some((local, stats, thread))
+        }
+    };
+    let websocket = retail
+        .as_ref()
+        .map_or("off".to_string(), |(a, _, _)| a.to_string());
     eprintln!(
-        "ringex: listening: binary protocol on {trading}, admin on {admin}; SIGTERM or Ctrl-C \
-         stops"
+        "ringex: listening: binary protocol on {trading}, admin on {admin}, WebSocket on \
+         {websocket}; SIGTERM or Ctrl-C stops"
     );
-    if let Some(ready) = ready {
-        let _ = ready.send((trading, admin));
-    }
-    let logger = spawn_logger(config, &node, &gateway, Arc::clone(&stop));
+    on_ready(Listening {
+        trading,
+        admin,
+        websocket: retail.as_ref().map(|(a, _, _)| *a),
+    });
+    let retail_stats = retail.as_ref().map(|(_, s, _)| Arc::clone(s));
+    let logger = spawn_logger(config, &node, &gateway, retail_stats, Arc::clone(&stop));
     let result = {
         let mut backend = NodeBackend::new(&mut node);
         gateway.run(&mut backend, &stop)
     };
     stop.store(true, Ordering::Relaxed);
+    if let Some((_, _, thread)) = retail {
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("ringex: the WebSocket loop stopped: {e}"),
+            Err(_) => eprintln!("ringex: the WebSocket loop panicked"),
+        }
+    }
     let dropped_before = logger.map_or(0, |l| l.join().unwrap_or(0));
     // What the gateway refused while it stopped.
     print_refusals(
@@ -378,6 +473,7 @@ fn spawn_logger(
     config: &Config,
     node: &Node,
     gateway: &Gateway,
+    retail: Option<Arc<RetailStats>>,
     stop: Arc<AtomicBool>,
 ) -> Option<std::thread::JoinHandle<u64>> {
     let every = Duration::from_secs(config.metrics.log_every_seconds);
@@ -409,9 +505,17 @@ fn spawn_logger(
                     let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
                     let busy_ns = stats.busy_ns.load(Ordering::Relaxed);
                     let slow_now = slow();
+                    let ws = retail.as_ref().map_or(String::new(), |r| {
+                        let refused: u64 = Refusal::ALL.iter().map(|x| r.refusals.get(*x)).sum();
+                        format!(
+                            " ws_connections={} ws_messages_out={} ws_refusals={refused}",
+                            r.connections_active.load(Ordering::Relaxed),
+                            r.messages_out.load(Ordering::Relaxed),
+                        )
+                    });
                     eprintln!(
                         "ringex: {line} connections={} gateway_busy={}% \
-                         gateway_slow_passes={}/{}",
+                         gateway_slow_passes={}/{}{ws}",
                         stats.connections_active.load(Ordering::Relaxed),
                         busy_percent(busy_ns - busy_ns_before, elapsed),
                         slow_now[0] - slow_before[0],

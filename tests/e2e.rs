@@ -30,6 +30,7 @@ fn config_text(dir: &Path, topology: &str) -> String {
         )
         .replace("127.0.0.1:9100", "127.0.0.1:0")
         .replace("127.0.0.1:9103", "127.0.0.1:0")
+        .replace("127.0.0.1:9101", "127.0.0.1:0")
         .replace("segment_size_mib = 64", "segment_size_mib = 1")
         .replace("log_every_seconds = 5", "log_every_seconds = 0")
         .replace("topology = \"auto\"", &format!("topology = \"{topology}\""))
@@ -248,4 +249,111 @@ fn an_independent_python_client_trades_against_ringex_start() {
     );
     assert!(stdout.contains("round trips 100"), "{stdout}");
     assert!(status.success(), "exit 0 after SIGTERM");
+}
+
+/// The WebSocket edge of a running exchange: a subscriber sees the binary maker's quote in
+/// the depth stream, and a WebSocket order crosses it and reaches the binary taker's
+/// session as a fill. Through the real node (inline topology, as on 2 cores).
+#[test]
+fn a_websocket_client_watches_and_trades_beside_the_binary_protocol() {
+    use serde_json::{json, Value};
+    use tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&config_text(dir.path(), "inline"), "e2e.toml").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = mpsc::channel();
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        ringex::serve::serve_listening(&config, flag, move |l| {
+            let _ = ready_tx.send(l);
+        })
+    });
+    let l = ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("listening");
+    let ws_addr = l
+        .websocket
+        .expect("the WebSocket listener is on by default");
+    let stream = std::net::TcpStream::connect(ws_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let (mut ws, response) = tungstenite::client(format!("ws://{ws_addr}/ws"), stream).unwrap();
+    assert_eq!(response.status(), 101);
+    let next = |ws: &mut tungstenite::WebSocket<std::net::TcpStream>| -> Value {
+        loop {
+            if let Message::Text(t) = ws.read().unwrap() {
+                return serde_json::from_str(t.as_str()).unwrap();
+            }
+        }
+    };
+    let sub = json!({"method": "subscribe", "id": 1,
+                     "params": {"channels": ["depth"], "markets": ["BTC-USDT"]}});
+    ws.send(Message::text(sub.to_string())).unwrap();
+    assert_eq!(next(&mut ws)["id"], 1);
+    let snapshot = next(&mut ws);
+    assert_eq!(snapshot["type"], "snapshot");
+    let mut maker = Client::connect(l.trading, MAKER.0, MAKER.1, options()).unwrap();
+    maker
+        .new_order(&OrderParams::limit(BTC_USDT, Side::Sell, 6_001_000, 5))
+        .unwrap();
+    let diff = loop {
+        let m = next(&mut ws);
+        if m["channel"] == "depth" {
+            break m;
+        }
+    };
+    assert_eq!(diff["asks"], json!([["60010.00", "0.0005"]]));
+    assert_eq!(
+        diff["first"].as_u64().unwrap(),
+        snapshot["last"].as_u64().unwrap() + 1
+    );
+    // The taker trades over WebSocket with the demo key of account 1002.
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let secret_hash = ringex_gateway::protocol::secret_hash(TAKER.1.as_bytes());
+    let sig = ringex_gateway::protocol::sign_login(&secret_hash, TAKER.0, ts, 1);
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    let auth = json!({"method": "auth", "id": 2,
+                      "params": {"key": TAKER.0, "timestamp": ts, "nonce": 1, "signature": hex}});
+    ws.send(Message::text(auth.to_string())).unwrap();
+    let authed = loop {
+        let m = next(&mut ws);
+        if m["id"] == 2 {
+            break m;
+        }
+    };
+    assert_eq!(authed["result"]["account"], 1002, "{authed}");
+    let order = json!({"method": "order.place", "id": 3, "params": {
+        "market": "BTC-USDT", "side": "buy", "price": "60010.00", "qty": "0.0002"}});
+    ws.send(Message::text(order.to_string())).unwrap();
+    let placed = loop {
+        let m = next(&mut ws);
+        if m["id"] == 3 {
+            break m;
+        }
+    };
+    assert_eq!(placed["result"]["status"], "filled", "{placed}");
+    let maker_fill = loop {
+        match maker.poll(Duration::from_secs(5)).unwrap() {
+            Some(ringex_gateway::protocol::ServerMessage::Filled(f)) => break f,
+            Some(_) => continue,
+            None => panic!("no fill for the binary maker"),
+        }
+    };
+    assert_eq!(
+        (maker_fill.qty, maker_fill.liquidity),
+        (2, Liquidity::Maker)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let shutdown = loop {
+        let m = next(&mut ws);
+        if m["channel"] == "system" {
+            break m;
+        }
+    };
+    assert_eq!(shutdown["type"], "serverShutdown");
+    assert_eq!(thread.join().unwrap(), Ok(()));
 }
