@@ -70,6 +70,8 @@ const TIMER_EVERY: Duration = Duration::from_millis(50);
 const CLOSE_WAIT_NS: u64 = 2_000_000_000;
 /// How long a stop waits for clients to take their `serverShutdown` and close frame.
 const STOP_FLUSH_MAX: Duration = Duration::from_secs(2);
+/// A write queue keeps at most this many chunks' room between bursts.
+const OUT_KEEP_CHUNKS: usize = 16;
 /// A read buffer keeps at most this capacity between messages.
 const RBUF_KEEP_BYTES: usize = 4 * 1024;
 
@@ -486,9 +488,13 @@ impl RetailEdge {
             self.take(d, now, link);
             self.apply_actions(link);
             self.at_boundary = d.last;
-            if d.last {
-                self.publish();
-            }
+        }
+        // Public updates once per pass, at a command boundary: when the loop keeps up a
+        // pass holds a command or two (updates per command, at once); when the exchange
+        // is busier, a pass holds more and its changes fold into one update per channel,
+        // so the fan-out's cost follows the passes, not the command rate.
+        if !deliveries.is_empty() && self.at_boundary {
+            self.publish();
         }
         self.deliveries = deliveries;
         for t in link.take_refused() {
@@ -1777,6 +1783,10 @@ impl RetailEdge {
             }
         }
         let pending = !c.out.is_empty();
+        if !pending && c.out.capacity() > OUT_KEEP_CHUNKS {
+            // An idle connection keeps no memory from its last burst.
+            c.out = VecDeque::new();
+        }
         if pending != c.writable_registered {
             let interest = if pending {
                 Interest::READABLE | Interest::WRITABLE

@@ -479,7 +479,7 @@ fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
     let mut last = snapshot["last"].as_u64().unwrap();
     let mut maker = connect(rig.ws);
     auth(&mut maker, MAKER_KEY, 1);
-    let orders = 3000u64;
+    let orders = 10_000u64;
     let mut seen = 0u64;
     for i in 0..orders {
         // Distinct levels, so every order is a depth update.
