@@ -526,13 +526,14 @@ impl Config {
         }
         let allowed = allowed_core_ids();
         for (stage, core) in &p.cores {
-            const STAGES: [&str; 7] = [
+            const STAGES: [&str; 8] = [
                 "pipeline",
                 "journaler",
                 "replicator",
                 "engine",
                 "publisher",
                 "gateway",
+                "websocket",
                 "helpers",
             ];
             if !STAGES.contains(&stage.as_str()) {

@@ -32,8 +32,13 @@ enum Cmd {
         which: Bench,
     },
     /// Load generator: a realistic user mix against a running gateway, open loop, with
-    /// round-trip latency percentiles.
-    Load(ringex_tools::load::LoadArgs),
+    /// round-trip latency percentiles; with `--ws N`, N WebSocket subscribers beside it.
+    Load {
+        #[command(flatten)]
+        args: ringex_tools::load::LoadArgs,
+        #[command(flatten)]
+        ws: ringex_tools::wsload::WsLoadArgs,
+    },
     /// Inspect a journal directory (read only, safe beside a running node), or cut a
     /// damaged one on purpose (`repair`).
     Journal {
@@ -159,7 +164,16 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
         Cmd::Journal { which } => journal(which),
-        Cmd::Load(args) => match ringex_tools::load::run(&args) {
+        Cmd::Load { args, ws } if ws.ws_connections > 0 => {
+            match ringex_tools::wsload::run(&args, &ws) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringex load --ws: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Load { args, .. } => match ringex_tools::load::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ringex load: {e}");

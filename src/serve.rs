@@ -386,9 +386,15 @@ pub fn serve_listening(
             let local = edge.local_addr().map_err(|e| e.to_string())?;
             let stats = edge.stats();
             let s = Arc::clone(&stop);
+            let core = config.pipeline.cores.get("websocket").copied();
             let thread = std::thread::Builder::new()
                 .name("ringex-retail".into())
-                .spawn(move || edge.run(&s))
+                .spawn(move || {
+                    if let Some(id) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id });
+                    }
+                    edge.run(&s)
+                })
                 .map_err(|e| format!("cannot start the WebSocket thread: {e}"))?;
             Some((local, stats, thread))
         }
