@@ -1,10 +1,11 @@
-//! ringex-gateway: the mio event loop serving the binary order-entry protocol
-//! (`docs/protocol.md`) to market makers.
+//! ringex-gateway: the mio event loops serving the binary order-entry protocol
+//! (`docs/protocol.md`) to market makers and the WebSocket API (`docs/websocket.md`)
+//! to retail clients, over one sans-I/O session core (`session`).
 //!
 //! It knows wire formats and sessions, not matching: it talks to the exchange through
 //! the [`backend::Backend`] trait, which the node implements over its rings (in the root
 //! package) and [`backend::InlineBackend`] implements with an engine applied inline.
-//! The WebSocket bridge and HTTP are not built yet.
+//! HTTP is not built yet.
 
 pub mod backend;
 pub mod handoff;
