@@ -16,6 +16,7 @@ mod segment;
 mod snapshot;
 mod stage;
 mod storage;
+mod tap;
 mod writer;
 
 pub use describe::{describe, JournalDescription, SegmentSummary};
@@ -34,6 +35,7 @@ pub use snapshot::{
     SnapshotEntry, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
 };
 pub use stage::Backend;
+pub use tap::{FrameTap, TapRead};
 pub use storage::{FaultStorage, OsStorage, Storage};
 pub use writer::{
     Config, Durability, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
