@@ -7,6 +7,7 @@ mod aligned;
 mod describe;
 mod error;
 mod format;
+mod frames;
 mod lock;
 mod reader;
 mod recovery;
@@ -24,6 +25,7 @@ pub use error::{Error, Result, REPAIR_COMMAND, VERIFY_COMMAND};
 pub use format::{
     chain_next, segment_file_name, FrameHeader, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE,
 };
+pub use frames::FrameReader;
 pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, verify_known, LiveTail, RecoveryReport, Truncation, Verify};
@@ -35,8 +37,8 @@ pub use snapshot::{
     SnapshotEntry, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
 };
 pub use stage::Backend;
-pub use tap::{FrameTap, TapRead};
 pub use storage::{FaultStorage, OsStorage, Storage};
+pub use tap::{FrameTap, TapRead};
 pub use writer::{
     Config, Durability, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
     WRITER_PREFAULT_AHEAD_BYTES, WRITER_PREFAULT_STEP_BYTES,

@@ -13,7 +13,7 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::format::{get_u32, get_u64, frame_size, FRAME_HEADER_SIZE};
+use crate::format::{frame_size, get_u32, get_u64, FRAME_HEADER_SIZE};
 
 /// Tap states, in `FrameTap::state`.
 const ATTACHED: u64 = 0;
@@ -119,7 +119,12 @@ impl FrameTap {
             self.seq_attached.store(seq, Ordering::Relaxed);
             if self
                 .state
-                .compare_exchange(REATTACH_WANTED, ATTACHED, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(
+                    REATTACH_WANTED,
+                    ATTACHED,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
                 .is_err()
             {
                 return;
