@@ -297,3 +297,40 @@ impl FrameReader {
         }
     }
 }
+
+/// The first sequence the journal in `dir` holds a segment for (None: no segment).
+pub fn first_sequence(dir: &Path) -> Result<Option<u64>> {
+    Ok(list_segments(dir)?.first().map(|s| s.base_seq))
+}
+
+/// A whole frame's sequence and the chain value after it, when `frame` passes its
+/// checks (length, CRC, padding, kind).
+pub fn frame_seq_chain(frame: &[u8]) -> Option<(u64, u64)> {
+    match check_frame(frame, 0, frame.len() as u64) {
+        FrameCheck::Valid(h) if h.kind == FRAME_KIND_DATA => {
+            Some((h.seq, chain_next(h.chain_prev, h.crc, h.seq)))
+        }
+        _ => None,
+    }
+}
+
+/// The chain value after `seq` in the journal in `dir`, read from its files: after the
+/// record `seq`, or, for the sequence just before the oldest segment, from that segment's
+/// first record. None when the journal does not hold what it takes.
+pub fn chain_after(dir: &Path, seq: u64) -> Result<Option<u64>> {
+    let Some(first) = first_sequence(dir)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    if seq + 1 == first {
+        let mut r = FrameReader::open(dir, first)?;
+        return Ok(r.next_batch(&mut out, 1, first)?.map(|_| get_u64(&out, 24)));
+    }
+    if seq < first {
+        return Ok(None);
+    }
+    let mut r = FrameReader::open(dir, seq)?;
+    Ok(r
+        .next_batch(&mut out, 1, seq)?
+        .and_then(|_| frame_seq_chain(&out).map(|(_, c)| c)))
+}

@@ -11,7 +11,9 @@
 //! before it, so the stream has no seam and no gap.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::format::{frame_size, get_u32, get_u64, FRAME_HEADER_SIZE};
 
@@ -33,6 +35,9 @@ pub struct FrameTap {
     /// First sequence copied after the last (re)attach (written before `write_pos`
     /// publishes that frame).
     seq_attached: AtomicU64,
+    /// The consumer is parked in [`FrameTap::wait`]: [`FrameTap::ring`] wakes it.
+    consumer_parked: AtomicBool,
+    consumer: Mutex<Option<std::thread::Thread>>,
 }
 
 // SAFETY: the writer only writes free positions `[write_pos, read_pos + capacity)` before
@@ -75,7 +80,40 @@ impl FrameTap {
             read_pos: AtomicU64::new(0),
             state: AtomicU64::new(DETACHED),
             seq_attached: AtomicU64::new(0),
+            consumer_parked: AtomicBool::new(false),
+            consumer: Mutex::new(None),
         }
+    }
+
+    /// Writer's side, once per batch: wakes a consumer parked in [`FrameTap::wait`]. One
+    /// atomic load when nobody waits.
+    #[inline]
+    pub fn ring(&self) {
+        fence(Ordering::SeqCst);
+        if self.consumer_parked.load(Ordering::Relaxed) {
+            if let Some(t) = self
+                .consumer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Consumer: sleeps until a frame is published (and the writer rings) or `timeout`
+    /// passes. Returns at once when frames wait.
+    pub fn wait(&self, timeout: Duration) {
+        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::thread::current());
+        self.consumer_parked.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `ring`: either the writer sees the flag, or this sees
+        // the frame.
+        fence(Ordering::SeqCst);
+        if self.write_pos.load(Ordering::Acquire) == self.read_pos.load(Ordering::Relaxed) {
+            std::thread::park_timeout(timeout);
+        }
+        self.consumer_parked.store(false, Ordering::Relaxed);
     }
 
     fn ptr(&self) -> *mut u8 {
@@ -138,8 +176,15 @@ impl FrameTap {
         self.write_pos.store(at, Ordering::Release);
     }
 
-    /// Consumer: asks the writer to start copying again at its next append.
+    /// Consumer: asks the writer to start copying again at its next append. Forgets the
+    /// sequence of the previous attach.
     pub fn reattach(&self) {
+        // Only the consumer moves the tap out of DETACHED, so the writer cannot store a
+        // new `seq_attached` before the exchange below.
+        if self.state.load(Ordering::Acquire) != DETACHED {
+            return;
+        }
+        self.seq_attached.store(0, Ordering::Release);
         let _ = self.state.compare_exchange(
             DETACHED,
             REATTACH_WANTED,

@@ -443,9 +443,22 @@ impl Decoder {
         self.buf.len() - self.consumed
     }
 
+    /// Whether a whole message is buffered (an error for a length no message has).
+    pub fn has_message(&self) -> Result<bool, WireError> {
+        let rest = &self.buf[self.consumed..];
+        if rest.len() < 4 {
+            return Ok(false);
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes"));
+        if (len as usize) < HEADER_SIZE || len as usize > MESSAGE_SIZE_MAX {
+            return Err(WireError::BadLength(len));
+        }
+        Ok(rest.len() >= len as usize)
+    }
+
     /// The next whole message, or None until more bytes arrive. An error is final: the
     /// stream cannot be resynchronised, close the connection.
-    pub fn next(&mut self) -> Result<Option<Envelope<'_>>, WireError> {
+    pub fn next_message(&mut self) -> Result<Option<Envelope<'_>>, WireError> {
         let rest = &self.buf[self.consumed..];
         if rest.len() < 4 {
             return Ok(None);
@@ -542,7 +555,7 @@ mod tests {
             let mut got = Vec::new();
             for part in [&stream[..split], &stream[split..]] {
                 d.feed(part);
-                while let Some(e) = d.next().unwrap() {
+                while let Some(e) = d.next_message().unwrap() {
                     got.push(format!("{e:?}"));
                 }
             }
@@ -573,7 +586,7 @@ mod tests {
                 d[bit / 8] ^= 1 << (bit % 8);
                 let mut dec = Decoder::new();
                 dec.feed(&d);
-                match dec.next() {
+                match dec.next_message() {
                     Ok(Some(e)) => panic!("bit {bit} of {m:?} decoded as {e:?}"),
                     // A longer length waits for bytes that never come; a shorter one is
                     // an error. Both end the connection (the peer times out).
@@ -588,12 +601,12 @@ mod tests {
         let mut d = Decoder::new();
         d.feed(&(MESSAGE_SIZE_MAX as u32 + 1).to_le_bytes());
         assert_eq!(
-            d.next(),
+            d.next_message(),
             Err(WireError::BadLength(MESSAGE_SIZE_MAX as u32 + 1))
         );
         let mut d = Decoder::new();
         d.feed(&3u32.to_le_bytes());
-        assert_eq!(d.next(), Err(WireError::BadLength(3)));
+        assert_eq!(d.next_message(), Err(WireError::BadLength(3)));
         // An ack one byte short, with a CRC that matches its bytes.
         let mut out = Vec::new();
         encode(
