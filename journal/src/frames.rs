@@ -330,7 +330,6 @@ pub fn chain_after(dir: &Path, seq: u64) -> Result<Option<u64>> {
         return Ok(None);
     }
     let mut r = FrameReader::open(dir, seq)?;
-    Ok(r
-        .next_batch(&mut out, 1, seq)?
+    Ok(r.next_batch(&mut out, 1, seq)?
         .and_then(|_| frame_seq_chain(&out).map(|(_, c)| c)))
 }

@@ -189,10 +189,7 @@ fn an_empty_standby_follows_the_files_then_the_tap_and_ends_byte_identical() {
     assert!(p.link.connected());
     conn.close();
     standby.close().unwrap();
-    assert_eq!(
-        frames(p.journal.dir(), last),
-        frames(&sdir, last)
-    );
+    assert_eq!(frames(p.journal.dir(), last), frames(&sdir, last));
 }
 
 #[test]
