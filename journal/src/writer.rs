@@ -157,8 +157,8 @@ impl Config {
             (Backend::Auto, Durability::Async { .. }) => Backend::Pwrite,
             // The caller's thread commits: pwrite + fdatasync right there beats io_uring,
             // whose fdatasync runs on a kernel worker that must be woken (node pipeline,
-            // inline at 100 K/s: p50 121-131 against 160-177 us, p99 1.4-3.2x against
-            // 2.3-4.3x one fdatasync's; docs/benchmarks.md). The syncer thread batches
+            // inline at 100 K/s: p50 121-131 against 160-177 us, recorded 2026-11-28;
+            // docs/benchmarks.md). The syncer thread batches
             // better with io_uring (BENCHMARKS.md).
             (Backend::Auto, Durability::Group) if self.caller_commits => Backend::Pwrite,
             (Backend::Auto, Durability::Group) => Backend::IoUring,

@@ -22,6 +22,7 @@ use ringex_engine::{
     AccountId, Command, Event, Exchange, MarketId, MarketSpec, OrderId, OrderKind, OrderRef,
     PlaceOrder, Price, Qty, RejectReason, Side, StpMode, Symbol, TimeInForce,
 };
+use rustc_hash::FxHashMap;
 
 use super::{cpu_model, latency_histogram, median, LatencySummary};
 
@@ -696,16 +697,30 @@ struct BaseOrder {
 }
 
 /// The straightforward book to beat: `BTreeMap<Price, VecDeque<Order>>` per side and a
-/// std `HashMap` from order id to (side, price). Price-time matching; cancel scans the
+/// hash map from order id to (side, price), with the engine's own hasher (FxHash, as
+/// `OrderBook`'s index) and, through [`BaselineBook::with_capacity`], the same reserved
+/// room as the engine's books in the bench: the comparison is of the book's structure,
+/// not of SipHash against FxHash or of rehashing. Price-time matching; cancel scans the
 /// level's queue.
 #[derive(Clone, Debug, Default)]
 pub struct BaselineBook {
     bids: BTreeMap<Price, VecDeque<BaseOrder>>,
     asks: BTreeMap<Price, VecDeque<BaseOrder>>,
-    index: HashMap<OrderId, (Side, Price)>,
+    index: FxHashMap<OrderId, (Side, Price)>,
 }
 
 impl BaselineBook {
+    /// Room for `orders` resting orders in the index, as `OrderBook::with_capacity`.
+    pub fn with_capacity(orders: usize) -> Self {
+        let mut index = FxHashMap::default();
+        index.reserve(orders);
+        BaselineBook {
+            bids: BTreeMap::new(),
+            asks: BTreeMap::new(),
+            index,
+        }
+    }
+
     fn side_mut(&mut self, side: Side) -> &mut BTreeMap<Price, VecDeque<BaseOrder>> {
         match side {
             Side::Buy => &mut self.bids,
@@ -1040,7 +1055,9 @@ pub fn run_variant(
     let mut books0: Vec<OrderBook<()>> = (0..markets)
         .map(|_| OrderBook::with_capacity(capacity))
         .collect();
-    let mut base0: Vec<BaselineBook> = vec![BaselineBook::default(); markets];
+    let mut base0: Vec<BaselineBook> = (0..markets)
+        .map(|_| BaselineBook::with_capacity(capacity))
+        .collect();
     for op in &w.prefill_ops {
         assert!(book_apply(&mut books0, op));
         assert!(baseline_apply(&mut base0, op));

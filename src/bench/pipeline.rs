@@ -6,10 +6,11 @@
 //! command still carries the time it should have been sent, so queueing behind a stall is
 //! counted (no coordinated omission). Latency runs from that stamp until the publisher
 //! thread receives the command's last event. In the same run: the engine alone over the
-//! same stream (the throughput baseline) and a single fdatasync's latency on the same
-//! file system (the `group` mode baseline).
+//! same stream (the throughput baseline) and the latency of one commit alone on the same
+//! file system (the `group` mode baseline): one command's record written the way the
+//! journal's group commit writes it (O_DIRECT whole blocks into a preallocated,
+//! zero-filled file, or buffered for the mapped journal), then fdatasync.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -101,9 +102,10 @@ pub struct CaseReport {
     /// commits themselves, without the queueing in front of them).
     pub commit_ns_p99: u64,
     /// The baselines of the run this case belongs to: the engine alone (commands/s) and
-    /// one fdatasync's p99.
+    /// the p99 of one commit alone (one record written as this case's journal writes it,
+    /// then fdatasync; 0 for async cases).
     pub engine_alone_per_s: f64,
-    pub fdatasync_ns_p99: u64,
+    pub commit_alone_ns_p99: u64,
     /// Cache-line round trip between core 0 and the last core, measured just before the
     /// case (the host's vCPU placement; None on one core).
     pub cross_core_ns: Option<f64>,
@@ -115,9 +117,9 @@ impl CaseReport {
         self.commands_per_s / self.engine_alone_per_s.max(1.0)
     }
 
-    /// The commands' p99 over one fdatasync's p99 (the `group` target).
-    pub fn ratio_to_fdatasync(&self) -> f64 {
-        self.latency.latency_ns_p99 as f64 / self.fdatasync_ns_p99.max(1) as f64
+    /// The commands' p99 over the p99 of one commit alone (the `group` target).
+    pub fn ratio_to_commit_alone(&self) -> f64 {
+        self.latency.latency_ns_p99 as f64 / self.commit_alone_ns_p99.max(1) as f64
     }
 
     fn case(&self) -> (&str, &str, u64, &str) {
@@ -145,9 +147,18 @@ pub struct CaseMedians {
     pub latency_us_p50: f64,
     pub latency_us_p99: f64,
     pub latency_us_p999: f64,
-    pub ratio_to_fdatasync: f64,
+    pub ratio_to_commit_alone: f64,
     pub cross_core_ns: Option<f64>,
+    /// Runs whose round trip was measured, and of those, the ones in the near placement
+    /// (below [`NEAR_ROUND_TRIP_NS`]): a condition to quote beside the medians, which are
+    /// over all runs.
+    pub runs_placed: usize,
+    pub runs_near: usize,
 }
+
+/// A cross-core round trip below this is the near vCPU placement (~50-110 ns measured;
+/// the far one ~400-470 ns).
+pub const NEAR_ROUND_TRIP_NS: f64 = 200.0;
 
 /// Groups the reports by case (first-seen order) and takes the median of each figure.
 pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
@@ -178,8 +189,10 @@ pub fn case_medians(reports: &[CaseReport]) -> Vec<CaseMedians> {
                 latency_us_p50: median(&of(&|r| us(r.latency.latency_ns_p50))),
                 latency_us_p99: median(&of(&|r| us(r.latency.latency_ns_p99))),
                 latency_us_p999: median(&of(&|r| us(r.latency.latency_ns_p999))),
-                ratio_to_fdatasync: median(&of(&|r| r.ratio_to_fdatasync())),
+                ratio_to_commit_alone: median(&of(&|r| r.ratio_to_commit_alone())),
                 cross_core_ns: (!cross.is_empty()).then(|| median(&cross)),
+                runs_placed: cross.len(),
+                runs_near: cross.iter().filter(|&&ns| ns < NEAR_ROUND_TRIP_NS).count(),
             }
         })
         .collect()
@@ -345,7 +358,7 @@ fn run_case(
         backpressured: measured.backpressured,
         commit_ns_p99: measured.commit_ns_p99,
         engine_alone_per_s: 0.0,
-        fdatasync_ns_p99: 0,
+        commit_alone_ns_p99: 0,
         cross_core_ns: None,
     }
 }
@@ -466,26 +479,140 @@ fn engine_alone(setup: &[Command], timed: &[Command]) -> f64 {
             events.clear();
             ex.apply(c, &mut events);
         }
+        // The final state and events escape, so none of the work can be optimised away.
+        std::hint::black_box((&ex, &events));
         rates.push(timed.len() as f64 / start.elapsed().as_secs_f64());
     }
     median(&rates)
 }
 
-/// Latency of one 64-byte write + fdatasync on the benchmark's file system.
-fn fdatasync_latency(dir: &Path, samples: usize) -> LatencySummary {
+/// How one group commit reaches the disk, for the probe that stands for "one fdatasync".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeWrite {
+    /// As the journal's O_DIRECT path (the group default): the partly written last 4 KiB
+    /// block and the new bytes, rewritten as whole blocks from an aligned buffer, then
+    /// fdatasync.
+    Direct,
+    /// As the buffered backends (the mapped journal): the new bytes written into the page
+    /// cache in place, then fdatasync.
+    Buffered,
+}
+
+const PROBE_BLOCK_BYTES: usize = 4096;
+
+/// Latency of one group commit of a single `frame_bytes` record, done the way the journal
+/// does it, on the benchmark's file system: a preallocated, zero-filled file (as the
+/// node's segments, `journal.zero_fill_segments`) overwritten in place, so no sync carries
+/// a growing file size or an unwritten extent's conversion that the journal's commits do
+/// not. `Direct` falls back to `Buffered` where the file system refuses O_DIRECT (as the
+/// journal does); the second value says which ran.
+fn commit_alone_latency(
+    dir: &Path,
+    samples: usize,
+    frame_bytes: usize,
+    how: ProbeWrite,
+) -> (LatencySummary, ProbeWrite) {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    // The aligned buffer below holds a partial block and one record: two blocks at most.
+    assert!(
+        frame_bytes <= PROBE_BLOCK_BYTES,
+        "a command's frame fits a block"
+    );
     std::fs::create_dir_all(dir).expect("bench dir");
     let path = dir.join("fdatasync-probe");
-    let mut file = std::fs::File::create(&path).expect("probe file");
+    // Prepare: allocate, write zeros, sync (written blocks, as a zero-filled segment).
+    let size = ((samples * frame_bytes) / PROBE_BLOCK_BYTES + 2) * PROBE_BLOCK_BYTES;
+    {
+        let file = std::fs::File::create(&path).expect("probe file");
+        file.write_all_at(&vec![0u8; size], 0)
+            .expect("probe zero fill");
+        file.sync_all().expect("probe zero fill sync");
+    }
+    let direct_file = (how == ProbeWrite::Direct)
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .ok()
+        })
+        .flatten();
+    let direct = direct_file.is_some();
+    let file = match direct_file {
+        Some(file) => {
+            // The journal's O_DIRECT segments are not in the page cache either.
+            // SAFETY: plain syscall on an open descriptor.
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    0,
+                    0,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+            file
+        }
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("probe file"),
+    };
+    // Two blocks' worth, 4 KiB aligned: a record may straddle a block boundary.
+    let mut raw = vec![0u8; 3 * PROBE_BLOCK_BYTES];
+    let align = raw.as_ptr().align_offset(PROBE_BLOCK_BYTES);
+    let block = &mut raw[align..align + 2 * PROBE_BLOCK_BYTES];
+    let record = vec![7u8; frame_bytes];
     let mut h = latency_histogram();
-    let record = [7u8; 64];
+    // Stream position; `block` holds the bytes of the block that contains it.
+    let mut end = 0usize;
     for _ in 0..samples {
         let start = Instant::now();
-        file.write_all(&record).expect("probe write");
-        file.sync_data().expect("probe fdatasync");
+        if direct {
+            let tail_offset = end & !(PROBE_BLOCK_BYTES - 1);
+            let tail_len = end - tail_offset;
+            let total = tail_len + frame_bytes;
+            let total_aligned = total.next_multiple_of(PROBE_BLOCK_BYTES);
+            block[tail_len..total].copy_from_slice(&record);
+            block[total..total_aligned].fill(0);
+            file.write_all_at(&block[..total_aligned], tail_offset as u64)
+                .expect("probe write");
+            file.sync_data().expect("probe fdatasync");
+            // Keep the new partial last block at the front.
+            let keep_from = total & !(PROBE_BLOCK_BYTES - 1);
+            block.copy_within(keep_from..total, 0);
+        } else {
+            file.write_all_at(&record, end as u64).expect("probe write");
+            file.sync_data().expect("probe fdatasync");
+        }
         h.saturating_record(start.elapsed().as_nanos() as u64);
+        end += frame_bytes;
     }
     let _ = std::fs::remove_file(&path);
-    LatencySummary::from_histogram(&h)
+    let ran = if direct {
+        ProbeWrite::Direct
+    } else {
+        ProbeWrite::Buffered
+    };
+    (LatencySummary::from_histogram(&h), ran)
+}
+
+/// The probe that stands for one commit of a case's journal: buffered for the mapped
+/// journal, O_DIRECT for the others (pwrite and io_uring write with O_DIRECT by default).
+fn probe_for(durability: &str) -> ProbeWrite {
+    if durability.ends_with("-mmap") {
+        ProbeWrite::Buffered
+    } else {
+        ProbeWrite::Direct
+    }
+}
+
+/// Bytes one timed command takes in the journal (its frame), for the probe's records.
+fn command_frame_bytes(timed: &[Command]) -> usize {
+    let mut buf = vec![0u8; ringex_engine::codec::COMMAND_SIZE_MAX];
+    let payload = timed
+        .first()
+        .map_or(64, |c| ringex_engine::codec::encode_command(c, &mut buf));
+    ringex_journal::frame_size_bytes(payload as u64) as usize
 }
 
 fn us(ns: u64) -> f64 {
@@ -508,6 +635,7 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
         args.runs,
         args.dir.display()
     );
+    let frame_bytes = command_frame_bytes(timed);
     let mut reports = Vec::new();
     for run_index in 0..args.runs {
         if args.runs > 1 {
@@ -515,14 +643,24 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
         }
         let alone = engine_alone(&setup, timed);
         println!("engine alone (baseline): {:.2} M commands/s", alone / 1e6);
-        let sync = fdatasync_latency(&args.dir, 2_000);
-        println!(
-            "single 64 B write + fdatasync: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
-            us(sync.latency_ns_p50),
-            us(sync.latency_ns_p99),
-            us(sync.latency_ns_p999),
-            us(sync.latency_ns_max)
-        );
+        // One group commit alone, per write path the cases use.
+        let mut probes: Vec<(ProbeWrite, LatencySummary)> = Vec::new();
+        for d in args.durabilities.iter().filter(|d| d.starts_with("group")) {
+            let want = probe_for(d);
+            if probes.iter().any(|(w, _)| *w == want) {
+                continue;
+            }
+            let (sync, ran) = commit_alone_latency(&args.dir, 2_000, frame_bytes, want);
+            println!(
+                "one commit alone ({}): p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+                probe_label(ran, frame_bytes),
+                us(sync.latency_ns_p50),
+                us(sync.latency_ns_p99),
+                us(sync.latency_ns_p999),
+                us(sync.latency_ns_max)
+            );
+            probes.push((want, sync));
+        }
         println!(
             "{} {:>9} {:>9} {:>10} {:>10} {:>8} {:>6}",
             case_columns_header(),
@@ -548,7 +686,10 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
                     let mut r =
                         run_case(args, &setup, timed, topology, durability, rate, placement);
                     r.engine_alone_per_s = alone;
-                    r.fdatasync_ns_p99 = sync.latency_ns_p99;
+                    r.commit_alone_ns_p99 = probes
+                        .iter()
+                        .find(|(w, _)| *w == probe_for(durability))
+                        .map_or(0, |(_, sync)| sync.latency_ns_p99);
                     r.cross_core_ns = cross_core_ns;
                     print_row(&r);
                     reports.push(r);
@@ -560,6 +701,20 @@ pub fn run(args: &PipelineBenchArgs) -> Vec<CaseReport> {
         print_medians(&case_medians(&reports));
     }
     reports
+}
+
+/// What the probe did, for its line in the output.
+fn probe_label(how: ProbeWrite, frame_bytes: usize) -> String {
+    match how {
+        ProbeWrite::Direct => format!(
+            "one {frame_bytes} B record: O_DIRECT write of its 4 KiB block(s) + fdatasync, \
+             preallocated zero-filled file overwritten in place, as the journal's group commit"
+        ),
+        ProbeWrite::Buffered => format!(
+            "one {frame_bytes} B record: buffered write + fdatasync, preallocated zero-filled \
+             file overwritten in place, as the mapped journal's commit"
+        ),
+    }
 }
 
 /// The columns every table starts with: the case and its throughput.
@@ -615,28 +770,33 @@ fn print_row(r: &CaseReport) {
     );
     if r.durability.starts_with("group") {
         println!(
-            "       group p99 / single fdatasync p99 = {:.2}; the commits' own p99 {:.1} us",
-            r.ratio_to_fdatasync(),
+            "       group p99 / one commit alone p99 = {:.2}; the commits' own p99 {:.1} us",
+            r.ratio_to_commit_alone(),
             us(r.commit_ns_p99)
         );
     }
 }
 
 fn print_medians(medians: &[CaseMedians]) {
-    println!("--- medians over the runs (x alone: median, min-max; rt: median round trip)");
     println!(
-        "{} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6}",
+        "--- medians over all runs (x alone: median, min-max; x commit: the commands' p99 over \
+         one commit alone's; rt: median round trip; near: runs with the two vCPUs placed \
+         near, rt < {NEAR_ROUND_TRIP_NS:.0} ns)"
+    );
+    println!(
+        "{} {:>11} {:>9} {:>9} {:>10} {:>8} {:>6} {:>6}",
         case_columns_header(),
         "min-max",
         "p50 us",
         "p99 us",
         "p99.9 us",
-        "x fsync",
-        "rt ns"
+        "x commit",
+        "rt ns",
+        "near"
     );
     for m in medians {
         println!(
-            "{} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6}",
+            "{} {:>11} {:>9.1} {:>9.1} {:>10.1} {:>8} {:>6} {:>6}",
             case_columns(
                 (&m.topology, &m.durability, &m.placement),
                 m.rate_offered,
@@ -648,11 +808,12 @@ fn print_medians(medians: &[CaseMedians]) {
             m.latency_us_p99,
             m.latency_us_p999,
             if m.durability.starts_with("group") {
-                format!("{:.2}", m.ratio_to_fdatasync)
+                format!("{:.2}", m.ratio_to_commit_alone)
             } else {
                 "-".to_string()
             },
             round_trip_label(m.cross_core_ns),
+            format!("{}/{}", m.runs_near, m.runs_placed),
         );
     }
 }
@@ -695,7 +856,7 @@ mod tests {
             backpressured: 0,
             commit_ns_p99: 0,
             engine_alone_per_s: alone,
-            fdatasync_ns_p99: 100_000,
+            commit_alone_ns_p99: 100_000,
             cross_core_ns: Some(per_s / 1000.0),
         }
     }
@@ -722,8 +883,10 @@ mod tests {
             (0.25, 0.6)
         );
         assert_eq!(m[0].latency_us_p99, 300.0);
-        assert_eq!(m[0].ratio_to_fdatasync, 3.0);
+        assert_eq!(m[0].ratio_to_commit_alone, 3.0);
         assert_eq!(m[0].cross_core_ns, Some(5000.0));
+        // Round trips 5000, 2000, 6000 ns: none near.
+        assert_eq!((m[0].runs_near, m[0].runs_placed), (0, 3));
         assert_eq!(m[1].topology, "inline");
         assert_eq!(m[1].ratio_to_engine, 0.4);
         assert_eq!(m[1].latency_us_p50, 75.0);

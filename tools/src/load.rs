@@ -16,6 +16,16 @@
 //! load (coordinated omission). The service time (actual send to first answer) and the
 //! generator's own send lag are reported beside it.
 //!
+//! **What is counted.** The achieved rate counts only first answers that arrived within
+//! the run, divided by its duration: answers that come in the drain afterwards (up to
+//! 3 s, waiting for what is still outstanding) are reported beside it, never in it, so a
+//! server that queues cannot look faster than it was. Every sent request is in the
+//! latency tables: one never answered is recorded at (end of the drain - its planned
+//! send), a lower bound on its latency, and counted separately, so a stall can only make
+//! the percentiles worse. An answer that refuses the request because the server's input
+//! is full (`Unavailable`) is an answer, but not service: the served rate beside the
+//! achieved one leaves those refusals out.
+//!
 //! **Per-user rates follow from `--users`.** The mix fixes each class's share of users
 //! and of requests, so a market maker sends `rate * 0.6 / (users * 0.05)` requests a
 //! second: at the default 60 users and 100 K/s, 20 K/s each, where a real market maker
@@ -532,12 +542,26 @@ pub struct Report {
     /// Requests planned within the duration.
     pub planned: u64,
     pub sent: u64,
-    /// Requests whose first answer arrived.
+    /// Requests whose first answer arrived, within the run or in the drain after it.
     pub answered: u64,
-    /// Sent but never answered (within the drain time at the end).
+    /// Of those, first answers that arrived within the run (what `achieved_rate` counts).
+    pub answered_in_run: u64,
+    /// First answers that arrived in the drain after the run (not in `achieved_rate`).
+    pub answered_in_drain: u64,
+    /// Sent but never answered by the end of the drain. Each is in the latency tables at
+    /// (end of the drain - its planned send; service time: - its actual send), a lower
+    /// bound on its latency.
     pub unanswered: u64,
-    /// Answered requests per second of the load phase.
+    /// Seconds spent after the run waiting for outstanding answers (at most 3).
+    pub drain_s: f64,
+    /// First answers received within the run per second of the run:
+    /// `answered_in_run / duration_s`.
     pub achieved_rate: f64,
+    /// Requests whose first answer refused them as `Unavailable` (the server's input was
+    /// full), within the run or after it; counted in `answered` too.
+    pub refused_unavailable: u64,
+    /// Answers within the run other than those refusals, per second of the run.
+    pub served_rate: f64,
     pub accepted: u64,
     pub rejected: u64,
     pub rejects_by_reason: BTreeMap<String, u64>,
@@ -546,9 +570,9 @@ pub struct Report {
     pub errors: u64,
     pub error_messages: Vec<String>,
     /// Planned send -> first answer (coordinated-omission corrected), per request type
-    /// and `all`.
+    /// and `all`; every sent request, the unanswered ones as described at `unanswered`.
     pub latency: BTreeMap<String, Percentiles>,
-    /// Actual send -> first answer.
+    /// Actual send -> first answer; every sent request, likewise.
     pub service_time: BTreeMap<String, Percentiles>,
     /// Planned send -> first answer per user class (`market_maker`, `retail`, `bot`): a
     /// bot's burst waits for itself, a market maker's quote does not.
@@ -564,13 +588,29 @@ impl Report {
             self.target_rate, self.duration_s, self.users
         );
         println!(
-            "  planned {}  sent {}  answered {}  unanswered {}  achieved {:.0} req/s ({:.1}% of target)",
+            "  planned {}  sent {}  answered {} ({} within the run, {} in the {:.1} s drain \
+             after it)  never answered {}",
             self.planned,
             self.sent,
             self.answered,
-            self.unanswered,
+            self.answered_in_run,
+            self.answered_in_drain,
+            self.drain_s,
+            self.unanswered
+        );
+        println!(
+            "  achieved {:.0} req/s ({:.1}% of target): answers received within the run / \
+             {:.1} s (answers in the drain not counted)",
             self.achieved_rate,
-            100.0 * self.achieved_rate / self.target_rate.max(1) as f64
+            100.0 * self.achieved_rate / self.target_rate.max(1) as f64,
+            self.duration_s
+        );
+        println!(
+            "  served {:.0} req/s ({:.1}% of target): the same without the {} refused \
+             Unavailable (the server's input was full)",
+            self.served_rate,
+            100.0 * self.served_rate / self.target_rate.max(1) as f64,
+            self.refused_unavailable
         );
         println!(
             "  accepted {}  rejected {}  fills {}  errors {}",
@@ -581,6 +621,15 @@ impl Report {
         }
         for e in &self.error_messages {
             println!("    error: {e}");
+        }
+        if self.unanswered > 0 {
+            println!(
+                "  latency tables count every sent request; the {} never answered are in them \
+                 at (end of the drain - send), a lower bound",
+                self.unanswered
+            );
+        } else {
+            println!("  latency tables count every sent request (all were answered)");
         }
         println!("  round trip, planned send -> first answer (CO-corrected), microseconds:");
         print_table(&self.latency);
@@ -757,6 +806,12 @@ struct Stats {
     planned: u64,
     sent: u64,
     answered: u64,
+    /// First answers that arrived up to `run_ns` (the end of the run, before the drain).
+    answered_in_run: u64,
+    /// First answers refusing the request as `Unavailable`: all, and within the run.
+    refused: u64,
+    refused_in_run: u64,
+    run_ns: u64,
     accepted: u64,
     rejected: u64,
     fills: u64,
@@ -769,7 +824,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Stats {
-    fn new() -> Stats {
+    fn new(run_ns: u64) -> Stats {
         Stats {
             latency: Kind::ALL.iter().map(|k| (*k, histogram())).collect(),
             service: Kind::ALL.iter().map(|k| (*k, histogram())).collect(),
@@ -780,11 +835,31 @@ impl Stats {
             planned: 0,
             sent: 0,
             answered: 0,
+            answered_in_run: 0,
+            refused: 0,
+            refused_in_run: 0,
+            run_ns,
             accepted: 0,
             rejected: 0,
             fills: 0,
             rejects: BTreeMap::new(),
             errors: Vec::new(),
+        }
+    }
+
+    /// Records `f`'s latency (from its planned send) and service time (from its actual
+    /// send) as of `now_ns`: its first answer, or the end of the run for one never answered.
+    fn record(&mut self, class: UserClass, f: &InFlight, now_ns: u64) {
+        let lat = now_ns.saturating_sub(f.planned_ns).max(1);
+        let svc = now_ns.saturating_sub(f.sent_ns).max(1);
+        self.all_latency.saturating_record(lat);
+        self.all_service.saturating_record(svc);
+        self.by_class[class.index()].saturating_record(lat);
+        if let Some(h) = self.latency.get_mut(&f.kind) {
+            h.saturating_record(lat);
+        }
+        if let Some(h) = self.service.get_mut(&f.kind) {
+            h.saturating_record(svc);
         }
     }
 }
@@ -827,17 +902,17 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
     if !f.answered {
         f.answered = true;
         stats.answered += 1;
-        let lat = now_ns.saturating_sub(f.planned_ns).max(1);
-        let svc = now_ns.saturating_sub(f.sent_ns).max(1);
-        stats.all_latency.saturating_record(lat);
-        stats.all_service.saturating_record(svc);
-        stats.by_class[user.class.index()].saturating_record(lat);
-        if let Some(h) = stats.latency.get_mut(&f.kind) {
-            h.saturating_record(lat);
+        let in_run = now_ns <= stats.run_ns;
+        if in_run {
+            stats.answered_in_run += 1;
         }
-        if let Some(h) = stats.service.get_mut(&f.kind) {
-            h.saturating_record(svc);
+        if matches!(msg, ServerMessage::OrderRejected(r) if r.reason == RejectReason::Unavailable) {
+            stats.refused += 1;
+            if in_run {
+                stats.refused_in_run += 1;
+            }
         }
+        stats.record(user.class, f, now_ns);
     }
     if matches!(msg, ServerMessage::RequestDone(_)) {
         user.in_flight.remove(pos);
@@ -950,7 +1025,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             .map_err(|e| e.to_string())?;
     }
 
-    let mut stats = Stats::new();
+    let duration_ns = (args.duration * 1e9) as u64;
+    let mut stats = Stats::new(duration_ns);
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = users
         .iter()
         .enumerate()
@@ -964,12 +1040,10 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     let mut received: Vec<ServerMessage> = Vec::with_capacity(1024);
     let mut unread: Vec<(usize, bool)> = Vec::new();
     let mut reading: Vec<(usize, bool)> = Vec::new();
-    let duration_ns = (args.duration * 1e9) as u64;
     let drain_ns = 3_000_000_000u64;
     let start = Instant::now();
     let mut next_drift = 0u64;
     let mut next_keepalive = 0u64;
-    let mut load_end_ns = duration_ns;
 
     let fail = |user: &mut User, stats: &mut Stats, e: ClientError| {
         if !user.dead {
@@ -980,7 +1054,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         }
     };
 
-    loop {
+    // When the loop ends: at the run's end, or at the end of the drain after it.
+    let end_ns = loop {
         let now_ns = start.elapsed().as_nanos() as u64;
         let loading = now_ns < duration_ns;
         if !loading {
@@ -990,8 +1065,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
                 .map(|u| u.in_flight.len())
                 .sum();
             if outstanding == 0 || now_ns >= duration_ns + drain_ns {
-                load_end_ns = load_end_ns.min(now_ns);
-                break;
+                break now_ns;
             }
         }
 
@@ -1123,20 +1197,24 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             }
         }
         reading.clear();
-    }
+    };
 
-    let unanswered: u64 = users
-        .iter()
-        .flat_map(|u| u.in_flight.iter())
-        .filter(|f| !f.answered)
-        .count() as u64;
+    // Requests never answered (including those of users whose connection failed) go into
+    // the latency tables at the end of the drain: a lower bound, never left out.
+    let mut unanswered = 0u64;
+    for u in &users {
+        for f in u.in_flight.iter().filter(|f| !f.answered) {
+            unanswered += 1;
+            stats.record(u.class, f, end_ns);
+        }
+    }
     for u in users.iter_mut() {
         if !u.dead {
             let _ = u.client.logout();
         }
     }
 
-    let load_s = (load_end_ns.min(duration_ns) as f64 / 1e9).max(1e-9);
+    let run_s = (duration_ns as f64 / 1e9).max(1e-9);
     let mut report = Report {
         target_rate: args.rate,
         duration_s: args.duration,
@@ -1144,8 +1222,13 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         planned: stats.planned,
         sent: stats.sent,
         answered: stats.answered,
+        answered_in_run: stats.answered_in_run,
+        answered_in_drain: stats.answered - stats.answered_in_run,
         unanswered,
-        achieved_rate: stats.answered as f64 / load_s,
+        drain_s: end_ns.saturating_sub(duration_ns) as f64 / 1e9,
+        achieved_rate: stats.answered_in_run as f64 / run_s,
+        refused_unavailable: stats.refused,
+        served_rate: (stats.answered_in_run - stats.refused_in_run) as f64 / run_s,
         accepted: stats.accepted,
         rejected: stats.rejected,
         rejects_by_reason: stats.rejects.clone(),

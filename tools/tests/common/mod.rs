@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ringex_engine::{Command, Event, Exchange, MarketSpec, Symbol};
-use ringex_gateway::backend::InlineBackend;
+use ringex_gateway::backend::{Backend, InlineBackend};
 use ringex_gateway::protocol::{permission, secret_hash};
 use ringex_gateway::server::{Gateway, GatewayConfig};
 use ringex_tools::client::ClientOptions;
@@ -111,13 +111,22 @@ impl Drop for Server {
 }
 
 pub fn serve_with(config: GatewayConfig) -> Server {
+    serve_backend(config, |inline| inline)
+}
+
+/// As [`serve_with`], behind the backend `make` builds (on the server's thread) around the
+/// inline engine: a server that answers late or not at all, for instance.
+pub fn serve_backend<B: Backend>(
+    config: GatewayConfig,
+    make: impl FnOnce(InlineBackend) -> B + Send + 'static,
+) -> Server {
     let mut gateway = Gateway::bind(config).unwrap();
     let trading = gateway.trading_addr().unwrap();
     let admin = gateway.admin_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let thread = std::thread::spawn(move || {
-        let mut backend = InlineBackend::new(exchange());
+        let mut backend = make(InlineBackend::new(exchange()));
         gateway.run(&mut backend, &flag).unwrap();
     });
     Server {
