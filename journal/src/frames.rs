@@ -333,3 +333,25 @@ pub fn chain_after(dir: &Path, seq: u64) -> Result<Option<u64>> {
     Ok(r.next_batch(&mut out, 1, seq)?
         .and_then(|_| frame_seq_chain(&out).map(|(_, c)| c)))
 }
+
+/// A whole frame's header, when `frame` passes its checks (length, CRC, padding, kind).
+pub fn frame_header(frame: &[u8]) -> std::result::Result<FrameHeader, String> {
+    match check_frame(frame, 0, frame.len() as u64) {
+        FrameCheck::Valid(h) if frame_size(u64::from(h.payload_len)) == frame.len() as u64 => Ok(h),
+        FrameCheck::Valid(_) => Err("the frame's length differs from its slice".into()),
+        FrameCheck::Empty => Err("an empty frame".into()),
+        FrameCheck::Invalid(why) => Err(why),
+    }
+}
+
+/// The record `seq` of the journal in `dir`: (chain value after it, its epoch). None when
+/// the journal does not hold it.
+pub fn record_chain_epoch(dir: &Path, seq: u64) -> Result<Option<(u64, u32)>> {
+    let mut r = FrameReader::open(dir, seq)?;
+    let mut out = Vec::new();
+    Ok(r.next_batch(&mut out, 1, seq)?.and_then(|_| {
+        frame_header(&out)
+            .ok()
+            .map(|h| (chain_next(h.chain_prev, h.crc, h.seq), h.epoch))
+    }))
+}

@@ -25,7 +25,9 @@ pub use error::{Error, Result, REPAIR_COMMAND, VERIFY_COMMAND};
 pub use format::{
     chain_next, segment_file_name, FrameHeader, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE,
 };
-pub use frames::{chain_after, first_sequence, frame_seq_chain, FrameReader};
+pub use frames::{
+    chain_after, first_sequence, frame_header, frame_seq_chain, record_chain_epoch, FrameReader,
+};
 pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, verify_known, LiveTail, RecoveryReport, Truncation, Verify};

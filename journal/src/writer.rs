@@ -47,7 +47,9 @@ pub struct Config {
     pub durability: Durability,
     /// Identity written into new segments; ignored when the journal exists.
     pub journal_id: u128,
-    /// Epoch stamped into records. Must not be below the journal's last epoch.
+    /// Epoch stamped into records. Must not be below the journal's last epoch; 0 takes
+    /// the journal's own (1 for a new journal): a node reopening its journal after a
+    /// promotion goes on in the epoch it was promoted to.
     pub epoch: u32,
     pub record_size_bytes_max: u32,
     /// Appends are refused while the file system has less free space than this.
@@ -70,6 +72,10 @@ pub struct Config {
     /// 1 without one). Opening refuses, changing nothing, when the journal starts after
     /// it. 0: any start will do (a pruned journal read from its start).
     pub seq_first_needed: u64,
+    /// For a directory with no journal yet: start after this `(sequence, chain value)`
+    /// instead of at 1 (a standby that installs its primary's snapshot there). Ignored
+    /// when the journal exists.
+    pub start_after: Option<(u64, u64)>,
     pub storage: Arc<dyn Storage>,
     /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
     /// `Pwrite` under `Async` writes through: the writer's own
@@ -140,6 +146,7 @@ impl Config {
             verify: Verify::Tail,
             seq_durable_known: 0,
             seq_first_needed: 0,
+            start_after: None,
             storage: Arc::new(OsStorage),
             backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
@@ -878,10 +885,22 @@ impl Journal {
             seq_first_needed: config.seq_first_needed,
             ..recovery::Analysis::default()
         };
-        let (tail, report) = recovery::analyze(&dir, &analysis)?;
-        if config.epoch < tail.epoch {
+        let (mut tail, report) = recovery::analyze(&dir, &analysis)?;
+        if tail.segments.is_empty() {
+            if let Some((seq, chain)) = config.start_after {
+                // A journal that begins after a snapshot it was given (a standby installing
+                // its primary's): its first segment starts past it, linked to its chain.
+                tail.seq_next = seq + 1;
+                tail.chain = chain;
+            }
+        }
+        let epoch = match config.epoch {
+            0 => tail.epoch.max(1),
+            e => e,
+        };
+        if epoch < tail.epoch {
             return Err(Error::StaleEpoch {
-                epoch: config.epoch,
+                epoch,
                 epoch_journal: tail.epoch,
             });
         }
@@ -898,7 +917,7 @@ impl Journal {
                     base_seq: tail.seq_next,
                     segment_size_bytes: config.segment_size_bytes,
                     chain_prev: tail.chain,
-                    epoch: config.epoch,
+                    epoch,
                 };
                 let path = segment_path(&dir, header.base_seq);
                 create_segment_file(&dir, &path, &header, storage.as_ref(), None, zero_fill)?;
@@ -998,7 +1017,7 @@ impl Journal {
             chain: tail.chain,
             segment_base_seq: active.base_seq,
             end_offset_bytes,
-            epoch: tail.epoch.max(config.epoch),
+            epoch: tail.epoch.max(epoch),
             stream_end: 0,
         };
         let sync_state = SyncerState {
@@ -1097,9 +1116,9 @@ impl Journal {
             end_offset_bytes,
             seq_next: tail.seq_next,
             chain: tail.chain,
-            epoch: config.epoch,
+            epoch,
             epoch_segment_last: if tail.segments.is_empty() {
-                config.epoch
+                epoch
             } else {
                 tail.epoch
             },

@@ -8,7 +8,7 @@ use ringex_engine::codec::{decode_command, CODEC_VERSION};
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{Journal, Reader, RecoveryReport, SnapshotStore, Truncation};
 
-use super::{NodeError, RECORD_COMMAND};
+use super::{NodeError, RECORD_COMMAND, RECORD_EPOCH};
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Clone)]
@@ -49,25 +49,69 @@ impl fmt::Display for RecoveryLog {
     }
 }
 
-/// Decodes one journal record into a command, checking type and schema.
+/// A journal record as the node writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An engine command: applied.
+    Command(ringex_engine::Command),
+    /// A promotion: from this record on, `node_id` is primary at `epoch`. Nothing to apply.
+    Epoch { epoch: u32, node_id: u32 },
+}
+
+/// Payload of an epoch record: the new epoch and the promoted node, little-endian.
+pub fn encode_epoch_record(epoch: u32, node_id: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&epoch.to_le_bytes());
+    b[4..].copy_from_slice(&node_id.to_le_bytes());
+    b
+}
+
+/// Decodes one journal record, checking type and schema.
+pub fn decode_any_record(
+    seq: u64,
+    record_type: u16,
+    schema_version: u16,
+    payload: &[u8],
+) -> Result<Record, NodeError> {
+    let bad = |why: String| NodeError::Replay { seq, reason: why };
+    match record_type {
+        RECORD_COMMAND => {
+            if schema_version != u16::from(CODEC_VERSION) {
+                return Err(bad(format!("unsupported schema version {schema_version}")));
+            }
+            let (cmd, used) = decode_command(payload).map_err(|e| bad(e.to_string()))?;
+            if used != payload.len() {
+                return Err(bad(format!("{} trailing bytes", payload.len() - used)));
+            }
+            Ok(Record::Command(cmd))
+        }
+        RECORD_EPOCH => {
+            if schema_version != 1 || payload.len() != 8 {
+                return Err(bad("malformed epoch record".into()));
+            }
+            Ok(Record::Epoch {
+                epoch: u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")),
+                node_id: u32::from_le_bytes(payload[4..].try_into().expect("4 bytes")),
+            })
+        }
+        other => Err(bad(format!("unknown record type {other}"))),
+    }
+}
+
+/// Decodes one journal record that must be a command.
 pub fn decode_record(
     seq: u64,
     record_type: u16,
     schema_version: u16,
     payload: &[u8],
 ) -> Result<ringex_engine::Command, NodeError> {
-    let bad = |why: String| NodeError::Replay { seq, reason: why };
-    if record_type != RECORD_COMMAND {
-        return Err(bad(format!("unknown record type {record_type}")));
+    match decode_any_record(seq, record_type, schema_version, payload)? {
+        Record::Command(cmd) => Ok(cmd),
+        other => Err(NodeError::Replay {
+            seq,
+            reason: format!("not a command: {other:?}"),
+        }),
     }
-    if schema_version != u16::from(CODEC_VERSION) {
-        return Err(bad(format!("unsupported schema version {schema_version}")));
-    }
-    let (cmd, used) = decode_command(payload).map_err(|e| bad(e.to_string()))?;
-    if used != payload.len() {
-        return Err(bad(format!("{} trailing bytes", payload.len() - used)));
-    }
-    Ok(cmd)
 }
 
 /// Applies journal records `from..=to` (to the journal's end when `to` is `None`) to
@@ -106,15 +150,18 @@ pub fn apply_records(
             r.seq, expected,
             "the journal reader returns dense sequences"
         );
-        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload).map_err(
-            |e| match e {
-                NodeError::Replay { seq, reason } => replay_error(seq, reason),
-                other => other,
-            },
-        )?;
-        events.clear();
-        exchange.apply(&cmd, &mut events);
-        each(&events);
+        let record =
+            decode_any_record(r.seq, r.record_type, r.schema_version, r.payload).map_err(|e| {
+                match e {
+                    NodeError::Replay { seq, reason } => replay_error(seq, reason),
+                    other => other,
+                }
+            })?;
+        if let Record::Command(cmd) = record {
+            events.clear();
+            exchange.apply(&cmd, &mut events);
+            each(&events);
+        }
         applied += 1;
         seq_last = r.seq;
     }

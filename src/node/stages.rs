@@ -46,6 +46,11 @@ pub struct JournalStage {
     seq_last: u64,
     batch_appended: u64,
     buf: [u8; COMMAND_SIZE_MAX],
+    /// This node's id, in the epoch record a promotion journals.
+    pub node_id: u32,
+    /// A primary's replication: the tap the standby is fed from, and (in `sync` mode)
+    /// the wait for the standby's acknowledgement before the engine may see a batch.
+    pub replication: Option<crate::node::replication::Primary>,
 }
 
 impl JournalStage {
@@ -66,6 +71,8 @@ impl JournalStage {
             seq_last,
             batch_appended: 0,
             buf: [0; COMMAND_SIZE_MAX],
+            node_id: 0,
+            replication: None,
         }
     }
 
@@ -81,6 +88,15 @@ impl JournalStage {
                 return (0, 0);
             }
             SlotKind::Snapshot | SlotKind::StateHash | SlotKind::Query => return (0, 0),
+            SlotKind::Replica | SlotKind::ReplicaEpoch => {
+                let result = self.journal.append_replica(&slot.frame[..slot.frame_len]);
+                if let Err(e) = &result {
+                    // The stream from the primary no longer fits this journal.
+                    self.shared.fail(format!("standby: {e}"));
+                }
+                return self.appended(result);
+            }
+            SlotKind::Promote => return self.promote(slot),
         }
         let n = encode_command(&slot.command, &mut self.buf);
         let result = self.journal.append(
@@ -89,6 +105,35 @@ impl JournalStage {
             slot.timestamp_ns,
             &self.buf[..n],
         );
+        self.appended(result)
+    }
+
+    /// A promotion: everything appended so far made durable, then the new epoch and its
+    /// record, synced before the engine (and so any client) sees anything after it.
+    fn promote(&mut self, slot: &InputSlot) -> (u64, u64) {
+        let epoch = slot.tag as u32;
+        self.make_durable();
+        if let Err(e) = self.journal.set_epoch(epoch) {
+            self.shared
+                .fail(format!("promotion to epoch {epoch} refused: {e}"));
+            return (0, 0);
+        }
+        let payload = super::recovery::encode_epoch_record(epoch, self.node_id);
+        let result = self
+            .journal
+            .append(super::RECORD_EPOCH, 1, slot.timestamp_ns, &payload);
+        let appended = self.appended(result);
+        self.make_durable();
+        if let Err(e) = self.journal.sync() {
+            self.shared.fail(format!(
+                "promotion to epoch {epoch}: journal sync failed: {e}"
+            ));
+        }
+        appended
+    }
+
+    /// Bookkeeping after an append: its (seq, chain), or (0, 0) when it was refused.
+    fn appended(&mut self, result: ringex_journal::Result<u64>) -> (u64, u64) {
         match result {
             Ok(seq) => {
                 assert_eq!(seq, self.seq_last + 1, "journal sequences are dense");
@@ -120,6 +165,24 @@ impl JournalStage {
             return;
         }
         self.batch_appended = 0;
+        // The standby's copy leaves now, while this node syncs its own.
+        if let Some(r) = &self.replication {
+            r.ship();
+        }
+        self.make_durable_locally();
+        if let Some(r) = &mut self.replication {
+            if let Err(why) = r.wait_standby(self.seq_last, &self.shared) {
+                // Stopping while the standby is away: what it never acknowledged is not
+                // applied (its clients hear the outcome is unknown; a restart replays it).
+                self.shared
+                    .journal_failed_at
+                    .fetch_min(r.acked_durable() + 1, Ordering::SeqCst);
+                self.shared.note(why);
+            }
+        }
+    }
+
+    fn make_durable_locally(&mut self) {
         if !self.group {
             if let Err(e) = self.journal.write_staged() {
                 self.durability_lost(e.to_string());
@@ -307,13 +370,42 @@ impl EngineStage {
     /// Applies one slot's content. `seq` 0 means the journal refused the command.
     pub fn apply(&mut self, item: &Item) {
         match item.kind {
-            SlotKind::Command => self.apply_command(item.tag, &item.command, item.seq, item.chain),
+            SlotKind::Command | SlotKind::Replica => {
+                self.apply_command(item.tag, &item.command, item.seq, item.chain)
+            }
+            SlotKind::ReplicaEpoch => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the epoch record is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    self.epoch = item.tag as u32;
+                    self.shared
+                        .epoch
+                        .store(u64::from(self.epoch), Ordering::Release);
+                }
+            }
+            SlotKind::Promote => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the epoch record is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    self.epoch = item.tag as u32;
+                    self.shared
+                        .epoch
+                        .store(u64::from(self.epoch), Ordering::Release);
+                }
+                let _ = self.control.send(ControlReply::Promoted {
+                    seq: item.seq,
+                    epoch: item.tag as u32,
+                });
+            }
             SlotKind::Query => self.answer(item.tag, &item.query),
             SlotKind::Snapshot => self.snapshot(true),
             SlotKind::StateHash => {
                 self.merge_metrics();
                 let reply = ControlReply::StateHash {
                     seq: self.seq_last,
+                    chain: self.chain_last,
                     hash: self.exchange.state_hash(),
                 };
                 let _ = self.control.send(reply);
@@ -468,6 +560,9 @@ impl EngineStage {
     /// Merges local metrics (a lock every few ms, never per command) and checks the
     /// snapshot timer.
     pub fn end_of_batch(&mut self) {
+        self.shared
+            .applied_seq
+            .store(self.seq_last, Ordering::Release);
         self.shared.wake_consumer();
         let now = Instant::now();
         if now.duration_since(self.metrics_merged_at) >= METRICS_MERGE_EVERY {
