@@ -373,8 +373,10 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             map_read(&s.path).map(|m| m.map(|(_, m)| SegmentBytes::Mapped(m)))
         };
         match bytes {
-            Err(e) if how.live.is_some() && maps.is_empty() && !newest && vanished(&e) => {
-                pruned += 1;
+            // Pruned since the listing, and so is everything before it (oldest first).
+            Err(e) if how.live.is_some() && !newest && vanished(&e) => {
+                maps.clear();
+                pruned = i + 1;
             }
             bytes => maps.push(bytes?),
         }

@@ -1789,6 +1789,12 @@ impl Journal {
         self.stop_threads();
     }
 
+    /// Whether the next segment is prepared (a roll would not wait for, or be refused
+    /// for want of, its preallocation).
+    pub fn spare_ready(&self) -> bool {
+        matches!(*lock(&self.shared.spare), Spare::Ready(_))
+    }
+
     /// Re-reads free space now (it is also refreshed on every roll and by the syncer).
     pub fn check_space(&self) -> Result<u64> {
         self.shared.check_space()
