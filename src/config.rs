@@ -257,6 +257,10 @@ pub struct ReplicationConfig {
     pub heartbeat_ms: u64,
     /// A peer silent this long is dropped (and reconnected, for a standby).
     pub silence_max_ms: u64,
+    /// A primary journals its state hash every this many sequences; its standby (and any
+    /// replay) compares its own and stops on a difference. Each costs the engine a pass
+    /// over the state, as a snapshot's copy does. 0: never.
+    pub checkpoint_every_commands: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -268,6 +272,7 @@ impl Default for ReplicationConfig {
             degrade_after_ms: 1_000,
             heartbeat_ms: 100,
             silence_max_ms: 3_000,
+            checkpoint_every_commands: 1_000_000,
         }
     }
 }

@@ -243,6 +243,9 @@ pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
                     Ok(Record::Epoch { epoch, node_id }) => {
                         format!("PROMOTION: node {node_id} is primary from epoch {epoch}")
                     }
+                    Ok(Record::Checkpoint { seq, every, hash }) => {
+                        format!("CHECKPOINT: state hash after {seq} is {hash:032x} (every {every})")
+                    }
                     // The stored hash is key-equivalent (docs/protocol.md §3.1): never print it.
                     Ok(Record::Command(ringex_engine::Command::AddApiKey {
                         account,

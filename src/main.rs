@@ -1,6 +1,6 @@
 //! `ringex`: the exchange daemon's command line. Logic lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -34,6 +34,13 @@ enum Cmd {
     /// Load generator: a realistic user mix against a running gateway, open loop, with
     /// round-trip latency percentiles.
     Load(ringex_tools::load::LoadArgs),
+    /// Make a stopped standby the primary: journals a new epoch (synced) in its data
+    /// directory. Then start it with `node.role = "primary"`.
+    Promote {
+        /// The standby's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Inspect a journal directory (read only, safe beside a running node), or cut a
     /// damaged one on purpose (`repair`).
     Journal {
@@ -159,6 +166,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
         Cmd::Journal { which } => journal(which),
+        Cmd::Promote { config } => promote(&config),
         Cmd::Load(args) => match ringex_tools::load::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
@@ -226,14 +234,6 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
-    if config.node.role != Role::Single {
-        eprintln!(
-            "ringex: config {source}: key `node.role`: {:?} needs the replicator, which is not \
-             built yet; only \"single\" runs today",
-            config.node.role
-        );
-        return ExitCode::from(2);
-    }
     eprintln!(
         "ringex: node {} starting with {source}; data in {}",
         config.node.id,
@@ -246,10 +246,73 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    match ringex::serve::serve(&config, stop, None) {
+    let result = match config.node.role {
+        Role::Standby => serve_standby(&config, stop),
+        Role::Single | Role::Primary => ringex::serve::serve(&config, stop, None),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringex: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A standby: follows its primary until SIGTERM or SIGINT, then stops (with a snapshot).
+fn serve_standby(config: &Config, stop: Arc<AtomicBool>) -> Result<(), String> {
+    eprintln!(
+        "ringex: standby of the primary at {}; SIGTERM or Ctrl-C stops; `ringex promote` \
+         (with the standby stopped) makes this node the primary",
+        config.replication.primary
+    );
+    let promote = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(|line: String| eprintln!("ringex: {line}"));
+    match ringex::standby::run(config, stop, promote, log)? {
+        ringex::standby::StandbyEnd::Stopped => {
+            eprintln!("ringex: standby stopped");
+            Ok(())
+        }
+        ringex::standby::StandbyEnd::Promoted { .. } => {
+            unreachable!("nothing sets the promote flag here")
+        }
+    }
+}
+
+/// `ringex promote`: raises the epoch of a stopped standby's journal (an epoch record,
+/// synced) so that it can start as the primary, and no node of an older epoch can act as
+/// primary beside it.
+fn promote(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = (|| -> Result<(u32, u64), String> {
+        let mut node = ringex::node::Node::start(
+            &config,
+            ringex::node::OutputMode::Sink(Box::new(ringex::node::CountingSink)),
+        )
+        .map_err(|e| e.to_string())?;
+        let epoch = node.epoch() + 1;
+        let seq = node.promote(epoch).map_err(|e| e.to_string())?;
+        node.shutdown().map_err(|e| e.to_string())?;
+        Ok((epoch, seq))
+    })();
+    match result {
+        Ok((epoch, seq)) => {
+            println!(
+                "promoted {}: epoch {epoch} from sequence {seq}; start it now with \
+                 node.role = \"primary\" (a node of an older epoch is refused as its standby \
+                 and fenced as a primary)",
+                config.node.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
             ExitCode::from(1)
         }
     }

@@ -49,6 +49,7 @@ primary = "{primary}"
 on_standby_loss = "halt"
 heartbeat_ms = 20
 silence_max_ms = 2000
+checkpoint_every_commands = 1000
 
 [metrics]
 log_every_seconds = 0
@@ -165,7 +166,8 @@ fn a_standby_reaches_the_primary_s_state_and_journal_in_every_topology_and_mode(
             submit(&mut primary, c, i as u64);
         }
         let (seq, hash) = primary.state_hash().unwrap();
-        assert_eq!(seq, commands.len() as u64, "{topology}");
+        // The commands, and the primary's checkpoint records among them.
+        assert!(seq > commands.len() as u64, "{topology}");
         wait_replicated(&primary, seq);
         standby.stop();
         primary.shutdown().unwrap();
@@ -223,4 +225,44 @@ fn a_promoted_sync_standby_has_every_command_the_primary_applied() {
     assert_eq!(node.epoch(), 2);
     assert_eq!(node.recovery().seq_last, seq + 2);
     let _ = Role::Single;
+}
+
+/// Every replay checks the primary's checkpoint records: the journal of a primary
+/// restarts cleanly, and one with a checkpoint whose hash is not the state's refuses.
+#[test]
+fn a_replay_compares_its_state_with_the_primary_s_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pdir = tmp.path().join("p");
+    // A primary without a standby: async, so nothing waits.
+    let pcfg = config(&pdir, "primary", "async", "fused", "127.0.0.1:1");
+    let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let commands = stream(3_000);
+    for (i, c) in commands.iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    let (seq, hash) = primary.state_hash().unwrap();
+    // No shutdown: no final snapshot, so a restart replays every record.
+    drop(primary);
+    let single = config(&pdir, "single", "none", "fused", "127.0.0.1:1");
+    let node = Node::start(&single, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    assert_eq!(node.recovery().state_hash, hash);
+    assert!(
+        seq > commands.len() as u64,
+        "checkpoint records were journaled"
+    );
+    drop(node);
+    // A checkpoint that does not match what the records produce.
+    let mut c = ringex_journal::Config::new(pdir.join("journal"));
+    c.epoch = 0;
+    let mut j = ringex_journal::Journal::open(c).unwrap();
+    let bogus = ringex::node::recovery::encode_checkpoint_record(2_000, 1_000, 0xbad);
+    j.append(ringex::node::RECORD_CHECKPOINT, 1, u64::MAX / 2, &bogus)
+        .unwrap();
+    j.close().unwrap();
+    let e = match Node::start(&single, OutputMode::Sink(Box::new(CountingSink))) {
+        Ok(_) => panic!("a replay that diverged started"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("DIVERGED"), "{e}");
+    assert!(e.contains("after sequence 2000"), "{e}");
 }

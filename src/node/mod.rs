@@ -50,6 +50,9 @@ use wait::retry_until;
 pub const RECORD_COMMAND: u16 = 1;
 /// Journal record type of a promotion (payload: `recovery::encode_epoch_record`).
 pub const RECORD_EPOCH: u16 = 2;
+/// Journal record type of a primary's state hash (payload:
+/// `recovery::encode_checkpoint_record`).
+pub const RECORD_CHECKPOINT: u16 = 3;
 /// Placeholders for the slot fields a slot kind does not use.
 pub(crate) const FILLER: Command = Command::CancelAll {
     account: 0,
@@ -159,6 +162,11 @@ pub struct Shared {
     pub applied_seq: Arc<AtomicU64>,
     /// The node's epoch: the journal's, raised by a promotion.
     pub epoch: AtomicU64,
+    /// A primary's state hash the engine computed at a checkpoint, waiting for the
+    /// producer to journal it (sequence, interval, hash); `checkpoint_ready` says so
+    /// without a lock.
+    pub checkpoint_pending: Mutex<Option<(u64, u64, u128)>>,
+    pub checkpoint_ready: AtomicBool,
 }
 
 /// Called (from the engine thread) to wake a consumer that polls the output ring.
@@ -185,6 +193,8 @@ impl Shared {
             replication_halted: AtomicBool::new(false),
             applied_seq: Arc::new(AtomicU64::new(0)),
             epoch: AtomicU64::new(0),
+            checkpoint_pending: Mutex::new(None),
+            checkpoint_ready: AtomicBool::new(false),
         }
     }
 
@@ -728,6 +738,17 @@ impl Node {
             snapshot_tx,
             control_tx,
         );
+        let mut engine_stage = engine_stage;
+        match config.node.role {
+            Role::Primary => {
+                engine_stage.checkpoints =
+                    recovery::Checkpoints::new(config.replication.checkpoint_every_commands);
+                engine_stage.publishes_checkpoints =
+                    config.replication.checkpoint_every_commands > 0;
+            }
+            // A standby takes the interval from its primary's first checkpoint record.
+            Role::Standby | Role::Single => {}
+        }
         let rings = |producer, bells| {
             Intake::Rings(Rings {
                 producer,
@@ -829,12 +850,14 @@ impl Node {
         command: Command,
         tag: u64,
         frame: &[u8],
+        aux: [u64; 4],
     ) -> Result<(), NodeError> {
         let timestamp_ns = self.stamp()?;
         let fill = |slot: &mut InputSlot| {
             slot.set(kind, timestamp_ns, tag, command, NO_QUERY);
             slot.frame[..frame.len()].copy_from_slice(frame);
             slot.frame_len = frame.len();
+            slot.aux = aux;
         };
         let published = match self.intake()? {
             Intake::Inline(inline) => {
@@ -857,6 +880,46 @@ impl Node {
         }
         bump(&self.shared.metrics.commands_submitted, 1);
         Ok(())
+    }
+
+    /// A primary: journals the checkpoint the engine computed (before the command being
+    /// published). Best effort: with the ring full it waits for the next command.
+    fn publish_checkpoint(&mut self, timestamp_ns: u64) {
+        let pending = self
+            .shared
+            .checkpoint_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared.checkpoint_ready.store(false, Ordering::Relaxed);
+        let Some((seq, every, hash)) = pending else {
+            return;
+        };
+        let aux = [seq, every, hash as u64, (hash >> 64) as u64];
+        let fill = |slot: &mut InputSlot| {
+            slot.set(SlotKind::Checkpoint, timestamp_ns, 0, FILLER, NO_QUERY);
+            slot.aux = aux;
+        };
+        let published = match self.intake.as_mut() {
+            Some(Intake::Inline(inline)) => {
+                inline.submit(fill, false);
+                true
+            }
+            Some(Intake::Rings(rings)) => {
+                let ok = rings.producer.try_publish(fill).is_ok();
+                rings.ring_bells();
+                ok
+            }
+            None => true,
+        };
+        if !published {
+            *self
+                .shared
+                .checkpoint_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((seq, every, hash));
+            self.shared.checkpoint_ready.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Standby: ends the batch of frames published so far (inline topology; the rings'
@@ -1024,6 +1087,9 @@ impl Node {
             ));
         }
         let timestamp_ns = self.stamp()?;
+        if kind == SlotKind::Command && self.shared.checkpoint_ready.load(Ordering::Relaxed) {
+            self.publish_checkpoint(timestamp_ns);
+        }
         let (command, query) = (*command, *query);
         let fill = |slot: &mut InputSlot| slot.set(kind, timestamp_ns, tag, command, query);
         let published = match self.intake()? {

@@ -8,7 +8,7 @@ use ringex_engine::codec::{decode_command, CODEC_VERSION};
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{Journal, Reader, RecoveryReport, SnapshotStore, Truncation};
 
-use super::{NodeError, RECORD_COMMAND, RECORD_EPOCH};
+use super::{NodeError, RECORD_CHECKPOINT, RECORD_COMMAND, RECORD_EPOCH};
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Clone)]
@@ -56,6 +56,68 @@ pub enum Record {
     Command(ringex_engine::Command),
     /// A promotion: from this record on, `node_id` is primary at `epoch`. Nothing to apply.
     Epoch { epoch: u32, node_id: u32 },
+    /// The primary's state hash after sequence `seq` (it journals one every `every`
+    /// commands): whoever replays the journal compares its own.
+    Checkpoint { seq: u64, every: u64, hash: u128 },
+}
+
+/// Payload of a checkpoint record: sequence, interval, state hash, little-endian.
+pub fn encode_checkpoint_record(seq: u64, every: u64, hash: u128) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..16].copy_from_slice(&every.to_le_bytes());
+    b[16..].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+/// Divergence checks: the state hash after every `every`-th sequence, kept for a while,
+/// compared with the primary's checkpoint records as they come.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    /// 0: not known yet (a replay takes it from the first checkpoint record).
+    pub every: u64,
+    recent: std::collections::VecDeque<(u64, u128)>,
+}
+
+/// Hashes kept for comparison: checkpoint records follow their sequence closely.
+const CHECKPOINTS_KEPT: usize = 8;
+
+impl Checkpoints {
+    pub fn new(every: u64) -> Checkpoints {
+        Checkpoints {
+            every,
+            recent: std::collections::VecDeque::with_capacity(CHECKPOINTS_KEPT),
+        }
+    }
+
+    /// After a command at `seq`: its state hash when `seq` is a checkpoint.
+    pub fn after_apply(&mut self, seq: u64, exchange: &Exchange) -> Option<u128> {
+        if self.every == 0 || !seq.is_multiple_of(self.every) {
+            return None;
+        }
+        let hash = exchange.state_hash();
+        if self.recent.len() == CHECKPOINTS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, hash));
+        Some(hash)
+    }
+
+    /// A checkpoint record: Err with what differs when this node's own hash at `seq`
+    /// is not the primary's. Nothing to compare (not computed here) passes.
+    pub fn check(&mut self, seq: u64, every: u64, hash: u128) -> Result<bool, String> {
+        if self.every == 0 {
+            self.every = every;
+        }
+        match self.recent.iter().find(|(s, _)| *s == seq) {
+            Some(&(_, own)) if own != hash => Err(format!(
+                "DIVERGED: the state hash after sequence {seq} is {own:032x} here but \
+                 {hash:032x} on the primary"
+            )),
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
 }
 
 /// Payload of an epoch record: the new epoch and the promoted node, little-endian.
@@ -84,6 +146,16 @@ pub fn decode_any_record(
                 return Err(bad(format!("{} trailing bytes", payload.len() - used)));
             }
             Ok(Record::Command(cmd))
+        }
+        RECORD_CHECKPOINT => {
+            if schema_version != 1 || payload.len() != 32 {
+                return Err(bad("malformed checkpoint record".into()));
+            }
+            Ok(Record::Checkpoint {
+                seq: u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
+                every: u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes")),
+                hash: u128::from_le_bytes(payload[16..].try_into().expect("16 bytes")),
+            })
         }
         RECORD_EPOCH => {
             if schema_version != 1 || payload.len() != 8 {
@@ -136,6 +208,8 @@ pub fn apply_records(
         reason: format!("{reason} ({inspect})"),
     };
     let mut events: Vec<Event> = Vec::with_capacity(64);
+    // The journal's checkpoint records check the replay as they come.
+    let mut checkpoints = Checkpoints::new(0);
     let (mut applied, mut seq_last) = (0u64, from - 1);
     // Bounded by `to`, or by the journal's length (the reader returns None at its end).
     for expected in from..=to.unwrap_or(u64::MAX) {
@@ -157,10 +231,19 @@ pub fn apply_records(
                     other => other,
                 }
             })?;
-        if let Record::Command(cmd) = record {
-            events.clear();
-            exchange.apply(&cmd, &mut events);
-            each(&events);
+        match record {
+            Record::Command(cmd) => {
+                events.clear();
+                exchange.apply(&cmd, &mut events);
+                each(&events);
+                checkpoints.after_apply(r.seq, exchange);
+            }
+            Record::Checkpoint { seq, every, hash } => {
+                checkpoints
+                    .check(seq, every, hash)
+                    .map_err(|why| replay_error(r.seq, why))?;
+            }
+            Record::Epoch { .. } => {}
         }
         applied += 1;
         seq_last = r.seq;

@@ -275,6 +275,7 @@ impl Node {
         let h = ringex_journal::frame_header(frame).map_err(bad)?;
         let payload = &frame[48..48 + h.payload_len as usize];
         let record = decode_any_record(h.seq, h.record_type, h.schema_version, payload)?;
+        let mut aux = [0u64; 4];
         let (kind, command, tag) = match record {
             Record::Command(cmd) => (super::slots::SlotKind::Replica, cmd, 0),
             Record::Epoch { epoch, .. } => (
@@ -282,7 +283,11 @@ impl Node {
                 super::FILLER,
                 u64::from(epoch),
             ),
+            Record::Checkpoint { seq, every, hash } => {
+                aux = [seq, every, hash as u64, (hash >> 64) as u64];
+                (super::slots::SlotKind::ReplicaCheckpoint, super::FILLER, 0)
+            }
         };
-        self.publish_frame(kind, command, tag, frame)
+        self.publish_frame(kind, command, tag, frame, aux)
     }
 }

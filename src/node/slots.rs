@@ -23,6 +23,12 @@ pub enum SlotKind {
     /// A standby's copy of a primary's epoch record: journaled byte for byte; the engine
     /// takes the epoch in `tag`.
     ReplicaEpoch,
+    /// A primary's checkpoint: the state hash in `aux` (sequence, interval, hash low,
+    /// high) journaled as a checkpoint record.
+    Checkpoint,
+    /// A standby's copy of a primary's checkpoint record (`frame`; the values in `aux`):
+    /// journaled byte for byte, compared with the standby's own hash.
+    ReplicaCheckpoint,
     /// Control: a promotion. The journal takes the epoch in `tag` and an epoch record,
     /// durable before the engine sees it.
     Promote,
@@ -49,6 +55,8 @@ pub struct InputSlot {
     /// For `SlotKind::Replica`: the frame, `frame_len` bytes of it.
     pub frame: [u8; REPLICA_FRAME_MAX],
     pub frame_len: usize,
+    /// Checkpoint slots: sequence, interval, state hash (low, high 64 bits).
+    pub aux: [u64; 4],
     /// Journal sequence assigned by the journaler; 0 if the append failed.
     seq: AtomicU64,
     /// Journal chain value after this record.
@@ -68,6 +76,7 @@ impl InputSlot {
             query: Query::ApiKey { key_id: 0 },
             frame: [0; REPLICA_FRAME_MAX],
             frame_len: 0,
+            aux: [0; 4],
             seq: AtomicU64::new(0),
             chain: AtomicU64::new(0),
         }

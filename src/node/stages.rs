@@ -88,7 +88,16 @@ impl JournalStage {
                 return (0, 0);
             }
             SlotKind::Snapshot | SlotKind::StateHash | SlotKind::Query => return (0, 0),
-            SlotKind::Replica | SlotKind::ReplicaEpoch => {
+            SlotKind::Checkpoint => {
+                let [seq, every, lo, hi] = slot.aux;
+                let hash = u128::from(lo) | (u128::from(hi) << 64);
+                let payload = super::recovery::encode_checkpoint_record(seq, every, hash);
+                let result =
+                    self.journal
+                        .append(super::RECORD_CHECKPOINT, 1, slot.timestamp_ns, &payload);
+                return self.appended(result);
+            }
+            SlotKind::Replica | SlotKind::ReplicaEpoch | SlotKind::ReplicaCheckpoint => {
                 let result = self.journal.append_replica(&slot.frame[..slot.frame_len]);
                 if let Err(e) = &result {
                     // The stream from the primary no longer fits this journal.
@@ -310,6 +319,10 @@ pub struct EngineStage {
     replies: Vec<QueryReply>,
     latency_ns: BTreeMap<CommandKind, Histogram<u64>>,
     markets: BTreeMap<u32, MarketCounters>,
+    /// State hashes at checkpoint sequences, compared with checkpoint records.
+    pub checkpoints: super::recovery::Checkpoints,
+    /// A primary: hand each checkpoint's hash to the producer, which journals it.
+    pub publishes_checkpoints: bool,
 }
 
 impl EngineStage {
@@ -348,6 +361,8 @@ impl EngineStage {
             replies: Vec::with_capacity(1024),
             latency_ns: BTreeMap::new(),
             markets: BTreeMap::new(),
+            checkpoints: super::recovery::Checkpoints::new(0),
+            publishes_checkpoints: false,
         }
     }
 
@@ -360,6 +375,7 @@ impl EngineStage {
             query: slot.query,
             seq: slot.seq(),
             chain: slot.chain(),
+            aux: slot.aux,
         };
         self.apply(&item);
         if end_of_batch {
@@ -372,6 +388,28 @@ impl EngineStage {
         match item.kind {
             SlotKind::Command | SlotKind::Replica => {
                 self.apply_command(item.tag, &item.command, item.seq, item.chain)
+            }
+            SlotKind::Checkpoint | SlotKind::ReplicaCheckpoint => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the checkpoint is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    let [seq, every, lo, hi] = item.aux;
+                    let hash = u128::from(lo) | (u128::from(hi) << 64);
+                    match self.checkpoints.check(seq, every, hash) {
+                        Ok(true) => {
+                            self.shared
+                                .metrics
+                                .checkpoints_matched
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(why) => self.shared.fail(format!(
+                            "{why}: this node's state is not the primary's; it stops taking \
+                             input (compare `ringex journal replay` on both journals)"
+                        )),
+                    }
+                }
             }
             SlotKind::ReplicaEpoch => {
                 if item.seq != 0 {
@@ -475,6 +513,17 @@ impl EngineStage {
         }
         self.publish_events(seq, tag);
         bump(&self.shared.metrics.commands_applied, 1);
+        if let Some(hash) = self.checkpoints.after_apply(seq, &self.exchange) {
+            if self.publishes_checkpoints {
+                let every = self.checkpoints.every;
+                *self
+                    .shared
+                    .checkpoint_pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((seq, every, hash));
+                self.shared.checkpoint_ready.store(true, Ordering::Release);
+            }
+        }
         let due = self.policy.every_commands > 0
             && seq - self.seq_snapshot_attempted >= self.policy.every_commands;
         if due {
@@ -702,6 +751,7 @@ pub struct Item {
     pub query: Query,
     pub seq: u64,
     pub chain: u64,
+    pub aux: [u64; 4],
 }
 
 /// The fused topology: one thread journals a batch, makes it durable, applies it and
@@ -733,6 +783,7 @@ impl FusedStage {
             query: slot.query,
             seq,
             chain,
+            aux: slot.aux,
         });
         if end_of_batch || self.pending.len() == self.batch_max {
             self.end_batch();
