@@ -266,3 +266,106 @@ fn a_replay_compares_its_state_with_the_primary_s_checkpoints() {
     assert!(e.contains("DIVERGED"), "{e}");
     assert!(e.contains("after sequence 2000"), "{e}");
 }
+
+/// A free port on loopback (the OS picks it; it is released for the node to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One of the shipped example configs with its data in `dir`, ephemeral client ports,
+/// the replication listener or primary at `port`, and small segments.
+fn shipped(example: &str, dir: &Path, port: u16) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut text = text
+        .replace("./data-standby", &dir.display().to_string())
+        .replace("./data", &dir.display().to_string())
+        .replace("segment_size_mib = 64", "segment_size_mib = 1")
+        .replace("log_every_seconds = 5", "log_every_seconds = 0")
+        .replace("127.0.0.1:9104", &format!("127.0.0.1:{port}"));
+    for p in [9100, 9101, 9102, 9103, 9200, 9201, 9202, 9203, 9204] {
+        text = text.replace(&format!("127.0.0.1:{p}"), "127.0.0.1:0");
+    }
+    Config::parse(&text, example).expect("the example parses")
+}
+
+/// The shipped primary and standby configs run a pair: orders placed through the
+/// primary's gateway with the Rust client are on the standby, which is promoted when the
+/// primary stops and serves them from its own gateway.
+#[test]
+fn the_shipped_configs_run_a_pair_that_fails_over_with_every_acknowledged_order() {
+    use ringex_engine::{Side, TimeInForce};
+    use ringex_tools::client::{Client, ClientOptions, OrderParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let port = free_port();
+    let pcfg = shipped("config/primary.toml", &pdir, port);
+    let scfg = shipped("config/standby.toml", &sdir, port);
+    assert_eq!(pcfg.node.role, Role::Primary);
+    // The standby first: a sync primary that halts without one would not finish its
+    // bootstrap (the standby retries until the primary listens).
+    let standby = Standby::start(scfg.clone());
+    // The primary, as `ringex start` runs it.
+    let stop_primary = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let primary = {
+        let (config, stop) = (pcfg.clone(), stop_primary.clone());
+        std::thread::spawn(move || ringex::serve::serve(&config, stop, Some(ready_tx)))
+    };
+    let (trading, _) = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+    let options = ClientOptions {
+        timeout: Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let mut maker = Client::connect(trading, 1, "demo-secret-1001", options.clone()).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..50u64 {
+        let r = maker
+            .new_order(
+                &OrderParams::limit(1, Side::Sell, 6_100_000 + i as i64 * 10, 1)
+                    .client_order_id(i + 1)
+                    .tif(TimeInForce::PostOnly),
+            )
+            .unwrap();
+        acked.push(r.order_id().expect("accepted"));
+    }
+    drop(maker);
+    stop_primary.store(true, Ordering::Relaxed);
+    primary.join().unwrap().unwrap();
+    // Promoted: stopped, its epoch raised as `ringex promote` does, then started as the
+    // primary with its own config's role changed.
+    standby.stop();
+    let mut node = Node::start(&scfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let epoch = node.epoch() + 1;
+    node.promote(epoch).unwrap();
+    node.shutdown().unwrap();
+    let mut promoted = scfg.clone();
+    promoted.node.role = Role::Primary;
+    let stop_new = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let new_primary = {
+        let stop = stop_new.clone();
+        std::thread::spawn(move || ringex::serve::serve(&promoted, stop, Some(ready_tx)))
+    };
+    let (trading, _) = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+    let mut maker = Client::connect(trading, 1, "demo-secret-1001", options).unwrap();
+    let open = maker.open_orders(1).unwrap();
+    let mut ids: Vec<u64> = open.iter().map(|o| o.order_id).collect();
+    ids.sort();
+    assert_eq!(
+        ids, acked,
+        "every acknowledged order is on the promoted standby"
+    );
+    // It takes new orders.
+    let r = maker
+        .new_order(&OrderParams::limit(1, Side::Sell, 6_200_000, 1).tif(TimeInForce::PostOnly))
+        .unwrap();
+    assert!(r.order_id().is_some());
+    drop(maker);
+    stop_new.store(true, Ordering::Relaxed);
+    new_primary.join().unwrap().unwrap();
+}
