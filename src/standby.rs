@@ -83,7 +83,7 @@ fn quarantine_all(data_dir: &Path, why: &str) -> Result<(), String> {
     let journal = data_dir.join("journal");
     let folder = journal
         .join(QUARANTINE_DIR_NAME)
-        .join(format!("replaced-by-snapshot-{}", std::process::id()));
+        .join(format!("replaced-{}", std::process::id()));
     std::fs::create_dir_all(&folder).map_err(|e| format!("create {}: {e}", folder.display()))?;
     for dir in [&journal, &data_dir.join("snapshots")] {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -165,13 +165,20 @@ pub fn run(
             ..
         } => {
             if let Some(cut) = cut {
-                let snapshots = data_dir.join("snapshots");
-                let r = ringex_journal::repair_truncate(&journal_dir, cut, Some(&snapshots))
-                    .map_err(|e| e.to_string())?;
-                log(format!(
-                    "standby: records from {cut} on are not the primary's: moved to {}",
-                    r.quarantine.display()
-                ));
+                let first = ringex_journal::first_sequence(&journal_dir)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(1);
+                let why = format!("standby: records from {cut} on are not the primary's");
+                if cut <= first {
+                    // Nothing of this journal is the primary's: all of it goes.
+                    quarantine_all(data_dir, &why)?;
+                    log(format!("{why}: the whole journal moved to the quarantine"));
+                } else {
+                    let snapshots = data_dir.join("snapshots");
+                    let r = ringex_journal::repair_truncate(&journal_dir, cut, Some(&snapshots))
+                        .map_err(|e| e.to_string())?;
+                    log(format!("{why}: moved to {}", r.quarantine.display()));
+                }
             }
             options.journal_id = Some(journal_id);
             log(format!(

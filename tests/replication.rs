@@ -369,3 +369,124 @@ fn the_shipped_configs_run_a_pair_that_fails_over_with_every_acknowledged_order(
     stop_new.store(true, Ordering::Relaxed);
     new_primary.join().unwrap().unwrap();
 }
+
+/// A demoted primary restarted as the standby of the promoted one keeps nothing the new
+/// primary lacks: its unreplicated suffix goes to the quarantine, and it follows.
+#[test]
+fn a_demoted_primary_rejoins_as_a_standby_and_quarantines_what_the_new_primary_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let mut primary = Node::start(
+        &config(&pdir, "primary", "sync", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    let addr = primary.replication_addr().unwrap().to_string();
+    let standby = Standby::start(config(&sdir, "standby", "sync", "fused", &addr));
+    let commands = stream(2_000);
+    for (i, c) in commands.iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    let (seq, _) = primary.state_hash().unwrap();
+    drop(primary);
+    // The old primary's journal also holds records its standby never received (its
+    // unacknowledged tail).
+    {
+        let mut c = ringex_journal::Config::new(pdir.join("journal"));
+        c.epoch = 0;
+        let mut j = ringex_journal::Journal::open(c).unwrap();
+        let mut buf = [0u8; ringex_engine::codec::COMMAND_SIZE_MAX];
+        let n = ringex_engine::codec::encode_command(&commands[10], &mut buf);
+        for _ in 0..3 {
+            j.append(
+                ringex::node::RECORD_COMMAND,
+                u16::from(ringex_engine::codec::CODEC_VERSION),
+                u64::MAX / 2,
+                &buf[..n],
+            )
+            .unwrap();
+        }
+        j.close().unwrap();
+    }
+    // Failover: the standby promoted and started as the primary (async: no standby yet).
+    let (node, _, _) = standby.promote();
+    node.shutdown().unwrap();
+    let mut new_primary = Node::start(
+        &config(&sdir, "primary", "async", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    let new_addr = new_primary.replication_addr().unwrap().to_string();
+    submit(&mut new_primary, &commands[20], 0);
+    let (new_seq, new_hash) = new_primary.state_hash().unwrap();
+    assert!(new_seq > seq + 1);
+    // The old primary, now a standby of the new one.
+    let rejoined = Standby::start(config(&pdir, "standby", "sync", "fused", &new_addr));
+    wait_replicated(&new_primary, new_seq);
+    rejoined.stop();
+    new_primary.shutdown().unwrap();
+    let node = Node::start(
+        &config(&pdir, "single", "none", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(node.recovery().seq_last, new_seq);
+    assert_eq!(node.recovery().state_hash, new_hash);
+    assert_eq!(node.epoch(), 2);
+    drop(node);
+    let quarantine = pdir.join("journal").join("quarantine");
+    assert!(
+        std::fs::read_dir(&quarantine).unwrap().next().is_some(),
+        "the old suffix is kept in {}",
+        quarantine.display()
+    );
+}
+
+/// A standby behind the primary's oldest segment (pruned after snapshots) installs the
+/// primary's snapshot and follows from there.
+#[test]
+fn a_standby_behind_the_pruned_journal_starts_from_the_primary_s_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let text = |dir: &Path, role: &str, mode: &str, primary: &str| {
+        let mut c = config(dir, role, mode, "fused", primary);
+        c.snapshot.every_commands = 5_000;
+        c.journal.prune_after_snapshot = true;
+        c
+    };
+    let mut primary = Node::start(
+        &text(&pdir, "primary", "async", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    let addr = primary.replication_addr().unwrap().to_string();
+    let commands = stream(40_000);
+    for (i, c) in commands.iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    // Until the oldest segments are pruned (the deadline is only a failure bound).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ringex_journal::first_sequence(&pdir.join("journal")).unwrap() == Some(1) {
+        assert!(Instant::now() < deadline, "the primary never pruned");
+        primary.request_snapshot().unwrap();
+        let _ = primary.state_hash().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let standby = Standby::start(text(&sdir, "standby", "async", &addr));
+    submit(&mut primary, &commands[5], 0);
+    let (seq, hash) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+    standby.stop();
+    primary.shutdown().unwrap();
+    let node = Node::start(
+        &text(&sdir, "single", "none", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(node.recovery().seq_last, seq);
+    assert_eq!(node.recovery().state_hash, hash);
+    assert!(
+        ringex_journal::first_sequence(&sdir.join("journal")).unwrap() > Some(1),
+        "the standby's journal starts after the snapshot"
+    );
+}

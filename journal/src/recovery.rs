@@ -149,6 +149,9 @@ pub(crate) struct Analysis {
     /// The first sequence the caller will read (0: any start will do): a journal that
     /// starts after it lost records the caller needs.
     pub seq_first_needed: u64,
+    /// A journal that does not exist yet will start after this sequence (a standby's,
+    /// after the snapshot it installed): a known durable point up to it is no loss.
+    pub start_after: u64,
     /// Read as if the journal ended just before this sequence (repair's cut).
     pub seq_end: Option<u64>,
     /// A writer is running (verify beside a live node): past the durable point, a frame
@@ -297,7 +300,7 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         ..Tail::default()
     };
     if segments.is_empty() {
-        if how.seq_durable_known > 0 {
+        if how.seq_durable_known > how.start_after {
             return Err(Error::Corrupt {
                 segment: dir.to_path_buf(),
                 offset_bytes: 0,

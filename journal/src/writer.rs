@@ -883,6 +883,7 @@ impl Journal {
             verify: config.verify,
             seq_durable_known: config.seq_durable_known,
             seq_first_needed: config.seq_first_needed,
+            start_after: config.start_after.map_or(0, |(seq, _)| seq),
             ..recovery::Analysis::default()
         };
         let (mut tail, report) = recovery::analyze(&dir, &analysis)?;
