@@ -1004,8 +1004,20 @@ pub fn verify_known(
         live: crate::lock::holder(dir),
         ..Analysis::default()
     };
+    // Beside a running writer, a segment listed a moment ago may be pruned before it is
+    // read (even the newest listed, when the writer rolled past it since): read again
+    // from a fresh listing, a few times.
+    for _ in 0..VANISHED_RETRIES {
+        match analyze(dir, &how) {
+            Err(e) if how.live.is_some() && vanished(&e) => continue,
+            result => return result.map(|(_, r)| r),
+        }
+    }
     analyze(dir, &how).map(|(_, r)| r)
 }
+
+/// Fresh listings a verification beside a pruning writer tries.
+const VANISHED_RETRIES: u32 = 5;
 
 /// Applies the cut found by `analyze`: zero the torn bytes, remove later segments, sync.
 pub(crate) fn apply(
