@@ -229,9 +229,9 @@ pub fn run(
     let applied = node.applied_seq();
     let heartbeat = Duration::from_millis(config.replication.heartbeat_ms);
     // Followed until stopped or promoted; reconnects as the connection breaks.
-    let mut connected = true;
+    let mut reconnect = false;
     loop {
-        if !connected {
+        if reconnect {
             let (seq_last, chain_last) = node.journal_end().map_err(|e| e.to_string())?;
             let end = JournalEnd {
                 journal_id: node.journal_id(),
@@ -295,6 +295,6 @@ pub fn run(
         if let Err(why) = result {
             log(format!("standby: the stream ended: {why}; reconnecting"));
         }
-        connected = false;
+        reconnect = true;
     }
 }

@@ -490,3 +490,232 @@ fn a_standby_behind_the_pruned_journal_starts_from_the_primary_s_snapshot() {
         "the standby's journal starts after the snapshot"
     );
 }
+
+/// A TCP proxy between a standby and its primary that the test can stall (stop
+/// forwarding, connections kept) or cut (close them and refuse new ones for a while).
+struct Proxy {
+    addr: std::net::SocketAddr,
+    stalled: Arc<AtomicBool>,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(to: std::net::SocketAddr) -> Proxy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stalled, cut, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        {
+            let (stalled, cut, stop) = (stalled.clone(), cut.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((a, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    if cut.load(Ordering::Relaxed) {
+                        continue; // dropped: refused
+                    }
+                    let Ok(b) = std::net::TcpStream::connect(to) else {
+                        continue;
+                    };
+                    for (mut from, mut into) in
+                        [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)]
+                    {
+                        let (stalled, cut, stop) = (stalled.clone(), cut.clone(), stop.clone());
+                        from.set_read_timeout(Some(Duration::from_millis(10)))
+                            .unwrap();
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 64 << 10];
+                            loop {
+                                if stop.load(Ordering::Relaxed) || cut.load(Ordering::Relaxed) {
+                                    let _ = from.shutdown(std::net::Shutdown::Both);
+                                    let _ = into.shutdown(std::net::Shutdown::Both);
+                                    return;
+                                }
+                                if stalled.load(Ordering::Relaxed) {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    continue;
+                                }
+                                match from.read(&mut buf) {
+                                    Ok(0) => {
+                                        let _ = into.shutdown(std::net::Shutdown::Both);
+                                        return;
+                                    }
+                                    Ok(n) => {
+                                        if into.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                }
+            });
+        }
+        Proxy {
+            addr,
+            stalled,
+            cut,
+            stop,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn with_policy(mut c: Config, policy: &str, degrade_after_ms: u64) -> Config {
+    c.replication.on_standby_loss = match policy {
+        "halt" => ringex::config::StandbyLossPolicy::Halt,
+        _ => ringex::config::StandbyLossPolicy::Degrade,
+    };
+    c.replication.degrade_after_ms = degrade_after_ms;
+    c
+}
+
+/// A stalled link: a `sync` primary with `degrade` goes on as `async` after the timeout,
+/// says so in its metrics, and is `sync` again once the standby has caught up.
+#[test]
+fn a_stalled_standby_degrades_a_sync_primary_until_it_catches_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let pcfg = with_policy(
+        config(&pdir, "primary", "sync", "fused", "127.0.0.1:1"),
+        "degrade",
+        200,
+    );
+    let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let proxy = Proxy::start(primary.replication_addr().unwrap());
+    let standby = Standby::start(config(
+        &sdir,
+        "standby",
+        "sync",
+        "fused",
+        &proxy.addr.to_string(),
+    ));
+    let commands = stream(1_000);
+    for (i, c) in commands[..500].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    // The standby may have been slow to start (and the primary degraded meanwhile): once
+    // it has caught up, the next command finds the primary sync again.
+    let (seq, _) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+    submit(&mut primary, &commands[0], 0);
+    let _ = primary.state_hash().unwrap();
+    let metrics = primary.metrics();
+    assert!(!metrics.replication_degraded.load(Ordering::Relaxed));
+    let degradations = metrics.replication_degradations.load(Ordering::Relaxed);
+    proxy.stalled.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    for (i, c) in commands[500..].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    let (seq, hash) = primary.state_hash().unwrap();
+    assert!(metrics.replication_degraded.load(Ordering::Relaxed));
+    assert_eq!(
+        metrics.replication_degradations.load(Ordering::Relaxed),
+        degradations + 1
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "it waited first"
+    );
+    proxy.stalled.store(false, Ordering::Relaxed);
+    wait_replicated(&primary, seq);
+    // The next batch finds the standby caught up: sync again.
+    submit(&mut primary, &commands[0], 0);
+    let (seq, hash_after) = primary.state_hash().unwrap();
+    assert!(!metrics.replication_degraded.load(Ordering::Relaxed));
+    let _ = hash;
+    wait_replicated(&primary, seq);
+    standby.stop();
+    primary.shutdown().unwrap();
+    let node = Node::start(
+        &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(node.recovery().state_hash, hash_after);
+}
+
+/// A cut link: a `sync` primary with `halt` refuses new orders as unavailable until its
+/// standby is back (it reconnects by itself), then takes them again; nothing was applied
+/// that the standby does not hold.
+#[test]
+fn a_cut_link_halts_a_sync_primary_until_the_standby_is_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let pcfg = with_policy(
+        config(&pdir, "primary", "sync", "fused", "127.0.0.1:1"),
+        "halt",
+        1_000,
+    );
+    let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let proxy = Proxy::start(primary.replication_addr().unwrap());
+    let standby = Standby::start(config(
+        &sdir,
+        "standby",
+        "sync",
+        "fused",
+        &proxy.addr.to_string(),
+    ));
+    let commands = stream(600);
+    for (i, c) in commands[..300].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    proxy.cut.store(true, Ordering::Relaxed);
+    // The next command waits for a standby that is gone; within a few seconds new orders
+    // are refused.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        assert!(Instant::now() < deadline, "never halted");
+        match primary.submit(&commands[300], 0) {
+            Err(NodeError::Refused(why)) => break why,
+            Ok(()) | Err(NodeError::Backpressure) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(refused.contains("replication halted"), "{refused}");
+    proxy.cut.store(false, Ordering::Relaxed);
+    // Back: the standby reconnects, acknowledges, and orders are taken again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "never resumed");
+        match primary.submit(&commands[301], 0) {
+            Ok(()) => break,
+            Err(NodeError::Refused(_)) | Err(NodeError::Backpressure) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let (seq, hash) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+    standby.stop();
+    primary.shutdown().unwrap();
+    let node = Node::start(
+        &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(
+        (node.recovery().seq_last, node.recovery().state_hash),
+        (seq, hash)
+    );
+}

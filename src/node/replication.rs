@@ -44,6 +44,9 @@ pub struct Primary {
     pub policy: LossPolicy,
     /// `sync` degraded to `async` (the standby was gone longer than the policy allows).
     degraded: bool,
+    /// The last sequence of the batch before: a degraded primary is sync again once the
+    /// standby holds it.
+    seq_waited: u64,
 }
 
 impl Primary {
@@ -54,6 +57,7 @@ impl Primary {
             sync,
             policy,
             degraded: false,
+            seq_waited: 0,
         }
     }
 
@@ -73,14 +77,16 @@ impl Primary {
             return Ok(());
         }
         let metrics = &shared.metrics;
+        let seq_before = std::mem::replace(&mut self.seq_waited, seq);
         if self.degraded {
-            if self.link.durable() < seq {
+            // Caught up with everything before this batch: wait for this one again.
+            if self.link.durable() < seq_before || !self.link.connected() {
                 return Ok(());
             }
             self.degraded = false;
             metrics.replication_degraded.store(false, Ordering::Relaxed);
             shared.note(format!(
-                "replication: the standby has caught up (sequence {seq}): sync again"
+                "replication: the standby has caught up (sequence {seq_before}): sync again"
             ));
         }
         let slice = match self.policy {
@@ -173,6 +179,9 @@ pub fn follow(
     until: &dyn Fn() -> bool,
 ) -> Result<(), String> {
     let mut expected = node.journal_end().map_err(|e| e.to_string())?.0 + 1;
+    // What the journal already holds counts as received (after a reconnect the primary
+    // may be waiting for exactly that).
+    progress.received.store(expected - 1, Ordering::Release);
     // Ends with the connection or `until`: each pass waits at most 50 ms.
     while !until() {
         match conn.next(Duration::from_millis(50))? {
