@@ -110,6 +110,25 @@ enum Bench {
     Engine(EngineArgs),
     /// Pipeline benchmark: the whole node, open loop at fixed offered rates.
     Pipeline(PipelineArgs),
+    /// Replication benchmark: none, async and sync (a standby in this process) at the
+    /// same rates, and the failover time.
+    Replication(ReplicationArgs),
+}
+
+#[derive(Args)]
+struct ReplicationArgs {
+    /// Timed commands per case.
+    #[arg(long, default_value_t = 500_000)]
+    commands: usize,
+    /// Offered rates in commands/s, comma-separated; 0 = maximum.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 0])]
+    rates: Vec<u64>,
+    /// Runs per case (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// Directory for the journals.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -195,6 +214,26 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             pipeline::run(&args);
+            ExitCode::SUCCESS
+        }
+        Cmd::Bench {
+            which: Bench::Replication(a),
+        } => {
+            let defaults = ringex::bench::replication::ReplicationBenchArgs::default();
+            if a.commands == 0
+                || a.commands > 100_000_000
+                || a.rates.iter().any(|&r| r > 100_000_000)
+            {
+                eprintln!("ringex bench replication: --commands in 1..=100000000, rates at most 100000000");
+                return ExitCode::FAILURE;
+            }
+            ringex::bench::replication::run(&ringex::bench::replication::ReplicationBenchArgs {
+                commands: a.commands,
+                rates: a.rates,
+                dir: a.dir.unwrap_or(defaults.dir),
+                runs: a.runs as usize,
+                seed: defaults.seed,
+            });
             ExitCode::SUCCESS
         }
         Cmd::Bench {

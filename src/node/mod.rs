@@ -882,6 +882,19 @@ impl Node {
         Ok(())
     }
 
+    /// A `sync` primary halted for its standby refuses commands (unavailable) until the
+    /// standby acknowledges again.
+    fn refuse_if_halted(&self) -> Result<(), NodeError> {
+        if self.shared.replication_halted.load(Ordering::Relaxed) {
+            return Err(NodeError::Refused(
+                "replication halted: the standby has not acknowledged the latest commands; \
+                 orders are refused until it does"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// A primary: journals the checkpoint the engine computed (before the command being
     /// published). Best effort: with the ring full it waits for the next command.
     fn publish_checkpoint(&mut self, timestamp_ns: u64) {
@@ -1079,12 +1092,8 @@ impl Node {
         tag: u64,
         wait: Duration,
     ) -> Result<(), NodeError> {
-        if kind == SlotKind::Command && self.shared.replication_halted.load(Ordering::Relaxed) {
-            return Err(NodeError::Refused(
-                "replication halted: the standby has not acknowledged the latest commands; \
-                 orders are refused until it does"
-                    .into(),
-            ));
+        if kind == SlotKind::Command {
+            self.refuse_if_halted()?;
         }
         let timestamp_ns = self.stamp()?;
         if kind == SlotKind::Command && self.shared.checkpoint_ready.load(Ordering::Relaxed) {
@@ -1131,7 +1140,11 @@ impl Node {
         if items.is_empty() {
             return Ok(());
         }
+        self.refuse_if_halted()?;
         let timestamp_ns = self.stamp()?;
+        if self.shared.checkpoint_ready.load(Ordering::Relaxed) {
+            self.publish_checkpoint(timestamp_ns);
+        }
         let published = match self.intake()? {
             Intake::Inline(inline) => {
                 let room = !inline.is_full();
