@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub websocket: WebSocketConfig,
     #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub assets: Vec<AssetConfig>,
@@ -209,6 +211,8 @@ pub struct ListenersConfig {
     /// The retail WebSocket API (docs/websocket.md); empty: not served.
     pub websocket: String,
     pub http: String,
+    /// A primary's replication listener, where its standby connects.
+    pub replication: String,
 }
 
 impl Default for ListenersConfig {
@@ -218,6 +222,60 @@ impl Default for ListenersConfig {
             admin: "127.0.0.1:9103".into(),
             websocket: "127.0.0.1:9101".into(),
             http: "127.0.0.1:9102".into(),
+            replication: "127.0.0.1:9104".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicationMode {
+    /// No standby.
+    None,
+    /// The engine does not wait for the standby.
+    Async,
+    /// The engine applies a command only once the standby has it durable.
+    Sync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StandbyLossPolicy {
+    /// Refuse orders (unavailable) until the standby acknowledges again.
+    Halt,
+    /// Go on as `async` after `degrade_after_ms`, loudly.
+    Degrade,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub mode: ReplicationMode,
+    /// A standby's primary: the address of its replication listener.
+    pub primary: String,
+    /// `sync` mode, when the standby stops acknowledging.
+    pub on_standby_loss: StandbyLossPolicy,
+    pub degrade_after_ms: u64,
+    /// A heartbeat each way after this long without a message.
+    pub heartbeat_ms: u64,
+    /// A peer silent this long is dropped (and reconnected, for a standby).
+    pub silence_max_ms: u64,
+    /// A primary journals its state hash every this many sequences; its standby (and any
+    /// replay) compares its own and stops on a difference. Each costs the engine a pass
+    /// over the state, as a snapshot's copy does. 0: never.
+    pub checkpoint_every_commands: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            mode: ReplicationMode::None,
+            primary: "127.0.0.1:9104".into(),
+            on_standby_loss: StandbyLossPolicy::Halt,
+            degrade_after_ms: 1_000,
+            heartbeat_ms: 100,
+            silence_max_ms: 3_000,
+            checkpoint_every_commands: 1_000_000,
         }
     }
 }
@@ -498,6 +556,8 @@ impl Config {
             ("listeners.admin", &l.admin),
             ("listeners.websocket", &l.websocket),
             ("listeners.http", &l.http),
+            ("listeners.replication", &l.replication),
+            ("replication.primary", &self.replication.primary),
         ] {
             if key == "listeners.websocket" && value.is_empty() {
                 continue;
@@ -505,6 +565,24 @@ impl Config {
             if let Err(e) = value.parse::<std::net::SocketAddr>() {
                 return err(key, format!("{value:?} is not an address (ip:port): {e}"));
             }
+        }
+        let r = &self.replication;
+        match (self.node.role, r.mode) {
+            (Role::Single, ReplicationMode::Async | ReplicationMode::Sync) => {
+                return err(
+                    "replication.mode",
+                    "a single node has no standby: set node.role = \"primary\" to replicate".into(),
+                )
+            }
+            (Role::Primary, ReplicationMode::None) => {
+                return err(
+                    "replication.mode",
+                    "a primary replicates: \"async\" or \"sync\" (or set node.role = \
+                     \"single\")"
+                        .into(),
+                )
+            }
+            _ => {}
         }
         let p = &self.pipeline;
         for (key, size) in [
@@ -677,6 +755,17 @@ impl Config {
                 "websocket.handoff_out_slots",
                 wide(ws.handoff_out_slots),
                 16..=1 << 24,
+            ),
+            (
+                "replication.degrade_after_ms",
+                r.degrade_after_ms,
+                1..=3_600_000,
+            ),
+            ("replication.heartbeat_ms", r.heartbeat_ms, 1..=60_000),
+            (
+                "replication.silence_max_ms",
+                r.silence_max_ms,
+                10..=3_600_000,
             ),
         ] {
             if !range.contains(&value) {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{describe, scan, verify_known, Reader, ScanItem, Verify};
 
-use crate::node::recovery::{apply_records, decode_record};
+use crate::node::recovery::{apply_records, decode_any_record, Record};
 
 /// Where the default config keeps the journal (`node.data_dir` = `./data`).
 pub const JOURNAL_DIR_DEFAULT: &str = "./data/journal";
@@ -238,18 +238,25 @@ pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
                 linked,
                 ..
             } => {
-                let line = match decode_record(h.seq, h.record_type, h.schema_version, payload) {
+                let line = match decode_any_record(h.seq, h.record_type, h.schema_version, payload)
+                {
+                    Ok(Record::Epoch { epoch, node_id }) => {
+                        format!("PROMOTION: node {node_id} is primary from epoch {epoch}")
+                    }
+                    Ok(Record::Checkpoint { seq, every, hash }) => {
+                        format!("CHECKPOINT: state hash after {seq} is {hash:032x} (every {every})")
+                    }
                     // The stored hash is key-equivalent (docs/protocol.md §3.1): never print it.
-                    Ok(ringex_engine::Command::AddApiKey {
+                    Ok(Record::Command(ringex_engine::Command::AddApiKey {
                         account,
                         key_id,
                         permissions,
                         ..
-                    }) => format!(
+                    })) => format!(
                         "AddApiKey {{ account: {account}, key_id: {key_id}, secret_hash: \
                          <redacted>, permissions: {permissions} }}"
                     ),
-                    Ok(cmd) => format!("{cmd:?}"),
+                    Ok(Record::Command(cmd)) => format!("{cmd:?}"),
                     Err(e) => format!("UNDECODABLE: {e}"),
                 };
                 let _ = writeln!(

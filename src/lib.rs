@@ -7,3 +7,4 @@ pub mod journal_cli;
 pub mod metrics;
 pub mod node;
 pub mod serve;
+pub mod standby;

@@ -1,6 +1,6 @@
 //! `ringex`: the exchange daemon's command line. Logic lives in the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,6 +38,13 @@ enum Cmd {
         args: ringex_tools::load::LoadArgs,
         #[command(flatten)]
         ws: ringex_tools::wsload::WsLoadArgs,
+    },
+    /// Make a stopped standby the primary: journals a new epoch (synced) in its data
+    /// directory. Then start it with `node.role = "primary"`.
+    Promote {
+        /// The standby's config file.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Inspect a journal directory (read only, safe beside a running node), or cut a
     /// damaged one on purpose (`repair`).
@@ -108,6 +115,25 @@ enum Bench {
     Engine(EngineArgs),
     /// Pipeline benchmark: the whole node, open loop at fixed offered rates.
     Pipeline(PipelineArgs),
+    /// Replication benchmark: none, async and sync (a standby in this process) at the
+    /// same rates, and the failover time.
+    Replication(ReplicationArgs),
+}
+
+#[derive(Args)]
+struct ReplicationArgs {
+    /// Timed commands per case.
+    #[arg(long, default_value_t = 500_000)]
+    commands: usize,
+    /// Offered rates in commands/s, comma-separated; 0 = maximum.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 0])]
+    rates: Vec<u64>,
+    /// Runs per case (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// Directory for the journals.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -164,6 +190,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
         Cmd::Journal { which } => journal(which),
+        Cmd::Promote { config } => promote(&config),
         Cmd::Load { args, ws } if ws.ws_connections > 0 => {
             match ringex_tools::wsload::run(&args, &ws) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -204,6 +231,26 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Bench {
+            which: Bench::Replication(a),
+        } => {
+            let defaults = ringex::bench::replication::ReplicationBenchArgs::default();
+            if a.commands == 0
+                || a.commands > 100_000_000
+                || a.rates.iter().any(|&r| r > 100_000_000)
+            {
+                eprintln!("ringex bench replication: --commands in 1..=100000000, rates at most 100000000");
+                return ExitCode::FAILURE;
+            }
+            ringex::bench::replication::run(&ringex::bench::replication::ReplicationBenchArgs {
+                commands: a.commands,
+                rates: a.rates,
+                dir: a.dir.unwrap_or(defaults.dir),
+                runs: a.runs as usize,
+                seed: defaults.seed,
+            });
+            ExitCode::SUCCESS
+        }
+        Cmd::Bench {
             which: Bench::Engine(a),
         } => {
             let defaults = EngineBenchArgs::default();
@@ -240,14 +287,6 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
-    if config.node.role != Role::Single {
-        eprintln!(
-            "ringex: config {source}: key `node.role`: {:?} needs the replicator, which is not \
-             built yet; only \"single\" runs today",
-            config.node.role
-        );
-        return ExitCode::from(2);
-    }
     eprintln!(
         "ringex: node {} starting with {source}; data in {}",
         config.node.id,
@@ -260,10 +299,73 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    match ringex::serve::serve(&config, stop, None) {
+    let result = match config.node.role {
+        Role::Standby => serve_standby(&config, stop),
+        Role::Single | Role::Primary => ringex::serve::serve(&config, stop, None),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringex: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A standby: follows its primary until SIGTERM or SIGINT, then stops (with a snapshot).
+fn serve_standby(config: &Config, stop: Arc<AtomicBool>) -> Result<(), String> {
+    eprintln!(
+        "ringex: standby of the primary at {}; SIGTERM or Ctrl-C stops; `ringex promote` \
+         (with the standby stopped) makes this node the primary",
+        config.replication.primary
+    );
+    let promote = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(|line: String| eprintln!("ringex: {line}"));
+    match ringex::standby::run(config, stop, promote, log)? {
+        ringex::standby::StandbyEnd::Stopped => {
+            eprintln!("ringex: standby stopped");
+            Ok(())
+        }
+        ringex::standby::StandbyEnd::Promoted { .. } => {
+            unreachable!("nothing sets the promote flag here")
+        }
+    }
+}
+
+/// `ringex promote`: raises the epoch of a stopped standby's journal (an epoch record,
+/// synced) so that it can start as the primary, and no node of an older epoch can act as
+/// primary beside it.
+fn promote(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = (|| -> Result<(u32, u64), String> {
+        let mut node = ringex::node::Node::start(
+            &config,
+            ringex::node::OutputMode::Sink(Box::new(ringex::node::CountingSink)),
+        )
+        .map_err(|e| e.to_string())?;
+        let epoch = node.epoch() + 1;
+        let seq = node.promote(epoch).map_err(|e| e.to_string())?;
+        node.shutdown().map_err(|e| e.to_string())?;
+        Ok((epoch, seq))
+    })();
+    match result {
+        Ok((epoch, seq)) => {
+            println!(
+                "promoted {}: epoch {epoch} from sequence {seq}; start it now with \
+                 node.role = \"primary\" (a node of an older epoch is refused as its standby \
+                 and fenced as a primary)",
+                config.node.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
             ExitCode::from(1)
         }
     }

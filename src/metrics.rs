@@ -3,7 +3,7 @@
 //! once per batch, so the hot path takes no lock per command.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -65,6 +65,15 @@ pub struct Metrics {
     pub journal: OnceLock<Arc<Watermarks>>,
     /// The gateway's counters (connections, refusals by reason), once one serves.
     pub gateway: OnceLock<Arc<GatewayStats>>,
+    /// A primary's link to its standby (acknowledged sequences, connection).
+    pub replication: OnceLock<Arc<ringex_replicator::link::Link>>,
+    /// A `sync` primary that went on as `async` (its standby stayed away too long), until
+    /// the standby catches up: for an alert.
+    pub replication_degraded: AtomicBool,
+    /// Times a `sync` primary degraded to `async`.
+    pub replication_degradations: AtomicU64,
+    /// Checkpoint records whose state hash this node matched.
+    pub checkpoints_matched: AtomicU64,
     /// Time from a batch's last append until it was durable, in ns.
     pub durability_wait_ns: Mutex<Histogram<u64>>,
     /// Engine time per command, in ns, by command kind.
@@ -87,6 +96,10 @@ impl Default for Metrics {
             snapshot_seq: Padded::default(),
             journal: OnceLock::new(),
             gateway: OnceLock::new(),
+            replication: OnceLock::new(),
+            replication_degraded: AtomicBool::new(false),
+            replication_degradations: AtomicU64::new(0),
+            checkpoints_matched: AtomicU64::new(0),
             durability_wait_ns: Mutex::new(new_histogram()),
             engine_latency_ns: Mutex::new(BTreeMap::new()),
             markets: Mutex::new(BTreeMap::new()),
@@ -217,7 +230,30 @@ impl Metrics {
             s.snapshot_seq,
             refused_since(previous, &s),
         );
+        let line = match self.replication.get() {
+            Some(link) => format!("{line} {}", self.replication_token(link, s.journal_written)),
+            None => line,
+        };
         (s, line)
+    }
+
+    /// A primary's replication, for the log: `repl=connected(lag=12,acked_ms=3)`,
+    /// `repl=DEGRADED(...)`, `repl=disconnected(lag=...,acked_ms=never)`.
+    fn replication_token(&self, link: &ringex_replicator::link::Link, written: u64) -> String {
+        let lag = written.saturating_sub(link.durable());
+        let acked = link
+            .since_ack()
+            .map_or("never".to_string(), |d| d.as_millis().to_string());
+        let state = if link.fenced_by().is_some() {
+            "FENCED"
+        } else if self.replication_degraded.load(Ordering::Relaxed) {
+            "DEGRADED"
+        } else if link.connected() {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        format!("repl={state}(lag={lag},acked_ms={acked})")
     }
 }
 

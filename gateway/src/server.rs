@@ -25,6 +25,7 @@ use crate::handoff::GatewayEnd;
 use crate::limits::ConnectionCounts;
 use crate::protocol::{
     decode_client, encode_server, FrameError, LoginRejectReason, LogoutReason, ServerMessage,
+    HEADER_SIZE,
 };
 use crate::refusals::{
     Detail, Listener, LogQueue, Refusal, RefusalCounters, RefusalLog, RefusalRecord,
@@ -136,7 +137,12 @@ struct Conn {
     closing: bool,
     rbuf: Box<[u8]>,
     rlen: usize,
+    /// Output not yet fully written: whole frames back to back from index 0.
+    /// It is only ever cut at a frame boundary (see [`frame_around`]), even when the
+    /// socket took part of a frame: the client must never get part of a frame followed
+    /// by another frame.
     wbuf: Vec<u8>,
+    /// Bytes of `wbuf` the socket has taken; may fall inside a frame.
     wpos: usize,
     opened_ns: u64,
     last_rx_ns: u64,
@@ -737,7 +743,7 @@ impl Gateway {
         self.refuse_conn(id, Refusal::SlowConsumer, Detail::None);
         if let Some(conn) = self.conns.get_mut(&id) {
             // Make room for the Logout so it has a chance to arrive.
-            conn.wbuf.truncate(conn.wpos);
+            drop_unsent_frames(conn);
         }
         self.close(id, Some(LogoutReason::SlowConsumer), backend);
     }
@@ -751,7 +757,7 @@ impl Gateway {
             }
             conn.closing = true;
             if reason == LogoutReason::SlowConsumer {
-                conn.wbuf.truncate(conn.wpos);
+                drop_unsent_frames(conn);
             }
             self.closing.push((id, Some(reason)));
         }
@@ -823,8 +829,11 @@ impl Gateway {
             conn.replay_allowance_bytes = 0;
         }
         if pending && conn.wpos > conn.wbuf.len() / 2 {
-            conn.wbuf.drain(..conn.wpos);
-            conn.wpos = 0;
+            // Only whole written frames leave, so the buffer still starts at a frame. The
+            // walk reads 2 bytes per frame written since the last drain.
+            let (start, _) = frame_around(&conn.wbuf, conn.wpos);
+            conn.wbuf.drain(..start);
+            conn.wpos -= start;
         }
         if pending != conn.writable_registered {
             let interest = if pending {
@@ -949,10 +958,34 @@ impl Gateway {
     }
 }
 
+/// The start and the end of the frame of `wbuf` that holds byte `pos`, or `(pos, pos)`
+/// when a frame starts at `pos` (or `pos` is the end). `wbuf` holds whole frames back to
+/// back from index 0. Bounded: every step passes a frame of at least 8 bytes.
+fn frame_around(wbuf: &[u8], pos: usize) -> (usize, usize) {
+    let mut at = 0;
+    while at < pos && at + 2 <= wbuf.len() {
+        let len = usize::from(u16::from_le_bytes([wbuf[at], wbuf[at + 1]])).max(HEADER_SIZE);
+        if at + len > pos {
+            return (at, (at + len).min(wbuf.len()));
+        }
+        at += len;
+    }
+    (pos, pos)
+}
+
+/// Drops the frames the socket has not started on. The frame it took part of stays, to
+/// be written out in full before the Logout: cut there, the client would read the
+/// Logout's bytes as the rest of that frame (a desynchronised stream, or a forged
+/// message that happens to decode).
+fn drop_unsent_frames(conn: &mut Conn) {
+    let (_, end) = frame_around(&conn.wbuf, conn.wpos);
+    conn.wbuf.truncate(end);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{server_block_len, template, HEADER_SIZE};
+    use crate::protocol::{server_block_len, template};
 
     #[test]
     fn every_server_frame_fits_the_encode_buffer() {

@@ -1404,3 +1404,274 @@ fn assert_nothing_to_buy_at_100(s: &Server, connections_left: u64) {
         "{out:?}"
     );
 }
+
+/// The inline engine behind a gate: once armed, every pass of the event loop that has
+/// output to deliver stops before delivering it until the test lets it go. Between a
+/// pass's writes (at its start) and the output it queues (in `drain`), the test can act
+/// on the client side of the connection, as a client reading concurrently might.
+struct GatedBackend {
+    inner: InlineBackend,
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    armed: bool,
+    /// A pass is stopped in `drain`, waiting to be let go.
+    waiting: bool,
+}
+
+/// A failure bound on each wait of the gate's lockstep, never the thing measured.
+const GATE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+impl Gate {
+    fn set_armed(&self, armed: bool) {
+        let mut s = self.state.lock().unwrap();
+        s.armed = armed;
+        s.waiting = false;
+        self.changed.notify_all();
+    }
+
+    /// The event loop's side: waits, while armed, until the test lets this pass go.
+    fn pass(&self) {
+        let mut s = self.state.lock().unwrap();
+        if !s.armed {
+            return;
+        }
+        s.waiting = true;
+        self.changed.notify_all();
+        let deadline = Instant::now() + GATE_WAIT_MAX;
+        while s.armed && s.waiting && Instant::now() < deadline {
+            s = self
+                .changed
+                .wait_timeout(s, deadline - Instant::now())
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// The test's side: true once a pass is stopped at the gate, false if none comes
+    /// within `within`.
+    fn stopped_pass(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut s = self.state.lock().unwrap();
+        while !s.waiting {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self.changed.wait_timeout(s, deadline - now).unwrap().0;
+        }
+        true
+    }
+
+    fn let_go(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.waiting = false;
+        self.changed.notify_all();
+    }
+}
+
+impl Backend for GatedBackend {
+    fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
+        self.inner.submit(command, tag)
+    }
+    fn query(&mut self, query: &ringex_engine::Query, tag: u64) -> Result<(), BackendError> {
+        self.inner.query(query, tag)
+    }
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        if self.inner.outputs_available() {
+            self.gate.pass();
+        }
+        self.inner.drain(limit, f)
+    }
+    fn want_wake(&self) {}
+    fn outputs_available(&self) -> bool {
+        self.inner.outputs_available()
+    }
+}
+
+/// Sets a small, fixed receive buffer (no autotuning): the client's window reopens as
+/// soon as it empties the buffer, so its reads make room in the server's socket at once.
+fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes as libc::c_int;
+    // SAFETY: a valid socket, and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Reads up to `most` bytes of what the socket holds now into `out`, without waiting
+/// (the socket stays blocking for the thread that writes to it); true at the end of the
+/// stream.
+fn read_what_is_there(stream: &TcpStream, most: usize, out: &mut Vec<u8>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut chunk = [0u8; 16 * 1024];
+    for _ in 0..most.div_ceil(chunk.len()) {
+        // SAFETY: a valid socket, and a buffer of the length given.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                chunk.as_mut_ptr().cast(),
+                chunk.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => return true,
+            n if n > 0 => out.extend_from_slice(&chunk[..n as usize]),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => return false,
+                    _ => panic!("{e}"),
+                }
+            }
+        }
+    }
+    false
+}
+
+/// A gateway behind a [`GatedBackend`]; dropping it opens the gate, then stops the
+/// gateway.
+struct GatedServer {
+    server: Server,
+    gate: Arc<Gate>,
+}
+
+impl Drop for GatedServer {
+    fn drop(&mut self) {
+        self.gate.set_armed(false);
+    }
+}
+
+fn serve_gated(config: GatewayConfig) -> GatedServer {
+    let mut gateway = Gateway::bind(config).unwrap();
+    let gate = Arc::new(Gate::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = Server {
+        trading: gateway.trading_addr().unwrap(),
+        admin: gateway.admin_addr().unwrap(),
+        stats: gateway.stats(),
+        stop: Arc::clone(&stop),
+        thread: Some({
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || {
+                let mut backend = GatedBackend {
+                    inner: InlineBackend::new(exchange()),
+                    gate,
+                };
+                gateway.run(&mut backend, &stop).unwrap();
+            })
+        }),
+    };
+    GatedServer { server, gate }
+}
+
+#[test]
+fn a_slow_consumer_is_cut_off_between_frames_so_its_logout_still_decodes() {
+    let s = serve_gated(GatewayConfig {
+        outbound_buffer_bytes: 1 << 20,
+        requests_per_second_per_key: 100_000_000,
+        ..GatewayConfig::loopback()
+    });
+    let (stats, gate) = (&s.server.stats, &s.gate);
+    let mut p = Peer::logged_in(s.server.trading, MAKER_KEY);
+    set_receive_buffer(&p.stream, 64 * 1024);
+    // Balance queries with 160 bytes of answers each: 16 MB, far more than the kernel
+    // buffers (at most 4 MiB on the sending side) and the outbound limit together.
+    const REQUESTS: u64 = 100_000;
+    let mut requests = Vec::new();
+    let mut b = [0u8; FRAME_SIZE_MAX];
+    for request_id in 1..=REQUESTS {
+        let n = encode_client(
+            &ClientMessage::BalanceQuery(BalanceQuery { request_id }),
+            &mut b,
+        );
+        requests.extend_from_slice(&b[..n]);
+    }
+    let mut writer = p.stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // In every pass of the event loop that has answers to queue, after its writes and
+    // before it queues them, the client reads up to 128 KiB: its window reopens, the
+    // server's kernel sends and is acknowledged, and the server's socket has room
+    // again. The client reads less than the server queues, so the kernel buffers fill,
+    // the server writes part of a frame, its backlog grows, and it passes the limit in a
+    // pass whose socket has room for the Logout.
+    let mut stream = Vec::new();
+    let step = |stream: &mut Vec<u8>| {
+        if gate.stopped_pass(Duration::from_millis(10)) {
+            read_what_is_there(&p.stream, 128 * 1024, stream);
+            gate.let_go();
+        }
+    };
+    gate.set_armed(true);
+    // The server reads every request before it gives up on the client, so it closes
+    // with no input unread (which would reset the connection): the kernel delivers all
+    // the server gave it.
+    let writing = std::thread::spawn(move || writer.write_all(&requests).unwrap());
+    let deadline = Instant::now() + GATE_WAIT_MAX;
+    while stats.frames_in.load(Ordering::Relaxed) < 1 + REQUESTS {
+        assert_eq!(stats.slow_consumers.load(Ordering::Relaxed), 0);
+        assert!(Instant::now() < deadline, "the server reads every request");
+        step(&mut stream);
+    }
+    writing.join().unwrap();
+    while stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server gives up on the client"
+        );
+        step(&mut stream);
+    }
+    gate.set_armed(false);
+    // The rest of the stream, to its end.
+    p.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    p.stream.read_to_end(&mut stream).unwrap();
+    // Every byte the server sent belongs to a whole frame: sequenced messages with dense
+    // seqs from 1 (the LoginAccepted was read at login), then the Logout.
+    let mut at = 0;
+    let mut last = None;
+    let mut frames = 0u64;
+    while at < stream.len() {
+        let (m, n) = decode_server(&stream[at..]).unwrap_or_else(|e| {
+            panic!(
+                "frame {frames} at byte {at} of {}: {e} (after {last:?})",
+                stream.len()
+            )
+        });
+        if let Some(seq) = m.seq() {
+            assert_eq!(seq, frames + 1, "{m:?}");
+        }
+        at += n;
+        frames += 1;
+        last = Some(m);
+    }
+    assert!(frames > 10_000, "{frames} frames");
+    assert_eq!(
+        last,
+        Some(ServerMessage::Logout {
+            reason: LogoutReason::SlowConsumer
+        })
+    );
+    assert_eq!(stats.slow_consumers.load(Ordering::Relaxed), 1);
+}

@@ -1,5 +1,5 @@
 //! Journal benchmark (not a test). Run in release:
-//!   CARGO_TARGET_DIR=/work/target-journal cargo bench -p ringex-journal
+//!   cargo bench -p ringex-journal
 //! Env: RINGEX_BENCH_DIR (default: $TMPDIR/ringex-journal-bench), RINGEX_BENCH_QUICK=1 for a
 //! short run, RINGEX_BENCH_ONLY=async|group for one family, RINGEX_BENCH_RUNS=N to repeat
 //! the group family N times and print per-case medians, RINGEX_BENCH_ZERO_FILL=0 to leave

@@ -56,8 +56,12 @@ pub fn describe(dir: &Path) -> Result<JournalDescription> {
             problem: None,
         };
         let map = match map_read(&seg.path) {
-            // Pruned by a running writer since the listing: no longer part of the journal.
-            Err(e) if out.segments.is_empty() && vanished(&e) => continue,
+            // Pruned by a running writer since the listing: no longer part of the journal,
+            // and neither is anything before it (pruning removes the oldest first).
+            Err(e) if vanished(&e) => {
+                out.segments.clear();
+                continue;
+            }
             map => map?,
         };
         let Some((_, map)) = map else {

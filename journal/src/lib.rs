@@ -7,6 +7,7 @@ mod aligned;
 mod describe;
 mod error;
 mod format;
+mod frames;
 mod lock;
 mod reader;
 mod recovery;
@@ -16,12 +17,16 @@ mod segment;
 mod snapshot;
 mod stage;
 mod storage;
+mod tap;
 mod writer;
 
 pub use describe::{describe, JournalDescription, SegmentSummary};
 pub use error::{Error, Result, REPAIR_COMMAND, VERIFY_COMMAND};
 pub use format::{
     chain_next, segment_file_name, FrameHeader, DATA_OFFSET, FRAME_HEADER_SIZE, SEAL_FRAME_SIZE,
+};
+pub use frames::{
+    chain_after, first_sequence, frame_header, frame_seq_chain, record_chain_epoch, FrameReader,
 };
 pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
@@ -35,6 +40,7 @@ pub use snapshot::{
 };
 pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};
+pub use tap::{FrameTap, TapRead};
 pub use writer::{
     Config, Durability, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
     WRITER_PREFAULT_AHEAD_BYTES, WRITER_PREFAULT_STEP_BYTES,

@@ -149,6 +149,9 @@ pub(crate) struct Analysis {
     /// The first sequence the caller will read (0: any start will do): a journal that
     /// starts after it lost records the caller needs.
     pub seq_first_needed: u64,
+    /// A journal that does not exist yet will start after this sequence (a standby's,
+    /// after the snapshot it installed): a known durable point up to it is no loss.
+    pub start_after: u64,
     /// Read as if the journal ended just before this sequence (repair's cut).
     pub seq_end: Option<u64>,
     /// A writer is running (verify beside a live node): past the durable point, a frame
@@ -297,7 +300,7 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
         ..Tail::default()
     };
     if segments.is_empty() {
-        if how.seq_durable_known > 0 {
+        if how.seq_durable_known > how.start_after {
             return Err(Error::Corrupt {
                 segment: dir.to_path_buf(),
                 offset_bytes: 0,
@@ -373,8 +376,10 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
             map_read(&s.path).map(|m| m.map(|(_, m)| SegmentBytes::Mapped(m)))
         };
         match bytes {
-            Err(e) if how.live.is_some() && maps.is_empty() && !newest && vanished(&e) => {
-                pruned += 1;
+            // Pruned since the listing, and so is everything before it (oldest first).
+            Err(e) if how.live.is_some() && !newest && vanished(&e) => {
+                maps.clear();
+                pruned = i + 1;
             }
             bytes => maps.push(bytes?),
         }
@@ -999,8 +1004,20 @@ pub fn verify_known(
         live: crate::lock::holder(dir),
         ..Analysis::default()
     };
+    // Beside a running writer, a segment listed a moment ago may be pruned before it is
+    // read (even the newest listed, when the writer rolled past it since): read again
+    // from a fresh listing, a few times.
+    for _ in 0..VANISHED_RETRIES {
+        match analyze(dir, &how) {
+            Err(e) if how.live.is_some() && vanished(&e) => continue,
+            result => return result.map(|(_, r)| r),
+        }
+    }
     analyze(dir, &how).map(|(_, r)| r)
 }
+
+/// Fresh listings a verification beside a pruning writer tries.
+const VANISHED_RETRIES: u32 = 5;
 
 /// Applies the cut found by `analyze`: zero the torn bytes, remove later segments, sync.
 pub(crate) fn apply(

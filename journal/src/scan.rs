@@ -46,15 +46,14 @@ pub fn scan(dir: &Path, seq_from: u64, mut each: impl FnMut(ScanItem<'_>) -> boo
         .unwrap_or(0);
     let mut seq_expected = segments.get(first).map_or(1, |s| s.base_seq);
     let mut chain: Option<u64>;
-    let mut read_any = false;
     for seg in &segments[first..] {
         let path: PathBuf = seg.path.clone();
         let map = match map_read(&path) {
-            // Pruned by a running writer since the listing: no longer part of the journal.
-            Err(e) if !read_any && vanished(&e) => continue,
+            // Pruned by a running writer since the listing: no longer part of the journal
+            // (the next record read is then marked as not linked to the last one shown).
+            Err(e) if vanished(&e) => continue,
             map => map?,
         };
-        read_any = true;
         let Some((_, map)) = map else {
             let go = each(ScanItem::Damaged {
                 segment: &path,

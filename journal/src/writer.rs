@@ -12,6 +12,7 @@ use crate::segment::{list_segments, segment_path, SPARE_FILE_NAME};
 use crate::snapshot::SnapshotStore;
 use crate::stage::{write_run, Backend, Engine, Ring};
 use crate::storage::{OsStorage, Storage};
+use crate::tap::FrameTap;
 use memmap2::{MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -46,7 +47,9 @@ pub struct Config {
     pub durability: Durability,
     /// Identity written into new segments; ignored when the journal exists.
     pub journal_id: u128,
-    /// Epoch stamped into records. Must not be below the journal's last epoch.
+    /// Epoch stamped into records. Must not be below the journal's last epoch; 0 takes
+    /// the journal's own (1 for a new journal): a node reopening its journal after a
+    /// promotion goes on in the epoch it was promoted to.
     pub epoch: u32,
     pub record_size_bytes_max: u32,
     /// Appends are refused while the file system has less free space than this.
@@ -69,6 +72,10 @@ pub struct Config {
     /// 1 without one). Opening refuses, changing nothing, when the journal starts after
     /// it. 0: any start will do (a pruned journal read from its start).
     pub seq_first_needed: u64,
+    /// For a directory with no journal yet: start after this `(sequence, chain value)`
+    /// instead of at 1 (a standby that installs its primary's snapshot there). Ignored
+    /// when the journal exists.
+    pub start_after: Option<(u64, u64)>,
     pub storage: Arc<dyn Storage>,
     /// Write path. `Pwrite` and `IoUring` stage records in memory; `IoUring` needs `Group`.
     /// `Pwrite` under `Async` writes through: the writer's own
@@ -139,6 +146,7 @@ impl Config {
             verify: Verify::Tail,
             seq_durable_known: 0,
             seq_first_needed: 0,
+            start_after: None,
             storage: Arc::new(OsStorage),
             backend: Backend::Auto,
             staging_size_bytes: 8 << 20,
@@ -156,8 +164,8 @@ impl Config {
             (Backend::Auto, Durability::Async { .. }) => Backend::Pwrite,
             // The caller's thread commits: pwrite + fdatasync right there beats io_uring,
             // whose fdatasync runs on a kernel worker that must be woken (node pipeline,
-            // inline at 100 K/s: p50 121-131 against 160-177 us, p99 1.4-3.2x against
-            // 2.3-4.3x one fdatasync's; docs/benchmarks.md). The syncer thread batches
+            // inline at 100 K/s: p50 121-131 against 160-177 us, recorded 2026-11-28;
+            // docs/benchmarks.md). The syncer thread batches
             // better with io_uring (BENCHMARKS.md).
             (Backend::Auto, Durability::Group) if self.caller_commits => Backend::Pwrite,
             (Backend::Auto, Durability::Group) => Backend::IoUring,
@@ -629,6 +637,8 @@ pub struct Journal {
     /// Why the last spare segment could not be prepared, until one is: appends that need
     /// a spare meanwhile are refused at once instead of each waiting for a retry.
     spare_failure: Option<String>,
+    /// A replicator's copy of every frame appended.
+    tap: Option<Arc<FrameTap>>,
     _lock: DirLock,
 }
 
@@ -873,12 +883,25 @@ impl Journal {
             verify: config.verify,
             seq_durable_known: config.seq_durable_known,
             seq_first_needed: config.seq_first_needed,
+            start_after: config.start_after.map_or(0, |(seq, _)| seq),
             ..recovery::Analysis::default()
         };
-        let (tail, report) = recovery::analyze(&dir, &analysis)?;
-        if config.epoch < tail.epoch {
+        let (mut tail, report) = recovery::analyze(&dir, &analysis)?;
+        if tail.segments.is_empty() {
+            if let Some((seq, chain)) = config.start_after {
+                // A journal that begins after a snapshot it was given (a standby installing
+                // its primary's): its first segment starts past it, linked to its chain.
+                tail.seq_next = seq + 1;
+                tail.chain = chain;
+            }
+        }
+        let epoch = match config.epoch {
+            0 => tail.epoch.max(1),
+            e => e,
+        };
+        if epoch < tail.epoch {
             return Err(Error::StaleEpoch {
-                epoch: config.epoch,
+                epoch,
                 epoch_journal: tail.epoch,
             });
         }
@@ -895,7 +918,7 @@ impl Journal {
                     base_seq: tail.seq_next,
                     segment_size_bytes: config.segment_size_bytes,
                     chain_prev: tail.chain,
-                    epoch: config.epoch,
+                    epoch,
                 };
                 let path = segment_path(&dir, header.base_seq);
                 create_segment_file(&dir, &path, &header, storage.as_ref(), None, zero_fill)?;
@@ -995,7 +1018,7 @@ impl Journal {
             chain: tail.chain,
             segment_base_seq: active.base_seq,
             end_offset_bytes,
-            epoch: tail.epoch.max(config.epoch),
+            epoch: tail.epoch.max(epoch),
             stream_end: 0,
         };
         let sync_state = SyncerState {
@@ -1086,6 +1109,7 @@ impl Journal {
             stream_end: 0,
             hasher_fresh: crc32fast::Hasher::new(),
             spare_failure: None,
+            tap: None,
             populate_next_at: end_offset_bytes + POPULATE_CHUNK_BYTES,
             prefaulted_to: end_offset_bytes,
             seal_at: seal_offset(segment_size_bytes),
@@ -1093,9 +1117,9 @@ impl Journal {
             end_offset_bytes,
             seq_next: tail.seq_next,
             chain: tail.chain,
-            epoch: config.epoch,
+            epoch,
             epoch_segment_last: if tail.segments.is_empty() {
-                config.epoch
+                epoch
             } else {
                 tail.epoch
             },
@@ -1187,23 +1211,9 @@ impl Journal {
         timestamp_ns: u64,
         payload: &[u8],
     ) -> Result<u64> {
-        if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(self.shared.failure());
-        }
-        if self.shared.low_space.load(Ordering::Relaxed) {
-            return Err(self.shared.low_space_error());
-        }
-        if payload.len() as u64 > u64::from(self.record_size_bytes_max) {
-            return Err(Error::RecordTooLarge {
-                size_bytes: payload.len() as u64,
-                size_bytes_max: u64::from(self.record_size_bytes_max),
-            });
-        }
+        self.check_appendable(payload.len())?;
         let size = frame_size(payload.len() as u64);
-        if self.sealed || self.end_offset_bytes + size > self.seal_at {
-            self.roll()?;
-            assert!(self.end_offset_bytes + size <= self.seal_at);
-        }
+        self.make_room(size)?;
         let seq = self.seq_next;
         let mut h = FrameHeader {
             payload_len: payload.len() as u32,
@@ -1224,18 +1234,11 @@ impl Journal {
         };
         let at = self.end_offset_bytes;
         let pad = (size - FRAME_HEADER_SIZE as u64 - payload.len() as u64) as usize;
-        if let Some(ring) = &self.shared.ring {
-            if ring.free(self.stream_end) < size {
-                if self.shared.write_through {
-                    self.write_staged()?;
-                } else {
-                    self.wait_ring(size)?;
-                }
-            }
-            let ring = self.shared.ring.as_ref().expect("staged");
+        let hdr = if let Some(ring) = &self.shared.ring {
             let p = self.stream_end;
             let unpadded = FRAME_HEADER_SIZE as u64 + payload.len() as u64;
-            ring.write(p, &h.encode_without_crc());
+            let mut hdr = h.encode_without_crc();
+            ring.write(p, &hdr);
             ring.write(p + FRAME_HEADER_SIZE as u64, payload);
             // The ring holds old bytes: padding is written explicitly.
             ring.write(p + unpadded, &[0u8; 8][..pad]);
@@ -1247,38 +1250,164 @@ impl Journal {
             hasher.update(second);
             h.crc = hasher.finalize();
             ring.write(p + FRAME_CRC_OFFSET as u64, &h.crc.to_le_bytes());
+            hdr[FRAME_CRC_OFFSET..FRAME_CRC_OFFSET + 4].copy_from_slice(&h.crc.to_le_bytes());
             self.stream_end += size;
+            hdr
         } else {
             let hdr = h.encode_with_crc_from(&self.hasher_fresh, payload);
-            // Payload first, header last: a concurrent reader that sees the header sees a
-            // frame whose CRC it can check.
-            self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
-            if pad > 0 {
-                self.active.write(
-                    at + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
-                    &[0u8; 8][..pad],
-                );
-            }
-            // Other processes read without the watermark: order payload before header.
-            fence(Ordering::Release);
-            self.active.write(at, &hdr);
+            self.write_mapped(at, &hdr, payload, pad);
+            hdr
+        };
+        if let Some(tap) = &self.tap {
+            tap.offer(seq, [&hdr, payload, &[0u8; 8][..pad]]);
         }
+        Ok(self.appended(&h, at + size))
+    }
 
+    /// Appends a frame exactly as another journal holds it (a standby copying its
+    /// primary's frames byte for byte): header, payload and padding, as one slice. The
+    /// frame must pass every check recovery makes (length, CRC, padding, kind) and follow
+    /// this journal: the next sequence, the current chain value, an epoch not below the
+    /// last one. Its epoch becomes the journal's.
+    pub fn append_replica(&mut self, frame: &[u8]) -> Result<u64> {
+        if frame.len() < FRAME_HEADER_SIZE {
+            return Err(self.replica_refused(format!("{} bytes is not a frame", frame.len())));
+        }
+        let h = match check_frame(frame, 0, frame.len() as u64) {
+            FrameCheck::Valid(h) if h.kind == FRAME_KIND_DATA => h,
+            FrameCheck::Valid(_) => return Err(self.replica_refused("a seal frame".into())),
+            FrameCheck::Empty => return Err(self.replica_refused("an empty frame".into())),
+            FrameCheck::Invalid(why) => return Err(self.replica_refused(why)),
+        };
+        let size = frame_size(u64::from(h.payload_len));
+        let why = if size != frame.len() as u64 {
+            Some(format!(
+                "frame of {} bytes in a slice of {}",
+                size,
+                frame.len()
+            ))
+        } else if h.seq != self.seq_next {
+            Some(format!(
+                "sequence {} where {} was expected",
+                h.seq, self.seq_next
+            ))
+        } else if h.chain_prev != self.chain {
+            Some("chain value does not link to this journal's last record".into())
+        } else if h.epoch < self.epoch_segment_last {
+            Some(format!(
+                "epoch {} below the journal's {}",
+                h.epoch, self.epoch_segment_last
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(self.replica_refused(why));
+        }
+        self.check_appendable(h.payload_len as usize)?;
+        self.make_room(size)?;
+        self.epoch = self.epoch.max(h.epoch);
+        let at = self.end_offset_bytes;
+        let (hdr, rest) = frame.split_at(FRAME_HEADER_SIZE);
+        let (payload, padding) = rest.split_at(h.payload_len as usize);
+        if let Some(ring) = &self.shared.ring {
+            ring.write(self.stream_end, frame);
+            self.stream_end += size;
+        } else {
+            self.write_mapped(
+                at,
+                hdr.try_into().expect("48 bytes"),
+                payload,
+                padding.len(),
+            );
+        }
+        if let Some(tap) = &self.tap {
+            tap.offer(h.seq, [hdr, payload, padding]);
+        }
+        Ok(self.appended(&h, at + size))
+    }
+
+    fn replica_refused(&self, why: String) -> Error {
+        Error::Refused(format!(
+            "replicated frame refused by {}: {why}",
+            self.shared.dir.display()
+        ))
+    }
+
+    /// The checks every append makes before it takes a sequence.
+    #[inline]
+    fn check_appendable(&self, payload_len: usize) -> Result<()> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(self.shared.failure());
+        }
+        if self.shared.low_space.load(Ordering::Relaxed) {
+            return Err(self.shared.low_space_error());
+        }
+        if payload_len as u64 > u64::from(self.record_size_bytes_max) {
+            return Err(Error::RecordTooLarge {
+                size_bytes: payload_len as u64,
+                size_bytes_max: u64::from(self.record_size_bytes_max),
+            });
+        }
+        Ok(())
+    }
+
+    /// Rolls to the next segment when a frame of `size` bytes does not fit, and makes
+    /// room in the staging ring.
+    #[inline]
+    fn make_room(&mut self, size: u64) -> Result<()> {
+        if self.sealed || self.end_offset_bytes + size > self.seal_at {
+            self.roll()?;
+            assert!(self.end_offset_bytes + size <= self.seal_at);
+        }
+        if let Some(ring) = &self.shared.ring {
+            if ring.free(self.stream_end) < size {
+                if self.shared.write_through {
+                    self.write_staged()?;
+                } else {
+                    self.wait_ring(size)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mmap backend's frame write: payload first, header last, so a concurrent reader
+    /// that sees the header sees a frame whose CRC it can check.
+    #[inline]
+    fn write_mapped(&self, at: u64, hdr: &[u8; FRAME_HEADER_SIZE], payload: &[u8], pad: usize) {
+        self.active.write(at + FRAME_HEADER_SIZE as u64, payload);
+        if pad > 0 {
+            self.active.write(
+                at + FRAME_HEADER_SIZE as u64 + payload.len() as u64,
+                &[0u8; 8][..pad],
+            );
+        }
+        // Other processes read without the watermark: order payload before header.
+        fence(Ordering::Release);
+        self.active.write(at, hdr);
+    }
+
+    /// Bookkeeping after a frame is in place, ending at `end_offset`: the chain, the
+    /// segment's counts, the published progress and watermarks. Returns its sequence.
+    #[inline]
+    fn appended(&mut self, h: &FrameHeader, end_offset: u64) -> u64 {
+        let seq = h.seq;
         self.chain = chain_next(self.chain, h.crc, seq);
         self.epoch_segment_last = h.epoch;
-        self.end_offset_bytes = at + size;
+        self.end_offset_bytes = end_offset;
         if self.end_offset_bytes >= self.populate_next_at && self.populator.is_some() {
             self.request_populate();
         }
         self.seq_next = seq + 1;
         if self.record_count == 0 {
-            self.timestamp_ns_first = timestamp_ns;
+            self.timestamp_ns_first = h.timestamp_ns;
         }
         self.record_count += 1;
-        self.timestamp_ns_last = timestamp_ns;
+        self.timestamp_ns_last = h.timestamp_ns;
         if self.shared.write_through {
             // Published by `write_staged`, once the bytes are in the file.
-            return Ok(seq);
+            return seq;
         }
         self.publish_progress();
         if self.shared.ring.is_none() {
@@ -1294,7 +1423,13 @@ impl Journal {
                 self.shared.wake_syncer();
             }
         }
-        Ok(seq)
+        seq
+    }
+
+    /// Copies every frame appended from now on into `tap` (for a replicator), or stops
+    /// with `None`.
+    pub fn set_tap(&mut self, tap: Option<Arc<FrameTap>>) {
+        self.tap = tap;
     }
 
     fn publish_progress(&self) {
@@ -1653,6 +1788,12 @@ impl Journal {
     pub fn abandon(mut self) {
         self.shared.abandon.store(true, Ordering::SeqCst);
         self.stop_threads();
+    }
+
+    /// Whether the next segment is prepared (a roll would not wait for, or be refused
+    /// for want of, its preallocation).
+    pub fn spare_ready(&self) -> bool {
+        matches!(*lock(&self.shared.spare), Spare::Ready(_))
     }
 
     /// Re-reads free space now (it is also refreshed on every roll and by the syncer).

@@ -220,13 +220,9 @@ fn a_missing_segment_is_refused() {
     }
 }
 
-/// A crash right after a roll (async mode: no sync round since) can leave the new
-/// segment named but its header never written, and none of its records synced: that
-/// segment is a torn tail, removed and reported.
-#[test]
-fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// Appends, syncs, then appends past a roll with no sync since (async mode, an hour's
+/// flush interval) and abandons the writer: (newest segment, its base, last sequence).
+fn roll_without_a_sync(dir: &Path) -> (PathBuf, u64, u64) {
     let mut j = journal(
         dir,
         Durability::Async {
@@ -237,7 +233,6 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
     append_n(&mut j, 60, len_of);
     j.sync().unwrap();
     let segs_before = segment_paths(dir);
-    // Append until the writer rolls into a new segment, and a few records more.
     let mut last = 60;
     while segment_paths(dir).len() == segs_before.len() {
         last = append_n(&mut j, 1, len_of);
@@ -247,6 +242,35 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
     let _ = std::fs::remove_file(dir.join("next.seg.spare"));
     let newest = segment_paths(dir).last().unwrap().clone();
     let base = base_of(&newest);
+    (newest, base, last)
+}
+
+/// A crash right after a roll (async mode: no sync round since) can leave the new
+/// segment named but its header never written, and none of its records synced: that
+/// segment is a torn tail, removed and reported.
+#[test]
+fn a_new_segment_whose_header_never_reached_the_disk_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The syncer may run one more round after `sync()` returns; if that round follows the
+    // roll, it records the new segment (the state this test is not about): build again.
+    let (newest, base, last) = (0..50)
+        .find_map(|_| {
+            for e in std::fs::read_dir(dir).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            let built = roll_without_a_sync(dir);
+            // Any checkpoint slot (magic `CKPT`) naming the new segment (bytes 32..40).
+            let named = segment_paths(dir).iter().any(|p| {
+                let b = std::fs::read(p).unwrap();
+                [256usize, 320].iter().any(|&at| {
+                    &b[at..at + 4] == b"CKPT"
+                        && u64::from_le_bytes(b[at + 32..at + 40].try_into().unwrap()) >= built.1
+                })
+            });
+            (!named).then_some(built)
+        })
+        .expect("a roll with no sync round after it in 50 attempts");
     let rep = verify(dir, Verify::All).unwrap();
     assert!(rep.seq_durable_proven < base, "{rep:?}");
     let mut b = std::fs::read(&newest).unwrap();

@@ -190,6 +190,7 @@ fn failed_preallocation_pauses_appends_cleanly() {
     wait_until("the preallocator's own retry got its space", || {
         storage.granted.load(Ordering::SeqCst) > granted
     });
+    wait_until("the spare segment is ready", || j.spare_ready());
     let seq = j.seq_next();
     j.append(7, 1, seq * 1000, &payload(seq, len_of(seq)))
         .expect("the first append after space came back");

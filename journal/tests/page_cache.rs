@@ -132,16 +132,18 @@ fn synced_pages_far_behind_the_writer_leave_the_page_cache_and_read_back_intact(
     // writer. The drop runs in a flush round after the data is durable.
     let segment = &segment_paths(dir.path())[0];
     let behind_bytes = 12 << 20;
+    // Most of them: a page the kernel's own writeback holds at the moment of the drop
+    // stays (the drop is advice; on a busy machine up to a tenth were seen to).
     let deadline = Instant::now() + Duration::from_secs(60);
     let (resident, pages) = loop {
         let (resident, pages) = resident_pages(segment, behind_bytes);
-        if resident * 20 < pages || Instant::now() > deadline {
+        if resident * 5 < pages || Instant::now() > deadline {
             break (resident, pages);
         }
         std::thread::sleep(Duration::from_millis(10));
     };
     assert!(
-        resident * 20 < pages,
+        resident * 5 < pages,
         "{resident} of the {pages} pages behind the writer still cached: not dropped"
     );
     // The newest pages stay cached for readers that follow the writer.

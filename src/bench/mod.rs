@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod pipeline;
+pub mod replication;
 
 use hdrhistogram::Histogram;
 

@@ -235,7 +235,7 @@ fn node_config(
 /// `durability` is a mode, optionally with a journal backend: `async`, `group`,
 /// `group-mmap`, `group-pwrite`, `group-io-uring`. The ring sizes are the node's unless
 /// `args` sets them; the config's own checks apply to them.
-fn node_config_text(
+pub(crate) fn node_config_text(
     dir: &Path,
     topology: &str,
     durability: &str,
@@ -364,14 +364,21 @@ fn run_case(
 }
 
 /// What one driver run measured.
-struct Measured {
-    commands_per_s: f64,
-    latency: LatencySummary,
-    backpressured: u64,
-    commit_ns_p99: u64,
+pub(crate) struct Measured {
+    pub commands_per_s: f64,
+    pub latency: LatencySummary,
+    pub backpressured: u64,
+    pub commit_ns_p99: u64,
 }
 
-fn drive_case(mut node: Node, setup: &[Command], timed: &[Command], rate: u64) -> Measured {
+/// Drives `node` open loop at `rate` (0: as fast as it takes them) over `setup` (not
+/// timed) then `timed`, and shuts it down.
+pub(crate) fn drive_case(
+    mut node: Node,
+    setup: &[Command],
+    timed: &[Command],
+    rate: u64,
+) -> Measured {
     let mut collector = Collector {
         base: Instant::now(),
         histogram: latency_histogram(),

@@ -14,6 +14,7 @@
 
 pub mod doorbell;
 pub mod recovery;
+pub mod replication;
 pub mod slots;
 pub mod stages;
 pub mod wait;
@@ -34,7 +35,10 @@ use disruptor::{
 use ringex_engine::{Command, Query};
 use ringex_journal::{Backend, Durability, Journal, SnapshotStore};
 
-use crate::config::{Config, DurabilityMode, JournalBackend, Topology, WaitMode};
+use crate::config::{
+    Config, DurabilityMode, JournalBackend, ReplicationMode, Role, StandbyLossPolicy, Topology,
+    WaitMode,
+};
 use crate::metrics::{bump, Metrics};
 use doorbell::{Bell, StageWait};
 pub use recovery::RecoveryLog;
@@ -44,8 +48,13 @@ use wait::retry_until;
 
 /// Journal record type of an engine command (payload: the engine codec).
 pub const RECORD_COMMAND: u16 = 1;
+/// Journal record type of a promotion (payload: `recovery::encode_epoch_record`).
+pub const RECORD_EPOCH: u16 = 2;
+/// Journal record type of a primary's state hash (payload:
+/// `recovery::encode_checkpoint_record`).
+pub const RECORD_CHECKPOINT: u16 = 3;
 /// Placeholders for the slot fields a slot kind does not use.
-const FILLER: Command = Command::CancelAll {
+pub(crate) const FILLER: Command = Command::CancelAll {
     account: 0,
     market: None,
 };
@@ -54,6 +63,8 @@ const NO_QUERY: Query = Query::ApiKey { key_id: 0 };
 const SUBMIT_WAIT_MAX: Duration = Duration::from_millis(200);
 /// How long a control request (state hash, shutdown) may take.
 const CONTROL_WAIT_MAX: Duration = Duration::from_secs(120);
+/// Bytes of frames the replication tap holds for a standby that is a little behind.
+const REPLICATION_TAP_BYTES: u64 = 16 << 20;
 /// Snapshot jobs queued for the writer before the engine waits: bounds memory.
 const SNAPSHOT_QUEUE_MAX: usize = 2;
 
@@ -105,8 +116,20 @@ impl std::error::Error for NodeError {}
 /// Replies to control slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlReply {
-    StateHash { seq: u64, hash: u128 },
-    Stopped { seq: u64, hash: u128 },
+    StateHash {
+        seq: u64,
+        hash: u128,
+        chain: u64,
+    },
+    Stopped {
+        seq: u64,
+        hash: u128,
+    },
+    /// The epoch record's sequence (0: the promotion failed; the node says why).
+    Promoted {
+        seq: u64,
+        epoch: u32,
+    },
 }
 
 /// State shared by the stages and the producer.
@@ -129,6 +152,21 @@ pub struct Shared {
     /// the engine drops outputs instead of waiting for room.
     pub discard_output: AtomicBool,
     wake: Option<Waker>,
+    /// The owner is stopping the node: stages waiting on something outside (a standby's
+    /// acknowledgement) give up.
+    pub stopping: AtomicBool,
+    /// A `sync` primary waits for its standby under the `halt` policy: new commands are
+    /// refused as unavailable until it acknowledges.
+    pub replication_halted: AtomicBool,
+    /// The engine's last applied sequence (a standby acknowledges it).
+    pub applied_seq: Arc<AtomicU64>,
+    /// The node's epoch: the journal's, raised by a promotion.
+    pub epoch: AtomicU64,
+    /// A primary's state hash the engine computed at a checkpoint, waiting for the
+    /// producer to journal it (sequence, interval, hash); `checkpoint_ready` says so
+    /// without a lock.
+    pub checkpoint_pending: Mutex<Option<(u64, u64, u128)>>,
+    pub checkpoint_ready: AtomicBool,
 }
 
 /// Called (from the engine thread) to wake a consumer that polls the output ring.
@@ -151,6 +189,12 @@ impl Shared {
             output_bell,
             discard_output: AtomicBool::new(false),
             wake,
+            stopping: AtomicBool::new(false),
+            replication_halted: AtomicBool::new(false),
+            applied_seq: Arc::new(AtomicU64::new(0)),
+            epoch: AtomicU64::new(0),
+            checkpoint_pending: Mutex::new(None),
+            checkpoint_ready: AtomicBool::new(false),
         }
     }
 
@@ -271,6 +315,30 @@ pub struct Node {
     fresh: bool,
     /// The journal's write path, and why if it is not the one asked for.
     journal_backend: String,
+    journal_id: u128,
+    /// A primary's replication listener: its stop flag, thread and address.
+    replication: Option<(Arc<AtomicBool>, JoinHandle<()>, std::net::SocketAddr)>,
+}
+
+/// How a node starts, beyond its config.
+pub struct StartOptions {
+    /// The journal's storage calls (tests and drills inject disk faults).
+    pub storage: Arc<dyn ringex_journal::Storage>,
+    /// Identity of a journal created now (a standby takes its primary's).
+    pub journal_id: Option<u128>,
+    /// A journal created now starts after this `(sequence, chain)` (a standby that
+    /// installed its primary's snapshot there).
+    pub start_after: Option<(u64, u64)>,
+}
+
+impl Default for StartOptions {
+    fn default() -> StartOptions {
+        StartOptions {
+            storage: Arc::new(ringex_journal::OsStorage),
+            journal_id: None,
+            start_after: None,
+        }
+    }
 }
 
 /// How submissions reach the pipeline.
@@ -400,6 +468,8 @@ pub fn journal_config(config: &Config) -> ringex_journal::Config {
     j.prealloc_zero_fill = config.journal.zero_fill_segments;
     // Every topology's journaling thread commits its batches itself (`make_durable`).
     j.caller_commits = true;
+    // The journal's own epoch: a promoted node reopens in the epoch it was promoted to.
+    j.epoch = 0;
     // Commands encode to at most COMMAND_SIZE_MAX bytes; leave room for growth.
     j.record_size_bytes_max = 4096;
     j.backend = match config.journal.backend {
@@ -434,6 +504,23 @@ impl Node {
         output: OutputMode,
         storage: Arc<dyn ringex_journal::Storage>,
     ) -> Result<Node, NodeError> {
+        Node::start_with(
+            config,
+            output,
+            StartOptions {
+                storage,
+                ..StartOptions::default()
+            },
+        )
+    }
+
+    /// [`Node::start`] with [`StartOptions`].
+    pub fn start_with(
+        config: &Config,
+        output: OutputMode,
+        options: StartOptions,
+    ) -> Result<Node, NodeError> {
+        let storage = options.storage;
         let data_dir = &config.node.data_dir;
         let journal_dir = data_dir.join("journal");
         let snapshot_dir = data_dir.join("snapshots");
@@ -443,6 +530,10 @@ impl Node {
         }
         let mut journal_config = journal_config(config);
         journal_config.storage = storage;
+        if let Some(id) = options.journal_id {
+            journal_config.journal_id = id;
+        }
+        journal_config.start_after = options.start_after;
         // The newest snapshot's commands were durable before it was written: the journal
         // refuses to open (changing nothing) rather than cut below it.
         journal_config.seq_durable_known = ringex_journal::snapshot_seq_newest(&snapshot_dir)
@@ -458,7 +549,7 @@ impl Node {
         if journal_config.seq_first_needed == 1 {
             journal_config.verify = ringex_journal::Verify::All;
         }
-        let journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
+        let mut journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
         let journal_backend = format!(
             "{:?}{}{}",
             journal.backend(),
@@ -565,7 +656,71 @@ impl Node {
         } else {
             None
         };
+        let epoch = journal.epoch();
+        let journal_id = journal.journal_id();
+        shared.epoch.store(u64::from(epoch), Ordering::Release);
+        shared
+            .applied_seq
+            .store(recovery.seq_last, Ordering::Release);
+        // A primary: a tap on the journal feeds the replication listener, and the journal
+        // stage waits on the standby per the mode.
+        let replication = match config.node.role {
+            Role::Primary => {
+                let tap = Arc::new(ringex_journal::FrameTap::new(REPLICATION_TAP_BYTES));
+                journal.set_tap(Some(Arc::clone(&tap)));
+                let link = Arc::new(ringex_replicator::link::Link::new());
+                let _ = metrics.replication.set(Arc::clone(&link));
+                let stop = Arc::new(AtomicBool::new(false));
+                let r = &config.replication;
+                let listen = config
+                    .listeners
+                    .replication
+                    .parse()
+                    .map_err(|e| NodeError::Refused(format!("listeners.replication: {e}")))?;
+                let log_shared = Arc::clone(&shared);
+                let (addr, handle) = ringex_replicator::primary::spawn(
+                    ringex_replicator::primary::PrimaryConfig {
+                        listen,
+                        heartbeat: Duration::from_millis(r.heartbeat_ms),
+                        silence_max: Duration::from_millis(r.silence_max_ms),
+                    },
+                    ringex_replicator::primary::PrimaryJournal {
+                        dir: journal_dir.clone(),
+                        snapshots_dir: snapshot_dir.clone(),
+                        journal_id: journal.journal_id(),
+                        epoch,
+                        watermarks: journal.watermarks(),
+                        tap: Arc::clone(&tap),
+                    },
+                    Arc::clone(&link),
+                    Arc::clone(&stop),
+                    Arc::new(move |line| log_shared.note(line)),
+                )
+                .map_err(io_err(format!(
+                    "replication listener on {}",
+                    config.listeners.replication
+                )))?;
+                let policy = match r.on_standby_loss {
+                    StandbyLossPolicy::Halt => replication::LossPolicy::Halt,
+                    StandbyLossPolicy::Degrade => replication::LossPolicy::Degrade {
+                        after: Duration::from_millis(r.degrade_after_ms),
+                    },
+                };
+                let sync = r.mode == ReplicationMode::Sync;
+                Some((
+                    replication::Primary::new(tap, link, sync, policy),
+                    (stop, handle, addr),
+                ))
+            }
+            Role::Single | Role::Standby => None,
+        };
+        let (replication_stage, replication) = match replication {
+            Some((stage, thread)) => (Some(stage), Some(thread)),
+            None => (None, None),
+        };
         let mut journal_stage = JournalStage::new(journal, group, Arc::clone(&shared), prune_store);
+        journal_stage.node_id = config.node.id;
+        journal_stage.replication = replication_stage;
         let policy = SnapshotPolicy {
             every_commands: config.snapshot.every_commands,
             every: (config.snapshot.every_seconds > 0)
@@ -578,11 +733,22 @@ impl Node {
             recovery.snapshot_seq.unwrap_or(0),
             out,
             Arc::clone(&shared),
-            1,
+            epoch,
             policy,
             snapshot_tx,
             control_tx,
         );
+        let mut engine_stage = engine_stage;
+        match config.node.role {
+            Role::Primary => {
+                engine_stage.checkpoints =
+                    recovery::Checkpoints::new(config.replication.checkpoint_every_commands);
+                engine_stage.publishes_checkpoints =
+                    config.replication.checkpoint_every_commands > 0;
+            }
+            // A standby takes the interval from its primary's first checkpoint record.
+            Role::Standby | Role::Single => {}
+        }
         let rings = |producer, bells| {
             Intake::Rings(Rings {
                 producer,
@@ -634,6 +800,8 @@ impl Node {
             timestamp_ns_last: 0,
             fresh,
             journal_backend,
+            replication,
+            journal_id,
         })
     }
 
@@ -672,6 +840,169 @@ impl Node {
     /// Publishes a command stamped with the system clock. `tag` comes back on its events.
     pub fn submit(&mut self, command: &Command, tag: u64) -> Result<(), NodeError> {
         self.publish(SlotKind::Command, command, &NO_QUERY, tag, SUBMIT_WAIT_MAX)
+    }
+
+    /// Standby: publishes a frame slot (without ending the inline batch: the follower
+    /// ends it per message with [`Node::flush_replicas`]).
+    pub(crate) fn publish_frame(
+        &mut self,
+        kind: SlotKind,
+        command: Command,
+        tag: u64,
+        frame: &[u8],
+        aux: [u64; 4],
+    ) -> Result<(), NodeError> {
+        let timestamp_ns = self.stamp()?;
+        let fill = |slot: &mut InputSlot| {
+            slot.set(kind, timestamp_ns, tag, command, NO_QUERY);
+            slot.frame[..frame.len()].copy_from_slice(frame);
+            slot.frame_len = frame.len();
+            slot.aux = aux;
+        };
+        let published = match self.intake()? {
+            Intake::Inline(inline) => {
+                let room = !inline.is_full();
+                if room {
+                    inline.submit(fill, false);
+                }
+                room
+            }
+            Intake::Rings(rings) => {
+                let producer = &mut rings.producer;
+                let published = retry_until(SUBMIT_WAIT_MAX, || producer.try_publish(fill).ok());
+                rings.ring_bells();
+                published.is_some()
+            }
+        };
+        if !published {
+            bump(&self.shared.metrics.commands_backpressured, 1);
+            return Err(NodeError::Backpressure);
+        }
+        bump(&self.shared.metrics.commands_submitted, 1);
+        Ok(())
+    }
+
+    /// A `sync` primary halted for its standby refuses commands (unavailable) until the
+    /// standby acknowledges again.
+    fn refuse_if_halted(&self) -> Result<(), NodeError> {
+        if self.shared.replication_halted.load(Ordering::Relaxed) {
+            return Err(NodeError::Refused(
+                "replication halted: the standby has not acknowledged the latest commands; \
+                 orders are refused until it does"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A primary: journals the checkpoint the engine computed (before the command being
+    /// published). Best effort: with the ring full it waits for the next command.
+    fn publish_checkpoint(&mut self, timestamp_ns: u64) {
+        let pending = self
+            .shared
+            .checkpoint_pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.shared.checkpoint_ready.store(false, Ordering::Relaxed);
+        let Some((seq, every, hash)) = pending else {
+            return;
+        };
+        let aux = [seq, every, hash as u64, (hash >> 64) as u64];
+        let fill = |slot: &mut InputSlot| {
+            slot.set(SlotKind::Checkpoint, timestamp_ns, 0, FILLER, NO_QUERY);
+            slot.aux = aux;
+        };
+        let published = match self.intake.as_mut() {
+            Some(Intake::Inline(inline)) => {
+                inline.submit(fill, false);
+                true
+            }
+            Some(Intake::Rings(rings)) => {
+                let ok = rings.producer.try_publish(fill).is_ok();
+                rings.ring_bells();
+                ok
+            }
+            None => true,
+        };
+        if !published {
+            *self
+                .shared
+                .checkpoint_pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((seq, every, hash));
+            self.shared.checkpoint_ready.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Standby: ends the batch of frames published so far (inline topology; the rings'
+    /// stages end their batches themselves).
+    pub fn flush_replicas(&mut self) {
+        if let Some(Intake::Inline(inline)) = self.intake.as_mut() {
+            inline.end_batch();
+            inline.queue().clear();
+        }
+    }
+
+    /// Where the journal ends: (last sequence, chain value after it), once everything
+    /// published before is journaled and applied (a control round trip).
+    pub fn journal_end(&mut self) -> Result<(u64, u64), NodeError> {
+        match self.control(SlotKind::StateHash, "journal end")? {
+            ControlReply::StateHash { seq, chain, .. } => Ok((seq, chain)),
+            other => Err(NodeError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Promotion: makes everything journaled so far durable, takes `epoch` (which must be
+    /// above the journal's) and journals an epoch record, synced before anything after it
+    /// is applied. Returns the epoch record's sequence.
+    pub fn promote(&mut self, epoch: u32) -> Result<u64, NodeError> {
+        match self.control_tagged(SlotKind::Promote, u64::from(epoch), "promotion")? {
+            ControlReply::Promoted { seq, .. } if seq > 0 => Ok(seq),
+            _ => Err(NodeError::Refused(
+                self.shared
+                    .failure()
+                    .unwrap_or_else(|| "the promotion failed".into()),
+            )),
+        }
+    }
+
+    /// The journal's written and durable watermarks.
+    pub fn journal_watermarks(&self) -> Arc<ringex_journal::Watermarks> {
+        Arc::clone(
+            self.shared
+                .metrics
+                .journal
+                .get()
+                .expect("set when the node starts"),
+        )
+    }
+
+    /// The engine's last applied sequence, as it moves.
+    pub fn applied_seq(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.applied_seq)
+    }
+
+    /// The node's epoch (the journal's; a promotion raises it).
+    pub fn epoch(&self) -> u32 {
+        self.shared.epoch.load(Ordering::Acquire) as u32
+    }
+
+    /// The journal's identity.
+    pub fn journal_id(&self) -> u128 {
+        self.journal_id
+    }
+
+    /// A primary's replication listener address (its standby connects there).
+    pub fn replication_addr(&self) -> Option<std::net::SocketAddr> {
+        self.replication.as_ref().map(|(_, _, addr)| *addr)
+    }
+
+    fn stop_replication(&mut self) {
+        if let Some((stop, handle, _)) = self.replication.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = handle.join();
+        }
     }
 
     /// Publishes a read-only query, answered in order with the commands around it.
@@ -761,7 +1092,13 @@ impl Node {
         tag: u64,
         wait: Duration,
     ) -> Result<(), NodeError> {
+        if kind == SlotKind::Command {
+            self.refuse_if_halted()?;
+        }
         let timestamp_ns = self.stamp()?;
+        if kind == SlotKind::Command && self.shared.checkpoint_ready.load(Ordering::Relaxed) {
+            self.publish_checkpoint(timestamp_ns);
+        }
         let (command, query) = (*command, *query);
         let fill = |slot: &mut InputSlot| slot.set(kind, timestamp_ns, tag, command, query);
         let published = match self.intake()? {
@@ -803,7 +1140,11 @@ impl Node {
         if items.is_empty() {
             return Ok(());
         }
+        self.refuse_if_halted()?;
         let timestamp_ns = self.stamp()?;
+        if self.shared.checkpoint_ready.load(Ordering::Relaxed) {
+            self.publish_checkpoint(timestamp_ns);
+        }
         let published = match self.intake()? {
             Intake::Inline(inline) => {
                 let room = !inline.is_full();
@@ -839,12 +1180,28 @@ impl Node {
     }
 
     fn control(&mut self, kind: SlotKind, what: &'static str) -> Result<ControlReply, NodeError> {
+        self.control_tagged(kind, 0, what)
+    }
+
+    /// A control slot carrying `tag`, stamped with the clock (a promotion journals a
+    /// record).
+    fn control_tagged(
+        &mut self,
+        kind: SlotKind,
+        tag: u64,
+        what: &'static str,
+    ) -> Result<ControlReply, NodeError> {
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let ts = now_ns.max(self.timestamp_ns_last);
+        self.timestamp_ns_last = ts;
         // Control slots must get through even after a journal failure.
         let rings = match self.intake.as_mut() {
             None => return Err(NodeError::NoReply(what)),
             Some(Intake::Inline(inline)) => {
                 // Applied at once, with the open batch; its outputs stay queued for the owner.
-                inline.submit(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY), true);
+                inline.submit(|slot| slot.set(kind, ts, tag, FILLER, NO_QUERY), true);
                 return self
                     .control
                     .try_recv()
@@ -857,7 +1214,7 @@ impl Node {
             rings.discard_outputs();
             rings
                 .producer
-                .try_publish(|slot| slot.set(kind, 0, 0, FILLER, NO_QUERY))
+                .try_publish(|slot| slot.set(kind, ts, tag, FILLER, NO_QUERY))
                 .ok()
         });
         published.ok_or(NodeError::Backpressure)?;
@@ -877,7 +1234,7 @@ impl Node {
     /// The engine's state hash after every command submitted so far, and its sequence.
     pub fn state_hash(&mut self) -> Result<(u64, u128), NodeError> {
         match self.control(SlotKind::StateHash, "state hash")? {
-            ControlReply::StateHash { seq, hash } => Ok((seq, hash)),
+            ControlReply::StateHash { seq, hash, .. } => Ok((seq, hash)),
             other => panic!("unexpected control reply {other:?}"),
         }
     }
@@ -889,6 +1246,7 @@ impl Node {
 
     /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.
     pub fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
+        self.shared.stopping.store(true, Ordering::Release);
         let reply = self.control(SlotKind::Shutdown, "shutdown")?;
         // Dropping the producer drains the input ring and joins its stages; the engine
         // stage's drop does the same for the output ring and the publisher.
@@ -916,10 +1274,12 @@ impl Drop for Node {
         if let Some(Intake::Rings(rings)) = self.intake.as_mut() {
             rings.discard_outputs();
         }
+        self.shared.stopping.store(true, Ordering::Release);
         drop(self.intake.take());
         if let Some(h) = self.snapshot_writer.take() {
             let _ = h.join();
         }
+        self.stop_replication();
     }
 }
 

@@ -8,7 +8,7 @@ use ringex_engine::codec::{decode_command, CODEC_VERSION};
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{Journal, Reader, RecoveryReport, SnapshotStore, Truncation};
 
-use super::{NodeError, RECORD_COMMAND};
+use super::{NodeError, RECORD_CHECKPOINT, RECORD_COMMAND, RECORD_EPOCH};
 
 /// What recovery did, for the log and for tests.
 #[derive(Debug, Clone)]
@@ -49,25 +49,141 @@ impl fmt::Display for RecoveryLog {
     }
 }
 
-/// Decodes one journal record into a command, checking type and schema.
+/// A journal record as the node writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// An engine command: applied.
+    Command(ringex_engine::Command),
+    /// A promotion: from this record on, `node_id` is primary at `epoch`. Nothing to apply.
+    Epoch { epoch: u32, node_id: u32 },
+    /// The primary's state hash after sequence `seq` (it journals one every `every`
+    /// commands): whoever replays the journal compares its own.
+    Checkpoint { seq: u64, every: u64, hash: u128 },
+}
+
+/// Payload of a checkpoint record: sequence, interval, state hash, little-endian.
+pub fn encode_checkpoint_record(seq: u64, every: u64, hash: u128) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&seq.to_le_bytes());
+    b[8..16].copy_from_slice(&every.to_le_bytes());
+    b[16..].copy_from_slice(&hash.to_le_bytes());
+    b
+}
+
+/// Divergence checks: the state hash after every `every`-th sequence, kept for a while,
+/// compared with the primary's checkpoint records as they come.
+#[derive(Debug, Default)]
+pub struct Checkpoints {
+    /// 0: not known yet (a replay takes it from the first checkpoint record).
+    pub every: u64,
+    recent: std::collections::VecDeque<(u64, u128)>,
+}
+
+/// Hashes kept for comparison: checkpoint records follow their sequence closely.
+const CHECKPOINTS_KEPT: usize = 8;
+
+impl Checkpoints {
+    pub fn new(every: u64) -> Checkpoints {
+        Checkpoints {
+            every,
+            recent: std::collections::VecDeque::with_capacity(CHECKPOINTS_KEPT),
+        }
+    }
+
+    /// After a command at `seq`: its state hash when `seq` is a checkpoint.
+    pub fn after_apply(&mut self, seq: u64, exchange: &Exchange) -> Option<u128> {
+        if self.every == 0 || !seq.is_multiple_of(self.every) {
+            return None;
+        }
+        let hash = exchange.state_hash();
+        if self.recent.len() == CHECKPOINTS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, hash));
+        Some(hash)
+    }
+
+    /// A checkpoint record: Err with what differs when this node's own hash at `seq`
+    /// is not the primary's. Nothing to compare (not computed here) passes.
+    pub fn check(&mut self, seq: u64, every: u64, hash: u128) -> Result<bool, String> {
+        if self.every == 0 {
+            self.every = every;
+        }
+        match self.recent.iter().find(|(s, _)| *s == seq) {
+            Some(&(_, own)) if own != hash => Err(format!(
+                "DIVERGED: the state hash after sequence {seq} is {own:032x} here but \
+                 {hash:032x} on the primary"
+            )),
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Payload of an epoch record: the new epoch and the promoted node, little-endian.
+pub fn encode_epoch_record(epoch: u32, node_id: u32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[..4].copy_from_slice(&epoch.to_le_bytes());
+    b[4..].copy_from_slice(&node_id.to_le_bytes());
+    b
+}
+
+/// Decodes one journal record, checking type and schema.
+pub fn decode_any_record(
+    seq: u64,
+    record_type: u16,
+    schema_version: u16,
+    payload: &[u8],
+) -> Result<Record, NodeError> {
+    let bad = |why: String| NodeError::Replay { seq, reason: why };
+    match record_type {
+        RECORD_COMMAND => {
+            if schema_version != u16::from(CODEC_VERSION) {
+                return Err(bad(format!("unsupported schema version {schema_version}")));
+            }
+            let (cmd, used) = decode_command(payload).map_err(|e| bad(e.to_string()))?;
+            if used != payload.len() {
+                return Err(bad(format!("{} trailing bytes", payload.len() - used)));
+            }
+            Ok(Record::Command(cmd))
+        }
+        RECORD_CHECKPOINT => {
+            if schema_version != 1 || payload.len() != 32 {
+                return Err(bad("malformed checkpoint record".into()));
+            }
+            Ok(Record::Checkpoint {
+                seq: u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
+                every: u64::from_le_bytes(payload[8..16].try_into().expect("8 bytes")),
+                hash: u128::from_le_bytes(payload[16..].try_into().expect("16 bytes")),
+            })
+        }
+        RECORD_EPOCH => {
+            if schema_version != 1 || payload.len() != 8 {
+                return Err(bad("malformed epoch record".into()));
+            }
+            Ok(Record::Epoch {
+                epoch: u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")),
+                node_id: u32::from_le_bytes(payload[4..].try_into().expect("4 bytes")),
+            })
+        }
+        other => Err(bad(format!("unknown record type {other}"))),
+    }
+}
+
+/// Decodes one journal record that must be a command.
 pub fn decode_record(
     seq: u64,
     record_type: u16,
     schema_version: u16,
     payload: &[u8],
 ) -> Result<ringex_engine::Command, NodeError> {
-    let bad = |why: String| NodeError::Replay { seq, reason: why };
-    if record_type != RECORD_COMMAND {
-        return Err(bad(format!("unknown record type {record_type}")));
+    match decode_any_record(seq, record_type, schema_version, payload)? {
+        Record::Command(cmd) => Ok(cmd),
+        other => Err(NodeError::Replay {
+            seq,
+            reason: format!("not a command: {other:?}"),
+        }),
     }
-    if schema_version != u16::from(CODEC_VERSION) {
-        return Err(bad(format!("unsupported schema version {schema_version}")));
-    }
-    let (cmd, used) = decode_command(payload).map_err(|e| bad(e.to_string()))?;
-    if used != payload.len() {
-        return Err(bad(format!("{} trailing bytes", payload.len() - used)));
-    }
-    Ok(cmd)
 }
 
 /// Applies journal records `from..=to` (to the journal's end when `to` is `None`) to
@@ -92,6 +208,8 @@ pub fn apply_records(
         reason: format!("{reason} ({inspect})"),
     };
     let mut events: Vec<Event> = Vec::with_capacity(64);
+    // The journal's checkpoint records check the replay as they come.
+    let mut checkpoints = Checkpoints::new(0);
     let (mut applied, mut seq_last) = (0u64, from - 1);
     // Bounded by `to`, or by the journal's length (the reader returns None at its end).
     for expected in from..=to.unwrap_or(u64::MAX) {
@@ -106,15 +224,27 @@ pub fn apply_records(
             r.seq, expected,
             "the journal reader returns dense sequences"
         );
-        let cmd = decode_record(r.seq, r.record_type, r.schema_version, r.payload).map_err(
-            |e| match e {
-                NodeError::Replay { seq, reason } => replay_error(seq, reason),
-                other => other,
-            },
-        )?;
-        events.clear();
-        exchange.apply(&cmd, &mut events);
-        each(&events);
+        let record =
+            decode_any_record(r.seq, r.record_type, r.schema_version, r.payload).map_err(|e| {
+                match e {
+                    NodeError::Replay { seq, reason } => replay_error(seq, reason),
+                    other => other,
+                }
+            })?;
+        match record {
+            Record::Command(cmd) => {
+                events.clear();
+                exchange.apply(&cmd, &mut events);
+                each(&events);
+                checkpoints.after_apply(r.seq, exchange);
+            }
+            Record::Checkpoint { seq, every, hash } => {
+                checkpoints
+                    .check(seq, every, hash)
+                    .map_err(|why| replay_error(r.seq, why))?;
+            }
+            Record::Epoch { .. } => {}
+        }
         applied += 1;
         seq_last = r.seq;
     }

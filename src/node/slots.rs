@@ -17,7 +17,27 @@ pub enum SlotKind {
     Shutdown,
     /// A read-only query, answered in ring order. Not journaled.
     Query,
+    /// A standby's copy of a primary's journal frame (`InputSlot::frame`): journaled
+    /// byte for byte, then its command applied.
+    Replica,
+    /// A standby's copy of a primary's epoch record: journaled byte for byte; the engine
+    /// takes the epoch in `tag`.
+    ReplicaEpoch,
+    /// A primary's checkpoint: the state hash in `aux` (sequence, interval, hash low,
+    /// high) journaled as a checkpoint record.
+    Checkpoint,
+    /// A standby's copy of a primary's checkpoint record (`frame`; the values in `aux`):
+    /// journaled byte for byte, compared with the standby's own hash.
+    ReplicaCheckpoint,
+    /// Control: a promotion. The journal takes the epoch in `tag` and an epoch record,
+    /// durable before the engine sees it.
+    Promote,
 }
+
+/// Largest frame a replica slot carries: a command record's (header, the largest encoded
+/// command, padding).
+pub const REPLICA_FRAME_MAX: usize =
+    (48 + ringex_engine::codec::COMMAND_SIZE_MAX).next_multiple_of(8);
 
 /// One input-ring slot. The producer writes the plain fields; the journaler, which only
 /// gets `&InputSlot` from the ring, records the journal sequence and chain in atomics
@@ -32,6 +52,11 @@ pub struct InputSlot {
     pub command: Command,
     /// For `SlotKind::Query`.
     pub query: Query,
+    /// For `SlotKind::Replica`: the frame, `frame_len` bytes of it.
+    pub frame: [u8; REPLICA_FRAME_MAX],
+    pub frame_len: usize,
+    /// Checkpoint slots: sequence, interval, state hash (low, high 64 bits).
+    pub aux: [u64; 4],
     /// Journal sequence assigned by the journaler; 0 if the append failed.
     seq: AtomicU64,
     /// Journal chain value after this record.
@@ -49,6 +74,9 @@ impl InputSlot {
                 market: None,
             },
             query: Query::ApiKey { key_id: 0 },
+            frame: [0; REPLICA_FRAME_MAX],
+            frame_len: 0,
+            aux: [0; 4],
             seq: AtomicU64::new(0),
             chain: AtomicU64::new(0),
         }

@@ -46,6 +46,11 @@ pub struct JournalStage {
     seq_last: u64,
     batch_appended: u64,
     buf: [u8; COMMAND_SIZE_MAX],
+    /// This node's id, in the epoch record a promotion journals.
+    pub node_id: u32,
+    /// A primary's replication: the tap the standby is fed from, and (in `sync` mode)
+    /// the wait for the standby's acknowledgement before the engine may see a batch.
+    pub replication: Option<crate::node::replication::Primary>,
 }
 
 impl JournalStage {
@@ -66,6 +71,8 @@ impl JournalStage {
             seq_last,
             batch_appended: 0,
             buf: [0; COMMAND_SIZE_MAX],
+            node_id: 0,
+            replication: None,
         }
     }
 
@@ -81,6 +88,24 @@ impl JournalStage {
                 return (0, 0);
             }
             SlotKind::Snapshot | SlotKind::StateHash | SlotKind::Query => return (0, 0),
+            SlotKind::Checkpoint => {
+                let [seq, every, lo, hi] = slot.aux;
+                let hash = u128::from(lo) | (u128::from(hi) << 64);
+                let payload = super::recovery::encode_checkpoint_record(seq, every, hash);
+                let result =
+                    self.journal
+                        .append(super::RECORD_CHECKPOINT, 1, slot.timestamp_ns, &payload);
+                return self.appended(result);
+            }
+            SlotKind::Replica | SlotKind::ReplicaEpoch | SlotKind::ReplicaCheckpoint => {
+                let result = self.journal.append_replica(&slot.frame[..slot.frame_len]);
+                if let Err(e) = &result {
+                    // The stream from the primary no longer fits this journal.
+                    self.shared.fail(format!("standby: {e}"));
+                }
+                return self.appended(result);
+            }
+            SlotKind::Promote => return self.promote(slot),
         }
         let n = encode_command(&slot.command, &mut self.buf);
         let result = self.journal.append(
@@ -89,6 +114,35 @@ impl JournalStage {
             slot.timestamp_ns,
             &self.buf[..n],
         );
+        self.appended(result)
+    }
+
+    /// A promotion: everything appended so far made durable, then the new epoch and its
+    /// record, synced before the engine (and so any client) sees anything after it.
+    fn promote(&mut self, slot: &InputSlot) -> (u64, u64) {
+        let epoch = slot.tag as u32;
+        self.make_durable();
+        if let Err(e) = self.journal.set_epoch(epoch) {
+            self.shared
+                .fail(format!("promotion to epoch {epoch} refused: {e}"));
+            return (0, 0);
+        }
+        let payload = super::recovery::encode_epoch_record(epoch, self.node_id);
+        let result = self
+            .journal
+            .append(super::RECORD_EPOCH, 1, slot.timestamp_ns, &payload);
+        let appended = self.appended(result);
+        self.make_durable();
+        if let Err(e) = self.journal.sync() {
+            self.shared.fail(format!(
+                "promotion to epoch {epoch}: journal sync failed: {e}"
+            ));
+        }
+        appended
+    }
+
+    /// Bookkeeping after an append: its (seq, chain), or (0, 0) when it was refused.
+    fn appended(&mut self, result: ringex_journal::Result<u64>) -> (u64, u64) {
         match result {
             Ok(seq) => {
                 assert_eq!(seq, self.seq_last + 1, "journal sequences are dense");
@@ -120,6 +174,24 @@ impl JournalStage {
             return;
         }
         self.batch_appended = 0;
+        // The standby's copy leaves now, while this node syncs its own.
+        if let Some(r) = &self.replication {
+            r.ship();
+        }
+        self.make_durable_locally();
+        if let Some(r) = &mut self.replication {
+            if let Err(why) = r.wait_standby(self.seq_last, &self.shared) {
+                // Stopping while the standby is away: what it never acknowledged is not
+                // applied (its clients hear the outcome is unknown; a restart replays it).
+                self.shared
+                    .journal_failed_at
+                    .fetch_min(r.acked_durable() + 1, Ordering::SeqCst);
+                self.shared.note(why);
+            }
+        }
+    }
+
+    fn make_durable_locally(&mut self) {
         if !self.group {
             if let Err(e) = self.journal.write_staged() {
                 self.durability_lost(e.to_string());
@@ -249,6 +321,10 @@ pub struct EngineStage {
     replies: Vec<QueryReply>,
     latency_ns: BTreeMap<CommandKind, Histogram<u64>>,
     markets: BTreeMap<u32, MarketCounters>,
+    /// State hashes at checkpoint sequences, compared with checkpoint records.
+    pub checkpoints: super::recovery::Checkpoints,
+    /// A primary: hand each checkpoint's hash to the producer, which journals it.
+    pub publishes_checkpoints: bool,
 }
 
 impl EngineStage {
@@ -288,6 +364,8 @@ impl EngineStage {
             replies: Vec::with_capacity(1024),
             latency_ns: BTreeMap::new(),
             markets: BTreeMap::new(),
+            checkpoints: super::recovery::Checkpoints::new(0),
+            publishes_checkpoints: false,
         }
     }
 
@@ -301,6 +379,7 @@ impl EngineStage {
             seq: slot.seq(),
             chain: slot.chain(),
             timestamp_ns: slot.timestamp_ns,
+            aux: slot.aux,
         };
         self.apply(&item);
         if end_of_batch {
@@ -312,13 +391,64 @@ impl EngineStage {
     pub fn apply(&mut self, item: &Item) {
         self.timestamp_ns = item.timestamp_ns;
         match item.kind {
-            SlotKind::Command => self.apply_command(item.tag, &item.command, item.seq, item.chain),
+            SlotKind::Command | SlotKind::Replica => {
+                self.apply_command(item.tag, &item.command, item.seq, item.chain)
+            }
+            SlotKind::Checkpoint | SlotKind::ReplicaCheckpoint => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the checkpoint is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    let [seq, every, lo, hi] = item.aux;
+                    let hash = u128::from(lo) | (u128::from(hi) << 64);
+                    match self.checkpoints.check(seq, every, hash) {
+                        Ok(true) => {
+                            self.shared
+                                .metrics
+                                .checkpoints_matched
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(why) => self.shared.fail(format!(
+                            "{why}: this node's state is not the primary's; it stops taking \
+                             input (compare `ringex journal replay` on both journals)"
+                        )),
+                    }
+                }
+            }
+            SlotKind::ReplicaEpoch => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the epoch record is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    self.epoch = item.tag as u32;
+                    self.shared
+                        .epoch
+                        .store(u64::from(self.epoch), Ordering::Release);
+                }
+            }
+            SlotKind::Promote => {
+                if item.seq != 0 {
+                    assert_eq!(item.seq, self.seq_last + 1, "the epoch record is in order");
+                    self.seq_last = item.seq;
+                    self.chain_last = item.chain;
+                    self.epoch = item.tag as u32;
+                    self.shared
+                        .epoch
+                        .store(u64::from(self.epoch), Ordering::Release);
+                }
+                let _ = self.control.send(ControlReply::Promoted {
+                    seq: item.seq,
+                    epoch: item.tag as u32,
+                });
+            }
             SlotKind::Query => self.answer(item.tag, &item.query),
             SlotKind::Snapshot => self.snapshot(true),
             SlotKind::StateHash => {
                 self.merge_metrics();
                 let reply = ControlReply::StateHash {
                     seq: self.seq_last,
+                    chain: self.chain_last,
                     hash: self.exchange.state_hash(),
                 };
                 let _ = self.control.send(reply);
@@ -388,6 +518,17 @@ impl EngineStage {
         }
         self.publish_events(seq, tag);
         bump(&self.shared.metrics.commands_applied, 1);
+        if let Some(hash) = self.checkpoints.after_apply(seq, &self.exchange) {
+            if self.publishes_checkpoints {
+                let every = self.checkpoints.every;
+                *self
+                    .shared
+                    .checkpoint_pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some((seq, every, hash));
+                self.shared.checkpoint_ready.store(true, Ordering::Release);
+            }
+        }
         let due = self.policy.every_commands > 0
             && seq - self.seq_snapshot_attempted >= self.policy.every_commands;
         if due {
@@ -479,6 +620,9 @@ impl EngineStage {
     /// Merges local metrics (a lock every few ms, never per command) and checks the
     /// snapshot timer.
     pub fn end_of_batch(&mut self) {
+        self.shared
+            .applied_seq
+            .store(self.seq_last, Ordering::Release);
         self.shared.wake_consumer();
         let now = Instant::now();
         if now.duration_since(self.metrics_merged_at) >= METRICS_MERGE_EVERY {
@@ -620,6 +764,7 @@ pub struct Item {
     pub chain: u64,
     /// The producer's stamp, carried onto the outputs (the publisher's clock).
     pub timestamp_ns: u64,
+    pub aux: [u64; 4],
 }
 
 /// The fused topology: one thread journals a batch, makes it durable, applies it and
@@ -652,6 +797,7 @@ impl FusedStage {
             seq,
             chain,
             timestamp_ns: slot.timestamp_ns,
+            aux: slot.aux,
         });
         if end_of_batch || self.pending.len() == self.batch_max {
             self.end_batch();
