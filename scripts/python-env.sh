@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENV_DIR="${RINGEX_PYTHON_ENV:-target/python-env}"
+# Absolute, so tests (which run in their crate's directory) can use the printed path.
+case "$ENV_DIR" in /*) ;; *) ENV_DIR="$PWD/$ENV_DIR" ;; esac
 WEBSOCKETS_VERSION="17.4"
 PY="$ENV_DIR/bin/python"
 if [ -x "$PY" ] && "$PY" -c "import websockets, sys; sys.exit(websockets.__version__ != '$WEBSOCKETS_VERSION')" 2>/dev/null; then
