@@ -718,3 +718,173 @@ fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compres
         assert_eq!(seen["ticker"]["count"], market.trade_count);
     }
 }
+
+#[test]
+fn a_client_that_asks_but_never_reads_is_closed_1013_and_others_go_on() {
+    let rig = Rig::start(RetailConfig {
+        outbound_buffer_bytes: 16 * 1024,
+        socket_send_buffer_bytes: 16 * 1024,
+        messages_per_second: 1_000_000,
+        ..RetailConfig::loopback()
+    });
+    // It subscribes to nothing, so no published update ever finds its queue full: only
+    // the replies it asks for pile up.
+    let mut greedy = connect(rig.ws);
+    let request = Message::text(json!({"method": "markets", "id": 1}).to_string());
+    let mut sent = 0;
+    while rig.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            sent < 200_000,
+            "{sent} unread replies (megabytes) and still queued"
+        );
+        greedy.ws.send(request.clone()).unwrap();
+        sent += 1;
+    }
+    // What it was sent before the close arrives whole, frame by frame, then the close.
+    let (code, reason) = closed(&mut greedy);
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.starts_with("slow consumer"), "{reason}");
+    let mut other = connect(rig.ws);
+    send(&mut other, json!({"method": "ping", "id": 1}));
+    assert_eq!(reply(&mut other, 1)["result"], "pong");
+}
+
+/// A masked client frame, written by hand (tungstenite sends neither fragments of our
+/// choosing nor compressed frames).
+fn client_frame(opcode: u8, fin: bool, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Opens a WebSocket by hand on `path`, offering `extensions`; returns the stream and
+/// the response head.
+fn raw_upgrade(addr: SocketAddr, path: &str, extensions: Option<&str>) -> (TcpStream, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(e) = extensions {
+        req.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // Byte by byte, so nothing after the head is taken from the stream.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// One server frame: (fin, rsv1, opcode, payload).
+fn read_frame(s: &mut TcpStream) -> (bool, bool, u8, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u64::from(u16::from_be_bytes(l))
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x40 != 0, h[0] & 0x0f, payload)
+}
+
+#[test]
+fn the_echo_path_echoes_text_and_binary_whole_fragmented_and_compressed() {
+    let rig = Rig::start(RetailConfig {
+        echo_path: Some("/echo".into()),
+        first_subscription_ms: 200,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, head) = raw_upgrade(rig.ws, "/echo", Some("permessage-deflate"));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let text = br#"{"not":"a request","but":"echoed"}"#;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let mut deflater = ringex_gateway::ws::Deflater::default();
+    let compressed = deflater.deflate(text);
+    let mut bytes = client_frame(0x1, true, false, text);
+    bytes.extend(client_frame(0x2, true, false, &binary));
+    // Fragmented, with a ping between the fragments.
+    bytes.extend(client_frame(0x2, false, false, &binary[..300]));
+    bytes.extend(client_frame(0x0, false, false, &binary[300..301]));
+    bytes.extend(client_frame(0x9, true, false, b"between"));
+    bytes.extend(client_frame(0x0, true, false, &binary[301..]));
+    // Compressed in one frame and in three.
+    bytes.extend(client_frame(0x1, true, true, &compressed));
+    let (a, rest) = compressed.split_at(compressed.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    bytes.extend(client_frame(0x1, false, true, a));
+    bytes.extend(client_frame(0x0, false, false, b));
+    bytes.extend(client_frame(0x0, true, false, c));
+    s.write_all(&bytes).unwrap();
+    // Echoes are whole, uncompressed messages; the ping is answered where it came.
+    let expected: [(u8, &[u8]); 6] = [
+        (0x1, text),
+        (0x2, &binary),
+        (0xA, b"between"),
+        (0x2, &binary),
+        (0x1, text),
+        (0x1, text),
+    ];
+    for (opcode, payload) in expected {
+        let (fin, rsv1, op, got) = read_frame(&mut s);
+        assert_eq!((fin, rsv1, op), (true, false, opcode));
+        assert_eq!(got, payload);
+    }
+    // No first-subscription timer on the echo path (it was 200 ms), and the close is
+    // answered.
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let mut n = 0u32;
+    while Instant::now() < deadline {
+        n += 1;
+        s.write_all(&client_frame(0x1, true, false, b"still here"))
+            .unwrap();
+        assert_eq!(read_frame(&mut s).3, b"still here");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(n > 3);
+    s.write_all(&client_frame(0x8, true, false, &1000u16.to_be_bytes()))
+        .unwrap();
+    let (_, _, op, payload) = read_frame(&mut s);
+    assert_eq!((op, payload), (0x8, 1000u16.to_be_bytes().to_vec()));
+}
+
+#[test]
+fn the_echo_path_is_off_by_default() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let (_, head) = raw_upgrade(rig.ws, "/echo", None);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
