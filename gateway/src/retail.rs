@@ -1903,7 +1903,10 @@ impl RetailEdge {
         }
         for id in silent {
             self.refuse_conn(id, Refusal::HeartbeatTimeout, Detail::None);
+            // The close frame goes to the socket if it has room (a peer that is gone
+            // takes nothing), then the connection ends.
             self.close_with(id, close::POLICY_VIOLATION, "silent too long");
+            self.flush(id);
             self.drop_conn(id, link);
         }
         for id in unengaged {

@@ -888,3 +888,207 @@ fn the_echo_path_is_off_by_default() {
     let (_, head) = raw_upgrade(rig.ws, "/echo", None);
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+/// Reads server frames until a close; returns its code and reason.
+fn raw_closed(s: &mut TcpStream) -> (u16, String) {
+    loop {
+        let (_, _, op, payload) = read_frame(s);
+        if op == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+        }
+    }
+}
+
+fn still_served(rig: &Rig) {
+    let mut other = connect(rig.ws);
+    send(&mut other, json!({"method": "ping", "id": 1}));
+    assert_eq!(reply(&mut other, 1)["result"], "pong");
+}
+
+#[test]
+fn frames_that_break_the_rules_close_with_their_codes_and_others_go_on() {
+    let rig = Rig::start(RetailConfig::loopback());
+    // Compressed without negotiation.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&client_frame(0x1, true, true, b"\x4b\x04\x00"))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    // Negotiated, but not deflate data.
+    let (mut s, head) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    assert!(head.contains("permessage-deflate"), "{head}");
+    s.write_all(&client_frame(0x1, true, true, &[0xff; 8]))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1007);
+    // Unmasked.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    // A header announcing an exabyte: refused at the header, nothing is allocated.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut huge = vec![0x81, 0xff];
+    huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&huge).unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1009);
+    // Fragments that never end: the message is refused once over the size limit.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut endless = client_frame(0x1, false, false, &[b'a'; 1000]);
+    for _ in 0..80 {
+        endless.extend(client_frame(0x0, false, false, &[b'a'; 1000]));
+    }
+    let _ = s.write_all(&endless);
+    assert_eq!(raw_closed(&mut s).0, 1009);
+    // A close code no one may send.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&client_frame(0x8, true, false, &1005u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    still_served(&rig);
+}
+
+#[test]
+fn a_ping_flood_is_answered_within_the_message_rate_then_closed_1008() {
+    let rig = Rig::start(RetailConfig {
+        messages_per_second: 5,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let flood: Vec<u8> = (0..200)
+        .flat_map(|_| client_frame(0x9, true, false, b"p"))
+        .collect();
+    let _ = s.write_all(&flood);
+    let mut pongs = 0;
+    let code = loop {
+        let (_, _, op, payload) = read_frame(&mut s);
+        match op {
+            0xA => pongs += 1,
+            0x8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            _ => {}
+        }
+    };
+    assert_eq!((code, pongs), (1008, 5));
+    still_served(&rig);
+}
+
+#[test]
+fn connections_past_the_per_ip_limit_get_503_until_one_leaves() {
+    let rig = Rig::start(RetailConfig {
+        connections_per_ip: 3,
+        ..RetailConfig::loopback()
+    });
+    let mut held: Vec<Client> = (0..3).map(|_| connect(rig.ws)).collect();
+    let (_, head) = raw_upgrade(rig.ws, "/ws", None);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(rig.stats.refusals.get(Refusal::PerIpLimit), 1);
+    let mut gone = held.pop().unwrap();
+    gone.ws.close(None).unwrap();
+    let _ = closed(&mut gone);
+    drop(gone);
+    wait_until("the server let the connection go", || {
+        rig.stats.connections_active.load(Ordering::Relaxed) == 2
+    });
+    still_served(&rig);
+}
+
+#[test]
+fn an_upgrade_that_never_completes_is_dropped_and_holds_no_one_up() {
+    use std::io::Read;
+    let rig = Rig::start(RetailConfig {
+        first_subscription_ms: 300,
+        connections_per_ip: 2,
+        ..RetailConfig::loopback()
+    });
+    // Two slow handshakes take the address's connections; a third is refused meanwhile.
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(rig.ws).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webso")
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_until("both are accepted", || {
+        rig.stats.connections_active.load(Ordering::Relaxed) == 2
+    });
+    let (_, head) = raw_upgrade(rig.ws, "/ws", None);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // Once the time to subscribe has passed, they are dropped without an answer...
+    for s in &mut slow {
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    }
+    // ...and the address may connect again.
+    still_served(&rig);
+}
+
+#[test]
+fn a_connection_silent_past_the_idle_timeout_is_closed_1008() {
+    let rig = Rig::start(RetailConfig {
+        ping_interval_ms: 100,
+        idle_timeout_ms: 400,
+        ..RetailConfig::loopback()
+    });
+    // It never answers the server's pings (as a peer that vanished would not).
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut pings = 0;
+    let (code, reason) = loop {
+        let (_, _, op, payload) = read_frame(&mut s);
+        match op {
+            0x9 => pings += 1,
+            0x8 => {
+                break (
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                )
+            }
+            _ => {}
+        }
+    };
+    assert_eq!((code, reason.as_str()), (1008, "silent too long"));
+    assert!(pings >= 2, "{pings} pings");
+    assert_eq!(rig.stats.refusals.get(Refusal::HeartbeatTimeout), 1);
+}
+
+#[test]
+fn an_auth_replayed_on_another_connection_is_refused() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let params = auth_params(MAKER_KEY, 77);
+    let mut first = connect(rig.ws);
+    send(
+        &mut first,
+        json!({"method": "auth", "params": params.clone(), "id": 1}),
+    );
+    assert_eq!(reply(&mut first, 1)["result"]["account"], 10);
+    let mut replay = connect(rig.ws);
+    send(
+        &mut replay,
+        json!({"method": "auth", "params": params, "id": 1}),
+    );
+    assert_eq!(
+        reply(&mut replay, 1)["error"],
+        json!({"code": 403, "msg": "replayed_nonce"})
+    );
+    // A timestamp outside the skew, correctly signed, is refused as well.
+    let ts = now_ns() - 60_000_000_000;
+    let sig = sign_login(
+        &secret_hash(secret(MAKER_KEY).as_bytes()),
+        MAKER_KEY,
+        ts,
+        78,
+    );
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    send(
+        &mut replay,
+        json!({"method": "auth", "id": 2,
+               "params": {"key": MAKER_KEY, "timestamp": ts, "nonce": 78, "signature": hex}}),
+    );
+    assert_eq!(reply(&mut replay, 2)["error"]["msg"], "stale_timestamp");
+    // And the refused connection still may not trade.
+    send(
+        &mut replay,
+        json!({"method": "order.cancelAll", "params": {}, "id": 3}),
+    );
+    assert_eq!(reply(&mut replay, 3)["error"]["code"], 401);
+}
