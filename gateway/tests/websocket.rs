@@ -504,8 +504,26 @@ fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
     wait_until("the slow client is cut off", || {
         rig.stats.refusals.get(Refusal::SlowConsumer) == 1
     });
-    let (code, reason) = closed(&mut slow);
+    // Its output was cut between frames: what it still reads are whole updates that
+    // chain, then the close.
+    assert_eq!(reply(&mut slow, 1)["result"], json!(["depth@BTC-USDT"]));
+    let mut slow_last = recv(&mut slow)["last"].as_u64().unwrap();
+    let mut updates = 0;
+    let (code, reason) = loop {
+        match slow.ws.read() {
+            Ok(Message::Text(t)) => {
+                let d: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(d["first"].as_u64().unwrap(), slow_last + 1, "no gap");
+                slow_last = d["last"].as_u64().unwrap();
+                updates += 1;
+            }
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(_) => {}
+            Err(e) => panic!("the stream broke before the close: {e}"),
+        }
+    };
     assert_eq!(code, 1013, "{reason}");
+    assert!(updates > 0);
 }
 
 #[test]
@@ -1091,4 +1109,45 @@ fn an_auth_replayed_on_another_connection_is_refused() {
         json!({"method": "order.cancelAll", "params": {}, "id": 3}),
     );
     assert_eq!(reply(&mut replay, 3)["error"]["code"], 401);
+}
+
+#[test]
+fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_close() {
+    // Echoes larger than the socket's buffer are always written in parts: when the
+    // client is found slow, one of them is half written.
+    let rig = Rig::start(RetailConfig {
+        echo_path: Some("/echo".into()),
+        outbound_buffer_bytes: 16 * 1024,
+        socket_send_buffer_bytes: 16 * 1024,
+        messages_per_second: 1_000_000,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, _) = raw_upgrade(rig.ws, "/echo", None);
+    let message: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = client_frame(0x2, true, false, &message);
+    let mut sent = 0;
+    while rig.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(sent < 2_000, "{sent} echoes unread and still queued");
+        s.write_all(&frame).unwrap();
+        sent += 1;
+    }
+    let mut whole = 0;
+    let (code, reason) = loop {
+        let (fin, _, op, payload) = read_frame(&mut s);
+        match op {
+            0x2 => {
+                assert!(fin && payload == message, "echo {whole} arrived broken");
+                whole += 1;
+            }
+            0x8 => {
+                break (
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                )
+            }
+            op => panic!("opcode {op:#x}: the stream lost its frame boundaries"),
+        }
+    };
+    assert_eq!(code, 1013, "{reason}");
+    assert!(whole < sent, "{whole} of {sent}");
 }
