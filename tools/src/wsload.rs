@@ -80,6 +80,8 @@ pub struct WsReport {
     pub subscribed: u32,
     /// Connections still open at the end.
     pub held: u32,
+    /// Connections the server did not upgrade (an HTTP error such as 503 at a limit).
+    pub refused: u32,
     pub ws_compression: bool,
     /// During the load phase.
     pub messages: u64,
@@ -108,6 +110,7 @@ struct WsConn {
     handshaken: bool,
     subscribed: bool,
     open: bool,
+    refused: bool,
     out: Vec<u8>,
 }
 
@@ -197,6 +200,7 @@ fn subscribers(
             handshaken: false,
             subscribed: false,
             open: true,
+            refused: false,
             out: Vec::new(),
         });
     }
@@ -231,7 +235,10 @@ fn subscribers(
         }
         if !ready_sent {
             let n = conns.iter().filter(|c| c.subscribed).count() as u32;
-            if n == args.ws_connections || Instant::now() > deadline_subscribed {
+            // A connection the server refused (HTTP 503 past `connections_per_ip`) or
+            // closed will never subscribe: the load does not wait for it.
+            let settled = conns.iter().all(|c| c.subscribed || !c.open);
+            if settled || Instant::now() > deadline_subscribed {
                 let _ = ready.send(n);
                 ready_sent = true;
             }
@@ -274,6 +281,7 @@ fn subscribers(
         ws_connections: args.ws_connections,
         subscribed: conns.iter().filter(|c| c.subscribed).count() as u32,
         held: conns.iter().filter(|c| c.open).count() as u32,
+        refused: conns.iter().filter(|c| c.refused).count() as u32,
         ws_compression: compression,
         messages: tally.messages,
         seconds: measured,
@@ -302,6 +310,7 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         };
         if !c.buf.starts_with(b"HTTP/1.1 101") {
             c.open = false;
+            c.refused = true;
             c.buf.clear();
             return;
         }
@@ -454,6 +463,13 @@ fn print(baseline: Option<&Report>, with_ws: &Report, ws: &WsReport) {
         "  held {} of {} (subscribed {}); closes by the server {:?}",
         ws.held, ws.ws_connections, ws.subscribed, ws.closes
     );
+    if ws.refused > 0 {
+        println!(
+            "  refused at the upgrade: {} (HTTP 503 past the server's [websocket] \
+             connections_per_ip, 64 by default, or connections_max)",
+            ws.refused
+        );
+    }
     if let (Some(a), Some(b)) = (ws.rss_before_kib, ws.rss_after_kib) {
         let per = (b.saturating_sub(a) * 1024) / u64::from(ws.ws_connections.max(1));
         println!("  daemon RSS {a} KiB -> {b} KiB: {per} bytes per idle connection");
