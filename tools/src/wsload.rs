@@ -14,7 +14,10 @@
 //! server compresses it). Trade-to-client latency is the time a trade message is read
 //! minus the trade's `time` (the command's journaled timestamp, in whole milliseconds),
 //! so it counts the whole path (gateway, journal, engine, publisher, socket) and reads up
-//! to 1 ms high.
+//! to 1 ms high. Only `--ws-sample` connections, spread evenly, are inflated and read
+//! for the latency and the payload size; the others' frames are counted (messages and
+//! bytes delivered) without decoding, so one generator thread can keep up with what
+//! thousands of subscribers are sent.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -55,6 +58,12 @@ pub struct WsLoadArgs {
     /// Skip the binary load alone (the baseline).
     #[arg(long = "ws-no-baseline")]
     pub ws_no_baseline: bool,
+    /// Connections whose messages are inflated and read for the latency and the
+    /// payload size, spread evenly over all (every subscriber gets the same stream);
+    /// the others' frames are counted, not decoded, so the generator's own work does
+    /// not limit what the server can be seen to deliver. 0: all of them.
+    #[arg(long = "ws-sample", default_value_t = 100)]
+    pub ws_sample: u32,
 }
 
 impl Default for WsLoadArgs {
@@ -68,6 +77,7 @@ impl Default for WsLoadArgs {
             ws_daemon_pid: None,
             ws_idle_s: 2.0,
             ws_no_baseline: false,
+            ws_sample: 100,
         }
     }
 }
@@ -87,6 +97,9 @@ pub struct WsReport {
     pub messages: u64,
     pub seconds: f64,
     pub wire_bytes: u64,
+    /// Connections decoded (`--ws-sample`), and their bytes on the wire and inflated.
+    pub sampled: u32,
+    pub sampled_wire_bytes: u64,
     pub payload_bytes: u64,
     pub trades: u64,
     pub latency_p50_us: u64,
@@ -111,6 +124,8 @@ struct WsConn {
     subscribed: bool,
     open: bool,
     refused: bool,
+    /// Decoded for the latency and payload figures.
+    sampled: bool,
     out: Vec<u8>,
 }
 
@@ -148,6 +163,7 @@ fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
 struct Tally {
     messages: u64,
     wire_bytes: u64,
+    sampled_wire_bytes: u64,
     payload_bytes: u64,
     trades: u64,
     latency_us: Histogram<u64>,
@@ -172,6 +188,10 @@ fn subscribers(
         serde_json::to_string(&args.ws_channels).unwrap_or_default(),
         args.ws_market
     );
+    let every = match args.ws_sample {
+        0 => 1,
+        n => (args.ws_connections / n).max(1),
+    };
     for i in 0..args.ws_connections {
         let std = std::net::TcpStream::connect(addr)
             .map_err(|e| format!("connection {i} to {addr}: {e}"))?;
@@ -201,12 +221,14 @@ fn subscribers(
             subscribed: false,
             open: true,
             refused: false,
+            sampled: i % every == 0,
             out: Vec::new(),
         });
     }
     let mut tally = Tally {
         messages: 0,
         wire_bytes: 0,
+        sampled_wire_bytes: 0,
         payload_bytes: 0,
         trades: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
@@ -229,6 +251,7 @@ fn subscribers(
             measuring_since = Some(Instant::now());
             tally.messages = 0;
             tally.wire_bytes = 0;
+            tally.sampled_wire_bytes = 0;
             tally.payload_bytes = 0;
             tally.trades = 0;
             tally.latency_us.reset();
@@ -256,6 +279,9 @@ fn subscribers(
                     }
                     Ok(n) => {
                         tally.wire_bytes += n as u64;
+                        if c.sampled {
+                            tally.sampled_wire_bytes += n as u64;
+                        }
                         c.buf.extend_from_slice(&scratch[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -286,6 +312,8 @@ fn subscribers(
         messages: tally.messages,
         seconds: measured,
         wire_bytes: tally.wire_bytes,
+        sampled: conns.iter().filter(|c| c.sampled).count() as u32,
+        sampled_wire_bytes: tally.sampled_wire_bytes,
         payload_bytes: tally.payload_bytes,
         trades: tally.trades,
         latency_p50_us: h.value_at_quantile(0.5),
@@ -342,6 +370,14 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         let opcode = fin_op & 0x0f;
         let rsv1 = fin_op & 0x40 != 0;
         match opcode {
+            0x1 if !c.sampled => {
+                // Counted, not decoded: replies are never compressed, so the subscribe's
+                // is found as it is.
+                tally.messages += 1;
+                if !rsv1 && payload.starts_with(b"{\"id\":1,\"result\"") {
+                    c.subscribed = true;
+                }
+            }
             0x1 => {
                 let text: &[u8] = if rsv1 {
                     inflated.clear();
@@ -487,11 +523,14 @@ fn print(baseline: Option<&Report>, with_ws: &Report, ws: &WsReport) {
         ws.latency_max_us
     );
     println!(
-        "  bytes on the wire {} ({:.1} MB/s), payload {} : wire/payload {:.2}",
+        "  bytes on the wire {} ({:.1} MB/s); the {} decoded connections: wire {}, payload \
+         {} : wire/payload {:.2} (latency and payload from them)",
         ws.wire_bytes,
         ws.wire_bytes as f64 / secs / 1e6,
+        ws.sampled,
+        ws.sampled_wire_bytes,
         ws.payload_bytes,
-        ws.wire_bytes as f64 / (ws.payload_bytes.max(1) as f64)
+        ws.sampled_wire_bytes as f64 / (ws.payload_bytes.max(1) as f64)
     );
     match baseline {
         Some(b) => println!(
