@@ -694,3 +694,84 @@ fn a_rest_depth_snapshot_then_the_websocket_diffs_reconcile_exactly_while_orders
     assert!(s["applied"].as_u64().unwrap() > 10, "{s}");
     node.stop();
 }
+
+/// A JavaScript expression: the rows of a table body as "cell cell|cell cell".
+fn rows(id: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#{id} tr')].map(r => [...r.cells].map(c => \
+         c.textContent).join(' ')).join('|')"
+    )
+}
+
+fn text(id: &str) -> String {
+    format!("document.getElementById('{id}').textContent")
+}
+
+#[test]
+fn the_live_page_shows_the_book_trades_and_ticker_and_orders_placed_after_it_opened() {
+    let test = "the_live_page_shows_the_book_trades_and_ticker_and_orders_placed_after_it_opened";
+    let chromium = Path::new("/usr/lib/chromium/chromium");
+    if !chromium.exists() {
+        skip(test, "no Chromium: run scripts/test-tools.sh");
+        return;
+    }
+    let node = Node::start();
+    known_history(&node);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/python/page_check.py");
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let mut child = Process::new("python3")
+        .arg(script)
+        .args(["--url", &format!("http://{}/", node.http)])
+        .arg("--screenshot")
+        .arg(out_dir.join("live-page.png"))
+        .arg("--log")
+        .arg(out_dir.join("live-page-chromium.log"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    use std::io::BufRead;
+    let mut expect = |expr: String| {
+        writeln!(stdin, "{expr}").unwrap();
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ok", "the page never showed: {expr}");
+    };
+    // What the history left: asks highest first above the bids, the trade, the ticker.
+    expect(format!(
+        "{} === 'live: BTC-USDT' && {} === '60020.00 0.0003|60010.00 0.0003' && {} === \
+         '59990.00 0.0004|59980.00 0.0002' && {}.startsWith('60010.00 0.0002 ') && {} === \
+         '60010.00' && {} === '1'",
+        text("status"),
+        rows("asks"),
+        rows("bids"),
+        rows("trade-rows"),
+        text("ticker-last"),
+        text("ticker-count"),
+    ));
+    // Orders placed now reach the open page over the WebSocket API.
+    let mut maker = node.client(MAKER);
+    let mut taker = node.client(TAKER);
+    maker
+        .new_order(&OrderParams::limit(BTC_USDT, Side::Sell, 6_003_000, 7))
+        .unwrap();
+    let r = taker
+        .new_order(&OrderParams::limit(BTC_USDT, Side::Buy, 6_001_000, 3))
+        .unwrap();
+    assert_eq!(r.fills().count(), 1);
+    expect(format!(
+        "{} === '60030.00 0.0007|60020.00 0.0003' && {}.split('|').length === 2 && \
+         {}.startsWith('60010.00 0.0003 ') && {} === '2' && {} === '0.0005'",
+        rows("asks"),
+        rows("trade-rows"),
+        rows("trade-rows"),
+        text("ticker-count"),
+        text("ticker-volume"),
+    ));
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the page reported errors (stderr above)");
+    node.stop();
+}
