@@ -109,7 +109,11 @@ struct Conn {
     out_pos: usize,
     /// When the request under way began (its first bytes arrived).
     request_since_ns: Option<u64>,
+    /// The last read, or the last write that made progress.
     last_active_ns: u64,
+    /// Reading stopped because the answers queued are over the bound: read again once
+    /// they are written.
+    read_paused: bool,
     /// Close once the output is written (an error ended the connection, or the client
     /// asked to).
     closing: bool,
@@ -255,11 +259,17 @@ impl Http {
         let mut late = Vec::new();
         let mut idle = Vec::new();
         for c in self.conns.iter().flatten() {
+            let quiet_ns = now.saturating_sub(c.last_active_ns);
+            if c.out_pos < c.out.len() || c.read_paused {
+                // Waiting for the client to read its answers.
+                if quiet_ns >= idle_ns {
+                    idle.push(c.id);
+                }
+                continue;
+            }
             match c.request_since_ns {
                 Some(t) if !c.closing && now.saturating_sub(t) >= header_ns => late.push(c.id),
-                None if c.out.is_empty() && now.saturating_sub(c.last_active_ns) >= idle_ns => {
-                    idle.push(c.id)
-                }
+                None if quiet_ns >= idle_ns => idle.push(c.id),
                 _ => {}
             }
         }
@@ -356,6 +366,7 @@ impl Http {
                 out_pos: 0,
                 request_since_ns: None,
                 last_active_ns: now,
+                read_paused: false,
                 closing: false,
                 writable_registered: false,
             });
@@ -365,12 +376,21 @@ impl Http {
     }
 
     fn read(&mut self, registry: &Registry, id: usize, view: &mut View<'_>) {
+        // Requests read before a pause come first.
+        if self.conn(id).is_some_and(|c| !c.rbuf.is_empty()) {
+            self.handle(id, view);
+            self.flush(registry, id);
+        }
         for _ in 0..READS_PER_PASS {
             let Some(c) = self.conn(id) else {
                 return;
             };
-            if c.closing || c.out.len() - c.out_pos >= OUT_PAUSE_BYTES {
+            if c.closing {
+                return;
+            }
+            if c.out.len() - c.out_pos >= OUT_PAUSE_BYTES {
                 // Read again once the answers are written (`flush`).
+                c.read_paused = true;
                 return;
             }
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -422,7 +442,11 @@ impl Http {
             let Some(c) = self.conn(id) else {
                 return;
             };
-            if c.closing || c.rbuf.is_empty() || c.out.len() - c.out_pos >= OUT_PAUSE_BYTES {
+            if c.closing || c.rbuf.is_empty() {
+                return;
+            }
+            if c.out.len() - c.out_pos >= OUT_PAUSE_BYTES {
+                c.read_paused = true;
                 return;
             }
             let rbuf = std::mem::take(&mut c.rbuf);
@@ -522,7 +546,8 @@ impl Http {
             Err(msg) => return Response::error(400, &msg),
         };
         let allowed: &[&str] = match path {
-            "/" | "/index.html" | "/health" | "/metrics" | "/api/v1/markets" => &["market"],
+            "/" | "/index.html" => &["market", "ws"],
+            "/health" | "/metrics" | "/api/v1/markets" => &[],
             "/api/v1/ticker" => &["market"],
             "/api/v1/depth" | "/api/v1/trades" => &["market", "limit"],
             _ => return Response::error(404, "no such resource (docs/http.md lists them)"),
@@ -566,6 +591,10 @@ impl Http {
     }
 
     fn market_data(&mut self, path: &str, params: &Params, view: &mut View<'_>) -> Response {
+        if !view.publisher.is_ready() {
+            // After an overrun the publisher reloads from the engine.
+            return Response::error(503, "market data is loading: try again");
+        }
         let Some(symbol) = params.get("market") else {
             return Response::error(400, "market is required, e.g. market=BTC-USDT");
         };
@@ -758,15 +787,18 @@ impl Http {
     /// Writes what the connection has queued; closes it when done if it is closing;
     /// reads on when its output had stopped its reading.
     fn flush(&mut self, registry: &Registry, id: usize) {
+        let now = self.now_ns();
         let Some(c) = self.conn(id) else {
             return;
         };
-        let paused = c.out.len() - c.out_pos >= OUT_PAUSE_BYTES;
         // Bounded: each write takes bytes or stops.
         while c.out_pos < c.out.len() {
             match c.stream.write(&c.out[c.out_pos..]) {
                 Ok(0) => break,
-                Ok(n) => c.out_pos += n,
+                Ok(n) => {
+                    c.out_pos += n;
+                    c.last_active_ns = now;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -787,9 +819,13 @@ impl Http {
                 let _ =
                     registry.reregister(&mut c.stream, Token(TOKEN_BIT | id), Interest::READABLE);
             }
-            if paused && !self.unread.contains(&id) {
-                // Reading stopped while the answers waited: the socket may hold more.
-                self.unread.push(id);
+            if c.read_paused {
+                // Reading stopped while the answers waited: the buffer and the socket
+                // may hold more requests.
+                c.read_paused = false;
+                if !self.unread.contains(&id) {
+                    self.unread.push(id);
+                }
             }
         } else if !c.writable_registered {
             c.writable_registered = true;
