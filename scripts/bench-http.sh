@@ -15,8 +15,8 @@ trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "
 # The embedded default on its own ports and data directory, async durability, and a rate
 # limit per key the binary load's market makers stay under.
 sed -e "s#data_dir = \"./data\"#data_dir = \"$DIR/data\"#" \
-    -e 's#127.0.0.1:9100#127.0.0.1:19100#; s#127.0.0.1:9101#127.0.0.1:19101#' \
-    -e 's#127.0.0.1:9102#127.0.0.1:19102#; s#127.0.0.1:9103#127.0.0.1:19103#' \
+    -e 's#127.0.0.1:9100#127.0.0.1:29100#; s#127.0.0.1:9101#127.0.0.1:29101#' \
+    -e 's#127.0.0.1:9102#127.0.0.1:29102#; s#127.0.0.1:9103#127.0.0.1:29103#' \
     -e 's#durability = "group"#durability = "async"#' \
     -e 's#requests_per_second_per_key = 10000 #requests_per_second_per_key = 10000000 #' \
     -e 's#log_every_seconds = 5#log_every_seconds = 0#' \
@@ -25,21 +25,23 @@ sed -e "s#data_dir = \"./data\"#data_dir = \"$DIR/data\"#" \
 PID=$!
 for _ in $(seq 100); do
     grep -q "listening" "$DIR/daemon.log" 2>/dev/null && break
+    kill -0 "$PID" 2>/dev/null || { cat "$DIR/daemon.log" >&2; exit 1; }
     sleep 0.1
 done
+grep -q "listening" "$DIR/daemon.log" || { cat "$DIR/daemon.log" >&2; exit 1; }
 echo "== $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
 echo "== a book to read: the binary load for 2 s at $RATE/s"
-"$BIN" load --addr 127.0.0.1:19100 --admin-addr 127.0.0.1:19103 --rate "$RATE" --duration 2 --quiet >/dev/null
+"$BIN" load --addr 127.0.0.1:29100 --admin-addr 127.0.0.1:29103 --rate "$RATE" --duration 2 --quiet >/dev/null
 echo "== REST depth (limit 20) and ticker, 100 keep-alive connections (50 each)"
-"$BIN" http-load --addr 127.0.0.1:19102 --connections 100 --duration "$SECONDS_PER_PHASE"
+"$BIN" http-load --addr 127.0.0.1:29102 --connections 100 --duration "$SECONDS_PER_PHASE"
 echo "== the static page (/), 100 keep-alive connections"
-"$BIN" http-load --addr 127.0.0.1:19102 --connections 100 --duration "$SECONDS_PER_PHASE" --path /
+"$BIN" http-load --addr 127.0.0.1:29102 --connections 100 --duration "$SECONDS_PER_PHASE" --path /
 echo "== the binary load alone: $RATE/s"
-"$BIN" load --addr 127.0.0.1:19100 --admin-addr 127.0.0.1:19103 --rate "$RATE" --duration "$SECONDS_PER_PHASE"
+"$BIN" load --addr 127.0.0.1:29100 --admin-addr 127.0.0.1:29103 --rate "$RATE" --duration "$SECONDS_PER_PHASE"
 echo "== the binary load with the REST load beside it"
-"$BIN" http-load --addr 127.0.0.1:19102 --connections 100 --duration "$((SECONDS_PER_PHASE + 2))" > "$DIR/beside.txt" &
+"$BIN" http-load --addr 127.0.0.1:29102 --connections 100 --duration "$((SECONDS_PER_PHASE + 2))" > "$DIR/beside.txt" &
 HTTP_PID=$!
-"$BIN" load --addr 127.0.0.1:19100 --admin-addr 127.0.0.1:19103 --rate "$RATE" --duration "$SECONDS_PER_PHASE"
+"$BIN" load --addr 127.0.0.1:29100 --admin-addr 127.0.0.1:29103 --rate "$RATE" --duration "$SECONDS_PER_PHASE"
 wait "$HTTP_PID"
 cat "$DIR/beside.txt"
 echo "== $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg)"
