@@ -564,6 +564,15 @@ fn malformed_and_abusive_requests_get_documented_codes_and_the_node_trades_on() 
     assert!(slow.closed());
     // HTTP/1.0 without keep-alive, and Connection: close: answered, then closed.
     assert_eq!(status_of(b"GET /nothing HTTP/1.0\r\n\r\n"), (404, true));
+    // HTTP/1.0 asking for keep-alive is told so, and kept.
+    let mut old = Http::open(addr);
+    old.send(b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    let r = old.read();
+    assert_eq!(
+        (r.status, r.header("Connection")),
+        (200, Some("keep-alive"))
+    );
+    assert_eq!(old.get("/health").status, 200);
     assert_eq!(
         status_of(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"),
         (200, true)

@@ -154,6 +154,8 @@ struct Response {
     body: Vec<u8>,
     /// The connection ends after it.
     close: bool,
+    /// Say `Connection: keep-alive` (to an HTTP/1.0 client that asked for it).
+    keep_alive: bool,
 }
 
 impl Response {
@@ -164,6 +166,7 @@ impl Response {
             max_age,
             body,
             close: false,
+            keep_alive: false,
         }
     }
 
@@ -532,6 +535,8 @@ impl Http {
         };
         if !keep_alive {
             r.close = true;
+        } else if version == 0 {
+            r.keep_alive = true;
         }
         (used, Some(r))
     }
@@ -566,6 +571,7 @@ impl Http {
                 max_age: Some(MAX_AGE_MARKETS),
                 body: self.page.clone(),
                 close: false,
+                keep_alive: false,
             },
             "/health" => self.health(view),
             "/metrics" => Response {
@@ -574,6 +580,7 @@ impl Http {
                 max_age: None,
                 body: self.metrics(view).into_bytes(),
                 close: false,
+                keep_alive: false,
             },
             "/api/v1/markets" => {
                 let mut j = vec![b'['];
@@ -877,6 +884,8 @@ fn render(r: &Response) -> Vec<u8> {
     out.extend_from_slice(b"Access-Control-Allow-Origin: *\r\n");
     if r.close {
         out.extend_from_slice(b"Connection: close\r\n");
+    } else if r.keep_alive {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&r.body);
