@@ -36,6 +36,8 @@ pub struct Config {
     #[serde(default)]
     pub websocket: WebSocketConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -210,6 +212,8 @@ pub struct ListenersConfig {
     pub admin: String,
     /// The retail WebSocket API (docs/websocket.md); empty: not served.
     pub websocket: String,
+    /// HTTP: REST market data, /health, /metrics, the live page (docs/http.md); served
+    /// on the retail loop, so it needs `websocket`; empty: not served.
     pub http: String,
     /// A primary's replication listener, where its standby connects.
     pub replication: String,
@@ -393,6 +397,31 @@ impl Default for WebSocketConfig {
     }
 }
 
+/// The HTTP edge's limits (docs/http.md, "Limits").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections served at once; past it a new one is answered 503.
+    pub connections_max: u32,
+    /// The longest request head (request line and headers); past it, 431.
+    pub header_max_kib: u32,
+    /// A request's head must arrive whole within this once begun; else 408.
+    pub header_timeout_ms: u32,
+    /// A keep-alive connection with no request under way is closed after this.
+    pub idle_timeout_ms: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connections_max: 4096,
+            header_max_kib: 8,
+            header_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -559,12 +588,20 @@ impl Config {
             ("listeners.replication", &l.replication),
             ("replication.primary", &self.replication.primary),
         ] {
-            if key == "listeners.websocket" && value.is_empty() {
+            if (key == "listeners.websocket" || key == "listeners.http") && value.is_empty() {
                 continue;
             }
             if let Err(e) = value.parse::<std::net::SocketAddr>() {
                 return err(key, format!("{value:?} is not an address (ip:port): {e}"));
             }
+        }
+        if !l.http.is_empty() && l.websocket.is_empty() {
+            return err(
+                "listeners.http",
+                "HTTP is served on the retail loop: set listeners.websocket too, or \"\" \
+                 here"
+                    .into(),
+            );
         }
         let r = &self.replication;
         match (self.node.role, r.mode) {
@@ -762,6 +799,26 @@ impl Config {
                 1..=3_600_000,
             ),
             ("replication.heartbeat_ms", r.heartbeat_ms, 1..=60_000),
+            (
+                "http.connections_max",
+                wide(self.http.connections_max),
+                1..=1_000_000,
+            ),
+            (
+                "http.header_max_kib",
+                wide(self.http.header_max_kib),
+                1..=1024,
+            ),
+            (
+                "http.header_timeout_ms",
+                wide(self.http.header_timeout_ms),
+                1..=3_600_000,
+            ),
+            (
+                "http.idle_timeout_ms",
+                wide(self.http.idle_timeout_ms),
+                1..=3_600_000,
+            ),
             (
                 "replication.silence_max_ms",
                 r.silence_max_ms,

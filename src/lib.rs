@@ -8,3 +8,4 @@ pub mod metrics;
 pub mod node;
 pub mod serve;
 pub mod standby;
+pub mod status;

@@ -39,6 +39,12 @@ enum Cmd {
         #[command(flatten)]
         ws: ringex_tools::wsload::WsLoadArgs,
     },
+    /// HTTP load: keep-alive GETs from many connections against a running daemon's HTTP
+    /// listener (docs/http.md), with requests per second and latency percentiles.
+    HttpLoad {
+        #[command(flatten)]
+        args: ringex_tools::httpload::HttpLoadArgs,
+    },
     /// Make a stopped standby the primary: journals a new epoch (synced) in its data
     /// directory. Then start it with `node.role = "primary"`.
     Promote {
@@ -200,6 +206,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::HttpLoad { args } => match ringex_tools::httpload::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringex http-load: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Load { args, .. } => match ringex_tools::load::run(&args) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {

@@ -78,6 +78,9 @@ pub struct Metrics {
     pub durability_wait_ns: Mutex<Histogram<u64>>,
     /// Engine time per command, in ns, by command kind.
     pub engine_latency_ns: Mutex<BTreeMap<CommandKind, Histogram<u64>>>,
+    /// Engine time per order (sampled as above), in ns, by market and order kind (its
+    /// wire byte: 1 limit, 2 market).
+    pub order_latency_ns: Mutex<BTreeMap<(MarketId, u8), Histogram<u64>>>,
     pub markets: Mutex<BTreeMap<MarketId, MarketCounters>>,
 }
 
@@ -102,6 +105,7 @@ impl Default for Metrics {
             checkpoints_matched: AtomicU64::new(0),
             durability_wait_ns: Mutex::new(new_histogram()),
             engine_latency_ns: Mutex::new(BTreeMap::new()),
+            order_latency_ns: Mutex::new(BTreeMap::new()),
             markets: Mutex::new(BTreeMap::new()),
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ringex_engine::{Command, Event, Output, Query};
 use ringex_gateway::backend::{Backend, BackendError, Delivery};
+use ringex_gateway::http::HttpConfig;
 use ringex_gateway::refusals::{LogQueue, Refusal};
 use ringex_gateway::retail::{RetailConfig, RetailEdge, RetailStats};
 use ringex_gateway::server::{Gateway, GatewayConfig};
@@ -187,6 +188,26 @@ pub fn retail_config(config: &Config) -> Result<Option<RetailConfig>, String> {
     }))
 }
 
+/// The HTTP edge's settings from the node's config; None when it is not served.
+pub fn http_config(config: &Config) -> Result<Option<HttpConfig>, String> {
+    let l = &config.listeners;
+    if l.http.is_empty() {
+        return Ok(None);
+    }
+    let addr = l
+        .http
+        .parse()
+        .map_err(|e| format!("key `listeners.http`: {:?} is not an address: {e}", l.http))?;
+    let h = &config.http;
+    Ok(Some(HttpConfig {
+        addr,
+        connections_max: h.connections_max,
+        header_bytes_max: h.header_max_kib as usize * 1024,
+        header_timeout_ms: h.header_timeout_ms,
+        idle_timeout_ms: h.idle_timeout_ms,
+    }))
+}
+
 /// What the engine answered to the bootstrap commands so far.
 struct BootstrapAnswers {
     /// Commands whose last output came back.
@@ -285,6 +306,8 @@ pub struct Listening {
     pub admin: SocketAddr,
     /// None when `listeners.websocket` is empty.
     pub websocket: Option<SocketAddr>,
+    /// None when `listeners.http` is empty.
+    pub http: Option<SocketAddr>,
 }
 
 /// Runs the node and the gateway until `stop` is set; then drains, snapshots and stops.
@@ -384,6 +407,17 @@ pub fn serve_listening(
             gateway.attach_retail(g);
             edge.attach(r);
             let local = edge.local_addr().map_err(|e| e.to_string())?;
+            let http = match http_config(config)? {
+                None => None,
+                Some(hc) => {
+                    let addr = hc.addr;
+                    let status = crate::status::NodeHealth::new(config, &node, gateway.stats());
+                    let bound = edge
+                        .serve_http(hc, Some(Arc::new(status)))
+                        .map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+                    Some(bound)
+                }
+            };
             let stats = edge.stats();
             let s = Arc::clone(&stop);
             let core = config.pipeline.cores.get("websocket").copied();
@@ -396,29 +430,32 @@ pub fn serve_listening(
                     edge.run(&s)
                 })
                 .map_err(|e| format!("cannot start the WebSocket thread: {e}"))?;
-            Some((local, stats, thread))
+            Some((local, stats, thread, http))
         }
     };
     let websocket = retail
         .as_ref()
-        .map_or("off".to_string(), |(a, _, _)| a.to_string());
+        .map_or("off".to_string(), |(a, _, _, _)| a.to_string());
+    let http = retail.as_ref().and_then(|(_, _, _, h)| *h);
     eprintln!(
         "ringex: listening: binary protocol on {trading}, admin on {admin}, WebSocket on \
-         {websocket}; SIGTERM or Ctrl-C stops"
+         {websocket}, HTTP on {}; SIGTERM or Ctrl-C stops",
+        http.map_or("off".to_string(), |a| a.to_string())
     );
     on_ready(Listening {
         trading,
         admin,
-        websocket: retail.as_ref().map(|(a, _, _)| *a),
+        websocket: retail.as_ref().map(|(a, _, _, _)| *a),
+        http,
     });
-    let retail_stats = retail.as_ref().map(|(_, s, _)| Arc::clone(s));
+    let retail_stats = retail.as_ref().map(|(_, s, _, _)| Arc::clone(s));
     let logger = spawn_logger(config, &node, &gateway, retail_stats, Arc::clone(&stop));
     let result = {
         let mut backend = NodeBackend::new(&mut node);
         gateway.run(&mut backend, &stop)
     };
     stop.store(true, Ordering::Relaxed);
-    if let Some((_, _, thread)) = retail {
+    if let Some((_, _, thread, _)) = retail {
         match thread.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => eprintln!("ringex: the WebSocket loop stopped: {e}"),

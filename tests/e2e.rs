@@ -31,6 +31,7 @@ fn config_text(dir: &Path, topology: &str) -> String {
         .replace("127.0.0.1:9100", "127.0.0.1:0")
         .replace("127.0.0.1:9103", "127.0.0.1:0")
         .replace("127.0.0.1:9101", "127.0.0.1:0")
+        .replace("127.0.0.1:9102", "127.0.0.1:0")
         .replace("segment_size_mib = 64", "segment_size_mib = 1")
         .replace("log_every_seconds = 5", "log_every_seconds = 0")
         .replace("topology = \"auto\"", &format!("topology = \"{topology}\""))

@@ -323,9 +323,14 @@ fn the_shipped_configs_run_a_pair_that_fails_over_with_every_acknowledged_order(
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let primary = {
         let (config, stop) = (pcfg.clone(), stop_primary.clone());
-        std::thread::spawn(move || ringex::serve::serve(&config, stop, Some(ready_tx)))
+        std::thread::spawn(move || {
+            ringex::serve::serve_listening(&config, stop, move |l| {
+                let _ = ready_tx.send(l);
+            })
+        })
     };
-    let (trading, _) = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+    let listening = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+    let trading = listening.trading;
     let options = ClientOptions {
         timeout: Duration::from_secs(10),
         ..ClientOptions::default()
@@ -343,6 +348,41 @@ fn the_shipped_configs_run_a_pair_that_fails_over_with_every_acknowledged_order(
         acked.push(r.order_id().expect("accepted"));
     }
     drop(maker);
+    // The primary's /health names its role and its standby, which holds every order.
+    let http = listening.http.expect("the shipped config serves HTTP");
+    let health = |http| -> serde_json::Value {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(http).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body).unwrap()
+    };
+    let start = std::time::Instant::now();
+    let h = loop {
+        let h = health(http);
+        if h["replication"]["lag"] == 0 || start.elapsed() > Duration::from_secs(30) {
+            break h;
+        }
+        std::thread::yield_now();
+    };
+    assert_eq!(
+        (&h["role"], &h["status"]),
+        (&"primary".into(), &"ok".into()),
+        "{h}"
+    );
+    let r = &h["replication"];
+    assert_eq!(
+        (&r["mode"], &r["state"], &r["lag"]),
+        (&"sync".into(), &"connected".into(), &0.into()),
+        "{h}"
+    );
+    assert!(
+        r["standbyDurable"].as_u64().unwrap() >= h["sequence"].as_u64().unwrap(),
+        "{h}"
+    );
     stop_primary.store(true, Ordering::Relaxed);
     primary.join().unwrap().unwrap();
     // Promoted: stopped, its epoch raised as `ringex promote` does, then started as the

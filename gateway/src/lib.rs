@@ -5,11 +5,14 @@
 //! It knows wire formats and sessions, not matching: it talks to the exchange through
 //! the [`backend::Backend`] trait, which the node implements over its rings (in the root
 //! package) and [`backend::InlineBackend`] implements with an engine applied inline.
-//! HTTP is not built yet.
+//! HTTP (`http`: REST market data, `/health`, `/metrics`, the live page) runs on the
+//! retail loop.
 
 pub mod backend;
 pub mod handoff;
+pub mod http;
 pub mod limits;
+pub mod prom;
 pub mod protocol;
 pub mod publisher;
 pub mod refusals;

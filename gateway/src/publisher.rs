@@ -566,9 +566,27 @@ impl Publisher {
         }
     }
 
+    /// Price levels per side: (bids, asks); `None` for an unknown market.
+    pub fn level_counts(&self, id: MarketId) -> Option<(usize, usize)> {
+        let m = self.markets.get(&id)?;
+        Some((m.bids.len(), m.asks.len()))
+    }
+
     /// The current state of a channel, for a new subscriber; `None` for an unknown or
     /// not yet loaded market.
     pub fn snapshot(&mut self, market: MarketId, channel: Channel) -> Option<Vec<u8>> {
+        self.snapshot_limited(market, channel, usize::MAX)
+    }
+
+    /// [`Publisher::snapshot`] with at most `limit` levels per side (depth) or the
+    /// `limit` most recent trades (trades); the depth checksum still covers the book's
+    /// top [`CHECKSUM_LEVELS`] levels, as in every depth message.
+    pub fn snapshot_limited(
+        &mut self,
+        market: MarketId,
+        channel: Channel,
+        limit: usize,
+    ) -> Option<Vec<u8>> {
         let time_ns = self.time_ns;
         let m = self.markets.get(&market)?;
         if !m.loaded {
@@ -584,7 +602,8 @@ impl Publisher {
                     &mut j,
                     format_args!(",\"seq\":{},\"trades\":[", m.depth_last.max(self.seq)),
                 );
-                for (i, t) in m.recent.iter().enumerate() {
+                let skip = m.recent.len().saturating_sub(limit);
+                for (i, t) in m.recent.iter().skip(skip).enumerate() {
                     if i > 0 {
                         j.push(b',');
                     }
@@ -602,10 +621,17 @@ impl Publisher {
                         time_ns / 1_000_000
                     ),
                 );
-                let bids: Vec<(Price, Qty)> = m.bids.iter().rev().map(|(p, q)| (*p, *q)).collect();
+                let bids: Vec<(Price, Qty)> = m
+                    .bids
+                    .iter()
+                    .rev()
+                    .take(limit)
+                    .map(|(p, q)| (*p, *q))
+                    .collect();
                 write_levels(&mut j, &units, &bids);
                 j.extend_from_slice(b"],\"asks\":[");
-                let asks: Vec<(Price, Qty)> = m.asks.iter().map(|(p, q)| (*p, *q)).collect();
+                let asks: Vec<(Price, Qty)> =
+                    m.asks.iter().take(limit).map(|(p, q)| (*p, *q)).collect();
                 write_levels(&mut j, &units, &asks);
                 push_fmt(
                     &mut j,

@@ -268,6 +268,8 @@ pub struct RetailEdge {
     at_boundary: bool,
     retry_queries: Vec<PublisherQuery>,
     timers_at: Instant,
+    /// HTTP on this loop (`http`), when served.
+    http: Option<crate::http::Http>,
 }
 
 fn reason_name(reason: LoginRejectReason) -> &'static str {
@@ -355,6 +357,7 @@ impl RetailEdge {
             at_boundary: true,
             retry_queries: Vec::new(),
             timers_at: Instant::now(),
+            http: None,
         })
     }
 
@@ -374,6 +377,19 @@ impl RetailEdge {
 
     pub fn stats(&self) -> Arc<RetailStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Serves HTTP (`http`) on this loop too; returns the bound address.
+    pub fn serve_http(
+        &mut self,
+        config: crate::http::HttpConfig,
+        status: Option<Arc<dyn crate::http::NodeStatus>>,
+    ) -> io::Result<SocketAddr> {
+        let ws_port = self.local_addr()?.port();
+        let http = crate::http::Http::bind(config, status, ws_port)?;
+        let addr = http.local_addr()?;
+        self.http = Some(http);
+        Ok(addr)
     }
 
     fn now_ns(&self) -> u64 {
@@ -409,10 +425,13 @@ impl RetailEdge {
         self.submit_publisher_queries(&mut link);
         link.end_pass();
         while !stop.load(Ordering::Relaxed) {
-            let busy = !self.unread.is_empty() || link.outputs_available() || {
-                link.want_wake();
-                link.outputs_available()
-            };
+            let busy = !self.unread.is_empty()
+                || self.http.as_ref().is_some_and(|h| h.busy())
+                || link.outputs_available()
+                || {
+                    link.want_wake();
+                    link.outputs_available()
+                };
             let timeout = if busy { Duration::ZERO } else { TIMER_EVERY };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -423,10 +442,26 @@ impl RetailEdge {
             for id in unread {
                 self.read(id, &mut link);
             }
+            if let Some(h) = &mut self.http {
+                let mut view = crate::http::View {
+                    publisher: &mut self.publisher,
+                    retail: &self.stats,
+                };
+                h.pass(self.poll.registry(), &mut view);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(),
                     WAKER => {}
+                    t if crate::http::owns(t) => {
+                        if let Some(h) = &mut self.http {
+                            let mut view = crate::http::View {
+                                publisher: &mut self.publisher,
+                                retail: &self.stats,
+                            };
+                            h.event(self.poll.registry(), ev, &mut view);
+                        }
+                    }
                     Token(id) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
                             self.read(id, &mut link);
@@ -441,6 +476,9 @@ impl RetailEdge {
             if self.timers_at.elapsed() >= TIMER_EVERY {
                 self.timers_at = Instant::now();
                 self.timers(&mut link);
+                if let Some(h) = &mut self.http {
+                    h.timers(self.poll.registry(), self.listening);
+                }
             }
             self.end_pass(&mut link);
         }
@@ -539,6 +577,9 @@ impl RetailEdge {
                 continue;
             };
             let subs = subs.clone();
+            if let Some(h) = &mut self.http {
+                h.count_ws_sent(u.market, subs.len());
+            }
             let plain: Arc<[u8]> = ws::frame(ws::OP_TEXT, false, &u.json).into();
             let mut compressed: Option<Arc<[u8]>> = None;
             for id in subs {

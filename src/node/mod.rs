@@ -831,6 +831,11 @@ impl Node {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// The state the stages share (failure, sequences, epoch), for `/health`.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// Why the node stopped taking input, if it did.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure()

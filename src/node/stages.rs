@@ -320,6 +320,8 @@ pub struct EngineStage {
     events: Vec<Event>,
     replies: Vec<QueryReply>,
     latency_ns: BTreeMap<CommandKind, Histogram<u64>>,
+    /// Engine time of sampled orders by (market, order kind as its wire byte).
+    order_latency_ns: BTreeMap<(u32, u8), Histogram<u64>>,
     markets: BTreeMap<u32, MarketCounters>,
     /// State hashes at checkpoint sequences, compared with checkpoint records.
     pub checkpoints: super::recovery::Checkpoints,
@@ -363,6 +365,7 @@ impl EngineStage {
             events: Vec::with_capacity(1024),
             replies: Vec::with_capacity(1024),
             latency_ns: BTreeMap::new(),
+            order_latency_ns: BTreeMap::new(),
             markets: BTreeMap::new(),
             checkpoints: super::recovery::Checkpoints::new(0),
             publishes_checkpoints: false,
@@ -503,6 +506,12 @@ impl EngineStage {
                 .entry(cmd.kind())
                 .or_insert_with(new_histogram)
                 .saturating_record(took_ns.max(1));
+            if let Command::Place(p) = cmd {
+                self.order_latency_ns
+                    .entry((p.market, p.kind as u8))
+                    .or_insert_with(new_histogram)
+                    .saturating_record(took_ns.max(1));
+            }
         }
         self.seq_last = seq;
         self.chain_last = chain;
@@ -646,6 +655,18 @@ impl EngineStage {
                 .unwrap_or_else(|e| e.into_inner());
             for (kind, h) in &mut self.latency_ns {
                 let _ = shared.entry(*kind).or_insert_with(new_histogram).add(&*h);
+                h.reset();
+            }
+        }
+        {
+            let mut shared = self
+                .shared
+                .metrics
+                .order_latency_ns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for (key, h) in &mut self.order_latency_ns {
+                let _ = shared.entry(*key).or_insert_with(new_histogram).add(&*h);
                 h.reset();
             }
         }
