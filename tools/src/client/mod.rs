@@ -70,8 +70,8 @@ use ringex_engine::{
 };
 use ringex_gateway::protocol::{
     encode_client, login_flags, secret_hash, AdminAck, Balance, ClientMessage, FrameError, Login,
-    LoginAccepted, LoginRejectReason, LogoutReason, OpenOrder, OrderRejected, ServerMessage,
-    FRAME_SIZE_MAX,
+    LoginAccepted, LoginRejectReason, LogoutReason, OpenOrder, OrderRejected, Promoted,
+    ServerMessage, FRAME_SIZE_MAX,
 };
 
 pub use outbox::Outbox;
@@ -938,6 +938,16 @@ impl Client {
         r.admin_ack()
             .copied()
             .ok_or_else(|| ClientError::Protocol(format!("no AdminAck in {r:?}")))
+    }
+
+    /// Makes the standby this client is logged in to (admin listener, admin key) the
+    /// primary: returns once its epoch record is durable. A node that is not a standby,
+    /// or whose promotion failed, refuses ([`ClientError::Rejected`]).
+    pub fn promote(&mut self) -> Result<Promoted> {
+        let r = self.request_ok(&Request::Promote)?;
+        r.promoted()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol(format!("no Promoted in {r:?}")))
     }
 
     pub fn create_account(&mut self, account: AccountId) -> Result<AdminAck> {
