@@ -432,19 +432,21 @@ fn promote_online(
         promoted.epoch_seq,
         started.elapsed().as_millis()
     );
-    // The node opens its client listener as the primary: wait until it accepts.
-    let binary = config.listeners.binary.clone();
-    let Ok(addr) = binary.parse::<std::net::SocketAddr>() else {
-        return ExitCode::SUCCESS;
-    };
+    // The node now starts as the primary: its admin listener takes a login once its
+    // gateway serves (a bound socket alone proves nothing: connections wait in the
+    // backlog while the node starts).
     let deadline = started + timeout;
-    // Bounded by the deadline; each attempt is a loopback or LAN connect.
+    let binary = &config.listeners.binary;
+    // Bounded by the deadline; each attempt is bounded by its own timeout.
     while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
-            .is_ok()
-        {
+        let options = ClientOptions {
+            timeout: std::time::Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        if let Ok(mut c) = Client::connect(admin.as_str(), key_id, &secret, options) {
+            let _ = c.logout();
             println!(
-                "taking orders on {binary} {} ms after the promote",
+                "primary: taking orders on {binary} {} ms after the promote",
                 started.elapsed().as_millis()
             );
             return ExitCode::SUCCESS;
@@ -452,8 +454,8 @@ fn promote_online(
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     eprintln!(
-        "ringex promote: promoted, but {binary} (listeners.binary) did not accept a connection \
-         within {} s: see the node's log",
+        "ringex promote: promoted, but the node's admin listener {admin} did not take a login \
+         as the primary within {} s: see the node's log",
         timeout.as_secs()
     );
     ExitCode::from(1)

@@ -137,7 +137,11 @@ fn connect(
                     log(format!("standby: {why}; retrying"));
                     said = Some(why);
                 }
-                std::thread::sleep(RECONNECT_PAUSE);
+                // The pause ends early when told to end (a promotion waits on it).
+                let resume_at = std::time::Instant::now() + RECONNECT_PAUSE;
+                while !until() && std::time::Instant::now() < resume_at {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
     }
@@ -613,8 +617,9 @@ pub fn serve(
     primary.node.role = crate::config::Role::Primary;
     eprintln!(
         "ringex: promoted: epoch {epoch} from sequence {seq} (state hash {:032x}); \
-         starting as the primary",
-        report.state_hash
+         starting as the primary ({} ms)",
+        report.state_hash,
+        started.elapsed().as_millis()
     );
     crate::serve::serve_with(
         &primary,

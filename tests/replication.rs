@@ -719,3 +719,185 @@ fn a_cut_link_halts_a_sync_primary_until_the_standby_is_back() {
         (seq, hash)
     );
 }
+
+/// A shipped config's text with its data in `dir`, the replication listener (or primary)
+/// at `replication`, its binary and admin listeners at the given ports, other client
+/// listeners on ephemeral ports and small segments.
+fn shipped_text(example: &str, dir: &Path, replication: u16, binary: u16, admin: u16) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(example);
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("./data-standby", &dir.display().to_string())
+        .replace("./data", &dir.display().to_string())
+        .replace("segment_size_mib = 64", "segment_size_mib = 1")
+        .replace("log_every_seconds = 5", "log_every_seconds = 0")
+        .replace("127.0.0.1:9104", &format!("127.0.0.1:{replication}"));
+    for (ours, port) in [(9100, binary), (9200, binary), (9103, admin), (9203, admin)] {
+        text = text.replace(&format!("127.0.0.1:{ours}"), &format!("127.0.0.1:{port}"));
+    }
+    for p in [9101, 9102, 9201, 9202, 9204] {
+        text = text.replace(&format!("127.0.0.1:{p}"), "127.0.0.1:0");
+    }
+    text
+}
+
+/// Waits until something accepts connections on `port` (a listener bound), up to 60 s.
+fn wait_listening(port: u16) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `ringex start` in a process of its own, its log in `log`; killed if the test ends
+/// before it stops.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(config: &Path, log: &Path) -> Daemon {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+            .args(["start", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon(child)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child process.
+        unsafe {
+            libc::kill(self.0.id() as i32, sig);
+        }
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The operator's failover, with real processes: a sync pair from the shipped configs,
+/// orders acknowledged through the primary, the primary killed (SIGKILL: no shutdown),
+/// `ringex promote` against the running standby. The standby takes orders within a
+/// second of the promote, holding every order the dead primary acknowledged, and a
+/// client given both addresses moves over by itself.
+#[test]
+fn a_running_standby_promoted_online_takes_orders_within_a_second_with_every_acknowledged_order() {
+    use ringex_engine::{Side, TimeInForce};
+    use ringex_tools::client::{Client, ClientOptions, Failover, OrderParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let [replication, pbin, padm, sbin, sadm] = [(); 5].map(|_| free_port());
+    let (pconf, sconf) = (tmp.path().join("p.toml"), tmp.path().join("s.toml"));
+    let text = shipped_text(
+        "config/primary.toml",
+        &tmp.path().join("p"),
+        replication,
+        pbin,
+        padm,
+    );
+    std::fs::write(&pconf, text).unwrap();
+    let text = shipped_text(
+        "config/standby.toml",
+        &tmp.path().join("s"),
+        replication,
+        sbin,
+        sadm,
+    );
+    std::fs::write(&sconf, text).unwrap();
+    let (plog, slog) = (tmp.path().join("p.log"), tmp.path().join("s.log"));
+    let mut standby = Daemon::start(&sconf, &slog);
+    let mut primary = Daemon::start(&pconf, &plog);
+    wait_listening(pbin);
+    let addrs: Vec<std::net::SocketAddr> = [pbin, sbin]
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .to_vec();
+    let options = ClientOptions {
+        timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let mut maker = Client::connect_any(&addrs, 1, "demo-secret-1001", options).unwrap();
+    assert_eq!(maker.address(), addrs[0], "the primary answers first");
+    let mut acked = Vec::new();
+    for i in 0..40u64 {
+        let r = maker
+            .new_order(
+                &OrderParams::limit(1, Side::Sell, 6_100_000 + i as i64 * 10, 1)
+                    .client_order_id(i + 1)
+                    .tif(TimeInForce::PostOnly),
+            )
+            .unwrap();
+        acked.push(r.order_id().expect("accepted"));
+    }
+    primary.signal(libc::SIGKILL);
+    primary.wait();
+
+    let promoted_at = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["promote", "--config"])
+        .arg(&sconf)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let log = || std::fs::read_to_string(&slog).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+    assert!(said.contains("promoted node 2"), "{said}");
+    assert!(said.contains("epoch 2"), "{said}");
+    let promote_took = promoted_at.elapsed();
+    // The maker's connection died with the primary: it fails over to the standby, where
+    // its session is unknown (sessions live in a gateway), so it starts a new one.
+    match maker.failover().unwrap() {
+        Failover::NewSession {
+            addr, unanswered, ..
+        } => {
+            assert_eq!(addr, addrs[1]);
+            assert!(unanswered.is_empty(), "every order was answered");
+        }
+        other => panic!("resumed a session the standby never had: {other:?}"),
+    }
+    let failover_took = promoted_at.elapsed();
+    let r = maker
+        .new_order(&OrderParams::limit(1, Side::Sell, 6_200_000, 1).tif(TimeInForce::PostOnly))
+        .unwrap();
+    let took = promoted_at.elapsed();
+    let new_id = r.order_id().expect("the promoted standby takes orders");
+    eprintln!(
+        "from `ringex promote` to the first order accepted: {took:?} (the command returned \
+         after {promote_took:?}, the client had failed over after {failover_took:?})\n{said}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "first order {took:?} after the promote\n{}",
+        log()
+    );
+    let mut ids: Vec<u64> = maker
+        .open_orders(1)
+        .unwrap()
+        .iter()
+        .map(|o| o.order_id)
+        .collect();
+    ids.sort();
+    acked.push(new_id);
+    assert_eq!(ids, acked, "every acknowledged order, then the new one");
+    let text = log();
+    assert!(text.contains("PROMOTED to primary at epoch 2"), "{text}");
+    assert!(text.contains("PRIMARY at epoch 2: taking orders"), "{text}");
+    standby.signal(libc::SIGTERM);
+    assert!(standby.wait().success(), "{}", log());
+}
