@@ -901,3 +901,214 @@ fn a_running_standby_promoted_online_takes_orders_within_a_second_with_every_ack
     standby.signal(libc::SIGTERM);
     assert!(standby.wait().success(), "{}", log());
 }
+
+/// A running standby and its primary in this process, from the shipped configs (the
+/// operator's key may trade too, so that its orders reach the standby's checks).
+struct Pair {
+    stop_primary: Arc<AtomicBool>,
+    stop_standby: Arc<AtomicBool>,
+    primary: std::thread::JoinHandle<Result<(), String>>,
+    standby: std::thread::JoinHandle<Result<(), String>>,
+    /// The primary's (trading, admin) listeners.
+    primary_at: (std::net::SocketAddr, std::net::SocketAddr),
+    standby_admin: std::net::SocketAddr,
+    /// The standby's listeners once it serves as the primary.
+    promoted: std::sync::mpsc::Receiver<ringex::serve::Listening>,
+}
+
+impl Pair {
+    fn start(dir: &Path, standby_binary: u16) -> Pair {
+        let port = free_port();
+        let trading_admin = |t: String| {
+            let t = t.replace("trade = false, admin = true", "trade = true, admin = true");
+            Config::parse(&t, "test.toml").unwrap()
+        };
+        let pcfg = trading_admin(shipped_text(
+            "config/primary.toml",
+            &dir.join("p"),
+            port,
+            0,
+            0,
+        ));
+        let scfg = trading_admin(shipped_text(
+            "config/standby.toml",
+            &dir.join("s"),
+            port,
+            standby_binary,
+            0,
+        ));
+        let (stop_primary, stop_standby) = (Arc::default(), Arc::<AtomicBool>::default());
+        let (admin_tx, admin_rx) = std::sync::mpsc::channel();
+        let (promoted_tx, promoted) = std::sync::mpsc::channel();
+        let standby = {
+            let stop = Arc::clone(&stop_standby);
+            std::thread::spawn(move || {
+                standby::serve(
+                    &scfg,
+                    stop,
+                    move |a| admin_tx.send(a).unwrap(),
+                    move |l| promoted_tx.send(l).unwrap(),
+                )
+            })
+        };
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let primary = {
+            let stop = Arc::clone(&stop_primary);
+            std::thread::spawn(move || ringex::serve::serve(&pcfg, stop, Some(ready_tx)))
+        };
+        let primary_at = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+        let standby_admin = admin_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        Pair {
+            stop_primary,
+            stop_standby,
+            primary,
+            standby,
+            primary_at,
+            standby_admin,
+            promoted,
+        }
+    }
+
+    fn stop(self) {
+        self.stop_primary.store(true, Ordering::Relaxed);
+        self.stop_standby.store(true, Ordering::Relaxed);
+        self.primary.join().unwrap().unwrap();
+        self.standby.join().unwrap().unwrap();
+    }
+}
+
+fn client_options() -> ringex_tools::client::ClientOptions {
+    ringex_tools::client::ClientOptions {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    }
+}
+
+/// The operator's admin session on a standby, once the standby holds the key (it is
+/// replicated from the primary's bootstrap).
+fn standby_admin_session(at: std::net::SocketAddr) -> ringex_tools::client::Client {
+    use ringex_gateway::protocol::LoginRejectReason;
+    use ringex_tools::client::{Client, ClientError};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::connect(at, 100, "demo-admin-secret", client_options()) {
+            Ok(c) => return c,
+            Err(ClientError::LoginRejected(
+                LoginRejectReason::UnknownKey | LoginRejectReason::Unavailable,
+            )) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("admin login on the standby: {e}"),
+        }
+    }
+}
+
+/// Before its promotion a standby takes no orders: its client listener is closed, a
+/// trading key cannot log in on its admin listener, and an admin session's orders and
+/// admin commands are refused as unavailable. `Promote` needs an admin session, and a
+/// primary refuses it. Promoted over its admin listener, the standby serves as the primary
+/// in the same process.
+#[test]
+fn a_standby_refuses_orders_and_non_admin_keys_until_an_admin_promotes_it() {
+    use ringex_engine::{Command, RejectReason, Side, TimeInForce};
+    use ringex_gateway::protocol::{LoginRejectReason, LogoutReason};
+    use ringex_tools::client::{Client, ClientError, OrderParams, Request};
+    let tmp = tempfile::tempdir().unwrap();
+    let standby_binary = free_port();
+    let pair = Pair::start(tmp.path(), standby_binary);
+    let order = OrderParams::limit(1, Side::Sell, 6_100_000, 1).tif(TimeInForce::PostOnly);
+
+    // The standby: no client listener, admin keys only, no orders.
+    let binary: std::net::SocketAddr = format!("127.0.0.1:{standby_binary}").parse().unwrap();
+    assert!(std::net::TcpStream::connect(binary).is_err());
+    let mut admin = standby_admin_session(pair.standby_admin);
+    match Client::connect(pair.standby_admin, 1, "demo-secret-1001", client_options()) {
+        Err(ClientError::LoginRejected(LoginRejectReason::WrongListener)) => {}
+        other => panic!(
+            "a trading key on a standby's admin listener: {:?}",
+            other.err()
+        ),
+    }
+    let r = admin.new_order(&order).unwrap();
+    assert_eq!(
+        r.rejected().map(|r| r.reason),
+        Some(RejectReason::Unavailable)
+    );
+    match admin.admin(Command::CreateAccount { account: 5_000 }) {
+        Err(ClientError::Rejected(r)) => assert_eq!(r.reason, RejectReason::Unavailable),
+        other => panic!("an admin command on a standby: {other:?}"),
+    }
+
+    // The primary: Promote is not a trading request, and a primary is not a standby.
+    let (trading, primary_admin) = pair.primary_at;
+    let mut trader = Client::connect(trading, 1, "demo-secret-1001", client_options()).unwrap();
+    match trader.request(&Request::Promote) {
+        Err(ClientError::LoggedOut(LogoutReason::NotPermitted)) => {}
+        other => panic!("Promote from a trading session: {other:?}"),
+    }
+    let mut primary_operator =
+        Client::connect(primary_admin, 100, "demo-admin-secret", client_options()).unwrap();
+    match primary_operator.promote() {
+        Err(ClientError::Rejected(r)) => assert_eq!(r.reason, RejectReason::Unavailable),
+        other => panic!("Promote on a primary: {other:?}"),
+    }
+
+    // The operator promotes the standby; the same process then takes orders.
+    let promoted = admin.promote().unwrap();
+    assert_eq!((promoted.epoch, promoted.node_id), (2, 2));
+    let listening = pair.promoted.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(listening.trading, binary);
+    let mut maker = Client::connect(binary, 1, "demo-secret-1001", client_options()).unwrap();
+    assert!(maker.new_order(&order).unwrap().order_id().is_some());
+    pair.stop();
+}
+
+/// A client given several addresses logs in at the first that answers and, when its
+/// connection breaks, resumes its session where the session lives: nothing is lost.
+#[test]
+fn a_client_given_several_addresses_connects_to_the_live_one_and_resumes_there() {
+    use ringex_engine::{Side, TimeInForce};
+    use ringex_tools::client::{Client, Failover, OrderParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut pcfg = Config::embedded();
+    pcfg.node.data_dir = tmp.path().join("p");
+    pcfg.listeners.binary = "127.0.0.1:0".into();
+    pcfg.listeners.admin = "127.0.0.1:0".into();
+    pcfg.listeners.websocket = String::new();
+    pcfg.metrics.log_every_seconds = 0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let server = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || ringex::serve::serve(&pcfg, stop, Some(ready_tx)))
+    };
+    let (trading, _) = ready.recv_timeout(Duration::from_secs(60)).unwrap();
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c =
+        Client::connect_any(&[dead, trading], 1, "demo-secret-1001", client_options()).unwrap();
+    assert_eq!(c.address(), trading);
+    let order = |i: u64| {
+        OrderParams::limit(1, Side::Sell, 6_100_000 + i as i64, 1)
+            .client_order_id(i)
+            .tif(TimeInForce::PostOnly)
+    };
+    let first = c.new_order(&order(1)).unwrap().order_id().unwrap();
+    let session = c.session_id();
+    c.disconnect();
+    match c.failover().unwrap() {
+        Failover::Resumed { addr, accepted } => {
+            assert_eq!(addr, trading);
+            assert_eq!(accepted.session_id, session);
+        }
+        other => panic!("the session lives on: {other:?}"),
+    }
+    let second = c.new_order(&order(2)).unwrap().order_id().unwrap();
+    let mut open: Vec<u64> = c
+        .open_orders(1)
+        .unwrap()
+        .iter()
+        .map(|o| o.order_id)
+        .collect();
+    open.sort();
+    assert_eq!(open, vec![first, second]);
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap().unwrap();
+}
