@@ -1112,3 +1112,58 @@ fn a_client_given_several_addresses_connects_to_the_live_one_and_resumes_there()
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap().unwrap();
 }
+
+/// The last journaled sequence of a node's data directory (read beside the running node).
+fn journal_seq_last(data_dir: &Path) -> u64 {
+    ringex_journal::verify(&data_dir.join("journal"), ringex_journal::Verify::Tail)
+        .map_or(0, |r| r.seq_last)
+}
+
+/// `ringex load` given the primary and its standby: when the primary stops mid-run and
+/// the operator promotes the standby, every user fails over to it and goes on trading.
+#[test]
+fn ringex_load_fails_over_to_the_promoted_standby_mid_run() {
+    use ringex_tools::load::{self, LoadArgs};
+    let tmp = tempfile::tempdir().unwrap();
+    let standby_binary = free_port();
+    let pair = Pair::start(tmp.path(), standby_binary);
+    let (trading, admin) = pair.primary_at;
+    let mut args = LoadArgs::new(trading, admin);
+    args.addr = format!("{trading},127.0.0.1:{standby_binary}");
+    args.users = 6;
+    args.rate = 300;
+    args.duration = 6.0;
+    let users = args.users as u64;
+    let load = std::thread::spawn(move || load::run(&args));
+    // Under way: the primary has journaled the load's setup and orders beyond it.
+    let bootstrap = shipped("config/primary.toml", tmp.path(), 1)
+        .bootstrap_commands()
+        .len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journal_seq_last(&tmp.path().join("p")) < bootstrap + 300 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The primary goes (its users are logged out), then the operator promotes.
+    let Pair {
+        primary,
+        standby,
+        stop_primary,
+        stop_standby,
+        standby_admin,
+        ..
+    } = pair;
+    stop_primary.store(true, Ordering::Relaxed);
+    primary.join().unwrap().unwrap();
+    let mut operator = standby_admin_session(standby_admin);
+    let promoted = operator.promote().unwrap();
+    let report = load.join().unwrap().unwrap();
+    assert_eq!(report.failovers, users, "{report:?}");
+    assert!(report.accepted > 0, "{report:?}");
+    stop_standby.store(true, Ordering::Relaxed);
+    standby.join().unwrap().unwrap();
+    assert!(
+        journal_seq_last(&tmp.path().join("s")) > promoted.epoch_seq + 50,
+        "the users traded on the promoted standby"
+    );
+}
