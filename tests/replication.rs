@@ -1167,3 +1167,124 @@ fn ringex_load_fails_over_to_the_promoted_standby_mid_run() {
         "the users traded on the promoted standby"
     );
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A small tmpfs at `dir/mnt` (mounting needs root). None when it cannot be mounted: the
+/// test says it was skipped, and fails instead with `RINGEX_REQUIRE_ALL_TESTS=1`.
+fn small_tmpfs(dir: &Path, size: &str, test: &str) -> Option<(std::path::PathBuf, Unmount)> {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mnt)
+        .output();
+    let why = match out {
+        Ok(out) if out.status.success() => return Some((mnt.clone(), Unmount(mnt))),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        Err(e) => e.to_string(),
+    };
+    let why = format!("mount of a tmpfs failed (needs root): {why}");
+    if std::env::var_os("RINGEX_REQUIRE_ALL_TESTS").is_some_and(|v| v == "1") {
+        panic!("{test}: {why} (RINGEX_REQUIRE_ALL_TESTS=1)");
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: the whole test did not run: {why} (it fails instead with \
+         RINGEX_REQUIRE_ALL_TESTS=1)"
+    );
+    None
+}
+
+/// A standby whose disk fills stops acknowledging (its journal pauses appends and says
+/// why): a `sync` primary with `degrade` goes on as `async` after its timeout, one with
+/// `halt` refuses new orders as unavailable and applies nothing the standby lacks.
+#[test]
+fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy() {
+    let test = "a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy";
+    for policy in ["degrade", "halt"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let Some((mnt, _unmount)) = small_tmpfs(tmp.path(), "3m", test) else {
+            return;
+        };
+        let (pdir, sdir) = (tmp.path().join("p"), mnt.join("s"));
+        let pcfg = with_policy(
+            config(&pdir, "primary", "sync", "fused", "127.0.0.1:1"),
+            policy,
+            200,
+        );
+        let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+        let addr = primary.replication_addr().unwrap().to_string();
+        let standby = Standby::start(config(&sdir, "standby", "sync", "fused", &addr));
+        let metrics = primary.metrics();
+        let link = metrics.replication.get().cloned().unwrap();
+        let commands = stream(20_000);
+        // In step first: the standby has everything and the primary is sync.
+        for (i, c) in commands[..200].iter().enumerate() {
+            submit(&mut primary, c, i as u64);
+        }
+        let (seq, _) = primary.state_hash().unwrap();
+        wait_replicated(&primary, seq);
+        submit(&mut primary, &commands[0], 0);
+        let _ = primary.state_hash().unwrap();
+        assert!(!metrics.replication_degraded.load(Ordering::Relaxed));
+        let degradations = metrics.replication_degradations.load(Ordering::Relaxed);
+        // Commands until the standby's disk is full and the primary's policy acts: bounded
+        // by the deadline (a few megabytes of journal fill the tmpfs).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut refused = None;
+        for (i, c) in commands.iter().cycle().enumerate() {
+            assert!(
+                Instant::now() < deadline,
+                "{policy}: the standby never stopped"
+            );
+            match primary.submit(c, i as u64) {
+                Ok(()) => {}
+                Err(NodeError::Refused(why)) => {
+                    refused = Some(why);
+                    break;
+                }
+                Err(NodeError::Backpressure) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if metrics.replication_degradations.load(Ordering::Relaxed) > degradations {
+                break;
+            }
+        }
+        let acked = link.durable();
+        if policy == "degrade" {
+            assert!(refused.is_none(), "{refused:?}");
+            // Degraded: it goes on without the standby.
+            for (i, c) in commands[..100].iter().enumerate() {
+                submit(&mut primary, c, i as u64);
+            }
+            let (seq, _) = primary.state_hash().unwrap();
+            assert!(seq > acked + 100, "{seq} {acked}");
+            assert!(metrics.replication_degraded.load(Ordering::Relaxed));
+        } else {
+            let why = refused.expect("halted");
+            assert!(why.contains("replication halted"), "{why}");
+        }
+        assert_eq!(link.durable(), acked, "nothing more was acknowledged");
+        drop(primary);
+        // The standby stops when told (its journal is stuck, not the follower).
+        standby.stop.store(true, Ordering::Relaxed);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let thread = standby.thread;
+        std::thread::spawn(move || {
+            let _ = done_tx.send(thread.join().is_ok());
+        });
+        assert!(
+            done.recv_timeout(Duration::from_secs(60)).unwrap(),
+            "{policy}: the standby's thread panicked"
+        );
+    }
+}

@@ -29,6 +29,11 @@
 //! known to be processed are kept in a bounded [`Outbox`] and resent, with their ids, by
 //! `reconnect` (the server ignores ids it has already processed).
 //!
+//! Failover: [`Client::connect_any`] takes several addresses (a primary and its standby)
+//! and [`Client::failover`] moves a broken client to the next one that answers,
+//! resuming the session where the server knows it and starting a new one where it does
+//! not (a promoted standby: sessions live in a gateway's memory).
+//!
 //! Nothing the server sends can make the client panic: malformed frames, unexpected
 //! messages and out-of-order seqs are errors.
 //!
