@@ -45,12 +45,29 @@ enum Cmd {
         #[command(flatten)]
         args: ringex_tools::httpload::HttpLoadArgs,
     },
-    /// Make a stopped standby the primary: journals a new epoch (synced) in its data
-    /// directory. Then start it with `node.role = "primary"`.
+    /// Make a standby the primary. By default over its admin listener
+    /// (`listeners.admin` of its config, on loopback) while it runs: it stops following,
+    /// journals a new epoch (synced) and takes orders on its client listeners, in the
+    /// same process. With `--offline`, on a stopped standby's data directory: journals the
+    /// epoch; then start it with `node.role = "primary"`.
     Promote {
         /// The standby's config file.
         #[arg(long)]
         config: PathBuf,
+        /// The standby is stopped: promote its data directory in place.
+        #[arg(long)]
+        offline: bool,
+        /// Admin key id (with `--secret`). Default: the first admin key of the config's
+        /// `[[accounts]]`.
+        #[arg(long)]
+        key_id: Option<u64>,
+        /// The admin key's secret. Default: `RINGEX_ADMIN_SECRET` if set (with
+        /// `--key-id`), else the config's.
+        #[arg(long)]
+        secret: Option<String>,
+        /// How long to wait for the answer and then for the client listener.
+        #[arg(long, default_value_t = 30)]
+        timeout_seconds: u64,
     },
     /// Inspect a journal directory (read only, safe beside a running node), or cut a
     /// damaged one on purpose (`repair`).
@@ -196,7 +213,19 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::Start { config } => start(config),
         Cmd::Journal { which } => journal(which),
-        Cmd::Promote { config } => promote(&config),
+        Cmd::Promote {
+            config,
+            offline,
+            key_id,
+            secret,
+            timeout_seconds,
+        } => {
+            if offline {
+                promote(&config)
+            } else {
+                promote_online(&config, key_id, secret, timeout_seconds)
+            }
+        }
         Cmd::Load { args, ws } if ws.ws_connections > 0 => {
             match ringex_tools::wsload::run(&args, &ws) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -325,24 +354,124 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// A standby: follows its primary until SIGTERM or SIGINT, then stops (with a snapshot).
+/// A standby: follows its primary and serves its admin listener until SIGTERM or SIGINT
+/// (then stops, with a snapshot), or until promoted over that listener (then serves as
+/// the primary in this process until SIGTERM or SIGINT).
 fn serve_standby(config: &Config, stop: Arc<AtomicBool>) -> Result<(), String> {
-    eprintln!(
-        "ringex: standby of the primary at {}; SIGTERM or Ctrl-C stops; `ringex promote` \
-         (with the standby stopped) makes this node the primary",
-        config.replication.primary
+    ringex::standby::serve(config, stop, |_| {}, |_| {})
+}
+
+/// `ringex promote` while the standby runs: an admin login on its admin listener, then
+/// `Promote`; then waits until its client listener accepts connections.
+fn promote_online(
+    config_path: &Path,
+    key_id: Option<u64>,
+    secret: Option<String>,
+    timeout_seconds: u64,
+) -> ExitCode {
+    use ringex_gateway::protocol::LoginRejectReason;
+    use ringex_tools::client::{Client, ClientError, ClientOptions};
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let configured = config
+        .accounts
+        .iter()
+        .flat_map(|a| a.api_keys.iter())
+        .find(|k| k.admin);
+    let secret = secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok());
+    let (key_id, secret) = match (key_id, secret, configured) {
+        (Some(id), Some(secret), _) => (id, secret),
+        (None, _, Some(k)) => (k.key_id, k.secret.clone()),
+        _ => {
+            eprintln!(
+                "ringex promote: no admin key: give --key-id and --secret (or \
+                 RINGEX_ADMIN_SECRET), or list one in the config's [[accounts]]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let admin = config.listeners.admin.clone();
+    let timeout = std::time::Duration::from_secs(timeout_seconds.clamp(1, 3600));
+    let options = ClientOptions {
+        timeout,
+        ..ClientOptions::default()
+    };
+    let mut client = match Client::connect(admin.as_str(), key_id, &secret, options) {
+        Ok(c) => c,
+        Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            eprintln!(
+                "ringex promote: nothing listens on {admin} (listeners.admin): is the standby \
+                 running? A stopped standby is promoted with --offline"
+            );
+            return ExitCode::from(1);
+        }
+        Err(ClientError::LoginRejected(LoginRejectReason::Unavailable)) => {
+            eprintln!(
+                "ringex promote: the standby on {admin} has not reached its primary yet, so \
+                 it holds no state to promote; stop it and use --offline on its data"
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("ringex promote: admin login on {admin} with key {key_id}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let started = std::time::Instant::now();
+    let promoted = match client.promote() {
+        Ok(p) => p,
+        Err(ClientError::Rejected(_)) => {
+            eprintln!(
+                "ringex promote: refused by the node on {admin}: it is not a standby (already \
+                 a primary?), or its promotion failed (its log says why)"
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("ringex promote: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    drop(client);
+    println!(
+        "promoted node {} ({admin}): epoch {} from sequence {} (synced) in {} ms",
+        promoted.node_id,
+        promoted.epoch,
+        promoted.epoch_seq,
+        started.elapsed().as_millis()
     );
-    let promote = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(|line: String| eprintln!("ringex: {line}"));
-    match ringex::standby::run(config, stop, promote, log)? {
-        ringex::standby::StandbyEnd::Stopped => {
-            eprintln!("ringex: standby stopped");
-            Ok(())
+    // The node now starts as the primary: its admin listener takes a login once its
+    // gateway serves (a bound socket alone proves nothing: connections wait in the
+    // backlog while the node starts).
+    let deadline = started + timeout;
+    let binary = &config.listeners.binary;
+    // Bounded by the deadline; each attempt is bounded by its own timeout.
+    while std::time::Instant::now() < deadline {
+        let options = ClientOptions {
+            timeout: std::time::Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        if let Ok(mut c) = Client::connect(admin.as_str(), key_id, &secret, options) {
+            let _ = c.logout();
+            println!(
+                "primary: taking orders on {binary} {} ms after the promote",
+                started.elapsed().as_millis()
+            );
+            return ExitCode::SUCCESS;
         }
-        ringex::standby::StandbyEnd::Promoted { .. } => {
-            unreachable!("nothing sets the promote flag here")
-        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    eprintln!(
+        "ringex promote: promoted, but the node's admin listener {admin} did not take a login \
+         as the primary within {} s: see the node's log",
+        timeout.as_secs()
+    );
+    ExitCode::from(1)
 }
 
 /// `ringex promote`: raises the epoch of a stopped standby's journal (an epoch record,

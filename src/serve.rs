@@ -24,7 +24,7 @@ use ringex_gateway::server::{Gateway, GatewayConfig};
 use crate::config::Config;
 use crate::metrics::Summary;
 use crate::node::wait::pause;
-use crate::node::{Node, NodeError, OutputMode};
+use crate::node::{Node, NodeError, OutputMode, StartOptions};
 
 /// Attempts to get a submission into a full input ring, draining outputs in between.
 const SUBMIT_ATTEMPTS_MAX: u32 = 100_000;
@@ -331,6 +331,17 @@ pub fn serve_listening(
     stop: Arc<AtomicBool>,
     on_ready: impl FnOnce(Listening),
 ) -> Result<(), String> {
+    serve_with(config, stop, on_ready, StartOptions::default())
+}
+
+/// [`serve_listening`], starting the node with `options` (a standby promoted in this
+/// process starts as the primary with `promoted`).
+pub fn serve_with(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    on_ready: impl FnOnce(Listening),
+    options: StartOptions,
+) -> Result<(), String> {
     let gateway_config = gateway_config(config)?;
     let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
         format!(
@@ -342,8 +353,8 @@ pub fn serve_listening(
     let wake: crate::node::Waker = Arc::new(move || {
         let _ = waker.wake();
     });
-    let mut node =
-        Node::start(config, OutputMode::Poll(wake)).map_err(|e| format!("cannot start: {e}"))?;
+    let mut node = Node::start_with(config, OutputMode::Poll(wake), options)
+        .map_err(|e| format!("cannot start: {e}"))?;
     let _ = node.metrics().gateway.set(gateway.stats());
     eprintln!("ringex: recovery: {}", node.recovery());
     eprintln!(

@@ -9,17 +9,23 @@
 //! and starts its journal after it. A broken connection is reopened, from where the
 //! standby's journal ends, with a pause between attempts.
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use ringex_journal::{Verify, QUARANTINE_DIR_NAME};
 use ringex_replicator::standby::{Connection, JournalEnd, StandbyConfig, Start};
 
 use crate::config::Config;
 use crate::node::replication::{acknowledge, follow, StandbyProgress};
-use crate::node::{CountingSink, Node, OutputMode, StartOptions};
+use crate::node::slots::OutputSlot;
+use crate::node::{CountingSink, EventSink, Node, OutputMode, StartOptions, Waker};
+use ringex_engine::{Command, Output, Query};
+use ringex_gateway::backend::{Backend, BackendError, Delivery, Promotion};
+use ringex_gateway::server::Gateway;
 
 /// Pause between connection attempts to the primary.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
@@ -131,7 +137,11 @@ fn connect(
                     log(format!("standby: {why}; retrying"));
                     said = Some(why);
                 }
-                std::thread::sleep(RECONNECT_PAUSE);
+                // The pause ends early when told to end (a promotion waits on it).
+                let resume_at = std::time::Instant::now() + RECONNECT_PAUSE;
+                while !until() && std::time::Instant::now() < resume_at {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
     }
@@ -146,6 +156,44 @@ pub fn run(
     promote: Arc<AtomicBool>,
     log: Arc<dyn Fn(String) + Send + Sync>,
 ) -> Result<StandbyEnd, String> {
+    run_with(config, stop, promote, log, None)
+}
+
+/// [`run`], sharing the node with a standby's admin listener through `desk` (when given):
+/// key lookups for its logins, and the outcome of a promotion it asked for.
+pub fn run_with(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    promote: Arc<AtomicBool>,
+    log: Arc<dyn Fn(String) + Send + Sync>,
+    desk: Option<Arc<Desk>>,
+) -> Result<StandbyEnd, String> {
+    let result = follow_until_the_end(config, &stop, &promote, &*log, desk.as_ref());
+    if let Some(desk) = desk {
+        desk.finish(&result);
+    }
+    result
+}
+
+/// Locks the node slot (a panic elsewhere does not make the node unusable here).
+fn lock(slot: &Mutex<Option<Node>>) -> std::sync::MutexGuard<'_, Option<Node>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes the node out of its slot.
+fn take(slot: &Mutex<Option<Node>>) -> Result<Node, String> {
+    lock(slot)
+        .take()
+        .ok_or_else(|| "the standby's node is gone".to_string())
+}
+
+fn follow_until_the_end(
+    config: &Config,
+    stop: &AtomicBool,
+    promote: &AtomicBool,
+    log: &(dyn Fn(String) + Send + Sync),
+    desk: Option<&Arc<Desk>>,
+) -> Result<StandbyEnd, String> {
     let sconfig = config_of(config)?;
     let data_dir = &config.node.data_dir;
     let journal_dir = data_dir.join("journal");
@@ -153,7 +201,14 @@ pub fn run(
         .map_err(|e| format!("create {}: {e}", journal_dir.display()))?;
     let end = journal_end(&journal_dir)?;
     let until = || stop.load(Ordering::Relaxed) || promote.load(Ordering::Relaxed);
-    let Some((mut conn, start)) = connect(&sconfig, &end, &until, &*log) else {
+    let Some((mut conn, start)) = connect(&sconfig, &end, &until, log) else {
+        if promote.load(Ordering::Relaxed) {
+            return Err(
+                "the standby never reached its primary, so it has no state of its \
+                        own to promote here: stop it and run `ringex promote --offline`"
+                    .into(),
+            );
+        }
         return Ok(StandbyEnd::Stopped);
     };
     let mut options = StartOptions::default();
@@ -223,27 +278,39 @@ pub fn run(
             ));
         }
     }
-    let mut node = Node::start_with(config, OutputMode::Sink(Box::new(CountingSink)), options)
-        .map_err(|e| e.to_string())?;
+    let sink: Box<dyn EventSink> = match desk {
+        Some(desk) => Box::new(DeskSink(Arc::clone(desk))),
+        None => Box::new(CountingSink),
+    };
+    let node =
+        Node::start_with(config, OutputMode::Sink(sink), options).map_err(|e| e.to_string())?;
     let marks = node.journal_watermarks();
+    let durable = node.durable_waiter();
     let applied = node.applied_seq();
+    let local = Mutex::new(None);
+    let slot: &Mutex<Option<Node>> = desk.map_or(&local, |d| &d.node);
+    *lock(slot) = Some(node);
     let heartbeat = Duration::from_millis(config.replication.heartbeat_ms);
     // Followed until stopped or promoted; reconnects as the connection breaks.
     let mut reconnect = false;
     loop {
         if reconnect {
-            let (seq_last, chain_last) = node.journal_end().map_err(|e| e.to_string())?;
-            let end = JournalEnd {
-                journal_id: node.journal_id(),
-                epoch: node.epoch(),
-                seq_last,
-                chain_last,
-                anchors: Vec::new(),
+            let end = {
+                let mut guard = lock(slot);
+                let node = guard.as_mut().ok_or("the standby's node is gone")?;
+                let (seq_last, chain_last) = node.journal_end().map_err(|e| e.to_string())?;
+                JournalEnd {
+                    journal_id: node.journal_id(),
+                    epoch: node.epoch(),
+                    seq_last,
+                    chain_last,
+                    anchors: Vec::new(),
+                }
             };
-            match connect(&sconfig, &end, &until, &*log) {
+            match connect(&sconfig, &end, &until, log) {
                 Some((c, Start::Follow { cut: None, .. })) => conn = c,
                 Some((_, other)) => {
-                    node.shutdown().map_err(|e| e.to_string())?;
+                    take(slot)?.shutdown().map_err(|e| e.to_string())?;
                     return Err(format!(
                         "standby: the primary no longer matches this journal ({other:?}); \
                          restart the standby to reconcile"
@@ -262,7 +329,7 @@ pub fn run(
                 applied.clone(),
                 ended.clone(),
             );
-            let durable = node.durable_waiter();
+            let durable = durable.clone();
             std::thread::Builder::new()
                 .name("ringex-standby-acks".into())
                 .spawn(move || {
@@ -270,14 +337,15 @@ pub fn run(
                 })
                 .map_err(|e| e.to_string())?
         };
-        let result = follow(&mut node, &mut conn, &progress, &until);
+        let result = follow(slot, &mut conn, &progress, &until);
         ended.store(true, Ordering::Relaxed);
         conn.close();
         let _ = acker.join();
-        if let Some(why) = node.failure() {
+        if let Some(why) = lock(slot).as_ref().and_then(|n| n.failure()) {
             return Err(format!("standby stopped: {why}"));
         }
         if promote.load(Ordering::Relaxed) {
+            let mut node = take(slot)?;
             let (seq_last, _) = node.journal_end().map_err(|e| e.to_string())?;
             let epoch = node.epoch() + 1;
             let seq = node.promote(epoch).map_err(|e| e.to_string())?;
@@ -292,7 +360,7 @@ pub fn run(
             });
         }
         if stop.load(Ordering::Relaxed) {
-            node.shutdown().map_err(|e| e.to_string())?;
+            take(slot)?.shutdown().map_err(|e| e.to_string())?;
             return Ok(StandbyEnd::Stopped);
         }
         if let Err(why) = result {
@@ -300,4 +368,277 @@ pub fn run(
         }
         reconnect = true;
     }
+}
+
+/// The longest a `Promote` waits for the standby to promote itself (it stops following
+/// within 50 ms, then syncs its journal and the epoch record).
+const PROMOTE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// What a running standby shares with its admin listener: the node, once the handshake
+/// has given it one (the listener's logins look keys up in it, so a key revoked on the
+/// primary is revoked here too), the engine's answers to those lookups, and a promotion
+/// the listener asks for.
+pub struct Desk {
+    node: Mutex<Option<Node>>,
+    replies: Mutex<VecDeque<Delivery>>,
+    wake: Mutex<Option<Waker>>,
+    promote: Arc<AtomicBool>,
+    /// Set once the standby run has ended: promoted (with what `Promote` answers), or
+    /// stopped or failed (why).
+    outcome: Mutex<Option<Result<Promotion, String>>>,
+    outcome_set: Condvar,
+    /// Set when the admin listener should stop: the run ended, however.
+    ended: Arc<AtomicBool>,
+    node_id: u32,
+}
+
+impl Desk {
+    pub fn new(node_id: u32) -> Arc<Desk> {
+        Arc::new(Desk {
+            node: Mutex::new(None),
+            replies: Mutex::new(VecDeque::new()),
+            wake: Mutex::new(None),
+            promote: Arc::new(AtomicBool::new(false)),
+            outcome: Mutex::new(None),
+            outcome_set: Condvar::new(),
+            ended: Arc::new(AtomicBool::new(false)),
+            node_id,
+        })
+    }
+
+    /// The flag a promotion sets (pass it to [`run_with`]).
+    pub fn promote_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.promote)
+    }
+
+    /// Set once the standby run has ended: the admin listener's loop stops on it.
+    pub fn ended_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.ended)
+    }
+
+    /// Called after each reply is queued (the admin listener's loop waker).
+    pub fn set_waker(&self, wake: Waker) {
+        *self.wake.lock().unwrap_or_else(|e| e.into_inner()) = Some(wake);
+    }
+
+    fn wake(&self) {
+        if let Some(w) = self.wake.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            w();
+        }
+    }
+
+    fn finish(&self, result: &Result<StandbyEnd, String>) {
+        let outcome = match result {
+            Ok(StandbyEnd::Promoted { epoch, seq, .. }) => Ok(Promotion {
+                epoch_seq: *seq,
+                epoch: *epoch,
+                node_id: self.node_id,
+            }),
+            Ok(StandbyEnd::Stopped) => Err("the standby stopped".to_string()),
+            Err(why) => Err(why.clone()),
+        };
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        self.outcome_set.notify_all();
+        self.ended.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Asks the standby to promote itself and waits for the outcome.
+    fn promote(&self) -> Result<Promotion, String> {
+        self.promote.store(true, Ordering::Release);
+        let deadline = Instant::now() + PROMOTE_WAIT_MAX;
+        let mut outcome = self.outcome.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the deadline; each wait ends at it at the latest.
+        while outcome.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err("the promotion did not finish in time".into());
+            }
+            outcome = self
+                .outcome_set
+                .wait_timeout(outcome, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        outcome.clone().unwrap_or_else(|| Err("no outcome".into()))
+    }
+}
+
+/// The standby node's output: replicated commands' events go nowhere (a standby publishes
+/// nothing); the answers to the admin listener's key lookups go to it.
+struct DeskSink(Arc<Desk>);
+
+impl EventSink for DeskSink {
+    fn on_event(&mut self, slot: &OutputSlot) {
+        if !matches!(slot.item, Output::Reply(_)) {
+            return;
+        }
+        self.0
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Delivery {
+                seq: slot.seq,
+                tag: slot.tag,
+                item: slot.item,
+                last: slot.last,
+                timestamp_ns: slot.timestamp_ns,
+            });
+        self.0.wake();
+    }
+}
+
+/// The exchange as a standby's admin listener sees it: key lookups for logins, and
+/// `Promote`. Everything else is refused: a standby takes no orders.
+pub struct StandbyBackend {
+    desk: Arc<Desk>,
+}
+
+impl StandbyBackend {
+    pub fn new(desk: Arc<Desk>) -> StandbyBackend {
+        StandbyBackend { desk }
+    }
+}
+
+/// Why a standby refuses a request.
+const NOT_PRIMARY: &str = "a standby takes no orders: it follows its primary until promoted";
+
+impl Backend for StandbyBackend {
+    fn submit(&mut self, _command: &Command, _tag: u64) -> Result<(), BackendError> {
+        Err(BackendError::Unavailable(NOT_PRIMARY.into()))
+    }
+
+    fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError> {
+        if !matches!(query, Query::ApiKey { .. }) {
+            return Err(BackendError::Unavailable(NOT_PRIMARY.into()));
+        }
+        let mut guard = lock(&self.desk.node);
+        let Some(node) = guard.as_mut() else {
+            return Err(BackendError::Unavailable(
+                "the standby has not reached its primary yet".into(),
+            ));
+        };
+        node.try_submit_query(query, tag)
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        // The inline topology applies it now; the others as their stages run.
+        node.flush_replicas();
+        Ok(())
+    }
+
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        let mut replies = self.desk.replies.lock().unwrap_or_else(|e| e.into_inner());
+        let n = limit.min(replies.len());
+        for d in replies.drain(..n) {
+            f(&d);
+        }
+        n
+    }
+
+    fn want_wake(&self) {}
+
+    fn outputs_available(&self) -> bool {
+        !self
+            .desk
+            .replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn promote(&mut self) -> Result<Promotion, BackendError> {
+        self.desk.promote().map_err(BackendError::Unavailable)
+    }
+}
+
+/// `ringex start` for a standby: follows the primary and serves the admin listener (admin
+/// keys only: `Promote`) until `stop`, or until promoted; then, in the same process,
+/// serves as the primary (client listeners, and a replication listener for a new
+/// standby) until `stop`. `on_admin` gets the standby's admin address once it listens,
+/// `on_ready` the primary's addresses once it takes orders.
+pub fn serve(
+    config: &Config,
+    stop: Arc<AtomicBool>,
+    on_admin: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(crate::serve::Listening),
+) -> Result<(), String> {
+    let gateway_config = crate::serve::gateway_config(config)?;
+    let mut gateway = Gateway::bind_admin(gateway_config.clone()).map_err(|e| {
+        format!(
+            "cannot listen on {} (admin): {e}",
+            gateway_config.admin_addr
+        )
+    })?;
+    let admin = gateway.admin_addr().map_err(|e| e.to_string())?;
+    let desk = Desk::new(config.node.id);
+    let waker = gateway.waker();
+    desk.set_waker(Arc::new(move || {
+        let _ = waker.wake();
+    }));
+    eprintln!(
+        "ringex: standby of the primary at {}; admin listener on {admin} (`ringex promote` \
+         makes this node the primary); SIGTERM or Ctrl-C stops",
+        config.replication.primary
+    );
+    let thread = {
+        let (config, stop, desk) = (config.clone(), Arc::clone(&stop), Arc::clone(&desk));
+        let log: Arc<dyn Fn(String) + Send + Sync> =
+            Arc::new(|line: String| eprintln!("ringex: {line}"));
+        std::thread::Builder::new()
+            .name("ringex-standby".into())
+            .spawn(move || {
+                let promote = desk.promote_flag();
+                run_with(&config, stop, promote, log, Some(desk))
+            })
+            .map_err(|e| format!("cannot start the standby: {e}"))?
+    };
+    on_admin(admin);
+    let served = {
+        let mut backend = StandbyBackend::new(Arc::clone(&desk));
+        gateway.run(&mut backend, &desk.ended_flag())
+    };
+    // The admin listener closes here; the primary's opens below.
+    drop(gateway);
+    let ended = thread
+        .join()
+        .map_err(|_| "the standby thread panicked".to_string())?;
+    if let Err(e) = served {
+        eprintln!("ringex: the standby's admin listener stopped: {e}");
+    }
+    let (node, epoch, seq) = match ended? {
+        StandbyEnd::Stopped => {
+            eprintln!("ringex: standby stopped");
+            return Ok(());
+        }
+        StandbyEnd::Promoted { node, epoch, seq } => (node, epoch, seq),
+    };
+    let started = Instant::now();
+    // The standby's node published nothing; the primary's gateway drains its node
+    // itself. Stopped with a snapshot, it starts again at once from it.
+    let report = node
+        .shutdown()
+        .map_err(|e| format!("after the promotion: {e}"))?;
+    let mut primary = config.clone();
+    primary.node.role = crate::config::Role::Primary;
+    eprintln!(
+        "ringex: promoted: epoch {epoch} from sequence {seq} (state hash {:032x}); \
+         starting as the primary ({} ms)",
+        report.state_hash,
+        started.elapsed().as_millis()
+    );
+    crate::serve::serve_with(
+        &primary,
+        stop,
+        |l| {
+            eprintln!(
+                "ringex: PRIMARY at epoch {epoch}: taking orders {} ms after the epoch record \
+                 was durable",
+                started.elapsed().as_millis()
+            );
+            on_ready(l)
+        },
+        StartOptions {
+            promoted: true,
+            ..StartOptions::default()
+        },
+    )
 }

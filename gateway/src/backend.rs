@@ -29,6 +29,15 @@ pub enum BackendError {
     Unavailable(String),
 }
 
+/// A standby's promotion, as `Promote` answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Promotion {
+    /// The journal sequence of the epoch record.
+    pub epoch_seq: u64,
+    pub epoch: u32,
+    pub node_id: u32,
+}
+
 pub trait Backend {
     fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError>;
     fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError>;
@@ -39,6 +48,13 @@ pub trait Backend {
     /// [`Backend::outputs_available`] once more.
     fn want_wake(&self);
     fn outputs_available(&self) -> bool;
+    /// Makes a standby the primary (`Promote`), returning once its epoch record is
+    /// durable. Only a standby's backend can; any other refuses.
+    fn promote(&mut self) -> Result<Promotion, BackendError> {
+        Err(BackendError::Unavailable(
+            "not a standby: nothing to promote".into(),
+        ))
+    }
 }
 
 /// An engine applied inline on the caller's thread: no journal, no rings. For tests and

@@ -39,7 +39,7 @@ pub use client::{
 pub use server::{
     decode_server, encode_server, server_block_len, AdminAck, Balance, BalanceEnd, Cancelled,
     Filled, LoginAccepted, MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted, OrderRejected,
-    Replaced, RequestDone, ServerMessage, SystemEvent,
+    Promoted, Replaced, RequestDone, ServerMessage, SystemEvent,
 };
 
 /// Identifies this protocol: a frame with another schema id is refused.
@@ -82,6 +82,9 @@ pub mod template {
     pub const REVOKE_API_KEY: u16 = 43;
     /// Admin template id of an engine command kind: kind + 16.
     pub const ADMIN_OFFSET: u16 = 16;
+    // ---- client -> server: admin, not an engine command ----
+    /// Makes a standby the primary (admin listener, admin session).
+    pub const PROMOTE: u16 = 48;
 
     // ---- server -> client: session (not sequenced) ----
     pub const LOGIN_ACCEPTED: u16 = 101;
@@ -102,8 +105,9 @@ pub mod template {
     pub const SYSTEM_EVENT: u16 = 120;
     pub const ADMIN_ACK: u16 = 121;
     pub const REQUEST_DONE: u16 = 122;
+    pub const PROMOTED: u16 = 123;
 
-    pub const CLIENT_ALL: [u16; 21] = [
+    pub const CLIENT_ALL: [u16; 22] = [
         LOGIN,
         LOGOUT,
         HEARTBEAT,
@@ -125,9 +129,10 @@ pub mod template {
         RESUME_ACCOUNT,
         ADD_API_KEY,
         REVOKE_API_KEY,
+        PROMOTE,
     ];
 
-    pub const SERVER_ALL: [u16; 17] = [
+    pub const SERVER_ALL: [u16; 18] = [
         LOGIN_ACCEPTED,
         LOGIN_REJECTED,
         SERVER_LOGOUT,
@@ -145,16 +150,21 @@ pub mod template {
         SYSTEM_EVENT,
         ADMIN_ACK,
         REQUEST_DONE,
+        PROMOTED,
     ];
 
     /// Client templates that carry a `request_id` at frame offset 8: everything but the
     /// session messages.
     pub fn is_request(id: u16) -> bool {
-        matches!(id, NEW_ORDER..=OPEN_ORDERS_QUERY | CREATE_ASSET..=REVOKE_API_KEY)
+        matches!(
+            id,
+            NEW_ORDER..=OPEN_ORDERS_QUERY | CREATE_ASSET..=REVOKE_API_KEY | PROMOTE
+        )
     }
 
+    /// Requests only an admin session may send: the admin engine commands and Promote.
     pub fn is_admin(id: u16) -> bool {
-        matches!(id, CREATE_ASSET..=REVOKE_API_KEY)
+        matches!(id, CREATE_ASSET..=REVOKE_API_KEY | PROMOTE)
     }
 
     /// A stable name for logs and error messages.
@@ -181,6 +191,7 @@ pub mod template {
             RESUME_ACCOUNT => "ResumeAccount",
             ADD_API_KEY => "AddApiKey",
             REVOKE_API_KEY => "RevokeApiKey",
+            PROMOTE => "Promote",
             LOGIN_ACCEPTED => "LoginAccepted",
             LOGIN_REJECTED => "LoginRejected",
             SERVER_LOGOUT => "Logout(server)",
@@ -198,6 +209,7 @@ pub mod template {
             SYSTEM_EVENT => "SystemEvent",
             ADMIN_ACK => "AdminAck",
             REQUEST_DONE => "RequestDone",
+            PROMOTED => "Promoted",
             _ => "unknown",
         }
     }

@@ -161,7 +161,8 @@ pub struct Gateway {
     config: GatewayConfig,
     poll: Poll,
     waker: Arc<Waker>,
-    trading: TcpListener,
+    /// None on a standby: it serves only its admin listener until promoted.
+    trading: Option<TcpListener>,
     admin: TcpListener,
     conns: HashMap<usize, Conn>,
     next_conn: usize,
@@ -197,12 +198,28 @@ pub struct Gateway {
 impl Gateway {
     /// Binds both listeners and prepares the event loop.
     pub fn bind(config: GatewayConfig) -> io::Result<Gateway> {
+        Gateway::bind_listeners(config, true)
+    }
+
+    /// Binds the admin listener only (`config.trading_addr` is not used): a standby's
+    /// gateway, which takes admin logins and `Promote` and no trading connections.
+    pub fn bind_admin(config: GatewayConfig) -> io::Result<Gateway> {
+        Gateway::bind_listeners(config, false)
+    }
+
+    fn bind_listeners(config: GatewayConfig, trading: bool) -> io::Result<Gateway> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let mut trading = TcpListener::bind(config.trading_addr)?;
+        let trading = match trading {
+            true => {
+                let mut listener = TcpListener::bind(config.trading_addr)?;
+                poll.registry()
+                    .register(&mut listener, TRADING, Interest::READABLE)?;
+                Some(listener)
+            }
+            false => None,
+        };
         let mut admin = TcpListener::bind(config.admin_addr)?;
-        poll.registry()
-            .register(&mut trading, TRADING, Interest::READABLE)?;
         poll.registry()
             .register(&mut admin, ADMIN, Interest::READABLE)?;
         let log_queue = Arc::new(LogQueue::default());
@@ -259,7 +276,13 @@ impl Gateway {
     }
 
     pub fn trading_addr(&self) -> io::Result<SocketAddr> {
-        self.trading.local_addr()
+        match &self.trading {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no trading listener (a standby's gateway)",
+            )),
+        }
     }
 
     pub fn admin_addr(&self) -> io::Result<SocketAddr> {
@@ -487,10 +510,10 @@ impl Gateway {
         self.accept_again[usize::from(admin_listener)] = false;
         // Bounded: at most the configured connection count per wake-up.
         for _ in 0..self.config.connections_max.max(1) {
-            let listener = if admin_listener {
-                &self.admin
-            } else {
-                &self.trading
+            let listener = match (admin_listener, &self.trading) {
+                (true, _) => &self.admin,
+                (false, Some(trading)) => trading,
+                (false, None) => return,
             };
             let (mut stream, peer) = match listener.accept() {
                 Ok(x) => x,

@@ -22,13 +22,13 @@ use ringex_engine::{
     RejectReason,
 };
 
-use crate::backend::{Backend, BackendError, Delivery};
+use crate::backend::{Backend, BackendError, Delivery, Promotion};
 use crate::limits::{NoncesSeen, TokenBucket};
 use crate::protocol::{
     encode_server, login_flags, permission, template, AdminAck, Balance, BalanceEnd, Cancelled,
     ClientMessage, Filled, Liquidity, Login, LoginAccepted, LoginRejectReason, LogoutReason,
-    MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted, OrderRejected, Replaced, RequestDone,
-    ServerMessage, SystemEvent, FRAME_SIZE_MAX,
+    MassCancelDone, OpenOrder, OpenOrdersEnd, OrderAccepted, OrderRejected, Promoted, Replaced,
+    RequestDone, ServerMessage, SystemEvent, FRAME_SIZE_MAX,
 };
 use crate::refusals::{Detail, Listener, Refusal};
 
@@ -169,9 +169,16 @@ struct Inflight {
     order: Option<OrderRef>,
     /// Messages sent for it so far.
     sent: u32,
-    /// Refused by the front-end itself: answered when it reaches the front, so answers
-    /// stay in request order.
-    local_reject: Option<RejectReason>,
+    /// Answered by the front-end itself (a refusal, a promotion): answered when it
+    /// reaches the front, so answers stay in request order.
+    local_reject: Option<LocalAnswer>,
+}
+
+/// What the core answers a request with when the exchange's outputs do not.
+#[derive(Clone, Copy, Debug)]
+enum LocalAnswer {
+    Reject(RejectReason),
+    Promoted(Promotion),
 }
 
 struct Session {
@@ -786,6 +793,14 @@ impl SessionCore {
                 },
                 t,
             ),
+            ClientMessage::Promote { .. } => {
+                let answer = match backend.promote() {
+                    Ok(p) => LocalAnswer::Promoted(p),
+                    Err(_) => LocalAnswer::Reject(RejectReason::Unavailable),
+                };
+                self.answer_locally(session_id, request_id, template, (market, order), answer);
+                return true;
+            }
             other => match other.to_command(account) {
                 Some(cmd) => backend.submit(&cmd, t),
                 None => Err(BackendError::Unavailable("not a command".into())),
@@ -821,8 +836,21 @@ impl SessionCore {
         session_id: u64,
         request_id: u64,
         template: u16,
-        (market, order): (MarketId, Option<OrderRef>),
+        subject: (MarketId, Option<OrderRef>),
         reason: RejectReason,
+    ) {
+        let answer = LocalAnswer::Reject(reason);
+        self.answer_locally(session_id, request_id, template, subject, answer);
+    }
+
+    /// A request the core answers itself (a refusal, a promotion), in request order.
+    fn answer_locally(
+        &mut self,
+        session_id: u64,
+        request_id: u64,
+        template: u16,
+        (market, order): (MarketId, Option<OrderRef>),
+        answer: LocalAnswer,
     ) {
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
@@ -833,7 +861,7 @@ impl SessionCore {
             market,
             order,
             sent: 0,
-            local_reject: Some(reason),
+            local_reject: Some(answer),
         });
         if session.inflight.len() == 1 {
             self.answer_local_rejects(session_id);
@@ -871,17 +899,24 @@ impl SessionCore {
                 Some(f) => *f,
                 None => return,
             };
-            let Some(reason) = front.local_reject else {
-                return;
+            let msg = match front.local_reject {
+                None => return,
+                Some(LocalAnswer::Reject(reason)) => ServerMessage::OrderRejected(OrderRejected {
+                    seq: 0,
+                    request_id: front.request_id,
+                    request_template: front.template,
+                    order: front.order,
+                    market: front.market,
+                    reason,
+                }),
+                Some(LocalAnswer::Promoted(p)) => ServerMessage::Promoted(Promoted {
+                    seq: 0,
+                    request_id: front.request_id,
+                    epoch_seq: p.epoch_seq,
+                    epoch: p.epoch,
+                    node_id: p.node_id,
+                }),
             };
-            let msg = ServerMessage::OrderRejected(OrderRejected {
-                seq: 0,
-                request_id: front.request_id,
-                request_template: front.template,
-                order: front.order,
-                market: front.market,
-                reason,
-            });
             self.send_sequenced(session_id, msg);
             self.send_sequenced(
                 session_id,
@@ -1474,6 +1509,7 @@ fn set_request_id(msg: &mut ServerMessage, request_id: u64) {
         ServerMessage::SystemEvent(m) => m.request_id = request_id,
         ServerMessage::AdminAck(m) => m.request_id = request_id,
         ServerMessage::RequestDone(m) => m.request_id = request_id,
+        ServerMessage::Promoted(m) => m.request_id = request_id,
         ServerMessage::LoginAccepted(_)
         | ServerMessage::LoginRejected { .. }
         | ServerMessage::Logout { .. }

@@ -331,6 +331,10 @@ pub struct StartOptions {
     /// A journal created now starts after this `(sequence, chain)` (a standby that
     /// installed its primary's snapshot there).
     pub start_after: Option<(u64, u64)>,
+    /// A primary just promoted from standby: it has no standby yet, so a `sync` primary
+    /// whose policy is `degrade` starts degraded (as `async`, loudly) instead of holding
+    /// its first orders for `degrade_after_ms`.
+    pub promoted: bool,
 }
 
 impl Default for StartOptions {
@@ -339,6 +343,7 @@ impl Default for StartOptions {
             storage: Arc::new(ringex_journal::OsStorage),
             journal_id: None,
             start_after: None,
+            promoted: false,
         }
     }
 }
@@ -710,10 +715,11 @@ impl Node {
                     },
                 };
                 let sync = r.mode == ReplicationMode::Sync;
-                Some((
-                    replication::Primary::new(tap, link, sync, policy),
-                    (stop, handle, addr),
-                ))
+                let mut primary = replication::Primary::new(tap, link, sync, policy);
+                if options.promoted {
+                    primary.start_without_standby(&shared);
+                }
+                Some((primary, (stop, handle, addr)))
             }
             Role::Single | Role::Standby => None,
         };

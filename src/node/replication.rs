@@ -12,7 +12,7 @@
 //! durable.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringex_journal::{FrameTap, Watermarks};
@@ -59,6 +59,26 @@ impl Primary {
             degraded: false,
             seq_waited: 0,
         }
+    }
+
+    /// A primary just promoted, with no standby yet: under `degrade` it starts degraded
+    /// (sync again once a standby has caught up) rather than holding its first batch for
+    /// the policy's timeout; under `halt` it waits for a standby, as the policy says.
+    pub fn start_without_standby(&mut self, shared: &Shared) {
+        if !self.sync || !matches!(self.policy, LossPolicy::Degrade { .. }) {
+            return;
+        }
+        self.degraded = true;
+        let metrics = &shared.metrics;
+        metrics.replication_degraded.store(true, Ordering::Relaxed);
+        metrics
+            .replication_degradations
+            .fetch_add(1, Ordering::Relaxed);
+        shared.note(
+            "replication: DEGRADED to async: promoted with no standby yet; commands are \
+             acknowledged before they exist on two machines until a standby catches up"
+                .into(),
+        );
     }
 
     /// After a batch's appends: the standby's copy may leave.
@@ -172,13 +192,21 @@ pub struct StandbyProgress {
 
 /// Hands frames from the primary to the node until the connection ends, `stop` is set,
 /// or a frame does not fit. Returns why it ended.
+///
+/// The node is locked for each message only, so that its owner's other users (a standby's
+/// admin listener looking up a key) get their turn between messages.
 pub fn follow(
-    node: &mut Node,
+    node: &Mutex<Option<Node>>,
     conn: &mut Connection,
     progress: &StandbyProgress,
     until: &dyn Fn() -> bool,
 ) -> Result<(), String> {
-    let mut expected = node.journal_end().map_err(|e| e.to_string())?.0 + 1;
+    let lock = || node.lock().unwrap_or_else(|e| e.into_inner());
+    let mut expected = {
+        let mut guard = lock();
+        let node = guard.as_mut().ok_or("the node is gone")?;
+        node.journal_end().map_err(|e| e.to_string())?.0 + 1
+    };
     // What the journal already holds counts as received (after a reconnect the primary
     // may be waiting for exactly that).
     progress.received.store(expected - 1, Ordering::Release);
@@ -208,6 +236,8 @@ pub fn follow(
                         "the primary sent sequence {seq_first} where {expected} was next"
                     ));
                 }
+                let mut guard = lock();
+                let node = guard.as_mut().ok_or("the node is gone")?;
                 let mut at = 0usize;
                 for _ in 0..count {
                     if at + 48 > bytes.len() {

@@ -62,12 +62,14 @@ use ringex_engine::{OrderRef, RejectReason, Side, StpMode, TimeInForce};
 use ringex_gateway::protocol::{permission, ServerMessage};
 use serde::Serialize;
 
-use crate::client::{Client, ClientError, ClientOptions, OrderParams, Request};
+use crate::client::{Client, ClientError, ClientOptions, Failover, OrderParams, Request};
 
 /// Command-line arguments of `ringex load`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// Trading listener.
+    /// Trading listener; several, comma-separated (a primary, then its standby), to fail
+    /// over between: a user whose connection breaks tries them in turn (up to 3 times
+    /// in the run), resuming its session where it is known, else starting a new one.
     #[arg(long, default_value = "127.0.0.1:9100")]
     pub addr: String,
     /// Admin listener (setup: accounts, deposits, API keys).
@@ -341,7 +343,12 @@ struct User {
     /// Retail and bots: client order ids believed open, oldest first.
     open: VecDeque<u64>,
     dead: bool,
+    /// Failovers this user may still try when its connection breaks.
+    failovers_left: u32,
 }
+
+/// Failovers one user may make in a run.
+const FAILOVERS_PER_USER: u32 = 3;
 
 impl User {
     fn new_cloid(&mut self) -> u64 {
@@ -566,8 +573,14 @@ pub struct Report {
     pub rejected: u64,
     pub rejects_by_reason: BTreeMap<String, u64>,
     pub fills: u64,
-    /// Connection failures (each ends that user's part of the run).
+    /// Connection failures (each ends that user's part of the run, unless it failed over).
     pub errors: u64,
+    /// Users that reconnected after a failure (`--addr` with several addresses).
+    pub failovers: u64,
+    /// Requests in flight when a user failed over to a server that did not know its
+    /// session: never answered (the old server may or may not have processed them);
+    /// counted in `unanswered` too.
+    pub failover_unanswered: u64,
     pub error_messages: Vec<String>,
     /// Planned send -> first answer (coordinated-omission corrected), per request type
     /// and `all`; every sent request, the unanswered ones as described at `unanswered`.
@@ -616,6 +629,12 @@ impl Report {
             "  accepted {}  rejected {}  fills {}  errors {}",
             self.accepted, self.rejected, self.fills, self.errors
         );
+        if self.failovers > 0 {
+            println!(
+                "  failovers {} ({} requests in flight then were never answered)",
+                self.failovers, self.failover_unanswered
+            );
+        }
         for (reason, n) in &self.rejects_by_reason {
             println!("    reject {reason}: {n}");
         }
@@ -743,6 +762,20 @@ fn parse_markets(specs: &[String]) -> Result<Vec<MarketSim>, String> {
         .collect()
 }
 
+/// Comma-separated addresses, each resolved.
+fn resolve_all(addrs: &str) -> Result<Vec<SocketAddr>, String> {
+    let all = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(resolve)
+        .collect::<Result<Vec<_>, _>>()?;
+    if all.is_empty() {
+        return Err("--addr: no address".into());
+    }
+    Ok(all)
+}
+
 fn resolve(addr: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     addr.to_socket_addrs()
@@ -817,6 +850,8 @@ struct Stats {
     fills: u64,
     rejects: BTreeMap<String, u64>,
     errors: Vec<String>,
+    failovers: u64,
+    failover_unanswered: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -844,6 +879,8 @@ impl Stats {
             fills: 0,
             rejects: BTreeMap::new(),
             errors: Vec::new(),
+            failovers: 0,
+            failover_unanswered: 0,
         }
     }
 
@@ -944,7 +981,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     if markets.is_empty() {
         return Err("no markets".into());
     }
-    let addr = resolve(&args.addr)?;
+    let addrs = resolve_all(&args.addr)?;
     let admin_addr = resolve(&args.admin_addr)?;
     let say = |s: String| {
         if !args.quiet {
@@ -985,15 +1022,17 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         let options = ClientOptions {
             cancel_on_disconnect: true,
             outbox_capacity: 1 << 20,
+            // A standby being promoted opens its listener within a second or so.
+            failover_rounds: 50,
             ..ClientOptions::default()
         };
-        let client = Client::connect(
-            addr,
+        let client = Client::connect_any(
+            &addrs,
             args.key_base + i as u64,
             &user_secret(args.key_seed, account),
             options,
         )
-        .map_err(|e| format!("user {i} (account {account}) login at {addr}: {e}"))?;
+        .map_err(|e| format!("user {i} (account {account}) login at {}: {e}", args.addr))?;
         users.push(User {
             class: *class,
             market: i % markets.len(),
@@ -1005,6 +1044,11 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             next_slot: 0,
             open: VecDeque::new(),
             dead: false,
+            failovers_left: if addrs.len() > 1 {
+                FAILOVERS_PER_USER
+            } else {
+                0
+            },
         });
     }
     say(format!("load: {} users logged in; running", users.len()));
@@ -1197,11 +1241,53 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             }
         }
         reading.clear();
+
+        // Users whose connection broke and who may fail over: to the next address that
+        // takes them (blocking: the run is disturbed anyway).
+        for (i, u) in users.iter_mut().enumerate() {
+            if !u.dead || u.failovers_left == 0 {
+                continue;
+            }
+            u.failovers_left -= 1;
+            match u.client.failover() {
+                Ok(how) => {
+                    let t = start.elapsed().as_nanos() as u64;
+                    if let Failover::NewSession { .. } = how {
+                        // Never answered: the new server does not know them.
+                        for f in u.in_flight.drain(..).filter(|f| !f.answered) {
+                            stats.record(u.class, &f, t);
+                            stats.failover_unanswered += 1;
+                        }
+                        u.open.clear();
+                        u.slots = [None; 2 * MM_LEVELS];
+                    }
+                    let fd = u.client.raw_fd();
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let registered = poll
+                        .registry()
+                        .register(&mut SourceFd(&fd), Token(i), interest)
+                        .or_else(|_| {
+                            poll.registry()
+                                .reregister(&mut SourceFd(&fd), Token(i), interest)
+                        });
+                    match registered {
+                        Ok(()) => {
+                            u.dead = false;
+                            stats.failovers += 1;
+                        }
+                        Err(e) => stats.errors.push(format!("failover: {e}")),
+                    }
+                }
+                Err(e) => stats
+                    .errors
+                    .push(format!("account {}: failover: {e}", u.client.account())),
+            }
+        }
     };
 
     // Requests never answered (including those of users whose connection failed) go into
     // the latency tables at the end of the drain: a lower bound, never left out.
-    let mut unanswered = 0u64;
+    let mut unanswered = stats.failover_unanswered;
     for u in &users {
         for f in u.in_flight.iter().filter(|f| !f.answered) {
             unanswered += 1;
@@ -1234,6 +1320,8 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         rejects_by_reason: stats.rejects.clone(),
         fills: stats.fills,
         errors: stats.errors.len() as u64,
+        failovers: stats.failovers,
+        failover_unanswered: stats.failover_unanswered,
         error_messages: stats.errors.iter().take(20).cloned().collect(),
         latency: BTreeMap::new(),
         service_time: BTreeMap::new(),

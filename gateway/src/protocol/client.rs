@@ -153,6 +153,10 @@ pub enum ClientMessage {
     BalanceQuery(BalanceQuery),
     OpenOrdersQuery(OpenOrdersQuery),
     Admin(AdminRequest),
+    /// Makes a standby the primary: admin sessions only, on the admin listener.
+    Promote {
+        request_id: u64,
+    },
 }
 
 impl ClientMessage {
@@ -172,6 +176,7 @@ impl ClientMessage {
                 assert!(kind.is_admin(), "admin request carries {kind:?}");
                 kind as u16 + t::ADMIN_OFFSET
             }
+            ClientMessage::Promote { .. } => t::PROMOTE,
         }
     }
 
@@ -191,11 +196,16 @@ impl ClientMessage {
             ClientMessage::BalanceQuery(m) => Some(m.request_id),
             ClientMessage::OpenOrdersQuery(m) => Some(m.request_id),
             ClientMessage::Admin(m) => Some(m.request_id),
+            ClientMessage::Promote { request_id } => Some(*request_id),
         }
     }
 
+    /// Only an admin session may send it: admin engine commands and Promote.
     pub fn is_admin(&self) -> bool {
-        matches!(self, ClientMessage::Admin(_))
+        matches!(
+            self,
+            ClientMessage::Admin(_) | ClientMessage::Promote { .. }
+        )
     }
 
     /// The engine command this request becomes. Trading requests act for `account`, the
@@ -240,7 +250,8 @@ impl ClientMessage {
             | ClientMessage::Logout
             | ClientMessage::Heartbeat
             | ClientMessage::BalanceQuery(_)
-            | ClientMessage::OpenOrdersQuery(_) => None,
+            | ClientMessage::OpenOrdersQuery(_)
+            | ClientMessage::Promote { .. } => None,
         }
     }
 }
@@ -266,6 +277,7 @@ pub fn client_block_len(template_id: u16) -> Option<usize> {
         t::SUSPEND_ACCOUNT | t::RESUME_ACCOUNT => 16,
         t::ADD_API_KEY => 56,
         t::REVOKE_API_KEY => 16,
+        t::PROMOTE => 8,
         _ => return None,
     })
 }
@@ -335,6 +347,9 @@ pub fn encode_client(msg: &ClientMessage, buf: &mut [u8]) -> usize {
         ClientMessage::Admin(a) => {
             w.u64(8, a.request_id);
             encode_admin(&mut w, &a.command);
+        }
+        ClientMessage::Promote { request_id } => {
+            w.u64(8, *request_id);
         }
     }
     w.len()
@@ -520,6 +535,9 @@ pub fn decode_client(bytes: &[u8]) -> Result<(ClientMessage, usize), FrameError>
                 market: r.u32(16),
             })
         }
+        t::PROMOTE => ClientMessage::Promote {
+            request_id: r.u64(8),
+        },
         _ => {
             debug_assert!(t::is_admin(template_id));
             ClientMessage::Admin(AdminRequest {

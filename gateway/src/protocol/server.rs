@@ -110,6 +110,20 @@ pub struct RequestDone {
     pub count: u32,
 }
 
+/// A standby became the primary: it journaled (and synced) an epoch record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Promoted {
+    pub seq: u64,
+    pub request_id: u64,
+    /// The journal sequence of the epoch record: everything before it came from the
+    /// old primary, everything after it is this node's.
+    pub epoch_seq: u64,
+    /// The new epoch.
+    pub epoch: u32,
+    /// The promoted node's id (`node.id`).
+    pub node_id: u32,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MassCancelDone {
     pub seq: u64,
@@ -204,6 +218,7 @@ pub enum ServerMessage {
     AdminAck(AdminAck),
     /// The request's outcome is complete: nothing more will carry its `request_id`.
     RequestDone(RequestDone),
+    Promoted(Promoted),
 }
 
 /// Applies `$body` to the `seq`/`request_id` carrying struct of a sequenced message.
@@ -227,6 +242,7 @@ macro_rules! sequenced {
             ServerMessage::SystemEvent($m) => $body,
             ServerMessage::AdminAck($m) => $body,
             ServerMessage::RequestDone($m) => $body,
+            ServerMessage::Promoted($m) => $body,
         }
     };
 }
@@ -251,6 +267,7 @@ impl ServerMessage {
             ServerMessage::SystemEvent(_) => t::SYSTEM_EVENT,
             ServerMessage::AdminAck(_) => t::ADMIN_ACK,
             ServerMessage::RequestDone(_) => t::REQUEST_DONE,
+            ServerMessage::Promoted(_) => t::PROMOTED,
         }
     }
 
@@ -301,6 +318,7 @@ pub fn server_block_len(template_id: u16) -> Option<usize> {
         t::OPEN_ORDERS_END => 24,
         t::SYSTEM_EVENT => 24,
         t::ADMIN_ACK => 32,
+        t::PROMOTED => 32,
         _ => return None,
     })
 }
@@ -382,6 +400,11 @@ pub fn encode_server(msg: &ServerMessage, buf: &mut [u8]) -> usize {
         }
         ServerMessage::RequestDone(m) => {
             w.u32(24, m.count);
+        }
+        ServerMessage::Promoted(m) => {
+            w.u64(24, m.epoch_seq);
+            w.u32(32, m.epoch);
+            w.u32(36, m.node_id);
         }
         ServerMessage::Balance(m) => {
             w.i64(24, m.available);
@@ -553,6 +576,13 @@ pub fn decode_server(bytes: &[u8]) -> Result<(ServerMessage, usize), FrameError>
                 count: r.u32(24),
             })
         }
+        t::PROMOTED => ServerMessage::Promoted(Promoted {
+            seq,
+            request_id,
+            epoch_seq: r.u64(24),
+            epoch: r.u32(32),
+            node_id: r.u32(36),
+        }),
         t::BALANCE => {
             r.zero(44, 4)?;
             ServerMessage::Balance(Balance {

@@ -725,6 +725,7 @@ fn client_samples() -> Vec<ClientMessage> {
             command,
         }));
     }
+    v.push(ClientMessage::Promote { request_id: 200 });
     v
 }
 
@@ -847,6 +848,13 @@ fn server_samples() -> Vec<ServerMessage> {
             seq: 7,
             request_id: 5,
             count: 4,
+        }),
+        ServerMessage::Promoted(Promoted {
+            seq: 8,
+            request_id: 200,
+            epoch_seq: 1_000_001,
+            epoch: 2,
+            node_id: 2,
         }),
     ]
 }
@@ -1355,7 +1363,8 @@ fn to_command_uses_the_session_account() {
             | ClientMessage::Logout
             | ClientMessage::Heartbeat
             | ClientMessage::BalanceQuery(_)
-            | ClientMessage::OpenOrdersQuery(_) => assert_eq!(c, None),
+            | ClientMessage::OpenOrdersQuery(_)
+            | ClientMessage::Promote { .. } => assert_eq!(c, None),
             _ => assert!(!c.unwrap().kind().is_admin()),
         }
         assert_eq!(

@@ -29,6 +29,11 @@
 //! known to be processed are kept in a bounded [`Outbox`] and resent, with their ids, by
 //! `reconnect` (the server ignores ids it has already processed).
 //!
+//! Failover: [`Client::connect_any`] takes several addresses (a primary and its standby)
+//! and [`Client::failover`] moves a broken client to the next one that answers,
+//! resuming the session where the server knows it and starting a new one where it does
+//! not (a promoted standby: sessions live in a gateway's memory).
+//!
 //! Nothing the server sends can make the client panic: malformed frames, unexpected
 //! messages and out-of-order seqs are errors.
 //!
@@ -70,8 +75,8 @@ use ringex_engine::{
 };
 use ringex_gateway::protocol::{
     encode_client, login_flags, secret_hash, AdminAck, Balance, ClientMessage, FrameError, Login,
-    LoginAccepted, LoginRejectReason, LogoutReason, OpenOrder, OrderRejected, ServerMessage,
-    FRAME_SIZE_MAX,
+    LoginAccepted, LoginRejectReason, LogoutReason, OpenOrder, OrderRejected, Promoted,
+    ServerMessage, FRAME_SIZE_MAX,
 };
 
 pub use outbox::Outbox;
@@ -99,6 +104,25 @@ enum SocketRead {
     Filled,
 }
 
+/// Where [`Client::failover`] picked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failover {
+    /// The session resumed at `addr`: missed messages are replayed (read them with
+    /// `poll`) and unanswered requests were resent with their ids.
+    Resumed {
+        addr: SocketAddr,
+        accepted: LoginAccepted,
+    },
+    /// The session is not known at `addr` (another node): a new session, whose seqs
+    /// start at 1. `unanswered`: requests sent in the old session with no answer; they
+    /// may or may not have been processed, and were not resent.
+    NewSession {
+        addr: SocketAddr,
+        accepted: LoginAccepted,
+        unanswered: Vec<ClientMessage>,
+    },
+}
+
 /// Where to pick a session up after a disconnect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resume {
@@ -121,6 +145,8 @@ pub struct ClientOptions {
     pub silence_timeout: Duration,
     /// Most requests kept for resending while their answers are outstanding.
     pub outbox_capacity: usize,
+    /// [`Client::failover`]: passes over the address list before giving up.
+    pub failover_rounds: u32,
 }
 
 impl Default for ClientOptions {
@@ -132,6 +158,7 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             silence_timeout: Duration::from_secs(5),
             outbox_capacity: 65_536,
+            failover_rounds: 3,
         }
     }
 }
@@ -248,6 +275,8 @@ fn wait_fd(fd: RawFd, events: libc::c_short, timeout: Duration) -> io::Result<bo
 /// A logged-in session. See the module documentation.
 pub struct Client {
     addr: SocketAddr,
+    /// Every address this client may fail over between (`addr` among them), in order.
+    addrs: Vec<SocketAddr>,
     key_id: u64,
     secret_hash: [u8; 32],
     options: ClientOptions,
@@ -289,6 +318,7 @@ impl Client {
         let outbox = Outbox::new(options.outbox_capacity);
         let mut client = Client {
             addr,
+            addrs: vec![addr],
             key_id,
             secret_hash: secret_hash(secret.as_bytes()),
             stream,
@@ -422,18 +452,16 @@ impl Client {
     /// `AlreadyLoggedIn` (the server has not yet seen the old connection close) is
     /// retried for up to the client's timeout.
     pub fn reconnect(&mut self) -> Result<LoginAccepted> {
+        let addr = self.addr;
+        self.resume_at(addr)
+    }
+
+    /// Opens a connection to `addr` and resumes the session there, retrying
+    /// `AlreadyLoggedIn` for up to the client's timeout (see [`Client::reconnect`]).
+    fn resume_at(&mut self, addr: SocketAddr) -> Result<LoginAccepted> {
         let give_up = Instant::now() + self.options.timeout;
         loop {
-            self.broken = true;
-            self.logged_in = false;
-            let stream = Self::open(self.addr, self.options.timeout)?;
-            self.stream = stream;
-            self.reader.clear();
-            self.wbuf.clear();
-            self.wpos = 0;
-            let now = Instant::now();
-            self.last_sent = now;
-            self.last_received = now;
+            self.attach(addr)?;
             let resume = Resume {
                 session_id: self.login.session_id,
                 from_seq: self.next_seq,
@@ -447,6 +475,105 @@ impl Client {
                 r => return r,
             }
         }
+    }
+
+    /// A fresh connection to `addr`, not logged in yet.
+    fn attach(&mut self, addr: SocketAddr) -> Result<()> {
+        self.broken = true;
+        self.logged_in = false;
+        let stream = Self::open(addr, self.options.timeout)?;
+        self.addr = addr;
+        self.stream = stream;
+        self.reader.clear();
+        self.wbuf.clear();
+        self.wpos = 0;
+        let now = Instant::now();
+        self.last_sent = now;
+        self.last_received = now;
+        Ok(())
+    }
+
+    /// Connects to the first of `addrs` that takes the login (in order, one pass), and
+    /// remembers them all for [`Client::failover`].
+    pub fn connect_any(
+        addrs: &[SocketAddr],
+        key_id: u64,
+        secret: &str,
+        options: ClientOptions,
+    ) -> Result<Client> {
+        let mut last = ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, "no address"));
+        for &addr in addrs {
+            match Client::connect(addr, key_id, secret, options.clone()) {
+                Ok(mut c) => {
+                    c.addrs = addrs.to_vec();
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The addresses [`Client::failover`] tries, in order.
+    pub fn addresses(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The address of the current (or last) connection.
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// After the connection broke: tries the addresses in turn, starting with the
+    /// current one, for at most [`ClientOptions::failover_rounds`] passes (each connect
+    /// and login bounded by the client's timeout). Where the session is known (the same
+    /// server, back), it resumes as [`Client::reconnect`] does. Where it is not
+    /// (`ResumeImpossible`: sessions live in a gateway's memory, so a promoted standby
+    /// never knows them), it logs in a new session there and hands back the requests
+    /// that were never answered: whether the old server processed them is unknown here,
+    /// so they are not resent; query open orders and balances to find out.
+    pub fn failover(&mut self) -> Result<Failover> {
+        let start = self.addrs.iter().position(|a| *a == self.addr).unwrap_or(0);
+        let n = self.addrs.len().max(1);
+        let mut last = ClientError::Disconnected;
+        for round in 0..self.options.failover_rounds.max(1) {
+            if round > 0 {
+                // A pause between passes: a standby being promoted opens its listener
+                // within a second or so.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            for i in 0..n {
+                let Some(&addr) = self.addrs.get((start + i) % n) else {
+                    continue;
+                };
+                match self.resume_at(addr) {
+                    Ok(accepted) => return Ok(Failover::Resumed { addr, accepted }),
+                    Err(ClientError::LoginRejected(LoginRejectReason::ResumeImpossible)) => {
+                        match self.new_session_at(addr) {
+                            Ok(f) => return Ok(f),
+                            Err(e) => last = e,
+                        }
+                    }
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// A new session at `addr`, the unanswered requests of the old one handed back.
+    fn new_session_at(&mut self, addr: SocketAddr) -> Result<Failover> {
+        let unanswered = self.outbox.unprocessed(0);
+        if let Some(last) = unanswered.last().and_then(|m| m.request_id()) {
+            self.outbox.answered(last);
+        }
+        self.attach(addr)?;
+        let accepted = self.login(None)?;
+        Ok(Failover::NewSession {
+            addr,
+            accepted,
+            unanswered,
+        })
     }
 
     /// Drops the connection without a Logout, as a network failure would (the session
@@ -938,6 +1065,16 @@ impl Client {
         r.admin_ack()
             .copied()
             .ok_or_else(|| ClientError::Protocol(format!("no AdminAck in {r:?}")))
+    }
+
+    /// Makes the standby this client is logged in to (admin listener, admin key) the
+    /// primary: returns once its epoch record is durable. A node that is not a standby,
+    /// or whose promotion failed, refuses ([`ClientError::Rejected`]).
+    pub fn promote(&mut self) -> Result<Promoted> {
+        let r = self.request_ok(&Request::Promote)?;
+        r.promoted()
+            .copied()
+            .ok_or_else(|| ClientError::Protocol(format!("no Promoted in {r:?}")))
     }
 
     pub fn create_account(&mut self, account: AccountId) -> Result<AdminAck> {

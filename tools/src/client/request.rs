@@ -7,7 +7,7 @@ use ringex_engine::{
 use ringex_gateway::protocol::{
     template, AdminAck, AdminRequest, Balance, BalanceQuery, Cancel, Cancelled, ClientMessage,
     Filled, MassCancel, MassCancelDone, NewOrder, OpenOrder, OpenOrdersQuery, OrderAccepted,
-    OrderRejected, Replace, Replaced, ServerMessage,
+    OrderRejected, Promoted, Replace, Replaced, ServerMessage,
 };
 
 /// The fields of a new order. Build with [`OrderParams::limit`], [`OrderParams::market`]
@@ -103,6 +103,8 @@ pub enum Request {
     },
     /// An admin engine command (admin listener and admin key only).
     Admin(Command),
+    /// Make a standby the primary (admin listener and admin key only).
+    Promote,
 }
 
 impl Request {
@@ -125,6 +127,7 @@ impl Request {
             Request::BalanceQuery => template::BALANCE_QUERY,
             Request::OpenOrdersQuery { .. } => template::OPEN_ORDERS_QUERY,
             Request::Admin(c) => c.kind() as u16 + template::ADMIN_OFFSET,
+            Request::Promote => template::PROMOTE,
         }
     }
 
@@ -170,6 +173,7 @@ impl Request {
                 request_id,
                 command,
             }),
+            Request::Promote => ClientMessage::Promote { request_id },
         }
     }
 }
@@ -224,6 +228,13 @@ impl Response {
     pub fn mass_cancel_done(&self) -> Option<&MassCancelDone> {
         self.messages.iter().find_map(|m| match m {
             ServerMessage::MassCancelDone(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    pub fn promoted(&self) -> Option<&Promoted> {
+        self.messages.iter().find_map(|m| match m {
+            ServerMessage::Promoted(p) => Some(p),
             _ => None,
         })
     }
