@@ -303,9 +303,18 @@ impl Peer {
         panic!("the server did not close the connection");
     }
 
+    /// Whether the server has closed the connection. Bytes that arrive meanwhile are
+    /// kept for the next `recv` (dropping them would cut the stream mid-frame).
     fn closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.stream.read(&mut b), Ok(0))
+        let mut b = [0u8; 4096];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(n) => {
+                self.buf.extend_from_slice(&b[..n]);
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 
