@@ -599,14 +599,17 @@ pub fn serve(
     };
     // The admin listener closes here; the primary's opens below.
     drop(gateway);
+    if let Err(e) = &served {
+        // Without its listener the standby could not be promoted: it stops too.
+        eprintln!("ringex: the standby's admin listener failed: {e}; stopping");
+        stop.store(true, Ordering::Relaxed);
+    }
     let ended = thread
         .join()
         .map_err(|_| "the standby thread panicked".to_string())?;
-    if let Err(e) = served {
-        eprintln!("ringex: the standby's admin listener stopped: {e}");
-    }
     let (node, epoch, seq) = match ended? {
         StandbyEnd::Stopped => {
+            served.map_err(|e| format!("the standby's admin listener failed: {e}"))?;
             eprintln!("ringex: standby stopped");
             return Ok(());
         }
