@@ -65,7 +65,8 @@ enum Cmd {
         /// `--key-id`), else the config's.
         #[arg(long)]
         secret: Option<String>,
-        /// How long to wait for the answer and then for the client listener.
+        /// How long to wait for the promotion, and then for the node to serve as the
+        /// primary.
         #[arg(long, default_value_t = 30)]
         timeout_seconds: u64,
     },
@@ -383,10 +384,18 @@ fn promote_online(
         .iter()
         .flat_map(|a| a.api_keys.iter())
         .find(|k| k.admin);
-    let secret = secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok());
+    // The environment's secret goes with an explicit key id only.
+    let secret = match key_id {
+        Some(_) => secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok()),
+        None => secret,
+    };
     let (key_id, secret) = match (key_id, secret, configured) {
         (Some(id), Some(secret), _) => (id, secret),
-        (None, _, Some(k)) => (k.key_id, k.secret.clone()),
+        (None, None, Some(k)) => (k.key_id, k.secret.clone()),
+        (None, Some(_), _) => {
+            eprintln!("ringex promote: --secret needs --key-id");
+            return ExitCode::from(2);
+        }
         _ => {
             eprintln!(
                 "ringex promote: no admin key: give --key-id and --secret (or \

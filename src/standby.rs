@@ -8,6 +8,11 @@
 //! starts; a standby behind the primary's oldest segment installs the primary's snapshot
 //! and starts its journal after it. A broken connection is reopened, from where the
 //! standby's journal ends, with a pause between attempts.
+//!
+//! `ringex start` runs a standby with [`serve`]: beside the follower, its admin listener
+//! takes admin logins (keys looked up in the standby's own engine, through the [`Desk`])
+//! and `Promote`, and refuses everything else. Promoted, the follower journals the new
+//! epoch and hands its node back; the same process then serves as the primary.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -138,8 +143,8 @@ fn connect(
                     said = Some(why);
                 }
                 // The pause ends early when told to end (a promotion waits on it).
-                let resume_at = std::time::Instant::now() + RECONNECT_PAUSE;
-                while !until() && std::time::Instant::now() < resume_at {
+                let resume_at = Instant::now() + RECONNECT_PAUSE;
+                while !until() && Instant::now() < resume_at {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -598,14 +603,17 @@ pub fn serve(
     };
     // The admin listener closes here; the primary's opens below.
     drop(gateway);
+    if let Err(e) = &served {
+        // Without its listener the standby could not be promoted: it stops too.
+        eprintln!("ringex: the standby's admin listener failed: {e}; stopping");
+        stop.store(true, Ordering::Relaxed);
+    }
     let ended = thread
         .join()
         .map_err(|_| "the standby thread panicked".to_string())?;
-    if let Err(e) = served {
-        eprintln!("ringex: the standby's admin listener stopped: {e}");
-    }
     let (node, epoch, seq) = match ended? {
         StandbyEnd::Stopped => {
+            served.map_err(|e| format!("the standby's admin listener failed: {e}"))?;
             eprintln!("ringex: standby stopped");
             return Ok(());
         }
