@@ -262,9 +262,12 @@ pub fn run(
                 applied.clone(),
                 ended.clone(),
             );
+            let durable = node.durable_waiter();
             std::thread::Builder::new()
                 .name("ringex-standby-acks".into())
-                .spawn(move || acknowledge(acker, progress, marks, applied, heartbeat, ended))
+                .spawn(move || {
+                    acknowledge(acker, progress, marks, durable, applied, heartbeat, ended)
+                })
                 .map_err(|e| e.to_string())?
         };
         let result = follow(&mut node, &mut conn, &progress, &until);

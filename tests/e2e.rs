@@ -358,3 +358,163 @@ fn a_websocket_client_watches_and_trades_beside_the_binary_protocol() {
     assert_eq!(shutdown["type"], "serverShutdown");
     assert_eq!(thread.join().unwrap(), Ok(()));
 }
+
+/// `ringex start` as a child process with `config`; returns it and its WebSocket address.
+fn spawn_node(config_path: &Path) -> (std::process::Child, SocketAddr) {
+    let mut node = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["start", "--config"])
+        .arg(config_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(node.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut ws = None;
+    for _ in 0..100 {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("WebSocket on ").nth(1) {
+            // "WebSocket on ADDR, HTTP on ...; SIGTERM ..."
+            ws = rest
+                .split([',', ';'])
+                .next()
+                .and_then(|a| a.trim().parse().ok());
+            break;
+        }
+    }
+    // Keep the log flowing so the node never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (
+        node,
+        ws.expect("ringex start reports its WebSocket listener"),
+    )
+}
+
+/// A node killed with SIGKILL while a WebSocket client streams orders at it and another
+/// watches the book: after a restart on the same data, every order the client was told
+/// was placed is there, and nothing it did not send.
+#[test]
+fn a_node_killed_mid_stream_keeps_every_order_acknowledged_over_websocket() {
+    use serde_json::{json, Value};
+    use tungstenite::Message;
+    type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("e2e.toml");
+    let text = config_text(dir.path(), "auto")
+        .replace("messages_per_second = 50 ", "messages_per_second = 100000 ");
+    std::fs::write(&config_path, text).unwrap();
+    let open = |addr: SocketAddr| -> Ws {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        tungstenite::client(format!("ws://{addr}/ws"), stream)
+            .unwrap()
+            .0
+    };
+    let request = |ws: &mut Ws, v: Value| ws.send(Message::text(v.to_string())).unwrap();
+    let answer = |ws: &mut Ws, id: u64| -> Value {
+        loop {
+            if let Message::Text(t) = ws.read().unwrap() {
+                let m: Value = serde_json::from_str(t.as_str()).unwrap();
+                if m["id"] == id {
+                    return m;
+                }
+            }
+        }
+    };
+    let auth = |ws: &mut Ws, nonce: u64| {
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let hash = ringex_gateway::protocol::secret_hash(MAKER.1.as_bytes());
+        let sig = ringex_gateway::protocol::sign_login(&hash, MAKER.0, ts, nonce);
+        let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+        request(
+            ws,
+            json!({"method": "auth", "id": 0,
+                   "params": {"key": MAKER.0, "timestamp": ts, "nonce": nonce, "signature": hex}}),
+        );
+        assert_eq!(answer(ws, 0)["result"]["account"], 1001);
+    };
+    let order = |i: u64| {
+        json!({"method": "order.place", "id": i, "params": {"market": "BTC-USDT",
+               "side": "buy", "price": format!("{}.00", 59_000 - i % 50), "qty": "0.0001",
+               "clientOrderId": i}})
+    };
+
+    let (mut node, ws_addr) = spawn_node(&config_path);
+    let mut watcher = open(ws_addr);
+    request(
+        &mut watcher,
+        json!({"method": "subscribe", "id": 1,
+               "params": {"channels": ["depth", "trades"], "markets": ["BTC-USDT"]}}),
+    );
+    assert_eq!(answer(&mut watcher, 1)["id"], 1);
+    let mut trader = open(ws_addr);
+    auth(&mut trader, 1);
+    let mut acknowledged = Vec::new();
+    for i in 1..=100 {
+        request(&mut trader, order(i));
+        let placed = answer(&mut trader, i);
+        assert_eq!(placed["result"]["status"], "new", "{placed}");
+        acknowledged.push(i);
+    }
+    // Fifty more in flight, and the node is killed under them.
+    for i in 101..=150 {
+        request(&mut trader, order(i));
+    }
+    for i in 101..=110 {
+        assert_eq!(answer(&mut trader, i)["result"]["status"], "new");
+        acknowledged.push(i);
+    }
+    unsafe {
+        libc::kill(node.id() as i32, libc::SIGKILL);
+    }
+    node.wait().unwrap();
+    // Both clients see the connection end (no close frame: the process is gone).
+    for ws in [&mut watcher, &mut trader] {
+        let ended = loop {
+            match ws.read() {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            !matches!(ended, tungstenite::Error::ConnectionClosed),
+            "{ended}"
+        );
+    }
+
+    let (mut node, ws_addr) = spawn_node(&config_path);
+    let mut trader = open(ws_addr);
+    auth(&mut trader, 2);
+    request(
+        &mut trader,
+        json!({"method": "account.openOrders", "id": 1, "params": {"market": "BTC-USDT"}}),
+    );
+    let open_orders = answer(&mut trader, 1);
+    let mut ids: Vec<u64> = open_orders["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["clientOrderId"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert!(
+        acknowledged.iter().all(|i| ids.contains(i)),
+        "acknowledged orders lost: {:?}",
+        acknowledged
+            .iter()
+            .filter(|i| !ids.contains(i))
+            .collect::<Vec<_>>()
+    );
+    assert!(ids.iter().all(|i| (1..=150).contains(i)), "{ids:?}");
+    unsafe {
+        libc::kill(node.id() as i32, libc::SIGTERM);
+    }
+    assert!(node.wait().unwrap().success(), "exit 0 after SIGTERM");
+}

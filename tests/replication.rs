@@ -68,12 +68,21 @@ fn stream(commands: usize) -> Vec<Command> {
     all
 }
 
+/// Submits as a client would: a full ring is offered again, and so is a refusal of a
+/// `sync` primary halted for a standby that is slow to acknowledge (a standby starting
+/// on a loaded machine can take longer than the halt's one second), which it lifts once
+/// the standby has caught up.
 fn submit(node: &mut Node, command: &Command, tag: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match node.submit(command, tag) {
             Ok(()) => return,
             Err(NodeError::Backpressure) if Instant::now() < deadline => {}
+            Err(NodeError::Refused(why))
+                if why.contains("replication halted") && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             Err(e) => panic!("submit: {e}"),
         }
     }

@@ -617,6 +617,34 @@ impl RetailEdge {
         self.queue_chunk(id, Chunk::Shared(frame));
     }
 
+    /// Queues a frame of this connection's own (a reply, a snapshot, a private update, a
+    /// pong, an echo). A client that does not read cannot make its queue grow without
+    /// bound by asking: when what it was sent is still unsent past the outbound bound,
+    /// it is closed 1013 like a slow subscriber. What the socket takes now is written
+    /// first, so a client that reads is never cut by the size of one burst.
+    fn queue_own(&mut self, id: usize, frame: Vec<u8>) {
+        let limit = self.config.outbound_buffer_bytes;
+        let unsent = |edge: &Self| match edge.conn_ref(id) {
+            Some(c) if c.phase == Phase::Open => Some(c.out_bytes),
+            _ => None,
+        };
+        let Some(before) = unsent(self) else {
+            return;
+        };
+        if before > limit {
+            self.flush(id);
+            match unsent(self) {
+                None => return,
+                Some(left) if left > limit => {
+                    self.slow_consumer(id, left);
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        self.queue_chunk(id, Chunk::Own(frame));
+    }
+
     fn slow_consumer(&mut self, id: usize, unsent: usize) {
         self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
         self.refuse_conn(id, Refusal::SlowConsumer, Detail::None);
@@ -657,10 +685,7 @@ impl RetailEdge {
     /// uncompressed (RSV1 = 0 is allowed per message), so no deflate state per
     /// connection.
     fn send_text(&mut self, id: usize, json: &[u8]) {
-        let frame = ws::frame(ws::OP_TEXT, false, json);
-        if self.conn_ref(id).is_some_and(|c| c.phase == Phase::Open) {
-            self.queue_chunk(id, Chunk::Own(frame));
-        }
+        self.queue_own(id, ws::frame(ws::OP_TEXT, false, json));
     }
 
     /// After an overrun (this loop fell a whole hand-off queue behind): every client is
@@ -1336,16 +1361,16 @@ impl RetailEdge {
                 if !self.take_token(id) {
                     return self.conn_ref(id).is_some();
                 }
-                self.queue_chunk(id, Chunk::Own(ws::frame(ws::OP_PONG, false, &payload)));
+                self.queue_own(id, ws::frame(ws::OP_PONG, false, &payload));
                 true
             }
             Incoming::Pong(_) => true,
             Incoming::Binary(data) if echo => {
-                self.queue_chunk(id, Chunk::Own(ws::frame(ws::OP_BINARY, false, &data)));
+                self.queue_own(id, ws::frame(ws::OP_BINARY, false, &data));
                 true
             }
             Incoming::Text(data) if echo => {
-                self.queue_chunk(id, Chunk::Own(ws::frame(ws::OP_TEXT, false, &data)));
+                self.queue_own(id, ws::frame(ws::OP_TEXT, false, &data));
                 true
             }
             Incoming::Binary(_) => {
@@ -1919,7 +1944,10 @@ impl RetailEdge {
         }
         for id in silent {
             self.refuse_conn(id, Refusal::HeartbeatTimeout, Detail::None);
+            // The close frame goes to the socket if it has room (a peer that is gone
+            // takes nothing), then the connection ends.
             self.close_with(id, close::POLICY_VIOLATION, "silent too long");
+            self.flush(id);
             self.drop_conn(id, link);
         }
         for id in unengaged {

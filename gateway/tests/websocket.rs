@@ -504,8 +504,26 @@ fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
     wait_until("the slow client is cut off", || {
         rig.stats.refusals.get(Refusal::SlowConsumer) == 1
     });
-    let (code, reason) = closed(&mut slow);
+    // Its output was cut between frames: what it still reads are whole updates that
+    // chain, then the close.
+    assert_eq!(reply(&mut slow, 1)["result"], json!(["depth@BTC-USDT"]));
+    let mut slow_last = recv(&mut slow)["last"].as_u64().unwrap();
+    let mut updates = 0;
+    let (code, reason) = loop {
+        match slow.ws.read() {
+            Ok(Message::Text(t)) => {
+                let d: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(d["first"].as_u64().unwrap(), slow_last + 1, "no gap");
+                slow_last = d["last"].as_u64().unwrap();
+                updates += 1;
+            }
+            Ok(Message::Close(Some(f))) => break (u16::from(f.code), f.reason.to_string()),
+            Ok(_) => {}
+            Err(e) => panic!("the stream broke before the close: {e}"),
+        }
+    };
     assert_eq!(code, 1013, "{reason}");
+    assert!(updates > 0);
 }
 
 #[test]
@@ -717,4 +735,419 @@ fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compres
         assert_eq!(seen["ticker"]["volume"], volume);
         assert_eq!(seen["ticker"]["count"], market.trade_count);
     }
+}
+
+#[test]
+fn a_client_that_asks_but_never_reads_is_closed_1013_and_others_go_on() {
+    let rig = Rig::start(RetailConfig {
+        outbound_buffer_bytes: 16 * 1024,
+        socket_send_buffer_bytes: 16 * 1024,
+        messages_per_second: 1_000_000,
+        ..RetailConfig::loopback()
+    });
+    // It subscribes to nothing, so no published update ever finds its queue full: only
+    // the replies it asks for pile up.
+    let mut greedy = connect(rig.ws);
+    let request = Message::text(json!({"method": "markets", "id": 1}).to_string());
+    let mut sent = 0;
+    while rig.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            sent < 200_000,
+            "{sent} unread replies (megabytes) and still queued"
+        );
+        greedy.ws.send(request.clone()).unwrap();
+        sent += 1;
+    }
+    // What it was sent before the close arrives whole, frame by frame, then the close.
+    let (code, reason) = closed(&mut greedy);
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.starts_with("slow consumer"), "{reason}");
+    let mut other = connect(rig.ws);
+    send(&mut other, json!({"method": "ping", "id": 1}));
+    assert_eq!(reply(&mut other, 1)["result"], "pong");
+}
+
+/// A masked client frame, written by hand (tungstenite sends neither fragments of our
+/// choosing nor compressed frames).
+fn client_frame(opcode: u8, fin: bool, rsv1: bool, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65_536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+/// Opens a WebSocket by hand on `path`, offering `extensions`; returns the stream and
+/// the response head.
+fn raw_upgrade(addr: SocketAddr, path: &str, extensions: Option<&str>) -> (TcpStream, String) {
+    use std::io::Read;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    if let Some(e) = extensions {
+        req.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // Byte by byte, so nothing after the head is taken from the stream.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8(head).unwrap())
+}
+
+/// One server frame: (fin, rsv1, opcode, payload).
+fn read_frame(s: &mut TcpStream) -> (bool, bool, u8, Vec<u8>) {
+    use std::io::Read;
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+    let len = match h[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u64::from(u16::from_be_bytes(l))
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x40 != 0, h[0] & 0x0f, payload)
+}
+
+#[test]
+fn the_echo_path_echoes_text_and_binary_whole_fragmented_and_compressed() {
+    let rig = Rig::start(RetailConfig {
+        echo_path: Some("/echo".into()),
+        first_subscription_ms: 200,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, head) = raw_upgrade(rig.ws, "/echo", Some("permessage-deflate"));
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("permessage-deflate"), "{head}");
+    let text = br#"{"not":"a request","but":"echoed"}"#;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let mut deflater = ringex_gateway::ws::Deflater::default();
+    let compressed = deflater.deflate(text);
+    let mut bytes = client_frame(0x1, true, false, text);
+    bytes.extend(client_frame(0x2, true, false, &binary));
+    // Fragmented, with a ping between the fragments.
+    bytes.extend(client_frame(0x2, false, false, &binary[..300]));
+    bytes.extend(client_frame(0x0, false, false, &binary[300..301]));
+    bytes.extend(client_frame(0x9, true, false, b"between"));
+    bytes.extend(client_frame(0x0, true, false, &binary[301..]));
+    // Compressed in one frame and in three.
+    bytes.extend(client_frame(0x1, true, true, &compressed));
+    let (a, rest) = compressed.split_at(compressed.len() / 3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    bytes.extend(client_frame(0x1, false, true, a));
+    bytes.extend(client_frame(0x0, false, false, b));
+    bytes.extend(client_frame(0x0, true, false, c));
+    s.write_all(&bytes).unwrap();
+    // Echoes are whole, uncompressed messages; the ping is answered where it came.
+    let expected: [(u8, &[u8]); 6] = [
+        (0x1, text),
+        (0x2, &binary),
+        (0xA, b"between"),
+        (0x2, &binary),
+        (0x1, text),
+        (0x1, text),
+    ];
+    for (opcode, payload) in expected {
+        let (fin, rsv1, op, got) = read_frame(&mut s);
+        assert_eq!((fin, rsv1, op), (true, false, opcode));
+        assert_eq!(got, payload);
+    }
+    // No first-subscription timer on the echo path (it was 200 ms), and the close is
+    // answered.
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let mut n = 0u32;
+    while Instant::now() < deadline {
+        n += 1;
+        s.write_all(&client_frame(0x1, true, false, b"still here"))
+            .unwrap();
+        assert_eq!(read_frame(&mut s).3, b"still here");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(n > 3);
+    s.write_all(&client_frame(0x8, true, false, &1000u16.to_be_bytes()))
+        .unwrap();
+    let (_, _, op, payload) = read_frame(&mut s);
+    assert_eq!((op, payload), (0x8, 1000u16.to_be_bytes().to_vec()));
+}
+
+#[test]
+fn the_echo_path_is_off_by_default() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let (_, head) = raw_upgrade(rig.ws, "/echo", None);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+/// Reads server frames until a close; returns its code and reason.
+fn raw_closed(s: &mut TcpStream) -> (u16, String) {
+    loop {
+        let (_, _, op, payload) = read_frame(s);
+        if op == 0x8 {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+        }
+    }
+}
+
+fn still_served(rig: &Rig) {
+    let mut other = connect(rig.ws);
+    send(&mut other, json!({"method": "ping", "id": 1}));
+    assert_eq!(reply(&mut other, 1)["result"], "pong");
+}
+
+#[test]
+fn frames_that_break_the_rules_close_with_their_codes_and_others_go_on() {
+    let rig = Rig::start(RetailConfig::loopback());
+    // Compressed without negotiation.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&client_frame(0x1, true, true, b"\x4b\x04\x00"))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    // Negotiated, but not deflate data.
+    let (mut s, head) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    assert!(head.contains("permessage-deflate"), "{head}");
+    s.write_all(&client_frame(0x1, true, true, &[0xff; 8]))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1007);
+    // Unmasked.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    // A header announcing an exabyte: refused at the header, nothing is allocated.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut huge = vec![0x81, 0xff];
+    huge.extend_from_slice(&(u64::MAX >> 1).to_be_bytes());
+    huge.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&huge).unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1009);
+    // Fragments that never end: the message is refused once over the size limit.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut endless = client_frame(0x1, false, false, &[b'a'; 1000]);
+    for _ in 0..80 {
+        endless.extend(client_frame(0x0, false, false, &[b'a'; 1000]));
+    }
+    let _ = s.write_all(&endless);
+    assert_eq!(raw_closed(&mut s).0, 1009);
+    // A close code no one may send.
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    s.write_all(&client_frame(0x8, true, false, &1005u16.to_be_bytes()))
+        .unwrap();
+    assert_eq!(raw_closed(&mut s).0, 1002);
+    still_served(&rig);
+}
+
+#[test]
+fn a_ping_flood_is_answered_within_the_message_rate_then_closed_1008() {
+    let rig = Rig::start(RetailConfig {
+        messages_per_second: 5,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let flood: Vec<u8> = (0..200)
+        .flat_map(|_| client_frame(0x9, true, false, b"p"))
+        .collect();
+    let _ = s.write_all(&flood);
+    let mut pongs = 0;
+    let code = loop {
+        let (_, _, op, payload) = read_frame(&mut s);
+        match op {
+            0xA => pongs += 1,
+            0x8 => break u16::from_be_bytes([payload[0], payload[1]]),
+            _ => {}
+        }
+    };
+    assert_eq!((code, pongs), (1008, 5));
+    still_served(&rig);
+}
+
+#[test]
+fn connections_past_the_per_ip_limit_get_503_until_one_leaves() {
+    let rig = Rig::start(RetailConfig {
+        connections_per_ip: 3,
+        ..RetailConfig::loopback()
+    });
+    let mut held: Vec<Client> = (0..3).map(|_| connect(rig.ws)).collect();
+    let (_, head) = raw_upgrade(rig.ws, "/ws", None);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(rig.stats.refusals.get(Refusal::PerIpLimit), 1);
+    let mut gone = held.pop().unwrap();
+    gone.ws.close(None).unwrap();
+    let _ = closed(&mut gone);
+    drop(gone);
+    wait_until("the server let the connection go", || {
+        rig.stats.connections_active.load(Ordering::Relaxed) == 2
+    });
+    still_served(&rig);
+}
+
+#[test]
+fn an_upgrade_that_never_completes_is_dropped_and_holds_no_one_up() {
+    use std::io::Read;
+    let rig = Rig::start(RetailConfig {
+        first_subscription_ms: 300,
+        connections_per_ip: 2,
+        ..RetailConfig::loopback()
+    });
+    // Two slow handshakes take the address's connections; a third is refused meanwhile.
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(rig.ws).unwrap();
+            s.set_read_timeout(Some(DEADLINE)).unwrap();
+            s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: webso")
+                .unwrap();
+            s
+        })
+        .collect();
+    wait_until("both are accepted", || {
+        rig.stats.connections_active.load(Ordering::Relaxed) == 2
+    });
+    let (_, head) = raw_upgrade(rig.ws, "/ws", None);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    // Once the time to subscribe has passed, they are dropped without an answer...
+    for s in &mut slow {
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    }
+    // ...and the address may connect again.
+    still_served(&rig);
+}
+
+#[test]
+fn a_connection_silent_past_the_idle_timeout_is_closed_1008() {
+    let rig = Rig::start(RetailConfig {
+        ping_interval_ms: 100,
+        idle_timeout_ms: 400,
+        ..RetailConfig::loopback()
+    });
+    // It never answers the server's pings (as a peer that vanished would not).
+    let (mut s, _) = raw_upgrade(rig.ws, "/ws", None);
+    let mut pings = 0;
+    let (code, reason) = loop {
+        let (_, _, op, payload) = read_frame(&mut s);
+        match op {
+            0x9 => pings += 1,
+            0x8 => {
+                break (
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                )
+            }
+            _ => {}
+        }
+    };
+    assert_eq!((code, reason.as_str()), (1008, "silent too long"));
+    assert!(pings >= 2, "{pings} pings");
+    assert_eq!(rig.stats.refusals.get(Refusal::HeartbeatTimeout), 1);
+}
+
+#[test]
+fn an_auth_replayed_on_another_connection_is_refused() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let params = auth_params(MAKER_KEY, 77);
+    let mut first = connect(rig.ws);
+    send(
+        &mut first,
+        json!({"method": "auth", "params": params.clone(), "id": 1}),
+    );
+    assert_eq!(reply(&mut first, 1)["result"]["account"], 10);
+    let mut replay = connect(rig.ws);
+    send(
+        &mut replay,
+        json!({"method": "auth", "params": params, "id": 1}),
+    );
+    assert_eq!(
+        reply(&mut replay, 1)["error"],
+        json!({"code": 403, "msg": "replayed_nonce"})
+    );
+    // A timestamp outside the skew, correctly signed, is refused as well.
+    let ts = now_ns() - 60_000_000_000;
+    let sig = sign_login(
+        &secret_hash(secret(MAKER_KEY).as_bytes()),
+        MAKER_KEY,
+        ts,
+        78,
+    );
+    let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+    send(
+        &mut replay,
+        json!({"method": "auth", "id": 2,
+               "params": {"key": MAKER_KEY, "timestamp": ts, "nonce": 78, "signature": hex}}),
+    );
+    assert_eq!(reply(&mut replay, 2)["error"]["msg"], "stale_timestamp");
+    // And the refused connection still may not trade.
+    send(
+        &mut replay,
+        json!({"method": "order.cancelAll", "params": {}, "id": 3}),
+    );
+    assert_eq!(reply(&mut replay, 3)["error"]["code"], 401);
+}
+
+#[test]
+fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_close() {
+    // Echoes larger than the socket's buffer are always written in parts: when the
+    // client is found slow, one of them is half written.
+    let rig = Rig::start(RetailConfig {
+        echo_path: Some("/echo".into()),
+        outbound_buffer_bytes: 16 * 1024,
+        socket_send_buffer_bytes: 16 * 1024,
+        messages_per_second: 1_000_000,
+        ..RetailConfig::loopback()
+    });
+    let (mut s, _) = raw_upgrade(rig.ws, "/echo", None);
+    let message: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = client_frame(0x2, true, false, &message);
+    let mut sent = 0;
+    while rig.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(sent < 2_000, "{sent} echoes unread and still queued");
+        s.write_all(&frame).unwrap();
+        sent += 1;
+    }
+    let mut whole = 0;
+    let (code, reason) = loop {
+        let (fin, _, op, payload) = read_frame(&mut s);
+        match op {
+            0x2 => {
+                assert!(fin && payload == message, "echo {whole} arrived broken");
+                whole += 1;
+            }
+            0x8 => {
+                break (
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                )
+            }
+            op => panic!("opcode {op:#x}: the stream lost its frame boundaries"),
+        }
+    };
+    assert_eq!(code, 1013, "{reason}");
+    assert!(whole < sent, "{whole} of {sent}");
 }

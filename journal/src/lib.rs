@@ -42,7 +42,7 @@ pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};
 pub use tap::{FrameTap, TapRead};
 pub use writer::{
-    Config, Durability, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
+    Config, Durability, DurableWaiter, Journal, Prefault, PruneReport, PrunedSegment, Watermarks,
     WRITER_PREFAULT_AHEAD_BYTES, WRITER_PREFAULT_STEP_BYTES,
 };
 

@@ -1175,6 +1175,13 @@ impl Journal {
         self.shared.watermarks.clone()
     }
 
+    /// A handle other threads wait on for the durable point (each sync round wakes it).
+    pub fn durable_waiter(&self) -> DurableWaiter {
+        DurableWaiter {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Next sequence `append` will assign.
     pub fn seq_next(&self) -> u64 {
         self.seq_next
@@ -1896,6 +1903,21 @@ impl Journal {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// Waits for the journal's durable point from a thread that is not the writer: a standby
+/// acknowledges each sync round as it completes instead of polling the watermark.
+#[derive(Clone)]
+pub struct DurableWaiter {
+    shared: Arc<Shared>,
+}
+
+impl DurableWaiter {
+    /// Blocks until `durable >= seq`, the writer fails, or `timeout` passes. Ok(false) on
+    /// timeout.
+    pub fn wait(&self, seq: u64, timeout: Duration) -> Result<bool> {
+        wait_durable(&self.shared, seq, timeout)
     }
 }
 

@@ -316,6 +316,8 @@ pub struct Node {
     /// The journal's write path, and why if it is not the one asked for.
     journal_backend: String,
     journal_id: u128,
+    /// Waits for the journal's durable point (a standby's acknowledgements).
+    durable_waiter: ringex_journal::DurableWaiter,
     /// A primary's replication listener: its stop flag, thread and address.
     replication: Option<(Arc<AtomicBool>, JoinHandle<()>, std::net::SocketAddr)>,
 }
@@ -571,6 +573,7 @@ impl Node {
         let fresh = recovery.seq_last == 0;
         let metrics = Arc::new(Metrics::default());
         let _ = metrics.journal.set(journal.watermarks());
+        let durable_waiter = journal.durable_waiter();
         let topology = config.topology();
         let inline = topology == Topology::Inline;
         let wake = match &output {
@@ -802,6 +805,7 @@ impl Node {
             journal_backend,
             replication,
             journal_id,
+            durable_waiter,
         })
     }
 
@@ -970,6 +974,11 @@ impl Node {
                     .unwrap_or_else(|| "the promotion failed".into()),
             )),
         }
+    }
+
+    /// Waits for the journal's durable point, woken by each sync round.
+    pub fn durable_waiter(&self) -> ringex_journal::DurableWaiter {
+        self.durable_waiter.clone()
     }
 
     /// The journal's written and durable watermarks.

@@ -235,18 +235,20 @@ pub fn follow(
 }
 
 /// The standby's acknowledgements: what it received, what its journal made durable and
-/// what its engine applied, promptly after each change and every `heartbeat` otherwise.
+/// what its engine applied, as soon as a sync round makes more durable (a `sync` primary
+/// waits for exactly that), and every `heartbeat` otherwise.
 pub fn acknowledge(
     mut acker: Acker,
     progress: Arc<StandbyProgress>,
     marks: Arc<Watermarks>,
+    durable_waiter: ringex_journal::DurableWaiter,
     applied: Arc<AtomicU64>,
     heartbeat: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let mut last = (0u64, 0u64);
     let mut sent_at = Instant::now() - heartbeat;
-    // Ends when the connection or the node does.
+    // Ends when the connection or the node does; each pass waits at most 1 ms.
     while !stop.load(Ordering::Relaxed) {
         let received = progress.received.load(Ordering::Acquire);
         let durable = marks.durable().min(received);
@@ -261,13 +263,19 @@ pub fn acknowledge(
             last = (received, durable);
             sent_at = Instant::now();
         }
-        // Behind: look again soon (the primary may be waiting in sync mode); idle: rest.
-        let pause = if received > durable {
-            Duration::from_micros(20)
-        } else {
-            Duration::from_micros(500)
-        };
-        std::thread::sleep(pause);
+        // Woken by the sync round that makes the next record durable; received-only
+        // progress is reported within the millisecond. A journal durable past `received`
+        // waits for the follower to publish its batch, a moment away. A failed journal
+        // stops the node, which ends this loop through `stop`.
+        let journal_durable = marks.durable();
+        if journal_durable > received {
+            std::thread::sleep(Duration::from_micros(50));
+        } else if durable_waiter
+            .wait(journal_durable + 1, Duration::from_millis(1))
+            .is_err()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     acker.close();
     Ok(())

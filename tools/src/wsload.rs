@@ -14,7 +14,10 @@
 //! server compresses it). Trade-to-client latency is the time a trade message is read
 //! minus the trade's `time` (the command's journaled timestamp, in whole milliseconds),
 //! so it counts the whole path (gateway, journal, engine, publisher, socket) and reads up
-//! to 1 ms high.
+//! to 1 ms high. Only `--ws-sample` connections, spread evenly, are inflated and read
+//! for the latency and the payload size; the others' frames are counted (messages and
+//! bytes delivered) without decoding, so one generator thread can keep up with what
+//! thousands of subscribers are sent.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -55,6 +58,12 @@ pub struct WsLoadArgs {
     /// Skip the binary load alone (the baseline).
     #[arg(long = "ws-no-baseline")]
     pub ws_no_baseline: bool,
+    /// Connections whose messages are inflated and read for the latency and the
+    /// payload size, spread evenly over all (every subscriber gets the same stream);
+    /// the others' frames are counted, not decoded, so the generator's own work does
+    /// not limit what the server can be seen to deliver. 0: all of them.
+    #[arg(long = "ws-sample", default_value_t = 100)]
+    pub ws_sample: u32,
 }
 
 impl Default for WsLoadArgs {
@@ -68,6 +77,7 @@ impl Default for WsLoadArgs {
             ws_daemon_pid: None,
             ws_idle_s: 2.0,
             ws_no_baseline: false,
+            ws_sample: 100,
         }
     }
 }
@@ -80,11 +90,16 @@ pub struct WsReport {
     pub subscribed: u32,
     /// Connections still open at the end.
     pub held: u32,
+    /// Connections the server did not upgrade (an HTTP error such as 503 at a limit).
+    pub refused: u32,
     pub ws_compression: bool,
     /// During the load phase.
     pub messages: u64,
     pub seconds: f64,
     pub wire_bytes: u64,
+    /// Connections decoded (`--ws-sample`), and their bytes on the wire and inflated.
+    pub sampled: u32,
+    pub sampled_wire_bytes: u64,
     pub payload_bytes: u64,
     pub trades: u64,
     pub latency_p50_us: u64,
@@ -108,6 +123,9 @@ struct WsConn {
     handshaken: bool,
     subscribed: bool,
     open: bool,
+    refused: bool,
+    /// Decoded for the latency and payload figures.
+    sampled: bool,
     out: Vec<u8>,
 }
 
@@ -145,6 +163,7 @@ fn client_frame(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
 struct Tally {
     messages: u64,
     wire_bytes: u64,
+    sampled_wire_bytes: u64,
     payload_bytes: u64,
     trades: u64,
     latency_us: Histogram<u64>,
@@ -169,6 +188,10 @@ fn subscribers(
         serde_json::to_string(&args.ws_channels).unwrap_or_default(),
         args.ws_market
     );
+    let every = match args.ws_sample {
+        0 => 1,
+        n => (args.ws_connections / n).max(1),
+    };
     for i in 0..args.ws_connections {
         let std = std::net::TcpStream::connect(addr)
             .map_err(|e| format!("connection {i} to {addr}: {e}"))?;
@@ -197,12 +220,15 @@ fn subscribers(
             handshaken: false,
             subscribed: false,
             open: true,
+            refused: false,
+            sampled: i % every == 0,
             out: Vec::new(),
         });
     }
     let mut tally = Tally {
         messages: 0,
         wire_bytes: 0,
+        sampled_wire_bytes: 0,
         payload_bytes: 0,
         trades: 0,
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
@@ -225,13 +251,17 @@ fn subscribers(
             measuring_since = Some(Instant::now());
             tally.messages = 0;
             tally.wire_bytes = 0;
+            tally.sampled_wire_bytes = 0;
             tally.payload_bytes = 0;
             tally.trades = 0;
             tally.latency_us.reset();
         }
         if !ready_sent {
             let n = conns.iter().filter(|c| c.subscribed).count() as u32;
-            if n == args.ws_connections || Instant::now() > deadline_subscribed {
+            // A connection the server refused (HTTP 503 past `connections_per_ip`) or
+            // closed will never subscribe: the load does not wait for it.
+            let settled = conns.iter().all(|c| c.subscribed || !c.open);
+            if settled || Instant::now() > deadline_subscribed {
                 let _ = ready.send(n);
                 ready_sent = true;
             }
@@ -249,6 +279,9 @@ fn subscribers(
                     }
                     Ok(n) => {
                         tally.wire_bytes += n as u64;
+                        if c.sampled {
+                            tally.sampled_wire_bytes += n as u64;
+                        }
                         c.buf.extend_from_slice(&scratch[..n]);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -274,10 +307,13 @@ fn subscribers(
         ws_connections: args.ws_connections,
         subscribed: conns.iter().filter(|c| c.subscribed).count() as u32,
         held: conns.iter().filter(|c| c.open).count() as u32,
+        refused: conns.iter().filter(|c| c.refused).count() as u32,
         ws_compression: compression,
         messages: tally.messages,
         seconds: measured,
         wire_bytes: tally.wire_bytes,
+        sampled: conns.iter().filter(|c| c.sampled).count() as u32,
+        sampled_wire_bytes: tally.sampled_wire_bytes,
         payload_bytes: tally.payload_bytes,
         trades: tally.trades,
         latency_p50_us: h.value_at_quantile(0.5),
@@ -302,6 +338,7 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         };
         if !c.buf.starts_with(b"HTTP/1.1 101") {
             c.open = false;
+            c.refused = true;
             c.buf.clear();
             return;
         }
@@ -333,6 +370,14 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         let opcode = fin_op & 0x0f;
         let rsv1 = fin_op & 0x40 != 0;
         match opcode {
+            0x1 if !c.sampled => {
+                // Counted, not decoded: replies are never compressed, so the subscribe's
+                // is found as it is.
+                tally.messages += 1;
+                if !rsv1 && payload.starts_with(b"{\"id\":1,\"result\"") {
+                    c.subscribed = true;
+                }
+            }
             0x1 => {
                 let text: &[u8] = if rsv1 {
                     inflated.clear();
@@ -454,6 +499,13 @@ fn print(baseline: Option<&Report>, with_ws: &Report, ws: &WsReport) {
         "  held {} of {} (subscribed {}); closes by the server {:?}",
         ws.held, ws.ws_connections, ws.subscribed, ws.closes
     );
+    if ws.refused > 0 {
+        println!(
+            "  refused at the upgrade: {} (HTTP 503 past the server's [websocket] \
+             connections_per_ip, 64 by default, or connections_max)",
+            ws.refused
+        );
+    }
     if let (Some(a), Some(b)) = (ws.rss_before_kib, ws.rss_after_kib) {
         let per = (b.saturating_sub(a) * 1024) / u64::from(ws.ws_connections.max(1));
         println!("  daemon RSS {a} KiB -> {b} KiB: {per} bytes per idle connection");
@@ -471,11 +523,14 @@ fn print(baseline: Option<&Report>, with_ws: &Report, ws: &WsReport) {
         ws.latency_max_us
     );
     println!(
-        "  bytes on the wire {} ({:.1} MB/s), payload {} : wire/payload {:.2}",
+        "  bytes on the wire {} ({:.1} MB/s); the {} decoded connections: wire {}, payload \
+         {} : wire/payload {:.2} (latency and payload from them)",
         ws.wire_bytes,
         ws.wire_bytes as f64 / secs / 1e6,
+        ws.sampled,
+        ws.sampled_wire_bytes,
         ws.payload_bytes,
-        ws.wire_bytes as f64 / (ws.payload_bytes.max(1) as f64)
+        ws.sampled_wire_bytes as f64 / (ws.payload_bytes.max(1) as f64)
     );
     match baseline {
         Some(b) => println!(
