@@ -4,11 +4,12 @@
 # the static page served by the same loop, in the same run of one daemon; then the
 # market makers' round trip under the binary load alone and with the REST load beside it.
 # Not a test. Needs a release build (cargo build --release). Prints everything measured.
-#   scripts/bench-http.sh [seconds per phase] [binary load rate]
+#   scripts/bench-http.sh [seconds per phase] [binary load rate] [retail thread nice]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_PHASE="${1:-5}"
 RATE="${2:-10000}"
+NICE="${3:-0}"
 BIN=target/release/ringex
 DIR="$(mktemp -d /tmp/ringex-bench-http.XXXX)"
 trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$DIR"' EXIT
@@ -20,6 +21,7 @@ sed -e "s#data_dir = \"./data\"#data_dir = \"$DIR/data\"#" \
     -e 's#durability = "group"#durability = "async"#' \
     -e 's#requests_per_second_per_key = 10000 #requests_per_second_per_key = 10000000 #' \
     -e 's#log_every_seconds = 5#log_every_seconds = 0#' \
+    -e "s#thread_nice = 0 #thread_nice = $NICE #" \
     config/single.toml > "$DIR/bench.toml"
 "$BIN" start --config "$DIR/bench.toml" 2> "$DIR/daemon.log" &
 PID=$!
@@ -29,7 +31,7 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 grep -q "listening" "$DIR/daemon.log" || { cat "$DIR/daemon.log" >&2; exit 1; }
-echo "== $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores"
+echo "== $(date -u +%FT%TZ) load average: $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores; websocket.thread_nice = $NICE"
 echo "== a book to read: the binary load for 2 s at $RATE/s"
 "$BIN" load --addr 127.0.0.1:29100 --admin-addr 127.0.0.1:29103 --rate "$RATE" --duration 2 --quiet >/dev/null
 echo "== REST depth (limit 20) and ticker, 100 keep-alive connections (50 each)"

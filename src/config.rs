@@ -374,6 +374,9 @@ pub struct WebSocketConfig {
     /// loop: retail submissions in, engine events and answers out.
     pub handoff_in_slots: u32,
     pub handoff_out_slots: u32,
+    /// The retail loop's thread's nice value (0-19; WebSocket and HTTP run there): above
+    /// 0, the market makers' loop gets a core it shares with it first.
+    pub thread_nice: u32,
 }
 
 impl Default for WebSocketConfig {
@@ -393,6 +396,7 @@ impl Default for WebSocketConfig {
             echo_path: String::new(),
             handoff_in_slots: 16_384,
             handoff_out_slots: 65_536,
+            thread_nice: 0,
         }
     }
 }
@@ -799,6 +803,7 @@ impl Config {
                 1..=3_600_000,
             ),
             ("replication.heartbeat_ms", r.heartbeat_ms, 1..=60_000),
+            ("websocket.thread_nice", wide(ws.thread_nice), 0..=19),
             (
                 "http.connections_max",
                 wide(self.http.connections_max),

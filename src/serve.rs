@@ -432,11 +432,18 @@ pub fn serve_with(
             let stats = edge.stats();
             let s = Arc::clone(&stop);
             let core = config.pipeline.cores.get("websocket").copied();
+            let nice = w.thread_nice as libc::c_int;
             let thread = std::thread::Builder::new()
                 .name("ringex-retail".into())
                 .spawn(move || {
                     if let Some(id) = core {
                         core_affinity::set_for_current(core_affinity::CoreId { id });
+                    }
+                    if nice > 0 {
+                        // SAFETY: plain syscall on the calling thread (its own nice value).
+                        unsafe {
+                            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+                        }
                     }
                     edge.run(&s)
                 })

@@ -376,7 +376,11 @@ fn spawn_node(config_path: &Path) -> (std::process::Child, SocketAddr) {
             break;
         }
         if let Some(rest) = line.split("WebSocket on ").nth(1) {
-            ws = rest.split(';').next().and_then(|a| a.trim().parse().ok());
+            // "WebSocket on ADDR, HTTP on ...; SIGTERM ..."
+            ws = rest
+                .split([',', ';'])
+                .next()
+                .and_then(|a| a.trim().parse().ok());
             break;
         }
     }

@@ -432,6 +432,11 @@ impl Http {
             self.scratch = scratch;
             self.handle(id, view);
             self.flush(registry, id);
+            if n < READ_CHUNK_BYTES {
+                // A short read emptied the socket: data arriving later raises a new
+                // (edge-triggered) event, so no read to see WouldBlock is needed.
+                return;
+            }
         }
         self.unread.push(id);
     }

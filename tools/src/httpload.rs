@@ -124,7 +124,13 @@ pub fn run(args: &HttpLoadArgs) -> Result<HttpReport, String> {
             loop {
                 match c.stream.read(&mut chunk) {
                     Ok(0) => return Err(format!("connection {i} closed by the server")),
-                    Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        c.buf.extend_from_slice(&chunk[..n]);
+                        if n < chunk.len() {
+                            // The socket is empty: later data raises a new event.
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(format!("read: {e}")),
