@@ -66,7 +66,12 @@ struct JournalDir {
 #[derive(Subcommand)]
 enum JournalCmd {
     /// Segments, records, time spans and the durable checkpoint.
-    Describe(JournalDir),
+    Describe {
+        #[command(flatten)]
+        dir: JournalDir,
+        #[arg(long)]
+        json: bool,
+    },
     /// What `ringex start` would find, changing nothing: the torn tail it would cut
     /// (reported, not cut), or the damage that makes it refuse (exit 1, the same
     /// message). Checks every frame; damage in records the start does not read is
@@ -82,6 +87,12 @@ enum JournalCmd {
         /// Accepted for compatibility: every frame is checked by default.
         #[arg(long, hide = true)]
         all: bool,
+        /// Then read every record again, re-deriving each chain value and decoding each
+        /// payload.
+        #[arg(long, conflicts_with = "quick")]
+        deep: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Decode records as engine commands; damaged stretches are marked and read past.
     Dump {
@@ -93,9 +104,17 @@ enum JournalCmd {
         /// Most lines (at least 1).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Replay every record into a fresh engine and print the state hash.
-    Replay(JournalDir),
+    Replay {
+        #[command(flatten)]
+        dir: JournalDir,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cut a damaged journal on purpose, giving up every record from --truncate-at on:
     /// the segment holding it is copied and then zeroed from there, later segments and
     /// snapshots past the cut are moved into <journal>/quarantine/. Refused while a node
@@ -107,6 +126,8 @@ enum JournalCmd {
         #[arg(long)]
         truncate_at: u64,
     },
+    #[command(flatten)]
+    Tools(ringex_tools::journal::ToolCmd),
 }
 
 #[derive(Subcommand)]
@@ -374,20 +395,61 @@ fn promote(config_path: &Path) -> ExitCode {
 fn journal(cmd: JournalCmd) -> ExitCode {
     use ringex::journal_cli::{self, resolve_dir};
     let dir_of = |d: &JournalDir| resolve_dir(d.dir.as_deref());
+    let mut json_errors = false;
     let result = match cmd {
-        JournalCmd::Describe(d) => dir_of(&d).and_then(|dir| journal_cli::describe_text(&dir)),
-        JournalCmd::Verify { dir, quick, all: _ } => {
-            dir_of(&dir).and_then(|dir| journal_cli::verify_text(&dir, quick))
+        JournalCmd::Describe { dir, json } => dir_of(&dir).and_then(|dir| {
+            if json {
+                journal_cli::describe_json(&dir)
+            } else {
+                journal_cli::describe_text(&dir)
+            }
+        }),
+        JournalCmd::Verify {
+            dir,
+            quick,
+            all: _,
+            deep,
+            json,
+        } => {
+            json_errors = json;
+            dir_of(&dir)
+                .and_then(|dir| {
+                    if deep {
+                        journal_cli::verify_deep_text(&dir)
+                    } else {
+                        journal_cli::verify_text(&dir, quick)
+                    }
+                })
+                .map(|text| {
+                    if json {
+                        format!("{}\n", serde_json::json!({"ok": true, "report": text}))
+                    } else {
+                        text
+                    }
+                })
         }
-        JournalCmd::Dump { dir, from, count } => {
-            dir_of(&dir).and_then(|dir| journal_cli::dump_text(&dir, from, count))
-        }
-        JournalCmd::Replay(d) => dir_of(&d).and_then(|dir| {
+        JournalCmd::Dump {
+            dir,
+            from,
+            count,
+            json,
+        } => dir_of(&dir).and_then(|dir| journal_cli::dump_text(&dir, from, count, json)),
+        JournalCmd::Replay { dir, json } => dir_of(&dir).and_then(|dir| {
             journal_cli::replay(&dir).map(|(n, seq, hash, rejected)| {
-                format!(
-                    "replayed {n} records (last seq {seq}, {rejected} rejected by the engine); \
-                     state hash {hash:032x}\n"
-                )
+                if json {
+                    format!(
+                        "{}\n",
+                        serde_json::json!({
+                            "records": n, "seq_last": seq, "rejected": rejected,
+                            "state_hash": format!("{hash:032x}"),
+                        })
+                    )
+                } else {
+                    format!(
+                        "replayed {n} records (last seq {seq}, {rejected} rejected by the \
+                         engine); state hash {hash:032x}\n"
+                    )
+                }
             })
         }),
         JournalCmd::Repair { dir, truncate_at } => dir_of(&dir).and_then(|dir| {
@@ -397,6 +459,22 @@ fn journal(cmd: JournalCmd) -> ExitCode {
             );
             journal_cli::repair_text(&dir, truncate_at)
         }),
+        JournalCmd::Tools(cmd) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            let result = ringex_tools::journal::run(cmd, &mut out);
+            let flushed = std::io::Write::flush(&mut out);
+            match (result, flushed) {
+                (Err(e), _) if e == ringex_tools::journal::format::OUTPUT_CLOSED => {
+                    Ok(String::new())
+                }
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(format!("cannot write the output: {e}"))
+                }
+                (Ok(()), _) => Ok(String::new()),
+            }
+        }
     };
     match result {
         Ok(text) => {
@@ -404,6 +482,9 @@ fn journal(cmd: JournalCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            if json_errors {
+                println!("{}", serde_json::json!({"ok": false, "error": e}));
+            }
             eprintln!("ringex journal: {e}");
             ExitCode::from(1)
         }

@@ -1,9 +1,12 @@
-//! ringex-tools: the Rust client library for the binary protocol and the load generator.
+//! ringex-tools: the Rust client library for the binary protocol, the load generator and
+//! the journal toolkit.
 //!
 //! - [`client`]: a blocking and pipelined client for docs/protocol.md.
 //! - [`load`]: `ringex load`, an open-loop load generator with a realistic user mix.
 //! - [`wsload`]: `ringex load --ws N`, WebSocket subscribers beside that load.
+//! - [`journal`]: `ringex journal ...`, the operator's journal and snapshot toolkit.
 
 pub mod client;
+pub mod journal;
 pub mod load;
 pub mod wsload;
