@@ -325,6 +325,9 @@ pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
         }
         e => e.to_string(),
     })?;
+    // A reader ends at damage in the newest segment as at the end of what is written:
+    // tell them apart.
+    ringex_tools::journal::check_end(dir, seq_last + 1)?;
     Ok((records, seq_last, exchange.state_hash(), rejected))
 }
 
@@ -368,6 +371,22 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::node::{CountingSink, Node, OutputMode};
+
+    #[test]
+    fn the_toolkit_decodes_the_record_types_the_node_writes() {
+        use ringex_tools::journal::format as f;
+        assert_eq!(f::RECORD_COMMAND, crate::node::RECORD_COMMAND);
+        assert_eq!(f::RECORD_EPOCH, crate::node::RECORD_EPOCH);
+        assert_eq!(f::RECORD_CHECKPOINT, crate::node::RECORD_CHECKPOINT);
+        let payload = crate::node::recovery::encode_epoch_record(3, 7);
+        assert!(matches!(
+            f::decode(crate::node::RECORD_EPOCH, 1, &payload),
+            f::Body::Epoch {
+                epoch: 3,
+                node_id: 7
+            }
+        ));
+    }
 
     #[test]
     fn the_tools_describe_verify_dump_and_replay_a_real_journal() {

@@ -737,7 +737,12 @@ pub fn parse_time(s: &str) -> Result<u64, String> {
         }
     }
     let days = days_from_civil(i64::from(y), m, d) as u64;
-    Ok((days * 86_400 + secs) * 1_000_000_000 + frac_ns)
+    (days * 86_400 + secs)
+        .checked_mul(1_000_000_000)
+        .and_then(|ns| ns.checked_add(frac_ns))
+        .ok_or_else(|| {
+            format!("the time {s:?} is past what the journal's nanosecond clock holds (2554)")
+        })
 }
 
 /// `amount` minor units of an asset with `decimals` as a decimal string, from integers.
@@ -776,6 +781,7 @@ mod tests {
         );
         assert!(parse_time("yesterday").unwrap_err().contains("YYYY-MM-DD"));
         assert!(parse_time("2026-13-01").is_err());
+        assert!(parse_time("2999-01-01").unwrap_err().contains("past what"));
     }
 
     #[test]

@@ -419,7 +419,7 @@ pub fn order(dir: &Path, id: u64, json: bool, out: &mut dyn Write) -> Result<(),
         w_cmd.write(out, at, None, command, &body_fields(&step.body))?;
         for ev in related {
             w_ev.write(out, at, Some(command), event_type(ev), &event_fields(ev))?;
-            state = match *ev {
+            let next = match *ev {
                 Event::Accepted { qty, .. } => OrderState::Open { remaining: qty },
                 Event::Replaced { qty, .. } => OrderState::Open { remaining: qty },
                 Event::Trade {
@@ -447,11 +447,14 @@ pub fn order(dir: &Path, id: u64, json: bool, out: &mut dyn Write) -> Result<(),
                     remaining: remaining_qty,
                     reason: format::snake(&format!("{reason:?}")),
                 },
+                // A later command naming the order (a rejected cancel) changes nothing.
                 _ => continue,
             };
+            state = next;
+            seq_state = step.seq;
         }
-        seq_state = step.seq;
-        Ok(matches!(state, OrderState::Open { .. }))
+        // To the journal's end: later commands may still name the order.
+        Ok(true)
     })?;
     let (status, text) = match &state {
         OrderState::Unseen => {
@@ -511,6 +514,13 @@ pub fn account(
         Ok(true)
     })?;
     let at = start.seq;
+    if ts.is_none() && at >= first {
+        // The state came whole from a snapshot: the time of its last record.
+        let mut r = Reader::open(dir).map_err(|e| e.to_string())?;
+        if r.seek(at).is_ok() {
+            ts = r.next().ok().flatten().map(|r| r.timestamp_ns);
+        }
+    }
     let ex = &start.exchange;
     let Some(acc) = ex.account(id) else {
         return Err(format!(
