@@ -157,7 +157,7 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
          segment(s) checked frame by frame\n",
         dir.display(),
-        if r.seq_last == 0 {
+        if r.seq_last < r.seq_first.max(1) {
             "none".to_string()
         } else {
             format!("{}..={}", r.seq_first, r.seq_last)

@@ -202,7 +202,7 @@ impl BootstrapAnswers {
                 let key = commands
                     .get(d.tag as usize)
                     .map_or("?", |(k, _)| k.as_str());
-                self.refusal = Some(format!("bootstrap of {key} was refused: {reason:?}"));
+                self.refusal = Some(format!("bootstrap of {key} was refused: {}", reason.name()));
             }
         }
         if d.last {

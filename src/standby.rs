@@ -244,8 +244,18 @@ pub fn run(
                 Some((c, Start::Follow { cut: None, .. })) => conn = c,
                 Some((_, other)) => {
                     node.shutdown().map_err(|e| e.to_string())?;
+                    let what = match other {
+                        Start::Follow { cut: Some(cut), .. } => {
+                            format!("this journal's records from {cut} on are not the primary's")
+                        }
+                        Start::Follow { .. } => "the primary's history moved".to_string(),
+                        Start::Snapshot { seq, .. } => format!(
+                            "the primary no longer holds this journal's next record and \
+                             offers its snapshot at sequence {seq}"
+                        ),
+                    };
                     return Err(format!(
-                        "standby: the primary no longer matches this journal ({other:?}); \
+                        "standby: the primary no longer matches this journal ({what}); \
                          restart the standby to reconcile"
                     ));
                 }
