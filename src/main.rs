@@ -125,6 +125,9 @@ enum JournalCmd {
         /// First sequence to give up (the one `ringex start`'s refusal names).
         #[arg(long)]
         truncate_at: u64,
+        /// The report as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     #[command(flatten)]
     Tools(ringex_tools::journal::ToolCmd),
@@ -452,13 +455,26 @@ fn journal(cmd: JournalCmd) -> ExitCode {
                 }
             })
         }),
-        JournalCmd::Repair { dir, truncate_at } => dir_of(&dir).and_then(|dir| {
-            eprintln!(
-                "ringex journal repair: cutting {} at sequence {truncate_at}",
-                dir.display()
-            );
-            journal_cli::repair_text(&dir, truncate_at)
-        }),
+        JournalCmd::Repair {
+            dir,
+            truncate_at,
+            json,
+        } => {
+            json_errors = json;
+            dir_of(&dir).and_then(|dir| {
+                eprintln!(
+                    "ringex journal repair: cutting {} at sequence {truncate_at}",
+                    dir.display()
+                );
+                journal_cli::repair_text(&dir, truncate_at).map(|text| {
+                    if json {
+                        format!("{}\n", serde_json::json!({"ok": true, "report": text}))
+                    } else {
+                        text
+                    }
+                })
+            })
+        }
         JournalCmd::Tools(cmd) => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());

@@ -112,7 +112,7 @@ pub fn seq_bounds(dir: &Path) -> Result<(u64, u64), String> {
     };
     let mut reader = ringex_journal::Reader::open(dir).map_err(|e| e.to_string())?;
     reader.seek(last.base_seq).map_err(|e| e.to_string())?;
-    let mut seq_last = last.base_seq - 1;
+    let mut seq_last = last.base_seq.saturating_sub(1);
     // Bounded by the segment's size: each record takes at least a frame header.
     while let Some(r) = reader.next().map_err(|e| e.to_string())? {
         seq_last = r.seq;
@@ -263,7 +263,7 @@ pub fn check_end(dir: &Path, seq_next: u64) -> Result<(), String> {
                 problem = Some(format!(
                     "damage after the last readable record {}: segment {} at offset \
                      {offset_bytes}, {len_bytes} bytes: {reason}",
-                    seq_next - 1,
+                    seq_next.saturating_sub(1),
                     segment.display()
                 ))
             }
@@ -272,7 +272,7 @@ pub fn check_end(dir: &Path, seq_next: u64) -> Result<(), String> {
                     "record {} follows the last readable record {} without being linked to \
                      it",
                     header.seq,
-                    seq_next - 1
+                    seq_next.saturating_sub(1)
                 ))
             }
         }

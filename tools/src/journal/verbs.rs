@@ -932,7 +932,7 @@ pub fn diff(a: &Path, b: &Path, json: bool, out: &mut dyn Write) -> Result<(), S
     let (first_b, last_b) = seq_bounds(b)?;
     let from = first_a.max(first_b);
     let to = last_a.min(last_b);
-    let mut agree_through = from - 1;
+    let mut agree_through = from.saturating_sub(1);
     let mut difference: Option<(u64, String, String)> = None;
     if from <= to {
         let mut ra = Reader::open(a).map_err(|e| e.to_string())?;
