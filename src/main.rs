@@ -25,6 +25,10 @@ enum Cmd {
         /// Config file (TOML). Without it, the embedded default (config/single.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The log's lines: text, or one JSON object per line for log shippers. RUST_LOG
+        /// filters (default info; e.g. RUST_LOG=warn,ringex::metrics=info).
+        #[arg(long, value_enum, default_value_t = ringex::log::LogFormat::Text)]
+        log_format: ringex::log::LogFormat,
     },
     /// Run a benchmark.
     Bench {
@@ -212,7 +216,10 @@ struct EngineArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Start { config } => start(config),
+        Cmd::Start { config, log_format } => {
+            ringex::log::init(log_format);
+            start(config)
+        }
         Cmd::Journal { which } => journal(which),
         Cmd::Promote { config } => promote(&config),
         Cmd::Load { args, ws } if ws.ws_connections > 0 => {
@@ -306,20 +313,20 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringex: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
     let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
-    eprintln!(
-        "ringex: node {} starting with {source}; data in {}",
+    tracing::info!(
+        "node {} starting with {source}; data in {}",
         config.node.id,
         config.node.data_dir.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("ringex: cannot install the signal handler: {e}");
+            tracing::error!("cannot install the signal handler: {e}");
             return ExitCode::from(1);
         }
     }
@@ -330,7 +337,7 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringex: {e}");
+            tracing::error!("{e}");
             ExitCode::from(1)
         }
     }
@@ -338,16 +345,16 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
 
 /// A standby: follows its primary until SIGTERM or SIGINT, then stops (with a snapshot).
 fn serve_standby(config: &Config, stop: Arc<AtomicBool>) -> Result<(), String> {
-    eprintln!(
-        "ringex: standby of the primary at {}; SIGTERM or Ctrl-C stops; `ringex promote` \
+    tracing::info!(
+        "standby of the primary at {}; SIGTERM or Ctrl-C stops; `ringex promote` \
          (with the standby stopped) makes this node the primary",
         config.replication.primary
     );
     let promote = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(|line: String| eprintln!("ringex: {line}"));
+    let log = Arc::new(|line: String| tracing::info!(target: "ringex::standby", "{line}"));
     match ringex::standby::run(config, stop, promote, log)? {
         ringex::standby::StandbyEnd::Stopped => {
-            eprintln!("ringex: standby stopped");
+            tracing::info!("standby stopped");
             Ok(())
         }
         ringex::standby::StandbyEnd::Promoted { .. } => {
