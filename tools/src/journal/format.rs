@@ -94,6 +94,8 @@ pub enum V {
     U(u64),
     I(i64),
     S(String),
+    /// A name: a plain word, no escaping needed.
+    N(&'static str),
     B(bool),
 }
 
@@ -104,6 +106,7 @@ impl V {
             V::U(v) => write!(out, "{v}"),
             V::I(v) => write!(out, "{v}"),
             V::S(v) => write!(out, "{v}"),
+            V::N(v) => write!(out, "{v}"),
             V::B(v) => write!(out, "{v}"),
         };
     }
@@ -111,6 +114,11 @@ impl V {
     fn json(&self, out: &mut String) {
         match self {
             V::S(s) => out.push_str(&serde_json::to_string(s).expect("a string serialises")),
+            V::N(s) => {
+                out.push('"');
+                out.push_str(s);
+                out.push('"');
+            }
             other => other.text(out),
         }
     }
@@ -134,9 +142,78 @@ pub fn snake(name: &str) -> String {
     s
 }
 
-/// A unit enum's snake_case name (its variant name; never a struct's debug dump).
-fn name(v: impl std::fmt::Debug) -> V {
-    V::S(snake(&format!("{v:?}")))
+/// An engine enum's snake_case name, as the tools print it.
+pub trait Named {
+    fn name(self) -> &'static str;
+}
+
+impl Named for ringex_engine::Side {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Buy => "buy",
+            Self::Sell => "sell",
+        }
+    }
+}
+
+impl Named for ringex_engine::OrderKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Limit => "limit",
+            Self::Market => "market",
+        }
+    }
+}
+
+impl Named for ringex_engine::TimeInForce {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gtc => "gtc",
+            Self::Ioc => "ioc",
+            Self::Fok => "fok",
+            Self::PostOnly => "post_only",
+        }
+    }
+}
+
+impl Named for ringex_engine::StpMode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::CancelNewest => "cancel_newest",
+            Self::CancelOldest => "cancel_oldest",
+            Self::CancelBoth => "cancel_both",
+        }
+    }
+}
+
+impl Named for ringex_engine::MarketStatus {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Halted => "halted",
+            Self::CancelOnly => "cancel_only",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl Named for ringex_engine::CancelReason {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::ImmediateOrCancel => "immediate_or_cancel",
+            Self::FillOrKill => "fill_or_kill",
+            Self::SelfTrade => "self_trade",
+            Self::CancelAll => "cancel_all",
+            Self::MarketStatus => "market_status",
+            Self::BudgetDone => "budget_done",
+        }
+    }
+}
+
+fn name(v: impl Named) -> V {
+    V::N(v.name())
 }
 
 /// A command kind's name: `place`, `cancel_all`, `create_market`...
@@ -245,7 +322,7 @@ pub fn body_fields(body: &Body) -> Fields {
                 f.push(("account", U(account.into())));
                 match market {
                     Some(m) => f.push(("market", U(m.into()))),
-                    None => f.push(("markets", S("all".into()))),
+                    None => f.push(("markets", N("all"))),
                 }
             }
             Command::CreateAsset {
@@ -332,7 +409,7 @@ pub fn body_fields(body: &Body) -> Fields {
             } => f.extend([
                 ("account", U(account.into())),
                 ("key_id", U(key_id)),
-                ("secret_hash", S("<redacted>".into())),
+                ("secret_hash", N("<redacted>")),
                 ("permissions", U(permissions.into())),
             ]),
             Command::RevokeApiKey { key_id } => f.push(("key_id", U(key_id))),
@@ -460,10 +537,10 @@ pub fn event_fields(ev: &Event) -> Fields {
             order_ref,
             reason,
         } => vec![
-            ("command", S(kind_name(kind).into())),
+            ("command", N(kind_name(kind))),
             ("account", U(account.into())),
             ("order_ref", U(order_ref)),
-            ("reason", S(reason.name().into())),
+            ("reason", N(reason.name())),
         ],
         Event::Funds {
             account,
@@ -487,7 +564,7 @@ pub fn event_fields(ev: &Event) -> Fields {
             vec![("account", U(account.into())), ("count", U(count.into()))]
         }
         Event::AdminDone { kind, id } => {
-            vec![("command", S(kind_name(kind).into())), ("id", U(id))]
+            vec![("command", N(kind_name(kind))), ("id", U(id))]
         }
     }
 }
@@ -547,14 +624,9 @@ impl LineWriter {
         l.clear();
         match self.format {
             Format::Text => {
-                let _ = write!(
-                    l,
-                    "{} {} ts={} epoch={} ",
-                    at.seq,
-                    iso8601(at.timestamp_ns),
-                    at.timestamp_ns,
-                    at.epoch
-                );
+                let _ = write!(l, "{} ", at.seq);
+                iso8601_into(at.timestamp_ns, l);
+                let _ = write!(l, " ts={} epoch={} ", at.timestamp_ns, at.epoch);
                 if let Some(c) = command {
                     let _ = write!(l, "{c} -> ");
                 }
@@ -567,13 +639,12 @@ impl LineWriter {
                 }
             }
             Format::Jsonl => {
+                let _ = write!(l, "{{\"seq\":{},\"time\":\"", at.seq);
+                iso8601_into(at.timestamp_ns, l);
                 let _ = write!(
                     l,
-                    "{{\"seq\":{},\"time\":\"{}\",\"ts_ns\":{},\"epoch\":{},",
-                    at.seq,
-                    iso8601(at.timestamp_ns),
-                    at.timestamp_ns,
-                    at.epoch
+                    "\",\"ts_ns\":{},\"epoch\":{},",
+                    at.timestamp_ns, at.epoch
                 );
                 if let Some(c) = command {
                     let _ = write!(l, "\"command\":\"{c}\",\"event\":\"{kind}\"");
@@ -596,14 +667,9 @@ impl LineWriter {
                     };
                     emit(out, head.as_bytes())?;
                 }
-                let _ = write!(
-                    l,
-                    "{},{},{},{},",
-                    at.seq,
-                    iso8601(at.timestamp_ns),
-                    at.timestamp_ns,
-                    at.epoch
-                );
+                let _ = write!(l, "{},", at.seq);
+                iso8601_into(at.timestamp_ns, l);
+                let _ = write!(l, ",{},{},", at.timestamp_ns, at.epoch);
                 if self.with_command {
                     let _ = write!(l, "{},", command.unwrap_or(""));
                 }
@@ -638,16 +704,25 @@ impl LineWriter {
 
 /// Nanoseconds since the Unix epoch as ISO 8601 UTC with nine fraction digits.
 pub fn iso8601(ns: u64) -> String {
+    let mut s = String::with_capacity(30);
+    iso8601_into(ns, &mut s);
+    s
+}
+
+/// [`iso8601`], appended to `out`.
+pub fn iso8601_into(ns: u64, out: &mut String) {
+    use std::fmt::Write as _;
     let secs = (ns / 1_000_000_000) as i64;
     let frac = ns % 1_000_000_000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
+    let _ = write!(
+        out,
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
-    )
+    );
 }
 
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -11,7 +11,7 @@ use ringex_journal::{list_segments, scan, snapshot_list, Reader, ScanItem, Taile
 
 use super::format::{
     self, body_fields, body_type, decimal, decode, emit, event_fields, event_type, iso8601, At,
-    Body, Format, LineWriter, EVENT_TYPE_NAMES,
+    Body, Format, LineWriter, Named, EVENT_TYPE_NAMES,
 };
 use super::replay::{self, start_before};
 use super::{
@@ -445,7 +445,7 @@ pub fn order(dir: &Path, id: u64, json: bool, out: &mut dyn Write) -> Result<(),
                     ..
                 } => OrderState::Cancelled {
                     remaining: remaining_qty,
-                    reason: format::snake(&format!("{reason:?}")),
+                    reason: reason.name().to_string(),
                 },
                 // A later command naming the order (a rejected cancel) changes nothing.
                 _ => continue,
@@ -573,7 +573,7 @@ pub fn account(
                 ..
             } => orders.push(serde_json::json!({
                 "order_id": order_id, "market": m, "symbol": market(m),
-                "client_order_id": client_order_id, "side": format::snake(&format!("{side:?}")),
+                "client_order_id": client_order_id, "side": side.name(),
                 "price_ticks": price, "remaining_lots": qty,
             })),
             _ => {}
@@ -896,7 +896,8 @@ pub fn stats(
                 "time_first": ts_first.map(iso8601), "time_last": ts_first.map(|_| iso8601(ts_last)),
                 "span_seconds": span_ns as f64 / 1e9,
                 "records_per_second": per_s(total.records), "bytes_per_second": per_s(total.bytes),
-                "by": format::snake(&format!("{by:?}")), "groups": groups,
+                "by": match by { StatsBy::Type => "type", StatsBy::Minute => "minute", StatsBy::Market => "market" },
+                "groups": groups,
             }),
         );
     }
@@ -961,6 +962,7 @@ pub fn diff(a: &Path, b: &Path, json: bool, out: &mut dyn Write) -> Result<(), S
                             format::V::U(x) => x.to_string(),
                             format::V::I(x) => x.to_string(),
                             format::V::S(x) => x,
+                            format::V::N(x) => x.to_string(),
                             format::V::B(x) => x.to_string(),
                         };
                         s.push_str(&format!(" {k}={v}"));
@@ -1187,7 +1189,7 @@ fn describe_state(
             }
         }
         markets.push(serde_json::json!({
-            "market": id, "symbol": m.spec.symbol.as_str(), "status": format::snake(&format!("{:?}", m.status)),
+            "market": id, "symbol": m.spec.symbol.as_str(), "status": m.status.name(),
             "resting_orders": m.book.order_count(), "trades": m.trade_count, "volume_lots": m.volume_lots,
             "reference_price": m.reference_price,
         }));
