@@ -146,6 +146,19 @@ enum Bench {
     /// Replication benchmark: none, async and sync (a standby in this process) at the
     /// same rates, and the failover time.
     Replication(ReplicationArgs),
+    /// The journal toolkit's throughput (verify --deep, export, events) on a journal it
+    /// writes, beside cat and sha256sum of the same files.
+    JournalTools(JournalToolsArgs),
+}
+
+#[derive(Args)]
+struct JournalToolsArgs {
+    /// Commands in the journal.
+    #[arg(long, default_value_t = 10_000_000)]
+    commands: usize,
+    /// Scratch directory (its journal/ is replaced).
+    #[arg(long, default_value = "./bench-journal-tools")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -280,6 +293,22 @@ fn main() -> ExitCode {
                 seed: defaults.seed,
             });
             ExitCode::SUCCESS
+        }
+        Cmd::Bench {
+            which: Bench::JournalTools(a),
+        } => {
+            let args = ringex::bench::journal_tools::JournalToolsBenchArgs {
+                commands: a.commands,
+                dir: a.dir,
+                seed: 7,
+            };
+            match ringex::bench::journal_tools::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringex bench journal-tools: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Cmd::Bench {
             which: Bench::Engine(a),
