@@ -32,8 +32,29 @@ impl Write for Lines {
     }
 }
 
-fn shell(what: &str, files: &[PathBuf]) -> Result<f64, String> {
-    let start = Instant::now();
+/// CPU seconds (user + system) of this process, or of its waited-for children.
+fn cpu_s(children: bool) -> f64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage writes into it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: getrusage writes into the struct it is given.
+    unsafe { libc::getrusage(who, &mut u) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(u.ru_utime) + s(u.ru_stime)
+}
+
+/// (wall seconds, CPU seconds) of `f`: CPU of this process, or of its children.
+fn timed(children: bool, f: impl FnOnce() -> Result<(), String>) -> Result<(f64, f64), String> {
+    let (t, c) = (Instant::now(), cpu_s(children));
+    f()?;
+    Ok((t.elapsed().as_secs_f64(), cpu_s(children) - c))
+}
+
+fn shell(what: &str, files: &[PathBuf]) -> Result<(), String> {
     let status = std::process::Command::new(what)
         .args(files)
         .stdout(std::process::Stdio::null())
@@ -42,7 +63,7 @@ fn shell(what: &str, files: &[PathBuf]) -> Result<f64, String> {
     if !status.success() {
         return Err(format!("{what} failed: {status}"));
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 fn write_journal(dir: &Path, args: &JournalToolsBenchArgs) -> Result<u64, String> {
@@ -98,22 +119,22 @@ pub fn run(args: &JournalToolsBenchArgs) -> Result<(), String> {
         .sum();
     // Warm the page cache: every reader below reads from memory.
     shell("cat", &files)?;
-    let cat = shell("cat", &files)?;
-    let sha = shell("sha256sum", &files)?;
-    let t = Instant::now();
-    crate::journal_cli::verify_deep_text(&dir)?;
-    let deep = t.elapsed().as_secs_f64();
+    let cat = timed(true, || shell("cat", &files))?;
+    let sha = timed(true, || shell("sha256sum", &files))?;
+    let deep = timed(false, || {
+        crate::journal_cli::verify_deep_text(&dir).map(|_| ())
+    })?;
     let mut out = std::io::BufWriter::with_capacity(
         1 << 16,
         std::fs::File::create("/dev/null").map_err(|e| e.to_string())?,
     );
-    let t = Instant::now();
-    verbs::export(&dir, Filter::default(), Format::Jsonl, &mut out)?;
-    let export = t.elapsed().as_secs_f64();
+    let export = timed(false, || {
+        verbs::export(&dir, Filter::default(), Format::Jsonl, &mut out)
+    })?;
     let mut lines = Lines(0);
-    let t = Instant::now();
-    verbs::events(&dir, Filter::default(), None, Format::Jsonl, &mut lines)?;
-    let events = t.elapsed().as_secs_f64();
+    let events = timed(false, || {
+        verbs::events(&dir, Filter::default(), None, Format::Jsonl, &mut lines)
+    })?;
     let mb = bytes as f64 / 1e6;
     println!(
         "journal of {records} commands, {} segment file(s), {:.0} MB (files as the writer \
@@ -122,26 +143,33 @@ pub fn run(args: &JournalToolsBenchArgs) -> Result<(), String> {
         mb,
         super::cpu_model()
     );
-    println!("| reader | s | MB/s | records/s | share of cat's throughput |");
-    println!("|---|---:|---:|---:|---:|");
-    for (name, s) in [
+    println!(
+        "| reader | wall s | CPU s | MB/s (wall) | records/s (wall) | MB/s (CPU) | \
+         records/s (CPU) | share of cat's (wall / CPU) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, (wall, cpu)) in [
         ("cat FILES > /dev/null", cat),
         ("sha256sum FILES", sha),
         ("ringex journal verify --deep", deep),
         ("ringex journal export --format jsonl > /dev/null", export),
         ("ringex journal events --format jsonl (replay)", events),
     ] {
+        let cpu = cpu.max(1e-3);
         println!(
-            "| {name} | {s:.2} | {:.0} | {:.0} | {:.0}% |",
-            mb / s,
-            records as f64 / s,
-            100.0 * cat / s
+            "| {name} | {wall:.2} | {cpu:.2} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}% / {:.0}% |",
+            mb / wall,
+            records as f64 / wall,
+            mb / cpu,
+            records as f64 / cpu,
+            100.0 * cat.0 / wall,
+            100.0 * cat.1.max(1e-3) / cpu
         );
     }
     println!(
-        "events: {} lines, {:.0} events/s",
+        "events: {} lines, {:.0} events/s (wall)",
         lines.0,
-        lines.0 as f64 / events
+        lines.0 as f64 / events.0
     );
     Ok(())
 }

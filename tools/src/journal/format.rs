@@ -279,8 +279,15 @@ fn order_ref(fields: &mut Fields, r: OrderRef) {
 
 /// A record's fields (an API key's secret hash is key-equivalent: never shown).
 pub fn body_fields(body: &Body) -> Fields {
+    let mut f = Vec::with_capacity(12);
+    body_fields_into(body, &mut f);
+    f
+}
+
+/// [`body_fields`] into `f` (cleared first): no allocation once `f` has grown.
+pub fn body_fields_into(body: &Body, f: &mut Fields) {
     use V::*;
-    let mut f: Fields = Vec::with_capacity(12);
+    f.clear();
     match *body {
         Body::Command(cmd) => match cmd {
             Command::Place(p) => {
@@ -305,7 +312,7 @@ pub fn body_fields(body: &Body) -> Fields {
                 order,
             } => {
                 f.extend([("account", U(account.into())), ("market", U(market.into()))]);
-                order_ref(&mut f, order);
+                order_ref(f, order);
             }
             Command::Replace {
                 account,
@@ -315,7 +322,7 @@ pub fn body_fields(body: &Body) -> Fields {
                 qty,
             } => {
                 f.extend([("account", U(account.into())), ("market", U(market.into()))]);
-                order_ref(&mut f, order);
+                order_ref(f, order);
                 f.extend([("price", I(price)), ("qty", U(qty))]);
             }
             Command::CancelAll { account, market } => {
@@ -425,7 +432,6 @@ pub fn body_fields(body: &Body) -> Fields {
         ]),
         Body::Undecodable(why) => f.push(("problem", S(why.into()))),
     }
-    f
 }
 
 /// An event's type name.
@@ -446,7 +452,15 @@ pub fn event_type(ev: &Event) -> &'static str {
 
 /// An event's fields.
 pub fn event_fields(ev: &Event) -> Fields {
+    let mut f = Vec::with_capacity(12);
+    event_fields_into(ev, &mut f);
+    f
+}
+
+/// [`event_fields`] into `f` (cleared first): no allocation once `f` has grown.
+pub fn event_fields_into(ev: &Event, f: &mut Fields) {
     use V::*;
+    f.clear();
     match *ev {
         Event::Accepted {
             order_id,
@@ -456,7 +470,7 @@ pub fn event_fields(ev: &Event) -> Fields {
             side,
             price,
             qty,
-        } => vec![
+        } => f.extend([
             ("order_id", U(order_id)),
             ("account", U(account.into())),
             ("market", U(market.into())),
@@ -464,7 +478,7 @@ pub fn event_fields(ev: &Event) -> Fields {
             ("side", name(side)),
             ("price", I(price)),
             ("qty", U(qty)),
-        ],
+        ]),
         Event::Trade {
             market,
             maker_order_id,
@@ -478,7 +492,7 @@ pub fn event_fields(ev: &Event) -> Fields {
             taker_fee,
             maker_remaining,
             taker_remaining,
-        } => vec![
+        } => f.extend([
             ("market", U(market.into())),
             ("maker_order_id", U(maker_order_id)),
             ("taker_order_id", U(taker_order_id)),
@@ -491,20 +505,20 @@ pub fn event_fields(ev: &Event) -> Fields {
             ("taker_fee", I(taker_fee)),
             ("maker_remaining", U(maker_remaining)),
             ("taker_remaining", U(taker_remaining)),
-        ],
+        ]),
         Event::Cancelled {
             order_id,
             account,
             market,
             remaining_qty,
             reason,
-        } => vec![
+        } => f.extend([
             ("order_id", U(order_id)),
             ("account", U(account.into())),
             ("market", U(market.into())),
             ("remaining_qty", U(remaining_qty)),
             ("reason", name(reason)),
-        ],
+        ]),
         Event::Replaced {
             order_id,
             account,
@@ -512,36 +526,36 @@ pub fn event_fields(ev: &Event) -> Fields {
             price,
             qty,
             priority_kept,
-        } => vec![
+        } => f.extend([
             ("order_id", U(order_id)),
             ("account", U(account.into())),
             ("market", U(market.into())),
             ("price", I(price)),
             ("qty", U(qty)),
             ("priority_kept", B(priority_kept)),
-        ],
+        ]),
         Event::Level {
             market,
             side,
             price,
             total_qty,
-        } => vec![
+        } => f.extend([
             ("market", U(market.into())),
             ("side", name(side)),
             ("price", I(price)),
             ("total_qty", U(total_qty)),
-        ],
+        ]),
         Event::Rejected {
             kind,
             account,
             order_ref,
             reason,
-        } => vec![
+        } => f.extend([
             ("command", N(kind_name(kind))),
             ("account", U(account.into())),
             ("order_ref", U(order_ref)),
             ("reason", N(reason.name())),
-        ],
+        ]),
         Event::Funds {
             account,
             asset,
@@ -549,23 +563,21 @@ pub fn event_fields(ev: &Event) -> Fields {
             available,
             external_ref,
             duplicate,
-        } => vec![
+        } => f.extend([
             ("account", U(account.into())),
             ("asset", U(asset.into())),
             ("amount", I(amount)),
             ("available", I(available)),
             ("external_ref", U(external_ref)),
             ("duplicate", B(duplicate)),
-        ],
+        ]),
         Event::MarketStatus { market, status } => {
-            vec![("market", U(market.into())), ("status", name(status))]
+            f.extend([("market", U(market.into())), ("status", name(status))])
         }
         Event::CancelAllDone { account, count } => {
-            vec![("account", U(account.into())), ("count", U(count.into()))]
+            f.extend([("account", U(account.into())), ("count", U(count.into()))])
         }
-        Event::AdminDone { kind, id } => {
-            vec![("command", N(kind_name(kind))), ("id", U(id))]
-        }
+        Event::AdminDone { kind, id } => f.extend([("command", N(kind_name(kind))), ("id", U(id))]),
     }
 }
 

@@ -10,8 +10,8 @@ use ringex_engine::{Command, Event, Exchange, OrderRef, Query, QueryReply};
 use ringex_journal::{list_segments, scan, snapshot_list, Reader, ScanItem, Tailer};
 
 use super::format::{
-    self, body_fields, body_type, decimal, decode, emit, event_fields, event_type, iso8601, At,
-    Body, Format, LineWriter, Named, EVENT_TYPE_NAMES,
+    self, body_fields, body_fields_into, body_type, decimal, decode, emit, event_fields,
+    event_fields_into, event_type, iso8601, At, Body, Format, LineWriter, Named, EVENT_TYPE_NAMES,
 };
 use super::replay::{self, start_before};
 use super::{
@@ -280,6 +280,7 @@ pub fn export(
     reader.seek(from).map_err(|e| e.to_string())?;
     let progress = Progress::new("exporting", from, to);
     let mut w = LineWriter::new(format, false);
+    let mut fields = Vec::with_capacity(16);
     let mut stopped = false;
     while let Some(r) = reader.next().map_err(|e| e.to_string())? {
         if r.seq > to {
@@ -291,7 +292,7 @@ pub fn export(
             continue;
         }
         let body = decode(r.record_type, r.schema_version, r.payload);
-        let fields = body_fields(&body);
+        body_fields_into(&body, &mut fields);
         let (accounts, market) = subjects(&fields);
         let kind = body_type(&body);
         if !filter.item_ok(kind, accounts, market) {
@@ -351,6 +352,7 @@ pub fn events(
     };
     let mut start = start_before(dir, from, |_| true)?;
     let mut w = LineWriter::new(format, true);
+    let mut fields = Vec::with_capacity(16);
     replay::run(
         dir,
         &mut start,
@@ -370,7 +372,7 @@ pub fn events(
                 if order.is_some_and(|o| !mentions_order(ev, &step.body, o)) {
                     continue;
                 }
-                let fields = event_fields(ev);
+                event_fields_into(ev, &mut fields);
                 let (accounts, market) = subjects(&fields);
                 let kind = event_type(ev);
                 if filter.item_ok(kind, accounts, market) {
@@ -822,6 +824,7 @@ pub fn stats(
     filter.check_types(&format::record_type_names())?;
     let mut total = Tally::default();
     let mut groups: BTreeMap<(u64, String), Tally> = BTreeMap::new();
+    let mut fields = Vec::with_capacity(16);
     let (mut seq_first, mut seq_last, mut ts_first, mut ts_last) = (0u64, 0u64, None, 0u64);
     if let Some((from, to, _)) = range_start(dir, &filter)? {
         let mut reader = Reader::open(dir).map_err(|e| e.to_string())?;
@@ -839,7 +842,7 @@ pub fn stats(
             }
             let body = decode(r.record_type, r.schema_version, r.payload);
             let kind = body_type(&body);
-            let fields = body_fields(&body);
+            body_fields_into(&body, &mut fields);
             let (accounts, market) = subjects(&fields);
             if !filter.item_ok(kind, accounts, market) {
                 continue;
