@@ -1123,7 +1123,7 @@ fn snapshot(cmd: SnapshotCmd, out: &mut dyn Write) -> Result<(), String> {
                         bad.push(e.seq);
                     }
                 }
-                rows.push(serde_json::json!({"seq": e.seq, "path": e.path.display().to_string(), "ok": verdict.is_ok(), "detail": verdict.clone().unwrap_or_else(|e| e.leak())}));
+                rows.push(serde_json::json!({"seq": e.seq, "path": e.path.display().to_string(), "ok": verdict.is_ok(), "detail": match &verdict { Ok(what) => what.to_string(), Err(why) => why.clone() }}));
             }
             if json {
                 json_line(
