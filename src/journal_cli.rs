@@ -123,6 +123,46 @@ pub fn verify_deep_text(dir: &Path) -> Result<String, String> {
 /// seal only). Damage only the deeper check finds, in records the start does not read,
 /// is an `Err` that says so: the start goes ahead there, and no cut is called for.
 pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
+    verify_report(dir, quick).map(|r| verify_render(dir, &r))
+}
+
+/// [`verify_text`]'s findings as one JSON object (`deep`: with the decoding pass's
+/// record count).
+pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String> {
+    let r = verify_report(dir, quick)?;
+    let decoded = if deep {
+        Some(ringex_tools::journal::verbs::deep_check(dir)?)
+    } else {
+        None
+    };
+    let v = serde_json::json!({
+        "ok": true,
+        "dir": dir.display().to_string(),
+        "seq_first": (r.seq_last >= r.seq_first.max(1)).then_some(r.seq_first),
+        "seq_last": (r.seq_last >= r.seq_first.max(1)).then_some(r.seq_last),
+        "seq_durable": r.seq_durable,
+        "seq_durable_proven": r.seq_durable_proven,
+        "segments_checked": r.segments_scanned,
+        "live": r.live.as_ref().map(|l| serde_json::json!({
+            "holder": l.holder,
+            "records_past_durable": l.records_past_durable,
+            "stopped_at": l.stopped_at,
+        })),
+        "torn_tail": r.truncation.as_ref().map(|t| serde_json::json!({
+            "segment": t.segment.display().to_string(),
+            "offset_bytes": t.offset_bytes,
+            "seq_first_cut": t.seq_first_cut,
+            "seq_last_cut": t.seq_last_cut,
+            "records_cut": t.records_cut,
+            "bytes_cut": t.cut_size_bytes,
+            "what": t.to_string(),
+        })),
+        "deep_records_decoded": decoded,
+    });
+    Ok(format!("{v}\n"))
+}
+
+fn verify_report(dir: &Path, quick: bool) -> Result<ringex_journal::RecoveryReport, String> {
     let snapshots = snapshots_dir(dir);
     let snapshot = match &snapshots {
         Some(d) => ringex_journal::snapshot_seq_newest(d).map_err(|e| e.to_string())?,
@@ -153,6 +193,10 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
             )
         }
     };
+    Ok(r)
+}
+
+fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
          segment(s) checked frame by frame\n",
@@ -185,7 +229,7 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
             let _ = writeln!(out, "torn tail that opening would cut: {t}");
         }
     }
-    Ok(out)
+    out
 }
 
 /// Damage that the start does not read (sealed segments it checks by header and seal

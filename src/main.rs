@@ -451,21 +451,11 @@ fn journal(cmd: JournalCmd) -> ExitCode {
             json,
         } => {
             json_errors = json;
-            dir_of(&dir)
-                .and_then(|dir| {
-                    if deep {
-                        journal_cli::verify_deep_text(&dir)
-                    } else {
-                        journal_cli::verify_text(&dir, quick)
-                    }
-                })
-                .map(|text| {
-                    if json {
-                        format!("{}\n", serde_json::json!({"ok": true, "report": text}))
-                    } else {
-                        text
-                    }
-                })
+            dir_of(&dir).and_then(|dir| match (json, deep) {
+                (true, _) => journal_cli::verify_json(&dir, quick, deep),
+                (false, true) => journal_cli::verify_deep_text(&dir),
+                (false, false) => journal_cli::verify_text(&dir, quick),
+            })
         }
         JournalCmd::Dump {
             dir,

@@ -563,6 +563,13 @@ fn tail_seek_stats_snapshots_and_prune_on_the_known_history() {
         refused.stderr
     );
 
+    let v = &json_lines(&ok(&["verify", "--deep", "--json"], dir))[0];
+    assert_eq!(
+        (v["ok"].as_bool(), v["seq_last"].as_u64()),
+        (Some(true), Some(23))
+    );
+    assert_eq!(v["deep_records_decoded"], 23);
+    assert!(v["torn_tail"].is_null(), "{v}");
     let deep = ok(&["verify", "--deep"], dir);
     assert!(deep.contains("deep: 23 record(s) read"), "{deep}");
     let dump = ok(&["dump", "--from", "18", "--count", "1"], dir);
