@@ -13,6 +13,7 @@ use ringex_engine::{
     Command, Exchange, OrderKind, OrderRef, PlaceOrder, Query, QueryReply, Side, StpMode,
     TimeInForce,
 };
+use ringex_tools::journal::format as fmt;
 use serde_json::Value;
 
 fn config(dir: &Path) -> Config {
@@ -92,19 +93,136 @@ fn history(cfg: &Config) -> Vec<Command> {
     all
 }
 
-/// A node's data directory holding the known history, with a snapshot after sequence 19
-/// and the final one after 23.
-fn known_history(dir: &Path) -> Config {
-    let cfg = config(dir);
-    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
-    for (i, c) in history(&cfg).iter().enumerate() {
-        submit(&mut node, c);
-        if i + 1 == 19 {
-            node.request_snapshot().unwrap();
+/// What the live node answered while it wrote the known history.
+struct Answers {
+    /// Every event, with the sequence of the command that produced it.
+    events: Vec<(u64, ringex_engine::Event)>,
+    /// (account, the sequence it was asked after) -> its balances and open orders.
+    accounts: Vec<((u32, u64), Vec<QueryReply>)>,
+}
+
+/// A node in poll mode, its outputs drained as the gateway drains them.
+struct Live {
+    node: Node,
+    slots: Vec<ringex::node::slots::OutputSlot>,
+    woken: std::sync::mpsc::Receiver<()>,
+    queries: u64,
+}
+
+const QUERY_TAG: u64 = 1 << 60;
+
+impl Live {
+    fn start(cfg: &Config) -> Live {
+        let (tx, woken) = std::sync::mpsc::channel();
+        let waker: ringex::node::Waker = std::sync::Arc::new(move || {
+            let _ = tx.send(());
+        });
+        let node = Node::start(cfg, OutputMode::Poll(waker)).unwrap();
+        Live {
+            node,
+            slots: Vec::new(),
+            woken,
+            queries: 0,
         }
     }
-    assert_eq!(node.shutdown().unwrap().seq_last, 23);
-    cfg
+
+    fn drain(&mut self) {
+        let slots = &mut self.slots;
+        self.node.poll_outputs(1 << 16, |s| slots.push(*s));
+    }
+
+    fn submit(&mut self, c: &Command, tag: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.node.submit(c, tag) {
+                Ok(()) => return,
+                Err(NodeError::Backpressure) if std::time::Instant::now() < deadline => {
+                    self.drain()
+                }
+                Err(e) => panic!("submit: {e}"),
+            }
+        }
+    }
+
+    /// The node's answer to `q`, after every command submitted before it.
+    fn query(&mut self, q: Query) -> Vec<QueryReply> {
+        self.queries += 1;
+        let tag = QUERY_TAG + self.queries;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.node.submit_query(&q, tag) {
+                Ok(()) => break,
+                Err(NodeError::Backpressure) if std::time::Instant::now() < deadline => {
+                    self.drain()
+                }
+                Err(e) => panic!("query: {e}"),
+            }
+        }
+        loop {
+            self.drain();
+            if self.slots.iter().any(|s| s.tag == tag && s.last) {
+                break;
+            }
+            self.node.want_wake();
+            if self.node.outputs_available() {
+                continue;
+            }
+            self.woken
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the node wakes its owner");
+        }
+        self.slots
+            .iter()
+            .filter(|s| s.tag == tag)
+            .filter_map(|s| match s.item {
+                ringex_engine::Output::Reply(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn account(&mut self, account: u32) -> Vec<QueryReply> {
+        let mut r = self.query(Query::Balances { account });
+        r.extend(self.query(Query::OpenOrders {
+            account,
+            market: None,
+        }));
+        r
+    }
+}
+
+/// A node's data directory holding the known history, with a snapshot after sequence 19
+/// and the final one after 23; what the node answered on the way.
+fn known_history(dir: &Path) -> (Config, Answers) {
+    let cfg = config(dir);
+    let mut live = Live::start(&cfg);
+    let mut accounts = Vec::new();
+    for (i, c) in history(&cfg).iter().enumerate() {
+        let seq = i as u64 + 1;
+        live.submit(c, seq);
+        if seq == 19 {
+            live.node.request_snapshot().unwrap();
+            accounts.push(((1001, seq), live.account(1001)));
+        }
+        if seq == 20 {
+            accounts.push(((1002, seq), live.account(1002)));
+        }
+    }
+    for account in [1001, 1002] {
+        accounts.push(((account, 23), live.account(account)));
+    }
+    // Every event is out before the last query's answer.
+    let events = live
+        .slots
+        .iter()
+        .filter(|s| s.tag < QUERY_TAG)
+        .filter_map(|s| match s.item {
+            ringex_engine::Output::Event(e) => Some((s.seq, e)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(live.node.shutdown().unwrap().seq_last, 23);
+    (cfg, Answers { events, accounts })
 }
 
 /// The engine after the first `n` commands of the history, for what the node answered.
@@ -274,7 +392,7 @@ fn export_streams_the_known_history_in_text_jsonl_and_csv_with_filters() {
 fn events_order_and_account_answer_what_happened_from_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let cfg = known_history(dir);
+    let (cfg, answers) = known_history(dir);
 
     // Account 1002's fills and rejects, each with its reason.
     let trades = json_lines(&ok(
@@ -369,33 +487,22 @@ fn events_order_and_account_answer_what_happened_from_the_journal() {
     );
     assert!(none.stderr.contains("--type rejected"), "{}", none.stderr);
 
-    // An account's balances and open orders agree with the engine's own answer, at the
-    // end (from the final snapshot) and at an earlier sequence (by replay).
-    for (account, at) in [
-        (1001u32, None),
-        (1002, None),
-        (1001, Some(19u64)),
-        (1002, Some(20)),
-    ] {
-        let mut args = vec!["account".to_string(), account.to_string(), "--json".into()];
-        if let Some(at) = at {
-            args.extend(["--at-seq".into(), at.to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // An account's balances and open orders agree with what the live node answered, at
+    // the end (from the final snapshot) and at earlier sequences (by replay).
+    for ((account, at), replies) in &answers.accounts {
+        let (account, at) = (*account, *at);
+        let at_seq = at.to_string();
+        let args = [
+            "account",
+            &account.to_string(),
+            "--json",
+            "--at-seq",
+            &at_seq,
+        ];
         let got = &json_lines(&ok(&args, dir))[0];
-        let ex = engine_after(&cfg, at.unwrap_or(23) as usize);
-        let mut replies = Vec::new();
-        ex.query(&Query::Balances { account }, &mut replies);
-        ex.query(
-            &Query::OpenOrders {
-                account,
-                market: None,
-            },
-            &mut replies,
-        );
         let mut balances = Vec::new();
         let mut orders = Vec::new();
-        for r in replies {
+        for r in replies.iter().copied() {
             match r {
                 QueryReply::Balance {
                     asset,
@@ -424,7 +531,7 @@ fn events_order_and_account_answer_what_happened_from_the_journal() {
                 )
             })
             .collect();
-        assert_eq!(got_balances, balances, "account {account} at {at:?}");
+        assert_eq!(got_balances, balances, "account {account} at {at}");
         let got_orders: Vec<(u64, u64, i64)> = got["open_orders"]
             .as_array()
             .unwrap()
@@ -437,7 +544,34 @@ fn events_order_and_account_answer_what_happened_from_the_journal() {
                 )
             })
             .collect();
-        assert_eq!(got_orders, orders, "account {account} at {at:?}");
+        assert_eq!(got_orders, orders, "account {account} at {at}");
+    }
+    assert_eq!(answers.accounts.len(), 4);
+    // Without --at-seq: after the journal's last record.
+    assert_eq!(
+        ok(&["account", "1002", "--json"], dir),
+        ok(&["account", "1002", "--json", "--at-seq", "23"], dir)
+    );
+    // The engine fed the same commands directly agrees too.
+    let ex = engine_after(&cfg, 23);
+    assert!(ex.account(1001).is_some_and(|a| a.open_orders.len() == 1));
+
+    // Every event the live node produced, in order, is the replay's.
+    let replayed = json_lines(&ok(&["events", "--json"], dir));
+    assert_eq!(replayed.len(), answers.events.len());
+    for (line, (seq, event)) in replayed.iter().zip(&answers.events) {
+        assert_eq!(line["seq"].as_u64(), Some(*seq), "{line}");
+        assert_eq!(line["event"], fmt::event_type(event), "{line}");
+        for (key, value) in fmt::event_fields(event) {
+            let expected = match value {
+                fmt::V::U(x) => Value::from(x),
+                fmt::V::I(x) => Value::from(x),
+                fmt::V::S(x) => Value::from(x),
+                fmt::V::N(x) => Value::from(x),
+                fmt::V::B(x) => Value::from(x),
+            };
+            assert_eq!(line[key], expected, "{key} in {line}");
+        }
     }
     let text = ok(&["account", "1001"], dir);
     assert!(
