@@ -981,3 +981,39 @@ fn the_tools_read_beside_a_live_writer_without_alarm_and_tail_follows_it() {
     let _ = follower.wait();
     node.shutdown().unwrap();
 }
+
+#[test]
+fn every_verb_says_where_there_is_no_journal() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        &["export"][..],
+        &["events"],
+        &["order", "1"],
+        &["account", "1"],
+        &["tail"],
+        &["seek", "--seq", "1"],
+        &["stats"],
+        &["prune", "--dry-run"],
+        &["verify", "--deep"],
+    ] {
+        let run = ringex(args, empty.path());
+        assert_eq!(run.code, 1, "{args:?}");
+        assert!(
+            run.stderr.contains("holds no journal segments")
+                && run.stderr.contains("pass the journal directory"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    let run = ringex(&["snapshot", "list"], empty.path());
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("holds no snapshots"), "{}", run.stderr);
+    let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["journal", "diff"])
+        .arg(empty.path())
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no journal segments"));
+}
