@@ -101,14 +101,18 @@ pub enum V {
 
 impl V {
     fn text(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = match self {
-            V::U(v) => write!(out, "{v}"),
-            V::I(v) => write!(out, "{v}"),
-            V::S(v) => write!(out, "{v}"),
-            V::N(v) => write!(out, "{v}"),
-            V::B(v) => write!(out, "{v}"),
-        };
+        match self {
+            V::U(v) => push_u64(out, *v),
+            V::I(v) => {
+                if *v < 0 {
+                    out.push('-');
+                }
+                push_u64(out, v.unsigned_abs());
+            }
+            V::S(v) => out.push_str(v),
+            V::N(v) => out.push_str(v),
+            V::B(v) => out.push_str(if *v { "true" } else { "false" }),
+        }
     }
 
     fn json(&self, out: &mut String) {
@@ -125,6 +129,27 @@ impl V {
 }
 
 pub type Fields = Vec<(&'static str, V)>;
+
+/// `v` in decimal, appended (the streaming verbs write millions of numbers).
+pub fn push_u64(out: &mut String, v: u64) {
+    push_digits(out, v, 1);
+}
+
+/// `v` in decimal with at least `width` digits (zeros in front), appended.
+fn push_digits(out: &mut String, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width.min(buf.len()));
+    out.push_str(std::str::from_utf8(&buf[start..]).expect("ASCII digits"));
+}
 
 /// `CamelCase` to `snake_case`, for the engine's unit enum names.
 pub fn snake(name: &str) -> String {
@@ -636,11 +661,17 @@ impl LineWriter {
         l.clear();
         match self.format {
             Format::Text => {
-                let _ = write!(l, "{} ", at.seq);
+                push_u64(l, at.seq);
+                l.push(' ');
                 iso8601_into(at.timestamp_ns, l);
-                let _ = write!(l, " ts={} epoch={} ", at.timestamp_ns, at.epoch);
+                l.push_str(" ts=");
+                push_u64(l, at.timestamp_ns);
+                l.push_str(" epoch=");
+                push_u64(l, at.epoch.into());
+                l.push(' ');
                 if let Some(c) = command {
-                    let _ = write!(l, "{c} -> ");
+                    l.push_str(c);
+                    l.push_str(" -> ");
                 }
                 l.push_str(kind);
                 for (k, v) in fields {
@@ -651,20 +682,27 @@ impl LineWriter {
                 }
             }
             Format::Jsonl => {
-                let _ = write!(l, "{{\"seq\":{},\"time\":\"", at.seq);
+                l.push_str("{\"seq\":");
+                push_u64(l, at.seq);
+                l.push_str(",\"time\":\"");
                 iso8601_into(at.timestamp_ns, l);
-                let _ = write!(
-                    l,
-                    "\",\"ts_ns\":{},\"epoch\":{},",
-                    at.timestamp_ns, at.epoch
-                );
+                l.push_str("\",\"ts_ns\":");
+                push_u64(l, at.timestamp_ns);
+                l.push_str(",\"epoch\":");
+                push_u64(l, at.epoch.into());
                 if let Some(c) = command {
-                    let _ = write!(l, "\"command\":\"{c}\",\"event\":\"{kind}\"");
+                    l.push_str(",\"command\":\"");
+                    l.push_str(c);
+                    l.push_str("\",\"event\":\"");
                 } else {
-                    let _ = write!(l, "\"type\":\"{kind}\"");
+                    l.push_str(",\"type\":\"");
                 }
+                l.push_str(kind);
+                l.push('"');
                 for (k, v) in fields {
-                    let _ = write!(l, ",\"{k}\":");
+                    l.push_str(",\"");
+                    l.push_str(k);
+                    l.push_str("\":");
                     v.json(l);
                 }
                 l.push('}');
@@ -723,18 +761,24 @@ pub fn iso8601(ns: u64) -> String {
 
 /// [`iso8601`], appended to `out`.
 pub fn iso8601_into(ns: u64, out: &mut String) {
-    use std::fmt::Write as _;
     let secs = (ns / 1_000_000_000) as i64;
     let frac = ns % 1_000_000_000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
+    push_digits(out, y.max(0) as u64, 4);
+    out.push('-');
+    push_digits(out, m.into(), 2);
+    out.push('-');
+    push_digits(out, d.into(), 2);
+    out.push('T');
+    push_digits(out, (rem / 3600) as u64, 2);
+    out.push(':');
+    push_digits(out, (rem / 60 % 60) as u64, 2);
+    out.push(':');
+    push_digits(out, (rem % 60) as u64, 2);
+    out.push('.');
+    push_digits(out, frac, 9);
+    out.push('Z');
 }
 
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -877,6 +921,22 @@ mod tests {
         assert_eq!(decimal(-5, 3), "-0.005");
         assert_eq!(decimal(7, 0), "7");
         assert_eq!(decimal(100_000_000, 8), "1.00000000");
+    }
+
+    #[test]
+    fn numbers_print_in_decimal() {
+        let mut s = String::new();
+        for v in [
+            V::U(0),
+            V::U(u64::MAX),
+            V::I(-7),
+            V::I(i64::MIN),
+            V::B(true),
+        ] {
+            v.text(&mut s);
+            s.push(' ');
+        }
+        assert_eq!(s, "0 18446744073709551615 -7 -9223372036854775808 true ");
     }
 
     #[test]
