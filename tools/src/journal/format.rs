@@ -100,28 +100,28 @@ pub enum V {
 }
 
 impl V {
-    fn text(&self, out: &mut String) {
+    fn text(&self, out: &mut Vec<u8>) {
         match self {
             V::U(v) => push_u64(out, *v),
             V::I(v) => {
                 if *v < 0 {
-                    out.push('-');
+                    out.put_c(b'-');
                 }
                 push_u64(out, v.unsigned_abs());
             }
-            V::S(v) => out.push_str(v),
-            V::N(v) => out.push_str(v),
-            V::B(v) => out.push_str(if *v { "true" } else { "false" }),
+            V::S(v) => out.put(v),
+            V::N(v) => out.put(v),
+            V::B(v) => out.put(if *v { "true" } else { "false" }),
         }
     }
 
-    fn json(&self, out: &mut String) {
+    fn json(&self, out: &mut Vec<u8>) {
         match self {
-            V::S(s) => out.push_str(&serde_json::to_string(s).expect("a string serialises")),
+            V::S(s) => out.put(&serde_json::to_string(s).expect("a string serialises")),
             V::N(s) => {
-                out.push('"');
-                out.push_str(s);
-                out.push('"');
+                out.put_c(b'"');
+                out.put(s);
+                out.put_c(b'"');
             }
             other => other.text(out),
         }
@@ -130,13 +130,31 @@ impl V {
 
 pub type Fields = Vec<(&'static str, V)>;
 
+/// Appending text to a byte buffer (a line is ASCII but for strings from the journal,
+/// which are UTF-8): no UTF-8 check per piece.
+trait Put {
+    fn put(&mut self, s: &str);
+    fn put_c(&mut self, c: u8);
+}
+
+impl Put for Vec<u8> {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+    #[inline]
+    fn put_c(&mut self, c: u8) {
+        self.push(c);
+    }
+}
+
 /// `v` in decimal, appended (the streaming verbs write millions of numbers).
-pub fn push_u64(out: &mut String, v: u64) {
+pub fn push_u64(out: &mut Vec<u8>, v: u64) {
     push_digits(out, v, 1);
 }
 
 /// `v` in decimal with at least `width` digits (zeros in front), appended.
-fn push_digits(out: &mut String, mut v: u64, width: usize) {
+fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     loop {
@@ -148,23 +166,7 @@ fn push_digits(out: &mut String, mut v: u64, width: usize) {
         }
     }
     let start = i.min(buf.len() - width.min(buf.len()));
-    out.push_str(std::str::from_utf8(&buf[start..]).expect("ASCII digits"));
-}
-
-/// `CamelCase` to `snake_case`, for the engine's unit enum names.
-pub fn snake(name: &str) -> String {
-    let mut s = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                s.push('_');
-            }
-            s.push(c.to_ascii_lowercase());
-        } else {
-            s.push(c);
-        }
-    }
-    s
+    out.extend_from_slice(&buf[start..]);
 }
 
 /// An engine enum's snake_case name, as the tools print it.
@@ -631,7 +633,7 @@ pub struct LineWriter {
     header_done: bool,
     /// For events: the column naming the command that produced them.
     with_command: bool,
-    line: String,
+    line: Vec<u8>,
 }
 
 const CSV_KEYS: [&str; 3] = ["account", "market", "order_id"];
@@ -642,7 +644,7 @@ impl LineWriter {
             format,
             header_done: false,
             with_command,
-            line: String::with_capacity(256),
+            line: Vec::with_capacity(256),
         }
     }
 
@@ -656,56 +658,55 @@ impl LineWriter {
         kind: &str,
         fields: &Fields,
     ) -> Result<(), String> {
-        use std::fmt::Write as _;
         let l = &mut self.line;
         l.clear();
         match self.format {
             Format::Text => {
                 push_u64(l, at.seq);
-                l.push(' ');
+                l.put_c(b' ');
                 iso8601_into(at.timestamp_ns, l);
-                l.push_str(" ts=");
+                l.put(" ts=");
                 push_u64(l, at.timestamp_ns);
-                l.push_str(" epoch=");
+                l.put(" epoch=");
                 push_u64(l, at.epoch.into());
-                l.push(' ');
+                l.put_c(b' ');
                 if let Some(c) = command {
-                    l.push_str(c);
-                    l.push_str(" -> ");
+                    l.put(c);
+                    l.put(" -> ");
                 }
-                l.push_str(kind);
+                l.put(kind);
                 for (k, v) in fields {
-                    l.push(' ');
-                    l.push_str(k);
-                    l.push('=');
+                    l.put_c(b' ');
+                    l.put(k);
+                    l.put_c(b'=');
                     v.text(l);
                 }
             }
             Format::Jsonl => {
-                l.push_str("{\"seq\":");
+                l.put("{\"seq\":");
                 push_u64(l, at.seq);
-                l.push_str(",\"time\":\"");
+                l.put(",\"time\":\"");
                 iso8601_into(at.timestamp_ns, l);
-                l.push_str("\",\"ts_ns\":");
+                l.put("\",\"ts_ns\":");
                 push_u64(l, at.timestamp_ns);
-                l.push_str(",\"epoch\":");
+                l.put(",\"epoch\":");
                 push_u64(l, at.epoch.into());
                 if let Some(c) = command {
-                    l.push_str(",\"command\":\"");
-                    l.push_str(c);
-                    l.push_str("\",\"event\":\"");
+                    l.put(",\"command\":\"");
+                    l.put(c);
+                    l.put("\",\"event\":\"");
                 } else {
-                    l.push_str(",\"type\":\"");
+                    l.put(",\"type\":\"");
                 }
-                l.push_str(kind);
-                l.push('"');
+                l.put(kind);
+                l.put_c(b'"');
                 for (k, v) in fields {
-                    l.push_str(",\"");
-                    l.push_str(k);
-                    l.push_str("\":");
+                    l.put(",\"");
+                    l.put(k);
+                    l.put("\":");
                     v.json(l);
                 }
-                l.push('}');
+                l.put_c(b'}');
             }
             Format::Csv => {
                 if !self.header_done {
@@ -723,62 +724,69 @@ impl LineWriter {
                 if self.with_command {
                     let _ = write!(l, "{},", command.unwrap_or(""));
                 }
-                l.push_str(kind);
+                l.put(kind);
                 for key in CSV_KEYS {
-                    l.push(',');
+                    l.put_c(b',');
                     if let Some((_, v)) = fields.iter().find(|(k, _)| *k == key) {
                         v.text(l);
                     }
                 }
-                let mut rest = String::new();
+                let mut rest: Vec<u8> = Vec::new();
                 for (k, v) in fields.iter().filter(|(k, _)| !CSV_KEYS.contains(k)) {
                     if !rest.is_empty() {
-                        rest.push(' ');
+                        rest.put_c(b' ');
                     }
-                    rest.push_str(k);
-                    rest.push('=');
+                    rest.put(k);
+                    rest.put_c(b'=');
                     v.text(&mut rest);
                 }
-                l.push(',');
-                if rest.contains([',', '"', '\n']) {
-                    let _ = write!(l, "\"{}\"", rest.replace('"', "\"\""));
+                l.put_c(b',');
+                if rest.iter().any(|b| matches!(b, b',' | b'"' | b'\n')) {
+                    l.put_c(b'"');
+                    for &b in &rest {
+                        if b == b'"' {
+                            l.put_c(b'"');
+                        }
+                        l.put_c(b);
+                    }
+                    l.put_c(b'"');
                 } else {
-                    l.push_str(&rest);
+                    l.extend_from_slice(&rest);
                 }
             }
         }
-        l.push('\n');
-        emit(out, l.as_bytes())
+        l.put_c(b'\n');
+        emit(out, l)
     }
 }
 
 /// Nanoseconds since the Unix epoch as ISO 8601 UTC with nine fraction digits.
 pub fn iso8601(ns: u64) -> String {
-    let mut s = String::with_capacity(30);
+    let mut s = Vec::with_capacity(30);
     iso8601_into(ns, &mut s);
-    s
+    String::from_utf8(s).expect("ASCII")
 }
 
 /// [`iso8601`], appended to `out`.
-pub fn iso8601_into(ns: u64, out: &mut String) {
+pub fn iso8601_into(ns: u64, out: &mut Vec<u8>) {
     let secs = (ns / 1_000_000_000) as i64;
     let frac = ns % 1_000_000_000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     push_digits(out, y.max(0) as u64, 4);
-    out.push('-');
+    out.put_c(b'-');
     push_digits(out, m.into(), 2);
-    out.push('-');
+    out.put_c(b'-');
     push_digits(out, d.into(), 2);
-    out.push('T');
+    out.put_c(b'T');
     push_digits(out, (rem / 3600) as u64, 2);
-    out.push(':');
+    out.put_c(b':');
     push_digits(out, (rem / 60 % 60) as u64, 2);
-    out.push(':');
+    out.put_c(b':');
     push_digits(out, (rem % 60) as u64, 2);
-    out.push('.');
+    out.put_c(b'.');
     push_digits(out, frac, 9);
-    out.push('Z');
+    out.put_c(b'Z');
 }
 
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -925,7 +933,7 @@ mod tests {
 
     #[test]
     fn numbers_print_in_decimal() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         for v in [
             V::U(0),
             V::U(u64::MAX),
@@ -934,14 +942,14 @@ mod tests {
             V::B(true),
         ] {
             v.text(&mut s);
-            s.push(' ');
+            s.push(b' ');
         }
-        assert_eq!(s, "0 18446744073709551615 -7 -9223372036854775808 true ");
+        assert_eq!(s, b"0 18446744073709551615 -7 -9223372036854775808 true ");
     }
 
     #[test]
     fn names_are_snake_case() {
-        assert_eq!(snake("PostOnly"), "post_only");
+        assert_eq!(ringex_engine::TimeInForce::PostOnly.name(), "post_only");
         assert_eq!(kind_name(CommandKind::CancelAll), "cancel_all");
     }
 }
