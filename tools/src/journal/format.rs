@@ -634,6 +634,10 @@ pub struct LineWriter {
     /// For events: the column naming the command that produced them.
     with_command: bool,
     line: Vec<u8>,
+    /// The start of the last line (its position and command), which the next line about
+    /// the same record repeats: a command's events share it.
+    prefix: Vec<u8>,
+    prefix_of: Option<(u64, u64, u32)>,
 }
 
 const CSV_KEYS: [&str; 3] = ["account", "market", "order_id"];
@@ -645,6 +649,8 @@ impl LineWriter {
             header_done: false,
             with_command,
             line: Vec::with_capacity(256),
+            prefix: Vec::with_capacity(128),
+            prefix_of: None,
         }
     }
 
@@ -658,18 +664,37 @@ impl LineWriter {
         kind: &str,
         fields: &Fields,
     ) -> Result<(), String> {
+        if matches!(self.format, Format::Text | Format::Jsonl)
+            && self.prefix_of != Some((at.seq, at.timestamp_ns, at.epoch))
+        {
+            self.prefix_of = Some((at.seq, at.timestamp_ns, at.epoch));
+            let p = &mut self.prefix;
+            p.clear();
+            if self.format == Format::Text {
+                push_u64(p, at.seq);
+                p.put_c(b' ');
+                iso8601_into(at.timestamp_ns, p);
+                p.put(" ts=");
+                push_u64(p, at.timestamp_ns);
+                p.put(" epoch=");
+                push_u64(p, at.epoch.into());
+                p.put_c(b' ');
+            } else {
+                p.put("{\"seq\":");
+                push_u64(p, at.seq);
+                p.put(",\"time\":\"");
+                iso8601_into(at.timestamp_ns, p);
+                p.put("\",\"ts_ns\":");
+                push_u64(p, at.timestamp_ns);
+                p.put(",\"epoch\":");
+                push_u64(p, at.epoch.into());
+            }
+        }
         let l = &mut self.line;
         l.clear();
         match self.format {
             Format::Text => {
-                push_u64(l, at.seq);
-                l.put_c(b' ');
-                iso8601_into(at.timestamp_ns, l);
-                l.put(" ts=");
-                push_u64(l, at.timestamp_ns);
-                l.put(" epoch=");
-                push_u64(l, at.epoch.into());
-                l.put_c(b' ');
+                l.extend_from_slice(&self.prefix);
                 if let Some(c) = command {
                     l.put(c);
                     l.put(" -> ");
@@ -683,14 +708,7 @@ impl LineWriter {
                 }
             }
             Format::Jsonl => {
-                l.put("{\"seq\":");
-                push_u64(l, at.seq);
-                l.put(",\"time\":\"");
-                iso8601_into(at.timestamp_ns, l);
-                l.put("\",\"ts_ns\":");
-                push_u64(l, at.timestamp_ns);
-                l.put(",\"epoch\":");
-                push_u64(l, at.epoch.into());
+                l.extend_from_slice(&self.prefix);
                 if let Some(c) = command {
                     l.put(",\"command\":\"");
                     l.put(c);
