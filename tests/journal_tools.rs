@@ -1017,3 +1017,38 @@ fn every_verb_says_where_there_is_no_journal() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("holds no journal segments"));
 }
+
+#[test]
+fn an_empty_journal_is_shown_as_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let node = Node::start(&config(dir), OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    node.shutdown().unwrap();
+    let describe = ok(&["describe"], dir);
+    assert!(describe.contains(": empty (0 records)"), "{describe}");
+    assert!(!describe.contains("1..=0"), "{describe}");
+    let verify = ok(&["verify", "--deep"], dir);
+    assert!(verify.contains("records none"), "{verify}");
+    assert!(verify.contains("deep: 0 record(s)"), "{verify}");
+    assert_eq!(ok(&["export"], dir), "");
+    assert_eq!(ok(&["events"], dir), "");
+    assert_eq!(ok(&["tail"], dir), "");
+    assert!(ok(&["stats"], dir).starts_with("0 records, 0 bytes\n"));
+    let seek = ringex(&["seek", "--seq", "1"], dir);
+    assert_eq!(seek.code, 1);
+    assert!(seek.stderr.contains("no records yet"), "{}", seek.stderr);
+    let dump = ringex(&["dump"], dir);
+    assert_eq!(dump.code, 1);
+    assert!(
+        dump.stderr.contains("no record from sequence 1 on"),
+        "{}",
+        dump.stderr
+    );
+    let account = ringex(&["account", "1001"], dir);
+    assert_eq!(account.code, 1);
+    assert!(
+        account.stderr.contains("does not exist"),
+        "{}",
+        account.stderr
+    );
+}
