@@ -135,7 +135,7 @@ impl Progress {
             let bar = indicatif::ProgressBar::new(len);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{msg} [{bar:40}] {human_pos}/{human_len} records, {per_sec}, {eta} left",
+                    "{msg} [{bar:40}] {human_pos}/{human_len} records ({percent}%), {eta} left",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
