@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ringex_engine::{Command, Event, Exchange, OrderRef, Query, QueryReply};
-use ringex_journal::{list_segments, scan, snapshot_list, Reader, ScanItem, Tailer};
+use ringex_journal::{list_segments, scan, snapshot_list, Reader, ScanItem};
 
 use super::format::{
     self, body_fields, body_fields_into, body_type, decimal, decode, emit, event_fields,
@@ -672,22 +672,45 @@ pub fn tail(
         }
         return out.flush().map_err(|e| e.to_string());
     }
-    let mut tailer = Tailer::new(reader, from).map_err(|e| e.to_string())?;
-    tailer.sleep_max = Duration::from_millis(50);
+    drop(reader);
+    // Following a live writer: frames read around the page cache (O_DIRECT), as a
+    // standby's catch-up reads them; a mapped read racing the writer's direct writes could
+    // keep seeing a stale page.
+    let mut frames = ringex_journal::FrameReader::open(dir, from).map_err(|e| e.to_string())?;
+    let mut batch = Vec::with_capacity(1 << 20);
     loop {
-        match tailer
-            .next_timeout(Duration::from_millis(500))
+        let Some((_, count)) = frames
+            .next_batch(&mut batch, 1 << 20, u64::MAX)
             .map_err(|e| e.to_string())?
-        {
-            Some(r) if r.seq > skip_through => {
+        else {
+            // Nothing new yet: look again shortly (a person is watching, not a machine).
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let mut at = 0usize;
+        for _ in 0..count {
+            let len = u32::from_le_bytes(batch[at..at + 4].try_into().expect("4 bytes"));
+            let size = ringex_journal::frame_size_bytes(len.into()) as usize;
+            let h = ringex_journal::frame_header(&batch[at..at + size])?;
+            if h.seq > skip_through {
+                let payload_at = at + ringex_journal::FRAME_HEADER_SIZE;
+                let r = ringex_journal::Record {
+                    seq: h.seq,
+                    epoch: h.epoch,
+                    timestamp_ns: h.timestamp_ns,
+                    record_type: h.record_type,
+                    schema_version: h.schema_version,
+                    chain_prev: h.chain_prev,
+                    payload: &batch[payload_at..payload_at + h.payload_len as usize],
+                };
                 line(&r, &mut w, out)?;
-                out.flush().map_err(|e| match e.kind() {
-                    std::io::ErrorKind::BrokenPipe => format::OUTPUT_CLOSED.to_string(),
-                    _ => e.to_string(),
-                })?;
             }
-            _ => {}
+            at += size;
         }
+        out.flush().map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => format::OUTPUT_CLOSED.to_string(),
+            _ => e.to_string(),
+        })?;
     }
 }
 
