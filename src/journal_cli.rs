@@ -9,72 +9,19 @@
 //! its snapshot). `repair` is the operator's explicit cut of a damaged journal.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ringex_engine::{Event, Exchange};
 use ringex_journal::{describe, scan, verify_known, Reader, ScanItem, Verify};
 
-use crate::node::recovery::{apply_records, decode_any_record, Record};
+use crate::node::recovery::apply_records;
 
-/// Where the default config keeps the journal (`node.data_dir` = `./data`).
-pub const JOURNAL_DIR_DEFAULT: &str = "./data/journal";
+use ringex_tools::journal::format::{self as fmt, iso8601, At, Format, LineWriter};
+use ringex_tools::journal::snapshots_dir;
+pub use ringex_tools::journal::{resolve_dir, JOURNAL_DIR_DEFAULT};
 
 fn ts(ns: Option<u64>) -> String {
-    ns.map_or("-".into(), |n| format!("{n}"))
-}
-
-fn holds_segments(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(".seg") && n.len() == 24)
-        })
-    })
-}
-
-/// The journal directory an operator meant: `dir` itself when it holds segments, its
-/// `journal/` when it is a node's data directory, the default config's journal when no
-/// `--dir` is given. A directory with no journal in it is an error, never an empty
-/// journal.
-pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
-    let given = dir.map_or_else(|| PathBuf::from(JOURNAL_DIR_DEFAULT), Path::to_path_buf);
-    if holds_segments(&given) {
-        return Ok(given);
-    }
-    let inner = given.join("journal");
-    if holds_segments(&inner) {
-        return Ok(inner);
-    }
-    let what = if !given.exists() {
-        "does not exist"
-    } else if !given.is_dir() {
-        "is not a directory"
-    } else {
-        "holds no journal segments (NNNNNNNNNNNNNNNNNNNN.seg), nor does its journal/"
-    };
-    Err(format!(
-        "{} {what}; pass the journal directory (a node's <data_dir>/journal) or the data \
-         directory with --dir{}",
-        given.display(),
-        if dir.is_none() {
-            " (the default is the default config's ./data/journal)"
-        } else {
-            ""
-        }
-    ))
-}
-
-/// The snapshots directory beside a node's journal directory.
-/// The snapshots directory beside a node's journal directory (`<data_dir>/journal` and
-/// `<data_dir>/snapshots`); None for a journal directory laid out otherwise (a copy on
-/// its own), whose neighbours are not its snapshots.
-fn snapshots_dir(journal_dir: &Path) -> Option<PathBuf> {
-    let name = journal_dir.canonicalize().ok()?;
-    if name.file_name()? != "journal" {
-        return None;
-    }
-    Some(name.parent()?.join("snapshots"))
+    ns.map_or("-".into(), |n| format!("{} ({n} ns)", iso8601(n)))
 }
 
 /// Every segment with its header, seal, record count and time span, and the durable
@@ -107,7 +54,7 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
         };
         let _ = writeln!(
             out,
-            "{}: {seqs} ({} records), {} bytes, {}, epoch {}, timestamps {}..{}{}",
+            "{}: {seqs} ({} records), {} bytes, {}, epoch {}, written {} .. {}{}",
             s.path.display(),
             s.record_count,
             s.size_bytes,
@@ -124,6 +71,51 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
     Ok(out)
 }
 
+/// [`describe_text`] as one JSON object.
+pub fn describe_json(dir: &Path) -> Result<String, String> {
+    let d = describe(dir).map_err(|e| e.to_string())?;
+    let segments: Vec<_> = d
+        .segments
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "path": s.path.display().to_string(),
+                "base_seq": s.base_seq,
+                "records": s.record_count,
+                "seq_last": (s.record_count > 0).then_some(s.seq_last),
+                "size_bytes": s.size_bytes,
+                "sealed": s.sealed,
+                "epoch": s.epoch,
+                "time_first": s.timestamp_ns_first.map(iso8601),
+                "time_last": s.timestamp_ns_last.map(iso8601),
+                "ts_ns_first": s.timestamp_ns_first,
+                "ts_ns_last": s.timestamp_ns_last,
+                "problem": s.problem,
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "dir": dir.display().to_string(),
+        "durable_checkpoint": d.checkpoint.map(|(generation, seq, segment)| {
+            serde_json::json!({"seq": seq, "generation": generation, "segment_base_seq": segment})
+        }),
+        "segments": segments,
+    });
+    Ok(format!("{v}\n"))
+}
+
+/// `verify --deep`: [`verify_text`] over every frame, then every record again through the
+/// checked reader with its chain value re-derived and its payload decoded.
+pub fn verify_deep_text(dir: &Path) -> Result<String, String> {
+    let mut out = verify_text(dir, false)?;
+    let n = ringex_tools::journal::verbs::deep_check(dir)?;
+    let _ = writeln!(
+        out,
+        "deep: {n} record(s) read with every chain value re-derived and every payload decoded"
+    );
+    Ok(out)
+}
+
 /// What `ringex start` would find, without changing anything: the same analysis, with the
 /// newest snapshot as the start takes it. `Err` carries the start's refusal, word for
 /// word. Every frame of every segment is checked unless `quick` (then, as the start does
@@ -131,6 +123,46 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
 /// seal only). Damage only the deeper check finds, in records the start does not read,
 /// is an `Err` that says so: the start goes ahead there, and no cut is called for.
 pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
+    verify_report(dir, quick).map(|r| verify_render(dir, &r))
+}
+
+/// [`verify_text`]'s findings as one JSON object (`deep`: with the decoding pass's
+/// record count).
+pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String> {
+    let r = verify_report(dir, quick)?;
+    let decoded = if deep {
+        Some(ringex_tools::journal::verbs::deep_check(dir)?)
+    } else {
+        None
+    };
+    let v = serde_json::json!({
+        "ok": true,
+        "dir": dir.display().to_string(),
+        "seq_first": (r.seq_last >= r.seq_first.max(1)).then_some(r.seq_first),
+        "seq_last": (r.seq_last >= r.seq_first.max(1)).then_some(r.seq_last),
+        "seq_durable": r.seq_durable,
+        "seq_durable_proven": r.seq_durable_proven,
+        "segments_checked": r.segments_scanned,
+        "live": r.live.as_ref().map(|l| serde_json::json!({
+            "holder": l.holder,
+            "records_past_durable": l.records_past_durable,
+            "stopped_at": l.stopped_at,
+        })),
+        "torn_tail": r.truncation.as_ref().map(|t| serde_json::json!({
+            "segment": t.segment.display().to_string(),
+            "offset_bytes": t.offset_bytes,
+            "seq_first_cut": t.seq_first_cut,
+            "seq_last_cut": t.seq_last_cut,
+            "records_cut": t.records_cut,
+            "bytes_cut": t.cut_size_bytes,
+            "what": t.to_string(),
+        })),
+        "deep_records_decoded": decoded,
+    });
+    Ok(format!("{v}\n"))
+}
+
+fn verify_report(dir: &Path, quick: bool) -> Result<ringex_journal::RecoveryReport, String> {
     let snapshots = snapshots_dir(dir);
     let snapshot = match &snapshots {
         Some(d) => ringex_journal::snapshot_seq_newest(d).map_err(|e| e.to_string())?,
@@ -161,11 +193,15 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
             )
         }
     };
+    Ok(r)
+}
+
+fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
          segment(s) checked frame by frame\n",
         dir.display(),
-        if r.seq_last == 0 {
+        if r.seq_last < r.seq_first.max(1) {
             "none".to_string()
         } else {
             format!("{}..={}", r.seq_first, r.seq_last)
@@ -193,7 +229,7 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
             let _ = writeln!(out, "torn tail that opening would cut: {t}");
         }
     }
-    Ok(out)
+    out
 }
 
 /// Damage that the start does not read (sealed segments it checks by header and seal
@@ -225,11 +261,14 @@ fn not_read_by_the_start(e: &ringex_journal::Error, snapshot: u64) -> String {
     )
 }
 
-/// One line per record from `from` (at most `count` lines), decoded as engine commands;
-/// damaged stretches get a line of their own and reading goes on past them.
-pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
-    let mut out = String::new();
+/// One line per record from `from` (at most `count` lines), decoded as engine commands
+/// with the time in ISO 8601 UTC beside the raw nanoseconds (`--json`: one JSON object per
+/// line); damaged stretches get a line of their own and reading goes on past them.
+pub fn dump_text(dir: &Path, from: u64, count: u64, json: bool) -> Result<String, String> {
+    let mut out = Vec::new();
     let mut lines = 0u64;
+    let mut writer = LineWriter::new(if json { Format::Jsonl } else { Format::Text }, false);
+    let mut failed = None;
     scan(dir, from.max(1), |item| {
         match item {
             ScanItem::Record {
@@ -238,39 +277,26 @@ pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
                 linked,
                 ..
             } => {
-                let line = match decode_any_record(h.seq, h.record_type, h.schema_version, payload)
-                {
-                    Ok(Record::Epoch { epoch, node_id }) => {
-                        format!("PROMOTION: node {node_id} is primary from epoch {epoch}")
-                    }
-                    Ok(Record::Checkpoint { seq, every, hash }) => {
-                        format!("CHECKPOINT: state hash after {seq} is {hash:032x} (every {every})")
-                    }
-                    // The stored hash is key-equivalent (docs/protocol.md §3.1): never print it.
-                    Ok(Record::Command(ringex_engine::Command::AddApiKey {
-                        account,
-                        key_id,
-                        permissions,
-                        ..
-                    })) => format!(
-                        "AddApiKey {{ account: {account}, key_id: {key_id}, secret_hash: \
-                         <redacted>, permissions: {permissions} }}"
-                    ),
-                    Ok(Record::Command(cmd)) => format!("{cmd:?}"),
-                    Err(e) => format!("UNDECODABLE: {e}"),
+                let body = fmt::decode(h.record_type, h.schema_version, payload);
+                let mut fields = fmt::body_fields(&body);
+                if !linked {
+                    fields.push(("not_linked_to_the_record_before", fmt::V::B(true)));
+                }
+                let at = At {
+                    seq: h.seq,
+                    timestamp_ns: h.timestamp_ns,
+                    epoch: h.epoch,
                 };
-                let _ = writeln!(
-                    out,
-                    "{} epoch={} ts={}{} {line}",
-                    h.seq,
-                    h.epoch,
-                    h.timestamp_ns,
-                    if linked {
-                        ""
-                    } else {
-                        " (NOT LINKED to the record before)"
-                    }
-                );
+                let line = writer.write(&mut out, at, None, fmt::body_type(&body), &fields);
+                if let Err(e) = line {
+                    failed = Some(e);
+                    return false;
+                }
+                if !linked && !json {
+                    // Said in words as well, at the end of the line.
+                    out.pop();
+                    out.extend_from_slice(b" (NOT LINKED to the record before)\n");
+                }
             }
             ScanItem::Damaged {
                 segment,
@@ -279,25 +305,41 @@ pub fn dump_text(dir: &Path, from: u64, count: u64) -> Result<String, String> {
                 seq_expected,
                 reason,
             } => {
-                let _ = writeln!(
-                    out,
-                    "!! DAMAGED where sequence {seq_expected} should be: {} offset \
-                     {offset_bytes}, {len_bytes} bytes: {reason}",
-                    segment.display()
-                );
+                let line = if json {
+                    serde_json::json!({
+                        "damaged": true,
+                        "seq_expected": seq_expected,
+                        "segment": segment.display().to_string(),
+                        "offset_bytes": offset_bytes,
+                        "len_bytes": len_bytes,
+                        "reason": reason,
+                    })
+                    .to_string()
+                } else {
+                    format!(
+                        "!! DAMAGED where sequence {seq_expected} should be: {} offset \
+                         {offset_bytes}, {len_bytes} bytes: {reason}",
+                        segment.display()
+                    )
+                };
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
             }
         }
         lines += 1;
         lines < count
     })
     .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if lines == 0 {
         return Err(format!(
             "no record from sequence {from} on in {}",
             dir.display()
         ));
     }
-    Ok(out)
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Replays every record into a fresh engine; returns (records, last seq, state hash,
@@ -327,6 +369,9 @@ pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
         }
         e => e.to_string(),
     })?;
+    // A reader ends at damage in the newest segment as at the end of what is written:
+    // tell them apart.
+    ringex_tools::journal::check_end(dir, seq_last + 1)?;
     Ok((records, seq_last, exchange.state_hash(), rejected))
 }
 
@@ -372,6 +417,22 @@ mod tests {
     use crate::node::{CountingSink, Node, OutputMode};
 
     #[test]
+    fn the_toolkit_decodes_the_record_types_the_node_writes() {
+        use ringex_tools::journal::format as f;
+        assert_eq!(f::RECORD_COMMAND, crate::node::RECORD_COMMAND);
+        assert_eq!(f::RECORD_EPOCH, crate::node::RECORD_EPOCH);
+        assert_eq!(f::RECORD_CHECKPOINT, crate::node::RECORD_CHECKPOINT);
+        let payload = crate::node::recovery::encode_epoch_record(3, 7);
+        assert!(matches!(
+            f::decode(crate::node::RECORD_EPOCH, 1, &payload),
+            f::Body::Epoch {
+                epoch: 3,
+                node_id: 7
+            }
+        ));
+    }
+
+    #[test]
     fn the_tools_describe_verify_dump_and_replay_a_real_journal() {
         let dir = tempfile::tempdir().unwrap();
         let text = crate::config::DEFAULT_CONFIG_TOML
@@ -397,12 +458,12 @@ mod tests {
         let v = verify_text(&journal, false).unwrap();
         assert!(v.contains("records 1..=17"), "{v}");
         assert!(v.contains("tail intact"), "{v}");
-        let dump = dump_text(&journal, 3, 2).unwrap();
+        let dump = dump_text(&journal, 3, 2, false).unwrap();
         assert_eq!(dump.lines().count(), 2);
         assert!(dump.starts_with("3 "), "{dump}");
-        assert!(dump.contains("CreateMarket"), "{dump}");
-        let keys = dump_text(&journal, 1, 17).unwrap();
-        assert!(keys.contains("secret_hash: <redacted>"), "{keys}");
+        assert!(dump.contains("create_market"), "{dump}");
+        let keys = dump_text(&journal, 1, 17, false).unwrap();
+        assert!(keys.contains("secret_hash=<redacted>"), "{keys}");
         let (records, seq_last, replayed, rejected) = replay(&journal).unwrap();
         assert_eq!((records, seq_last, rejected), (17, 17, 0));
         assert_eq!(replayed, hash, "replay reproduces the node's state hash");

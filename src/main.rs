@@ -25,6 +25,10 @@ enum Cmd {
         /// Config file (TOML). Without it, the embedded default (config/single.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The log's lines: text, or one JSON object per line for log shippers. RUST_LOG
+        /// filters (default info; e.g. RUST_LOG=warn,ringex::metrics=info).
+        #[arg(long, value_enum, default_value_t = ringex::log::LogFormat::Text)]
+        log_format: ringex::log::LogFormat,
     },
     /// Run a benchmark.
     Bench {
@@ -90,7 +94,12 @@ struct JournalDir {
 #[derive(Subcommand)]
 enum JournalCmd {
     /// Segments, records, time spans and the durable checkpoint.
-    Describe(JournalDir),
+    Describe {
+        #[command(flatten)]
+        dir: JournalDir,
+        #[arg(long)]
+        json: bool,
+    },
     /// What `ringex start` would find, changing nothing: the torn tail it would cut
     /// (reported, not cut), or the damage that makes it refuse (exit 1, the same
     /// message). Checks every frame; damage in records the start does not read is
@@ -106,6 +115,12 @@ enum JournalCmd {
         /// Accepted for compatibility: every frame is checked by default.
         #[arg(long, hide = true)]
         all: bool,
+        /// Then read every record again, re-deriving each chain value and decoding each
+        /// payload.
+        #[arg(long, conflicts_with = "quick")]
+        deep: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Decode records as engine commands; damaged stretches are marked and read past.
     Dump {
@@ -117,9 +132,17 @@ enum JournalCmd {
         /// Most lines (at least 1).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
         count: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Replay every record into a fresh engine and print the state hash.
-    Replay(JournalDir),
+    Replay {
+        #[command(flatten)]
+        dir: JournalDir,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cut a damaged journal on purpose, giving up every record from --truncate-at on:
     /// the segment holding it is copied and then zeroed from there, later segments and
     /// snapshots past the cut are moved into <journal>/quarantine/. Refused while a node
@@ -130,7 +153,12 @@ enum JournalCmd {
         /// First sequence to give up (the one `ringex start`'s refusal names).
         #[arg(long)]
         truncate_at: u64,
+        /// The report as a JSON object.
+        #[arg(long)]
+        json: bool,
     },
+    #[command(flatten)]
+    Tools(ringex_tools::journal::ToolCmd),
 }
 
 #[derive(Subcommand)]
@@ -142,6 +170,19 @@ enum Bench {
     /// Replication benchmark: none, async and sync (a standby in this process) at the
     /// same rates, and the failover time.
     Replication(ReplicationArgs),
+    /// The journal toolkit's throughput (verify --deep, export, events) on a journal it
+    /// writes, beside cat and sha256sum of the same files.
+    JournalTools(JournalToolsArgs),
+}
+
+#[derive(Args)]
+struct JournalToolsArgs {
+    /// Commands in the journal.
+    #[arg(long, default_value_t = 10_000_000)]
+    commands: usize,
+    /// Scratch directory (its journal/ is replaced).
+    #[arg(long, default_value = "./bench-journal-tools")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -212,7 +253,10 @@ struct EngineArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Start { config } => start(config),
+        Cmd::Start { config, log_format } => {
+            ringex::log::init(log_format);
+            start(config)
+        }
         Cmd::Journal { which } => journal(which),
         Cmd::Promote {
             config,
@@ -294,6 +338,22 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Bench {
+            which: Bench::JournalTools(a),
+        } => {
+            let args = ringex::bench::journal_tools::JournalToolsBenchArgs {
+                commands: a.commands,
+                dir: a.dir,
+                seed: 7,
+            };
+            match ringex::bench::journal_tools::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringex bench journal-tools: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench {
             which: Bench::Engine(a),
         } => {
             let defaults = EngineBenchArgs::default();
@@ -325,20 +385,20 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
     let config = match config {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ringex: {e}");
+            tracing::error!("{e}");
             return ExitCode::from(2);
         }
     };
     let source = config_path.map_or(DEFAULT_CONFIG_NAME.to_string(), |p| p.display().to_string());
-    eprintln!(
-        "ringex: node {} starting with {source}; data in {}",
+    tracing::info!(
+        "node {} starting with {source}; data in {}",
         config.node.id,
         config.node.data_dir.display()
     );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("ringex: cannot install the signal handler: {e}");
+            tracing::error!("cannot install the signal handler: {e}");
             return ExitCode::from(1);
         }
     }
@@ -349,7 +409,7 @@ fn start(config_path: Option<PathBuf>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringex: {e}");
+            tracing::error!("{e}");
             ExitCode::from(1)
         }
     }
@@ -525,36 +585,108 @@ fn promote(config_path: &Path) -> ExitCode {
 fn journal(cmd: JournalCmd) -> ExitCode {
     use ringex::journal_cli::{self, resolve_dir};
     let dir_of = |d: &JournalDir| resolve_dir(d.dir.as_deref());
+    let mut json_errors = false;
     let result = match cmd {
-        JournalCmd::Describe(d) => dir_of(&d).and_then(|dir| journal_cli::describe_text(&dir)),
-        JournalCmd::Verify { dir, quick, all: _ } => {
-            dir_of(&dir).and_then(|dir| journal_cli::verify_text(&dir, quick))
+        JournalCmd::Describe { dir, json } => dir_of(&dir).and_then(|dir| {
+            if json {
+                journal_cli::describe_json(&dir)
+            } else {
+                journal_cli::describe_text(&dir)
+            }
+        }),
+        JournalCmd::Verify {
+            dir,
+            quick,
+            all: _,
+            deep,
+            json,
+        } => {
+            json_errors = json;
+            dir_of(&dir).and_then(|dir| match (json, deep) {
+                (true, _) => journal_cli::verify_json(&dir, quick, deep),
+                (false, true) => journal_cli::verify_deep_text(&dir),
+                (false, false) => journal_cli::verify_text(&dir, quick),
+            })
         }
-        JournalCmd::Dump { dir, from, count } => {
-            dir_of(&dir).and_then(|dir| journal_cli::dump_text(&dir, from, count))
-        }
-        JournalCmd::Replay(d) => dir_of(&d).and_then(|dir| {
+        JournalCmd::Dump {
+            dir,
+            from,
+            count,
+            json,
+        } => dir_of(&dir).and_then(|dir| journal_cli::dump_text(&dir, from, count, json)),
+        JournalCmd::Replay { dir, json } => dir_of(&dir).and_then(|dir| {
             journal_cli::replay(&dir).map(|(n, seq, hash, rejected)| {
-                format!(
-                    "replayed {n} records (last seq {seq}, {rejected} rejected by the engine); \
-                     state hash {hash:032x}\n"
-                )
+                if json {
+                    format!(
+                        "{}\n",
+                        serde_json::json!({
+                            "records": n, "seq_last": seq, "rejected": rejected,
+                            "state_hash": format!("{hash:032x}"),
+                        })
+                    )
+                } else {
+                    format!(
+                        "replayed {n} records (last seq {seq}, {rejected} rejected by the \
+                         engine); state hash {hash:032x}\n"
+                    )
+                }
             })
         }),
-        JournalCmd::Repair { dir, truncate_at } => dir_of(&dir).and_then(|dir| {
-            eprintln!(
-                "ringex journal repair: cutting {} at sequence {truncate_at}",
-                dir.display()
-            );
-            journal_cli::repair_text(&dir, truncate_at)
-        }),
+        JournalCmd::Repair {
+            dir,
+            truncate_at,
+            json,
+        } => {
+            json_errors = json;
+            dir_of(&dir).and_then(|dir| {
+                eprintln!(
+                    "ringex journal repair: cutting {} at sequence {truncate_at}",
+                    dir.display()
+                );
+                journal_cli::repair_text(&dir, truncate_at).map(|text| {
+                    if json {
+                        format!("{}\n", serde_json::json!({"ok": true, "report": text}))
+                    } else {
+                        text
+                    }
+                })
+            })
+        }
+        JournalCmd::Tools(cmd) => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+            let result = ringex_tools::journal::run(cmd, &mut out);
+            let flushed = std::io::Write::flush(&mut out);
+            match (result, flushed) {
+                (Err(e), _) if e == ringex_tools::journal::format::OUTPUT_CLOSED => {
+                    Ok(String::new())
+                }
+                (Err(e), _) => Err(e),
+                (Ok(()), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(format!("cannot write the output: {e}"))
+                }
+                (Ok(()), _) => Ok(String::new()),
+            }
+        }
     };
     match result {
         Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
+            // A reader that stopped early (`| head`) is no failure.
+            let mut out = std::io::stdout().lock();
+            match std::io::Write::write_all(&mut out, text.as_bytes())
+                .and_then(|()| std::io::Write::flush(&mut out))
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("ringex journal: cannot write the output: {e}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
+            if json_errors {
+                println!("{}", serde_json::json!({"ok": false, "error": e}));
+            }
             eprintln!("ringex journal: {e}");
             ExitCode::from(1)
         }

@@ -223,7 +223,7 @@ impl BootstrapAnswers {
                 let key = commands
                     .get(d.tag as usize)
                     .map_or("?", |(k, _)| k.as_str());
-                self.refusal = Some(format!("bootstrap of {key} was refused: {reason:?}"));
+                self.refusal = Some(format!("bootstrap of {key} was refused: {}", reason.name()));
             }
         }
         if d.last {
@@ -356,11 +356,11 @@ pub fn serve_with(
     let mut node = Node::start_with(config, OutputMode::Poll(wake), options)
         .map_err(|e| format!("cannot start: {e}"))?;
     let _ = node.metrics().gateway.set(gateway.stats());
-    eprintln!("ringex: recovery: {}", node.recovery());
-    eprintln!(
-        "ringex: topology {:?}, durability {:?}, journal backend {}",
-        node.topology(),
-        config.journal.durability,
+    tracing::info!("recovery: {}", node.recovery());
+    tracing::info!(
+        "topology {}, durability {}, journal backend {}",
+        format!("{:?}", node.topology()).to_lowercase(),
+        format!("{:?}", config.journal.durability).to_lowercase(),
         node.journal_backend()
     );
     let commands = config.bootstrap_commands();
@@ -375,15 +375,15 @@ pub fn serve_with(
     };
     if let Some(done) = done.filter(|&done| done < commands.len()) {
         if done > 0 {
-            eprintln!(
-                "ringex: the journal holds only the first {done} of {} bootstrap commands (a \
-                 first start stopped part-way): submitting the rest",
+            tracing::warn!(
+                "the journal holds only the first {done} of {} bootstrap commands (a first \
+                 start stopped part-way): submitting the rest",
                 commands.len()
             );
         }
         bootstrap(&mut node, &commands, done)?;
-        eprintln!(
-            "ringex: bootstrapped {} assets, {} markets, {} accounts through the journal",
+        tracing::info!(
+            "bootstrapped {} assets, {} markets, {} accounts through the journal",
             config.assets.len(),
             config.markets.len(),
             config.accounts.len()
@@ -455,8 +455,8 @@ pub fn serve_with(
         .as_ref()
         .map_or("off".to_string(), |(a, _, _, _)| a.to_string());
     let http = retail.as_ref().and_then(|(_, _, _, h)| *h);
-    eprintln!(
-        "ringex: listening: binary protocol on {trading}, admin on {admin}, WebSocket on \
+    tracing::info!(
+        "listening: binary protocol on {trading}, admin on {admin}, WebSocket on \
          {websocket}, HTTP on {}; SIGTERM or Ctrl-C stops",
         http.map_or("off".to_string(), |a| a.to_string())
     );
@@ -476,8 +476,8 @@ pub fn serve_with(
     if let Some((_, _, thread, _)) = retail {
         match thread.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("ringex: the WebSocket loop stopped: {e}"),
-            Err(_) => eprintln!("ringex: the WebSocket loop panicked"),
+            Ok(Err(e)) => tracing::error!("the WebSocket loop stopped: {e}"),
+            Err(_) => tracing::error!("the WebSocket loop panicked"),
         }
     }
     let dropped_before = logger.map_or(0, |l| l.join().unwrap_or(0));
@@ -485,21 +485,22 @@ pub fn serve_with(
     print_refusals(
         &gateway.log_queue(),
         dropped_before,
-        &mut std::io::stderr().lock(),
+        &mut crate::log::GatewayLines::default(),
     );
     if let Err(e) = result {
-        eprintln!("ringex: the gateway stopped: {e}");
+        tracing::error!("the gateway stopped: {e}");
     }
     if let Some(why) = node.failure() {
-        eprintln!("ringex: the node had stopped taking input: {why}");
+        tracing::error!("the node had stopped taking input: {why}");
     }
-    eprintln!("ringex: stopping: draining the pipeline and writing a snapshot");
+    tracing::info!("stopping: draining the pipeline and writing a snapshot");
     let report = node
         .shutdown()
         .map_err(|e| format!("shutdown failed: {e}"))?;
-    eprintln!(
-        "ringex: stopped at seq {} with state hash {:032x}",
-        report.seq_last, report.state_hash
+    tracing::info!(
+        "stopped at seq {} with state hash {:032x}",
+        report.seq_last,
+        report.state_hash
     );
     Ok(())
 }
@@ -560,7 +561,8 @@ fn spawn_logger(
             let mut dropped = 0;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
-                dropped = print_refusals(&refusals, dropped, &mut std::io::stderr().lock());
+                dropped =
+                    print_refusals(&refusals, dropped, &mut crate::log::GatewayLines::default());
                 if !every.is_zero() && last.elapsed() >= every {
                     let elapsed = last.elapsed();
                     let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
@@ -574,8 +576,9 @@ fn spawn_logger(
                             r.messages_out.load(Ordering::Relaxed),
                         )
                     });
-                    eprintln!(
-                        "ringex: {line} connections={} gateway_busy={}% \
+                    tracing::info!(
+                        target: "ringex::metrics",
+                        "{line} connections={} gateway_busy={}% \
                          gateway_slow_passes={}/{}{ws}",
                         stats.connections_active.load(Ordering::Relaxed),
                         busy_percent(busy_ns - busy_ns_before, elapsed),

@@ -316,8 +316,18 @@ fn follow_until_the_end(
                 Some((c, Start::Follow { cut: None, .. })) => conn = c,
                 Some((_, other)) => {
                     take(slot)?.shutdown().map_err(|e| e.to_string())?;
+                    let what = match other {
+                        Start::Follow { cut: Some(cut), .. } => {
+                            format!("this journal's records from {cut} on are not the primary's")
+                        }
+                        Start::Follow { .. } => "the primary's history moved".to_string(),
+                        Start::Snapshot { seq, .. } => format!(
+                            "the primary no longer holds this journal's next record and \
+                             offers its snapshot at sequence {seq}"
+                        ),
+                    };
                     return Err(format!(
-                        "standby: the primary no longer matches this journal ({other:?}); \
+                        "standby: the primary no longer matches this journal ({what}); \
                          restart the standby to reconcile"
                     ));
                 }
@@ -579,15 +589,15 @@ pub fn serve(
     desk.set_waker(Arc::new(move || {
         let _ = waker.wake();
     }));
-    eprintln!(
-        "ringex: standby of the primary at {}; admin listener on {admin} (`ringex promote` \
+    tracing::info!(
+        "standby of the primary at {}; admin listener on {admin} (`ringex promote` \
          makes this node the primary); SIGTERM or Ctrl-C stops",
         config.replication.primary
     );
     let thread = {
         let (config, stop, desk) = (config.clone(), Arc::clone(&stop), Arc::clone(&desk));
         let log: Arc<dyn Fn(String) + Send + Sync> =
-            Arc::new(|line: String| eprintln!("ringex: {line}"));
+            Arc::new(|line: String| tracing::info!(target: "ringex::standby", "{line}"));
         std::thread::Builder::new()
             .name("ringex-standby".into())
             .spawn(move || {
@@ -605,7 +615,7 @@ pub fn serve(
     drop(gateway);
     if let Err(e) = &served {
         // Without its listener the standby could not be promoted: it stops too.
-        eprintln!("ringex: the standby's admin listener failed: {e}; stopping");
+        tracing::error!("the standby's admin listener failed: {e}; stopping");
         stop.store(true, Ordering::Relaxed);
     }
     let ended = thread
@@ -614,7 +624,7 @@ pub fn serve(
     let (node, epoch, seq) = match ended? {
         StandbyEnd::Stopped => {
             served.map_err(|e| format!("the standby's admin listener failed: {e}"))?;
-            eprintln!("ringex: standby stopped");
+            tracing::info!("standby stopped");
             return Ok(());
         }
         StandbyEnd::Promoted { node, epoch, seq } => (node, epoch, seq),
@@ -627,8 +637,8 @@ pub fn serve(
         .map_err(|e| format!("after the promotion: {e}"))?;
     let mut primary = config.clone();
     primary.node.role = crate::config::Role::Primary;
-    eprintln!(
-        "ringex: promoted: epoch {epoch} from sequence {seq} (state hash {:032x}); \
+    tracing::warn!(
+        "promoted: epoch {epoch} from sequence {seq} (state hash {:032x}); \
          starting as the primary ({} ms)",
         report.state_hash,
         started.elapsed().as_millis()
@@ -637,8 +647,8 @@ pub fn serve(
         &primary,
         stop,
         |l| {
-            eprintln!(
-                "ringex: PRIMARY at epoch {epoch}: taking orders {} ms after the epoch record \
+            tracing::warn!(
+                "PRIMARY at epoch {epoch}: taking orders {} ms after the epoch record \
                  was durable",
                 started.elapsed().as_millis()
             );

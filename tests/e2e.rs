@@ -179,7 +179,7 @@ fn a_bootstrap_larger_than_the_rings_completes_and_one_the_journal_refuses_fails
     let stop = Arc::new(AtomicBool::new(true));
     let err = ringex::serve::serve(&config, stop, None).unwrap_err();
     assert!(err.contains("bootstrap of assets[0] was refused"), "{err}");
-    assert!(err.contains("Unavailable"), "{err}");
+    assert!(err.contains("refused: unavailable"), "{err}");
 }
 
 #[test]

@@ -33,10 +33,10 @@ pub use reader::{OwnedRecord, Reader, Record, Tailer};
 pub use recovery::{verify, verify_known, LiveTail, RecoveryReport, Truncation, Verify};
 pub use repair::{repair_truncate, RepairReport, QUARANTINE_DIR_NAME};
 pub use scan::{scan, ScanItem};
-pub use segment::read_regular;
+pub use segment::{list_segments, read_regular, SegmentFile};
 pub use snapshot::{
-    snapshot_file_name, snapshot_seq_newest, snapshot_seq_newest_valid, LoadedSnapshot,
-    SnapshotEntry, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
+    snapshot_file_name, snapshot_list, snapshot_seq_newest, snapshot_seq_newest_valid,
+    LoadedSnapshot, SnapshotEntry, SnapshotMeta, SnapshotStore, STATE_HASH_SIZE_MAX,
 };
 pub use stage::Backend;
 pub use storage::{FaultStorage, OsStorage, Storage};

@@ -182,6 +182,31 @@ pub fn snapshot_seq_newest_valid(dir: &Path) -> Result<Option<u64>> {
     Ok(None)
 }
 
+/// Every snapshot file in `dir`, oldest first, each with its metadata or why it is
+/// unusable. Read-only (an operator's tool beside a running node): unlike
+/// [`SnapshotStore::open`], it creates nothing and removes no temporary file. A missing
+/// directory holds no snapshots.
+pub fn snapshot_list(dir: &Path) -> Result<Vec<SnapshotEntry>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (path, seq) in SnapshotStore::files(dir, ".snap")? {
+        let meta = match crate::segment::read_regular(&path) {
+            Ok(bytes) => decode(&path, &bytes).and_then(|m| {
+                if m.seq == seq {
+                    Ok(m)
+                } else {
+                    Err("sequence in the header differs from the file name".into())
+                }
+            }),
+            Err(e) => Err(format!("read: {e}")),
+        };
+        out.push(SnapshotEntry { path, seq, meta });
+    }
+    Ok(out)
+}
+
 impl SnapshotStore {
     /// A store in `dir` (created if missing) keeping the newest `keep` snapshots.
     pub fn open(dir: impl Into<PathBuf>, keep: usize) -> Result<SnapshotStore> {
@@ -305,21 +330,7 @@ impl SnapshotStore {
 
     /// Every snapshot file, oldest first, each with its metadata or why it is unusable.
     pub fn list(&self) -> Result<Vec<SnapshotEntry>> {
-        let mut out = Vec::new();
-        for (path, seq) in Self::files(&self.dir, ".snap")? {
-            let meta = match crate::segment::read_regular(&path) {
-                Ok(bytes) => decode(&path, &bytes).and_then(|m| {
-                    if m.seq == seq {
-                        Ok(m)
-                    } else {
-                        Err("sequence in the header differs from the file name".into())
-                    }
-                }),
-                Err(e) => Err(format!("read: {e}")),
-            };
-            out.push(SnapshotEntry { path, seq, meta });
-        }
-        Ok(out)
+        snapshot_list(&self.dir)
     }
 
     /// Sequence of the oldest retained snapshot file (valid or not: pruning stays

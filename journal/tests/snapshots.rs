@@ -217,3 +217,22 @@ fn a_fifo_or_device_named_like_a_segment_or_snapshot_is_refused_without_blocking
         "{e}"
     );
 }
+
+#[test]
+fn the_read_only_listing_creates_nothing_and_removes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snapshots");
+    // A missing directory holds no snapshots, and stays missing.
+    assert!(ringex_journal::snapshot_list(&snaps).unwrap().is_empty());
+    assert!(!snaps.exists());
+    let store = SnapshotStore::open(&snaps, 2).unwrap();
+    store.write(7, 1, 21, &[7u8; 32], &payload(7, 500)).unwrap();
+    // A snapshot being written (a running node's temporary file) is left alone.
+    let tmp = snaps.join(format!("{}.tmp", ringex_journal::snapshot_file_name(9)));
+    std::fs::write(&tmp, b"partial").unwrap();
+    let list = ringex_journal::snapshot_list(&snaps).unwrap();
+    assert_eq!(list.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7]);
+    assert_eq!(list[0].meta.as_ref().unwrap().chain, 21);
+    assert!(tmp.exists());
+    assert_eq!(store.list().unwrap(), list);
+}

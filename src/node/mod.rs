@@ -224,7 +224,7 @@ impl Shared {
     pub fn fail(&self, why: String) {
         let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            eprintln!("ringex: {why}");
+            tracing::error!("{why}");
             *f = Some(why);
         }
         self.refusing.store(true, Ordering::SeqCst);
@@ -240,7 +240,7 @@ impl Shared {
         let logged_ms = self.note_logged_ms.load(Ordering::Relaxed);
         if last.as_deref() != Some(why.as_str()) || now_ms >= logged_ms + 1_000 {
             self.note_logged_ms.store(now_ms, Ordering::Relaxed);
-            eprintln!("ringex: {why}");
+            tracing::warn!("{why}");
         }
         *last = Some(why);
     }

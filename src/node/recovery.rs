@@ -181,7 +181,15 @@ pub fn decode_record(
         Record::Command(cmd) => Ok(cmd),
         other => Err(NodeError::Replay {
             seq,
-            reason: format!("not a command: {other:?}"),
+            reason: match other {
+                Record::Epoch { epoch, node_id } => {
+                    format!("not a command: a promotion of node {node_id} to epoch {epoch}")
+                }
+                Record::Checkpoint { seq, .. } => {
+                    format!("not a command: a checkpoint of the state after {seq}")
+                }
+                Record::Command(_) => unreachable!("matched above"),
+            },
         }),
     }
 }
