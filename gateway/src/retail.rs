@@ -123,7 +123,7 @@ impl RetailConfig {
             first_subscription_ms: 10_000,
             outbound_buffer_bytes: 1 << 20,
             message_bytes_max: 64 * 1024,
-            socket_send_buffer_bytes: 0,
+            socket_send_buffer_bytes: 256 * 1024,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             compression: true,
