@@ -61,9 +61,9 @@ const HANDSHAKE_BYTES_MAX: usize = 8 * 1024;
 /// Exchange output handled per pass: all there is, up to a whole hand-off queue. The
 /// fan-out (one frame per channel to every subscriber) costs about the same per pass
 /// however many events the pass folds, so a loop that falls behind takes larger passes
-/// and catches up; a fixed small bound made the fan-out's cost follow the event rate
-/// instead, and 1,000 subscribers of a market at 100 K orders/s fell a whole queue
-/// behind (every client closed 1013).
+/// and can catch up; a fixed small bound made the fan-out's cost follow the event rate
+/// instead. (It is not enough on a loaded 2-core machine at 100 K orders/s with 1,000
+/// subscribers: docs/benchmarks.md, WebSocket.)
 const DRAIN_PER_PASS: usize = 1 << 16;
 /// Chunks per vectored write.
 const IOVECS_MAX: usize = 64;
