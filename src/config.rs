@@ -357,11 +357,12 @@ pub struct WebSocketConfig {
     pub subscriptions_max: u32,
     /// A connection must subscribe or authenticate within this.
     pub first_subscription_ms: u32,
-    /// Unsent published bytes one connection may have queued before it is closed.
+    /// Unsent bytes one connection may have queued before it is closed (1013).
     pub outbound_buffer_kib: u32,
     /// The largest message a client may send, after decompression.
     pub message_max_kib: u32,
-    /// The kernel's send buffer per connection (0: the kernel's default).
+    /// The kernel's send buffer per connection (SO_SNDBUF; 0: the kernel's default,
+    /// which grows to megabytes per connection before a slow client is seen).
     pub socket_send_buffer_kib: u32,
     pub ping_interval_ms: u32,
     /// A connection silent this long (not even a pong) is dropped.
@@ -389,7 +390,7 @@ impl Default for WebSocketConfig {
             first_subscription_ms: 10_000,
             outbound_buffer_kib: 1024,
             message_max_kib: 64,
-            socket_send_buffer_kib: 0,
+            socket_send_buffer_kib: 256,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             compression: true,

@@ -571,9 +571,11 @@ fn spawn_logger(
                     let ws = retail.as_ref().map_or(String::new(), |r| {
                         let refused: u64 = Refusal::ALL.iter().map(|x| r.refusals.get(*x)).sum();
                         format!(
-                            " ws_connections={} ws_messages_out={} ws_refusals={refused}",
+                            " ws_connections={} ws_messages_out={} ws_refusals={refused} \
+                             ws_overruns={}",
                             r.connections_active.load(Ordering::Relaxed),
                             r.messages_out.load(Ordering::Relaxed),
+                            r.overruns.load(Ordering::Relaxed),
                         )
                     });
                     tracing::info!(

@@ -798,10 +798,15 @@ fn write_ticker(out: &mut Vec<u8>, m: &MarketState, seq: u64, now_ns: u64, kind:
         format_args!(",\"seq\":{seq},\"time\":{}", now_ns / 1_000_000),
     );
     let Some(open) = open else {
+        // No trades in the window: no prices, and zero volumes written with their
+        // decimals like every other quantity.
         out.extend_from_slice(
-            b",\"open\":null,\"high\":null,\"low\":null,\"last\":null,\"volume\":\"0\",\
-              \"quoteVolume\":\"0\",\"change\":null,\"changePercent\":null,\"count\":0}",
+            b",\"open\":null,\"high\":null,\"low\":null,\"last\":null,\"volume\":\"",
         );
+        crate::units::write_decimal(0, units.qty_scale, out);
+        out.extend_from_slice(b"\",\"quoteVolume\":\"");
+        units.notional(0, out);
+        out.extend_from_slice(b"\",\"change\":null,\"changePercent\":null,\"count\":0}");
         return;
     };
     let price = |name: &str, p: Price, out: &mut Vec<u8>| {

@@ -1169,3 +1169,27 @@ fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_clo
     assert_eq!(code, 1013, "{reason}");
     assert!(whole < sent, "{whole} of {sent}");
 }
+
+#[test]
+fn a_ticker_without_trades_has_no_prices_and_zero_volumes_in_their_decimals() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut ws = connect(rig.ws);
+    send(
+        &mut ws,
+        json!({"method": "subscribe", "params": {"channels": ["ticker"], "markets": ["BTC-USDT"]}, "id": 1}),
+    );
+    reply(&mut ws, 1);
+    let t = recv_until(&mut ws, "the ticker snapshot", |m| m["channel"] == "ticker");
+    assert_eq!(t["type"], "snapshot");
+    for field in ["open", "high", "low", "last", "change", "changePercent"] {
+        assert_eq!(t[field], Value::Null, "{field}");
+    }
+    assert_eq!(
+        (
+            t["volume"].clone(),
+            t["quoteVolume"].clone(),
+            t["count"].clone()
+        ),
+        (json!("0.0000"), json!("0.000000"), json!(0))
+    );
+}

@@ -105,8 +105,8 @@ pub struct WsReport {
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
-    /// Close codes the server sent, with counts.
-    pub closes: Vec<(u16, u64)>,
+    /// Close codes the server sent, with counts and the first reason given.
+    pub closes: Vec<(u16, u64, String)>,
     /// The daemon's RSS before and after the connections, KiB.
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
@@ -167,7 +167,7 @@ struct Tally {
     payload_bytes: u64,
     trades: u64,
     latency_us: Histogram<u64>,
-    closes: std::collections::BTreeMap<u16, u64>,
+    closes: std::collections::BTreeMap<u16, (u64, String)>,
 }
 
 /// Opens the connections, subscribes, reads until told to stop.
@@ -319,7 +319,11 @@ fn subscribers(
         latency_p50_us: h.value_at_quantile(0.5),
         latency_p99_us: h.value_at_quantile(0.99),
         latency_max_us: h.max(),
-        closes: tally.closes.into_iter().collect(),
+        closes: tally
+            .closes
+            .into_iter()
+            .map(|(code, (n, reason))| (code, n, reason))
+            .collect(),
         rss_before_kib: None,
         rss_after_kib: None,
     };
@@ -435,7 +439,11 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
                 } else {
                     1005
                 };
-                *tally.closes.entry(code).or_default() += 1;
+                let entry = tally.closes.entry(code).or_insert_with(|| {
+                    let reason = payload.get(2..).unwrap_or_default();
+                    (0, String::from_utf8_lossy(reason).into_owned())
+                });
+                entry.0 += 1;
                 c.open = false;
             }
             0x9 => client_frame(0xA, payload, &mut c.out),
