@@ -316,8 +316,20 @@ fn follow_until_the_end(
                 Some((c, Start::Follow { cut: None, .. })) => conn = c,
                 Some((_, other)) => {
                     take(slot)?.shutdown().map_err(|e| e.to_string())?;
+                    let what = match other {
+                        Start::Follow { cut: Some(cut), .. } => {
+                            format!("its journal differs from this one's from sequence {cut} on")
+                        }
+                        Start::Follow { seq_from, .. } => {
+                            format!("it streams from sequence {seq_from}")
+                        }
+                        Start::Snapshot { seq, .. } => format!(
+                            "it no longer holds this journal's next record and sends its \
+                             snapshot at sequence {seq}"
+                        ),
+                    };
                     return Err(format!(
-                        "standby: the primary no longer matches this journal ({other:?}); \
+                        "standby: the primary no longer matches this journal ({what}); \
                          restart the standby to reconcile"
                     ));
                 }

@@ -1211,6 +1211,10 @@ fn ringex_load_fails_over_to_the_promoted_standby_mid_run() {
     let report = load.join().unwrap().unwrap();
     assert_eq!(report.failovers, users, "{report:?}");
     assert!(report.accepted > 0, "{report:?}");
+    // A connection lost and failed over is no error: the report gives its cause with the
+    // failovers.
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.failover_causes.len() as u64, users, "{report:?}");
     stop_standby.store(true, Ordering::Relaxed);
     standby.join().unwrap().unwrap();
     assert!(
@@ -1338,4 +1342,134 @@ fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_po
             "{policy}: the standby's thread panicked"
         );
     }
+}
+
+/// Sends `bytes` to a replication listener and reads until it closes the connection:
+/// the refusal it answered, if any (`Err` with what else came back).
+fn ask_primary(addr: std::net::SocketAddr, bytes: &[u8]) -> Result<Option<String>, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // The listener may close before it has read everything: a failed write is an answer.
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    // Ends when the primary closes (or after the read timeout, a failure below).
+    loop {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("no answer and still open: {e}")),
+        }
+    }
+    if got.is_empty() {
+        return Ok(None);
+    }
+    let mut d = ringex_replicator::wire::Decoder::new();
+    d.feed(&got);
+    match d.next_message() {
+        Ok(Some(env)) => match env.message {
+            ringex_replicator::wire::Message::Refused { reason } => Ok(Some(reason.to_string())),
+            other => Err(format!("answered {other}")),
+        },
+        other => Err(format!("undecodable answer: {other:?}")),
+    }
+}
+
+fn hello(epoch: u32, journal_id: u128) -> Vec<u8> {
+    let mut out = Vec::new();
+    ringex_replicator::wire::encode(
+        &mut out,
+        epoch,
+        &ringex_replicator::wire::Message::Hello {
+            node_id: 9,
+            journal_id,
+            seq_last: 0,
+            chain_last: 0,
+        },
+    );
+    out
+}
+
+/// Whatever reaches the replication listener from outside: connections that say nothing,
+/// garbage, a second standby, a standby of another journal or with no journal claiming a
+/// newer epoch. None of them keeps the standby out, fences the primary or stops it taking
+/// orders, and each refusal says why.
+#[test]
+fn hostile_connections_to_the_replication_listener_neither_block_nor_fence_the_primary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let mut pcfg = config(&pdir, "primary", "async", "fused", "127.0.0.1:1");
+    // A silent connection is dropped only after this long: it must not hold the listener.
+    pcfg.replication.silence_max_ms = 600_000;
+    let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let addr = primary.replication_addr().unwrap();
+    let commands = stream(600);
+    for (i, c) in commands[..300].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    // Held open, saying nothing or half a header, while the standby connects.
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut partial = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut partial, &[0x10, 0, 0]).unwrap();
+    let standby = Standby::start(config(
+        &sdir,
+        "standby",
+        "async",
+        "fused",
+        &addr.to_string(),
+    ));
+    let (seq, _) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+
+    // A second standby while the first is attached.
+    let why = ask_primary(addr, &hello(1, 0)).unwrap();
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("another standby is attached")),
+        "{why:?}"
+    );
+    // Garbage, an impossible length, a wrong CRC: closed without an answer.
+    let mut garbage: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    garbage[..4].copy_from_slice(&100u32.to_le_bytes());
+    assert_eq!(ask_primary(addr, &garbage), Ok(None));
+    assert_eq!(ask_primary(addr, &u32::MAX.to_le_bytes()), Ok(None));
+    let mut bad_crc = hello(1, 0);
+    bad_crc[4] ^= 1;
+    assert_eq!(ask_primary(addr, &bad_crc), Ok(None));
+    // A newer epoch from another journal, or from no journal at all: refused, not fenced.
+    let other = primary.journal_id() ^ 1;
+    let why = ask_primary(addr, &hello(9, other)).unwrap();
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("another primary's journal")),
+        "{why:?}"
+    );
+    let why = ask_primary(addr, &hello(u32::MAX, 0)).unwrap();
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("has no journal")),
+        "{why:?}"
+    );
+    let link = primary.metrics().replication.get().cloned().unwrap();
+    assert_eq!(link.fenced_by(), None);
+
+    // Still the primary, still streaming to its standby.
+    for (i, c) in commands[300..].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    let (seq, hash) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+    drop((silent, partial));
+    standby.stop();
+    primary.shutdown().unwrap();
+    let node = Node::start(
+        &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(
+        (node.recovery().seq_last, node.recovery().state_hash),
+        (seq, hash)
+    );
 }

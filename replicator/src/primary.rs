@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,7 +50,29 @@ pub struct PrimaryJournal {
 /// Log lines for the node's log.
 pub type Log = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Connections past their hello at most at once; more are closed at once (a standby
+/// retries). Bounds the threads a flood of connections can hold.
+const HANDSHAKES_MAX: usize = 8;
+
+/// What every connection's thread shares.
+struct Shared {
+    config: PrimaryConfig,
+    journal: PrimaryJournal,
+    link: Arc<Link>,
+    stop: Arc<AtomicBool>,
+    log: Log,
+    /// A standby holds the stream (one at a time).
+    attached: AtomicBool,
+    /// Connections being served, attached or not.
+    connections: AtomicUsize,
+}
+
 /// Binds the listener and starts the thread that serves standbys until `stop`.
+///
+/// Each connection has a thread of its own, so a connection that sends nothing (or
+/// garbage, slowly) never keeps the standby out while it waits for its hello; the first
+/// hello that matches takes the stream, and a second standby is refused while one is
+/// attached.
 pub fn spawn(
     config: PrimaryConfig,
     journal: PrimaryJournal,
@@ -61,31 +83,77 @@ pub fn spawn(
     let listener = TcpListener::bind(config.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        config,
+        journal,
+        link,
+        stop,
+        log,
+        attached: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+    });
     let handle = std::thread::Builder::new()
         .name("ringex-repl".into())
         .spawn(move || {
+            let mut threads: Vec<JoinHandle<()>> = Vec::new();
             // Bounded by `stop`: each pass waits at most 10 ms for a connection.
-            while !stop.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
+                threads.retain(|t| !t.is_finished());
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        let r = serve(&config, &journal, &link, &stop, &log, stream, peer);
-                        journal.tap.detach();
-                        link.set_connected(false);
-                        if let Err(why) = r {
-                            log(format!("replication: standby {peer}: {why}"));
+                        if shared.connections.load(Ordering::Acquire) >= HANDSHAKES_MAX {
+                            (shared.log)(format!(
+                                "replication: {peer}: closed at once, {HANDSHAKES_MAX} \
+                                 connections are being served already"
+                            ));
+                            continue;
+                        }
+                        shared.connections.fetch_add(1, Ordering::AcqRel);
+                        let sh = shared.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("ringex-repl-conn".into())
+                            .spawn(move || {
+                                let r = serve(&sh, stream, peer);
+                                sh.connections.fetch_sub(1, Ordering::AcqRel);
+                                if let Err(why) = r {
+                                    (sh.log)(format!("replication: standby {peer}: {why}"));
+                                }
+                            });
+                        match spawned {
+                            Ok(t) => threads.push(t),
+                            Err(e) => {
+                                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                                (shared.log)(format!("replication: {peer}: no thread: {e}"));
+                            }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(e) => {
-                        log(format!("replication: accept failed: {e}"));
+                        (shared.log)(format!("replication: accept failed: {e}"));
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
             }
+            // Each connection ends within `silence_max` of `stop`.
+            for t in threads {
+                let _ = t.join();
+            }
         })?;
     Ok((addr, handle))
+}
+
+/// The stream's slot while a standby holds it: released, with the tap detached and the
+/// link disconnected, however the connection ends.
+struct Attached<'a>(&'a Shared);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.journal.tap.detach();
+        self.0.link.set_connected(false);
+        self.0.attached.store(false, Ordering::Release);
+    }
 }
 
 fn now_ns() -> u64 {
@@ -161,15 +229,14 @@ fn decoder_has_message(decoder: &Decoder) -> Result<bool, String> {
     decoder.has_message().map_err(|e| e.to_string())
 }
 
-fn serve(
-    config: &PrimaryConfig,
-    journal: &PrimaryJournal,
-    link: &Arc<Link>,
-    stop: &Arc<AtomicBool>,
-    log: &Log,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> Result<(), String> {
+fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    let (config, journal, link, stop, log) = (
+        &shared.config,
+        &shared.journal,
+        &shared.link,
+        &shared.stop,
+        &shared.log,
+    );
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     stream
         .set_write_timeout(Some(config.silence_max))
@@ -184,6 +251,7 @@ fn serve(
 
     // The handshake: step back until a prefix matches.
     let mut seq_from = None;
+    let mut slot: Option<Attached> = None;
     for _ in 0..HANDSHAKE_ROUNDS_MAX {
         let env = read_message(&stream, &mut decoder, config.silence_max)?;
         let (epoch, journal_id, seq_last, chain_last) = match env.message {
@@ -193,7 +261,7 @@ fn serve(
                 chain_last,
                 ..
             } => (env.epoch, journal_id, seq_last, chain_last),
-            other => return Err(format!("expected a hello, got {other:?}")),
+            other => return Err(format!("expected a hello, got {other}")),
         };
         let view = PrimaryView {
             journal_id: journal.journal_id,
@@ -208,6 +276,24 @@ fn serve(
                 .ok()
                 .flatten()
         });
+        if matches!(
+            answer,
+            Answer::Stream { .. } | Answer::Diverged { .. } | Answer::Snapshot
+        ) && slot.is_none()
+        {
+            if shared
+                .attached
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                let why = "another standby is attached: this primary streams to one \
+                           standby at a time (a standby that just restarted is let in once \
+                           the old connection is dropped, within replication.silence_max_ms)";
+                let _ = out.send(&Message::Refused { reason: why });
+                return Err(why.into());
+            }
+            slot = Some(Attached(shared));
+        }
         match answer {
             Answer::Stream { seq_from: s } => {
                 out.send(&Message::Welcome {
@@ -312,7 +398,7 @@ fn read_acks(
             }
             other => {
                 dead.store(true, Ordering::Release);
-                return Err(format!("unexpected message from the standby: {other:?}"));
+                return Err(format!("unexpected message from the standby: {other}"));
             }
         }
     }
