@@ -963,6 +963,8 @@ struct Pair {
     /// The primary's (trading, admin) listeners.
     primary_at: (std::net::SocketAddr, std::net::SocketAddr),
     standby_admin: std::net::SocketAddr,
+    /// The primary's replication listener's port.
+    replication_port: u16,
     /// The standby's listeners once it serves as the primary.
     promoted: std::sync::mpsc::Receiver<ringex::serve::Listening>,
 }
@@ -1016,6 +1018,7 @@ impl Pair {
             standby,
             primary_at,
             standby_admin,
+            replication_port: port,
             promoted,
         }
     }
@@ -1472,4 +1475,69 @@ fn hostile_connections_to_the_replication_listener_neither_block_nor_fence_the_p
         (node.recovery().seq_last, node.recovery().state_hash),
         (seq, hash)
     );
+}
+
+/// The old primary, restarted as a primary after its standby was promoted (even `async`,
+/// which waits for nobody), is fenced by the promoted node, which keeps knocking on the
+/// replication listener it followed: it takes no orders in the old epoch from then on.
+#[test]
+fn an_old_primary_restarted_as_a_primary_is_fenced_by_the_promoted_standby() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::start(tmp.path(), 0);
+    let Pair {
+        primary,
+        standby,
+        stop_primary,
+        stop_standby,
+        standby_admin,
+        replication_port,
+        ..
+    } = pair;
+    stop_primary.store(true, Ordering::Relaxed);
+    primary.join().unwrap().unwrap();
+    let mut operator = standby_admin_session(standby_admin);
+    let promoted = operator.promote().unwrap();
+    // Restarted by mistake as a primary, on its old replication listener, `async`.
+    let text = shipped_text(
+        "config/primary.toml",
+        &tmp.path().join("p"),
+        replication_port,
+        0,
+        0,
+    );
+    let ocfg = Config::parse(
+        &text.replace("mode = \"sync\"", "mode = \"async\""),
+        "primary.toml",
+    )
+    .unwrap();
+    let mut old = Node::start(&ocfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    assert_eq!(old.epoch(), promoted.epoch - 1);
+    let link = old.metrics().replication.get().cloned().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while link.fenced_by().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was never fenced"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(link.fenced_by(), Some(promoted.epoch));
+    // From the fence on, its orders are refused, saying why and what to do.
+    let command = stream(1)[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let why = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the fenced primary still takes orders"
+        );
+        match old.submit(&command, 0) {
+            Err(NodeError::Refused(why)) => break why,
+            Ok(()) | Err(NodeError::Backpressure) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(why.contains("FENCED") && why.contains("standby"), "{why}");
+    drop(old);
+    stop_standby.store(true, Ordering::Relaxed);
+    standby.join().unwrap().unwrap();
 }

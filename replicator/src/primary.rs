@@ -35,7 +35,15 @@ pub struct PrimaryConfig {
     /// A standby silent this long (no acknowledgement, no heartbeat) is dropped; a write
     /// blocked this long drops it too.
     pub silence_max: Duration,
+    /// A promoted node's former primary: its replication listener, where this node says
+    /// hello at its new epoch every [`FENCE_EVERY`], so that the old primary, should it
+    /// run again (restarted as a primary by mistake), is fenced before it takes orders
+    /// in the old epoch.
+    pub fence: Option<SocketAddr>,
 }
+
+/// How often a promoted node knocks on its former primary's replication listener.
+pub const FENCE_EVERY: Duration = Duration::from_millis(500);
 
 /// The primary's journal, as the replication threads read it (never the writer itself).
 pub struct PrimaryJournal {
@@ -92,10 +100,21 @@ pub fn spawn(
         attached: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
     });
+    let fencer = match shared.config.fence {
+        Some(old) if old != addr => {
+            let sh = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("ringex-repl-fence".into())
+                    .spawn(move || fence_old_primary(&sh, old))?,
+            )
+        }
+        _ => None,
+    };
     let handle = std::thread::Builder::new()
         .name("ringex-repl".into())
         .spawn(move || {
-            let mut threads: Vec<JoinHandle<()>> = Vec::new();
+            let mut threads: Vec<JoinHandle<()>> = fencer.into_iter().collect();
             // Bounded by `stop`: each pass waits at most 10 ms for a connection.
             while !shared.stop.load(Ordering::Relaxed) {
                 threads.retain(|t| !t.is_finished());
@@ -142,6 +161,68 @@ pub fn spawn(
             }
         })?;
     Ok((addr, handle))
+}
+
+/// Knocks on the former primary's replication listener until `stop`: a hello at this
+/// node's epoch, with this journal, fences an old primary running there (it refuses,
+/// saying so); an answer at a newer epoch than this node's fences this node instead.
+fn fence_old_primary(shared: &Shared, old: SocketAddr) {
+    let (journal, link, log) = (&shared.journal, &shared.link, &shared.log);
+    let mut fenced_one = false;
+    // Bounded by `stop`: each pass is bounded by its timeouts and the pause.
+    while !shared.stop.load(Ordering::Relaxed) {
+        // The epoch of whatever answers there.
+        let answer = (|| -> Result<u32, String> {
+            let stream = TcpStream::connect_timeout(&old, Duration::from_millis(200))
+                .map_err(|e| e.to_string())?;
+            let mut out = Out {
+                stream: &stream,
+                buf: Vec::new(),
+                epoch: journal.epoch,
+                last_sent: Instant::now(),
+            };
+            out.send(&Message::Hello {
+                node_id: 0,
+                journal_id: journal.journal_id,
+                // Past any journal's end: a primary at this epoch or newer answers that the
+                // journals differ, and streams nothing.
+                seq_last: u64::MAX,
+                chain_last: 0,
+            })?;
+            let mut decoder = Decoder::new();
+            let env = read_message(&stream, &mut decoder, Duration::from_secs(2))?;
+            Ok(env.epoch)
+        })();
+        match answer {
+            Ok(epoch) if epoch > journal.epoch => {
+                link.fence(epoch);
+                log(format!(
+                    "replication: FENCED: the former primary's listener {old} answers at \
+                     epoch {}, newer than this node's {}: a newer primary exists; this \
+                     node stops taking orders",
+                    epoch, journal.epoch
+                ));
+                return;
+            }
+            Ok(epoch) if epoch < journal.epoch => {
+                if !fenced_one {
+                    log(format!(
+                        "replication: the former primary runs at {old} (epoch {}): fenced \
+                         by this node's epoch {}, it takes no more orders; stop it, or \
+                         restart it as this node's standby",
+                        epoch, journal.epoch
+                    ));
+                }
+                fenced_one = true;
+            }
+            // Nothing there (the usual case), or no primary of the old epoch.
+            _ => fenced_one = false,
+        }
+        let resume_at = Instant::now() + FENCE_EVERY;
+        while !shared.stop.load(Ordering::Relaxed) && Instant::now() < resume_at {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The stream's slot while a standby holds it: released, with the tap detached and the
@@ -276,11 +357,7 @@ fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), Str
                 .ok()
                 .flatten()
         });
-        if matches!(
-            answer,
-            Answer::Stream { .. } | Answer::Diverged { .. } | Answer::Snapshot
-        ) && slot.is_none()
-        {
+        if matches!(answer, Answer::Stream { .. } | Answer::Snapshot) && slot.is_none() {
             if shared
                 .attached
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -317,7 +394,7 @@ fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), Str
             Answer::Fenced { epoch } => {
                 link.fence(epoch);
                 let why = format!(
-                    "the standby is at epoch {epoch}, newer than this primary's {}: a newer \
+                    "{peer} is at epoch {epoch}, newer than this primary's {}: a newer \
                      primary exists; this node stops taking orders",
                     journal.epoch
                 );

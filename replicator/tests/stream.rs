@@ -81,6 +81,7 @@ impl Primary {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 heartbeat: Duration::from_millis(20),
                 silence_max: Duration::from_secs(5),
+                fence: None,
             },
             PrimaryJournal {
                 dir: dir.join("journal"),

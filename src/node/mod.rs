@@ -691,6 +691,12 @@ impl Node {
                         listen,
                         heartbeat: Duration::from_millis(r.heartbeat_ms),
                         silence_max: Duration::from_millis(r.silence_max_ms),
+                        // Promoted online: the primary it followed may come back.
+                        fence: if options.promoted {
+                            r.primary.parse().ok()
+                        } else {
+                            None
+                        },
                     },
                     ringex_replicator::primary::PrimaryJournal {
                         dir: journal_dir.clone(),
