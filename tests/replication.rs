@@ -1264,7 +1264,9 @@ fn small_tmpfs(dir: &Path, size: &str, test: &str) -> Option<(std::path::PathBuf
 
 /// A standby whose disk fills stops acknowledging (its journal pauses appends and says
 /// why): a `sync` primary with `degrade` goes on as `async` after its timeout, one with
-/// `halt` refuses new orders as unavailable and applies nothing the standby lacks.
+/// `halt` refuses new orders as unavailable and applies nothing the standby lacks. The
+/// standby stops, saying to free space and restart it; restarted with room, it catches
+/// up and the primary is in step again.
 #[test]
 fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy() {
     let test = "a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy";
@@ -1332,17 +1334,53 @@ fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_po
             assert!(why.contains("replication halted"), "{why}");
         }
         assert_eq!(link.durable(), acked, "nothing more was acknowledged");
-        drop(primary);
-        // The standby stops when told (its journal is stuck, not the follower).
-        standby.stop.store(true, Ordering::Relaxed);
+        // The standby stops by itself, saying what is wrong and what to do.
         let (done_tx, done) = std::sync::mpsc::channel();
         let thread = standby.thread;
         std::thread::spawn(move || {
-            let _ = done_tx.send(thread.join().is_ok());
+            let _ = done_tx.send(thread.join());
         });
+        let ended = done
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{policy}: the standby never stopped"));
+        let why = match ended {
+            Ok(Err(why)) => why,
+            Ok(Ok(_)) => panic!("{policy}: the standby ended without an error"),
+            Err(_) => panic!("{policy}: the standby's thread panicked"),
+        };
         assert!(
-            done.recv_timeout(Duration::from_secs(60)).unwrap(),
-            "{policy}: the standby's thread panicked"
+            why.contains("free disk space") && why.contains("restart"),
+            "{policy}: {why}"
+        );
+        // Room again: restarted, it follows from where its journal ends and catches up
+        // with everything the primary wrote meanwhile; a halted primary takes orders again.
+        let grown = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(grown.success(), "remount {}", mnt.display());
+        let standby = Standby::start(config(&sdir, "standby", "sync", "fused", &addr));
+        let written = primary.journal_watermarks().written();
+        assert!(
+            link.wait_durable(written, Duration::from_secs(60)),
+            "{policy}: the restarted standby acknowledged {} of {written}",
+            link.durable()
+        );
+        submit(&mut primary, &commands[1], 1);
+        let (seq, hash) = primary.state_hash().unwrap();
+        wait_replicated(&primary, seq);
+        standby.stop();
+        primary.shutdown().unwrap();
+        let node = Node::start(
+            &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+            OutputMode::Sink(Box::new(CountingSink)),
+        )
+        .unwrap();
+        assert_eq!(
+            (node.recovery().seq_last, node.recovery().state_hash),
+            (seq, hash),
+            "{policy}"
         );
     }
 }

@@ -598,24 +598,18 @@ fn stream_frames(
                 }
             }
             Source::Tap => match tap.read(&mut frames, BATCH_BYTES_MAX) {
-                TapRead::Frames {
-                    seq_first,
-                    count,
-                    bytes_len,
-                } => {
+                TapRead::Frames { bytes_len, .. } => {
                     // Frames before `next` are already sent (left from an earlier attach);
                     // a frame after it means the tap lost some: back to the files.
-                    let (skip, from) = skip_frames(&frames, seq_first, next);
-                    let result = if from > next {
-                        Err(())
-                    } else if skip < frames.len() {
-                        let n = count - (next - seq_first) as u32;
-                        let r = send_frames(out, &frames[skip..], next, n);
-                        next += u64::from(n);
-                        sent = true;
-                        Ok(r)
-                    } else {
-                        Ok(Ok(()))
+                    let result = match skip_frames(&frames, next) {
+                        (_, Some(from), _) if from > next => Err(()),
+                        (skip, Some(_), n) => {
+                            let r = send_frames(out, &frames[skip..], next, n);
+                            next += u64::from(n);
+                            sent = true;
+                            Ok(r)
+                        }
+                        (_, None, _) => Ok(Ok(())),
                     };
                     tap.consume(bytes_len);
                     match result {
@@ -650,21 +644,69 @@ fn stream_frames(
     Ok(())
 }
 
-/// In a batch of whole frames starting at `seq_first`: the byte offset of frame `next`
-/// and the sequence found there (`next`, or the batch's first sequence when it starts
-/// after `next`). Frames are contiguous and dense.
-fn skip_frames(frames: &[u8], seq_first: u64, next: u64) -> (usize, u64) {
-    if seq_first >= next {
-        return (0, seq_first);
-    }
+/// Where the frames from `next` on start in `frames` (whole frames from the tap), by each
+/// frame's own sequence: frames left in the tap from an earlier attach come first, and
+/// the writer's frames of this attach follow them after a gap when it wrote while
+/// detached (so counting frames from the first one's sequence would skip new frames).
+/// Returns the byte offset, the sequence of the frame there (None: every frame is before
+/// `next`) and how many frames follow from there.
+fn skip_frames(frames: &[u8], next: u64) -> (usize, Option<u64>, u32) {
+    let frame_at = |at: usize| {
+        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(frames[at + 8..at + 16].try_into().expect("8 bytes"));
+        (
+            ringex_journal::frame_size_bytes(u64::from(len)) as usize,
+            seq,
+        )
+    };
     let mut at = 0usize;
-    // One step per frame before `next`.
-    for _ in seq_first..next {
-        if at >= frames.len() {
-            break;
+    // One step per frame: each is at least a header long.
+    while at + 16 <= frames.len() {
+        let (size, seq) = frame_at(at);
+        if seq >= next {
+            let (mut rest, mut count) = (at, 0u32);
+            while rest + 16 <= frames.len() {
+                rest += frame_at(rest).0;
+                count += 1;
+            }
+            return (at, Some(seq), count);
         }
-        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes")) as u64;
-        at += ringex_journal::frame_size_bytes(len) as usize;
+        at += size;
     }
-    (at, next)
+    (frames.len(), None, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_frames;
+
+    fn frames(seqs: &[u64]) -> Vec<u8> {
+        let size = ringex_journal::frame_size_bytes(0) as usize;
+        let mut out = Vec::new();
+        for &seq in seqs {
+            let mut f = vec![0u8; size];
+            f[8..16].copy_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&f);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_left_from_an_earlier_attach_are_skipped_by_their_own_sequences() {
+        let size = ringex_journal::frame_size_bytes(0) as usize;
+        // Contiguous: the usual case.
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 6), (size, Some(6), 2));
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 5), (0, Some(5), 3));
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 8), (3 * size, None, 0));
+        // Old frames, then a gap (written while detached), then this attach's frames.
+        assert_eq!(
+            skip_frames(&frames(&[5, 6, 20, 21]), 20),
+            (2 * size, Some(20), 2)
+        );
+        // A frame after `next`: the tap lost some.
+        assert_eq!(
+            skip_frames(&frames(&[5, 6, 22]), 20),
+            (2 * size, Some(22), 1)
+        );
+    }
 }

@@ -271,6 +271,11 @@ pub fn follow(
                 node.flush_replicas();
             }
         }
+        // Its journal refused a frame (seen here after the pipeline's turn, or on the next
+        // pass): nothing after it can be journaled, so the stream ends.
+        if let Some(why) = lock().as_ref().and_then(|n| n.failure()) {
+            return Err(why);
+        }
     }
     Ok(())
 }
