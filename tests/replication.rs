@@ -892,6 +892,20 @@ fn a_running_standby_promoted_online_takes_orders_with_every_acknowledged_order(
     primary.signal(libc::SIGKILL);
     primary.wait();
 
+    // A wrong secret promotes nothing, and says what to check.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+        .args([
+            "promote", "--key-id", "100", "--secret", "wrong", "--config",
+        ])
+        .arg(&sconf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("BadSignature") && err.contains("check --key-id"),
+        "{err}"
+    );
     let promoted_at = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
         .args(["promote", "--config"])
@@ -909,6 +923,15 @@ fn a_running_standby_promoted_online_takes_orders_with_every_acknowledged_order(
     assert!(said.contains("promoted node 2"), "{said}");
     assert!(said.contains("epoch 2"), "{said}");
     let promote_took = promoted_at.elapsed();
+    // Twice: the node is a primary now, and says so.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["promote", "--config"])
+        .arg(&sconf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("not a standby"), "{err}");
     // The maker's connection died with the primary: it fails over to the standby, where
     // its session is unknown (sessions live in a gateway), so it starts a new one.
     match maker.failover().unwrap() {
