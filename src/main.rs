@@ -493,8 +493,11 @@ fn promote_online(
     }
     eprintln!(
         "ringex promote: promoted, but the node's admin listener {admin} did not take a login \
-         as the primary within {} s: see the node's log",
-        timeout.as_secs()
+         as the primary within {} s: see the node's log. Its journal holds the new epoch: if \
+         the node stopped, start it as the primary (node.role = \"primary\" in {}), never \
+         again as a standby of the old primary",
+        timeout.as_secs(),
+        config_path.display()
     );
     ExitCode::from(1)
 }

@@ -1602,3 +1602,68 @@ fn an_old_primary_restarted_as_a_primary_is_fenced_by_the_promoted_standby() {
     stop_standby.store(true, Ordering::Relaxed);
     standby.join().unwrap().unwrap();
 }
+
+/// A `sync` primary halted for its lost standby stops on SIGTERM: in the inline topology
+/// the wait for the standby runs on the gateway's thread, which would otherwise never
+/// get back to the stop request (the node had to be killed).
+#[test]
+fn a_halted_primary_stops_on_sigterm() {
+    use ringex_engine::{Side, TimeInForce};
+    use ringex_tools::client::{Client, OrderParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let [replication, pbin, padm, sbin, sadm] = [(); 5].map(|_| free_port());
+    let (pconf, sconf) = (tmp.path().join("p.toml"), tmp.path().join("s.toml"));
+    let inline = |t: String| t.replace("topology = \"auto\"", "topology = \"inline\"");
+    let text = shipped_text(
+        "config/primary.toml",
+        &tmp.path().join("p"),
+        replication,
+        pbin,
+        padm,
+    );
+    std::fs::write(&pconf, inline(text)).unwrap();
+    let text = shipped_text(
+        "config/standby.toml",
+        &tmp.path().join("s"),
+        replication,
+        sbin,
+        sadm,
+    );
+    std::fs::write(&sconf, text).unwrap();
+    let (plog, slog) = (tmp.path().join("p.log"), tmp.path().join("s.log"));
+    let mut standby = Daemon::start(&sconf, &slog);
+    let mut primary = Daemon::start(&pconf, &plog);
+    wait_listening(pbin);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{pbin}").parse().unwrap();
+    let order = |price: i64| OrderParams::limit(1, Side::Sell, price, 1).tif(TimeInForce::PostOnly);
+    let mut maker = Client::connect(addr, 1, "demo-secret-1001", client_options()).unwrap();
+    maker.new_order(&order(6_100_000)).unwrap();
+    standby.signal(libc::SIGKILL);
+    standby.wait();
+    // The next order waits for a standby that is gone: the primary halts.
+    let waiting = std::thread::spawn(move || {
+        let _ = maker.new_order(&order(6_100_010));
+    });
+    let log = || std::fs::read_to_string(&plog).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("HALTED") {
+        assert!(Instant::now() < deadline, "never halted:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    primary.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = primary.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a halted primary ignored SIGTERM:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", log());
+    assert!(log().contains("stopped at seq"), "{}", log());
+    let _ = waiting.join();
+}

@@ -62,6 +62,9 @@ pub type Log = Arc<dyn Fn(String) + Send + Sync>;
 /// retries). Bounds the threads a flood of connections can hold.
 const HANDSHAKES_MAX: usize = 8;
 
+/// How a second standby's refusal starts.
+const ANOTHER_STANDBY: &str = "another standby is attached";
+
 /// What every connection's thread shares.
 struct Shared {
     config: PrimaryConfig,
@@ -135,7 +138,16 @@ pub fn spawn(
                                 let r = serve(&sh, stream, peer);
                                 sh.connections.fetch_sub(1, Ordering::AcqRel);
                                 if let Err(why) = r {
-                                    (sh.log)(format!("replication: standby {peer}: {why}"));
+                                    if why.starts_with(ANOTHER_STANDBY) {
+                                        // Retried every 200 ms: one line (per second, as
+                                        // the node's log repeats a line) per address.
+                                        (sh.log)(format!(
+                                            "replication: standby {}: {why}",
+                                            peer.ip()
+                                        ));
+                                    } else {
+                                        (sh.log)(format!("replication: standby {peer}: {why}"));
+                                    }
                                 }
                             });
                         match spawned {
@@ -363,11 +375,13 @@ fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), Str
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
             {
-                let why = "another standby is attached: this primary streams to one \
-                           standby at a time (a standby that just restarted is let in once \
-                           the old connection is dropped, within replication.silence_max_ms)";
-                let _ = out.send(&Message::Refused { reason: why });
-                return Err(why.into());
+                let why = format!(
+                    "{ANOTHER_STANDBY}: this primary streams to one standby at a time (a \
+                     standby that just restarted is let in once the old connection is \
+                     dropped, within replication.silence_max_ms)"
+                );
+                let _ = out.send(&Message::Refused { reason: &why });
+                return Err(why);
             }
             slot = Some(Attached(shared));
         }

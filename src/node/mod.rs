@@ -1271,6 +1271,15 @@ impl Node {
     }
 
     /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.
+    /// Tells the node, from any thread, that it is stopping (a signal arrived): a `sync`
+    /// primary waiting for its standby gives the wait up at once (what the standby never
+    /// acknowledged is not applied), instead of holding its thread, in the inline
+    /// topology the gateway's, until the standby is back.
+    pub fn stopping_handle(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.stopping.store(true, Ordering::Release)
+    }
+
     pub fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
         self.shared.stopping.store(true, Ordering::Release);
         let reply = self.control(SlotKind::Shutdown, "shutdown")?;
