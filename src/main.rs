@@ -487,7 +487,23 @@ fn promote_online(
             return ExitCode::from(1);
         }
         Err(e) => {
-            eprintln!("ringex promote: admin login on {admin} with key {key_id}: {e}");
+            let hint = match &e {
+                ClientError::LoginRejected(
+                    LoginRejectReason::UnknownKey | LoginRejectReason::BadSignature,
+                ) => {
+                    ": the standby does not know this key id with this secret; check --key-id \
+                     and --secret (or RINGEX_ADMIN_SECRET): the key must be an admin key of \
+                     the exchange (as the primary had it)"
+                }
+                ClientError::LoginRejected(LoginRejectReason::WrongListener) => {
+                    ": this key is not an admin key; give an admin key's --key-id and --secret"
+                }
+                ClientError::LoginRejected(LoginRejectReason::StaleTimestamp) => {
+                    ": this machine's clock is too far from the standby's"
+                }
+                _ => "",
+            };
+            eprintln!("ringex promote: admin login on {admin} with key {key_id}: {e}{hint}");
             return ExitCode::from(1);
         }
     };
@@ -537,8 +553,11 @@ fn promote_online(
     }
     eprintln!(
         "ringex promote: promoted, but the node's admin listener {admin} did not take a login \
-         as the primary within {} s: see the node's log",
-        timeout.as_secs()
+         as the primary within {} s: see the node's log. Its journal holds the new epoch: if \
+         the node stopped, start it as the primary (node.role = \"primary\" in {}), never \
+         again as a standby of the old primary",
+        timeout.as_secs(),
+        config_path.display()
     );
     ExitCode::from(1)
 }

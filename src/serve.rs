@@ -356,6 +356,25 @@ pub fn serve_with(
     let mut node = Node::start_with(config, OutputMode::Poll(wake), options)
         .map_err(|e| format!("cannot start: {e}"))?;
     let _ = node.metrics().gateway.set(gateway.stats());
+    // A stop request reaches the node at once, not only once the gateway's loop (which
+    // runs the inline pipeline, perhaps waiting for a standby) gets back to it.
+    let served = Arc::new(AtomicBool::new(false));
+    let _stop_watch = {
+        let (stop, served, stopping) = (stop.clone(), served.clone(), node.stopping_handle());
+        std::thread::Builder::new()
+            .name("ringex-stop-watch".into())
+            .spawn(move || {
+                // Ends with the stop request or when serving ends: 20 ms per pass.
+                while !stop.load(Ordering::Relaxed) && !served.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if stop.load(Ordering::Relaxed) {
+                    stopping();
+                }
+            })
+            .map_err(|e| format!("cannot start: {e}"))?
+    };
+    let _served = SetOnDrop(served);
     tracing::info!("recovery: {}", node.recovery());
     tracing::info!(
         "topology {}, durability {}, journal backend {}",
@@ -596,6 +615,15 @@ fn spawn_logger(
             dropped
         })
         .ok()
+}
+
+/// Sets its flag when dropped (however the function holding it returns).
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -318,12 +318,14 @@ fn follow_until_the_end(
                     take(slot)?.shutdown().map_err(|e| e.to_string())?;
                     let what = match other {
                         Start::Follow { cut: Some(cut), .. } => {
-                            format!("this journal's records from {cut} on are not the primary's")
+                            format!("its journal differs from this one's from sequence {cut} on")
                         }
-                        Start::Follow { .. } => "the primary's history moved".to_string(),
+                        Start::Follow { seq_from, .. } => {
+                            format!("it streams from sequence {seq_from}")
+                        }
                         Start::Snapshot { seq, .. } => format!(
-                            "the primary no longer holds this journal's next record and \
-                             offers its snapshot at sequence {seq}"
+                            "it no longer holds this journal's next record and sends its \
+                             snapshot at sequence {seq}"
                         ),
                     };
                     return Err(format!(

@@ -892,6 +892,20 @@ fn a_running_standby_promoted_online_takes_orders_with_every_acknowledged_order(
     primary.signal(libc::SIGKILL);
     primary.wait();
 
+    // A wrong secret promotes nothing, and says what to check.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+        .args([
+            "promote", "--key-id", "100", "--secret", "wrong", "--config",
+        ])
+        .arg(&sconf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("BadSignature") && err.contains("check --key-id"),
+        "{err}"
+    );
     let promoted_at = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
         .args(["promote", "--config"])
@@ -909,6 +923,15 @@ fn a_running_standby_promoted_online_takes_orders_with_every_acknowledged_order(
     assert!(said.contains("promoted node 2"), "{said}");
     assert!(said.contains("epoch 2"), "{said}");
     let promote_took = promoted_at.elapsed();
+    // Twice: the node is a primary now, and says so.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["promote", "--config"])
+        .arg(&sconf)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{err}");
+    assert!(err.contains("not a standby"), "{err}");
     // The maker's connection died with the primary: it fails over to the standby, where
     // its session is unknown (sessions live in a gateway), so it starts a new one.
     match maker.failover().unwrap() {
@@ -963,6 +986,8 @@ struct Pair {
     /// The primary's (trading, admin) listeners.
     primary_at: (std::net::SocketAddr, std::net::SocketAddr),
     standby_admin: std::net::SocketAddr,
+    /// The primary's replication listener's port.
+    replication_port: u16,
     /// The standby's listeners once it serves as the primary.
     promoted: std::sync::mpsc::Receiver<ringex::serve::Listening>,
 }
@@ -1016,6 +1041,7 @@ impl Pair {
             standby,
             primary_at,
             standby_admin,
+            replication_port: port,
             promoted,
         }
     }
@@ -1211,6 +1237,10 @@ fn ringex_load_fails_over_to_the_promoted_standby_mid_run() {
     let report = load.join().unwrap().unwrap();
     assert_eq!(report.failovers, users, "{report:?}");
     assert!(report.accepted > 0, "{report:?}");
+    // A connection lost and failed over is no error: the report gives its cause with the
+    // failovers.
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.failover_causes.len() as u64, users, "{report:?}");
     stop_standby.store(true, Ordering::Relaxed);
     standby.join().unwrap().unwrap();
     assert!(
@@ -1257,7 +1287,9 @@ fn small_tmpfs(dir: &Path, size: &str, test: &str) -> Option<(std::path::PathBuf
 
 /// A standby whose disk fills stops acknowledging (its journal pauses appends and says
 /// why): a `sync` primary with `degrade` goes on as `async` after its timeout, one with
-/// `halt` refuses new orders as unavailable and applies nothing the standby lacks.
+/// `halt` refuses new orders as unavailable and applies nothing the standby lacks. The
+/// standby stops, saying to free space and restart it; restarted with room, it catches
+/// up and the primary is in step again.
 #[test]
 fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy() {
     let test = "a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_policy";
@@ -1334,17 +1366,313 @@ fn a_standby_whose_disk_fills_stops_acknowledging_and_the_primary_follows_its_po
             "{policy}: the standby acknowledged {} of {written}",
             link.durable()
         );
-        drop(primary);
-        // The standby stops when told (its journal is stuck, not the follower).
-        standby.stop.store(true, Ordering::Relaxed);
+        // The standby stops by itself, saying what is wrong and what to do.
         let (done_tx, done) = std::sync::mpsc::channel();
         let thread = standby.thread;
         std::thread::spawn(move || {
-            let _ = done_tx.send(thread.join().is_ok());
+            let _ = done_tx.send(thread.join());
         });
+        let ended = done
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{policy}: the standby never stopped"));
+        let why = match ended {
+            Ok(Err(why)) => why,
+            Ok(Ok(_)) => panic!("{policy}: the standby ended without an error"),
+            Err(_) => panic!("{policy}: the standby's thread panicked"),
+        };
         assert!(
-            done.recv_timeout(Duration::from_secs(60)).unwrap(),
-            "{policy}: the standby's thread panicked"
+            why.contains("free disk space") && why.contains("restart"),
+            "{policy}: {why}"
+        );
+        // Room again: restarted, it follows from where its journal ends and catches up
+        // with everything the primary wrote meanwhile; a halted primary takes orders again.
+        let grown = std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(grown.success(), "remount {}", mnt.display());
+        let standby = Standby::start(config(&sdir, "standby", "sync", "fused", &addr));
+        let written = primary.journal_watermarks().written();
+        assert!(
+            link.wait_durable(written, Duration::from_secs(60)),
+            "{policy}: the restarted standby acknowledged {} of {written}",
+            link.durable()
+        );
+        submit(&mut primary, &commands[1], 1);
+        let (seq, hash) = primary.state_hash().unwrap();
+        wait_replicated(&primary, seq);
+        standby.stop();
+        primary.shutdown().unwrap();
+        let node = Node::start(
+            &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+            OutputMode::Sink(Box::new(CountingSink)),
+        )
+        .unwrap();
+        assert_eq!(
+            (node.recovery().seq_last, node.recovery().state_hash),
+            (seq, hash),
+            "{policy}"
         );
     }
+}
+
+/// Sends `bytes` to a replication listener and reads until it closes the connection:
+/// the refusal it answered, if any (`Err` with what else came back).
+fn ask_primary(addr: std::net::SocketAddr, bytes: &[u8]) -> Result<Option<String>, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // The listener may close before it has read everything: a failed write is an answer.
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    // Ends when the primary closes (or after the read timeout, a failure below).
+    loop {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => return Err(format!("no answer and still open: {e}")),
+        }
+    }
+    if got.is_empty() {
+        return Ok(None);
+    }
+    let mut d = ringex_replicator::wire::Decoder::new();
+    d.feed(&got);
+    match d.next_message() {
+        Ok(Some(env)) => match env.message {
+            ringex_replicator::wire::Message::Refused { reason } => Ok(Some(reason.to_string())),
+            other => Err(format!("answered {other}")),
+        },
+        other => Err(format!("undecodable answer: {other:?}")),
+    }
+}
+
+fn hello(epoch: u32, journal_id: u128) -> Vec<u8> {
+    let mut out = Vec::new();
+    ringex_replicator::wire::encode(
+        &mut out,
+        epoch,
+        &ringex_replicator::wire::Message::Hello {
+            node_id: 9,
+            journal_id,
+            seq_last: 0,
+            chain_last: 0,
+        },
+    );
+    out
+}
+
+/// Whatever reaches the replication listener from outside: connections that say nothing,
+/// garbage, a second standby, a standby of another journal or with no journal claiming a
+/// newer epoch. None of them keeps the standby out, fences the primary or stops it taking
+/// orders, and each refusal says why.
+#[test]
+fn hostile_connections_to_the_replication_listener_neither_block_nor_fence_the_primary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pdir, sdir) = (tmp.path().join("p"), tmp.path().join("s"));
+    let mut pcfg = config(&pdir, "primary", "async", "fused", "127.0.0.1:1");
+    // A silent connection is dropped only after this long: it must not hold the listener.
+    pcfg.replication.silence_max_ms = 600_000;
+    let mut primary = Node::start(&pcfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let addr = primary.replication_addr().unwrap();
+    let commands = stream(600);
+    for (i, c) in commands[..300].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    // Held open, saying nothing or half a header, while the standby connects.
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    let mut partial = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(&mut partial, &[0x10, 0, 0]).unwrap();
+    let standby = Standby::start(config(
+        &sdir,
+        "standby",
+        "async",
+        "fused",
+        &addr.to_string(),
+    ));
+    let (seq, _) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+
+    // A second standby while the first is attached.
+    let why = ask_primary(addr, &hello(1, 0)).unwrap();
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("another standby is attached")),
+        "{why:?}"
+    );
+    // Garbage, an impossible length, a wrong CRC: closed without an answer.
+    let mut garbage: Vec<u8> = (0..1000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    garbage[..4].copy_from_slice(&100u32.to_le_bytes());
+    assert_eq!(ask_primary(addr, &garbage), Ok(None));
+    assert_eq!(ask_primary(addr, &u32::MAX.to_le_bytes()), Ok(None));
+    let mut bad_crc = hello(1, 0);
+    bad_crc[4] ^= 1;
+    assert_eq!(ask_primary(addr, &bad_crc), Ok(None));
+    // A newer epoch from another journal, or from no journal at all: refused, not fenced.
+    let other = primary.journal_id() ^ 1;
+    let why = ask_primary(addr, &hello(9, other)).unwrap();
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("another primary's journal")),
+        "{why:?}"
+    );
+    let why = ask_primary(addr, &hello(u32::MAX, 0)).unwrap();
+    assert!(
+        why.as_deref().is_some_and(|w| w.contains("has no journal")),
+        "{why:?}"
+    );
+    let link = primary.metrics().replication.get().cloned().unwrap();
+    assert_eq!(link.fenced_by(), None);
+
+    // Still the primary, still streaming to its standby.
+    for (i, c) in commands[300..].iter().enumerate() {
+        submit(&mut primary, c, i as u64);
+    }
+    let (seq, hash) = primary.state_hash().unwrap();
+    wait_replicated(&primary, seq);
+    drop((silent, partial));
+    standby.stop();
+    primary.shutdown().unwrap();
+    let node = Node::start(
+        &config(&sdir, "single", "none", "fused", "127.0.0.1:1"),
+        OutputMode::Sink(Box::new(CountingSink)),
+    )
+    .unwrap();
+    assert_eq!(
+        (node.recovery().seq_last, node.recovery().state_hash),
+        (seq, hash)
+    );
+}
+
+/// The old primary, restarted as a primary after its standby was promoted (even `async`,
+/// which waits for nobody), is fenced by the promoted node, which keeps knocking on the
+/// replication listener it followed: it takes no orders in the old epoch from then on.
+#[test]
+fn an_old_primary_restarted_as_a_primary_is_fenced_by_the_promoted_standby() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pair = Pair::start(tmp.path(), 0);
+    let Pair {
+        primary,
+        standby,
+        stop_primary,
+        stop_standby,
+        standby_admin,
+        replication_port,
+        ..
+    } = pair;
+    stop_primary.store(true, Ordering::Relaxed);
+    primary.join().unwrap().unwrap();
+    let mut operator = standby_admin_session(standby_admin);
+    let promoted = operator.promote().unwrap();
+    // Restarted by mistake as a primary, on its old replication listener, `async`.
+    let text = shipped_text(
+        "config/primary.toml",
+        &tmp.path().join("p"),
+        replication_port,
+        0,
+        0,
+    );
+    let ocfg = Config::parse(
+        &text.replace("mode = \"sync\"", "mode = \"async\""),
+        "primary.toml",
+    )
+    .unwrap();
+    let mut old = Node::start(&ocfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    assert_eq!(old.epoch(), promoted.epoch - 1);
+    let link = old.metrics().replication.get().cloned().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while link.fenced_by().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was never fenced"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(link.fenced_by(), Some(promoted.epoch));
+    // From the fence on, its orders are refused, saying why and what to do.
+    let command = stream(1)[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let why = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the fenced primary still takes orders"
+        );
+        match old.submit(&command, 0) {
+            Err(NodeError::Refused(why)) => break why,
+            Ok(()) | Err(NodeError::Backpressure) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(why.contains("FENCED") && why.contains("standby"), "{why}");
+    drop(old);
+    stop_standby.store(true, Ordering::Relaxed);
+    standby.join().unwrap().unwrap();
+}
+
+/// A `sync` primary halted for its lost standby stops on SIGTERM: in the inline topology
+/// the wait for the standby runs on the gateway's thread, which would otherwise never
+/// get back to the stop request (the node had to be killed).
+#[test]
+fn a_halted_primary_stops_on_sigterm() {
+    use ringex_engine::{Side, TimeInForce};
+    use ringex_tools::client::{Client, OrderParams};
+    let tmp = tempfile::tempdir().unwrap();
+    let [replication, pbin, padm, sbin, sadm] = [(); 5].map(|_| free_port());
+    let (pconf, sconf) = (tmp.path().join("p.toml"), tmp.path().join("s.toml"));
+    let inline = |t: String| t.replace("topology = \"auto\"", "topology = \"inline\"");
+    let text = shipped_text(
+        "config/primary.toml",
+        &tmp.path().join("p"),
+        replication,
+        pbin,
+        padm,
+    );
+    std::fs::write(&pconf, inline(text)).unwrap();
+    let text = shipped_text(
+        "config/standby.toml",
+        &tmp.path().join("s"),
+        replication,
+        sbin,
+        sadm,
+    );
+    std::fs::write(&sconf, text).unwrap();
+    let (plog, slog) = (tmp.path().join("p.log"), tmp.path().join("s.log"));
+    let mut standby = Daemon::start(&sconf, &slog);
+    let mut primary = Daemon::start(&pconf, &plog);
+    wait_listening(pbin);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{pbin}").parse().unwrap();
+    let order = |price: i64| OrderParams::limit(1, Side::Sell, price, 1).tif(TimeInForce::PostOnly);
+    let mut maker = Client::connect(addr, 1, "demo-secret-1001", client_options()).unwrap();
+    maker.new_order(&order(6_100_000)).unwrap();
+    standby.signal(libc::SIGKILL);
+    standby.wait();
+    // The next order waits for a standby that is gone: the primary halts.
+    let waiting = std::thread::spawn(move || {
+        let _ = maker.new_order(&order(6_100_010));
+    });
+    let log = || std::fs::read_to_string(&plog).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("HALTED") {
+        assert!(Instant::now() < deadline, "never halted:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    primary.signal(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = primary.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a halted primary ignored SIGTERM:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", log());
+    assert!(log().contains("stopped at seq"), "{}", log());
+    let _ = waiting.join();
 }

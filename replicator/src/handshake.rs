@@ -48,14 +48,26 @@ pub fn answer_hello(
     chain_last: u64,
     chain_at: impl FnOnce(u64) -> Option<u64>,
 ) -> Answer {
-    if epoch > primary.epoch {
-        return Answer::Fenced { epoch };
-    }
+    // Another journal first: a standby of another pair says nothing about this one's
+    // epochs, whatever its own, and must not fence it.
     if journal_id != 0 && journal_id != primary.journal_id {
         return Answer::Refuse(format!(
-            "the standby's journal {journal_id:032x} is not this primary's {:032x}",
+            "the standby's journal {journal_id:032x} is not this primary's {:032x}: it \
+             follows another primary's journal; point its replication.primary at that \
+             primary, or give it an empty data directory to follow this one",
             primary.journal_id
         ));
+    }
+    if epoch > primary.epoch {
+        if journal_id == 0 {
+            // A newer epoch is journaled by a promotion: a node without a journal has none.
+            return Answer::Refuse(format!(
+                "the standby claims epoch {epoch} but has no journal: refused, this \
+                 primary stays at epoch {}",
+                primary.epoch
+            ));
+        }
+        return Answer::Fenced { epoch };
     }
     if seq_last > primary.seq_written {
         // The standby holds records this primary lacks (a suffix it never received from
@@ -146,6 +158,18 @@ mod tests {
         );
         assert!(matches!(
             answer_hello(&P, 2, 8, 10, 0, chain),
+            Answer::Refuse(_)
+        ));
+    }
+
+    #[test]
+    fn a_newer_epoch_of_another_journal_or_of_none_is_refused_not_fenced() {
+        assert!(matches!(
+            answer_hello(&P, 3, 8, 10, 0, chain),
+            Answer::Refuse(_)
+        ));
+        assert!(matches!(
+            answer_hello(&P, u32::MAX, 0, 0, 0, chain),
             Answer::Refuse(_)
         ));
     }

@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,7 +35,15 @@ pub struct PrimaryConfig {
     /// A standby silent this long (no acknowledgement, no heartbeat) is dropped; a write
     /// blocked this long drops it too.
     pub silence_max: Duration,
+    /// A promoted node's former primary: its replication listener, where this node says
+    /// hello at its new epoch every [`FENCE_EVERY`], so that the old primary, should it
+    /// run again (restarted as a primary by mistake), is fenced before it takes orders
+    /// in the old epoch.
+    pub fence: Option<SocketAddr>,
 }
+
+/// How often a promoted node knocks on its former primary's replication listener.
+pub const FENCE_EVERY: Duration = Duration::from_millis(500);
 
 /// The primary's journal, as the replication threads read it (never the writer itself).
 pub struct PrimaryJournal {
@@ -50,7 +58,32 @@ pub struct PrimaryJournal {
 /// Log lines for the node's log.
 pub type Log = Arc<dyn Fn(String) + Send + Sync>;
 
+/// Connections past their hello at most at once; more are closed at once (a standby
+/// retries). Bounds the threads a flood of connections can hold.
+const HANDSHAKES_MAX: usize = 8;
+
+/// How a second standby's refusal starts.
+const ANOTHER_STANDBY: &str = "another standby is attached";
+
+/// What every connection's thread shares.
+struct Shared {
+    config: PrimaryConfig,
+    journal: PrimaryJournal,
+    link: Arc<Link>,
+    stop: Arc<AtomicBool>,
+    log: Log,
+    /// A standby holds the stream (one at a time).
+    attached: AtomicBool,
+    /// Connections being served, attached or not.
+    connections: AtomicUsize,
+}
+
 /// Binds the listener and starts the thread that serves standbys until `stop`.
+///
+/// Each connection has a thread of its own, so a connection that sends nothing (or
+/// garbage, slowly) never keeps the standby out while it waits for its hello; the first
+/// hello that matches takes the stream, and a second standby is refused while one is
+/// attached.
 pub fn spawn(
     config: PrimaryConfig,
     journal: PrimaryJournal,
@@ -61,31 +94,159 @@ pub fn spawn(
     let listener = TcpListener::bind(config.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        config,
+        journal,
+        link,
+        stop,
+        log,
+        attached: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+    });
+    let fencer = match shared.config.fence {
+        Some(old) if old != addr => {
+            let sh = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("ringex-repl-fence".into())
+                    .spawn(move || fence_old_primary(&sh, old))?,
+            )
+        }
+        _ => None,
+    };
     let handle = std::thread::Builder::new()
         .name("ringex-repl".into())
         .spawn(move || {
+            let mut threads: Vec<JoinHandle<()>> = fencer.into_iter().collect();
             // Bounded by `stop`: each pass waits at most 10 ms for a connection.
-            while !stop.load(Ordering::Relaxed) {
+            while !shared.stop.load(Ordering::Relaxed) {
+                threads.retain(|t| !t.is_finished());
                 match listener.accept() {
                     Ok((stream, peer)) => {
-                        let r = serve(&config, &journal, &link, &stop, &log, stream, peer);
-                        journal.tap.detach();
-                        link.set_connected(false);
-                        if let Err(why) = r {
-                            log(format!("replication: standby {peer}: {why}"));
+                        if shared.connections.load(Ordering::Acquire) >= HANDSHAKES_MAX {
+                            (shared.log)(format!(
+                                "replication: {peer}: closed at once, {HANDSHAKES_MAX} \
+                                 connections are being served already"
+                            ));
+                            continue;
+                        }
+                        shared.connections.fetch_add(1, Ordering::AcqRel);
+                        let sh = shared.clone();
+                        let spawned = std::thread::Builder::new()
+                            .name("ringex-repl-conn".into())
+                            .spawn(move || {
+                                let r = serve(&sh, stream, peer);
+                                sh.connections.fetch_sub(1, Ordering::AcqRel);
+                                if let Err(why) = r {
+                                    if why.starts_with(ANOTHER_STANDBY) {
+                                        // Retried every 200 ms: one line (per second, as
+                                        // the node's log repeats a line) per address.
+                                        (sh.log)(format!(
+                                            "replication: standby {}: {why}",
+                                            peer.ip()
+                                        ));
+                                    } else {
+                                        (sh.log)(format!("replication: standby {peer}: {why}"));
+                                    }
+                                }
+                            });
+                        match spawned {
+                            Ok(t) => threads.push(t),
+                            Err(e) => {
+                                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                                (shared.log)(format!("replication: {peer}: no thread: {e}"));
+                            }
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Err(e) => {
-                        log(format!("replication: accept failed: {e}"));
+                        (shared.log)(format!("replication: accept failed: {e}"));
                         std::thread::sleep(Duration::from_millis(100));
                     }
                 }
             }
+            // Each connection ends within `silence_max` of `stop`.
+            for t in threads {
+                let _ = t.join();
+            }
         })?;
     Ok((addr, handle))
+}
+
+/// Knocks on the former primary's replication listener until `stop`: a hello at this
+/// node's epoch, with this journal, fences an old primary running there (it refuses,
+/// saying so); an answer at a newer epoch than this node's fences this node instead.
+fn fence_old_primary(shared: &Shared, old: SocketAddr) {
+    let (journal, link, log) = (&shared.journal, &shared.link, &shared.log);
+    let mut fenced_one = false;
+    // Bounded by `stop`: each pass is bounded by its timeouts and the pause.
+    while !shared.stop.load(Ordering::Relaxed) {
+        // The epoch of whatever answers there.
+        let answer = (|| -> Result<u32, String> {
+            let stream = TcpStream::connect_timeout(&old, Duration::from_millis(200))
+                .map_err(|e| e.to_string())?;
+            let mut out = Out {
+                stream: &stream,
+                buf: Vec::new(),
+                epoch: journal.epoch,
+                last_sent: Instant::now(),
+            };
+            out.send(&Message::Hello {
+                node_id: 0,
+                journal_id: journal.journal_id,
+                // Past any journal's end: a primary at this epoch or newer answers that the
+                // journals differ, and streams nothing.
+                seq_last: u64::MAX,
+                chain_last: 0,
+            })?;
+            let mut decoder = Decoder::new();
+            let env = read_message(&stream, &mut decoder, Duration::from_secs(2))?;
+            Ok(env.epoch)
+        })();
+        match answer {
+            Ok(epoch) if epoch > journal.epoch => {
+                link.fence(epoch);
+                log(format!(
+                    "replication: FENCED: the former primary's listener {old} answers at \
+                     epoch {}, newer than this node's {}: a newer primary exists; this \
+                     node stops taking orders",
+                    epoch, journal.epoch
+                ));
+                return;
+            }
+            Ok(epoch) if epoch < journal.epoch => {
+                if !fenced_one {
+                    log(format!(
+                        "replication: the former primary runs at {old} (epoch {}): fenced \
+                         by this node's epoch {}, it takes no more orders; stop it, or \
+                         restart it as this node's standby",
+                        epoch, journal.epoch
+                    ));
+                }
+                fenced_one = true;
+            }
+            // Nothing there (the usual case), or no primary of the old epoch.
+            _ => fenced_one = false,
+        }
+        let resume_at = Instant::now() + FENCE_EVERY;
+        while !shared.stop.load(Ordering::Relaxed) && Instant::now() < resume_at {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The stream's slot while a standby holds it: released, with the tap detached and the
+/// link disconnected, however the connection ends.
+struct Attached<'a>(&'a Shared);
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.0.journal.tap.detach();
+        self.0.link.set_connected(false);
+        self.0.attached.store(false, Ordering::Release);
+    }
 }
 
 fn now_ns() -> u64 {
@@ -161,15 +322,14 @@ fn decoder_has_message(decoder: &Decoder) -> Result<bool, String> {
     decoder.has_message().map_err(|e| e.to_string())
 }
 
-fn serve(
-    config: &PrimaryConfig,
-    journal: &PrimaryJournal,
-    link: &Arc<Link>,
-    stop: &Arc<AtomicBool>,
-    log: &Log,
-    stream: TcpStream,
-    peer: SocketAddr,
-) -> Result<(), String> {
+fn serve(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    let (config, journal, link, stop, log) = (
+        &shared.config,
+        &shared.journal,
+        &shared.link,
+        &shared.stop,
+        &shared.log,
+    );
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     stream
         .set_write_timeout(Some(config.silence_max))
@@ -184,6 +344,7 @@ fn serve(
 
     // The handshake: step back until a prefix matches.
     let mut seq_from = None;
+    let mut slot: Option<Attached> = None;
     for _ in 0..HANDSHAKE_ROUNDS_MAX {
         let env = read_message(&stream, &mut decoder, config.silence_max)?;
         let (epoch, journal_id, seq_last, chain_last) = match env.message {
@@ -193,7 +354,7 @@ fn serve(
                 chain_last,
                 ..
             } => (env.epoch, journal_id, seq_last, chain_last),
-            other => return Err(format!("expected a hello, got {other:?}")),
+            other => return Err(format!("expected a hello, got {other}")),
         };
         let view = PrimaryView {
             journal_id: journal.journal_id,
@@ -208,6 +369,22 @@ fn serve(
                 .ok()
                 .flatten()
         });
+        if matches!(answer, Answer::Stream { .. } | Answer::Snapshot) && slot.is_none() {
+            if shared
+                .attached
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                let why = format!(
+                    "{ANOTHER_STANDBY}: this primary streams to one standby at a time (a \
+                     standby that just restarted is let in once the old connection is \
+                     dropped, within replication.silence_max_ms)"
+                );
+                let _ = out.send(&Message::Refused { reason: &why });
+                return Err(why);
+            }
+            slot = Some(Attached(shared));
+        }
         match answer {
             Answer::Stream { seq_from: s } => {
                 out.send(&Message::Welcome {
@@ -231,7 +408,7 @@ fn serve(
             Answer::Fenced { epoch } => {
                 link.fence(epoch);
                 let why = format!(
-                    "the standby is at epoch {epoch}, newer than this primary's {}: a newer \
+                    "{peer} is at epoch {epoch}, newer than this primary's {}: a newer \
                      primary exists; this node stops taking orders",
                     journal.epoch
                 );
@@ -312,7 +489,7 @@ fn read_acks(
             }
             other => {
                 dead.store(true, Ordering::Release);
-                return Err(format!("unexpected message from the standby: {other:?}"));
+                return Err(format!("unexpected message from the standby: {other}"));
             }
         }
     }
@@ -435,24 +612,18 @@ fn stream_frames(
                 }
             }
             Source::Tap => match tap.read(&mut frames, BATCH_BYTES_MAX) {
-                TapRead::Frames {
-                    seq_first,
-                    count,
-                    bytes_len,
-                } => {
+                TapRead::Frames { bytes_len, .. } => {
                     // Frames before `next` are already sent (left from an earlier attach);
                     // a frame after it means the tap lost some: back to the files.
-                    let (skip, from) = skip_frames(&frames, seq_first, next);
-                    let result = if from > next {
-                        Err(())
-                    } else if skip < frames.len() {
-                        let n = count - (next - seq_first) as u32;
-                        let r = send_frames(out, &frames[skip..], next, n);
-                        next += u64::from(n);
-                        sent = true;
-                        Ok(r)
-                    } else {
-                        Ok(Ok(()))
+                    let result = match skip_frames(&frames, next) {
+                        (_, Some(from), _) if from > next => Err(()),
+                        (skip, Some(_), n) => {
+                            let r = send_frames(out, &frames[skip..], next, n);
+                            next += u64::from(n);
+                            sent = true;
+                            Ok(r)
+                        }
+                        (_, None, _) => Ok(Ok(())),
                     };
                     tap.consume(bytes_len);
                     match result {
@@ -487,21 +658,69 @@ fn stream_frames(
     Ok(())
 }
 
-/// In a batch of whole frames starting at `seq_first`: the byte offset of frame `next`
-/// and the sequence found there (`next`, or the batch's first sequence when it starts
-/// after `next`). Frames are contiguous and dense.
-fn skip_frames(frames: &[u8], seq_first: u64, next: u64) -> (usize, u64) {
-    if seq_first >= next {
-        return (0, seq_first);
-    }
+/// Where the frames from `next` on start in `frames` (whole frames from the tap), by each
+/// frame's own sequence: frames left in the tap from an earlier attach come first, and
+/// the writer's frames of this attach follow them after a gap when it wrote while
+/// detached (so counting frames from the first one's sequence would skip new frames).
+/// Returns the byte offset, the sequence of the frame there (None: every frame is before
+/// `next`) and how many frames follow from there.
+fn skip_frames(frames: &[u8], next: u64) -> (usize, Option<u64>, u32) {
+    let frame_at = |at: usize| {
+        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes"));
+        let seq = u64::from_le_bytes(frames[at + 8..at + 16].try_into().expect("8 bytes"));
+        (
+            ringex_journal::frame_size_bytes(u64::from(len)) as usize,
+            seq,
+        )
+    };
     let mut at = 0usize;
-    // One step per frame before `next`.
-    for _ in seq_first..next {
-        if at >= frames.len() {
-            break;
+    // One step per frame: each is at least a header long.
+    while at + 16 <= frames.len() {
+        let (size, seq) = frame_at(at);
+        if seq >= next {
+            let (mut rest, mut count) = (at, 0u32);
+            while rest + 16 <= frames.len() {
+                rest += frame_at(rest).0;
+                count += 1;
+            }
+            return (at, Some(seq), count);
         }
-        let len = u32::from_le_bytes(frames[at..at + 4].try_into().expect("4 bytes")) as u64;
-        at += ringex_journal::frame_size_bytes(len) as usize;
+        at += size;
     }
-    (at, next)
+    (frames.len(), None, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_frames;
+
+    fn frames(seqs: &[u64]) -> Vec<u8> {
+        let size = ringex_journal::frame_size_bytes(0) as usize;
+        let mut out = Vec::new();
+        for &seq in seqs {
+            let mut f = vec![0u8; size];
+            f[8..16].copy_from_slice(&seq.to_le_bytes());
+            out.extend_from_slice(&f);
+        }
+        out
+    }
+
+    #[test]
+    fn frames_left_from_an_earlier_attach_are_skipped_by_their_own_sequences() {
+        let size = ringex_journal::frame_size_bytes(0) as usize;
+        // Contiguous: the usual case.
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 6), (size, Some(6), 2));
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 5), (0, Some(5), 3));
+        assert_eq!(skip_frames(&frames(&[5, 6, 7]), 8), (3 * size, None, 0));
+        // Old frames, then a gap (written while detached), then this attach's frames.
+        assert_eq!(
+            skip_frames(&frames(&[5, 6, 20, 21]), 20),
+            (2 * size, Some(20), 2)
+        );
+        // A frame after `next`: the tap lost some.
+        assert_eq!(
+            skip_frames(&frames(&[5, 6, 22]), 20),
+            (2 * size, Some(22), 1)
+        );
+    }
 }

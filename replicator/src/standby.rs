@@ -136,7 +136,18 @@ impl Answer {
                 epoch,
                 reason: reason.to_string(),
             },
-            other => Answer::Other(format!("{other:?}")),
+            other => Answer::Other(other.to_string()),
+        }
+    }
+
+    /// For a log line.
+    fn describe(&self) -> String {
+        match self {
+            Answer::Welcome { seq_from, .. } => format!("a welcome from sequence {seq_from}"),
+            Answer::Diverged { seq, .. } => format!("a divergence at sequence {seq}"),
+            Answer::Snapshot { seq, .. } => format!("a snapshot at sequence {seq}"),
+            Answer::Refused { reason, .. } => format!("a refusal ({reason})"),
+            Answer::Other(what) => what.clone(),
         }
     }
 
@@ -253,7 +264,8 @@ impl Connection {
                     } = welcome
                     else {
                         return Err(format!(
-                            "expected a welcome after the snapshot: {welcome:?}"
+                            "expected a welcome after the snapshot, got {}",
+                            welcome.describe()
                         ));
                     };
                     if seq_from != seq + 1 {
@@ -299,7 +311,7 @@ impl Connection {
                     }
                     bytes.extend_from_slice(b);
                 }
-                other => return Err(format!("expected a snapshot chunk, got {other:?}")),
+                other => return Err(format!("expected a snapshot chunk, got {other}")),
             }
         }
         Ok(bytes)
@@ -384,7 +396,7 @@ impl Connection {
                 timestamp_ns,
             })),
             Message::Refused { reason } => Err(format!("the primary refused: {reason}")),
-            other => Err(format!("unexpected message from the primary: {other:?}")),
+            other => Err(format!("unexpected message from the primary: {other}")),
         }
     }
 

@@ -106,6 +106,57 @@ pub enum Message<'a> {
     },
 }
 
+/// What a log line says of a message: its kind and its numbers, never its bytes.
+impl std::fmt::Display for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Hello {
+                node_id,
+                journal_id,
+                seq_last,
+                ..
+            } => write!(
+                f,
+                "a hello (node {node_id}, journal {journal_id:032x}, last sequence {seq_last})"
+            ),
+            Message::Welcome {
+                journal_id,
+                seq_from,
+                ..
+            } => write!(
+                f,
+                "a welcome (journal {journal_id:032x}, from sequence {seq_from})"
+            ),
+            Message::Diverged { seq_divergent } => {
+                write!(f, "a divergence at sequence {seq_divergent}")
+            }
+            Message::Frames {
+                seq_first, count, ..
+            } => write!(f, "{count} frame(s) from sequence {seq_first}"),
+            Message::Heartbeat { seq_written, .. } => {
+                write!(f, "a heartbeat (written up to sequence {seq_written})")
+            }
+            Message::Ack {
+                seq_received,
+                seq_durable,
+                seq_applied,
+                ..
+            } => write!(
+                f,
+                "an acknowledgement (received {seq_received}, durable {seq_durable}, \
+                 applied {seq_applied})"
+            ),
+            Message::Snapshot { seq, .. } => write!(f, "a snapshot at sequence {seq}"),
+            Message::SnapshotChunk { offset, bytes } => write!(
+                f,
+                "a snapshot chunk ({} bytes at offset {offset})",
+                bytes.len()
+            ),
+            Message::Refused { reason } => write!(f, "a refusal ({reason})"),
+        }
+    }
+}
+
 /// A message and the epoch of its sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope<'a> {

@@ -81,6 +81,7 @@ impl Primary {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 heartbeat: Duration::from_millis(20),
                 silence_max: Duration::from_secs(5),
+                fence: None,
             },
             PrimaryJournal {
                 dir: dir.join("journal"),
@@ -253,7 +254,18 @@ fn a_standby_from_a_newer_epoch_fences_the_primary() {
         node_id: 2,
         silence_max: Duration::from_secs(5),
     };
+    // A standby of another journal, or with none, says nothing of this one's epochs.
+    for journal_id in [0, p.journal.journal_id() ^ 1] {
+        let end = JournalEnd {
+            journal_id,
+            epoch: p.journal.epoch() + 1,
+            ..JournalEnd::default()
+        };
+        assert!(Connection::open(&config, &end).is_err());
+        assert_eq!(p.link.fenced_by(), None);
+    }
     let end = JournalEnd {
+        journal_id: p.journal.journal_id(),
         epoch: p.journal.epoch() + 1,
         ..JournalEnd::default()
     };

@@ -691,6 +691,12 @@ impl Node {
                         listen,
                         heartbeat: Duration::from_millis(r.heartbeat_ms),
                         silence_max: Duration::from_millis(r.silence_max_ms),
+                        // Promoted online: the primary it followed may come back.
+                        fence: if options.promoted {
+                            r.primary.parse().ok()
+                        } else {
+                            None
+                        },
                     },
                     ringex_replicator::primary::PrimaryJournal {
                         dir: journal_dir.clone(),
@@ -1265,6 +1271,15 @@ impl Node {
     }
 
     /// Stops intake, drains the rings, writes the final snapshot and syncs the journal.
+    /// Tells the node, from any thread, that it is stopping (a signal arrived): a `sync`
+    /// primary waiting for its standby gives the wait up at once (what the standby never
+    /// acknowledged is not applied), instead of holding its thread, in the inline
+    /// topology the gateway's, until the standby is back.
+    pub fn stopping_handle(&self) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.stopping.store(true, Ordering::Release)
+    }
+
     pub fn shutdown(mut self) -> Result<ShutdownReport, NodeError> {
         self.shared.stopping.store(true, Ordering::Release);
         let reply = self.control(SlotKind::Shutdown, "shutdown")?;

@@ -93,6 +93,11 @@ impl Primary {
     /// `sync` mode: waits until the standby has `seq` durable, as the policy says. Err
     /// when the node stops (or is fenced) before it does.
     pub fn wait_standby(&mut self, seq: u64, shared: &Shared) -> Result<(), String> {
+        // Fenced: nothing more is applied, whatever the mode (an `async` or degraded
+        // primary waits for nobody, and would otherwise go on in the old epoch).
+        if let Some(epoch) = self.link.fenced_by() {
+            return Err(fenced(epoch, shared));
+        }
         if !self.sync {
             return Ok(());
         }
@@ -127,12 +132,7 @@ impl Primary {
                 return Ok(());
             }
             if let Some(epoch) = self.link.fenced_by() {
-                let why = format!(
-                    "replication: FENCED: a standby at epoch {epoch} says a newer primary \
-                     exists; this node takes no more orders"
-                );
-                shared.fail(why.clone());
-                return Err(why);
+                return Err(fenced(epoch, shared));
             }
             if shared.stopping.load(Ordering::Acquire) {
                 return Err(format!(
@@ -177,6 +177,17 @@ impl Primary {
             }
         }
     }
+}
+
+/// Marks the node failed for good: a node at `epoch` says a newer primary exists.
+fn fenced(epoch: u32, shared: &Shared) -> String {
+    let why = format!(
+        "replication: FENCED: a node at epoch {epoch} says a newer primary exists; this node \
+         takes no more orders: stop it, and start it as the new primary's standby \
+         (docs/operations.md, \"When the primary is lost\", step 4)"
+    );
+    shared.fail(why.clone());
+    why
 }
 
 /// What a standby has done with the stream, for its acknowledgements.
@@ -259,6 +270,11 @@ pub fn follow(
                 progress.received.store(expected - 1, Ordering::Release);
                 node.flush_replicas();
             }
+        }
+        // Its journal refused a frame (seen here after the pipeline's turn, or on the next
+        // pass): nothing after it can be journaled, so the stream ends.
+        if let Some(why) = lock().as_ref().and_then(|n| n.failure()) {
+            return Err(why);
         }
     }
     Ok(())

@@ -98,10 +98,27 @@ impl JournalStage {
                 return self.appended(result);
             }
             SlotKind::Replica | SlotKind::ReplicaEpoch | SlotKind::ReplicaCheckpoint => {
+                if self.shared.refusing.load(Ordering::Relaxed) {
+                    // Stopped by an earlier frame, said once: the frames behind it in the
+                    // ring cannot follow it (each would be refused as out of sequence).
+                    bump(&self.shared.metrics.commands_refused_by_journal, 1);
+                    return (0, 0);
+                }
                 let result = self.journal.append_replica(&slot.frame[..slot.frame_len]);
                 if let Err(e) = &result {
                     // The stream from the primary no longer fits this journal.
-                    self.shared.fail(format!("standby: {e}"));
+                    let advice = match e {
+                        ringex_journal::Error::LowSpace { .. }
+                        | ringex_journal::Error::PreallocFailed { .. } => {
+                            "; the standby stops: free disk space (or move its data \
+                             directory), then restart it, and it follows again from where \
+                             its journal ends"
+                        }
+                        _ => "",
+                    };
+                    self.shared.fail(format!("standby: {e}{advice}"));
+                    bump(&self.shared.metrics.commands_refused_by_journal, 1);
+                    return (0, 0);
                 }
                 return self.appended(result);
             }

@@ -343,6 +343,9 @@ struct User {
     /// Retail and bots: client order ids believed open, oldest first.
     open: VecDeque<u64>,
     dead: bool,
+    /// Why the connection broke, until a failover replaces it (then it is reported with
+    /// the failovers, not as an error).
+    broken: Option<String>,
     /// Failovers this user may still try when its connection breaks.
     failovers_left: u32,
 }
@@ -573,7 +576,9 @@ pub struct Report {
     pub rejected: u64,
     pub rejects_by_reason: BTreeMap<String, u64>,
     pub fills: u64,
-    /// Connection failures (each ends that user's part of the run, unless it failed over).
+    /// Failures that ended a user's part of the run (a connection lost with no failover
+    /// left, or a failover that found no server). A connection lost and then failed over
+    /// is in `failover_causes` instead.
     pub errors: u64,
     /// Users that reconnected after a failure (`--addr` with several addresses).
     pub failovers: u64,
@@ -581,6 +586,8 @@ pub struct Report {
     /// session: never answered (the old server may or may not have processed them);
     /// counted in `unanswered` too.
     pub failover_unanswered: u64,
+    /// Why the connections that failed over broke (the first 20).
+    pub failover_causes: Vec<String>,
     pub error_messages: Vec<String>,
     /// Planned send -> first answer (coordinated-omission corrected), per request type
     /// and `all`; every sent request, the unanswered ones as described at `unanswered`.
@@ -634,6 +641,9 @@ impl Report {
                 "  failovers {} ({} requests in flight then were never answered)",
                 self.failovers, self.failover_unanswered
             );
+            for why in &self.failover_causes {
+                println!("    failed over after: {why}");
+            }
         }
         for (reason, n) in &self.rejects_by_reason {
             println!("    reject {reason}: {n}");
@@ -852,6 +862,7 @@ struct Stats {
     errors: Vec<String>,
     failovers: u64,
     failover_unanswered: u64,
+    failover_causes: Vec<String>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -881,6 +892,7 @@ impl Stats {
             errors: Vec::new(),
             failovers: 0,
             failover_unanswered: 0,
+            failover_causes: Vec::new(),
         }
     }
 
@@ -1044,6 +1056,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             next_slot: 0,
             open: VecDeque::new(),
             dead: false,
+            broken: None,
             failovers_left: if addrs.len() > 1 {
                 FAILOVERS_PER_USER
             } else {
@@ -1092,9 +1105,12 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     let fail = |user: &mut User, stats: &mut Stats, e: ClientError| {
         if !user.dead {
             user.dead = true;
-            stats
-                .errors
-                .push(format!("account {}: {e}", user.client.account()));
+            let what = format!("account {}: {e}", user.client.account());
+            if user.failovers_left > 0 {
+                user.broken = Some(what);
+            } else {
+                stats.errors.push(what);
+            }
         }
     };
 
@@ -1274,13 +1290,20 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
                         Ok(()) => {
                             u.dead = false;
                             stats.failovers += 1;
+                            if let Some(why) = u.broken.take() {
+                                stats.failover_causes.push(why);
+                            }
                         }
-                        Err(e) => stats.errors.push(format!("failover: {e}")),
+                        Err(e) => {
+                            let why = u.broken.take().unwrap_or_default();
+                            stats.errors.push(format!("{why}; failover: {e}"))
+                        }
                     }
                 }
-                Err(e) => stats
-                    .errors
-                    .push(format!("account {}: failover: {e}", u.client.account())),
+                Err(e) => {
+                    let why = u.broken.take().unwrap_or_default();
+                    stats.errors.push(format!("{why}; failover: {e}"))
+                }
             }
         }
     };
@@ -1288,6 +1311,11 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
     // Requests never answered (including those of users whose connection failed) go into
     // the latency tables at the end of the drain: a lower bound, never left out.
     let mut unanswered = stats.failover_unanswered;
+    for u in users.iter_mut() {
+        if let Some(why) = u.broken.take() {
+            stats.errors.push(why);
+        }
+    }
     for u in &users {
         for f in u.in_flight.iter().filter(|f| !f.answered) {
             unanswered += 1;
@@ -1322,6 +1350,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         errors: stats.errors.len() as u64,
         failovers: stats.failovers,
         failover_unanswered: stats.failover_unanswered,
+        failover_causes: stats.failover_causes.iter().take(20).cloned().collect(),
         error_messages: stats.errors.iter().take(20).cloned().collect(),
         latency: BTreeMap::new(),
         service_time: BTreeMap::new(),
