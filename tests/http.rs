@@ -780,3 +780,125 @@ fn the_live_page_shows_the_book_trades_and_ticker_and_orders_placed_after_it_ope
     assert!(status.success(), "the page reported errors (stderr above)");
     node.stop();
 }
+
+/// The status of the answer to `raw` on a new connection, and whether the server closed
+/// the connection after it (else it answers a next request).
+fn status_of(addr: SocketAddr, raw: &[u8]) -> (u16, bool) {
+    let mut c = Http::open(addr);
+    c.send(raw);
+    let r = c.read();
+    if r.status != 200 {
+        assert_eq!(r.json()["error"]["code"], r.status, "{r:?}");
+    }
+    if r.header("Connection") == Some("close") {
+        return (r.status, c.closed());
+    }
+    assert_eq!(c.get("/health").status, 200);
+    (r.status, false)
+}
+
+#[test]
+fn smuggling_foreign_protocols_and_encoding_tricks_get_documented_codes() {
+    let node = Node::start();
+    let addr = node.http;
+    // A body announced two ways, or by two lengths: 413, closed, whatever follows unread.
+    assert_eq!(
+        status_of(
+            addr,
+            b"GET /health HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n\
+              0\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"
+        ),
+        (413, true)
+    );
+    assert_eq!(
+        status_of(
+            addr,
+            b"GET /health HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        (413, true)
+    );
+    // Not HTTP/1.x: the HTTP/2 preface, HTTP/0.9, bytes that are not UTF-8 in the path.
+    assert_eq!(
+        status_of(addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        (400, true)
+    );
+    assert_eq!(status_of(addr, b"GET /health\r\n\r\n"), (400, true));
+    assert_eq!(
+        status_of(addr, b"GET /api/v1/ticker?market=\xff\xfe HTTP/1.1\r\n\r\n"),
+        (400, true)
+    );
+    // Other methods: 405 with `Allow: GET`, the connection stays.
+    for method in ["HEAD", "OPTIONS", "POST", "CONNECT"] {
+        let target = if method == "CONNECT" {
+            "h:443"
+        } else {
+            "/health"
+        };
+        let raw = format!("{method} {target} HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status_of(addr, raw.as_bytes()), (405, false), "{method}");
+    }
+    // Percent-encoding: two hex digits exactly (no sign), decoded NUL and dots are only
+    // an unknown market; `limit` is digits only.
+    let mut c = Http::open(addr);
+    for (target, status) in [
+        ("/api/v1/ticker?market=BTC%+1USDT", 400),
+        ("/api/v1/ticker?market=BTC%-1USDT", 400),
+        ("/api/v1/ticker?market=BTC%2", 400),
+        ("/api/v1/ticker?market=%C0%AE%C0%AE", 400),
+        ("/api/v1/ticker?market=BTC-USDT%00", 404),
+        ("/api/v1/ticker?market=%2e%2e%2f", 404),
+        ("/api/v1/depth?market=BTC-USDT&limit=%2B5", 400),
+        ("/api/v1/depth?market=BTC-USDT&limit=-1", 400),
+        (
+            "/api/v1/depth?market=BTC-USDT&limit=18446744073709551617",
+            400,
+        ),
+        ("/api/v1/depth?market=BTC-USDT&limit=5001", 400),
+        ("/api/v1/trades?market=BTC-USDT&limit=51", 400),
+        ("/api/v1/depth?market=BTC-USDT&limit=5000", 200),
+        ("/api/v1/%2e%2e/health", 404),
+    ] {
+        let r = c.get(target);
+        assert_eq!(r.status, status, "{target}: {r:?}");
+        assert_eq!(r.header("Connection"), None, "{target}");
+    }
+    node.stop();
+}
+
+#[test]
+fn connections_queued_past_one_accept_pass_are_all_answered() {
+    // Four connections at most: a burst of connections is more than one accept pass
+    // takes, and the listener raises no new event for those left queued.
+    let node = Node::start_with(|t| t.replace("connections_max = 4096", "connections_max = 4"));
+    let addr = node.http;
+    let mut held: Vec<Http> = (0..4).map(|_| Http::open(addr)).collect();
+    for h in &mut held {
+        assert_eq!(h.get("/health").status, 200);
+    }
+    let mut burst: Vec<Http> = (0..200).map(|_| Http::open(addr)).collect();
+    for b in &mut burst {
+        let r = b.read();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(b.closed());
+    }
+    drop(held);
+    // Slots free again: a new connection is served.
+    let start = Instant::now();
+    loop {
+        // A 503 closes at once: the request may meet a reset, so errors only retry.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the freed slots are never reused"
+        );
+        std::thread::yield_now();
+    }
+    node.stop();
+}

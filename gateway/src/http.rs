@@ -139,6 +139,9 @@ pub struct Http {
     free: Vec<usize>,
     generation: usize,
     unread: Vec<usize>,
+    /// The last accept pass stopped at its bound with connections maybe still queued:
+    /// the next pass accepts on (the listener's readiness is edge-triggered).
+    accept_pending: bool,
     status: Option<Arc<dyn NodeStatus>>,
     counts: Counts,
     page: Vec<u8>,
@@ -220,6 +223,7 @@ impl Http {
             free: Vec::new(),
             generation: 1,
             unread: Vec::new(),
+            accept_pending: false,
             status,
             counts: Counts::default(),
             page: PAGE
@@ -236,7 +240,7 @@ impl Http {
 
     /// Connections with input left to read: the loop must not sleep.
     pub fn busy(&self) -> bool {
-        !self.unread.is_empty()
+        !self.unread.is_empty() || self.accept_pending
     }
 
     /// Counts public updates written to a market's WebSocket subscribers.
@@ -254,8 +258,10 @@ impl Http {
             self.listening = registry
                 .register(&mut self.listener, LISTENER, Interest::READABLE)
                 .is_ok();
-            self.accept(registry);
         }
+        // Also after a pass that found no descriptor free: the queued connections raise
+        // no new event.
+        self.accept(registry);
         let now = self.now_ns();
         let header_ns = u64::from(self.config.header_timeout_ms) * 1_000_000;
         let idle_ns = u64::from(self.config.idle_timeout_ms) * 1_000_000;
@@ -288,6 +294,9 @@ impl Http {
 
     /// Reads the connections that had more input than one pass reads.
     pub fn pass(&mut self, registry: &Registry, view: &mut View<'_>) {
+        if self.accept_pending {
+            self.accept(registry);
+        }
         for id in std::mem::take(&mut self.unread) {
             self.read(registry, id, view);
         }
@@ -317,14 +326,19 @@ impl Http {
     }
 
     fn accept(&mut self, registry: &Registry) {
+        self.accept_pending = false;
         if !self.listening {
             return;
         }
-        // Bounded: at most the connection limit per wake-up.
+        // Bounded: at most the connection limit per wake-up; past it, the next pass.
+        self.accept_pending = true;
         for _ in 0..self.config.connections_max.max(1) {
             let (mut stream, _peer) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -333,8 +347,11 @@ impl Http {
                 {
                     continue
                 }
-                // Out of descriptors: the next wake-up accepts again.
-                Err(_) => return,
+                // Out of descriptors: the timers accept again.
+                Err(_) => {
+                    self.accept_pending = false;
+                    return;
+                }
             };
             if self.counts.connections_active >= u64::from(self.config.connections_max) {
                 let r = Response::error(503, "too many connections").closing();
@@ -349,7 +366,10 @@ impl Http {
                     self.conns.push(None);
                     self.conns.len() - 1
                 }
-                None => return,
+                None => {
+                    self.accept_pending = false;
+                    return;
+                }
             };
             self.generation += 1;
             let id = (self.generation << INDEX_BITS | index) & !TOKEN_BIT;
@@ -926,8 +946,9 @@ impl Params {
     fn limit(&self, default: usize, max: usize) -> Result<usize, String> {
         match self.get("limit") {
             None => Ok(default),
+            // Digits only: `parse` alone would take a sign ("+5").
             Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) && (1..=max).contains(&n) => Ok(n),
                 _ => Err(format!("limit must be a whole number from 1 to {max}")),
             },
         }
@@ -941,8 +962,11 @@ fn percent_decode(s: &str) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
+                // Two hex digits exactly: `u8::from_str_radix` alone would take a sign
+                // ("%+1").
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
@@ -976,6 +1000,10 @@ mod tests {
         assert!(Params::parse("market=A&market=B").is_err());
         assert!(Params::parse("market=%G1").is_err());
         assert!(Params::parse("market=%2").is_err());
+        assert!(Params::parse("market=%+1").is_err());
+        assert!(Params::parse("market=%-1").is_err());
+        let p = Params::parse("limit=%2B5").unwrap();
+        assert!(p.limit(100, 1000).is_err());
         let p = Params::parse("limit=0").unwrap();
         assert!(p.limit(100, 1000).is_err());
         let p = Params::parse("limit=1001").unwrap();
