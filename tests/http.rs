@@ -862,6 +862,24 @@ fn smuggling_foreign_protocols_and_encoding_tricks_get_documented_codes() {
         assert_eq!(r.status, status, "{target}: {r:?}");
         assert_eq!(r.header("Connection"), None, "{target}");
     }
+    // A head full of parameters is refused before they are compared with each other
+    // (quadratic), pipelined many times over, and the loop answers others meanwhile.
+    let query: Vec<String> = (0..1400).map(|i| format!("{i:x}=1")).collect();
+    let heavy = format!("GET /api/v1/depth?{} HTTP/1.1\r\n\r\n", query.join("&"));
+    let mut writer = c.s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for _ in 0..200 {
+            writer.write_all(heavy.as_bytes()).unwrap();
+        }
+    });
+    let mut other = Http::open(addr);
+    assert_eq!(other.get("/health").status, 200);
+    for _ in 0..200 {
+        let r = c.read();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.json()["error"]["msg"], "more than 8 parameters");
+    }
+    sender.join().unwrap();
     node.stop();
 }
 

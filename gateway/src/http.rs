@@ -41,6 +41,8 @@ const READS_PER_PASS: usize = 8;
 const OUT_PAUSE_BYTES: usize = 256 * 1024;
 /// Headers a request may have.
 const HEADERS_MAX: usize = 32;
+/// The most query parameters a request may carry.
+const PARAMS_MAX: usize = 8;
 /// Depth levels per side: the default and the most a request may ask for.
 pub const DEPTH_LIMIT_DEFAULT: usize = 100;
 pub const DEPTH_LIMIT_MAX: usize = 5000;
@@ -924,6 +926,10 @@ impl Params {
     fn parse(query: &str) -> Result<Params, String> {
         let mut out: Vec<(String, String)> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
+            if out.len() == PARAMS_MAX {
+                // No path takes more; the check for repeats is quadratic.
+                return Err(format!("more than {PARAMS_MAX} parameters"));
+            }
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = percent_decode(k)?;
             let v = percent_decode(v)?;
@@ -1001,6 +1007,8 @@ mod tests {
         assert!(Params::parse("market=%G1").is_err());
         assert!(Params::parse("market=%2").is_err());
         assert!(Params::parse("market=%+1").is_err());
+        assert!(Params::parse("a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8").is_ok());
+        assert!(Params::parse("a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9").is_err());
         assert!(Params::parse("market=%-1").is_err());
         let p = Params::parse("limit=%2B5").unwrap();
         assert!(p.limit(100, 1000).is_err());
