@@ -510,8 +510,10 @@ fn metrics_pass_promtool_and_move_as_orders_flow() {
 
 #[test]
 fn malformed_and_abusive_requests_get_documented_codes_and_the_node_trades_on() {
-    let node =
-        Node::start_with(|t| t.replace("header_timeout_ms = 5000", "header_timeout_ms = 300"));
+    let node = Node::start_with(|t| {
+        t.replace("header_timeout_ms = 5000", "header_timeout_ms = 300")
+            .replace("connections_per_ip = 256", "connections_per_ip = 4096")
+    });
     let addr = node.http;
     // The status of the answer to `raw` on a new connection, and whether the server
     // closed the connection after it (else it answers a next request).
@@ -918,5 +920,44 @@ fn connections_queued_past_one_accept_pass_are_all_answered() {
         );
         std::thread::yield_now();
     }
+    node.stop();
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let node =
+        Node::start_with(|t| t.replace("connections_per_ip = 256", "connections_per_ip = 3"));
+    let addr = node.http;
+    let mut held: Vec<Http> = (0..3).map(|_| Http::open(addr)).collect();
+    for h in &mut held {
+        assert_eq!(h.get("/health").status, 200);
+    }
+    // The fourth from the same address: 503 at accept, closed.
+    let mut extra = Http::open(addr);
+    let r = extra.read();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["msg"],
+        "too many connections from this address"
+    );
+    assert!(extra.closed());
+    // The held ones are served on; once one closes, a new one is served.
+    assert_eq!(held[0].get("/health").status, 200);
+    drop(held.pop());
+    let start = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the freed slot is never reused");
+        std::thread::yield_now();
+    }
+    let m = held[0].get("/metrics").text();
+    assert!(metric(&m, "ringex_http_responses_total{code=\"503\"}").unwrap() >= 1);
     node.stop();
 }

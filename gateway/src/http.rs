@@ -66,6 +66,8 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Open connections at most; past it a new one is answered 503 and closed.
     pub connections_max: u32,
+    /// Open connections from one address at most: one client cannot take them all.
+    pub connections_per_ip: u32,
     /// The longest request head (request line and headers); past it, 431.
     pub header_bytes_max: usize,
     /// A request's head must arrive whole within this once it has begun; else 408.
@@ -80,6 +82,7 @@ impl HttpConfig {
         HttpConfig {
             addr: "127.0.0.1:0".parse().expect("address"),
             connections_max: 4096,
+            connections_per_ip: 256,
             header_bytes_max: 8 * 1024,
             header_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
@@ -105,6 +108,7 @@ pub struct View<'a> {
 
 struct Conn {
     id: usize,
+    peer: std::net::IpAddr,
     stream: TcpStream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -141,6 +145,8 @@ pub struct Http {
     free: Vec<usize>,
     generation: usize,
     unread: Vec<usize>,
+    /// Open connections by remote address.
+    ips: crate::limits::ConnectionCounts,
     /// The last accept pass stopped at its bound with connections maybe still queued:
     /// the next pass accepts on (the listener's readiness is edge-triggered).
     accept_pending: bool,
@@ -225,6 +231,7 @@ impl Http {
             free: Vec::new(),
             generation: 1,
             unread: Vec::new(),
+            ips: Default::default(),
             accept_pending: false,
             status,
             counts: Counts::default(),
@@ -335,7 +342,7 @@ impl Http {
         // Bounded: at most the connection limit per wake-up; past it, the next pass.
         self.accept_pending = true;
         for _ in 0..self.config.connections_max.max(1) {
-            let (mut stream, _peer) = match self.listener.accept() {
+            let (mut stream, peer) = match self.listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_pending = false;
@@ -355,8 +362,16 @@ impl Http {
                     return;
                 }
             };
-            if self.counts.connections_active >= u64::from(self.config.connections_max) {
-                let r = Response::error(503, "too many connections").closing();
+            let refusal =
+                if self.counts.connections_active >= u64::from(self.config.connections_max) {
+                    Some("too many connections")
+                } else if self.ips.count(peer.ip()) >= self.config.connections_per_ip {
+                    Some("too many connections from this address")
+                } else {
+                    None
+                };
+            if let Some(msg) = refusal {
+                let r = Response::error(503, msg).closing();
                 let _ = stream.write(&render(&r));
                 *self.counts.responses.entry(503).or_default() += 1;
                 continue;
@@ -383,8 +398,10 @@ impl Http {
                 continue;
             }
             let now = self.now_ns();
+            self.ips.try_add(peer.ip(), u32::MAX);
             self.conns[index] = Some(Conn {
                 id,
+                peer: peer.ip(),
                 stream,
                 rbuf: Vec::new(),
                 out: Vec::new(),
@@ -880,6 +897,7 @@ impl Http {
             return;
         };
         let _ = registry.deregister(&mut c.stream);
+        self.ips.remove(c.peer);
         self.free.push(index);
         self.counts.connections_active -= 1;
     }
