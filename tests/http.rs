@@ -961,3 +961,45 @@ fn one_address_cannot_hold_every_connection() {
     assert!(metric(&m, "ringex_http_responses_total{code=\"503\"}").unwrap() >= 1);
     node.stop();
 }
+
+#[test]
+fn a_client_that_pipelines_without_reading_is_bounded_and_closed() {
+    let node = Node::start_with(|t| t.replace("idle_timeout_ms = 60000", "idle_timeout_ms = 500"));
+    let addr = node.http;
+    let mut greedy = TcpStream::connect(addr).unwrap();
+    let one = b"GET /api/v1/markets HTTP/1.1\r\n\r\n";
+    let burst: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 100_000)
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    // Never reads: the server stops reading it past its output bound, and closes it once
+    // it has taken nothing for the idle time; the write then fails or completes.
+    std::thread::spawn(move || {
+        let _ = greedy.write_all(&burst);
+        // Kept open (not read) until the test ends.
+        let _ = tx.send(greedy);
+    });
+    // Meanwhile others are served.
+    let mut other = Http::open(addr);
+    assert_eq!(other.get("/health").status, 200);
+    let greedy = rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer ends: the server closed the connection or took it all");
+    let start = Instant::now();
+    loop {
+        let m = other.get("/metrics").text();
+        if metric(&m, "ringex_http_connections_active") == Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the greedy client is never closed: {m}"
+        );
+        std::thread::yield_now();
+    }
+    drop(greedy);
+    node.stop();
+}
