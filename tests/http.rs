@@ -864,6 +864,12 @@ fn smuggling_foreign_protocols_and_encoding_tricks_get_documented_codes() {
         assert_eq!(r.status, status, "{target}: {r:?}");
         assert_eq!(r.header("Connection"), None, "{target}");
     }
+    // A value quoted in an error message is escaped as JSON.
+    let r = c.get("/api/v1/ticker?market=BTC%01USDT");
+    assert_eq!(
+        r.json()["error"]["msg"],
+        "unknown market \"BTC\\u0001USDT\""
+    );
     // A head full of parameters is refused before they are compared with each other
     // (quadratic), pipelined many times over, and the loop answers others meanwhile.
     let query: Vec<String> = (0..1400).map(|i| format!("{i:x}=1")).collect();

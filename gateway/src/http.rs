@@ -606,7 +606,7 @@ impl Http {
             .iter()
             .find(|(k, _)| !allowed.contains(&k.as_str()))
         {
-            return Response::error(400, &format!("unknown parameter {:?}", unknown.0));
+            return Response::error(400, &format!("unknown parameter {}", quoted(&unknown.0)));
         }
         match path {
             "/" | "/index.html" => Response {
@@ -650,7 +650,7 @@ impl Http {
             return Response::error(400, "market is required, e.g. market=BTC-USDT");
         };
         let Some(market) = view.publisher.market_id(symbol) else {
-            return Response::error(404, &format!("unknown market {symbol:?}"));
+            return Response::error(404, &format!("unknown market {}", quoted(symbol)));
         };
         let (channel, max_age, limit) = match path {
             "/api/v1/ticker" => (Channel::Ticker, MAX_AGE_TICKER, Ok(usize::MAX)),
@@ -903,6 +903,13 @@ impl Http {
     }
 }
 
+/// `s` in double quotes, escaped as in JSON (not as Rust's `{:?}`: "\u{1}").
+fn quoted(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 fn too_large() -> Response {
     Response::error(431, "the request's head is too large").closing()
 }
@@ -952,7 +959,7 @@ impl Params {
             let k = percent_decode(k)?;
             let v = percent_decode(v)?;
             if out.iter().any(|(x, _)| *x == k) {
-                return Err(format!("parameter {k:?} given twice"));
+                return Err(format!("parameter {} given twice", quoted(&k)));
             }
             out.push((k, v));
         }
