@@ -408,6 +408,8 @@ impl Default for WebSocketConfig {
 pub struct HttpConfig {
     /// Connections served at once; past it a new one is answered 503.
     pub connections_max: u32,
+    /// Connections served at once from one address; past it a new one is answered 503.
+    pub connections_per_ip: u32,
     /// The longest request head (request line and headers); past it, 431.
     pub header_max_kib: u32,
     /// A request's head must arrive whole within this once begun; else 408.
@@ -420,6 +422,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             connections_max: 4096,
+            connections_per_ip: 256,
             header_max_kib: 8,
             header_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
@@ -808,6 +811,11 @@ impl Config {
             (
                 "http.connections_max",
                 wide(self.http.connections_max),
+                1..=1_000_000,
+            ),
+            (
+                "http.connections_per_ip",
+                wide(self.http.connections_per_ip),
                 1..=1_000_000,
             ),
             (

@@ -202,6 +202,7 @@ pub fn http_config(config: &Config) -> Result<Option<HttpConfig>, String> {
     Ok(Some(HttpConfig {
         addr,
         connections_max: h.connections_max,
+        connections_per_ip: h.connections_per_ip,
         header_bytes_max: h.header_max_kib as usize * 1024,
         header_timeout_ms: h.header_timeout_ms,
         idle_timeout_ms: h.idle_timeout_ms,

@@ -510,8 +510,10 @@ fn metrics_pass_promtool_and_move_as_orders_flow() {
 
 #[test]
 fn malformed_and_abusive_requests_get_documented_codes_and_the_node_trades_on() {
-    let node =
-        Node::start_with(|t| t.replace("header_timeout_ms = 5000", "header_timeout_ms = 300"));
+    let node = Node::start_with(|t| {
+        t.replace("header_timeout_ms = 5000", "header_timeout_ms = 300")
+            .replace("connections_per_ip = 256", "connections_per_ip = 4096")
+    });
     let addr = node.http;
     // The status of the answer to `raw` on a new connection, and whether the server
     // closed the connection after it (else it answers a next request).
@@ -778,5 +780,232 @@ fn the_live_page_shows_the_book_trades_and_ticker_and_orders_placed_after_it_ope
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "the page reported errors (stderr above)");
+    node.stop();
+}
+
+/// The status of the answer to `raw` on a new connection, and whether the server closed
+/// the connection after it (else it answers a next request).
+fn status_of(addr: SocketAddr, raw: &[u8]) -> (u16, bool) {
+    let mut c = Http::open(addr);
+    c.send(raw);
+    let r = c.read();
+    if r.status != 200 {
+        assert_eq!(r.json()["error"]["code"], r.status, "{r:?}");
+    }
+    if r.header("Connection") == Some("close") {
+        return (r.status, c.closed());
+    }
+    assert_eq!(c.get("/health").status, 200);
+    (r.status, false)
+}
+
+#[test]
+fn smuggling_foreign_protocols_and_encoding_tricks_get_documented_codes() {
+    let node = Node::start();
+    let addr = node.http;
+    // A body announced two ways, or by two lengths: 413, closed, whatever follows unread.
+    assert_eq!(
+        status_of(
+            addr,
+            b"GET /health HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n\
+              0\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n"
+        ),
+        (413, true)
+    );
+    assert_eq!(
+        status_of(
+            addr,
+            b"GET /health HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello"
+        ),
+        (413, true)
+    );
+    // Not HTTP/1.x: the HTTP/2 preface, HTTP/0.9, bytes that are not UTF-8 in the path.
+    assert_eq!(
+        status_of(addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+        (400, true)
+    );
+    assert_eq!(status_of(addr, b"GET /health\r\n\r\n"), (400, true));
+    assert_eq!(
+        status_of(addr, b"GET /api/v1/ticker?market=\xff\xfe HTTP/1.1\r\n\r\n"),
+        (400, true)
+    );
+    // Other methods: 405 with `Allow: GET`, the connection stays.
+    for method in ["HEAD", "OPTIONS", "POST", "CONNECT"] {
+        let target = if method == "CONNECT" {
+            "h:443"
+        } else {
+            "/health"
+        };
+        let raw = format!("{method} {target} HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(status_of(addr, raw.as_bytes()), (405, false), "{method}");
+    }
+    // Percent-encoding: two hex digits exactly (no sign), decoded NUL and dots are only
+    // an unknown market; `limit` is digits only.
+    let mut c = Http::open(addr);
+    for (target, status) in [
+        ("/api/v1/ticker?market=BTC%+1USDT", 400),
+        ("/api/v1/ticker?market=BTC%-1USDT", 400),
+        ("/api/v1/ticker?market=BTC%2", 400),
+        ("/api/v1/ticker?market=%C0%AE%C0%AE", 400),
+        ("/api/v1/ticker?market=BTC-USDT%00", 404),
+        ("/api/v1/ticker?market=%2e%2e%2f", 404),
+        ("/api/v1/depth?market=BTC-USDT&limit=%2B5", 400),
+        ("/api/v1/depth?market=BTC-USDT&limit=-1", 400),
+        (
+            "/api/v1/depth?market=BTC-USDT&limit=18446744073709551617",
+            400,
+        ),
+        ("/api/v1/depth?market=BTC-USDT&limit=5001", 400),
+        ("/api/v1/trades?market=BTC-USDT&limit=51", 400),
+        ("/api/v1/depth?market=BTC-USDT&limit=5000", 200),
+        ("/api/v1/%2e%2e/health", 404),
+    ] {
+        let r = c.get(target);
+        assert_eq!(r.status, status, "{target}: {r:?}");
+        assert_eq!(r.header("Connection"), None, "{target}");
+    }
+    // A value quoted in an error message is escaped as JSON.
+    let r = c.get("/api/v1/ticker?market=BTC%01USDT");
+    assert_eq!(
+        r.json()["error"]["msg"],
+        "unknown market \"BTC\\u0001USDT\""
+    );
+    // A head full of parameters is refused before they are compared with each other
+    // (quadratic), pipelined many times over, and the loop answers others meanwhile.
+    let query: Vec<String> = (0..1400).map(|i| format!("{i:x}=1")).collect();
+    let heavy = format!("GET /api/v1/depth?{} HTTP/1.1\r\n\r\n", query.join("&"));
+    let mut writer = c.s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for _ in 0..200 {
+            writer.write_all(heavy.as_bytes()).unwrap();
+        }
+    });
+    let mut other = Http::open(addr);
+    assert_eq!(other.get("/health").status, 200);
+    for _ in 0..200 {
+        let r = c.read();
+        assert_eq!(r.status, 400, "{r:?}");
+        assert_eq!(r.json()["error"]["msg"], "more than 8 parameters");
+    }
+    sender.join().unwrap();
+    node.stop();
+}
+
+#[test]
+fn connections_queued_past_one_accept_pass_are_all_answered() {
+    // Four connections at most: a burst of connections is more than one accept pass
+    // takes, and the listener raises no new event for those left queued.
+    let node = Node::start_with(|t| t.replace("connections_max = 4096", "connections_max = 4"));
+    let addr = node.http;
+    let mut held: Vec<Http> = (0..4).map(|_| Http::open(addr)).collect();
+    for h in &mut held {
+        assert_eq!(h.get("/health").status, 200);
+    }
+    let mut burst: Vec<Http> = (0..200).map(|_| Http::open(addr)).collect();
+    for b in &mut burst {
+        let r = b.read();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(b.closed());
+    }
+    drop(held);
+    // Slots free again: a new connection is served.
+    let start = Instant::now();
+    loop {
+        // A 503 closes at once: the request may meet a reset, so errors only retry.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the freed slots are never reused"
+        );
+        std::thread::yield_now();
+    }
+    node.stop();
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let node =
+        Node::start_with(|t| t.replace("connections_per_ip = 256", "connections_per_ip = 3"));
+    let addr = node.http;
+    let mut held: Vec<Http> = (0..3).map(|_| Http::open(addr)).collect();
+    for h in &mut held {
+        assert_eq!(h.get("/health").status, 200);
+    }
+    // The fourth from the same address: 503 at accept, closed.
+    let mut extra = Http::open(addr);
+    let r = extra.read();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.json()["error"]["msg"],
+        "too many connections from this address"
+    );
+    assert!(extra.closed());
+    // The held ones are served on; once one closes, a new one is served.
+    assert_eq!(held[0].get("/health").status, 200);
+    drop(held.pop());
+    let start = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        if answer.starts_with(b"HTTP/1.1 200 ") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the freed slot is never reused");
+        std::thread::yield_now();
+    }
+    let m = held[0].get("/metrics").text();
+    assert!(metric(&m, "ringex_http_responses_total{code=\"503\"}").unwrap() >= 1);
+    node.stop();
+}
+
+#[test]
+fn a_client_that_pipelines_without_reading_is_bounded_and_closed() {
+    let node = Node::start_with(|t| t.replace("idle_timeout_ms = 60000", "idle_timeout_ms = 500"));
+    let addr = node.http;
+    let mut greedy = TcpStream::connect(addr).unwrap();
+    let one = b"GET /api/v1/markets HTTP/1.1\r\n\r\n";
+    let burst: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 100_000)
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    // Never reads: the server stops reading it past its output bound, and closes it once
+    // it has taken nothing for the idle time; the write then fails or completes.
+    std::thread::spawn(move || {
+        let _ = greedy.write_all(&burst);
+        // Kept open (not read) until the test ends.
+        let _ = tx.send(greedy);
+    });
+    // Meanwhile others are served.
+    let mut other = Http::open(addr);
+    assert_eq!(other.get("/health").status, 200);
+    let greedy = rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer ends: the server closed the connection or took it all");
+    let start = Instant::now();
+    loop {
+        let m = other.get("/metrics").text();
+        if metric(&m, "ringex_http_connections_active") == Some(1) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the greedy client is never closed: {m}"
+        );
+        std::thread::yield_now();
+    }
+    drop(greedy);
     node.stop();
 }

@@ -41,6 +41,8 @@ const READS_PER_PASS: usize = 8;
 const OUT_PAUSE_BYTES: usize = 256 * 1024;
 /// Headers a request may have.
 const HEADERS_MAX: usize = 32;
+/// The most query parameters a request may carry.
+const PARAMS_MAX: usize = 8;
 /// Depth levels per side: the default and the most a request may ask for.
 pub const DEPTH_LIMIT_DEFAULT: usize = 100;
 pub const DEPTH_LIMIT_MAX: usize = 5000;
@@ -64,6 +66,8 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Open connections at most; past it a new one is answered 503 and closed.
     pub connections_max: u32,
+    /// Open connections from one address at most: one client cannot take them all.
+    pub connections_per_ip: u32,
     /// The longest request head (request line and headers); past it, 431.
     pub header_bytes_max: usize,
     /// A request's head must arrive whole within this once it has begun; else 408.
@@ -78,6 +82,7 @@ impl HttpConfig {
         HttpConfig {
             addr: "127.0.0.1:0".parse().expect("address"),
             connections_max: 4096,
+            connections_per_ip: 256,
             header_bytes_max: 8 * 1024,
             header_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
@@ -103,6 +108,7 @@ pub struct View<'a> {
 
 struct Conn {
     id: usize,
+    peer: std::net::IpAddr,
     stream: TcpStream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -139,6 +145,11 @@ pub struct Http {
     free: Vec<usize>,
     generation: usize,
     unread: Vec<usize>,
+    /// Open connections by remote address.
+    ips: crate::limits::ConnectionCounts,
+    /// The last accept pass stopped at its bound with connections maybe still queued:
+    /// the next pass accepts on (the listener's readiness is edge-triggered).
+    accept_pending: bool,
     status: Option<Arc<dyn NodeStatus>>,
     counts: Counts,
     page: Vec<u8>,
@@ -220,6 +231,8 @@ impl Http {
             free: Vec::new(),
             generation: 1,
             unread: Vec::new(),
+            ips: Default::default(),
+            accept_pending: false,
             status,
             counts: Counts::default(),
             page: PAGE
@@ -236,7 +249,7 @@ impl Http {
 
     /// Connections with input left to read: the loop must not sleep.
     pub fn busy(&self) -> bool {
-        !self.unread.is_empty()
+        !self.unread.is_empty() || self.accept_pending
     }
 
     /// Counts public updates written to a market's WebSocket subscribers.
@@ -254,8 +267,10 @@ impl Http {
             self.listening = registry
                 .register(&mut self.listener, LISTENER, Interest::READABLE)
                 .is_ok();
-            self.accept(registry);
         }
+        // Also after a pass that found no descriptor free: the queued connections raise
+        // no new event.
+        self.accept(registry);
         let now = self.now_ns();
         let header_ns = u64::from(self.config.header_timeout_ms) * 1_000_000;
         let idle_ns = u64::from(self.config.idle_timeout_ms) * 1_000_000;
@@ -288,6 +303,9 @@ impl Http {
 
     /// Reads the connections that had more input than one pass reads.
     pub fn pass(&mut self, registry: &Registry, view: &mut View<'_>) {
+        if self.accept_pending {
+            self.accept(registry);
+        }
         for id in std::mem::take(&mut self.unread) {
             self.read(registry, id, view);
         }
@@ -317,14 +335,19 @@ impl Http {
     }
 
     fn accept(&mut self, registry: &Registry) {
+        self.accept_pending = false;
         if !self.listening {
             return;
         }
-        // Bounded: at most the connection limit per wake-up.
+        // Bounded: at most the connection limit per wake-up; past it, the next pass.
+        self.accept_pending = true;
         for _ in 0..self.config.connections_max.max(1) {
-            let (mut stream, _peer) = match self.listener.accept() {
+            let (mut stream, peer) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -333,11 +356,22 @@ impl Http {
                 {
                     continue
                 }
-                // Out of descriptors: the next wake-up accepts again.
-                Err(_) => return,
+                // Out of descriptors: the timers accept again.
+                Err(_) => {
+                    self.accept_pending = false;
+                    return;
+                }
             };
-            if self.counts.connections_active >= u64::from(self.config.connections_max) {
-                let r = Response::error(503, "too many connections").closing();
+            let refusal =
+                if self.counts.connections_active >= u64::from(self.config.connections_max) {
+                    Some("too many connections")
+                } else if self.ips.count(peer.ip()) >= self.config.connections_per_ip {
+                    Some("too many connections from this address")
+                } else {
+                    None
+                };
+            if let Some(msg) = refusal {
+                let r = Response::error(503, msg).closing();
                 let _ = stream.write(&render(&r));
                 *self.counts.responses.entry(503).or_default() += 1;
                 continue;
@@ -349,7 +383,10 @@ impl Http {
                     self.conns.push(None);
                     self.conns.len() - 1
                 }
-                None => return,
+                None => {
+                    self.accept_pending = false;
+                    return;
+                }
             };
             self.generation += 1;
             let id = (self.generation << INDEX_BITS | index) & !TOKEN_BIT;
@@ -361,8 +398,10 @@ impl Http {
                 continue;
             }
             let now = self.now_ns();
+            self.ips.try_add(peer.ip(), u32::MAX);
             self.conns[index] = Some(Conn {
                 id,
+                peer: peer.ip(),
                 stream,
                 rbuf: Vec::new(),
                 out: Vec::new(),
@@ -567,7 +606,7 @@ impl Http {
             .iter()
             .find(|(k, _)| !allowed.contains(&k.as_str()))
         {
-            return Response::error(400, &format!("unknown parameter {:?}", unknown.0));
+            return Response::error(400, &format!("unknown parameter {}", quoted(&unknown.0)));
         }
         match path {
             "/" | "/index.html" => Response {
@@ -611,7 +650,7 @@ impl Http {
             return Response::error(400, "market is required, e.g. market=BTC-USDT");
         };
         let Some(market) = view.publisher.market_id(symbol) else {
-            return Response::error(404, &format!("unknown market {symbol:?}"));
+            return Response::error(404, &format!("unknown market {}", quoted(symbol)));
         };
         let (channel, max_age, limit) = match path {
             "/api/v1/ticker" => (Channel::Ticker, MAX_AGE_TICKER, Ok(usize::MAX)),
@@ -858,9 +897,17 @@ impl Http {
             return;
         };
         let _ = registry.deregister(&mut c.stream);
+        self.ips.remove(c.peer);
         self.free.push(index);
         self.counts.connections_active -= 1;
     }
+}
+
+/// `s` in double quotes, escaped as in JSON (not as Rust's `{:?}`: "\u{1}").
+fn quoted(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn too_large() -> Response {
@@ -904,11 +951,15 @@ impl Params {
     fn parse(query: &str) -> Result<Params, String> {
         let mut out: Vec<(String, String)> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
+            if out.len() == PARAMS_MAX {
+                // No path takes more; the check for repeats is quadratic.
+                return Err(format!("more than {PARAMS_MAX} parameters"));
+            }
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let k = percent_decode(k)?;
             let v = percent_decode(v)?;
             if out.iter().any(|(x, _)| *x == k) {
-                return Err(format!("parameter {k:?} given twice"));
+                return Err(format!("parameter {} given twice", quoted(&k)));
             }
             out.push((k, v));
         }
@@ -926,8 +977,9 @@ impl Params {
     fn limit(&self, default: usize, max: usize) -> Result<usize, String> {
         match self.get("limit") {
             None => Ok(default),
+            // Digits only: `parse` alone would take a sign ("+5").
             Some(v) => match v.parse::<usize>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                Ok(n) if v.bytes().all(|b| b.is_ascii_digit()) && (1..=max).contains(&n) => Ok(n),
                 _ => Err(format!("limit must be a whole number from 1 to {max}")),
             },
         }
@@ -941,8 +993,11 @@ fn percent_decode(s: &str) -> Result<String, String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
+                // Two hex digits exactly: `u8::from_str_radix` alone would take a sign
+                // ("%+1").
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
@@ -976,6 +1031,12 @@ mod tests {
         assert!(Params::parse("market=A&market=B").is_err());
         assert!(Params::parse("market=%G1").is_err());
         assert!(Params::parse("market=%2").is_err());
+        assert!(Params::parse("market=%+1").is_err());
+        assert!(Params::parse("a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8").is_ok());
+        assert!(Params::parse("a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9").is_err());
+        assert!(Params::parse("market=%-1").is_err());
+        let p = Params::parse("limit=%2B5").unwrap();
+        assert!(p.limit(100, 1000).is_err());
         let p = Params::parse("limit=0").unwrap();
         assert!(p.limit(100, 1000).is_err());
         let p = Params::parse("limit=1001").unwrap();
