@@ -303,6 +303,13 @@ impl Peer {
         panic!("the server did not close the connection");
     }
 
+    /// Drops the connection without a Logout (as a network failure would), once the
+    /// server has seen it go: the session is detached, resumable.
+    fn disconnect(mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        assert_eq!(self.logout_reason(), None);
+    }
+
     /// Whether the server has closed the connection. Bytes that arrive meanwhile are
     /// kept for the next `recv` (dropping them would cut the stream mid-frame).
     fn closed(&mut self) -> bool {
@@ -431,16 +438,21 @@ fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
     assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
     // Other keys have their own count.
     let _taker = Peer::logged_in(s.trading, TAKER_KEY);
-    // A dropped connection, or a logout, leaves its session resumable: it still counts.
-    let detached_from = Instant::now();
-    drop(first);
+    // A logout ends its session: its place is free at once.
     second.send(&ClientMessage::Logout);
     assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
+    let mut second = Peer::logged_in(s.trading, MAKER_KEY);
+    // A dropped connection leaves its session resumable: it still counts.
+    let detached_from = Instant::now();
+    first.disconnect();
+    second.send(&ClientMessage::Logout);
+    assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
+    let _second = Peer::logged_in(s.trading, MAKER_KEY);
     let (_, reply) = Peer::login(s.trading, MAKER_KEY);
     assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
-    // Once they are no longer resumable, there is room again, and not before.
+    // Once the detached one is no longer resumable, there is room again, and not before.
     let mut room = Vec::new();
-    wait_until("the detached sessions leave", || {
+    wait_until("the detached session leaves", || {
         match Peer::login(s.trading, MAKER_KEY) {
             (p, ServerMessage::LoginAccepted(_)) => room.push(p),
             (_, reply) => assert_eq!(rejected(reply), LoginRejectReason::TooManySessions),
@@ -448,7 +460,39 @@ fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
         !room.is_empty()
     });
     assert!(detached_from.elapsed() > linger);
+}
+
+#[test]
+fn connect_and_logout_cycles_of_one_key_never_lock_it_out() {
+    // A linger far longer than the test: only a logout's own end frees a place.
+    let s = serve(GatewayConfig {
+        sessions_per_key_max: 2,
+        session_linger_ms: 600_000,
+        ..GatewayConfig::loopback()
+    });
+    for _ in 0..50 {
+        let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+        p.send(&ClientMessage::Logout);
+        assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    }
     Peer::logged_in(s.trading, MAKER_KEY);
+    Peer::logged_in(s.trading, MAKER_KEY);
+}
+
+#[test]
+fn a_session_ended_by_logout_cannot_be_resumed() {
+    let s = default_server();
+    let (mut p, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(opened) = reply else {
+        panic!("{reply:?}")
+    };
+    p.send(&ClientMessage::Logout);
+    assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    let (_, reply) = Peer::login_with(s.trading, MAKER_KEY, |l| {
+        l.resume_session = opened.session_id;
+        l.resume_from_seq = opened.next_seq;
+    });
+    assert_eq!(rejected(reply), LoginRejectReason::ResumeImpossible);
 }
 
 #[test]
@@ -468,12 +512,11 @@ fn keys_log_in_only_on_the_listener_their_permission_allows() {
 #[test]
 fn a_session_resumes_only_on_the_listener_it_was_opened_on() {
     let s = default_server();
-    let (mut a, reply) = Peer::login(s.admin, OPS_KEY);
+    let (a, reply) = Peer::login(s.admin, OPS_KEY);
     let ServerMessage::LoginAccepted(opened) = reply else {
         panic!("{reply:?}")
     };
-    a.send(&ClientMessage::Logout);
-    assert_eq!(a.logout_reason(), Some(LogoutReason::Requested));
+    a.disconnect();
     // The key may trade, but an admin session must not move to the trading listener
     // (nor a trading session to the admin one): admin requests are for the admin
     // listener only.
@@ -1305,8 +1348,7 @@ fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
     };
     let session_id = first.session_id;
     maker.order(Side::Sell, 100, 5, 1);
-    maker.send(&ClientMessage::Logout);
-    assert_eq!(maker.logout_reason(), Some(LogoutReason::Requested));
+    maker.disconnect();
     // While the first session is away, its order fills.
     let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
     taker.order(Side::Buy, 100, 2, 0);
@@ -1343,8 +1385,7 @@ fn a_resume_replays_the_whole_window_even_when_it_exceeds_the_outbound_limit() {
         p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
         p.outcome(request_id);
     }
-    p.send(&ClientMessage::Logout);
-    assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    p.disconnect();
     // Resume from the first seq: the replay is the whole window.
     let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
         login.resume_session = first.session_id;
