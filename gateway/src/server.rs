@@ -613,7 +613,6 @@ impl Gateway {
                 }
             };
             conn.rlen += n;
-            conn.last_rx_ns = self.base.elapsed().as_nanos() as u64;
             if !self.handle_frames(id, backend) {
                 return;
             }
@@ -629,7 +628,8 @@ impl Gateway {
     }
 
     /// Decodes and handles the complete frames in the read buffer. False if the
-    /// connection was closed.
+    /// connection was closed. Only a whole frame ends a silence: bytes of an unfinished
+    /// one do not keep a session alive.
     fn handle_frames(&mut self, id: usize, backend: &mut dyn Backend) -> bool {
         let mut consumed = 0usize;
         // Bounded: every pass consumes at least one 8-byte frame.
@@ -681,7 +681,11 @@ impl Gateway {
                 },
             }
         }
+        let now = self.base.elapsed().as_nanos() as u64;
         if let Some(conn) = self.conns.get_mut(&id) {
+            if consumed > 0 {
+                conn.last_rx_ns = now;
+            }
             conn.rbuf.copy_within(consumed..conn.rlen, 0);
             conn.rlen -= consumed;
         }

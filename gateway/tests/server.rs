@@ -1317,6 +1317,41 @@ fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
 }
 
 #[test]
+fn a_client_dribbling_bytes_of_an_unfinished_frame_is_logged_out_as_silent() {
+    let s = serve(GatewayConfig {
+        idle_timeout_ms: 300,
+        ..GatewayConfig::loopback()
+    });
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.heartbeat_ms = 100;
+    });
+    assert!(
+        matches!(reply, ServerMessage::LoginAccepted(_)),
+        "{reply:?}"
+    );
+    // The bytes of an order's frame, one every 50 ms (well inside the 300 ms silence
+    // timeout), never its last: 55 bytes, 2.75 s of never being silent for long.
+    let mut frame = [0u8; FRAME_SIZE_MAX];
+    let n = encode_client(&limit_order(1, Side::Buy, 100, 1, 1), &mut frame);
+    assert!(
+        (n - 1) * 50 > 5 * 300,
+        "the frame outlasts the timeout by far"
+    );
+    for byte in &frame[..n - 1] {
+        let _ = p.stream.write_all(std::slice::from_ref(byte));
+        match p.recv_within(Duration::from_millis(50)) {
+            Some(ServerMessage::Logout { reason }) => {
+                assert_eq!(reason, LogoutReason::HeartbeatTimeout);
+                return;
+            }
+            Some(ServerMessage::Heartbeat) | None => {}
+            Some(m) => panic!("{m:?}"),
+        }
+    }
+    panic!("a client that never finished a frame was not logged out");
+}
+
+#[test]
 fn a_spinning_event_loop_serves_the_same_and_still_runs_its_timers() {
     let s = serve(GatewayConfig {
         spin_us: 200_000,
