@@ -149,6 +149,7 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
         session_linger_ms: u64::from(g.session_linger_seconds) * 1000,
         connections_max: g.connections_max,
         connections_per_ip: config.limits.connections_per_ip,
+        unauthenticated_per_ip: config.limits.unauthenticated_per_ip,
         requests_per_second_per_key: config.limits.requests_per_second_per_key,
         sessions_per_key_max: config.limits.sessions_per_key,
         spin_us: g.spin_us,

@@ -574,6 +574,53 @@ fn a_close_that_arrives_with_the_last_bytes_ends_the_connection_at_once() {
 }
 
 #[test]
+fn idle_connections_that_never_log_in_do_not_take_the_places_of_sessions() {
+    let s = serve(GatewayConfig {
+        connections_per_ip: 2,
+        unauthenticated_per_ip: 4,
+        login_timeout_ms: 600_000,
+        ..GatewayConfig::loopback()
+    });
+    // As many idle sockets from this address as the unauthenticated bound allows...
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    wait_until("the idle sockets are accepted", || {
+        s.stats.connections_total.load(Ordering::Relaxed) == 4
+    });
+    // ...and one more is refused at accept.
+    let mut over = TcpStream::connect(s.trading).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 8];
+    assert!(
+        matches!(over.read(&mut b), Ok(0) | Err(_)),
+        "closed at once"
+    );
+    // Two of them log in: each leaves the unauthenticated count for the address's
+    // sessions, so the idle ones never shut a client out of its places.
+    drop(idle);
+    wait_until("the idle sockets are gone", || {
+        s.stats.connections_active.load(Ordering::Relaxed) == 0
+    });
+    let _idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    let _a = Peer::logged_in(s.trading, MAKER_KEY);
+    let _b = Peer::logged_in(s.trading, TAKER_KEY);
+    // The address's sessions are full: a third login is refused, idle sockets or not.
+    let (_, reply) = Peer::login(s.trading, MAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
+    // The unauthenticated places are still there for clients that log in.
+    let _more: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    wait_until("every socket is accepted", || {
+        s.stats.connections_active.load(Ordering::Relaxed) == 6
+    });
+}
+
+#[test]
 fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
     let s = serve(GatewayConfig {
         login_timeout_ms: 200,
