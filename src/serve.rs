@@ -344,12 +344,8 @@ pub fn serve_with(
     options: StartOptions,
 ) -> Result<(), String> {
     let gateway_config = gateway_config(config)?;
-    let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
-        format!(
-            "cannot listen on {} and {}: {e}",
-            gateway_config.trading_addr, gateway_config.admin_addr
-        )
-    })?;
+    let mut gateway =
+        Gateway::bind(gateway_config.clone()).map_err(|e| format!("cannot listen on {e}"))?;
     let waker = gateway.waker();
     let wake: crate::node::Waker = Arc::new(move || {
         let _ = waker.wake();

@@ -219,19 +219,24 @@ impl Gateway {
         Gateway::bind_listeners(config, false)
     }
 
+    /// A bind error names the address it could not take and the listener it is for.
     fn bind_listeners(config: GatewayConfig, trading: bool) -> io::Result<Gateway> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let bind = |addr: SocketAddr, which: &str| {
+            TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("{addr} ({which} listener): {e}")))
+        };
         let trading = match trading {
             true => {
-                let mut listener = TcpListener::bind(config.trading_addr)?;
+                let mut listener = bind(config.trading_addr, "trading")?;
                 poll.registry()
                     .register(&mut listener, TRADING, Interest::READABLE)?;
                 Some(listener)
             }
             false => None,
         };
-        let mut admin = TcpListener::bind(config.admin_addr)?;
+        let mut admin = bind(config.admin_addr, "admin")?;
         poll.registry()
             .register(&mut admin, ADMIN, Interest::READABLE)?;
         let log_queue = Arc::new(LogQueue::default());

@@ -621,6 +621,35 @@ fn idle_connections_that_never_log_in_do_not_take_the_places_of_sessions() {
 }
 
 #[test]
+fn a_listener_that_cannot_bind_names_its_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = Gateway::bind(GatewayConfig {
+        admin_addr: addr,
+        ..GatewayConfig::loopback()
+    })
+    .err()
+    .expect("the admin address is taken");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{addr} (admin listener): ")),
+        "{e}"
+    );
+    let e = Gateway::bind(GatewayConfig {
+        trading_addr: addr,
+        ..GatewayConfig::loopback()
+    })
+    .err()
+    .expect("the trading address is taken");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{addr} (trading listener): ")),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_connection_that_never_logs_in_is_closed_after_the_login_timeout() {
     let s = serve(GatewayConfig {
         login_timeout_ms: 200,
