@@ -288,7 +288,10 @@ impl Default for ReplicationConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub requests_per_second_per_key: u32,
+    /// Connections from one address that sent their Login.
     pub connections_per_ip: u32,
+    /// Connections from one address that have not sent a Login yet.
+    pub unauthenticated_per_ip: u32,
     /// Logical sessions one API key may have at once, detached ones included.
     pub sessions_per_key: u32,
 }
@@ -298,6 +301,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             requests_per_second_per_key: 10_000,
             connections_per_ip: 64,
+            unauthenticated_per_ip: 16,
             sessions_per_key: 16,
         }
     }
@@ -332,7 +336,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             heartbeat_ms: 1000,
             idle_timeout_ms: 5000,
-            login_timeout_ms: 5000,
+            login_timeout_ms: 2000,
             login_clock_skew_ms: 5_000,
             outbound_buffer_kib: 4096,
             resume_window_messages: 65_536,
@@ -705,6 +709,11 @@ impl Config {
                 1..=1_000_000,
             ),
             (
+                "limits.unauthenticated_per_ip",
+                wide(lim.unauthenticated_per_ip),
+                1..=1_000_000,
+            ),
+            (
                 "limits.sessions_per_key",
                 wide(lim.sessions_per_key),
                 1..=1024,
@@ -1059,6 +1068,10 @@ mod tests {
                 "limits.requests_per_second_per_key",
             ),
             ("connections_per_ip = 64", "limits.connections_per_ip"),
+            (
+                "unauthenticated_per_ip = 16",
+                "limits.unauthenticated_per_ip",
+            ),
             ("connections_max = 1024", "gateway.connections_max"),
             ("outbound_buffer_kib = 4096", "gateway.outbound_buffer_kib"),
         ] {

@@ -273,7 +273,9 @@ fn main() -> ExitCode {
         }
         Cmd::Load { args, ws } if ws.ws_connections > 0 => {
             match ringex_tools::wsload::run(&args, &ws) {
-                Ok(_) => ExitCode::SUCCESS,
+                Ok((baseline, with_ws, _)) => {
+                    load_exit(baseline.iter().chain(std::iter::once(&with_ws)))
+                }
                 Err(e) => {
                     eprintln!("ringex load --ws: {e}");
                     ExitCode::FAILURE
@@ -288,7 +290,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Load { args, .. } => match ringex_tools::load::run(&args) {
-            Ok(_) => ExitCode::SUCCESS,
+            Ok(report) => load_exit(std::iter::once(&report)),
             Err(e) => {
                 eprintln!("ringex load: {e}");
                 ExitCode::FAILURE
@@ -599,6 +601,19 @@ fn promote(config_path: &Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A load run fails when a connection was lost or a request never answered: its figures
+/// then describe a server that stopped serving, not its service.
+fn load_exit<'a>(reports: impl Iterator<Item = &'a ringex_tools::load::Report>) -> ExitCode {
+    let mut code = ExitCode::SUCCESS;
+    for r in reports {
+        if let Some(failure) = r.failure() {
+            eprintln!("ringex load: failed: {failure}");
+            code = ExitCode::FAILURE;
+        }
+    }
+    code
 }
 
 fn journal(cmd: JournalCmd) -> ExitCode {

@@ -146,6 +146,44 @@ pub struct Summary {
     pub refusals: [u64; Refusal::COUNT],
 }
 
+impl Summary {
+    /// Nothing happened between `previous` and this: no command submitted, refused or
+    /// applied, no event published, no snapshot, no refusal of a peer. (Sync rounds do
+    /// not count: the async mode's background flush runs on an idle node too.)
+    pub fn quiet_since(&self, previous: &Summary) -> bool {
+        let Summary {
+            submitted,
+            journaled,
+            applied,
+            unavailable,
+            backpressured,
+            events_published,
+            snapshot_seq,
+            refusals,
+            ..
+        } = *self;
+        (
+            submitted,
+            journaled,
+            applied,
+            unavailable,
+            backpressured,
+            events_published,
+            snapshot_seq,
+            refusals,
+        ) == (
+            previous.submitted,
+            previous.journaled,
+            previous.applied,
+            previous.unavailable,
+            previous.backpressured,
+            previous.events_published,
+            previous.snapshot_seq,
+            previous.refusals,
+        )
+    }
+}
+
 impl Metrics {
     pub fn summary(&self) -> Summary {
         let submitted = get(&self.commands_submitted);
@@ -284,6 +322,29 @@ fn refused_since(previous: &Summary, now: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_is_quiet_when_nothing_but_background_flushes_happened() {
+        let before = Summary {
+            applied: 10,
+            journal_syncs: 3,
+            ..Summary::default()
+        };
+        let flushed = Summary {
+            journal_syncs: 9,
+            journal_sync_ns_total: 1_000,
+            ..before
+        };
+        assert!(flushed.quiet_since(&before));
+        let applied = Summary {
+            applied: 11,
+            ..flushed
+        };
+        assert!(!applied.quiet_since(&before));
+        let mut refused = before;
+        refused.refusals[0] += 1;
+        assert!(!refused.quiet_since(&before));
+    }
 
     #[test]
     fn the_summary_line_counts_the_gateways_refusals_of_the_interval_by_reason() {

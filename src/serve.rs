@@ -149,6 +149,7 @@ pub fn gateway_config(config: &Config) -> Result<GatewayConfig, String> {
         session_linger_ms: u64::from(g.session_linger_seconds) * 1000,
         connections_max: g.connections_max,
         connections_per_ip: config.limits.connections_per_ip,
+        unauthenticated_per_ip: config.limits.unauthenticated_per_ip,
         requests_per_second_per_key: config.limits.requests_per_second_per_key,
         sessions_per_key_max: config.limits.sessions_per_key,
         spin_us: g.spin_us,
@@ -344,12 +345,8 @@ pub fn serve_with(
     options: StartOptions,
 ) -> Result<(), String> {
     let gateway_config = gateway_config(config)?;
-    let mut gateway = Gateway::bind(gateway_config.clone()).map_err(|e| {
-        format!(
-            "cannot listen on {} and {}: {e}",
-            gateway_config.trading_addr, gateway_config.admin_addr
-        )
-    })?;
+    let mut gateway =
+        Gateway::bind(gateway_config.clone()).map_err(|e| format!("cannot listen on {e}"))?;
     let waker = gateway.waker();
     let wake: crate::node::Waker = Arc::new(move || {
         let _ = waker.wake();
@@ -549,8 +546,13 @@ fn print_refusals(queue: &LogQueue, dropped_before: u64, out: &mut impl Write) -
     dropped
 }
 
-/// Logs the one-line summary every `metrics.log_every_seconds`, and the gateway's
-/// refusals as they come (within 50 ms). Returns the log queue's dropped count.
+/// An idle node's summary line comes at most this often (or every 12 lines' time, if
+/// longer): lines that would say nothing happened are left out in between.
+const IDLE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Logs the one-line summary every `metrics.log_every_seconds` while anything happens,
+/// and on an idle node every [`IDLE_LOG_EVERY`]; and the gateway's refusals as they come
+/// (within 50 ms). Returns the log queue's dropped count.
 fn spawn_logger(
     config: &Config,
     node: &Node,
@@ -559,6 +561,7 @@ fn spawn_logger(
     stop: Arc<AtomicBool>,
 ) -> Option<std::thread::JoinHandle<u64>> {
     let every = Duration::from_secs(config.metrics.log_every_seconds);
+    let idle_every = IDLE_LOG_EVERY.max(every * 12);
     let metrics = node.metrics();
     let stats = gateway.stats();
     let refusals = gateway.log_queue();
@@ -571,7 +574,18 @@ fn spawn_logger(
                 libc::setpriority(libc::PRIO_PROCESS, 0, 19);
             }
             let mut last = Instant::now();
+            let mut checked = Instant::now();
             let mut previous = Summary::default();
+            // What the summary's counters leave out: connections and WebSocket output.
+            let activity = || {
+                (
+                    stats.connections_active.load(Ordering::Relaxed),
+                    retail
+                        .as_ref()
+                        .map_or(0, |r| r.messages_out.load(Ordering::Relaxed)),
+                )
+            };
+            let mut activity_before = None;
             let mut busy_ns_before = stats.busy_ns.load(Ordering::Relaxed);
             let slow = || {
                 [&stats.passes_slow_100us, &stats.passes_slow_1ms]
@@ -583,7 +597,14 @@ fn spawn_logger(
                 std::thread::sleep(Duration::from_millis(50));
                 dropped =
                     print_refusals(&refusals, dropped, &mut crate::log::GatewayLines::default());
-                if !every.is_zero() && last.elapsed() >= every {
+                if every.is_zero() || checked.elapsed() < every {
+                    continue;
+                }
+                checked = Instant::now();
+                let quiet =
+                    metrics.summary().quiet_since(&previous) && activity_before == Some(activity());
+                if !quiet || last.elapsed() >= idle_every {
+                    activity_before = Some(activity());
                     let elapsed = last.elapsed();
                     let (s, line) = metrics.summary_line(&previous, elapsed.as_secs_f64());
                     let busy_ns = stats.busy_ns.load(Ordering::Relaxed);

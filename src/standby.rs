@@ -579,12 +579,8 @@ pub fn serve(
     on_ready: impl FnOnce(crate::serve::Listening),
 ) -> Result<(), String> {
     let gateway_config = crate::serve::gateway_config(config)?;
-    let mut gateway = Gateway::bind_admin(gateway_config.clone()).map_err(|e| {
-        format!(
-            "cannot listen on {} (admin): {e}",
-            gateway_config.admin_addr
-        )
-    })?;
+    let mut gateway =
+        Gateway::bind_admin(gateway_config.clone()).map_err(|e| format!("cannot listen on {e}"))?;
     let admin = gateway.admin_addr().map_err(|e| e.to_string())?;
     let desk = Desk::new(config.node.id);
     let waker = gateway.waker();

@@ -253,8 +253,9 @@ pub enum LoginRejectReason {
     /// listener, [`permission::TRADE`] on the trading listener.
     WrongListener = 7,
     AccountSuspended = 8,
-    /// The key already has its most sessions (16, detached ones included). Connections
-    /// over the per-IP or total limits are closed at accept, with no answer.
+    /// The key already has its most sessions (16, detached ones included), or the
+    /// address its most logged-in connections. Connections over the limit of connections
+    /// not yet logged in, or the total limit, are closed at accept, with no answer.
     TooManySessions = 9,
     /// The exchange takes no input now (its journal failed, or it is stopping).
     Unavailable = 10,

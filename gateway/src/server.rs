@@ -73,7 +73,12 @@ pub struct GatewayConfig {
     pub resume_window_messages: u32,
     pub session_linger_ms: u64,
     pub connections_max: u32,
+    /// Connections from one address that have sent their Login (sessions, and logins
+    /// being checked).
     pub connections_per_ip: u32,
+    /// Connections from one address that have not sent a Login yet: bounded apart, so
+    /// idle sockets cannot take the places of clients that log in.
+    pub unauthenticated_per_ip: u32,
     pub requests_per_second_per_key: u32,
     /// Logical sessions one API key may have at once, detached ones included.
     pub sessions_per_key_max: u32,
@@ -90,13 +95,14 @@ impl GatewayConfig {
             admin_addr: "127.0.0.1:0".parse().expect("address"),
             heartbeat_ms: 1000,
             idle_timeout_ms: 5000,
-            login_timeout_ms: 5000,
+            login_timeout_ms: 2000,
             login_freshness_ms: 5000,
             outbound_buffer_bytes: 4 << 20,
             resume_window_messages: 65_536,
             session_linger_ms: 60_000,
             connections_max: 1024,
             connections_per_ip: 256,
+            unauthenticated_per_ip: 16,
             requests_per_second_per_key: 100_000,
             sessions_per_key_max: 16,
             spin_us: 0,
@@ -145,6 +151,9 @@ struct Conn {
     /// Bytes of `wbuf` the socket has taken; may fall inside a frame.
     wpos: usize,
     opened_ns: u64,
+    /// Counted against `connections_per_ip` (it sent its Login), else against
+    /// `unauthenticated_per_ip`.
+    logging_in: bool,
     last_rx_ns: u64,
     last_tx_ns: u64,
     heartbeat_ns: u64,
@@ -168,7 +177,10 @@ pub struct Gateway {
     next_conn: usize,
     /// Sessions, logins, permissions, limits and request bookkeeping.
     core: SessionCore,
+    /// Connections per address that sent their Login.
     ips: ConnectionCounts,
+    /// Connections per address that have not.
+    unauthenticated_ips: ConnectionCounts,
     stats: Arc<GatewayStats>,
     /// Refusals on their way to the log (see `refuse`).
     refusal_log: RefusalLog,
@@ -207,19 +219,24 @@ impl Gateway {
         Gateway::bind_listeners(config, false)
     }
 
+    /// A bind error names the address it could not take and the listener it is for.
     fn bind_listeners(config: GatewayConfig, trading: bool) -> io::Result<Gateway> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let bind = |addr: SocketAddr, which: &str| {
+            TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("{addr} ({which} listener): {e}")))
+        };
         let trading = match trading {
             true => {
-                let mut listener = TcpListener::bind(config.trading_addr)?;
+                let mut listener = bind(config.trading_addr, "trading")?;
                 poll.registry()
                     .register(&mut listener, TRADING, Interest::READABLE)?;
                 Some(listener)
             }
             false => None,
         };
-        let mut admin = TcpListener::bind(config.admin_addr)?;
+        let mut admin = bind(config.admin_addr, "admin")?;
         poll.registry()
             .register(&mut admin, ADMIN, Interest::READABLE)?;
         let log_queue = Arc::new(LogQueue::default());
@@ -244,6 +261,7 @@ impl Gateway {
             next_conn: FIRST_CONN,
             core,
             ips: ConnectionCounts::default(),
+            unauthenticated_ips: ConnectionCounts::default(),
             stats: Arc::new(GatewayStats::default()),
             refusal_log: RefusalLog::new(
                 Arc::clone(&log_queue),
@@ -535,8 +553,11 @@ impl Gateway {
             };
             let limit = if self.conns.len() as u32 >= self.config.connections_max {
                 Some((Refusal::ConnectionLimit, self.config.connections_max))
-            } else if !self.ips.try_add(peer.ip(), self.config.connections_per_ip) {
-                Some((Refusal::PerIpLimit, self.config.connections_per_ip))
+            } else if !self
+                .unauthenticated_ips
+                .try_add(peer.ip(), self.config.unauthenticated_per_ip)
+            {
+                Some((Refusal::PerIpLimit, self.config.unauthenticated_per_ip))
             } else {
                 None
             };
@@ -556,7 +577,7 @@ impl Gateway {
                 .register(&mut stream, Token(id), Interest::READABLE)
                 .is_err()
             {
-                self.ips.remove(peer.ip());
+                self.unauthenticated_ips.remove(peer.ip());
                 continue;
             }
             let now = self.now_ns();
@@ -572,6 +593,7 @@ impl Gateway {
                     wbuf: Vec::with_capacity(16 * 1024),
                     wpos: 0,
                     opened_ns: now,
+                    logging_in: false,
                     last_rx_ns: now,
                     last_tx_ns: now,
                     heartbeat_ns: u64::from(self.config.heartbeat_ms) * 1_000_000,
@@ -613,7 +635,6 @@ impl Gateway {
                 }
             };
             conn.rlen += n;
-            conn.last_rx_ns = self.base.elapsed().as_nanos() as u64;
             if !self.handle_frames(id, backend) {
                 return;
             }
@@ -629,7 +650,8 @@ impl Gateway {
     }
 
     /// Decodes and handles the complete frames in the read buffer. False if the
-    /// connection was closed.
+    /// connection was closed. Only a whole frame ends a silence: bytes of an unfinished
+    /// one do not keep a session alive.
     fn handle_frames(&mut self, id: usize, backend: &mut dyn Backend) -> bool {
         let mut consumed = 0usize;
         // Bounded: every pass consumes at least one 8-byte frame.
@@ -681,7 +703,11 @@ impl Gateway {
                 },
             }
         }
+        let now = self.base.elapsed().as_nanos() as u64;
         if let Some(conn) = self.conns.get_mut(&id) {
+            if consumed > 0 {
+                conn.last_rx_ns = now;
+            }
             conn.rbuf.copy_within(consumed..conn.rlen, 0);
             conn.rlen -= consumed;
         }
@@ -695,10 +721,34 @@ impl Gateway {
         msg: crate::protocol::ClientMessage,
         backend: &mut dyn Backend,
     ) -> bool {
+        if matches!(msg, crate::protocol::ClientMessage::Login(_)) && !self.count_login(id) {
+            let limit = self.config.connections_per_ip;
+            self.refuse_conn(id, Refusal::PerIpLimit, Detail::Limit(limit));
+            self.reject_login(id, LoginRejectReason::TooManySessions, backend);
+            return false;
+        }
         let now = self.now();
         let open = self.core.handle(id, msg, now, backend);
         self.apply_actions(backend);
         open && self.conns.contains_key(&id)
+    }
+
+    /// A connection sent its Login: it moves from its address's unauthenticated count to
+    /// its count of sessions, unless that is full (false).
+    fn count_login(&mut self, id: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        if conn.logging_in {
+            return true;
+        }
+        let ip = conn.peer.ip();
+        if !self.ips.try_add(ip, self.config.connections_per_ip) {
+            return false;
+        }
+        self.unauthenticated_ips.remove(ip);
+        conn.logging_in = true;
+        true
     }
 
     /// Carries out what the core decided, in order.
@@ -799,7 +849,11 @@ impl Gateway {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.ips.remove(conn.peer.ip());
+        if conn.logging_in {
+            self.ips.remove(conn.peer.ip());
+        } else {
+            self.unauthenticated_ips.remove(conn.peer.ip());
+        }
         self.stats
             .connections_active
             .fetch_sub(1, Ordering::Relaxed);

@@ -198,6 +198,8 @@ struct Session {
     inflight: VecDeque<Inflight>,
     cancel_on_disconnect: bool,
     detached_at_ns: Option<u64>,
+    /// Ended by the client's Logout: not resumable, so it ends with its connection.
+    logged_out: bool,
 }
 
 struct PendingLogin {
@@ -304,8 +306,8 @@ impl SessionCore {
         assert!(old.is_none(), "connection {conn} opened twice");
     }
 
-    /// The connection is gone: its session detaches (and ends at once when nothing is
-    /// retained for a resume); cancel-on-disconnect runs.
+    /// The connection is gone: its session detaches (and ends at once when it was logged
+    /// out or nothing is retained for a resume); cancel-on-disconnect runs.
     pub fn conn_closed(&mut self, conn: ConnId, now: Now, backend: &mut dyn Backend) {
         self.pending_logins.remove(&conn);
         let Some(c) = self.conns.remove(&conn) else {
@@ -313,14 +315,16 @@ impl SessionCore {
         };
         if let ConnState::Active(s) = c.state {
             let front = self.config.front;
+            let mut logged_out = false;
             if let Some(session) = self.sessions.get_mut(&s) {
                 session.conn = None;
                 session.detached_at_ns = Some(now.mono_ns);
+                logged_out = session.logged_out;
                 if session.cancel_on_disconnect {
                     cancel_on_disconnect(backend, front, session.account, s);
                 }
             }
-            if self.config.resume_window_messages == 0 {
+            if logged_out || self.config.resume_window_messages == 0 {
                 self.remove_session(s);
             }
         }
@@ -387,7 +391,12 @@ impl SessionCore {
                 self.begin_login(conn, login, backend)
             }
             (ConnState::Active(_), ClientMessage::Heartbeat) => true,
-            (ConnState::Active(_), ClientMessage::Logout) => {
+            (ConnState::Active(s), ClientMessage::Logout) => {
+                // The client is done with the session: it ends with the connection and
+                // frees its place in the key's session count at once.
+                if let Some(session) = self.sessions.get_mut(&s) {
+                    session.logged_out = true;
+                }
                 self.actions.push_back(Action::Close {
                     conn,
                     reason: Some(LogoutReason::Requested),
@@ -641,6 +650,7 @@ impl SessionCore {
                     inflight: VecDeque::new(),
                     cancel_on_disconnect,
                     detached_at_ns: None,
+                    logged_out: false,
                 },
             );
             self.by_account.entry(account).or_default().push(sid);

@@ -503,7 +503,7 @@ fn connections_over_the_per_address_or_total_limit_are_counted_and_logged_at_acc
     for (config, reason) in [
         (
             GatewayConfig {
-                connections_per_ip: 1,
+                unauthenticated_per_ip: 1,
                 ..GatewayConfig::loopback()
             },
             Refusal::PerIpLimit,
@@ -552,7 +552,7 @@ fn refused_at_least(s: &Server, n: u64) {
 fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_every_one() {
     const FLOOD: u64 = 2_000;
     let mut s = Server::start(GatewayConfig {
-        connections_per_ip: 1,
+        unauthenticated_per_ip: 1,
         ..GatewayConfig::loopback()
     });
     let _held = TcpStream::connect(s.trading).unwrap();
@@ -625,7 +625,7 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
 #[test]
 fn a_stopping_gateway_sums_up_what_it_suppressed_without_waiting_for_the_window_to_end() {
     let mut s = Server::start(GatewayConfig {
-        connections_per_ip: 1,
+        unauthenticated_per_ip: 1,
         ..GatewayConfig::loopback()
     });
     let _held = TcpStream::connect(s.trading).unwrap();

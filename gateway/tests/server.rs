@@ -303,6 +303,13 @@ impl Peer {
         panic!("the server did not close the connection");
     }
 
+    /// Drops the connection without a Logout (as a network failure would), once the
+    /// server has seen it go: the session is detached, resumable.
+    fn disconnect(mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        assert_eq!(self.logout_reason(), None);
+    }
+
     /// Whether the server has closed the connection. Bytes that arrive meanwhile are
     /// kept for the next `recv` (dropping them would cut the stream mid-frame).
     fn closed(&mut self) -> bool {
@@ -431,16 +438,21 @@ fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
     assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
     // Other keys have their own count.
     let _taker = Peer::logged_in(s.trading, TAKER_KEY);
-    // A dropped connection, or a logout, leaves its session resumable: it still counts.
-    let detached_from = Instant::now();
-    drop(first);
+    // A logout ends its session: its place is free at once.
     second.send(&ClientMessage::Logout);
     assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
+    let mut second = Peer::logged_in(s.trading, MAKER_KEY);
+    // A dropped connection leaves its session resumable: it still counts.
+    let detached_from = Instant::now();
+    first.disconnect();
+    second.send(&ClientMessage::Logout);
+    assert_eq!(second.logout_reason(), Some(LogoutReason::Requested));
+    let _second = Peer::logged_in(s.trading, MAKER_KEY);
     let (_, reply) = Peer::login(s.trading, MAKER_KEY);
     assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
-    // Once they are no longer resumable, there is room again, and not before.
+    // Once the detached one is no longer resumable, there is room again, and not before.
     let mut room = Vec::new();
-    wait_until("the detached sessions leave", || {
+    wait_until("the detached session leaves", || {
         match Peer::login(s.trading, MAKER_KEY) {
             (p, ServerMessage::LoginAccepted(_)) => room.push(p),
             (_, reply) => assert_eq!(rejected(reply), LoginRejectReason::TooManySessions),
@@ -448,7 +460,39 @@ fn a_key_has_at_most_its_configured_sessions_detached_ones_included() {
         !room.is_empty()
     });
     assert!(detached_from.elapsed() > linger);
+}
+
+#[test]
+fn connect_and_logout_cycles_of_one_key_never_lock_it_out() {
+    // A linger far longer than the test: only a logout's own end frees a place.
+    let s = serve(GatewayConfig {
+        sessions_per_key_max: 2,
+        session_linger_ms: 600_000,
+        ..GatewayConfig::loopback()
+    });
+    for _ in 0..50 {
+        let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+        p.send(&ClientMessage::Logout);
+        assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    }
     Peer::logged_in(s.trading, MAKER_KEY);
+    Peer::logged_in(s.trading, MAKER_KEY);
+}
+
+#[test]
+fn a_session_ended_by_logout_cannot_be_resumed() {
+    let s = default_server();
+    let (mut p, reply) = Peer::login(s.trading, MAKER_KEY);
+    let ServerMessage::LoginAccepted(opened) = reply else {
+        panic!("{reply:?}")
+    };
+    p.send(&ClientMessage::Logout);
+    assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    let (_, reply) = Peer::login_with(s.trading, MAKER_KEY, |l| {
+        l.resume_session = opened.session_id;
+        l.resume_from_seq = opened.next_seq;
+    });
+    assert_eq!(rejected(reply), LoginRejectReason::ResumeImpossible);
 }
 
 #[test]
@@ -468,12 +512,11 @@ fn keys_log_in_only_on_the_listener_their_permission_allows() {
 #[test]
 fn a_session_resumes_only_on_the_listener_it_was_opened_on() {
     let s = default_server();
-    let (mut a, reply) = Peer::login(s.admin, OPS_KEY);
+    let (a, reply) = Peer::login(s.admin, OPS_KEY);
     let ServerMessage::LoginAccepted(opened) = reply else {
         panic!("{reply:?}")
     };
-    a.send(&ClientMessage::Logout);
-    assert_eq!(a.logout_reason(), Some(LogoutReason::Requested));
+    a.disconnect();
     // The key may trade, but an admin session must not move to the trading listener
     // (nor a trading session to the admin one): admin requests are for the admin
     // listener only.
@@ -528,6 +571,82 @@ fn a_close_that_arrives_with_the_last_bytes_ends_the_connection_at_once() {
         s.stats.connections_total.load(Ordering::Relaxed) == 1
             && s.stats.connections_active.load(Ordering::Relaxed) == 0
     });
+}
+
+#[test]
+fn idle_connections_that_never_log_in_do_not_take_the_places_of_sessions() {
+    let s = serve(GatewayConfig {
+        connections_per_ip: 2,
+        unauthenticated_per_ip: 4,
+        login_timeout_ms: 600_000,
+        ..GatewayConfig::loopback()
+    });
+    // As many idle sockets from this address as the unauthenticated bound allows...
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    wait_until("the idle sockets are accepted", || {
+        s.stats.connections_total.load(Ordering::Relaxed) == 4
+    });
+    // ...and one more is refused at accept.
+    let mut over = TcpStream::connect(s.trading).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 8];
+    assert!(
+        matches!(over.read(&mut b), Ok(0) | Err(_)),
+        "closed at once"
+    );
+    // Two of them log in: each leaves the unauthenticated count for the address's
+    // sessions, so the idle ones never shut a client out of its places.
+    drop(idle);
+    wait_until("the idle sockets are gone", || {
+        s.stats.connections_active.load(Ordering::Relaxed) == 0
+    });
+    let _idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    let _a = Peer::logged_in(s.trading, MAKER_KEY);
+    let _b = Peer::logged_in(s.trading, TAKER_KEY);
+    // The address's sessions are full: a third login is refused, idle sockets or not.
+    let (_, reply) = Peer::login(s.trading, MAKER_KEY);
+    assert_eq!(rejected(reply), LoginRejectReason::TooManySessions);
+    // The unauthenticated places are still there for clients that log in.
+    let _more: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(s.trading).unwrap())
+        .collect();
+    wait_until("every socket is accepted", || {
+        s.stats.connections_active.load(Ordering::Relaxed) == 6
+    });
+}
+
+#[test]
+fn a_listener_that_cannot_bind_names_its_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = Gateway::bind(GatewayConfig {
+        admin_addr: addr,
+        ..GatewayConfig::loopback()
+    })
+    .err()
+    .expect("the admin address is taken");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{addr} (admin listener): ")),
+        "{e}"
+    );
+    let e = Gateway::bind(GatewayConfig {
+        trading_addr: addr,
+        ..GatewayConfig::loopback()
+    })
+    .err()
+    .expect("the trading address is taken");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{addr} (trading listener): ")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1274,6 +1393,41 @@ fn the_server_heartbeats_when_idle_and_logs_out_a_silent_client() {
 }
 
 #[test]
+fn a_client_dribbling_bytes_of_an_unfinished_frame_is_logged_out_as_silent() {
+    let s = serve(GatewayConfig {
+        idle_timeout_ms: 300,
+        ..GatewayConfig::loopback()
+    });
+    let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
+        login.heartbeat_ms = 100;
+    });
+    assert!(
+        matches!(reply, ServerMessage::LoginAccepted(_)),
+        "{reply:?}"
+    );
+    // The bytes of an order's frame, one every 50 ms (well inside the 300 ms silence
+    // timeout), never its last: 55 bytes, 2.75 s of never being silent for long.
+    let mut frame = [0u8; FRAME_SIZE_MAX];
+    let n = encode_client(&limit_order(1, Side::Buy, 100, 1, 1), &mut frame);
+    assert!(
+        (n - 1) * 50 > 5 * 300,
+        "the frame outlasts the timeout by far"
+    );
+    for byte in &frame[..n - 1] {
+        let _ = p.stream.write_all(std::slice::from_ref(byte));
+        match p.recv_within(Duration::from_millis(50)) {
+            Some(ServerMessage::Logout { reason }) => {
+                assert_eq!(reason, LogoutReason::HeartbeatTimeout);
+                return;
+            }
+            Some(ServerMessage::Heartbeat) | None => {}
+            Some(m) => panic!("{m:?}"),
+        }
+    }
+    panic!("a client that never finished a frame was not logged out");
+}
+
+#[test]
 fn a_spinning_event_loop_serves_the_same_and_still_runs_its_timers() {
     let s = serve(GatewayConfig {
         spin_us: 200_000,
@@ -1305,8 +1459,7 @@ fn a_reconnecting_client_resumes_its_session_and_gets_what_it_missed() {
     };
     let session_id = first.session_id;
     maker.order(Side::Sell, 100, 5, 1);
-    maker.send(&ClientMessage::Logout);
-    assert_eq!(maker.logout_reason(), Some(LogoutReason::Requested));
+    maker.disconnect();
     // While the first session is away, its order fills.
     let mut taker = Peer::logged_in(s.trading, TAKER_KEY);
     taker.order(Side::Buy, 100, 2, 0);
@@ -1343,8 +1496,7 @@ fn a_resume_replays_the_whole_window_even_when_it_exceeds_the_outbound_limit() {
         p.send(&ClientMessage::BalanceQuery(BalanceQuery { request_id }));
         p.outcome(request_id);
     }
-    p.send(&ClientMessage::Logout);
-    assert_eq!(p.logout_reason(), Some(LogoutReason::Requested));
+    p.disconnect();
     // Resume from the first seq: the replay is the whole window.
     let (mut p, reply) = Peer::login_with(s.trading, MAKER_KEY, |login| {
         login.resume_session = first.session_id;

@@ -15,6 +15,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Error {
     /// An I/O call failed. `context` says which call on which path.
     Io { context: String, source: io::Error },
+    /// An I/O call of the snapshot store failed. `context` says which call on which path.
+    SnapshotIo { context: String, source: io::Error },
     /// Another process holds the writer lock of this directory.
     Locked { lock_path: PathBuf, holder: String },
     /// Damage the journal will not skip: at or before the durable point when opening, or
@@ -66,6 +68,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn snapshot_io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::SnapshotIo {
+            context: context.into(),
+            source,
+        }
+    }
+
     /// True for errors after which the writer is permanently stopped.
     pub fn is_fatal(&self) -> bool {
         matches!(self, Error::Failed { .. })
@@ -76,6 +85,9 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { context, source } => write!(f, "journal I/O error: {context}: {source}"),
+            Error::SnapshotIo { context, source } => {
+                write!(f, "snapshot I/O error: {context}: {source}")
+            }
             Error::Locked { lock_path, holder } => write!(
                 f,
                 "journal directory is locked by another writer ({holder}); lock file {}",
@@ -176,7 +188,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io { source, .. } => Some(source),
+            Error::Io { source, .. } | Error::SnapshotIo { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -225,7 +225,7 @@ impl SnapshotStore {
             ));
         }
         std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("create_dir_all {}", dir.display()), e))?;
+            .map_err(|e| Error::snapshot_io(format!("create_dir_all {}", dir.display()), e))?;
         // Leftover temp files are from an interrupted write; never valid.
         for (path, _) in Self::files(&dir, ".snap.tmp")? {
             let _ = std::fs::remove_file(path);
@@ -240,9 +240,10 @@ impl SnapshotStore {
     fn files(dir: &Path, suffix: &str) -> Result<Vec<(PathBuf, u64)>> {
         let mut out = Vec::new();
         let entries = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(format!("read_dir {}", dir.display()), e))?;
+            .map_err(|e| Error::snapshot_io(format!("read_dir {}", dir.display()), e))?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(format!("read_dir {}", dir.display()), e))?;
+            let entry =
+                entry.map_err(|e| Error::snapshot_io(format!("read_dir {}", dir.display()), e))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let seq = if suffix == ".snap" {
@@ -276,7 +277,7 @@ impl SnapshotStore {
         let path = self.dir.join(snapshot_file_name(seq));
         let tmp = self.dir.join(format!("{}.tmp", snapshot_file_name(seq)));
         let header = encode_header(seq, epoch, chain, state_hash, payload);
-        let io = |what: &str, e| Error::io(format!("{what} {}", tmp.display()), e);
+        let io = |what: &str, e| Error::snapshot_io(format!("{what} {}", tmp.display()), e);
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -300,9 +301,9 @@ impl SnapshotStore {
             return Err(e);
         }
         std::fs::rename(&tmp, &path).map_err(|e| io("rename", e))?;
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(|e| Error::io(format!("fsync directory {}", self.dir.display()), e))?;
+        self.storage.sync_dir(&self.dir).map_err(|e| {
+            Error::snapshot_io(format!("fsync directory {}", self.dir.display()), e)
+        })?;
         self.retain()?;
         Ok(SnapshotMeta {
             path,
@@ -321,11 +322,11 @@ impl SnapshotStore {
         }
         for (path, _) in &files[..files.len() - self.keep] {
             std::fs::remove_file(path)
-                .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+                .map_err(|e| Error::snapshot_io(format!("remove {}", path.display()), e))?;
         }
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|e| Error::io(format!("fsync directory {}", self.dir.display()), e))
+            .map_err(|e| Error::snapshot_io(format!("fsync directory {}", self.dir.display()), e))
     }
 
     /// Every snapshot file, oldest first, each with its metadata or why it is unusable.

@@ -236,3 +236,18 @@ fn the_read_only_listing_creates_nothing_and_removes_nothing() {
     assert!(tmp.exists());
     assert_eq!(store.list().unwrap(), list);
 }
+
+#[test]
+fn a_snapshot_store_that_cannot_be_created_says_it_is_the_snapshot_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    let Err(e) = SnapshotStore::open(file.join("snapshots"), 1) else {
+        panic!("a path under a file cannot be a directory");
+    };
+    let text = e.to_string();
+    assert!(
+        text.starts_with("snapshot I/O error: create_dir_all "),
+        "{text}"
+    );
+}

@@ -573,13 +573,20 @@ pub struct Report {
     /// Answers within the run other than those refusals, per second of the run.
     pub served_rate: f64,
     pub accepted: u64,
+    /// Every reject, `too_late` included.
     pub rejected: u64,
+    /// Rejects other than `too_late`, by reason.
     pub rejects_by_reason: BTreeMap<String, u64>,
+    /// Cancels and replaces refused `UnknownOrder` because the order filled (or expired)
+    /// while they were in flight: the race any client meets, not a fault.
+    pub too_late: u64,
     pub fills: u64,
     /// Failures that ended a user's part of the run (a connection lost with no failover
     /// left, or a failover that found no server). A connection lost and then failed over
     /// is in `failover_causes` instead.
     pub errors: u64,
+    /// Users whose connection was broken at the end of the run (failed, no failover).
+    pub connections_lost: u64,
     /// Users that reconnected after a failure (`--addr` with several addresses).
     pub failovers: u64,
     /// Requests in flight when a user failed over to a server that did not know its
@@ -602,6 +609,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// What makes the run a failure: connections lost and requests never answered, or
+    /// None when every user kept its connection and every request was answered.
+    pub fn failure(&self) -> Option<String> {
+        if self.connections_lost == 0 && self.unanswered == 0 {
+            return None;
+        }
+        Some(format!(
+            "{} of {} connections lost, {} of {} requests never answered",
+            self.connections_lost,
+            self.users.values().sum::<u32>(),
+            self.unanswered,
+            self.sent
+        ))
+    }
+
     pub fn print(&self) {
         println!(
             "ringex load: target {} req/s for {:.1} s, users {:?}",
@@ -647,6 +669,13 @@ impl Report {
         }
         for (reason, n) in &self.rejects_by_reason {
             println!("    reject {reason}: {n}");
+        }
+        if self.too_late > 0 {
+            println!(
+                "    too late {}: cancels and replaces of an order that filled or expired \
+                 while they were in flight (answered UnknownOrder; expected with this mix)",
+                self.too_late
+            );
         }
         for e in &self.error_messages {
             println!("    error: {e}");
@@ -859,6 +888,9 @@ struct Stats {
     rejected: u64,
     fills: u64,
     rejects: BTreeMap<String, u64>,
+    /// Cancels and replaces refused `UnknownOrder`: the order ended while they were in
+    /// flight.
+    too_late: u64,
     errors: Vec<String>,
     failovers: u64,
     failover_unanswered: u64,
@@ -889,6 +921,7 @@ impl Stats {
             rejected: 0,
             fills: 0,
             rejects: BTreeMap::new(),
+            too_late: 0,
             errors: Vec::new(),
             failovers: 0,
             failover_unanswered: 0,
@@ -927,7 +960,17 @@ fn on_message(user: &mut User, msg: &ServerMessage, now_ns: u64, stats: &mut Sta
         ServerMessage::Cancelled(c) => user.forget(c.client_order_id),
         ServerMessage::OrderRejected(r) => {
             stats.rejected += 1;
-            *stats.rejects.entry(format!("{:?}", r.reason)).or_default() += 1;
+            // The generator cancels and replaces only orders it placed and has not seen
+            // end, so `UnknownOrder` there is the race every client meets: the order
+            // filled (or expired) while the cancel was on its way.
+            let amends = user.in_flight.iter().any(|f| {
+                f.request_id == request_id && matches!(f.kind, Kind::Cancel | Kind::Replace)
+            });
+            if amends && r.reason == RejectReason::UnknownOrder {
+                stats.too_late += 1;
+            } else {
+                *stats.rejects.entry(format!("{:?}", r.reason)).or_default() += 1;
+            }
             if let Some(OrderRef::Client(cloid)) = r.order {
                 // A refused new order never rested; a refused cancel/replace names an
                 // order that is gone (UnknownOrder) or will be treated as gone.
@@ -1322,6 +1365,7 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
             stats.record(u.class, f, end_ns);
         }
     }
+    let connections_lost = users.iter().filter(|u| u.dead).count() as u64;
     for u in users.iter_mut() {
         if !u.dead {
             let _ = u.client.logout();
@@ -1346,8 +1390,10 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         accepted: stats.accepted,
         rejected: stats.rejected,
         rejects_by_reason: stats.rejects.clone(),
+        too_late: stats.too_late,
         fills: stats.fills,
         errors: stats.errors.len() as u64,
+        connections_lost,
         failovers: stats.failovers,
         failover_unanswered: stats.failover_unanswered,
         failover_causes: stats.failover_causes.iter().take(20).cloned().collect(),

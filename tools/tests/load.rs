@@ -5,6 +5,8 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,6 +41,8 @@ fn short_load_run_completes_without_errors() {
     report.print();
     assert_eq!(report.errors, 0, "{:?}", report.error_messages);
     assert_eq!(report.unanswered, 0);
+    assert_eq!(report.connections_lost, 0);
+    assert_eq!(report.failure(), None);
     assert!(report.sent > 1_000, "{report:?}");
     assert_eq!(report.answered, report.sent);
     // A server that keeps up refuses nothing: everything answered was served.
@@ -65,6 +69,13 @@ fn short_load_run_completes_without_errors() {
     ] {
         assert!(!report.rejects_by_reason.contains_key(bad), "{report:?}");
     }
+    // A cancel or replace that crosses its order's last fill is answered UnknownOrder:
+    // counted as too late, apart from the rejects.
+    assert!(
+        !report.rejects_by_reason.contains_key("UnknownOrder"),
+        "{report:?}"
+    );
+    assert!(report.too_late <= report.rejected, "{report:?}");
     let text = std::fs::read_to_string(&json).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(v["latency"]["all"]["p99_us"].as_f64().unwrap() > 0.0);
@@ -310,6 +321,17 @@ fn answers_arriving_after_the_run_do_not_count_in_the_achieved_rate() {
 fn requests_never_answered_count_in_the_latency_tables_at_their_wait_so_far() {
     let report = run_against_a_stall(700_000, 9_000_000, None);
     assert!(report.unanswered > report.sent / 2, "{report:?}");
+    // Which fails the run, saying how many.
+    let failure = report
+        .failure()
+        .expect("a run with unanswered requests fails");
+    assert!(
+        failure.contains(&format!(
+            "{} of {} requests never answered",
+            report.unanswered, report.sent
+        )),
+        "{failure}"
+    );
     assert!(
         report.drain_s >= 3.0,
         "the generator waited out its drain: {report:?}"
@@ -333,5 +355,73 @@ fn requests_never_answered_count_in_the_latency_tables_at_their_wait_so_far() {
     assert!(
         report.service_time["all"].p50_us >= 2_990_000.0,
         "{report:?}"
+    );
+}
+
+/// The inline engine behind a server that counts the trading requests it took.
+struct Counting {
+    inner: InlineBackend,
+    taken: Arc<AtomicU64>,
+}
+
+impl Backend for Counting {
+    fn submit(&mut self, command: &Command, tag: u64) -> Result<(), BackendError> {
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        self.inner.submit(command, tag)
+    }
+
+    fn query(&mut self, query: &Query, tag: u64) -> Result<(), BackendError> {
+        self.inner.query(query, tag)
+    }
+
+    fn drain(&mut self, limit: usize, f: &mut dyn FnMut(&Delivery)) -> usize {
+        self.inner.drain(limit, f)
+    }
+
+    fn want_wake(&self) {}
+
+    fn outputs_available(&self) -> bool {
+        self.inner.outputs_available()
+    }
+}
+
+#[test]
+fn a_server_that_stops_mid_run_fails_the_run_with_the_connections_lost() {
+    let taken = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&taken);
+    let server = serve_backend(GatewayConfig::loopback(), move |inner| Counting {
+        inner,
+        taken: counter,
+    });
+    let mut args = LoadArgs::new(server.trading, server.admin);
+    args.rate = 2_000;
+    args.duration = 3.0;
+    args.users = 20;
+    args.account_base = 900_000;
+    args.key_base = 11_000_000;
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run(&args));
+    });
+    // The server stops once the run is under way (1,000 commands, the setup's included).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while taken.load(Ordering::Relaxed) < 1_000 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(server);
+    let report = result
+        .recv_timeout(Duration::from_secs(300))
+        .expect("the run ends")
+        .unwrap();
+    report.print();
+    assert!(report.connections_lost > 0, "{report:?}");
+    let failure = report.failure().expect("a run that lost its server fails");
+    assert!(
+        failure.contains(&format!(
+            "{} of 20 connections lost",
+            report.connections_lost
+        )),
+        "{failure}"
     );
 }

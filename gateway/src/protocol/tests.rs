@@ -1177,12 +1177,15 @@ fn doc_reserved_bytes_are_checked_by_the_decoders() {
 
 // ---------------------------------------------------------------- golden bytes
 
-/// The secret of the worked example in docs/protocol.md.
+/// The key and secret of the worked example in docs/protocol.md: the demo config's key 1.
+const GOLDEN_KEY: u64 = 1;
 const GOLDEN_SECRET: &str = "demo-secret-1001";
+/// The default config `ringex start` embeds.
+const DEFAULT_CONFIG: &str = include_str!("../../../config/single.toml");
 
 fn golden_login() -> Login {
     let mut login = Login {
-        api_key_id: 1001,
+        api_key_id: GOLDEN_KEY,
         timestamp_ns: 1_767_225_600_000_000_000, // 2026-01-01T00:00:00Z
         nonce: 1,
         signature: [0; 32],
@@ -1259,13 +1262,24 @@ fn golden_login_bytes() {
     assert_eq!(bytes, doc_hex("login"), "\n{}", hex_dump(&bytes));
     // The signed bytes are frame bytes 8..32.
     let signed = &bytes[8..8 + LOGIN_SIGNED_SIZE];
-    assert_eq!(signed[..8], 1001u64.to_le_bytes());
+    assert_eq!(signed[..8], GOLDEN_KEY.to_le_bytes());
     // Independent of our HMAC code: the value Python's hmac module computes for
     // hmac.new(sha256(b"demo-secret-1001").digest(), signed, sha256).
-    let python = "174afdc6e8a1c0e3f78f1a531ba2ac3a631a9e17ca195c57d84d697bda8c36d5";
+    let python = "c71f7d535c4513969d4ffc4403236dae3432df05d701b280245e5d943ac2b6c8";
     let hex: String = bytes[32..64].iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, python);
     assert!(golden_login().verify(&secret_hash(GOLDEN_SECRET.as_bytes())));
+}
+
+/// The worked example logs in with a key the default config really has, so a reader can
+/// replay it against `ringex start`.
+#[test]
+fn golden_login_key_is_the_default_configs_demo_key() {
+    let entry = format!("key_id = {GOLDEN_KEY}, secret = \"{GOLDEN_SECRET}\"");
+    assert!(
+        DEFAULT_CONFIG.lines().any(|l| l.contains(&entry)),
+        "config/single.toml has no key {entry}"
+    );
 }
 
 #[test]
