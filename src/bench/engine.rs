@@ -1,4 +1,4 @@
-//! The engine benchmark of issue 2: book-only matching, the full exchange, and a naive
+//! The engine benchmark: book-only matching, the full exchange, and a naive
 //! `BTreeMap<Price, VecDeque>` baseline, all over the same command stream.
 //!
 //! The load models exchange-core's published generator (`TestOrdersGenerator`): a

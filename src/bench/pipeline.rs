@@ -1,4 +1,4 @@
-//! The pipeline benchmark of issue 4: the whole node (rings, journal, engine, publisher;
+//! The pipeline benchmark: the whole node (rings, journal, engine, publisher;
 //! in the inline topology the driver's own thread journals and applies) driven open loop
 //! at fixed offered rates.
 //!

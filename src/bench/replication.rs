@@ -1,4 +1,4 @@
-//! The replication benchmark of issue 14: the same node and driver as the pipeline bench
+//! The replication benchmark: the same node and driver as the pipeline bench
 //! (fused topology, group durability), with replication `none` (a single node), `async`
 //! and `sync` (a standby in this process, on loopback, with its own journal on the same
 //! disk), measured in one run so the ratios compare like with like: throughput at the
