@@ -16,7 +16,7 @@ target_dir="${FUZZ_TARGET_DIR:-$PWD/fuzz/target}"
 corpus=fuzz/corpus/frame_decoder
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "== cargo-fuzz is missing: installing it from crates.io (cargo install cargo-fuzz --locked)"
+    echo "== cargo-fuzz is missing: installing it (cargo install cargo-fuzz --locked)"
     cargo install cargo-fuzz --locked
 fi
 export RUSTC_BOOTSTRAP=1
