@@ -1123,9 +1123,11 @@ impl RetailEdge {
                 None
             };
             if let Some((reason, limit)) = limit {
+                // Counted before the answer leaves, so whoever reads the answer finds the
+                // refusal counted.
+                self.refuse(reason, peer, None, Detail::Limit(limit));
                 let _ = stream.write(&ws::http_error(503, "too many connections"));
                 drop(stream);
-                self.refuse(reason, peer, None, Detail::Limit(limit));
                 continue;
             }
             let _ = stream.set_nodelay(true);

@@ -562,10 +562,11 @@ impl Gateway {
                 None
             };
             if let Some((reason, limit)) = limit {
-                // Over a limit: close at once; nothing was promised.
-                drop(stream);
+                // Over a limit: close at once; nothing was promised. Counted first, so a
+                // peer that sees the close finds the refusal counted.
                 let listener = Listener::of(admin_listener);
                 self.refuse(reason, peer, listener, None, Detail::Limit(limit));
+                drop(stream);
                 continue;
             }
             let _ = stream.set_nodelay(true);
