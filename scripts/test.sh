@@ -12,9 +12,10 @@ echo "== python environment for the WebSocket client tests (scripts/python-env.s
 # gateway/tests/websocket.rs; the script installs it into target/python-env once.
 RINGEX_PYTHON="$(./scripts/python-env.sh)"
 export RINGEX_PYTHON
-echo "== Debian packages for the HTTP tests: promtool, chromium (scripts/test-tools.sh)"
+echo "== tools for the HTTP and WebSocket tests: promtool, chromium, websocat (scripts/test-tools.sh)"
 # /metrics is validated by `promtool check metrics` and the live page is tested in
-# headless Chromium (tests/http.rs); the script installs what is missing.
+# headless Chromium (tests/http.rs), and docs/websocket.md's websocat examples run in
+# tests/e2e.rs; the script installs what is missing.
 ./scripts/test-tools.sh
 echo "== cargo test"
 # Tests that need something of the machine (root for a tmpfs mount, /dev/shm, FIEMAP,

@@ -518,3 +518,183 @@ fn a_node_killed_mid_stream_keeps_every_order_acknowledged_over_websocket() {
     }
     assert!(node.wait().unwrap().success(), "exit 0 after SIGTERM");
 }
+
+/// The websocat binary the test command installs (`scripts/test-tools.sh`), from `PATH`
+/// or cargo's install directory.
+fn websocat() -> Option<std::path::PathBuf> {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        dirs.push(Path::new(&home).join("bin"));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("websocat"))
+        .find(|p| p.is_file())
+}
+
+/// The shell blocks of docs/websocket.md's websocat section, in order.
+fn documented_websocat_examples() -> Vec<String> {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/websocket.md"))
+            .expect("docs/websocket.md");
+    let section = doc
+        .split("\n### websocat\n")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("docs/websocket.md has a websocat section");
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A retail user with websocat, exactly as docs/websocket.md shows: typing subscriptions
+/// and watching the best bid and offer move, a one-shot request from a script, and a
+/// script that signs in, places an order and cancels it.
+#[test]
+fn websocat_watches_and_trades_with_the_documented_examples() {
+    let Some(websocat) = websocat() else {
+        assert!(
+            std::env::var_os("RINGEX_REQUIRE_ALL_TESTS").is_none_or(|v| v != "1"),
+            "websocat is not installed (scripts/test-tools.sh installs it) and \
+             RINGEX_REQUIRE_ALL_TESTS=1"
+        );
+        eprintln!("SKIPPED websocat examples: websocat is not installed");
+        return;
+    };
+    let examples = documented_websocat_examples();
+    assert_eq!(
+        examples.len(),
+        3,
+        "interactive, one-shot, trading: {examples:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&config_text(dir.path(), "inline"), "e2e.toml").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = mpsc::channel();
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        ringex::serve::serve_listening(&config, flag, move |l| {
+            let _ = ready_tx.send(l);
+        })
+    });
+    let l = ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("listening");
+    let ws_addr = l
+        .websocket
+        .expect("the WebSocket listener is on by default");
+    let at_node = |text: &str| text.replace("127.0.0.1:9101", &ws_addr.to_string());
+    let path = format!(
+        "{}:{}",
+        websocat.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+
+    // Interactive: the first line is the command, the others are typed.
+    let interactive = at_node(&examples[0]);
+    let mut lines = interactive.lines();
+    let command = lines.next().unwrap();
+    let url = command.strip_prefix("websocat ").expect("websocat URL");
+    let mut watcher = Process::new(&websocat)
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typed = watcher.stdin.take().unwrap();
+    for line in lines {
+        std::io::Write::write_all(&mut typed, format!("{line}\n").as_bytes()).unwrap();
+    }
+    let (seen_tx, seen) = mpsc::channel::<serde_json::Value>();
+    let stdout = BufReader::new(watcher.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let value = serde_json::from_str(&line).expect("one JSON message per line");
+            if seen_tx.send(value).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        seen.recv_timeout(Duration::from_secs(20))
+            .expect("websocat prints")
+    };
+    let mut replies = 0;
+    let mut snapshots = 0;
+    while replies < 2 || snapshots < 2 {
+        let m = next();
+        if m["id"] == 1 {
+            assert_eq!(
+                m["result"],
+                serde_json::json!(["bbo@BTC-USDT", "ticker@BTC-USDT"])
+            );
+            replies += 1;
+        } else if m["id"] == 2 {
+            assert_eq!(m["result"][0]["market"], "BTC-USDT", "{m}");
+            replies += 1;
+        } else if m["type"] == "snapshot" {
+            snapshots += 1;
+        }
+    }
+    let mut maker = Client::connect(l.trading, MAKER.0, MAKER.1, options()).unwrap();
+    maker
+        .new_order(
+            &OrderParams::limit(BTC_USDT, Side::Sell, 6_001_000, 5).tif(TimeInForce::PostOnly),
+        )
+        .unwrap();
+    let bbo = loop {
+        let m = next();
+        if m["channel"] == "bbo" && m["type"] != "snapshot" {
+            break m;
+        }
+    };
+    assert_eq!(
+        bbo["ask"],
+        serde_json::json!(["60010.00", "0.0005"]),
+        "{bbo}"
+    );
+    drop(typed);
+    assert!(
+        watcher.wait().unwrap().success(),
+        "websocat exits when its input ends"
+    );
+
+    // From scripts: the one-shot request, then sign in, place and cancel.
+    let run = |script: &str| -> Vec<serde_json::Value> {
+        let out = Process::new("bash")
+            .args(["-euo", "pipefail", "-c", &at_node(script)])
+            .env("PATH", &path)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON message per line"))
+            .collect()
+    };
+    assert_eq!(
+        run(&examples[1]),
+        [serde_json::json!({"id": 1, "result": "pong"})]
+    );
+    let traded = run(&examples[2]);
+    assert_eq!(traded.len(), 3, "{traded:?}");
+    assert_eq!(traded[0]["result"]["account"], 1001, "{traded:?}");
+    assert_eq!(traded[1]["result"]["status"], "new", "{traded:?}");
+    assert_eq!(traded[2]["result"]["status"], "cancelled", "{traded:?}");
+    assert_eq!(
+        traded[2]["result"]["orderId"], traded[1]["result"]["orderId"],
+        "the cancel found the order placed"
+    );
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(thread.join().unwrap(), Ok(()));
+}
