@@ -752,6 +752,7 @@ fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compres
             "the burst crossed: {}",
             market.trade_count
         );
+        assert_eq!(seen["gaps"], 0, "the edge kept up");
         assert_eq!(seen["trades"], market.trade_count);
         let volume = text(&|o| units.qty(market.volume_lots, o));
         assert_eq!(seen["volume"], volume);

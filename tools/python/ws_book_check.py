@@ -10,6 +10,12 @@ orders. At the end a marker order shows that every update before it arrived; the
 the trade totals and the last ticker are printed as one JSON line for the caller to
 compare with the engine's own.
 
+When the edge falls behind the exchange (docs/websocket.md, "When the edge falls
+behind"), a depth `snapshot` can arrive at any time: the book is replaced by it and the
+diffs chain on from its `last`; a trades `gap` notice says trades up to its `seq` may be
+missing, so the trade totals count from then on only (`gaps` in the output says how
+many notices came; the totals are the engine's only when it is 0).
+
     python ws_book_check.py --url ws://127.0.0.1:9101/ws --compression on \\
         --maker 1:demo-secret-1001 --taker 2:demo-secret-1002 --orders 300
 
@@ -164,6 +170,7 @@ async def run(args):
             "channels": ["depth", "trades", "ticker", "bbo"], "markets": [market]}}))
         book = None
         trades = 0
+        gaps = 0
         volume = Decimal(0)
         ticker = None
         messages = 0
@@ -171,7 +178,7 @@ async def run(args):
         marker_seen = asyncio.get_running_loop().create_future()
 
         async def watch_loop():
-            nonlocal book, trades, volume, ticker, messages
+            nonlocal book, trades, gaps, volume, ticker, messages
             async for raw in watch:
                 msg = json.loads(raw)
                 messages += 1
@@ -179,6 +186,8 @@ async def run(args):
                 if "id" in msg:
                     check("result" in msg, f"subscribe refused: {msg}")
                 elif channel == "depth" and msg["type"] == "snapshot":
+                    # The first one, or a fresh one after the edge fell behind: it
+                    # replaces the book.
                     book = Book(msg)
                 elif channel == "depth":
                     check(book is not None, "a diff before the snapshot")
@@ -186,6 +195,8 @@ async def run(args):
                     if marker_price and Decimal(marker_price) in book.bids \
                             and not marker_seen.done():
                         marker_seen.set_result(True)
+                elif channel == "trades" and msg["type"] == "gap":
+                    gaps += 1
                 elif channel == "trades" and msg["type"] == "update":
                     for t in msg["trades"]:
                         trades += 1
@@ -247,6 +258,7 @@ async def run(args):
             "asks": [list(l) for l in asks],
             "last": book.last,
             "trades": trades,
+            "gaps": gaps,
             "volume": str(volume),
             "ticker": ticker,
             "messages": messages,
