@@ -306,6 +306,30 @@ pub const MARKETS_QUERY: u64 = 0;
 pub const DEPTH_QUERY_BASE: u64 = 1;
 /// Ids at or above this are not the publisher's (the front-end's balance lookups).
 pub const PUBLISHER_QUERY_END: u64 = 1 << 32;
+/// A depth query's id carries the publisher's restart count (modulo 2^14) from this bit
+/// up, so an answer to a query asked before a restart (perhaps cut by the loss that
+/// caused it) is told apart from the one asked after, and ignored.
+const EPOCH_SHIFT: u32 = 33;
+const EPOCH_MASK: u64 = (1 << 14) - 1;
+
+/// Whether a front-end query id is the publisher's (else a balance lookup's).
+pub fn is_publisher_query(id: u64) -> bool {
+    id & PUBLISHER_QUERY_END == 0
+}
+
+/// The query a publisher query id asks (to submit it again after a refusal).
+pub fn publisher_query(id: u64) -> PublisherQuery {
+    let base = id & (PUBLISHER_QUERY_END - 1);
+    let query = if base == MARKETS_QUERY {
+        Query::Markets
+    } else {
+        Query::Depth {
+            market: (base - DEPTH_QUERY_BASE) as MarketId,
+            levels: u32::MAX,
+        }
+    };
+    PublisherQuery { id, query }
+}
 
 pub struct Publisher {
     markets: BTreeMap<MarketId, MarketState>,
@@ -321,6 +345,8 @@ pub struct Publisher {
     queries: Vec<PublisherQuery>,
     /// The market list was asked for and not answered yet.
     markets_pending: bool,
+    /// Restarts since start: the depth queries' epoch.
+    epoch: u64,
     scratch: Vec<u8>,
 }
 
@@ -346,6 +372,7 @@ impl Publisher {
                 query: Query::Markets,
             }],
             markets_pending: true,
+            epoch: 0,
             scratch: Vec::new(),
         }
     }
@@ -366,6 +393,8 @@ impl Publisher {
         self.markets_pending = false;
         self.ask_markets();
         self.touched.clear();
+        self.epoch += 1;
+        let epoch = self.epoch;
         for (&market, m) in &mut self.markets {
             m.loading = true;
             m.loaded = false;
@@ -373,13 +402,7 @@ impl Publisher {
             m.changed_bids.clear();
             m.changed_asks.clear();
             m.new_trades.clear();
-            self.queries.push(PublisherQuery {
-                id: DEPTH_QUERY_BASE + u64::from(market),
-                query: Query::Depth {
-                    market,
-                    levels: u32::MAX,
-                },
-            });
+            self.queries.push(depth_query(epoch, market));
         }
     }
 
@@ -509,6 +532,11 @@ impl Publisher {
     }
 
     fn apply_reply(&mut self, r: QueryReply, id: u64, seq: u64) {
+        let base = id & (PUBLISHER_QUERY_END - 1);
+        if base >= DEPTH_QUERY_BASE && id >> EPOCH_SHIFT != self.epoch & EPOCH_MASK {
+            return; // asked before the last restart
+        }
+        let id = base;
         match r {
             QueryReply::Market {
                 market,
@@ -546,13 +574,7 @@ impl Publisher {
                         let mut m = MarketState::new(info);
                         m.loading = true;
                         self.markets.insert(market, m);
-                        self.queries.push(PublisherQuery {
-                            id: DEPTH_QUERY_BASE + u64::from(market),
-                            query: Query::Depth {
-                                market,
-                                levels: u32::MAX,
-                            },
-                        });
+                        self.queries.push(depth_query(self.epoch, market));
                     }
                 }
             }
@@ -755,6 +777,16 @@ impl Publisher {
             Channel::Ticker => write_ticker(&mut j, m, self.seq, time_ns, "snapshot"),
         }
         Some(j)
+    }
+}
+
+fn depth_query(epoch: u64, market: MarketId) -> PublisherQuery {
+    PublisherQuery {
+        id: (epoch & EPOCH_MASK) << EPOCH_SHIFT | (DEPTH_QUERY_BASE + u64::from(market)),
+        query: Query::Depth {
+            market,
+            levels: u32::MAX,
+        },
     }
 }
 

@@ -31,7 +31,7 @@ use crate::protocol::{
     login_flags, template, ClientMessage, Login, LoginRejectReason, LogoutReason, ServerMessage,
 };
 use crate::publisher::{
-    Channel, Publisher, PublisherQuery, Update, DEPTH_QUERY_BASE, MARKETS_QUERY,
+    is_publisher_query, publisher_query, Channel, Publisher, PublisherQuery, Update,
     PUBLISHER_QUERY_END,
 };
 use crate::refusals::{
@@ -565,7 +565,7 @@ impl RetailEdge {
         let mine = tag_front(d.tag) == FRONT_RETAIL;
         if mine && tag_purpose(d.tag) == PURPOSE_FRONT {
             let id = tag_id(d.tag);
-            if id < PUBLISHER_QUERY_END {
+            if is_publisher_query(id) {
                 self.publisher.apply(d, Some(id));
             } else {
                 self.balance_reply(id - PUBLISHER_QUERY_END, d);
@@ -804,16 +804,8 @@ impl RetailEdge {
                     ));
                 }
             }
-            PURPOSE_FRONT if id < PUBLISHER_QUERY_END => {
-                let query = if id == MARKETS_QUERY {
-                    Query::Markets
-                } else {
-                    Query::Depth {
-                        market: (id - DEPTH_QUERY_BASE) as MarketId,
-                        levels: u32::MAX,
-                    }
-                };
-                self.retry_queries.push(PublisherQuery { id, query });
+            PURPOSE_FRONT if is_publisher_query(id) => {
+                self.retry_queries.push(publisher_query(id));
             }
             PURPOSE_FRONT => {
                 let account = (id - PUBLISHER_QUERY_END) as AccountId;
