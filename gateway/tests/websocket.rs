@@ -1255,6 +1255,64 @@ impl ClientBook {
     }
 }
 
+/// A retail loop with a 64-slot outbound hand-off (`Rig::start_with`) overruns: pipelined
+/// bursts of crossing orders from a signed-in connection, on 21 price levels at most (a
+/// book's answer must fit the small queue when it is reloaded), until it did. That
+/// connection, which may have lost its own answers and fills, is closed 1013. Once the
+/// books are reloaded, orders one at a time (no overrun), then a marker bid at 50000.00.
+fn overrun_then_trade(rig: &Rig) {
+    let mut maker = connect(rig.ws);
+    auth(&mut maker, MAKER_KEY, 1);
+    let mut id = 100u64;
+    while rig.stats.overruns.load(Ordering::Relaxed) == 0 {
+        assert!(id < 1_000_000, "no overrun");
+        for _ in 0..500 {
+            let side = if id.is_multiple_of(2) { "buy" } else { "sell" };
+            let price = format!("{}.00", 59_990 + id * 7 % 21);
+            let order = json!({"method": "order.place", "id": id,
+                "params": {"market": "BTC-USDT", "side": side, "price": price, "qty": "0.0003"}});
+            id += 1;
+            if maker.ws.send(Message::text(order.to_string())).is_err() {
+                break;
+            }
+        }
+    }
+    let (code, reason) = closed(&mut maker);
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("interrupted"), "{reason}");
+    wait_until("the books were reloaded", || {
+        rig.stats.resyncs.load(Ordering::Relaxed) >= 1
+    });
+    let mut trader = connect(rig.ws);
+    auth(&mut trader, TAKER_KEY, 2);
+    for i in 0..20u64 {
+        let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
+        let price = format!("{}.00", 59_995 + i % 11);
+        place(&mut trader, 10 + i, side, &price, "0.0002");
+    }
+    assert_eq!(
+        place(&mut trader, 50, "buy", "50000.00", "0.0001")["result"]["status"],
+        "new"
+    );
+}
+
+/// The engine's book side as the messages write it.
+fn engine_levels(ex: &Exchange, side: Side) -> Vec<Value> {
+    let units = ringex_gateway::units::Units::new(1, 10_000, 8, 6).unwrap();
+    let text = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        f(&mut v);
+        String::from_utf8(v).unwrap()
+    };
+    ex.market(MARKET)
+        .unwrap()
+        .book
+        .depth(side, usize::MAX)
+        .into_iter()
+        .map(|(p, q)| json!([text(&|o| units.price(p, o)), text(&|o| units.qty(q, o))]))
+        .collect()
+}
+
 #[test]
 fn after_an_overrun_subscribers_stay_get_a_fresh_snapshot_and_a_gap_notice_and_reconcile() {
     // An outbound hand-off of 64 slots: a pipelined burst of orders puts far more
@@ -1282,44 +1340,7 @@ fn after_an_overrun_subscribers_stay_get_a_fresh_snapshot_and_a_gap_notice_and_r
             (w, book)
         })
         .collect();
-    let mut maker = connect(rig.ws);
-    auth(&mut maker, MAKER_KEY, 1);
-    // Both sides around 60000.00, crossing, on 21 price levels at most (a book's answer
-    // must fit the small queue when it is reloaded).
-    let mut id = 100u64;
-    while rig.stats.overruns.load(Ordering::Relaxed) == 0 {
-        assert!(id < 1_000_000, "no overrun");
-        for _ in 0..500 {
-            let side = if id.is_multiple_of(2) { "buy" } else { "sell" };
-            let price = format!("{}.00", 59_990 + id * 7 % 21);
-            let order = json!({"method": "order.place", "id": id,
-                "params": {"market": "BTC-USDT", "side": side, "price": price, "qty": "0.0003"}});
-            id += 1;
-            if maker.ws.send(Message::text(order.to_string())).is_err() {
-                break;
-            }
-        }
-    }
-    // The connection with a session may have lost its own answers and fills: closed.
-    let (code, reason) = closed(&mut maker);
-    assert_eq!(code, 1013, "{reason}");
-    assert!(reason.contains("interrupted"), "{reason}");
-    wait_until("the books were reloaded", || {
-        rig.stats.resyncs.load(Ordering::Relaxed) >= 1
-    });
-
-    // Afterwards, orders one at a time (no overrun), then a marker every watcher must see.
-    let mut trader = connect(rig.ws);
-    auth(&mut trader, TAKER_KEY, 2);
-    for i in 0..20u64 {
-        let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
-        let price = format!("{}.00", 59_995 + i % 11);
-        place(&mut trader, 10 + i, side, &price, "0.0002");
-    }
-    assert_eq!(
-        place(&mut trader, 50, "buy", "50000.00", "0.0001")["result"]["status"],
-        "new"
-    );
+    overrun_then_trade(&rig);
     let overruns = rig.stats.overruns.load(Ordering::Relaxed);
     for (w, book) in &mut watchers {
         let mut gaps = Vec::new();
@@ -1352,22 +1373,60 @@ fn after_an_overrun_subscribers_stay_get_a_fresh_snapshot_and_a_gap_notice_and_r
         "the watcher is still connected"
     );
     let ex = rig.stop();
-    let market = ex.market(MARKET).unwrap();
-    let units = ringex_gateway::units::Units::new(1, 10_000, 8, 6).unwrap();
-    let text = |f: &dyn Fn(&mut Vec<u8>)| {
-        let mut v = Vec::new();
-        f(&mut v);
-        String::from_utf8(v).unwrap()
-    };
     for side in [Side::Buy, Side::Sell] {
-        let engine: Vec<Value> = market
-            .book
-            .depth(side, usize::MAX)
-            .into_iter()
-            .map(|(p, q)| json!([text(&|o| units.price(p, o)), text(&|o| units.qty(q, o))]))
-            .collect();
+        let engine = engine_levels(&ex, side);
         for (_, book) in &watchers {
             assert_eq!(book.side(side), engine, "{side:?}");
         }
     }
+}
+
+#[test]
+fn a_python_websockets_client_keeps_its_book_across_an_overrun() {
+    let test = "a_python_websockets_client_keeps_its_book_across_an_overrun";
+    let Some(python) = python() else {
+        skip(test, "no Python environment: run scripts/python-env.sh");
+        return;
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/python/ws_book_check.py");
+    let rig = Rig::start_with(
+        RetailConfig {
+            messages_per_second: 100_000,
+            requests_per_second_per_key: 100_000,
+            ..RetailConfig::loopback()
+        },
+        64,
+    );
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--url", &format!("ws://{}/ws", rig.ws)])
+        .args(["--watch-until", "50000.00"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains("subscribed"), "{line}");
+    overrun_then_trade(&rig);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+    assert!(status.success(), "{stderr}");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let seen: Value = serde_json::from_str(&line).unwrap();
+    assert!(seen["snapshots"].as_u64().unwrap() >= 2, "{seen}");
+    assert!(seen["gaps"].as_u64().unwrap() >= 1, "{seen}");
+    let ex = rig.stop();
+    assert_eq!(
+        seen["bids"].as_array().unwrap(),
+        &engine_levels(&ex, Side::Buy)
+    );
+    assert_eq!(
+        seen["asks"].as_array().unwrap(),
+        &engine_levels(&ex, Side::Sell)
+    );
 }
