@@ -400,7 +400,7 @@ impl Default for WebSocketConfig {
             compression: true,
             echo_path: String::new(),
             handoff_in_slots: 16_384,
-            handoff_out_slots: 65_536,
+            handoff_out_slots: 262_144,
             thread_nice: 0,
         }
     }

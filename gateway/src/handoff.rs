@@ -13,8 +13,9 @@
 //! Neither side ever waits for the other. A full inbox refuses the retail submission at
 //! once (the retail client is answered `unavailable`). A full outbox (the retail loop
 //! fell a whole queue behind) drops output and raises `overrun`: the retail edge then
-//! restarts its view of the exchange (its clients are closed with 1013, its publisher
-//! reloads the books), while the market makers never notice.
+//! restarts its view of the exchange (its publisher reloads the books and resends
+//! snapshots; signed-in clients, whose own output may be lost, are closed with 1013),
+//! while the market makers never notice.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -15,7 +15,7 @@
 //! [`Query::Depth`] per market, which travel the ring in order with the commands: what
 //! an answer reports and the events after it never overlap or leave a gap.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use ringex_engine::{
@@ -173,14 +173,78 @@ impl Ticker {
     }
 }
 
+/// One side of a book: its levels in a Vec sorted worst first, so the best level is the
+/// last. Changes cluster near the best price, so an insert or a removal moves few
+/// elements, and a lookup is a binary search over contiguous memory (cheaper than a
+/// tree's pointer chase for the few hundred levels a book has near its top).
+#[derive(Clone, Debug)]
+struct BookSide {
+    /// Bids: prices ascending (the highest, the best, last); asks: descending.
+    levels: Vec<Level>,
+    bids: bool,
+}
+
+impl BookSide {
+    fn new(bids: bool) -> BookSide {
+        BookSide {
+            levels: Vec::new(),
+            bids,
+        }
+    }
+
+    /// Where `price` is or would go, in the worst-first order.
+    fn position(&self, price: Price) -> Result<usize, usize> {
+        if self.bids {
+            self.levels.binary_search_by(|(p, _)| p.cmp(&price))
+        } else {
+            self.levels.binary_search_by(|(p, _)| price.cmp(p))
+        }
+    }
+
+    fn set(&mut self, price: Price, qty: Qty) {
+        match (self.position(price), qty) {
+            (Ok(i), 0) => {
+                self.levels.remove(i);
+            }
+            (Ok(i), q) => self.levels[i].1 = q,
+            (Err(_), 0) => {}
+            (Err(i), q) => self.levels.insert(i, (price, q)),
+        }
+    }
+
+    fn get(&self, price: Price) -> Qty {
+        match self.position(price) {
+            Ok(i) => self.levels[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// Best first.
+    fn iter(&self) -> impl Iterator<Item = Level> + '_ {
+        self.levels.iter().rev().copied()
+    }
+
+    fn best(&self) -> Option<Level> {
+        self.levels.last().copied()
+    }
+
+    fn len(&self) -> usize {
+        self.levels.len()
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+    }
+}
+
 struct MarketState {
     info: MarketInfo,
-    /// Price -> total quantity.
-    bids: BTreeMap<Price, Qty>,
-    asks: BTreeMap<Price, Qty>,
-    /// Levels changed since the last flush.
-    changed_bids: BTreeSet<Price>,
-    changed_asks: BTreeSet<Price>,
+    bids: BookSide,
+    asks: BookSide,
+    /// Prices of the levels changed since the last flush, in the order of their
+    /// changes and with repeats (sorted and deduplicated when published).
+    changed_bids: Vec<Price>,
+    changed_asks: Vec<Price>,
     new_trades: Vec<Trade>,
     recent: VecDeque<Trade>,
     ticker: Ticker,
@@ -192,16 +256,18 @@ struct MarketState {
     loaded: bool,
     /// A depth answer is coming: its first level replaces the book.
     loading: bool,
+    /// Loaded again after a restart, and not yet reported by `take_reloaded`.
+    reloaded: bool,
 }
 
 impl MarketState {
     fn new(info: MarketInfo) -> MarketState {
         MarketState {
             info,
-            bids: BTreeMap::new(),
-            asks: BTreeMap::new(),
-            changed_bids: BTreeSet::new(),
-            changed_asks: BTreeSet::new(),
+            bids: BookSide::new(true),
+            asks: BookSide::new(false),
+            changed_bids: Vec::new(),
+            changed_asks: Vec::new(),
             new_trades: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_TRADES_MAX),
             ticker: Ticker::default(),
@@ -209,13 +275,12 @@ impl MarketState {
             bbo: (None, None),
             loaded: false,
             loading: false,
+            reloaded: false,
         }
     }
 
     fn best(&self) -> Bbo {
-        let bid = self.bids.iter().next_back().map(|(p, q)| (*p, *q));
-        let ask = self.asks.iter().next().map(|(p, q)| (*p, *q));
-        (bid, ask)
+        (self.bids.best(), self.asks.best())
     }
 
     fn set_level(&mut self, side: Side, price: Price, qty: Qty) {
@@ -223,12 +288,8 @@ impl MarketState {
             Side::Buy => (&mut self.bids, &mut self.changed_bids),
             Side::Sell => (&mut self.asks, &mut self.changed_asks),
         };
-        if qty == 0 {
-            book.remove(&price);
-        } else {
-            book.insert(price, qty);
-        }
-        changed.insert(price);
+        book.set(price, qty);
+        changed.push(price);
     }
 }
 
@@ -245,6 +306,30 @@ pub const MARKETS_QUERY: u64 = 0;
 pub const DEPTH_QUERY_BASE: u64 = 1;
 /// Ids at or above this are not the publisher's (the front-end's balance lookups).
 pub const PUBLISHER_QUERY_END: u64 = 1 << 32;
+/// A depth query's id carries the publisher's restart count (modulo 2^14) from this bit
+/// up, so an answer to a query asked before a restart (perhaps cut by the loss that
+/// caused it) is told apart from the one asked after, and ignored.
+const EPOCH_SHIFT: u32 = 33;
+const EPOCH_MASK: u64 = (1 << 14) - 1;
+
+/// Whether a front-end query id is the publisher's (else a balance lookup's).
+pub fn is_publisher_query(id: u64) -> bool {
+    id & PUBLISHER_QUERY_END == 0
+}
+
+/// The query a publisher query id asks (to submit it again after a refusal).
+pub fn publisher_query(id: u64) -> PublisherQuery {
+    let base = id & (PUBLISHER_QUERY_END - 1);
+    let query = if base == MARKETS_QUERY {
+        Query::Markets
+    } else {
+        Query::Depth {
+            market: (base - DEPTH_QUERY_BASE) as MarketId,
+            levels: u32::MAX,
+        }
+    };
+    PublisherQuery { id, query }
+}
 
 pub struct Publisher {
     markets: BTreeMap<MarketId, MarketState>,
@@ -260,6 +345,8 @@ pub struct Publisher {
     queries: Vec<PublisherQuery>,
     /// The market list was asked for and not answered yet.
     markets_pending: bool,
+    /// Restarts since start: the depth queries' epoch.
+    epoch: u64,
     scratch: Vec<u8>,
 }
 
@@ -285,6 +372,7 @@ impl Publisher {
                 query: Query::Markets,
             }],
             markets_pending: true,
+            epoch: 0,
             scratch: Vec::new(),
         }
     }
@@ -292,6 +380,43 @@ impl Publisher {
     /// Queries to submit now (the market list, a new market's depth).
     pub fn take_queries(&mut self) -> Vec<PublisherQuery> {
         std::mem::take(&mut self.queries)
+    }
+
+    /// Starts over from the engine after output was lost (the retail loop fell a whole
+    /// hand-off queue behind): the market list and every book are asked for again, and
+    /// each market publishes nothing until its book's answer arrived, which replaces
+    /// the book (the events before it are in it). The markets stay known, so clients
+    /// keep their subscriptions; trades of the gap are not published (nor counted by
+    /// the ticker), and the trades reported after the answer are all those after it.
+    pub fn restart(&mut self) {
+        self.queries.clear();
+        self.markets_pending = false;
+        self.ask_markets();
+        self.touched.clear();
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for (&market, m) in &mut self.markets {
+            m.loading = true;
+            m.loaded = false;
+            m.reloaded = true;
+            m.changed_bids.clear();
+            m.changed_asks.clear();
+            m.new_trades.clear();
+            self.queries.push(depth_query(epoch, market));
+        }
+    }
+
+    /// Markets whose book was loaded again after a [`Publisher::restart`] since the last
+    /// call, with the engine sequence the book is as of.
+    pub fn take_reloaded(&mut self) -> Vec<(MarketId, u64)> {
+        let mut out = Vec::new();
+        for (&market, m) in &mut self.markets {
+            if m.reloaded && m.loaded {
+                m.reloaded = false;
+                out.push((market, m.depth_last));
+            }
+        }
+        out
     }
 
     /// Every market listed and its book loaded.
@@ -318,9 +443,7 @@ impl Publisher {
     /// The market's book, best first per side: (bids, asks).
     pub fn book(&self, id: MarketId) -> Option<(Levels, Levels)> {
         let m = self.markets.get(&id)?;
-        let bids = m.bids.iter().rev().map(|(p, q)| (*p, *q)).collect();
-        let asks = m.asks.iter().map(|(p, q)| (*p, *q)).collect();
-        Some((bids, asks))
+        Some((m.bids.iter().collect(), m.asks.iter().collect()))
     }
 
     /// Takes one item of the exchange's output, in order. `query` is the publisher
@@ -409,6 +532,11 @@ impl Publisher {
     }
 
     fn apply_reply(&mut self, r: QueryReply, id: u64, seq: u64) {
+        let base = id & (PUBLISHER_QUERY_END - 1);
+        if base >= DEPTH_QUERY_BASE && id >> EPOCH_SHIFT != self.epoch & EPOCH_MASK {
+            return; // asked before the last restart
+        }
+        let id = base;
         match r {
             QueryReply::Market {
                 market,
@@ -446,13 +574,7 @@ impl Publisher {
                         let mut m = MarketState::new(info);
                         m.loading = true;
                         self.markets.insert(market, m);
-                        self.queries.push(PublisherQuery {
-                            id: DEPTH_QUERY_BASE + u64::from(market),
-                            query: Query::Depth {
-                                market,
-                                levels: u32::MAX,
-                            },
-                        });
+                        self.queries.push(depth_query(self.epoch, market));
                     }
                 }
             }
@@ -487,6 +609,11 @@ impl Publisher {
                     m.loaded = true;
                     m.changed_bids.clear();
                     m.changed_asks.clear();
+                    if m.reloaded {
+                        // Trades before the answer are of the gap: the stream resumes
+                        // after it.
+                        m.new_trades.clear();
+                    }
                     m.depth_last = seq;
                     m.bbo = m.best();
                 }
@@ -539,11 +666,14 @@ impl Publisher {
                     &mut j,
                     format_args!(",\"first\":{first},\"last\":{seq},\"time\":{time_ms},\"bids\":["),
                 );
-                let changed: Vec<Price> = m.changed_bids.iter().rev().copied().collect();
-                write_changes(&mut j, &units, &changed, &m.bids);
+                // Bids highest first, asks lowest first, each level once.
+                m.changed_bids.sort_unstable_by(|a, b| b.cmp(a));
+                m.changed_bids.dedup();
+                write_changes(&mut j, &units, &m.changed_bids, &m.bids);
                 j.extend_from_slice(b"],\"asks\":[");
-                let changed: Vec<Price> = m.changed_asks.iter().copied().collect();
-                write_changes(&mut j, &units, &changed, &m.asks);
+                m.changed_asks.sort_unstable();
+                m.changed_asks.dedup();
+                write_changes(&mut j, &units, &m.changed_asks, &m.asks);
                 push_fmt(
                     &mut j,
                     format_args!(
@@ -621,18 +751,9 @@ impl Publisher {
                         time_ns / 1_000_000
                     ),
                 );
-                let bids: Vec<(Price, Qty)> = m
-                    .bids
-                    .iter()
-                    .rev()
-                    .take(limit)
-                    .map(|(p, q)| (*p, *q))
-                    .collect();
-                write_levels(&mut j, &units, &bids);
+                write_levels(&mut j, &units, m.bids.iter().take(limit));
                 j.extend_from_slice(b"],\"asks\":[");
-                let asks: Vec<(Price, Qty)> =
-                    m.asks.iter().take(limit).map(|(p, q)| (*p, *q)).collect();
-                write_levels(&mut j, &units, &asks);
+                write_levels(&mut j, &units, m.asks.iter().take(limit));
                 push_fmt(
                     &mut j,
                     format_args!(
@@ -656,6 +777,16 @@ impl Publisher {
             Channel::Ticker => write_ticker(&mut j, m, self.seq, time_ns, "snapshot"),
         }
         Some(j)
+    }
+}
+
+fn depth_query(epoch: u64, market: MarketId) -> PublisherQuery {
+    PublisherQuery {
+        id: (epoch & EPOCH_MASK) << EPOCH_SHIFT | (DEPTH_QUERY_BASE + u64::from(market)),
+        query: Query::Depth {
+            market,
+            levels: u32::MAX,
+        },
     }
 }
 
@@ -729,22 +860,22 @@ fn write_level(out: &mut Vec<u8>, units: &Units, price: Price, qty: Qty) {
     out.extend_from_slice(b"\"]");
 }
 
-fn write_levels(out: &mut Vec<u8>, units: &Units, levels: &[(Price, Qty)]) {
-    for (i, (p, q)) in levels.iter().enumerate() {
+fn write_levels(out: &mut Vec<u8>, units: &Units, levels: impl Iterator<Item = Level>) {
+    for (i, (p, q)) in levels.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_level(out, units, *p, *q);
+        write_level(out, units, p, q);
     }
 }
 
 /// Changed levels with their new totals ("0": gone).
-fn write_changes(out: &mut Vec<u8>, units: &Units, changed: &[Price], book: &BTreeMap<Price, Qty>) {
+fn write_changes(out: &mut Vec<u8>, units: &Units, changed: &[Price], book: &BookSide) {
     for (i, p) in changed.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        write_level(out, units, *p, book.get(p).copied().unwrap_or(0));
+        write_level(out, units, *p, book.get(*p));
     }
 }
 
@@ -847,15 +978,15 @@ fn write_ticker(out: &mut Vec<u8>, m: &MarketState, seq: u64, now_ns: u64, kind:
 fn checksum(units: &Units, m: &MarketState, scratch: &mut Vec<u8>) -> u32 {
     scratch.clear();
     let asks = m.asks.iter().take(CHECKSUM_LEVELS);
-    let bids = m.bids.iter().rev().take(CHECKSUM_LEVELS);
+    let bids = m.bids.iter().take(CHECKSUM_LEVELS);
     let mut field = Vec::with_capacity(32);
     for (p, q) in asks.chain(bids) {
         for part in 0..2 {
             field.clear();
             if part == 0 {
-                units.price(*p, &mut field);
+                units.price(p, &mut field);
             } else {
-                units.qty(*q, &mut field);
+                units.qty(q, &mut field);
             }
             let digits = field.iter().copied().filter(|b| *b != b'.');
             scratch.extend(digits.skip_while(|b| *b == b'0'));
@@ -880,8 +1011,12 @@ pub fn book_checksum(units: &Units, bids: &[(Price, Qty)], asks: &[(Price, Qty)]
         qty_min: 0,
         qty_max: 0,
     });
-    m.bids = bids.iter().copied().collect();
-    m.asks = asks.iter().copied().collect();
+    for &(p, q) in bids {
+        m.bids.set(p, q);
+    }
+    for &(p, q) in asks {
+        m.asks.set(p, q);
+    }
     checksum(units, &m, &mut Vec::new())
 }
 

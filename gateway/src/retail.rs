@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use ringex_engine::{AccountId, AssetId, MarketId, Output, Query, QueryReply, RejectReason};
+use rustc_hash::FxHashMap;
 use serde_json::Value;
 
 use crate::backend::{wall_clock_ns, Backend, Delivery};
@@ -30,7 +31,7 @@ use crate::protocol::{
     login_flags, template, ClientMessage, Login, LoginRejectReason, LogoutReason, ServerMessage,
 };
 use crate::publisher::{
-    Channel, Publisher, PublisherQuery, Update, DEPTH_QUERY_BASE, MARKETS_QUERY,
+    is_publisher_query, publisher_query, Channel, Publisher, PublisherQuery, Update,
     PUBLISHER_QUERY_END,
 };
 use crate::refusals::{
@@ -154,6 +155,9 @@ pub struct RetailStats {
     pub slow_consumers: AtomicU64,
     /// Times the edge fell a whole hand-off queue behind and restarted its view.
     pub overruns: AtomicU64,
+    /// Markets whose book was reloaded after an overrun and whose subscribers were sent
+    /// fresh snapshots and gap notices.
+    pub resyncs: AtomicU64,
     /// The publisher has its markets and books: connections are accepted.
     pub ready: AtomicBool,
     pub refusals: RefusalCounters,
@@ -252,7 +256,7 @@ pub struct RetailEdge {
     core: SessionCore,
     publisher: Publisher,
     link: Option<RetailEnd>,
-    subscribers: HashMap<(MarketId, Channel), Vec<usize>>,
+    subscribers: FxHashMap<(MarketId, Channel), Vec<usize>>,
     balance_subs: HashMap<AccountId, Vec<usize>>,
     balance_due: Vec<AccountId>,
     balance_pending: HashSet<AccountId>,
@@ -337,7 +341,7 @@ impl RetailEdge {
             core,
             publisher: Publisher::new(),
             link: None,
-            subscribers: HashMap::new(),
+            subscribers: FxHashMap::default(),
             balance_subs: HashMap::new(),
             balance_due: Vec::new(),
             balance_pending: HashSet::new(),
@@ -537,6 +541,7 @@ impl RetailEdge {
         // is busier, a pass holds more and its changes fold into one update per channel,
         // so the fan-out's cost follows the passes, not the command rate.
         if !deliveries.is_empty() && self.at_boundary {
+            self.resync();
             self.publish();
         }
         self.deliveries = deliveries;
@@ -560,7 +565,7 @@ impl RetailEdge {
         let mine = tag_front(d.tag) == FRONT_RETAIL;
         if mine && tag_purpose(d.tag) == PURPOSE_FRONT {
             let id = tag_id(d.tag);
-            if id < PUBLISHER_QUERY_END {
+            if is_publisher_query(id) {
                 self.publisher.apply(d, Some(id));
             } else {
                 self.balance_reply(id - PUBLISHER_QUERY_END, d);
@@ -578,16 +583,19 @@ impl RetailEdge {
         self.publisher.flush(&mut updates);
         for u in updates.drain(..) {
             self.stats.updates_published.fetch_add(1, Ordering::Relaxed);
-            let Some(subs) = self.subscribers.get(&(u.market, u.channel)) else {
+            let key = (u.market, u.channel);
+            // The list is lent out while it is walked (no copy per update); a slow
+            // consumer closed meanwhile cannot leave it then, so it leaves it after.
+            let Some(mut subs) = self.subscribers.get_mut(&key).map(std::mem::take) else {
                 continue;
             };
-            let subs = subs.clone();
             if let Some(h) = &mut self.http {
                 h.count_ws_sent(u.market, subs.len());
             }
-            let plain: Arc<[u8]> = ws::frame(ws::OP_TEXT, false, &u.json).into();
+            let mut plain: Option<Arc<[u8]>> = None;
             let mut compressed: Option<Arc<[u8]>> = None;
-            for id in subs {
+            let mut closed = 0;
+            for &id in &subs {
                 let deflate = self.conn_ref(id).is_some_and(|c| c.deflate);
                 let frame = if deflate {
                     let json = &u.json;
@@ -596,30 +604,44 @@ impl RetailEdge {
                         ws::frame(ws::OP_TEXT, true, &deflater.deflate(json)).into()
                     }))
                 } else {
-                    Arc::clone(&plain)
+                    Arc::clone(
+                        plain.get_or_insert_with(|| ws::frame(ws::OP_TEXT, false, &u.json).into()),
+                    )
                 };
-                self.queue_update(id, frame);
+                if !self.queue_update(id, frame) {
+                    closed += 1;
+                }
+            }
+            if closed > 0 {
+                subs.retain(|&id| self.conn_ref(id).is_some_and(|c| c.phase == Phase::Open));
+            }
+            if let Some(list) = self.subscribers.get_mut(&key) {
+                // Nothing subscribes during the walk.
+                debug_assert!(list.is_empty());
+                *list = subs;
             }
         }
         self.updates = updates;
     }
 
     /// Queues a published frame; a connection over its outbound bound is a slow
-    /// consumer and is closed, the others never notice.
-    fn queue_update(&mut self, id: usize, frame: Arc<[u8]>) {
+    /// consumer and is closed, the others never notice. False when the connection is
+    /// not (or no longer) open.
+    fn queue_update(&mut self, id: usize, frame: Arc<[u8]>) -> bool {
         let limit = self.config.outbound_buffer_bytes;
         let Some(c) = self.conn(id) else {
-            return;
+            return false;
         };
         if c.phase != Phase::Open {
-            return;
+            return false;
         }
         if c.out_bytes + frame.len() > limit {
             let unsent = c.out_bytes;
             self.slow_consumer(id, unsent);
-            return;
+            return false;
         }
         self.queue_chunk(id, Chunk::Shared(frame));
+        true
     }
 
     /// Queues a frame of this connection's own (a reply, a snapshot, a private update, a
@@ -693,25 +715,80 @@ impl RetailEdge {
         self.queue_own(id, ws::frame(ws::OP_TEXT, false, json));
     }
 
-    /// After an overrun (this loop fell a whole hand-off queue behind): every client is
-    /// closed with 1013 and the publisher and sessions start over from the engine.
+    /// After an overrun (this loop fell a whole hand-off queue behind, so exchange
+    /// output was lost): the publisher reloads every book from the engine, and once a
+    /// book is back its subscribers are told (`resync`): a fresh `snapshot` for depth,
+    /// bbo and ticker, a `gap` notice for trades. Public-only clients stay connected.
+    /// A connection with a session (or a sign-in or requests under way) may have lost
+    /// its own orders' answers and fills, which nothing can replay: it is closed with
+    /// 1013, and its client asks `account.openOrders` after reconnecting.
     fn restart_view(&mut self, link: &mut RetailEnd) {
         self.stats.overruns.fetch_add(1, Ordering::Relaxed);
-        link.discard();
+        // Cleared before the queue is emptied: a loss after this point raises it again.
         link.shared.overrun.store(false, Ordering::Release);
-        let ids: Vec<usize> = self.conns.iter().flatten().map(|c| c.id).collect();
-        for id in ids {
+        link.discard();
+        let private: Vec<usize> = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| {
+                c.auth_id.is_some()
+                    || !c.pending.is_empty()
+                    || !matches!(
+                        self.core.conn_state(c.id),
+                        None | Some(ConnState::AwaitingLogin)
+                    )
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in private {
             self.close_with(
                 id,
                 close::TRY_AGAIN_LATER,
-                "market data interrupted: reconnect",
+                "exchange data interrupted: reconnect",
             );
         }
-        self.publisher = Publisher::new();
+        self.publisher.restart();
         self.at_boundary = true;
         self.balance_pending.clear();
         self.balance_replies.clear();
         self.submit_publisher_queries(link);
+    }
+
+    /// Tells the subscribers of each market whose book was loaded again after an
+    /// overrun: depth, bbo and ticker subscribers get a fresh `snapshot` (a client
+    /// replaces its book with it), trades subscribers a `gap` notice (trades up to the
+    /// notice's `seq` may be missing; every later one is sent).
+    fn resync(&mut self) {
+        for (market, seq) in self.publisher.take_reloaded() {
+            self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+            let Some(symbol) = self.publisher.market(market).map(|m| m.symbol.clone()) else {
+                continue;
+            };
+            let mut gap = Vec::with_capacity(96);
+            gap.extend_from_slice(b"{\"channel\":\"trades\",\"market\":");
+            crate::publisher::push_json_str(&mut gap, &symbol);
+            gap.extend_from_slice(format!(",\"type\":\"gap\",\"seq\":{seq}}}").as_bytes());
+            for channel in Channel::ALL {
+                let Some(subs) = self.subscribers.get(&(market, channel)) else {
+                    continue;
+                };
+                if subs.is_empty() {
+                    continue;
+                }
+                let subs = subs.clone();
+                let json = match channel {
+                    Channel::Trades => Some(gap.clone()),
+                    _ => self.publisher.snapshot(market, channel),
+                };
+                let Some(json) = json else {
+                    continue;
+                };
+                for id in subs {
+                    self.send_text(id, &json);
+                }
+            }
+        }
     }
 
     fn submission_refused(&mut self, t: u64, link: &mut RetailEnd) {
@@ -727,16 +804,8 @@ impl RetailEdge {
                     ));
                 }
             }
-            PURPOSE_FRONT if id < PUBLISHER_QUERY_END => {
-                let query = if id == MARKETS_QUERY {
-                    Query::Markets
-                } else {
-                    Query::Depth {
-                        market: (id - DEPTH_QUERY_BASE) as MarketId,
-                        levels: u32::MAX,
-                    }
-                };
-                self.retry_queries.push(PublisherQuery { id, query });
+            PURPOSE_FRONT if is_publisher_query(id) => {
+                self.retry_queries.push(publisher_query(id));
             }
             PURPOSE_FRONT => {
                 let account = (id - PUBLISHER_QUERY_END) as AccountId;

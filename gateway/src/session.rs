@@ -17,6 +17,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use rustc_hash::FxHashMap;
+
 use ringex_engine::{
     AccountId, CommandKind, Event, MarketId, OrderId, OrderRef, Output, Query, QueryReply,
     RejectReason,
@@ -225,13 +227,15 @@ pub struct SessionInfo {
 
 pub struct SessionCore {
     config: CoreConfig,
-    conns: HashMap<ConnId, CoreConn>,
-    sessions: HashMap<u64, Session>,
+    // Keys the server assigns (connection, session, account, order ids): FxHash, the
+    // engine's hasher, on the path of every event.
+    conns: FxHashMap<ConnId, CoreConn>,
+    sessions: FxHashMap<u64, Session>,
     next_session: u64,
-    by_account: HashMap<AccountId, Vec<u64>>,
+    by_account: FxHashMap<AccountId, Vec<u64>>,
     pending_logins: HashMap<ConnId, PendingLogin>,
     /// Client order ids of open orders, to echo them on every report.
-    orders: HashMap<OrderId, u64>,
+    orders: FxHashMap<OrderId, u64>,
     /// Market buys by budget between their acceptance and their end, which is always a
     /// Cancelled in the same command: a few at most.
     budget_orders: Vec<OrderId>,
@@ -262,12 +266,12 @@ impl SessionCore {
     pub fn new(config: CoreConfig) -> SessionCore {
         SessionCore {
             config,
-            conns: HashMap::new(),
-            sessions: HashMap::new(),
+            conns: FxHashMap::default(),
+            sessions: FxHashMap::default(),
             next_session: 1,
-            by_account: HashMap::new(),
+            by_account: FxHashMap::default(),
             pending_logins: HashMap::new(),
-            orders: HashMap::new(),
+            orders: FxHashMap::default(),
             budget_orders: Vec::new(),
             buckets: HashMap::new(),
             nonces: HashMap::new(),

@@ -133,21 +133,34 @@ pub fn write_decimal(units: i128, scale: u32, out: &mut Vec<u8>) {
     if units < 0 {
         out.push(b'-');
     }
-    let digits = units.unsigned_abs().to_string();
+    // The digits on the stack, not in a String: this runs for every number of every
+    // published update. u128::MAX has 39 digits.
+    let mut buf = [0u8; 40];
+    let mut at = buf.len();
+    let mut v = units.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = &buf[at..];
     let scale = scale as usize;
     if scale == 0 {
-        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(digits);
         return;
     }
     if digits.len() <= scale {
         out.extend_from_slice(b"0.");
         out.extend(std::iter::repeat_n(b'0', scale - digits.len()));
-        out.extend_from_slice(digits.as_bytes());
+        out.extend_from_slice(digits);
     } else {
         let (int, frac) = digits.split_at(digits.len() - scale);
-        out.extend_from_slice(int.as_bytes());
+        out.extend_from_slice(int);
         out.push(b'.');
-        out.extend_from_slice(frac.as_bytes());
+        out.extend_from_slice(frac);
     }
 }
 

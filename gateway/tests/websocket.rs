@@ -103,9 +103,14 @@ struct Rig {
 
 impl Rig {
     fn start(config: RetailConfig) -> Rig {
+        Rig::start_with(config, 1 << 16)
+    }
+
+    /// With `outbox` slots for the engine's output on its way to the retail loop.
+    fn start_with(config: RetailConfig, outbox: usize) -> Rig {
         let mut gateway = Gateway::bind(GatewayConfig::loopback()).unwrap();
         let mut retail = RetailEdge::bind(config, gateway.log_queue()).unwrap();
-        let (g, r) = handoff::link(4096, 1 << 16, gateway.waker(), retail.waker());
+        let (g, r) = handoff::link(4096, outbox, gateway.waker(), retail.waker());
         gateway.attach_retail(g);
         retail.attach(r);
         let stop = Arc::new(AtomicBool::new(false));
@@ -747,6 +752,7 @@ fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compres
             "the burst crossed: {}",
             market.trade_count
         );
+        assert_eq!(seen["gaps"], 0, "the edge kept up");
         assert_eq!(seen["trades"], market.trade_count);
         let volume = text(&|o| units.qty(market.volume_lots, o));
         assert_eq!(seen["volume"], volume);
@@ -1191,5 +1197,236 @@ fn a_ticker_without_trades_has_no_prices_and_zero_volumes_in_their_decimals() {
             t["count"].clone()
         ),
         (json!("0.0000"), json!("0.000000"), json!(0))
+    );
+}
+
+/// A client's book from depth messages, as docs/websocket.md tells a client to keep it:
+/// a snapshot (whenever one comes) replaces it, an update must chain on its `last`, and
+/// the checksum must match after each message.
+#[derive(Default)]
+struct ClientBook {
+    bids: std::collections::BTreeMap<u64, (String, String)>,
+    asks: std::collections::BTreeMap<u64, (String, String)>,
+    last: u64,
+    snapshots: u32,
+}
+
+impl ClientBook {
+    fn take(&mut self, m: &Value) {
+        if m["type"] == "snapshot" {
+            self.bids.clear();
+            self.asks.clear();
+            self.snapshots += 1;
+        } else {
+            assert_eq!(m["first"].as_u64().unwrap(), self.last + 1, "a gap: {m}");
+        }
+        self.last = m["last"].as_u64().unwrap();
+        for (name, side) in [("bids", &mut self.bids), ("asks", &mut self.asks)] {
+            for level in m[name].as_array().unwrap() {
+                let (p, q) = (level[0].as_str().unwrap(), level[1].as_str().unwrap());
+                let key: u64 = p.replace('.', "").parse().unwrap();
+                if q.trim_start_matches(['0', '.']).is_empty() {
+                    side.remove(&key);
+                } else {
+                    side.insert(key, (p.to_string(), q.to_string()));
+                }
+            }
+        }
+        let field = |s: &str| s.replace('.', "").trim_start_matches('0').to_string();
+        let mut text = String::new();
+        let asks = self.asks.values().take(10);
+        for (p, q) in asks.chain(self.bids.values().rev().take(10)) {
+            text += &field(p);
+            text += &field(q);
+        }
+        assert_eq!(
+            m["checksum"].as_u64().unwrap(),
+            u64::from(crc32fast::hash(text.as_bytes())),
+            "checksum at {m}"
+        );
+    }
+
+    fn side(&self, side: Side) -> Vec<Value> {
+        let levels: Vec<&(String, String)> = match side {
+            Side::Buy => self.bids.values().rev().collect(),
+            Side::Sell => self.asks.values().collect(),
+        };
+        levels.into_iter().map(|(p, q)| json!([p, q])).collect()
+    }
+}
+
+/// A retail loop with a 64-slot outbound hand-off (`Rig::start_with`) overruns: pipelined
+/// bursts of crossing orders from a signed-in connection, on 21 price levels at most (a
+/// book's answer must fit the small queue when it is reloaded), until it did. That
+/// connection, which may have lost its own answers and fills, is closed 1013. Once the
+/// books are reloaded, orders one at a time (no overrun), then a marker bid at 50000.00.
+fn overrun_then_trade(rig: &Rig) {
+    let mut maker = connect(rig.ws);
+    auth(&mut maker, MAKER_KEY, 1);
+    let mut id = 100u64;
+    while rig.stats.overruns.load(Ordering::Relaxed) == 0 {
+        assert!(id < 1_000_000, "no overrun");
+        for _ in 0..500 {
+            let side = if id.is_multiple_of(2) { "buy" } else { "sell" };
+            let price = format!("{}.00", 59_990 + id * 7 % 21);
+            let order = json!({"method": "order.place", "id": id,
+                "params": {"market": "BTC-USDT", "side": side, "price": price, "qty": "0.0003"}});
+            id += 1;
+            if maker.ws.send(Message::text(order.to_string())).is_err() {
+                break;
+            }
+        }
+    }
+    let (code, reason) = closed(&mut maker);
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("interrupted"), "{reason}");
+    wait_until("the books were reloaded", || {
+        rig.stats.resyncs.load(Ordering::Relaxed) >= 1
+    });
+    let mut trader = connect(rig.ws);
+    auth(&mut trader, TAKER_KEY, 2);
+    for i in 0..20u64 {
+        let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
+        let price = format!("{}.00", 59_995 + i % 11);
+        place(&mut trader, 10 + i, side, &price, "0.0002");
+    }
+    assert_eq!(
+        place(&mut trader, 50, "buy", "50000.00", "0.0001")["result"]["status"],
+        "new"
+    );
+}
+
+/// The engine's book side as the messages write it.
+fn engine_levels(ex: &Exchange, side: Side) -> Vec<Value> {
+    let units = ringex_gateway::units::Units::new(1, 10_000, 8, 6).unwrap();
+    let text = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut v = Vec::new();
+        f(&mut v);
+        String::from_utf8(v).unwrap()
+    };
+    ex.market(MARKET)
+        .unwrap()
+        .book
+        .depth(side, usize::MAX)
+        .into_iter()
+        .map(|(p, q)| json!([text(&|o| units.price(p, o)), text(&|o| units.qty(q, o))]))
+        .collect()
+}
+
+#[test]
+fn after_an_overrun_subscribers_stay_get_a_fresh_snapshot_and_a_gap_notice_and_reconcile() {
+    // An outbound hand-off of 64 slots: a pipelined burst of orders puts far more
+    // engine output in it than that before the retail loop takes it.
+    let rig = Rig::start_with(
+        RetailConfig {
+            messages_per_second: 100_000,
+            requests_per_second_per_key: 100_000,
+            ..RetailConfig::loopback()
+        },
+        64,
+    );
+    let mut watchers: Vec<(Client, ClientBook)> = (0..2)
+        .map(|_| {
+            let mut w = connect(rig.ws);
+            send(
+                &mut w,
+                json!({"method": "subscribe", "params": {"channels": ["depth", "trades"], "markets": ["BTC-USDT"]}, "id": 1}),
+            );
+            reply(&mut w, 1);
+            let mut book = ClientBook::default();
+            book.take(&recv_until(&mut w, "the depth snapshot", |m| {
+                m["channel"] == "depth"
+            }));
+            (w, book)
+        })
+        .collect();
+    overrun_then_trade(&rig);
+    let overruns = rig.stats.overruns.load(Ordering::Relaxed);
+    for (w, book) in &mut watchers {
+        let mut gaps = Vec::new();
+        while !book.bids.contains_key(&5_000_000) {
+            let m = recv(w);
+            match (m["channel"].as_str(), m["type"].as_str()) {
+                (Some("depth"), _) => book.take(&m),
+                (Some("trades"), Some("gap")) => {
+                    assert_eq!(m["market"], "BTC-USDT");
+                    gaps.push(m["seq"].as_u64().unwrap());
+                }
+                (Some("trades"), Some("update" | "snapshot")) => {}
+                _ => panic!("unexpected: {m}"),
+            }
+        }
+        // One fresh snapshot and one gap notice per reload (each reload may follow
+        // more than one overrun while the books were still being asked for).
+        assert!(book.snapshots >= 2, "a fresh snapshot after the overrun");
+        assert!(
+            !gaps.is_empty() && gaps.len() as u64 <= overruns,
+            "{gaps:?}"
+        );
+        assert_eq!(gaps.len() as u32, book.snapshots - 1);
+    }
+    let (w, _) = &mut watchers[0];
+    send(w, json!({"method": "ping", "id": 9}));
+    assert_eq!(
+        reply(w, 9)["result"],
+        "pong",
+        "the watcher is still connected"
+    );
+    let ex = rig.stop();
+    for side in [Side::Buy, Side::Sell] {
+        let engine = engine_levels(&ex, side);
+        for (_, book) in &watchers {
+            assert_eq!(book.side(side), engine, "{side:?}");
+        }
+    }
+}
+
+#[test]
+fn a_python_websockets_client_keeps_its_book_across_an_overrun() {
+    let test = "a_python_websockets_client_keeps_its_book_across_an_overrun";
+    let Some(python) = python() else {
+        skip(test, "no Python environment: run scripts/python-env.sh");
+        return;
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/python/ws_book_check.py");
+    let rig = Rig::start_with(
+        RetailConfig {
+            messages_per_second: 100_000,
+            requests_per_second_per_key: 100_000,
+            ..RetailConfig::loopback()
+        },
+        64,
+    );
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--url", &format!("ws://{}/ws", rig.ws)])
+        .args(["--watch-until", "50000.00"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains("subscribed"), "{line}");
+    overrun_then_trade(&rig);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+    assert!(status.success(), "{stderr}");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let seen: Value = serde_json::from_str(&line).unwrap();
+    assert!(seen["snapshots"].as_u64().unwrap() >= 2, "{seen}");
+    assert!(seen["gaps"].as_u64().unwrap() >= 1, "{seen}");
+    let ex = rig.stop();
+    assert_eq!(
+        seen["bids"].as_array().unwrap(),
+        &engine_levels(&ex, Side::Buy)
+    );
+    assert_eq!(
+        seen["asks"].as_array().unwrap(),
+        &engine_levels(&ex, Side::Sell)
     );
 }

@@ -10,8 +10,18 @@ orders. At the end a marker order shows that every update before it arrived; the
 the trade totals and the last ticker are printed as one JSON line for the caller to
 compare with the engine's own.
 
+When the edge falls behind the exchange (docs/websocket.md, "When the edge falls
+behind"), a depth `snapshot` can arrive at any time: the book is replaced by it and the
+diffs chain on from its `last`; a trades `gap` notice says trades up to its `seq` may be
+missing, so the trade totals count from then on only (`gaps` in the output says how
+many notices came; the totals are the engine's only when it is 0).
+
     python ws_book_check.py --url ws://127.0.0.1:9101/ws --compression on \\
         --maker 1:demo-secret-1001 --taker 2:demo-secret-1002 --orders 300
+
+With `--watch-until PRICE` it only watches (no traders): it prints `{"subscribed": ...}`
+once it holds the first snapshot, then, when a bid at PRICE is in its book, the same
+JSON line as above, for a caller that drives the exchange itself.
 
 Exit status 0 when every check passed; otherwise the first failure on stderr.
 """
@@ -150,6 +160,51 @@ async def wait(fut):
     return fut.result()
 
 
+async def watch_only(args):
+    compression = "deflate" if args.compression == "on" else None
+    async with connect(args.url, compression=compression) as watch:
+        negotiated = [str(e.name) for e in watch.protocol.extensions]
+        await watch.send(json.dumps({"method": "subscribe", "id": 1, "params": {
+            "channels": ["depth", "trades"], "markets": [args.market]}}))
+        book = None
+        snapshots = 0
+        gaps = 0
+        messages = 0
+        target = Decimal(args.watch_until)
+        deadline = time.monotonic() + DEADLINE_S
+        while book is None or target not in book.bids:
+            left = deadline - time.monotonic()
+            check(left > 0, f"no bid at {args.watch_until} within {DEADLINE_S} s")
+            msg = json.loads(await asyncio.wait_for(watch.recv(), left))
+            messages += 1
+            channel = msg.get("channel")
+            if "id" in msg:
+                check("result" in msg, f"subscribe refused: {msg}")
+            elif channel == "depth" and msg["type"] == "snapshot":
+                # The first one, or a fresh one after the edge fell behind: it
+                # replaces the book.
+                book = Book(msg)
+                snapshots += 1
+                if snapshots == 1:
+                    print(json.dumps({"subscribed": book.last}), flush=True)
+            elif channel == "depth":
+                check(book is not None, "a diff before the snapshot")
+                book.apply(msg)
+            elif channel == "trades" and msg["type"] == "gap":
+                check(msg["market"] == args.market, f"a gap of another market: {msg}")
+                gaps += 1
+        bids, asks = book.levels()
+        print(json.dumps({
+            "bids": [list(l) for l in bids],
+            "asks": [list(l) for l in asks],
+            "last": book.last,
+            "snapshots": snapshots,
+            "gaps": gaps,
+            "messages": messages,
+            "extensions": negotiated,
+        }), flush=True)
+
+
 async def run(args):
     compression = "deflate" if args.compression == "on" else None
     market = args.market
@@ -164,6 +219,7 @@ async def run(args):
             "channels": ["depth", "trades", "ticker", "bbo"], "markets": [market]}}))
         book = None
         trades = 0
+        gaps = 0
         volume = Decimal(0)
         ticker = None
         messages = 0
@@ -171,7 +227,7 @@ async def run(args):
         marker_seen = asyncio.get_running_loop().create_future()
 
         async def watch_loop():
-            nonlocal book, trades, volume, ticker, messages
+            nonlocal book, trades, gaps, volume, ticker, messages
             async for raw in watch:
                 msg = json.loads(raw)
                 messages += 1
@@ -179,6 +235,8 @@ async def run(args):
                 if "id" in msg:
                     check("result" in msg, f"subscribe refused: {msg}")
                 elif channel == "depth" and msg["type"] == "snapshot":
+                    # The first one, or a fresh one after the edge fell behind: it
+                    # replaces the book.
                     book = Book(msg)
                 elif channel == "depth":
                     check(book is not None, "a diff before the snapshot")
@@ -186,6 +244,8 @@ async def run(args):
                     if marker_price and Decimal(marker_price) in book.bids \
                             and not marker_seen.done():
                         marker_seen.set_result(True)
+                elif channel == "trades" and msg["type"] == "gap":
+                    gaps += 1
                 elif channel == "trades" and msg["type"] == "update":
                     for t in msg["trades"]:
                         trades += 1
@@ -247,6 +307,7 @@ async def run(args):
             "asks": [list(l) for l in asks],
             "last": book.last,
             "trades": trades,
+            "gaps": gaps,
             "volume": str(volume),
             "ticker": ticker,
             "messages": messages,
@@ -263,13 +324,17 @@ def main():
     p.add_argument("--compression", choices=("on", "off"), default="on")
     p.add_argument("--market", default="BTC-USDT")
     p.add_argument("--mid", default="60000.00")
-    p.add_argument("--maker", required=True, help="KEY:SECRET")
-    p.add_argument("--taker", required=True, help="KEY:SECRET")
+    p.add_argument("--maker", help="KEY:SECRET")
+    p.add_argument("--taker", help="KEY:SECRET")
+    p.add_argument("--watch-until", metavar="PRICE",
+                   help="only watch, until a bid at PRICE is in the book")
     p.add_argument("--orders", type=int, default=300)
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args()
+    if args.watch_until is None and (args.maker is None or args.taker is None):
+        p.error("--maker and --taker are needed unless --watch-until is given")
     try:
-        asyncio.run(run(args))
+        asyncio.run(watch_only(args) if args.watch_until else run(args))
     except Failed as e:
         print(f"ws_book_check: FAILED: {e}", file=sys.stderr)
         sys.exit(1)

@@ -234,10 +234,13 @@ fn subscribers(
         latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
         closes: Default::default(),
     };
-    let mut inflater = Decompress::new(false);
+    let mut inflate = Inflate {
+        inflater: Decompress::new(false),
+        input: Vec::new(),
+        output: Vec::new(),
+    };
     let mut events = Events::with_capacity(4096);
     let mut scratch = vec![0u8; 256 * 1024];
-    let mut inflated = Vec::new();
     let mut ready_sent = false;
     let mut measuring_since: Option<Instant> = None;
     let mut measured = 0.0;
@@ -282,7 +285,15 @@ fn subscribers(
                         if c.sampled {
                             tally.sampled_wire_bytes += n as u64;
                         }
-                        c.buf.extend_from_slice(&scratch[..n]);
+                        if c.handshaken && c.buf.is_empty() {
+                            // The common case: frames parsed where they were read, only
+                            // an unfinished one kept for the next read.
+                            let used = frames(c, &scratch[..n], &mut tally, &mut inflate);
+                            c.buf.extend_from_slice(&scratch[used..n]);
+                        } else {
+                            c.buf.extend_from_slice(&scratch[..n]);
+                            parse(c, &mut tally, &mut inflate);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -292,7 +303,6 @@ fn subscribers(
                     }
                 }
             }
-            parse(c, &mut tally, &mut inflater, &mut inflated);
             if !c.out.is_empty() {
                 let _ = c.stream.write(&c.out);
                 c.out.clear();
@@ -334,8 +344,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The sampled connections' inflater and its buffers, reused message after message.
+struct Inflate {
+    inflater: Decompress,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
 /// Handles the complete handshake response and frames in a connection's buffer.
-fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated: &mut Vec<u8>) {
+fn parse(c: &mut WsConn, tally: &mut Tally, inflate: &mut Inflate) {
     if !c.handshaken {
         let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             return;
@@ -349,10 +366,18 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         c.buf.drain(..end + 4);
         c.handshaken = true;
     }
+    let buf = std::mem::take(&mut c.buf);
+    let used = frames(c, &buf, tally, inflate);
+    c.buf = buf;
+    c.buf.drain(..used);
+}
+
+/// Handles the complete frames at the start of `bytes`; returns the bytes they took.
+fn frames(c: &mut WsConn, bytes: &[u8], tally: &mut Tally, inflate: &mut Inflate) -> usize {
     let mut at = 0;
     // Bounded: each frame consumes at least two bytes.
-    for _ in 0..c.buf.len() / 2 + 1 {
-        let b = &c.buf[at..];
+    for _ in 0..bytes.len() / 2 + 1 {
+        let b = &bytes[at..];
         if b.len() < 2 {
             break;
         }
@@ -384,10 +409,16 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
             }
             0x1 => {
                 let text: &[u8] = if rsv1 {
+                    let Inflate {
+                        inflater,
+                        input,
+                        output: inflated,
+                    } = &mut *inflate;
                     inflated.clear();
                     inflated.reserve(len * 8 + 64);
                     inflater.reset(false);
-                    let mut input = payload.to_vec();
+                    input.clear();
+                    input.extend_from_slice(payload);
                     input.extend_from_slice(&[0, 0, 0xff, 0xff]);
                     // Bounded: grows the output until the input is consumed.
                     for _ in 0..32 {
@@ -404,7 +435,7 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
                         }
                         inflated.reserve(inflated.capacity());
                     }
-                    inflated
+                    &inflated[..]
                 } else {
                     payload
                 };
@@ -451,7 +482,7 @@ fn parse(c: &mut WsConn, tally: &mut Tally, inflater: &mut Decompress, inflated:
         }
         at += head + len;
     }
-    c.buf.drain(..at);
+    at
 }
 
 /// Runs the binary load alone, then with the subscribers, and prints both.

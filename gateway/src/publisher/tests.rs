@@ -347,3 +347,52 @@ fn events_before_the_depth_answer_are_covered_by_it_not_applied_twice() {
     assert!(publisher.is_ready());
     assert_eq!(publisher.book(MARKET).unwrap().0, vec![(5_000_000, 6)]);
 }
+
+#[test]
+fn after_a_restart_only_the_answer_asked_after_it_reloads_the_book() {
+    let mut rig = Rig::new(exchange());
+    rig.submit(place(1, Side::Buy, 5_000_000, 5));
+    // A restart while a depth answer of the previous view is still on its way: its
+    // first part was lost with the overrun, its end arrives after the restart.
+    let stale: Vec<PublisherQuery> = {
+        rig.publisher.restart();
+        rig.publisher.take_queries()
+    };
+    let stale_depth = stale
+        .iter()
+        .find(|q| matches!(q.query, Query::Depth { .. }))
+        .copied()
+        .unwrap();
+    rig.backend
+        .query(
+            &stale_depth.query,
+            tag(FRONT_RETAIL, PURPOSE_FRONT, stale_depth.id),
+        )
+        .unwrap();
+    let mut ds = Vec::new();
+    rig.backend.drain(usize::MAX, &mut |d| ds.push(*d));
+    rig.publisher.restart();
+    // Only the end of the stale answer arrives (its level was lost), then a new order.
+    let end = ds.last().unwrap();
+    assert!(matches!(end.item, Output::Reply(QueryReply::End { .. })));
+    rig.publisher
+        .apply(end, Some(crate::session::tag_id(end.tag)));
+    assert!(!rig.publisher.is_ready(), "a stale answer loads nothing");
+    assert!(rig.publisher.take_reloaded().is_empty());
+    rig.backend
+        .submit(&place(2, Side::Buy, 4_999_999, 2), 0)
+        .unwrap();
+    rig.pump();
+    assert!(rig.publisher.is_ready());
+    assert_eq!(
+        rig.publisher.book(MARKET).unwrap().0,
+        vec![(5_000_000, 5), (4_999_999, 2)]
+    );
+    assert_eq!(rig.publisher.take_reloaded().len(), 1);
+    // The next depth update chains on the reloaded book's sequence.
+    rig.take(Channel::Depth);
+    rig.submit(place(2, Side::Buy, 4_999_998, 1));
+    let d = rig.take(Channel::Depth);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0]["bids"], serde_json::json!([["49999.98", "0.0001"]]));
+}
