@@ -298,29 +298,29 @@ pub(crate) fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
     }
 }
 
-/// Checks frames (length, CRC, padding, kind) a little ahead of the walk in
-/// [`analyze_visit`], on another core: the walk then takes the headers of the frames found
-/// intact as they stand, and the bytes are still in the shared cache when it reaches them.
-/// It publishes, per segment, how far from the data area's start every frame is intact,
-/// and when it has finished a segment. What is past a segment's intact run is for the
-/// walk's own check, with its own message.
+/// Checks frames (length, CRC, padding, kind) ahead of the walk in [`analyze_visit`], on
+/// another core: the walk takes the headers of the frames found intact as they stand, and
+/// checks the others itself. It publishes, per segment, how far every frame is intact
+/// (from the data area's start, or from where the walk was when the checker fell behind
+/// it and jumped there). Neither waits for the other: where the checker is held up (a
+/// page read from the disk), the walk goes on checking frames itself. What is past a
+/// segment's intact run is the walk's to check, with its own message.
 struct CheckAhead {
     intact_until: Vec<AtomicU64>,
-    finished: Vec<AtomicBool>,
+    /// Where the walk checks frames itself (a frame boundary it reached).
+    walk_at: Vec<AtomicU64>,
     /// The walk has ended: stop.
     stop: AtomicBool,
 }
 
 /// Frames checked between two publications of progress.
-const CHECK_AHEAD_FRAMES: u32 = 512;
-/// Rounds the walk waits for the checker to pass a frame before checking it itself.
-const CHECK_AHEAD_WAIT_MAX: u32 = 1 << 16;
+const CHECK_AHEAD_FRAMES: u32 = 64;
 
 impl CheckAhead {
     fn new(segments: usize) -> CheckAhead {
         CheckAhead {
             intact_until: (0..segments).map(|_| AtomicU64::new(0)).collect(),
-            finished: (0..segments).map(|_| AtomicBool::new(false)).collect(),
+            walk_at: (0..segments).map(|_| AtomicU64::new(0)).collect(),
             stop: AtomicBool::new(false),
         }
     }
@@ -328,8 +328,10 @@ impl CheckAhead {
     /// The checker's side: every segment in order.
     fn run(&self, maps: &[Option<SegmentBytes>]) {
         for (i, m) in maps.iter().enumerate() {
+            if self.stop.load(AtomicOrdering::Relaxed) {
+                return;
+            }
             self.segment(i, m.as_deref());
-            self.finished[i].store(true, AtomicOrdering::Release);
         }
     }
 
@@ -358,27 +360,29 @@ impl CheckAhead {
             since += 1;
             if since == CHECK_AHEAD_FRAMES {
                 since = 0;
-                self.intact_until[i].store(offset, AtomicOrdering::Release);
                 if self.stop.load(AtomicOrdering::Relaxed) {
                     return;
                 }
+                // Behind the walk: on from where it is (a frame boundary of the same
+                // chain of frames), claiming nothing before it.
+                let walk = self.walk_at[i].load(AtomicOrdering::Acquire);
+                if walk > offset {
+                    offset = walk;
+                    continue;
+                }
+                self.intact_until[i].store(offset, AtomicOrdering::Release);
             }
         }
         self.intact_until[i].store(offset, AtomicOrdering::Release);
     }
 
-    /// The walk's side: whether the frame at `offset` of segment `i` was found intact,
-    /// waiting a bounded while for the checker to get there.
+    /// The walk's side: whether the frame at `offset` of segment `i` was found intact;
+    /// if not (yet), the walk checks it itself, and says so.
     fn intact(&self, i: usize, offset: u64) -> bool {
-        for _ in 0..CHECK_AHEAD_WAIT_MAX {
-            if offset < self.intact_until[i].load(AtomicOrdering::Acquire) {
-                return true;
-            }
-            if self.finished[i].load(AtomicOrdering::Acquire) {
-                return offset < self.intact_until[i].load(AtomicOrdering::Acquire);
-            }
-            std::thread::yield_now();
+        if offset < self.intact_until[i].load(AtomicOrdering::Acquire) {
+            return true;
         }
+        self.walk_at[i].store(offset, AtomicOrdering::Release);
         false
     }
 }
