@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use ringex_engine::{Event, Exchange};
-use ringex_journal::{describe, scan, verify_known, Reader, ScanItem, Verify};
+use ringex_journal::{describe, scan, verify_known, verify_known_visit, Reader, ScanItem, Verify};
 
 use crate::node::recovery::apply_records;
 
@@ -104,11 +104,11 @@ pub fn describe_json(dir: &Path) -> Result<String, String> {
     Ok(format!("{v}\n"))
 }
 
-/// `verify --deep`: [`verify_text`] over every frame, then every record again through the
-/// checked reader with its chain value re-derived and its payload decoded.
+/// `verify --deep`: [`verify_text`] over every frame, with every record's chain value
+/// re-derived and its payload decoded.
 pub fn verify_deep_text(dir: &Path) -> Result<String, String> {
-    let mut out = verify_text(dir, false)?;
-    let n = ringex_tools::journal::verbs::deep_check(dir)?;
+    let (r, n) = verify_deep(dir)?;
+    let mut out = verify_render(dir, &r);
     let _ = writeln!(
         out,
         "deep: {n} record(s) read with every chain value re-derived and every payload decoded"
@@ -129,11 +129,11 @@ pub fn verify_text(dir: &Path, quick: bool) -> Result<String, String> {
 /// [`verify_text`]'s findings as one JSON object (`deep`: with the decoding pass's
 /// record count).
 pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String> {
-    let r = verify_report(dir, quick)?;
-    let decoded = if deep {
-        Some(ringex_tools::journal::verbs::deep_check(dir)?)
+    let (r, decoded) = if deep {
+        let (r, n) = verify_deep(dir)?;
+        (r, Some(n))
     } else {
-        None
+        (verify_report(dir, quick)?, None)
     };
     let v = serde_json::json!({
         "ok": true,
@@ -162,7 +162,48 @@ pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String
     Ok(format!("{v}\n"))
 }
 
+/// The full verification and the deep check in one pass over the bytes: each record is
+/// decoded as the analysis finds its frame intact (length, CRC, padding, sequence, chain),
+/// and counted. Beside a running writer, or when the analysis finds a torn tail, the
+/// analysis does not reach every record a reader returns: then the checked reader reads
+/// them all again, as it always did, with its own messages.
+fn verify_deep(dir: &Path) -> Result<(ringex_journal::RecoveryReport, u64), String> {
+    if ringex_journal::lock_holder(dir).is_none() {
+        let (mut decoded, mut seq_seen) = (0u64, 0u64);
+        let mut undecodable: Option<(u64, String)> = None;
+        let r = verify_report_visit(dir, false, &mut |h, payload| {
+            // A fresh listing starts the analysis again: count each record once.
+            if h.seq <= seq_seen {
+                return;
+            }
+            seq_seen = h.seq;
+            decoded += 1;
+            if undecodable.is_none() {
+                undecodable = fmt::decode_error(h.record_type, h.schema_version, payload)
+                    .map(|why| (h.seq, why));
+            }
+        })?;
+        if r.live.is_none() && r.truncation.is_none() {
+            if let Some((seq, why)) = undecodable {
+                return Err(ringex_tools::journal::verbs::undecodable(dir, seq, &why));
+            }
+            return Ok((r, decoded));
+        }
+    }
+    let r = verify_report(dir, false)?;
+    let n = ringex_tools::journal::verbs::deep_check(dir)?;
+    Ok((r, n))
+}
+
 fn verify_report(dir: &Path, quick: bool) -> Result<ringex_journal::RecoveryReport, String> {
+    verify_report_visit(dir, quick, &mut |_, _| {})
+}
+
+fn verify_report_visit(
+    dir: &Path,
+    quick: bool,
+    visit: &mut dyn FnMut(&ringex_journal::FrameHeader, &[u8]),
+) -> Result<ringex_journal::RecoveryReport, String> {
     let snapshots = snapshots_dir(dir);
     let snapshot = match &snapshots {
         Some(d) => ringex_journal::snapshot_seq_newest(d).map_err(|e| e.to_string())?,
@@ -181,7 +222,7 @@ fn verify_report(dir: &Path, quick: bool) -> Result<ringex_journal::RecoveryRepo
         Verify::All
     };
     let mode = if quick { start_mode } else { Verify::All };
-    let r = match verify_known(dir, mode, snapshot, snapshot_valid + 1) {
+    let r = match verify_known_visit(dir, mode, snapshot, snapshot_valid + 1, visit) {
         Ok(r) => r,
         Err(e) if mode == start_mode => return Err(e.to_string()),
         Err(e) => {

@@ -1052,3 +1052,57 @@ fn an_empty_journal_is_shown_as_empty() {
         account.stderr
     );
 }
+
+#[test]
+fn verify_deep_names_a_record_that_passes_its_checksum_but_does_not_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let mut cfg = ringex_journal::Config::new(&journal);
+    cfg.segment_size_bytes = 1 << 16;
+    cfg.record_size_bytes_max = 4096;
+    cfg.low_space_threshold_bytes = 0;
+    let mut j = ringex_journal::Journal::open(cfg).unwrap();
+    let version = u16::from(ringex_engine::codec::CODEC_VERSION);
+    let mut buf = Vec::new();
+    // Records 1..=2000 over several segments; record 1500 is no command at all.
+    for seq in 1..=2000u64 {
+        buf.clear();
+        if seq == 1500 {
+            buf.extend_from_slice(&[0xff; 7]);
+        } else {
+            ringex_engine::codec::encode_command_vec(
+                &Command::Deposit {
+                    account: 7,
+                    asset: 1,
+                    amount: seq as i64,
+                    external_ref: seq,
+                },
+                &mut buf,
+            );
+        }
+        j.append(fmt::RECORD_COMMAND, version, seq, &buf).unwrap();
+    }
+    j.close().unwrap();
+    assert!(ringex_journal::list_segments(&journal).unwrap().len() > 2);
+
+    let run = ringex(&["verify", "--deep"], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("record 1500 passes its checksum but does not decode"),
+        "{}",
+        run.stderr
+    );
+    let run = ringex(&["verify", "--deep", "--json"], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("record 1500 passes its checksum but does not decode"),
+        "{}",
+        run.stderr
+    );
+    // Without --deep, only the frames are checked: they are intact.
+    let plain = ok(&["verify"], &journal);
+    assert!(plain.contains("records 1..=2000"), "{plain}");
+}

@@ -92,10 +92,14 @@ pub enum Refusal {
     /// A WebSocket connection that neither subscribed nor authenticated within
     /// `websocket.first_subscription_ms`: closed (1008).
     SubscriptionTimeout,
+    /// The oldest connection of an address that has `limits.unauthenticated_per_ip`
+    /// connections not yet logged in, when another one comes: closed, nothing sent, so
+    /// that idle sockets cannot lock a real client of the same address out.
+    UnauthenticatedEvicted,
 }
 
 impl Refusal {
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 25;
 
     pub const ALL: [Refusal; Refusal::COUNT] = {
         use Refusal::*;
@@ -124,6 +128,7 @@ impl Refusal {
             HeartbeatTimeout,
             SubscriptionLimit,
             SubscriptionTimeout,
+            UnauthenticatedEvicted,
         ]
     };
 
@@ -155,6 +160,7 @@ impl Refusal {
             HeartbeatTimeout => "heartbeat-timeout",
             SubscriptionLimit => "subscription-limit",
             SubscriptionTimeout => "subscription-timeout",
+            UnauthenticatedEvicted => "unauthenticated-evicted",
         }
     }
 

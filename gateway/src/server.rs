@@ -370,8 +370,8 @@ impl Gateway {
             self.unread_spare = ids;
             for ev in events.iter() {
                 match ev.token() {
-                    TRADING => self.accept(false),
-                    ADMIN => self.accept(true),
+                    TRADING => self.accept(false, backend),
+                    ADMIN => self.accept(true, backend),
                     WAKER => {}
                     Token(id) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
@@ -524,7 +524,17 @@ impl Gateway {
 
     // ------------------------------------------------------------ connections
 
-    fn accept(&mut self, admin_listener: bool) {
+    /// The oldest open connection from `ip` that has not sent its Login (connection ids
+    /// grow in the order of accept). Bounded by the open connections.
+    fn oldest_unauthenticated(&self, ip: std::net::IpAddr) -> Option<usize> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.logging_in && c.peer.ip() == ip)
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    fn accept(&mut self, admin_listener: bool, backend: &mut dyn Backend) {
         self.accept_again[usize::from(admin_listener)] = false;
         // Bounded: at most the configured connection count per wake-up.
         for _ in 0..self.config.connections_max.max(1) {
@@ -553,13 +563,10 @@ impl Gateway {
             };
             let limit = if self.conns.len() as u32 >= self.config.connections_max {
                 Some((Refusal::ConnectionLimit, self.config.connections_max))
-            } else if !self
-                .unauthenticated_ips
-                .try_add(peer.ip(), self.config.unauthenticated_per_ip)
-            {
-                Some((Refusal::PerIpLimit, self.config.unauthenticated_per_ip))
-            } else {
+            } else if self.make_unauthenticated_room(peer.ip(), backend) {
                 None
+            } else {
+                Some((Refusal::PerIpLimit, self.config.unauthenticated_per_ip))
             };
             if let Some((reason, limit)) = limit {
                 // Over a limit: close at once; nothing was promised. Counted first, so a
@@ -611,6 +618,33 @@ impl Gateway {
         }
         // The bound, not the backlog, ended the loop.
         self.accept_again[usize::from(admin_listener)] = true;
+    }
+
+    /// Counts a new connection from `ip` against `limits.unauthenticated_per_ip`. At the
+    /// bound, the address's oldest connection not yet logged in is closed to make room
+    /// (counted and logged as `unauthenticated-evicted`): a client that connects to log
+    /// in at once is never locked out by idle sockets of its own address, which go
+    /// oldest first. False only when there is none to close (a bound of 0).
+    fn make_unauthenticated_room(
+        &mut self,
+        ip: std::net::IpAddr,
+        backend: &mut dyn Backend,
+    ) -> bool {
+        let bound = self.config.unauthenticated_per_ip;
+        if self.unauthenticated_ips.try_add(ip, bound) {
+            return true;
+        }
+        let Some(oldest) = self.oldest_unauthenticated(ip) else {
+            return false;
+        };
+        // Counted first, so a peer that sees the close finds the eviction counted.
+        self.refuse_conn(
+            oldest,
+            Refusal::UnauthenticatedEvicted,
+            Detail::Limit(bound),
+        );
+        self.close(oldest, None, backend);
+        self.unauthenticated_ips.try_add(ip, bound)
     }
 
     /// Reads what the socket holds and handles the frames in it. `closing`: the peer
@@ -996,7 +1030,7 @@ impl Gateway {
     fn timers(&mut self, backend: &mut dyn Backend) {
         for admin_listener in [false, true] {
             if self.accept_again[usize::from(admin_listener)] {
-                self.accept(admin_listener);
+                self.accept(admin_listener, backend);
             }
         }
         let now = self.now_ns();

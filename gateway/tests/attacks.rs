@@ -500,49 +500,55 @@ fn accepted(s: &Server, n: u64) {
 
 #[test]
 fn connections_over_the_per_address_or_total_limit_are_counted_and_logged_at_accept() {
-    for (config, reason) in [
-        (
-            GatewayConfig {
-                unauthenticated_per_ip: 1,
-                ..GatewayConfig::loopback()
-            },
-            Refusal::PerIpLimit,
-        ),
-        (
-            GatewayConfig {
-                connections_max: 1,
-                ..GatewayConfig::loopback()
-            },
-            Refusal::ConnectionLimit,
-        ),
-    ] {
-        let mut s = Server::start(config);
-        let _held = TcpStream::connect(s.trading).unwrap();
-        accepted(&s, 1);
-        let mut over = TcpStream::connect(s.admin).unwrap();
-        assert!(closed(&mut over), "{reason}: closed at once");
-        let r = s.logged(reason, over.local_addr().unwrap());
-        assert_eq!(r.listener, Listener::Admin, "{reason}");
-        assert_eq!(r.key_id, None, "{reason}");
-        assert_eq!(r.detail, Detail::Limit(1), "{reason}");
-        assert!(r.to_string().ends_with(" limit=1"), "{r}");
-        assert_eq!(s.count(reason), 1);
-        assert_eq!(s.stats.refusals.total(), 1, "{reason} only");
-    }
+    // Over the unauthenticated bound of its address, a connection is taken and the
+    // address's oldest one not yet logged in is closed.
+    let mut s = Server::start(GatewayConfig {
+        unauthenticated_per_ip: 1,
+        ..GatewayConfig::loopback()
+    });
+    let mut held = TcpStream::connect(s.trading).unwrap();
+    accepted(&s, 1);
+    let _new = TcpStream::connect(s.admin).unwrap();
+    assert!(closed(&mut held), "the oldest is closed");
+    let r = s.logged(Refusal::UnauthenticatedEvicted, held.local_addr().unwrap());
+    assert_eq!(r.listener, Listener::Trading);
+    assert_eq!(r.key_id, None);
+    assert_eq!(r.detail, Detail::Limit(1));
+    assert!(r.to_string().ends_with(" limit=1"), "{r}");
+    assert_eq!(s.count(Refusal::UnauthenticatedEvicted), 1);
+    assert_eq!(s.stats.refusals.total(), 1, "the eviction only");
+    accepted(&s, 2);
+
+    // Over the total, a connection is closed at once.
+    let mut s = Server::start(GatewayConfig {
+        connections_max: 1,
+        ..GatewayConfig::loopback()
+    });
+    let _held = TcpStream::connect(s.trading).unwrap();
+    accepted(&s, 1);
+    let mut over = TcpStream::connect(s.admin).unwrap();
+    assert!(closed(&mut over), "closed at once");
+    let r = s.logged(Refusal::ConnectionLimit, over.local_addr().unwrap());
+    assert_eq!(r.listener, Listener::Admin);
+    assert_eq!(r.key_id, None);
+    assert_eq!(r.detail, Detail::Limit(1));
+    assert!(r.to_string().ends_with(" limit=1"), "{r}");
+    assert_eq!(s.count(Refusal::ConnectionLimit), 1);
+    assert_eq!(s.stats.refusals.total(), 1, "the refusal only");
 }
 
 /// Connections of a flood that may wait for the gateway to accept them: well under the
 /// listen backlog (128, mio's).
 const IN_FLIGHT_MAX: u64 = 64;
 
-/// Waits until the gateway has refused `n` connections over the per-address limit.
+/// Waits until the gateway has refused `n` connections over the connection limit.
 fn refused_at_least(s: &Server, n: u64) {
     let deadline = Instant::now() + DEADLINE;
-    while s.count(Refusal::PerIpLimit) < n {
+    while s.count(Refusal::ConnectionLimit) < n {
         assert!(
             Instant::now() < deadline,
             "{} of {n}",
-            s.count(Refusal::PerIpLimit)
+            s.count(Refusal::ConnectionLimit)
         );
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -552,7 +558,9 @@ fn refused_at_least(s: &Server, n: u64) {
 fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_every_one() {
     const FLOOD: u64 = 2_000;
     let mut s = Server::start(GatewayConfig {
-        unauthenticated_per_ip: 1,
+        connections_max: 1,
+        // The held connection stays for the whole flood.
+        login_timeout_ms: 600_000,
         ..GatewayConfig::loopback()
     });
     let _held = TcpStream::connect(s.trading).unwrap();
@@ -573,11 +581,11 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
         records
             .iter()
             .map(|r| match r {
-                LogRecord::Refused(r) => u64::from(r.reason == Refusal::PerIpLimit),
+                LogRecord::Refused(r) => u64::from(r.reason == Refusal::ConnectionLimit),
                 LogRecord::Suppressed(s) => s
                     .reasons
                     .iter()
-                    .filter(|r| r.reason == Refusal::PerIpLimit)
+                    .filter(|r| r.reason == Refusal::ConnectionLimit)
                     .map(|r| r.count)
                     .sum(),
             })
@@ -586,7 +594,7 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
     s.wait_log("every refusal of the flood", |r| accounted(r) >= FLOOD);
     let windows = started.elapsed().as_secs() + 2;
     assert_eq!(accounted(&s.records), FLOOD, "counted exactly once each");
-    assert_eq!(s.count(Refusal::PerIpLimit), FLOOD);
+    assert_eq!(s.count(Refusal::ConnectionLimit), FLOOD);
     let lines = s.refusals().count() as u64;
     assert!(
         lines <= u64::from(LOG_LINES_PER_REASON) * windows,
@@ -602,17 +610,20 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
         .collect();
     assert!(!summaries.is_empty() && summaries.len() as u64 <= windows);
     for summary in summaries {
-        let per_ip = &summary.reasons[0];
-        assert_eq!(per_ip.reason, Refusal::PerIpLimit);
+        let refused_here = &summary.reasons[0];
+        assert_eq!(refused_here.reason, Refusal::ConnectionLimit);
         // The flood came from one address: the summary names it with its full count.
         assert_eq!(
-            per_ip.sources,
-            vec![("127.0.0.1".parse().unwrap(), per_ip.count)]
+            refused_here.sources,
+            vec![("127.0.0.1".parse().unwrap(), refused_here.count)]
         );
         let line = summary.to_string();
         assert!(
             line.starts_with(&format!("suppressed {} more refusals in ", summary.total))
-                && line.contains(&format!("per-ip-limit {} from 127.0.0.1", per_ip.count)),
+                && line.contains(&format!(
+                    "connection-limit {} from 127.0.0.1",
+                    refused_here.count
+                )),
             "{line}"
         );
     }
@@ -625,7 +636,9 @@ fn a_flood_of_refused_connections_logs_a_few_lines_and_a_summary_that_counts_eve
 #[test]
 fn a_stopping_gateway_sums_up_what_it_suppressed_without_waiting_for_the_window_to_end() {
     let mut s = Server::start(GatewayConfig {
-        unauthenticated_per_ip: 1,
+        connections_max: 1,
+        // The held connection stays for the whole flood.
+        login_timeout_ms: 600_000,
         ..GatewayConfig::loopback()
     });
     let _held = TcpStream::connect(s.trading).unwrap();

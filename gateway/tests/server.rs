@@ -588,18 +588,16 @@ fn idle_connections_that_never_log_in_do_not_take_the_places_of_sessions() {
     wait_until("the idle sockets are accepted", || {
         s.stats.connections_total.load(Ordering::Relaxed) == 4
     });
-    // ...and one more is refused at accept.
-    let mut over = TcpStream::connect(s.trading).unwrap();
-    over.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut b = [0u8; 8];
-    assert!(
-        matches!(over.read(&mut b), Ok(0) | Err(_)),
-        "closed at once"
-    );
+    // ...and one more takes the place of the oldest, which is closed.
+    let over = TcpStream::connect(s.trading).unwrap();
+    wait_until("the oldest idle socket is closed for the new one", || {
+        s.stats.connections_total.load(Ordering::Relaxed) == 5
+            && s.stats.connections_active.load(Ordering::Relaxed) == 4
+    });
     // Two of them log in: each leaves the unauthenticated count for the address's
     // sessions, so the idle ones never shut a client out of its places.
     drop(idle);
+    drop(over);
     wait_until("the idle sockets are gone", || {
         s.stats.connections_active.load(Ordering::Relaxed) == 0
     });
@@ -618,6 +616,48 @@ fn idle_connections_that_never_log_in_do_not_take_the_places_of_sessions() {
     wait_until("every socket is accepted", || {
         s.stats.connections_active.load(Ordering::Relaxed) == 6
     });
+}
+
+#[test]
+fn idle_sockets_at_the_unauthenticated_bound_give_way_to_a_client_oldest_first() {
+    let s = serve(GatewayConfig {
+        unauthenticated_per_ip: 16,
+        login_timeout_ms: 600_000,
+        ..GatewayConfig::loopback()
+    });
+    // Sixteen idle sockets from this address, accepted one after the other.
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for n in 1..=16 {
+        idle.push(TcpStream::connect(s.trading).unwrap());
+        wait_until("the idle socket is accepted", || {
+            s.stats.connections_total.load(Ordering::Relaxed) == n
+        });
+    }
+    // A real client from the same address logs in at once and trades...
+    let mut p = Peer::logged_in(s.trading, MAKER_KEY);
+    let out = p.order(Side::Sell, 101, 5, 77);
+    assert!(matches!(out[0], ServerMessage::OrderAccepted(_)), "{out:?}");
+    // ...in the place of the oldest idle socket, which is closed (and counted); the
+    // others stay open.
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut b = [0u8; 8];
+    assert!(
+        matches!(idle[0].read(&mut b), Ok(0) | Err(_)),
+        "the oldest is closed"
+    );
+    for other in &mut idle[1..] {
+        other.set_nonblocking(true).unwrap();
+        assert!(!closed_now(other), "only the oldest is closed");
+    }
+    assert_eq!(
+        s.stats
+            .refusals
+            .get(ringex_gateway::refusals::Refusal::UnauthenticatedEvicted),
+        1
+    );
+    assert_eq!(s.stats.connections_active.load(Ordering::Relaxed), 16);
 }
 
 #[test]

@@ -30,7 +30,9 @@ pub use frames::{
 };
 pub use lock::{holder as lock_holder, LOCK_FILE_NAME};
 pub use reader::{OwnedRecord, Reader, Record, Tailer};
-pub use recovery::{verify, verify_known, LiveTail, RecoveryReport, Truncation, Verify};
+pub use recovery::{
+    verify, verify_known, verify_known_visit, LiveTail, RecoveryReport, Truncation, Verify,
+};
 pub use repair::{repair_truncate, RepairReport, QUARANTINE_DIR_NAME};
 pub use scan::{scan, ScanItem};
 pub use segment::{list_segments, read_regular, SegmentFile};

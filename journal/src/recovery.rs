@@ -21,6 +21,7 @@ use crate::storage::Storage;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 
 /// What recovery cut from the tail. The daemon should log it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -280,6 +281,14 @@ pub(crate) fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
     if from >= to {
         return from;
     }
+    // Mostly all zero (a segment's unwritten end): an OR over whole pages, which the
+    // compiler turns into vector code, before the byte-wise search from the end.
+    let all_zero = buf[from as usize..to as usize]
+        .chunks(4096)
+        .all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0);
+    if all_zero {
+        return from;
+    }
     match buf[from as usize..to as usize]
         .iter()
         .rposition(|&b| b != 0)
@@ -289,9 +298,108 @@ pub(crate) fn nonzero_end(buf: &[u8], from: u64, to: u64) -> u64 {
     }
 }
 
+/// Checks frames (length, CRC, padding, kind) ahead of the walk in [`analyze_visit`], on
+/// another core: the walk takes the headers of the frames found intact as they stand, and
+/// checks the others itself. It publishes, per segment, how far every frame is intact
+/// (from the data area's start, or from where the walk was when the checker fell behind
+/// it and jumped there). Neither waits for the other: where the checker is held up (a
+/// page read from the disk), the walk goes on checking frames itself. What is past a
+/// segment's intact run is the walk's to check, with its own message.
+struct CheckAhead {
+    intact_until: Vec<AtomicU64>,
+    /// Where the walk checks frames itself (a frame boundary it reached).
+    walk_at: Vec<AtomicU64>,
+    /// The walk has ended: stop.
+    stop: AtomicBool,
+}
+
+/// Frames checked between two publications of progress.
+const CHECK_AHEAD_FRAMES: u32 = 64;
+
+impl CheckAhead {
+    fn new(segments: usize) -> CheckAhead {
+        CheckAhead {
+            intact_until: (0..segments).map(|_| AtomicU64::new(0)).collect(),
+            walk_at: (0..segments).map(|_| AtomicU64::new(0)).collect(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// The checker's side: every segment in order.
+    fn run(&self, maps: &[Option<SegmentBytes>]) {
+        for (i, m) in maps.iter().enumerate() {
+            if self.stop.load(AtomicOrdering::Relaxed) {
+                return;
+            }
+            self.segment(i, m.as_deref());
+        }
+    }
+
+    fn segment(&self, i: usize, m: Option<&[u8]>) {
+        let Some(m) = m else { return };
+        let Ok(header) = SegmentHeader::decode(m) else {
+            return;
+        };
+        if m.len() as u64 != header.segment_size_bytes {
+            return;
+        }
+        let seal_at = seal_offset(header.segment_size_bytes);
+        let mut offset = DATA_OFFSET;
+        let mut since = 0u32;
+        // Each step passes a frame of at least a header's size.
+        for _ in 0..seal_at / FRAME_HEADER_SIZE as u64 + 1 {
+            if offset + FRAME_HEADER_SIZE as u64 > seal_at {
+                break;
+            }
+            match check_frame(m, offset, seal_at) {
+                FrameCheck::Valid(h) if h.kind == FRAME_KIND_DATA => {
+                    offset += frame_size(u64::from(h.payload_len));
+                }
+                _ => break,
+            }
+            since += 1;
+            if since == CHECK_AHEAD_FRAMES {
+                since = 0;
+                if self.stop.load(AtomicOrdering::Relaxed) {
+                    return;
+                }
+                // Behind the walk: on from where it is (a frame boundary of the same
+                // chain of frames), claiming nothing before it.
+                let walk = self.walk_at[i].load(AtomicOrdering::Acquire);
+                if walk > offset {
+                    offset = walk;
+                    continue;
+                }
+                self.intact_until[i].store(offset, AtomicOrdering::Release);
+            }
+        }
+        self.intact_until[i].store(offset, AtomicOrdering::Release);
+    }
+
+    /// The walk's side: whether the frame at `offset` of segment `i` was found intact;
+    /// if not (yet), the walk checks it itself, and says so.
+    fn intact(&self, i: usize, offset: u64) -> bool {
+        if offset < self.intact_until[i].load(AtomicOrdering::Acquire) {
+            return true;
+        }
+        self.walk_at[i].store(offset, AtomicOrdering::Release);
+        false
+    }
+}
+
 /// Reads the log without modifying anything. Errors with `Corrupt` on damage a crash
 /// cannot explain.
 pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryReport)> {
+    analyze_visit(dir, how, &mut |_, _| {})
+}
+
+/// [`analyze`], handing every data frame it checks (length, CRC, padding, sequence, chain
+/// and epoch all hold) to `visit` with its payload, in order, in the same pass.
+pub(crate) fn analyze_visit(
+    dir: &Path,
+    how: &Analysis,
+    visit: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<(Tail, RecoveryReport)> {
     let verify = how.verify;
     let mut segments = list_segments(dir)?;
     let mut report = RecoveryReport::default();
@@ -422,6 +530,14 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
     } else {
         (how.seq_durable_known > 0).then_some(how.seq_durable_known)
     };
+    // Every frame's CRC on a second core, a little ahead of the walk below, which takes
+    // the headers of the frames found intact as they stand and keeps every other check
+    // (sequence, chain, epoch, checkpoint, seal, the zeros after the last record) and its
+    // messages. Only where every frame is read and there is a second core.
+    let ahead = (verify == Verify::All
+        && how.live.is_none()
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2))
+    .then(|| CheckAhead::new(maps.len()));
     let mut problem: Option<Problem> = None;
     let mut proof = Proof::default();
     let mut seq_next = segments[0].base_seq;
@@ -438,204 +554,219 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
     let mut index_last_good = 0usize;
     let mut ended = false;
 
-    'segments: for (i, seg) in segments.iter().enumerate() {
-        let is_last = i + 1 == segments.len();
-        let found = |offset_bytes: u64, seq: u64, reason: String, damage: Damage| Problem {
-            index: i,
-            path: seg.path.clone(),
-            offset_bytes,
-            seq,
-            reason,
-            damage,
-        };
-        let file_len = maps[i].as_ref().map_or(0, |m| m.len() as u64);
-        let header = match maps[i].as_deref().map(SegmentHeader::decode) {
-            None => Err("empty file".to_string()),
-            Some(Ok(h)) if h.base_seq != seg.base_seq => Err(format!(
-                "header base sequence {} does not match the file name",
-                h.base_seq
-            )),
-            Some(r) => r,
-        };
-        // Segments are preallocated and synced at full size before they get their name.
-        if let Some(size) = header
-            .as_ref()
-            .ok()
-            .map(|h| h.segment_size_bytes)
-            .or(segment_size_journal)
-        {
-            if file_len != size {
-                problem = Some(found(
-                    file_len.min(size),
-                    seq_next,
-                    format!(
-                        "file is {file_len} bytes, not the segment size {size} (segments are \
-                         preallocated at full size before they are named: cut or damaged)"
-                    ),
-                    Damage::NeverTorn,
-                ));
-                break;
-            }
-        }
-        let header = match header {
-            Ok(h) => h,
-            Err(why) => {
-                let zero = maps[i].as_ref().is_some_and(|m| {
-                    m.len() >= SEGMENT_HEADER_SIZE
-                        && m[..SEGMENT_HEADER_SIZE].iter().all(|&b| b == 0)
-                });
-                let damage = if zero {
-                    Damage::HeaderZero
-                } else {
-                    Damage::NeverTorn
-                };
-                problem = Some(found(0, seq_next, format!("segment header: {why}"), damage));
-                break;
-            }
-        };
-        let map = maps[i].as_ref().expect("valid header implies a mapping");
-        if i == 0 {
-            journal_id = header.journal_id;
-            chain = header.chain_prev;
-            epoch = header.epoch;
-        }
-        let why = if header.journal_id != journal_id {
-            Some("segment belongs to another journal (journal id differs)".to_string())
-        } else if header.base_seq != seq_next {
-            Some(format!(
-                "segment starts at {} but the log continues at {seq_next}",
-                header.base_seq
-            ))
-        } else if header.chain_prev != chain {
-            Some("segment header chain value does not continue the previous segment".to_string())
-        } else if header.epoch < epoch {
-            Some(format!(
-                "segment epoch {} below previous epoch {epoch}",
-                header.epoch
-            ))
-        } else if segment_size != 0 && header.segment_size_bytes != segment_size {
-            Some(format!(
-                "segment size {} differs from the journal's {segment_size}",
-                header.segment_size_bytes
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = why {
-            let mut p = found(0, seq_next, reason, Damage::NeverTorn);
-            if header.journal_id == journal_id && header.base_seq > seq_next {
-                // Name the file that is missing, not the one after the gap.
-                p.path = segment_path(dir, seq_next);
-                p.reason = format!(
-                    "segment is missing: the log continues at {seq_next} but the next \
-                     segment, {}, starts at {}",
-                    seg.path.display(),
-                    header.base_seq
-                );
-            }
-            problem = Some(p);
-            break;
-        }
-        index_last_good = i;
-        epoch = header.epoch;
-        segment_size = header.segment_size_bytes;
-        let seal_at = seal_offset(segment_size);
-        end_offset = DATA_OFFSET;
-        sealed = false;
-        seal_last = None;
-        record_count = 0;
-        ts_first = 0;
-        ts_last = 0;
-
-        let seal = Seal::read(map, segment_size);
-        let trusted_seal = match (&seal, verify) {
-            // Sealed segments the caller will not read (up to the checkpoint, and before
-            // the first sequence the caller reads, or else its known durable point) are
-            // checked by header and seal only.
-            (Ok(Some(s)), Verify::Tail)
-                if !is_last
-                    && s.seq_next.saturating_sub(1) <= seq_durable
-                    && seq_read_before.is_none_or(|b| s.seq_next.saturating_sub(1) <= b)
-                    && how.seq_end.is_none_or(|e| s.seq_next <= e) =>
-            {
-                Some(*s)
-            }
-            _ => None,
-        };
-        if let Some(s) = trusted_seal {
-            let ok = s.seq_next >= seq_next && s.epoch >= epoch && s.end_offset_bytes <= seal_at;
-            if !ok {
-                problem = Some(found(
-                    seal_at,
-                    seq_next,
-                    "seal values out of range".into(),
-                    Damage::NeverTorn,
-                ));
-                break;
-            }
-            if checkpoint.is_some_and(|c| c.seq == s.seq_next - 1 && c.chain != s.chain) {
-                problem = Some(found(
-                    seal_at,
-                    seq_next,
-                    "seal chain value differs from the checkpoint's".into(),
-                    Damage::NeverTorn,
-                ));
-                break;
-            }
-            seq_next = s.seq_next;
-            chain = s.chain;
-            epoch = s.epoch;
-            end_offset = s.end_offset_bytes;
-            sealed = true;
-            seal_last = Some(s);
-            record_count = s.record_count;
-            ts_first = s.timestamp_ns_first;
-            ts_last = s.timestamp_ns_last;
-            continue;
-        }
-
-        report.segments_scanned += 1;
-        let mut offset = DATA_OFFSET;
-        let steps_max = seal_at / FRAME_HEADER_SIZE as u64 + 1;
-        for _ in 0..steps_max {
-            if how.seq_end == Some(seq_next) {
-                ended = true;
-                break;
-            }
-            let check = if offset + FRAME_HEADER_SIZE as u64 > seal_at {
-                // Data area full: the end.
-                FrameCheck::Empty
-            } else {
-                check_frame(map, offset, seal_at)
+    std::thread::scope(|scope| {
+        let checker = ahead.as_ref().and_then(|a| {
+            let maps = &maps;
+            std::thread::Builder::new()
+                .name("journal-check".into())
+                .spawn_scoped(scope, move || a.run(maps))
+                .ok()
+        });
+        let ahead = ahead.as_ref().filter(|_| checker.is_some());
+        'segments: for (i, seg) in segments.iter().enumerate() {
+            let is_last = i + 1 == segments.len();
+            let found = |offset_bytes: u64, seq: u64, reason: String, damage: Damage| Problem {
+                index: i,
+                path: seg.path.clone(),
+                offset_bytes,
+                seq,
+                reason,
+                damage,
             };
-            match check {
-                FrameCheck::Empty => break,
-                FrameCheck::Invalid(reason) => {
-                    problem = Some(found(offset, seq_next, reason, Damage::Tearable));
-                    break 'segments;
+            let file_len = maps[i].as_ref().map_or(0, |m| m.len() as u64);
+            let header = match maps[i].as_deref().map(SegmentHeader::decode) {
+                None => Err("empty file".to_string()),
+                Some(Ok(h)) if h.base_seq != seg.base_seq => Err(format!(
+                    "header base sequence {} does not match the file name",
+                    h.base_seq
+                )),
+                Some(r) => r,
+            };
+            // Segments are preallocated and synced at full size before they get their name.
+            if let Some(size) = header
+                .as_ref()
+                .ok()
+                .map(|h| h.segment_size_bytes)
+                .or(segment_size_journal)
+            {
+                if file_len != size {
+                    problem = Some(found(
+                        file_len.min(size),
+                        seq_next,
+                        format!(
+                            "file is {file_len} bytes, not the segment size {size} (segments are \
+                         preallocated at full size before they are named: cut or damaged)"
+                        ),
+                        Damage::NeverTorn,
+                    ));
+                    break;
                 }
-                FrameCheck::Valid(h) => {
-                    // A valid frame out of context is not a torn write: segments start
-                    // zeroed and a cut zeroes what it cuts, so no stale frame is left.
-                    let why = if h.kind != FRAME_KIND_DATA {
-                        Some("seal frame inside the data area".to_string())
-                    } else if h.seq != seq_next {
-                        Some(format!("sequence {} where {seq_next} was expected", h.seq))
-                    } else if h.chain_prev != chain {
-                        Some("chain value does not link to the previous record".to_string())
-                    } else if h.epoch < epoch {
-                        Some(format!("epoch {} below previous epoch {epoch}", h.epoch))
+            }
+            let header = match header {
+                Ok(h) => h,
+                Err(why) => {
+                    let zero = maps[i].as_ref().is_some_and(|m| {
+                        m.len() >= SEGMENT_HEADER_SIZE
+                            && m[..SEGMENT_HEADER_SIZE].iter().all(|&b| b == 0)
+                    });
+                    let damage = if zero {
+                        Damage::HeaderZero
                     } else {
-                        None
+                        Damage::NeverTorn
                     };
-                    if let Some(reason) = why {
-                        problem = Some(found(offset, seq_next, reason, Damage::NeverTorn));
+                    problem = Some(found(0, seq_next, format!("segment header: {why}"), damage));
+                    break;
+                }
+            };
+            let map = maps[i].as_ref().expect("valid header implies a mapping");
+            if i == 0 {
+                journal_id = header.journal_id;
+                chain = header.chain_prev;
+                epoch = header.epoch;
+            }
+            let why = if header.journal_id != journal_id {
+                Some("segment belongs to another journal (journal id differs)".to_string())
+            } else if header.base_seq != seq_next {
+                Some(format!(
+                    "segment starts at {} but the log continues at {seq_next}",
+                    header.base_seq
+                ))
+            } else if header.chain_prev != chain {
+                Some(
+                    "segment header chain value does not continue the previous segment".to_string(),
+                )
+            } else if header.epoch < epoch {
+                Some(format!(
+                    "segment epoch {} below previous epoch {epoch}",
+                    header.epoch
+                ))
+            } else if segment_size != 0 && header.segment_size_bytes != segment_size {
+                Some(format!(
+                    "segment size {} differs from the journal's {segment_size}",
+                    header.segment_size_bytes
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = why {
+                let mut p = found(0, seq_next, reason, Damage::NeverTorn);
+                if header.journal_id == journal_id && header.base_seq > seq_next {
+                    // Name the file that is missing, not the one after the gap.
+                    p.path = segment_path(dir, seq_next);
+                    p.reason = format!(
+                        "segment is missing: the log continues at {seq_next} but the next \
+                     segment, {}, starts at {}",
+                        seg.path.display(),
+                        header.base_seq
+                    );
+                }
+                problem = Some(p);
+                break;
+            }
+            index_last_good = i;
+            epoch = header.epoch;
+            segment_size = header.segment_size_bytes;
+            let seal_at = seal_offset(segment_size);
+            end_offset = DATA_OFFSET;
+            sealed = false;
+            seal_last = None;
+            record_count = 0;
+            ts_first = 0;
+            ts_last = 0;
+
+            let seal = Seal::read(map, segment_size);
+            let trusted_seal = match (&seal, verify) {
+                // Sealed segments the caller will not read (up to the checkpoint, and before
+                // the first sequence the caller reads, or else its known durable point) are
+                // checked by header and seal only.
+                (Ok(Some(s)), Verify::Tail)
+                    if !is_last
+                        && s.seq_next.saturating_sub(1) <= seq_durable
+                        && seq_read_before.is_none_or(|b| s.seq_next.saturating_sub(1) <= b)
+                        && how.seq_end.is_none_or(|e| s.seq_next <= e) =>
+                {
+                    Some(*s)
+                }
+                _ => None,
+            };
+            if let Some(s) = trusted_seal {
+                let ok =
+                    s.seq_next >= seq_next && s.epoch >= epoch && s.end_offset_bytes <= seal_at;
+                if !ok {
+                    problem = Some(found(
+                        seal_at,
+                        seq_next,
+                        "seal values out of range".into(),
+                        Damage::NeverTorn,
+                    ));
+                    break;
+                }
+                if checkpoint.is_some_and(|c| c.seq == s.seq_next - 1 && c.chain != s.chain) {
+                    problem = Some(found(
+                        seal_at,
+                        seq_next,
+                        "seal chain value differs from the checkpoint's".into(),
+                        Damage::NeverTorn,
+                    ));
+                    break;
+                }
+                seq_next = s.seq_next;
+                chain = s.chain;
+                epoch = s.epoch;
+                end_offset = s.end_offset_bytes;
+                sealed = true;
+                seal_last = Some(s);
+                record_count = s.record_count;
+                ts_first = s.timestamp_ns_first;
+                ts_last = s.timestamp_ns_last;
+                continue;
+            }
+
+            report.segments_scanned += 1;
+            let mut offset = DATA_OFFSET;
+            let steps_max = seal_at / FRAME_HEADER_SIZE as u64 + 1;
+            for _ in 0..steps_max {
+                if how.seq_end == Some(seq_next) {
+                    ended = true;
+                    break;
+                }
+                let check = if offset + FRAME_HEADER_SIZE as u64 > seal_at {
+                    // Data area full: the end.
+                    FrameCheck::Empty
+                } else if ahead.is_some_and(|a| a.intact(i, offset)) {
+                    let at = offset as usize;
+                    FrameCheck::Valid(FrameHeader::decode_fields(&map[at..at + FRAME_HEADER_SIZE]))
+                } else {
+                    check_frame(map, offset, seal_at)
+                };
+                match check {
+                    FrameCheck::Empty => break,
+                    FrameCheck::Invalid(reason) => {
+                        problem = Some(found(offset, seq_next, reason, Damage::Tearable));
                         break 'segments;
                     }
-                    chain = chain_next(chain, h.crc, h.seq);
-                    if let Some(c) = checkpoint {
-                        if c.seq == h.seq && c.chain != chain {
-                            problem = Some(found(
+                    FrameCheck::Valid(h) => {
+                        // A valid frame out of context is not a torn write: segments start
+                        // zeroed and a cut zeroes what it cuts, so no stale frame is left.
+                        let why = if h.kind != FRAME_KIND_DATA {
+                            Some("seal frame inside the data area".to_string())
+                        } else if h.seq != seq_next {
+                            Some(format!("sequence {} where {seq_next} was expected", h.seq))
+                        } else if h.chain_prev != chain {
+                            Some("chain value does not link to the previous record".to_string())
+                        } else if h.epoch < epoch {
+                            Some(format!("epoch {} below previous epoch {epoch}", h.epoch))
+                        } else {
+                            None
+                        };
+                        if let Some(reason) = why {
+                            problem = Some(found(offset, seq_next, reason, Damage::NeverTorn));
+                            break 'segments;
+                        }
+                        chain = chain_next(chain, h.crc, h.seq);
+                        if let Some(c) = checkpoint {
+                            if c.seq == h.seq && c.chain != chain {
+                                problem = Some(found(
                                 offset,
                                 h.seq,
                                 format!(
@@ -644,78 +775,84 @@ pub(crate) fn analyze(dir: &Path, how: &Analysis) -> Result<(Tail, RecoveryRepor
                                 ),
                                 Damage::NeverTorn,
                             ));
-                            break 'segments;
+                                break 'segments;
+                            }
                         }
+                        proof.see(&h, &seg.path, offset);
+                        let payload_at = (offset as usize) + FRAME_HEADER_SIZE;
+                        visit(&h, &map[payload_at..payload_at + h.payload_len as usize]);
+                        if record_count == 0 {
+                            ts_first = h.timestamp_ns;
+                        }
+                        ts_last = h.timestamp_ns;
+                        record_count += 1;
+                        epoch = h.epoch;
+                        seq_next += 1;
+                        offset += frame_size(u64::from(h.payload_len));
+                        end_offset = offset;
                     }
-                    proof.see(&h, &seg.path, offset);
-                    if record_count == 0 {
-                        ts_first = h.timestamp_ns;
-                    }
-                    ts_last = h.timestamp_ns;
-                    record_count += 1;
-                    epoch = h.epoch;
-                    seq_next += 1;
-                    offset += frame_size(u64::from(h.payload_len));
-                    end_offset = offset;
                 }
             }
-        }
-        if ended {
-            break;
-        }
-        // After the last record: nothing but zeros up to the seal.
-        if nonzero_end(map, end_offset, seal_at) > end_offset {
-            problem = Some(found(
-                end_offset,
-                seq_next,
-                "non-zero bytes after the last valid record".into(),
-                Damage::Tearable,
-            ));
-            break;
-        }
-        match seal {
-            Ok(Some(s)) => {
-                if s.seq_next != seq_next
-                    || s.chain != chain
-                    || s.end_offset_bytes != end_offset
-                    || s.epoch != epoch
-                {
+            if ended {
+                break;
+            }
+            // After the last record: nothing but zeros up to the seal.
+            if nonzero_end(map, end_offset, seal_at) > end_offset {
+                problem = Some(found(
+                    end_offset,
+                    seq_next,
+                    "non-zero bytes after the last valid record".into(),
+                    Damage::Tearable,
+                ));
+                break;
+            }
+            match seal {
+                Ok(Some(s)) => {
+                    if s.seq_next != seq_next
+                        || s.chain != chain
+                        || s.end_offset_bytes != end_offset
+                        || s.epoch != epoch
+                    {
+                        problem = Some(found(
+                            seal_at,
+                            seq_next,
+                            "seal does not match the records of the segment".into(),
+                            Damage::Tearable,
+                        ));
+                        break;
+                    }
+                    sealed = true;
+                    seal_last = Some(s);
+                }
+                Ok(None) if is_last && nonzero_end(map, seal_at, segment_size) > seal_at => {
                     problem = Some(found(
                         seal_at,
                         seq_next,
-                        "seal does not match the records of the segment".into(),
+                        "non-zero bytes in the seal area of the unsealed last segment".into(),
                         Damage::Tearable,
                     ));
                     break;
                 }
-                sealed = true;
-                seal_last = Some(s);
-            }
-            Ok(None) if is_last && nonzero_end(map, seal_at, segment_size) > seal_at => {
-                problem = Some(found(
-                    seal_at,
-                    seq_next,
-                    "non-zero bytes in the seal area of the unsealed last segment".into(),
-                    Damage::Tearable,
-                ));
-                break;
-            }
-            Ok(None) if is_last => {}
-            Ok(None) => {
-                problem = Some(found(
-                    seal_at,
-                    seq_next,
-                    "segment not sealed but a later segment exists".into(),
-                    Damage::Tearable,
-                ));
-                break;
-            }
-            Err(reason) => {
-                problem = Some(found(seal_at, seq_next, reason, Damage::Tearable));
-                break;
+                Ok(None) if is_last => {}
+                Ok(None) => {
+                    problem = Some(found(
+                        seal_at,
+                        seq_next,
+                        "segment not sealed but a later segment exists".into(),
+                        Damage::Tearable,
+                    ));
+                    break;
+                }
+                Err(reason) => {
+                    problem = Some(found(seal_at, seq_next, reason, Damage::Tearable));
+                    break;
+                }
             }
         }
-    }
+        if let Some(a) = ahead {
+            a.stop.store(true, AtomicOrdering::Relaxed);
+        }
+    });
 
     // A sealed last segment whose successor a checkpoint names: the successor existed
     // with its header on disk (the writer records that only after syncing both), so it
@@ -997,6 +1134,26 @@ pub fn verify_known(
     seq_durable_known: u64,
     seq_first_needed: u64,
 ) -> Result<RecoveryReport> {
+    verify_known_visit(
+        dir,
+        verify,
+        seq_durable_known,
+        seq_first_needed,
+        &mut |_, _| {},
+    )
+}
+
+/// [`verify_known`], handing every data frame it checks to `visit` with its payload, in
+/// sequence order, in the same pass over the bytes (a deeper check of each record costs no
+/// second read). Beside a running writer that prunes segments, the analysis may start
+/// again from a fresh listing: `visit` then sees sequences it saw before.
+pub fn verify_known_visit(
+    dir: &Path,
+    verify: Verify,
+    seq_durable_known: u64,
+    seq_first_needed: u64,
+    visit: &mut dyn FnMut(&FrameHeader, &[u8]),
+) -> Result<RecoveryReport> {
     let how = Analysis {
         verify,
         seq_durable_known,
@@ -1008,12 +1165,12 @@ pub fn verify_known(
     // read (even the newest listed, when the writer rolled past it since): read again
     // from a fresh listing, a few times.
     for _ in 0..VANISHED_RETRIES {
-        match analyze(dir, &how) {
+        match analyze_visit(dir, &how, visit) {
             Err(e) if how.live.is_some() && vanished(&e) => continue,
             result => return result.map(|(_, r)| r),
         }
     }
-    analyze(dir, &how).map(|(_, r)| r)
+    analyze_visit(dir, &how, visit).map(|(_, r)| r)
 }
 
 /// Fresh listings a verification beside a pruning writer tries.

@@ -157,6 +157,13 @@ pub fn push_u64(out: &mut Vec<u8>, v: u64) {
 fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
+    // Two digits per division while four or more are left, from a table of the pairs.
+    while v >= 1000 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
     loop {
         i -= 1;
         buf[i] = b'0' + (v % 10) as u8;
@@ -168,6 +175,14 @@ fn push_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let start = i.min(buf.len() - width.min(buf.len()));
     out.extend_from_slice(&buf[start..]);
 }
+
+/// "00" to "99", back to back.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 /// An engine enum's snake_case name, as the tools print it.
 pub trait Named {
@@ -921,6 +936,36 @@ pub fn decimal(amount: i64, decimals: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_print_in_decimal_as_rust_does_with_zeros_to_the_width() {
+        let mut values = vec![
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            999,
+            1000,
+            1001,
+            9999,
+            10_000,
+            123_456_789,
+        ];
+        values.extend([u64::MAX, u64::MAX - 1, 10u64.pow(19), 10u64.pow(19) - 1]);
+        values.extend((0..64).map(|b| 1u64 << b));
+        for v in values {
+            let mut out = Vec::new();
+            push_u64(&mut out, v);
+            assert_eq!(String::from_utf8(out).unwrap(), v.to_string());
+            for width in [2, 4, 9, 20] {
+                let mut out = Vec::new();
+                push_digits(&mut out, v, width);
+                assert_eq!(String::from_utf8(out).unwrap(), format!("{v:0width$}"));
+            }
+        }
+    }
 
     #[test]
     fn times_print_as_iso_8601_utc_and_read_back() {

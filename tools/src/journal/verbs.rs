@@ -1330,6 +1330,15 @@ pub fn prune(dir: &Path, dry_run: bool, json: bool, out: &mut dyn Write) -> Resu
 
 /// `verify --deep`'s second pass: every record through the checked reader (length, CRC,
 /// sequence, chain re-derived) and every payload decoded. Returns the records read.
+/// The error for record `seq` that passes its checksum but does not decode.
+pub fn undecodable(dir: &Path, seq: u64, why: &str) -> String {
+    format!(
+        "record {seq} passes its checksum but does not decode: {why}; the node would stop \
+         replaying there; inspect it with `ringex journal dump --from {seq} --dir {}`",
+        dir.display()
+    )
+}
+
 pub fn deep_check(dir: &Path) -> Result<u64, String> {
     let (first, last) = seq_bounds(dir)?;
     if last < first {
@@ -1342,14 +1351,7 @@ pub fn deep_check(dir: &Path) -> Result<u64, String> {
     while let Some(r) = reader.next().map_err(|e| e.to_string())? {
         progress.at(r.seq);
         if let Some(why) = format::decode_error(r.record_type, r.schema_version, r.payload) {
-            return Err(format!(
-                "record {} passes its checksum but does not decode: {why}; the node would \
-                 stop replaying there; inspect it with `ringex journal dump --from {} --dir \
-                 {}`",
-                r.seq,
-                r.seq,
-                dir.display()
-            ));
+            return Err(undecodable(dir, r.seq, &why));
         }
         n += 1;
     }
