@@ -317,7 +317,10 @@ impl FloorServer {
             }
             match conn.stream.write(&conn.wbuf[conn.wpos..]) {
                 Ok(0) => break,
-                Ok(n) => conn.wpos += n,
+                Ok(n) => {
+                    conn.wpos += n;
+                    conn.last_tx = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -360,7 +363,6 @@ fn push(conn: &mut Conn, msg: &ServerMessage) {
     let mut buf = [0u8; FRAME_SIZE_MAX];
     let n = encode_server(msg, &mut buf);
     conn.wbuf.extend_from_slice(&buf[..n]);
-    conn.last_tx = Instant::now();
 }
 
 /// The next sequence number of the connection's session.
