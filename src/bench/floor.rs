@@ -915,3 +915,38 @@ fn print_summary(table: &[SummaryRow]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floor answers the load generator's login and every request (sequenced, each
+    /// ended by `RequestDone`), so the generator runs against it as against the gateway,
+    /// without its admin setup: nothing listens on the admin address given.
+    #[test]
+    fn the_floor_serves_the_load_generator_without_its_setup() {
+        let mut floor =
+            FloorServer::bind("127.0.0.1:0".parse().expect("address"), 0).expect("bind");
+        let addr = floor.local_addr().expect("address");
+        let unused_admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || floor.run(&stop))
+        };
+        let mut args = LoadArgs::new(addr, unused_admin);
+        args.rate = 2_000;
+        args.duration = 0.5;
+        args.no_setup = true;
+        let report = load::run(&args);
+        stop.store(true, Ordering::Relaxed);
+        server.join().expect("floor thread").expect("floor loop");
+        let report = report.expect("the run starts without the admin listener");
+        assert_eq!(report.failure(), None);
+        assert!(report.sent > 0);
+        assert_eq!(report.answered, report.sent);
+        assert_eq!(report.errors, 0, "{:?}", report.error_messages);
+    }
+}
