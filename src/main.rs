@@ -173,6 +173,42 @@ enum Bench {
     /// The journal toolkit's throughput (verify --deep, export, events) on a journal it
     /// writes, beside cat and sha256sum of the same files.
     JournalTools(JournalToolsArgs),
+    /// The binary gateway against an echo server with its event loop and framing (the
+    /// floor of the machine), driven alternately by the same load generator at the same
+    /// rates; p50/p99/p99.9 and their ratios.
+    GatewayFloor(GatewayFloorArgs),
+}
+
+#[derive(Args)]
+struct GatewayFloorArgs {
+    /// Offered rates in requests/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000u64, 100_000])]
+    rates: Vec<u64>,
+    /// Runs of each server at each rate, alternating (medians are reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    runs: u32,
+    /// Seconds of load per run.
+    #[arg(long, default_value_t = 6.0)]
+    duration: f64,
+    /// The node listens on this port and the next three (binary, websocket, http,
+    /// admin); the floor on this + 10.
+    #[arg(long, default_value_t = 19_200)]
+    base_port: u16,
+    /// Scratch directory: the node's config, data and log.
+    #[arg(long, default_value = "./bench-gateway-floor")]
+    dir: PathBuf,
+    /// `gateway.spin_us` of both servers.
+    #[arg(long, default_value_t = 200)]
+    spin_us: u32,
+    /// The core of both servers (the gateway's and the floor's loop).
+    #[arg(long, default_value_t = 1)]
+    server_core: usize,
+    /// The core of the load generator.
+    #[arg(long, default_value_t = 0)]
+    generator_core: usize,
+    /// Only the floor, no node (to profile the floor alone).
+    #[arg(long)]
+    floor_only: bool,
 }
 
 #[derive(Args)]
@@ -351,6 +387,28 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ringex bench journal-tools: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Bench {
+            which: Bench::GatewayFloor(a),
+        } => {
+            let args = ringex::bench::floor::FloorBenchArgs {
+                rates: a.rates,
+                runs: a.runs,
+                duration: a.duration,
+                base_port: a.base_port,
+                dir: a.dir,
+                spin_us: a.spin_us,
+                server_core: a.server_core,
+                generator_core: a.generator_core,
+                floor_only: a.floor_only,
+            };
+            match ringex::bench::floor::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ringex bench gateway-floor: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -121,6 +121,11 @@ pub struct LoadArgs {
     /// figures. Burns the generator's core for the whole run.
     #[arg(long)]
     pub spin: bool,
+    /// Skip the setup through the admin listener: the accounts and keys exist already (a
+    /// rerun with the same seeds), or the server takes any login (the echo server of
+    /// `ringex bench gateway-floor`). Setup is never part of the measured run.
+    #[arg(long)]
+    pub no_setup: bool,
 }
 
 impl LoadArgs {
@@ -144,6 +149,7 @@ impl LoadArgs {
             json: None,
             quiet: true,
             spin: false,
+            no_setup: false,
         }
     }
 }
@@ -1067,8 +1073,10 @@ pub fn run(args: &LoadArgs) -> Result<Report, String> {
         ));
     }
 
-    say("load: setting up accounts through the admin listener".into());
-    setup(args, admin_addr)?;
+    if !args.no_setup {
+        say("load: setting up accounts through the admin listener".into());
+        setup(args, admin_addr)?;
+    }
 
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(args.seed);
     let mut users = Vec::with_capacity(plan.len());
