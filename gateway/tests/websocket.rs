@@ -990,6 +990,41 @@ fn frames_that_break_the_rules_close_with_their_codes_and_others_go_on() {
 }
 
 #[test]
+fn compressed_messages_over_the_rate_are_refused_without_being_inflated() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let rate = RetailConfig::loopback().messages_per_second as u64;
+    let (mut s, head) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // A third of a kilobyte that inflates to 60 KB, five hundred times in one write:
+    // 170 KB on the wire, 30 MB if every message were inflated.
+    let text = format!(
+        r#"{{"method":"ping","id":1,"pad":"{}"}}"#,
+        "a".repeat(60_000)
+    );
+    let bomb = ringex_gateway::ws::Deflater::default().deflate(text.as_bytes());
+    assert!(bomb.len() < 400, "{}", bomb.len());
+    let batch: Vec<u8> = (0..500)
+        .flat_map(|_| client_frame(0x1, true, true, &bomb))
+        .collect();
+    let _ = s.write_all(&batch);
+    assert_eq!(
+        raw_closed(&mut s),
+        (1008, "message rate limit: too many refused".to_string())
+    );
+    // Only the messages the rate lets in were inflated (a second's worth, and what the
+    // bucket refilled meanwhile); the refused ones, and everything after the close,
+    // were not.
+    let inflated = rig.stats.bytes_inflated.load(Ordering::Relaxed);
+    assert!(
+        inflated <= (rate + rate / 5) * text.len() as u64,
+        "{inflated} bytes inflated for at most {rate} messages of {}",
+        text.len()
+    );
+    assert!(inflated >= rate * text.len() as u64, "{inflated}");
+    still_served(&rig);
+}
+
+#[test]
 fn a_ping_flood_is_answered_within_the_message_rate_then_closed_1008() {
     let rig = Rig::start(RetailConfig {
         messages_per_second: 5,
