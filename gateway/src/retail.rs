@@ -1594,8 +1594,12 @@ impl RetailEdge {
         params: &Value,
         on: bool,
     ) -> Result<Option<Vec<u8>>, ApiError> {
-        let channels = api::names(params, "channels", "channel")?;
-        let markets = api::names(params, "markets", "market")?;
+        // A name given twice is one subscription: one snapshot, one copy of each update,
+        // one count against the limit, one name in the reply.
+        let mut channels = api::names(params, "channels", "channel")?;
+        let mut markets = api::names(params, "markets", "market")?;
+        dedup_keeping_order(&mut channels);
+        dedup_keeping_order(&mut markets);
         if channels.is_empty() {
             return Err(err(code::BAD_REQUEST, "channels is required"));
         }
@@ -2135,6 +2139,13 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 }
 
 /// The connection `id` names, if it is still there (borrowing only the slots).
+/// Drops the repeats of each name, keeping its first place (a request's lists are
+/// short: `message_max_kib` bounds them).
+fn dedup_keeping_order(names: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names.retain(|n| seen.insert(n.clone()));
+}
+
 fn slot(conns: &mut [Option<Conn>], id: usize) -> Option<&mut Conn> {
     match conns.get_mut(id & INDEX_MASK) {
         Some(Some(c)) if c.id == id => Some(c),

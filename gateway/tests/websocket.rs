@@ -329,6 +329,51 @@ fn a_subscriber_gets_a_snapshot_then_diffs_that_chain_and_trades() {
 }
 
 #[test]
+fn a_channel_or_market_named_twice_is_one_subscription_with_one_copy_of_each_message() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut watcher = connect(rig.ws);
+    send(
+        &mut watcher,
+        json!({"method": "subscribe", "id": 1, "params": {
+            "channels": ["trades", "depth", "trades"], "markets": ["BTC-USDT", "BTC-USDT"]}}),
+    );
+    let names = reply(&mut watcher, 1)["result"].clone();
+    let mut maker = connect(rig.ws);
+    auth(&mut maker, MAKER_KEY, 7);
+    place(&mut maker, 8, "sell", "60000.00", "0.0100");
+    let mut taker = connect(rig.ws);
+    auth(&mut taker, TAKER_KEY, 9);
+    place(&mut taker, 10, "buy", "60001.00", "0.0040");
+    // A last order, so that everything before its depth update has arrived.
+    place(&mut maker, 11, "sell", "60010.00", "0.0100");
+    let mut seen = vec![recv(&mut watcher)];
+    while seen.last().unwrap()["asks"]
+        .as_array()
+        .is_none_or(|asks| !asks.iter().any(|l| l[0] == "60010.00"))
+    {
+        seen.push(recv(&mut watcher));
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|m| format!("{} {}", m["channel"], m["type"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "trades snapshot",
+            "depth snapshot",
+            "depth update",
+            "trades update",
+            "depth update",
+            "depth update"
+        ],
+        "{seen:#?}"
+    );
+    assert_eq!(names, json!(["trades@BTC-USDT", "depth@BTC-USDT"]));
+    rig.stop();
+}
+
+#[test]
 fn malformed_requests_get_their_documented_errors_and_the_connection_goes_on() {
     let rig = Rig::start(RetailConfig::loopback());
     let mut ws = connect(rig.ws);
