@@ -690,6 +690,40 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_message_that_will_be_refused_completes_unread() {
+        let bomb = Deflater::default().deflate(&vec![b'a'; 60_000]);
+        let mut bytes = client_frame(OP_TEXT, false, true, &bomb[..10]);
+        bytes.extend(client_frame(OP_PING, true, false, b"p"));
+        bytes.extend(client_frame(OP_CONTINUE, true, false, &bomb[10..]));
+        bytes.extend(client_frame(OP_BINARY, true, true, &bomb));
+        let mut reader = Reader::default();
+        let mut inflater = Inflater::default();
+        let mut cx = ReadContext {
+            deflate: true,
+            message_bytes_max: 1 << 16,
+            inflate: false,
+            inflater: &mut inflater,
+        };
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < bytes.len() {
+            let (n, m) = reader.next(&bytes[at..], &mut cx).unwrap();
+            assert!(n > 0);
+            at += n;
+            out.extend(m);
+        }
+        assert_eq!(
+            out,
+            [
+                Incoming::Ping(b"p".to_vec()),
+                Incoming::Unread { binary: false },
+                Incoming::Unread { binary: true }
+            ]
+        );
+        assert_eq!(inflater.total_out(), 0);
+    }
+
+    #[test]
     fn the_first_acceptable_deflate_offer_is_taken() {
         let answer =
             Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover");
