@@ -48,6 +48,13 @@ impl TokenBucket {
         self.refused_in_window > refusals_abusive_per_s(self.rate_per_s)
     }
 
+    /// True if [`TokenBucket::try_take`] at `now_ns` would take a token (nothing changes).
+    pub fn has_token(&self, now_ns: u64) -> bool {
+        let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;
+        let capacity = self.rate_per_s as u128 * SCALE;
+        (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity) >= SCALE
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now_ns: u64) -> bool {
         let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;

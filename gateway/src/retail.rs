@@ -147,6 +147,8 @@ pub struct RetailStats {
     pub connections_active: AtomicU64,
     pub connections_total: AtomicU64,
     pub messages_in: AtomicU64,
+    /// Bytes of client messages inflated (permessage-deflate), bombs stopped included.
+    pub bytes_inflated: AtomicU64,
     /// Frames queued to clients, and their bytes.
     pub messages_out: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -1302,24 +1304,42 @@ impl RetailEdge {
         let Some(c) = self.conn(id) else {
             return false;
         };
+        // Each frame is handled as soon as it is parsed, so a connection closed by one
+        // message (its rate abused, a binary frame) has nothing after it parsed, and a
+        // compressed message that will be refused for the rate is not inflated: a batch
+        // of tiny compressed messages, each inflating to `message_max_kib`, costs no
+        // more than the messages the connection may send.
         let mut rbuf = std::mem::take(&mut c.rbuf);
         let mut reader = std::mem::take(&mut c.reader);
-        let deflate = c.deflate;
         let mut at = 0usize;
-        let mut messages = Vec::new();
         let mut failure = None;
-        let mut cx = ReadContext {
-            deflate,
-            message_bytes_max: self.config.message_bytes_max,
-            inflater: &mut self.inflater,
-        };
+        let mut reading = true;
         // Bounded: each frame consumes at least two bytes.
         for _ in 0..rbuf.len() / 2 + 1 {
-            match reader.next(&rbuf[at..], &mut cx) {
+            let now = self.now_ns();
+            let Some(c) = slot(&mut self.conns, id) else {
+                break;
+            };
+            let mut cx = ReadContext {
+                deflate: c.deflate,
+                message_bytes_max: self.config.message_bytes_max,
+                inflate: c.phase == Phase::Open && (c.echo || c.bucket.has_token(now)),
+                inflater: &mut self.inflater,
+            };
+            let parsed = reader.next(&rbuf[at..], &mut cx);
+            self.stats
+                .bytes_inflated
+                .store(self.inflater.total_out(), Ordering::Relaxed);
+            match parsed {
                 Ok((0, _)) => break,
                 Ok((n, m)) => {
                     at += n;
-                    messages.extend(m);
+                    if let Some(m) = m {
+                        if !self.message(id, m, link) {
+                            reading = false;
+                            break;
+                        }
+                    }
                 }
                 Err(f) => {
                     failure = Some(f);
@@ -1335,10 +1355,8 @@ impl RetailEdge {
             c.rbuf = rbuf;
             c.reader = reader;
         }
-        for m in messages {
-            if !self.message(id, m, link) {
-                return false;
-            }
+        if !reading {
+            return false;
         }
         if let Some(f) = failure {
             let refusal = match f.code {
@@ -1441,6 +1459,21 @@ impl RetailEdge {
                 true
             }
             Incoming::Pong(_) => true,
+            Incoming::Unread { binary } if binary && !echo => {
+                self.refuse_conn(id, Refusal::ProtocolViolation, Detail::None);
+                self.close_with(
+                    id,
+                    close::UNSUPPORTED_DATA,
+                    "binary frames are not part of this API",
+                );
+                false
+            }
+            // Over the message rate when it was read (echoes are not rated, so always
+            // inflated): refused as any message over the rate, unread.
+            Incoming::Unread { .. } => {
+                self.refuse_over_rate(id);
+                self.conn_ref(id).is_some()
+            }
             Incoming::Binary(data) if echo => {
                 self.queue_own(id, ws::frame(ws::OP_BINARY, false, &data));
                 true
@@ -1478,6 +1511,17 @@ impl RetailEdge {
         if c.bucket.try_take(now) {
             return true;
         }
+        self.refuse_over_rate(id);
+        false
+    }
+
+    /// Answers a message over the rate 429, or closes the connection 1008 when the
+    /// refusals within one second exceed the rate.
+    fn refuse_over_rate(&mut self, id: usize) {
+        let now = self.now_ns();
+        let Some(c) = self.conn(id) else {
+            return;
+        };
         let abusive = c.bucket.refuse(now);
         self.refuse_conn(id, Refusal::RateLimited, Detail::None);
         if abusive {
@@ -1491,7 +1535,6 @@ impl RetailEdge {
             let e = err(code::TOO_MANY_REQUESTS, "message rate limit");
             self.send_text(id, &api::reply_error("null", &e));
         }
-        false
     }
 
     // ------------------------------------------------------------ requests
@@ -1551,8 +1594,12 @@ impl RetailEdge {
         params: &Value,
         on: bool,
     ) -> Result<Option<Vec<u8>>, ApiError> {
-        let channels = api::names(params, "channels", "channel")?;
-        let markets = api::names(params, "markets", "market")?;
+        // A name given twice is one subscription: one snapshot, one copy of each update,
+        // one count against the limit, one name in the reply.
+        let mut channels = api::names(params, "channels", "channel")?;
+        let mut markets = api::names(params, "markets", "market")?;
+        dedup_keeping_order(&mut channels);
+        dedup_keeping_order(&mut markets);
         if channels.is_empty() {
             return Err(err(code::BAD_REQUEST, "channels is required"));
         }
@@ -2092,6 +2139,13 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 }
 
 /// The connection `id` names, if it is still there (borrowing only the slots).
+/// Drops the repeats of each name, keeping its first place (a request's lists are
+/// short: `message_max_kib` bounds them).
+fn dedup_keeping_order(names: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names.retain(|n| seen.insert(n.clone()));
+}
+
 fn slot(conns: &mut [Option<Conn>], id: usize) -> Option<&mut Conn> {
     match conns.get_mut(id & INDEX_MASK) {
         Some(Some(c)) if c.id == id => Some(c),

@@ -56,6 +56,12 @@ pub enum Incoming {
     Pong(Vec<u8>),
     /// The client's close: its code (if any) and reason.
     Close(Option<u16>, String),
+    /// A compressed data message left uninflated because the context said it would be
+    /// refused unread ([`ReadContext::inflate`] false): its framing was checked, its
+    /// content was not.
+    Unread {
+        binary: bool,
+    },
 }
 
 /// Why the connection must be failed, with the close code to send.
@@ -90,6 +96,11 @@ pub struct ReadContext<'a> {
     pub deflate: bool,
     /// The largest message accepted, after inflation.
     pub message_bytes_max: usize,
+    /// Inflate a compressed message that completes. False when the next message will be
+    /// refused without being read (the connection is over its message rate): a tiny
+    /// compressed message may inflate to `message_bytes_max`, and that work is not done
+    /// for a message nobody reads.
+    pub inflate: bool,
     pub inflater: &'a mut Inflater,
 }
 
@@ -182,6 +193,11 @@ impl Reader {
         if !fin {
             self.partial = Some(partial);
             return Ok(None);
+        }
+        if partial.compressed && !cx.inflate {
+            return Ok(Some(Incoming::Unread {
+                binary: partial.opcode == OP_BINARY,
+            }));
         }
         let data = if partial.compressed {
             cx.inflater
@@ -286,6 +302,8 @@ pub enum InflateError {
 pub struct Inflater {
     z: Decompress,
     out: Vec<u8>,
+    /// Bytes produced by every inflation so far.
+    total_out: u64,
 }
 
 impl Default for Inflater {
@@ -293,11 +311,18 @@ impl Default for Inflater {
         Inflater {
             z: Decompress::new(false),
             out: Vec::new(),
+            total_out: 0,
         }
     }
 }
 
 impl Inflater {
+    /// Bytes produced by every inflation so far (a bomb counts what it produced before
+    /// it was stopped).
+    pub fn total_out(&self) -> u64 {
+        self.total_out
+    }
+
     /// The message a compressed payload carries, at most `max` bytes (a decompression
     /// bomb stops there).
     pub fn inflate(&mut self, data: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
@@ -310,6 +335,7 @@ impl Inflater {
         // Bounded: each pass consumes input or produces output, and output is capped.
         for _ in 0..(max / 1024 + input.len() + 16) {
             if self.out.len() > max {
+                self.total_out += self.out.len() as u64;
                 return Err(InflateError::TooBig);
             }
             self.out.reserve(4096.min(max + 1 - self.out.len()).max(1));
@@ -328,6 +354,7 @@ impl Inflater {
                 break;
             }
         }
+        self.total_out += self.out.len() as u64;
         if self.out.len() > max {
             return Err(InflateError::TooBig);
         }
@@ -580,6 +607,7 @@ mod tests {
         let mut cx = ReadContext {
             deflate,
             message_bytes_max: 1 << 16,
+            inflate: true,
             inflater: &mut inflater,
         };
         let mut at = 0;
@@ -659,6 +687,40 @@ mod tests {
             close::MESSAGE_TOO_BIG
         );
         assert_eq!(d.deflate(b""), [0x00]);
+    }
+
+    #[test]
+    fn a_compressed_message_that_will_be_refused_completes_unread() {
+        let bomb = Deflater::default().deflate(&vec![b'a'; 60_000]);
+        let mut bytes = client_frame(OP_TEXT, false, true, &bomb[..10]);
+        bytes.extend(client_frame(OP_PING, true, false, b"p"));
+        bytes.extend(client_frame(OP_CONTINUE, true, false, &bomb[10..]));
+        bytes.extend(client_frame(OP_BINARY, true, true, &bomb));
+        let mut reader = Reader::default();
+        let mut inflater = Inflater::default();
+        let mut cx = ReadContext {
+            deflate: true,
+            message_bytes_max: 1 << 16,
+            inflate: false,
+            inflater: &mut inflater,
+        };
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at < bytes.len() {
+            let (n, m) = reader.next(&bytes[at..], &mut cx).unwrap();
+            assert!(n > 0);
+            at += n;
+            out.extend(m);
+        }
+        assert_eq!(
+            out,
+            [
+                Incoming::Ping(b"p".to_vec()),
+                Incoming::Unread { binary: false },
+                Incoming::Unread { binary: true }
+            ]
+        );
+        assert_eq!(inflater.total_out(), 0);
     }
 
     #[test]

@@ -329,6 +329,68 @@ fn a_subscriber_gets_a_snapshot_then_diffs_that_chain_and_trades() {
 }
 
 #[test]
+fn a_channel_or_market_named_twice_is_one_subscription_with_one_copy_of_each_message() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut watcher = connect(rig.ws);
+    send(
+        &mut watcher,
+        json!({"method": "subscribe", "id": 1, "params": {
+            "channels": ["trades", "depth", "trades"], "markets": ["BTC-USDT", "BTC-USDT"]}}),
+    );
+    let names = reply(&mut watcher, 1)["result"].clone();
+    let mut maker = connect(rig.ws);
+    auth(&mut maker, MAKER_KEY, 7);
+    place(&mut maker, 8, "sell", "60000.00", "0.0100");
+    let mut taker = connect(rig.ws);
+    auth(&mut taker, TAKER_KEY, 9);
+    place(&mut taker, 10, "buy", "60001.00", "0.0040");
+    // A last order, so that everything before its depth update has arrived.
+    place(&mut maker, 11, "sell", "60010.00", "0.0100");
+    let mut seen = vec![recv(&mut watcher)];
+    while seen.last().unwrap()["asks"]
+        .as_array()
+        .is_none_or(|asks| !asks.iter().any(|l| l[0] == "60010.00"))
+    {
+        seen.push(recv(&mut watcher));
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .map(|m| format!("{} {}", m["channel"], m["type"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "trades snapshot",
+            "depth snapshot",
+            "depth update",
+            "trades update",
+            "depth update",
+            "depth update"
+        ],
+        "{seen:#?}"
+    );
+    assert_eq!(names, json!(["trades@BTC-USDT", "depth@BTC-USDT"]));
+    rig.stop();
+}
+
+#[test]
+fn a_subscribe_naming_one_pair_thousands_of_times_is_one_subscription() {
+    // A message of the largest size naming the same pair thousands of times: millions of
+    // channel-market combinations, had each been taken (they held the loop for 0.7 s
+    // and 140 MB in a release build), for one subscription.
+    let rig = Rig::start(RetailConfig::loopback());
+    let mut greedy = connect(rig.ws);
+    let many = json!({"method": "subscribe", "id": 3, "params": {
+        "channels": vec!["bbo"; 3000], "markets": vec!["BTC-USDT"; 3000]}});
+    assert!(many.to_string().len() < 64 * 1024);
+    send(&mut greedy, many);
+    assert_eq!(reply(&mut greedy, 3)["result"], json!(["bbo@BTC-USDT"]));
+    assert_eq!(recv(&mut greedy)["type"], "snapshot");
+    still_served(&rig);
+    rig.stop();
+}
+
+#[test]
 fn malformed_requests_get_their_documented_errors_and_the_connection_goes_on() {
     let rig = Rig::start(RetailConfig::loopback());
     let mut ws = connect(rig.ws);
@@ -986,6 +1048,41 @@ fn frames_that_break_the_rules_close_with_their_codes_and_others_go_on() {
     s.write_all(&client_frame(0x8, true, false, &1005u16.to_be_bytes()))
         .unwrap();
     assert_eq!(raw_closed(&mut s).0, 1002);
+    still_served(&rig);
+}
+
+#[test]
+fn compressed_messages_over_the_rate_are_refused_without_being_inflated() {
+    let rig = Rig::start(RetailConfig::loopback());
+    let rate = RetailConfig::loopback().messages_per_second as u64;
+    let (mut s, head) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // A third of a kilobyte that inflates to 60 KB, five hundred times in one write:
+    // 170 KB on the wire, 30 MB if every message were inflated.
+    let text = format!(
+        r#"{{"method":"ping","id":1,"pad":"{}"}}"#,
+        "a".repeat(60_000)
+    );
+    let bomb = ringex_gateway::ws::Deflater::default().deflate(text.as_bytes());
+    assert!(bomb.len() < 400, "{}", bomb.len());
+    let batch: Vec<u8> = (0..500)
+        .flat_map(|_| client_frame(0x1, true, true, &bomb))
+        .collect();
+    let _ = s.write_all(&batch);
+    assert_eq!(
+        raw_closed(&mut s),
+        (1008, "message rate limit: too many refused".to_string())
+    );
+    // Only the messages the rate lets in were inflated (a second's worth, and what the
+    // bucket refilled meanwhile); the refused ones, and everything after the close,
+    // were not.
+    let inflated = rig.stats.bytes_inflated.load(Ordering::Relaxed);
+    assert!(
+        inflated <= (rate + rate / 5) * text.len() as u64,
+        "{inflated} bytes inflated for at most {rate} messages of {}",
+        text.len()
+    );
+    assert!(inflated >= rate * text.len() as u64, "{inflated}");
     still_served(&rig);
 }
 
