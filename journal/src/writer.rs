@@ -487,6 +487,8 @@ struct Shared {
     direct_io: bool,
     backend: Backend,
     backend_note: Option<String>,
+    /// Set when the configured segment size differs from the journal's, which is kept.
+    segment_size_note: Option<String>,
 }
 
 /// Longest time between checkpoint writes while records are being synced.
@@ -869,7 +871,7 @@ fn prepare_spare(
 impl Journal {
     /// Opens (creating if needed) the journal in `config.dir`: takes the lock, recovers the
     /// tail, and starts the helper threads. `recovery_report()` says what was cut.
-    pub fn open(config: Config) -> Result<Journal> {
+    pub fn open(mut config: Config) -> Result<Journal> {
         config.validate()?;
         let dir = config.dir.clone();
         std::fs::create_dir_all(&dir)
@@ -894,6 +896,18 @@ impl Journal {
                 tail.seq_next = seq + 1;
                 tail.chain = chain;
             }
+        }
+        // A journal keeps the segment size it was created with: recovery refuses a journal
+        // whose segments differ in size, so a changed setting applies to new journals only.
+        let mut segment_size_note = None;
+        if !tail.segments.is_empty() && tail.segment_size_bytes != config.segment_size_bytes {
+            segment_size_note = Some(format!(
+                "the journal's segments are {} bytes, as it was created; the configured {} \
+                 bytes applies to a new journal only",
+                tail.segment_size_bytes, config.segment_size_bytes
+            ));
+            config.segment_size_bytes = tail.segment_size_bytes;
+            config.validate()?;
         }
         let epoch = match config.epoch {
             0 => tail.epoch.max(1),
@@ -1047,6 +1061,7 @@ impl Journal {
             direct_io,
             backend,
             backend_note,
+            segment_size_note,
             dir: dir.clone(),
             storage: storage.clone(),
             durability: config.durability,
@@ -1168,6 +1183,12 @@ impl Journal {
     /// Why the requested backend was not used, if it was not.
     pub fn backend_note(&self) -> Option<&str> {
         self.shared.backend_note.as_deref()
+    }
+
+    /// Why the segments are not of the configured size (the journal keeps its own), if
+    /// they are not.
+    pub fn segment_size_note(&self) -> Option<&str> {
+        self.shared.segment_size_note.as_deref()
     }
 
     /// Shared watermarks, for readers and the pipeline.

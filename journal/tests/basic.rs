@@ -435,3 +435,39 @@ fn sealed_last_segment_rolls_on_next_append() {
     assert_eq!(all.len() as u64, seq_last_kept + 30);
     check_prefix(&all, len_of);
 }
+
+/// The segment size is the journal's, fixed when it is created: a journal reopened with
+/// another configured size goes on with its own (and says so), so the segments it rolls
+/// to match the old ones and the next open finds one journal, not damage.
+#[test]
+fn a_changed_segment_size_applies_to_new_journals_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = |bytes: u64| {
+        let mut c = config(
+            dir.path(),
+            Durability::Async {
+                flush_interval_ms: 50,
+            },
+        );
+        c.segment_size_bytes = bytes;
+        c
+    };
+    let small = |s: u64| (s % 40) as usize;
+    let mut j = Journal::open(sized(256 * 1024)).unwrap();
+    assert_eq!(j.segment_size_note(), None);
+    append_n(&mut j, 3000, small);
+    j.close().unwrap();
+
+    let mut j = Journal::open(sized(512 * 1024)).unwrap();
+    let note = j.segment_size_note().expect("the changed size is noted");
+    assert!(note.contains("262144") && note.contains("524288"), "{note}");
+    let segments_before = ringex_journal::describe(dir.path()).unwrap().segments.len();
+    append_n(&mut j, 6000, small);
+    j.close().unwrap();
+    let d = ringex_journal::describe(dir.path()).unwrap();
+    assert!(d.segments.len() > segments_before, "it rolled: {d:?}");
+    assert!(d.segments.iter().all(|s| s.problem.is_none()), "{d:?}");
+
+    let j = Journal::open(sized(512 * 1024)).unwrap();
+    assert_eq!(j.seq_next(), 9001, "every record is there");
+}

@@ -166,7 +166,10 @@ pub fn run(args: &JournalToolsBenchArgs) -> Result<(), String> {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, (wall, cpu)) in [
         ("cat FILES > /dev/null", cat),
-        ("cat FILES > /dev/null, from the disk (pages dropped first)", cat_disk),
+        (
+            "cat FILES > /dev/null, from the disk (pages dropped first)",
+            cat_disk,
+        ),
         ("sha256sum FILES", sha),
         ("ringex journal verify --deep", deep),
         ("ringex journal export --format jsonl > /dev/null", export),

@@ -557,6 +557,9 @@ impl Node {
             journal_config.verify = ringex_journal::Verify::All;
         }
         let mut journal = Journal::open(journal_config).map_err(NodeError::Journal)?;
+        if let Some(note) = journal.segment_size_note() {
+            tracing::warn!("journal.segment_size_mib: {note}");
+        }
         let journal_backend = format!(
             "{:?}{}{}",
             journal.backend(),
