@@ -1128,8 +1128,24 @@ pub fn diff(a: &Path, b: &Path, json: bool, out: &mut dyn Write) -> Result<(), S
     }
     match &difference {
         None if from <= to => {
+            // A journal being written grows between the reads of the two ends: which one is
+            // behind is then a matter of when each was read, not of the journals.
+            let live: Vec<String> = [(&an, a), (&bn, b)]
+                .into_iter()
+                .filter_map(|(n, d)| {
+                    ringex_journal::lock_holder(d).map(|w| format!("{n} (writer {w})"))
+                })
+                .collect();
             let note = match last_a.cmp(&last_b) {
                 std::cmp::Ordering::Equal => "both end there".to_string(),
+                _ if !live.is_empty() => format!(
+                    "{an} ended at {last_a} and {bn} at {last_b} when each was read, but {} {} \
+                     being written, so the ends were read at different moments and which \
+                     journal is behind is not judged (compare them again once stopped, or \
+                     use the primary's `repl=connected(lag=N,...)` log line)",
+                    live.join(" and "),
+                    if live.len() == 1 { "it is" } else { "they are" }
+                ),
                 std::cmp::Ordering::Greater => format!(
                     "{an} goes on to {last_a}: {bn} is {} record(s) behind, not divergent",
                     last_a - last_b
