@@ -24,9 +24,32 @@ fn ts(ns: Option<u64>) -> String {
     ns.map_or("-".into(), |n| format!("{} ({n} ns)", iso8601(n)))
 }
 
+/// What `describe` found wrong, for its exit status: the segments with a problem, but not
+/// the newest one's end beside a running writer (a record it is writing at that moment is
+/// no damage). None when there is nothing to report.
+pub fn describe_problems(dir: &Path, d: &ringex_journal::JournalDescription) -> Option<String> {
+    let live = ringex_journal::lock_holder(dir).is_some();
+    let newest = d.segments.last().map(|s| s.base_seq);
+    let bad: Vec<String> = d
+        .segments
+        .iter()
+        .filter(|s| s.problem.is_some() && !(live && Some(s.base_seq) == newest))
+        .map(|s| s.path.display().to_string())
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "{} segment(s) with a PROBLEM ({}); `ringex journal verify --dir {}` says whether \
+             a start would cut it or refuse, and what to do",
+            bad.len(),
+            bad.join(", "),
+            dir.display()
+        )
+    })
+}
+
 /// Every segment with its header, seal, record count and time span, and the durable
-/// checkpoint.
-pub fn describe_text(dir: &Path) -> Result<String, String> {
+/// checkpoint; with [`describe_problems`]'s summary.
+pub fn describe_text(dir: &Path) -> Result<(String, Option<String>), String> {
     let d = describe(dir).map_err(|e| e.to_string())?;
     let mut out = String::new();
     let _ = writeln!(
@@ -68,11 +91,11 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
                 .unwrap_or_default(),
         );
     }
-    Ok(out)
+    Ok((out, describe_problems(dir, &d)))
 }
 
 /// [`describe_text`] as one JSON object.
-pub fn describe_json(dir: &Path) -> Result<String, String> {
+pub fn describe_json(dir: &Path) -> Result<(String, Option<String>), String> {
     let d = describe(dir).map_err(|e| e.to_string())?;
     let segments: Vec<_> = d
         .segments
@@ -101,7 +124,7 @@ pub fn describe_json(dir: &Path) -> Result<String, String> {
         }),
         "segments": segments,
     });
-    Ok(format!("{v}\n"))
+    Ok((format!("{v}\n"), describe_problems(dir, &d)))
 }
 
 /// `verify --deep`: [`verify_text`] over every frame, with every record's chain value
@@ -490,7 +513,7 @@ mod tests {
         let (_, hash) = node.state_hash().unwrap();
         node.shutdown().unwrap();
         let journal = dir.path().join("journal");
-        let d = describe_text(&journal).unwrap();
+        let (d, _) = describe_text(&journal).unwrap();
         assert!(
             d.contains("1 segment(s)") || d.contains("segment(s)"),
             "{d}"

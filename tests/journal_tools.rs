@@ -1395,3 +1395,40 @@ fn a_journal_directory_that_cannot_be_read_is_named_as_such() {
     );
     assert!(!stderr.contains("holds no journal segments"), "{stderr}");
 }
+
+#[test]
+fn describe_shows_every_segment_and_exits_1_when_one_has_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let segs = deposits_journal(&journal);
+    let intact = ok(&["describe"], &journal);
+    assert!(!intact.contains("PROBLEM"), "{intact}");
+
+    let mut b = std::fs::read(&segs[1]).unwrap();
+    b[20] ^= 0x01; // the segment header
+    std::fs::write(&segs[1], &b).unwrap();
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["describe", "--json"]
+        } else {
+            &["describe"]
+        };
+        let run = ringex(args, &journal);
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        // The whole description still, the damaged segment marked in it.
+        assert_eq!(
+            run.stdout.matches(".seg").count(),
+            segs.len(),
+            "{}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("header"), "{}", run.stdout);
+        assert!(
+            run.stderr.contains("1 segment(s) with a PROBLEM")
+                && run.stderr.contains(&segs[1].display().to_string())
+                && run.stderr.contains("ringex journal verify"),
+            "{}",
+            run.stderr
+        );
+    }
+}
