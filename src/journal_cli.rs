@@ -36,12 +36,33 @@ pub fn describe_problems(dir: &Path, d: &ringex_journal::JournalDescription) -> 
         .filter(|s| s.problem.is_some() && !(live && Some(s.base_seq) == newest))
         .map(|s| s.path.display().to_string())
         .collect();
-    (!bad.is_empty()).then(|| {
-        format!(
-            "{} segment(s) with a PROBLEM ({}); `ringex journal verify --dir {}` says whether \
-             a start would cut it or refuse, and what to do",
+    // Sequences between two sound segments that no file holds: a segment is missing.
+    let gaps: Vec<String> = d
+        .segments
+        .windows(2)
+        .filter(|w| w[0].problem.is_none() && w[1].problem.is_none())
+        .filter(|w| w[0].seq_last.saturating_add(1) < w[1].base_seq)
+        .map(|w| format!("{}..={}", w[0].seq_last + 1, w[1].base_seq - 1))
+        .collect();
+    let mut what = Vec::new();
+    if !bad.is_empty() {
+        what.push(format!(
+            "{} segment(s) with a PROBLEM ({})",
             bad.len(),
-            bad.join(", "),
+            bad.join(", ")
+        ));
+    }
+    if !gaps.is_empty() {
+        what.push(format!(
+            "sequences {} are in no segment (a segment is missing)",
+            gaps.join(", ")
+        ));
+    }
+    (!what.is_empty()).then(|| {
+        format!(
+            "{}; `ringex journal verify --dir {}` says whether a start would cut it or \
+             refuse, and what to do",
+            what.join("; "),
             dir.display()
         )
     })

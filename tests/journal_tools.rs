@@ -1431,4 +1431,15 @@ fn describe_shows_every_segment_and_exits_1_when_one_has_a_problem() {
             run.stderr
         );
     }
+
+    // A missing segment: every file is sound, but sequences are in none of them.
+    std::fs::remove_file(&segs[1]).unwrap();
+    let run = ringex(&["describe"], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let gap = format!(
+        "sequences {}..={} are in no segment",
+        base_seq(&segs[1]),
+        base_seq(&segs[2]) - 1
+    );
+    assert!(run.stderr.contains(&gap), "{}", run.stderr);
 }
