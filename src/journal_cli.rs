@@ -202,6 +202,7 @@ pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String
             "what": t.to_string(),
         })),
         "deep_records_decoded": decoded,
+        "newest_snapshot_passed_over": snapshot_passed_over(dir),
     });
     Ok(format!("{v}\n"))
 }
@@ -281,6 +282,24 @@ fn verify_report_visit(
     Ok(r)
 }
 
+/// When the newest snapshot beside the journal is damaged: which one a start takes
+/// instead (it passes over damaged ones, and so replays more of the journal).
+fn snapshot_passed_over(dir: &Path) -> Option<String> {
+    let entries = ringex_journal::snapshot_list(&snapshots_dir(dir)?).ok()?;
+    let newest = entries.last()?;
+    let why = newest.meta.as_ref().err()?;
+    let usable = entries.iter().rev().find(|e| e.meta.is_ok());
+    Some(format!(
+        "the newest snapshot {} is damaged ({why}): a start passes over it to {}; \
+         `ringex journal snapshot verify` checks them all",
+        newest.path.display(),
+        match usable {
+            Some(e) => format!("the snapshot at sequence {}", e.seq),
+            None => "the journal's first record (no snapshot is usable)".to_string(),
+        }
+    ))
+}
+
 fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
@@ -307,6 +326,9 @@ fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
                 .map(|at| format!(" (the writer is mid-write at {at})"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(note) = snapshot_passed_over(dir) {
+        let _ = writeln!(out, "snapshots: {note}");
     }
     match &r.truncation {
         None => out.push_str("tail intact: nothing would be cut\n"),

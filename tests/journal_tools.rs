@@ -1443,3 +1443,52 @@ fn describe_shows_every_segment_and_exits_1_when_one_has_a_problem() {
     );
     assert!(run.stderr.contains(&gap), "{}", run.stderr);
 }
+
+#[test]
+fn a_damaged_newest_snapshot_is_named_by_verify_and_snapshot_describe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    known_history(dir);
+    let verify = ok(&["verify"], dir);
+    assert!(!verify.contains("snapshots:"), "{verify}");
+
+    // The newest snapshot (at 23) with a flipped bit in its payload.
+    let newest = dir
+        .join("snapshots")
+        .join(ringex_journal::snapshot_file_name(23));
+    let mut b = std::fs::read(&newest).unwrap();
+    let at = b.len() - 10;
+    b[at] ^= 0x20;
+    std::fs::write(&newest, &b).unwrap();
+
+    // The journal is sound, so verify passes; it says which snapshot a start takes.
+    let verify = ok(&["verify"], dir);
+    assert!(
+        verify.contains(&format!(
+            "snapshots: the newest snapshot {} is damaged (",
+            newest.display()
+        )) && verify.contains("a start passes over it to the snapshot at sequence 19"),
+        "{verify}"
+    );
+    let v = &json_lines(&ok(&["verify", "--json"], dir))[0];
+    assert!(
+        v["newest_snapshot_passed_over"]
+            .as_str()
+            .is_some_and(|n| n.contains("sequence 19")),
+        "{v}"
+    );
+    // snapshot describe shows the newest usable one, and says why not the newest file.
+    let run = ringex(&["snapshot", "describe"], dir);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("state after sequence 19"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("the newer snapshot(s) at sequence 23 are damaged"),
+        "{}",
+        run.stderr
+    );
+}

@@ -1310,6 +1310,20 @@ fn snapshot(cmd: SnapshotCmd, out: &mut dyn Write) -> Result<(), String> {
                 .map_err(|why| format!("snapshot {} is damaged: {why}", entry.path.display()))?;
             let ex = replay::restore(&entry.path, &meta)
                 .map_err(|why| format!("snapshot {} is unusable: {why}", entry.path.display()))?;
+            let passed_over: Vec<String> = entries
+                .iter()
+                .filter(|e| e.seq > entry.seq)
+                .map(|e| e.seq.to_string())
+                .collect();
+            if !passed_over.is_empty() {
+                // Not the newest file: say why, where an operator reads it.
+                eprintln!(
+                    "ringex journal: the newer snapshot(s) at sequence {} are damaged; this \
+                     is the newest usable one (`ringex journal snapshot verify` says what is \
+                     wrong with them)",
+                    passed_over.join(", ")
+                );
+            }
             describe_state(&entry.path, &meta, &ex, json, out)
         }
     }
