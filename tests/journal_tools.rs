@@ -1394,6 +1394,23 @@ fn a_journal_directory_that_cannot_be_read_is_named_as_such() {
         "{stderr}"
     );
     assert!(!stderr.contains("holds no journal segments"), "{stderr}");
+
+    // A segment this user may not read: the error says so, and what to do.
+    let segs = ringex_journal::list_segments(&journal).unwrap();
+    std::fs::set_permissions(&segs[1].path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = Process::new(env!("CARGO_BIN_EXE_ringex"));
+    cmd.args(["journal", "export", "--dir"]).arg(&journal);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("run as the user that owns"),
+        "{stderr}"
+    );
 }
 
 #[test]
