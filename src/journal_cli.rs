@@ -24,9 +24,53 @@ fn ts(ns: Option<u64>) -> String {
     ns.map_or("-".into(), |n| format!("{} ({n} ns)", iso8601(n)))
 }
 
+/// What `describe` found wrong, for its exit status: the segments with a problem, but not
+/// the newest one's end beside a running writer (a record it is writing at that moment is
+/// no damage). None when there is nothing to report.
+pub fn describe_problems(dir: &Path, d: &ringex_journal::JournalDescription) -> Option<String> {
+    let live = ringex_journal::lock_holder(dir).is_some();
+    let newest = d.segments.last().map(|s| s.base_seq);
+    let bad: Vec<String> = d
+        .segments
+        .iter()
+        .filter(|s| s.problem.is_some() && !(live && Some(s.base_seq) == newest))
+        .map(|s| s.path.display().to_string())
+        .collect();
+    // Sequences between two sound segments that no file holds: a segment is missing.
+    let gaps: Vec<String> = d
+        .segments
+        .windows(2)
+        .filter(|w| w[0].problem.is_none() && w[1].problem.is_none())
+        .filter(|w| w[0].seq_last.saturating_add(1) < w[1].base_seq)
+        .map(|w| format!("{}..={}", w[0].seq_last + 1, w[1].base_seq - 1))
+        .collect();
+    let mut what = Vec::new();
+    if !bad.is_empty() {
+        what.push(format!(
+            "{} segment(s) with a PROBLEM ({})",
+            bad.len(),
+            bad.join(", ")
+        ));
+    }
+    if !gaps.is_empty() {
+        what.push(format!(
+            "sequences {} are in no segment (a segment is missing)",
+            gaps.join(", ")
+        ));
+    }
+    (!what.is_empty()).then(|| {
+        format!(
+            "{}; `ringex journal verify --dir {}` says whether a start would cut it or \
+             refuse, and what to do",
+            what.join("; "),
+            dir.display()
+        )
+    })
+}
+
 /// Every segment with its header, seal, record count and time span, and the durable
-/// checkpoint.
-pub fn describe_text(dir: &Path) -> Result<String, String> {
+/// checkpoint; with [`describe_problems`]'s summary.
+pub fn describe_text(dir: &Path) -> Result<(String, Option<String>), String> {
     let d = describe(dir).map_err(|e| e.to_string())?;
     let mut out = String::new();
     let _ = writeln!(
@@ -68,11 +112,11 @@ pub fn describe_text(dir: &Path) -> Result<String, String> {
                 .unwrap_or_default(),
         );
     }
-    Ok(out)
+    Ok((out, describe_problems(dir, &d)))
 }
 
 /// [`describe_text`] as one JSON object.
-pub fn describe_json(dir: &Path) -> Result<String, String> {
+pub fn describe_json(dir: &Path) -> Result<(String, Option<String>), String> {
     let d = describe(dir).map_err(|e| e.to_string())?;
     let segments: Vec<_> = d
         .segments
@@ -101,7 +145,7 @@ pub fn describe_json(dir: &Path) -> Result<String, String> {
         }),
         "segments": segments,
     });
-    Ok(format!("{v}\n"))
+    Ok((format!("{v}\n"), describe_problems(dir, &d)))
 }
 
 /// `verify --deep`: [`verify_text`] over every frame, with every record's chain value
@@ -158,6 +202,7 @@ pub fn verify_json(dir: &Path, quick: bool, deep: bool) -> Result<String, String
             "what": t.to_string(),
         })),
         "deep_records_decoded": decoded,
+        "newest_snapshot_passed_over": snapshot_passed_over(dir),
     });
     Ok(format!("{v}\n"))
 }
@@ -237,6 +282,24 @@ fn verify_report_visit(
     Ok(r)
 }
 
+/// When the newest snapshot beside the journal is damaged: which one a start takes
+/// instead (it passes over damaged ones, and so replays more of the journal).
+fn snapshot_passed_over(dir: &Path) -> Option<String> {
+    let entries = ringex_journal::snapshot_list(&snapshots_dir(dir)?).ok()?;
+    let newest = entries.last()?;
+    let why = newest.meta.as_ref().err()?;
+    let usable = entries.iter().rev().find(|e| e.meta.is_ok());
+    Some(format!(
+        "the newest snapshot {} is damaged ({why}): a start passes over it to {}; \
+         `ringex journal snapshot verify` checks them all",
+        newest.path.display(),
+        match usable {
+            Some(e) => format!("the snapshot at sequence {}", e.seq),
+            None => "the journal's first record (no snapshot is usable)".to_string(),
+        }
+    ))
+}
+
 fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
     let mut out = format!(
         "journal {}: records {}, durable checkpoint at {}, proven durable up to {}, {} \
@@ -263,6 +326,9 @@ fn verify_render(dir: &Path, r: &ringex_journal::RecoveryReport) -> String {
                 .map(|at| format!(" (the writer is mid-write at {at})"))
                 .unwrap_or_default()
         );
+    }
+    if let Some(note) = snapshot_passed_over(dir) {
+        let _ = writeln!(out, "snapshots: {note}");
     }
     match &r.truncation {
         None => out.push_str("tail intact: nothing would be cut\n"),
@@ -490,7 +556,7 @@ mod tests {
         let (_, hash) = node.state_hash().unwrap();
         node.shutdown().unwrap();
         let journal = dir.path().join("journal");
-        let d = describe_text(&journal).unwrap();
+        let (d, _) = describe_text(&journal).unwrap();
         assert!(
             d.contains("1 segment(s)") || d.contains("segment(s)"),
             "{d}"

@@ -680,10 +680,18 @@ fn journal(cmd: JournalCmd) -> ExitCode {
     let mut json_errors = false;
     let result = match cmd {
         JournalCmd::Describe { dir, json } => dir_of(&dir).and_then(|dir| {
-            if json {
-                journal_cli::describe_json(&dir)
+            let (text, problems) = if json {
+                journal_cli::describe_json(&dir)?
             } else {
-                journal_cli::describe_text(&dir)
+                journal_cli::describe_text(&dir)?
+            };
+            match problems {
+                None => Ok(text),
+                // The description first (it shows where), then exit 1 with the summary.
+                Some(why) => {
+                    print!("{text}");
+                    Err(why)
+                }
             }
         }),
         JournalCmd::Verify {

@@ -810,6 +810,21 @@ fn diff_finds_the_first_record_where_two_journals_part() {
         stdout.contains("is 2 record(s) behind, not divergent"),
         "{stdout}"
     );
+
+    // Beside a running node the ends are read at different moments: a journal being
+    // written may look behind the other only because it was read first, so diff does not
+    // say which is behind (a standby read later can seem ahead of its primary).
+    let node = Node::start(&config(&c), OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let (code, stdout, _) = diff(&a, &c, false);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("agree on sequences 1..=21")
+            && stdout.contains("being written")
+            && stdout.contains("which journal is behind is not judged")
+            && !stdout.contains("record(s) behind"),
+        "{stdout}"
+    );
+    node.shutdown().unwrap();
 }
 
 /// A journal of several 1 MiB segments and no snapshot.
@@ -1105,4 +1120,392 @@ fn verify_deep_names_a_record_that_passes_its_checksum_but_does_not_decode() {
     // Without --deep, only the frames are checked: they are intact.
     let plain = ok(&["verify"], &journal);
     assert!(plain.contains("records 1..=2000"), "{plain}");
+}
+
+/// A journal of 3,000 deposits over 64 KiB segments, each record's timestamp its
+/// sequence; returns its segments, oldest first.
+fn deposits_journal(journal: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(journal).unwrap();
+    let mut cfg = ringex_journal::Config::new(journal);
+    cfg.segment_size_bytes = 1 << 16;
+    cfg.record_size_bytes_max = 4096;
+    cfg.low_space_threshold_bytes = 0;
+    let mut j = ringex_journal::Journal::open(cfg).unwrap();
+    let version = u16::from(ringex_engine::codec::CODEC_VERSION);
+    let mut buf = Vec::new();
+    for seq in 1..=3000u64 {
+        buf.clear();
+        ringex_engine::codec::encode_command_vec(
+            &Command::Deposit {
+                account: 7,
+                asset: 1,
+                amount: seq as i64,
+                external_ref: seq,
+            },
+            &mut buf,
+        );
+        j.append(fmt::RECORD_COMMAND, version, seq, &buf).unwrap();
+    }
+    j.close().unwrap();
+    let segs: Vec<PathBuf> = ringex_journal::list_segments(journal)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert!(segs.len() > 3, "{segs:?}");
+    segs
+}
+
+fn base_seq(segment: &Path) -> u64 {
+    let name = segment.file_stem().unwrap().to_str().unwrap();
+    name.parse().unwrap()
+}
+
+#[test]
+fn seek_names_the_damage_instead_of_answering_with_another_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let segs = deposits_journal(&journal);
+    let golden = std::fs::read(&segs[1]).unwrap();
+    let base = base_seq(&segs[1]);
+    let damaged = base + 50;
+
+    // A flipped bit in the payload of record `damaged`, in a sealed segment.
+    let at = &json_lines(&ok(
+        &["seek", "--seq", &damaged.to_string(), "--json"],
+        &journal,
+    ))[0];
+    let offset = at["offset_bytes"].as_u64().unwrap() as usize;
+    let mut b = golden.clone();
+    b[offset + 48 + 2] ^= 0x04;
+    std::fs::write(&segs[1], &b).unwrap();
+
+    let run = ringex(&["seek", "--seq", &damaged.to_string()], &journal);
+    assert_eq!(
+        run.code, 1,
+        "the next record is not the one asked for: {}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("sequence {damaged} cannot be read"))
+            && run.stderr.contains("damaged")
+            && run.stderr.contains("ringex journal verify"),
+        "{}",
+        run.stderr
+    );
+    // Record 1 and those after the damage are where they were.
+    ok(&["seek", "--seq", "1"], &journal);
+    ok(&["seek", "--seq", &(damaged + 1).to_string()], &journal);
+    // A time whose first record lies past the damage: the record asked for may be in it.
+    let run = ringex(&["seek", "--time", &damaged.to_string()], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("not all readable"), "{}", run.stderr);
+    std::fs::write(&segs[1], &golden).unwrap();
+
+    // A missing segment: its sequences and times are in no file.
+    let missing = base_seq(&segs[2]);
+    let kept = std::fs::read(&segs[2]).unwrap();
+    std::fs::remove_file(&segs[2]).unwrap();
+    let run = ringex(&["seek", "--seq", &(missing + 5).to_string()], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("in no segment"), "{}", run.stderr);
+    let run = ringex(&["seek", "--time", &(missing + 5).to_string()], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("in no segment"), "{}", run.stderr);
+    std::fs::write(&segs[2], &kept).unwrap();
+    let found = &json_lines(&ok(
+        &["seek", "--time", &(missing + 5).to_string(), "--json"],
+        &journal,
+    ))[0];
+    assert_eq!(found["seq"], missing + 5);
+}
+
+#[test]
+fn export_from_a_damaged_segment_gives_the_records_before_the_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let segs = deposits_journal(&journal);
+    let base = base_seq(&segs[1]);
+    let damaged = base + 50;
+    let at = &json_lines(&ok(
+        &["seek", "--seq", &damaged.to_string(), "--json"],
+        &journal,
+    ))[0];
+    let offset = at["offset_bytes"].as_u64().unwrap() as usize;
+    let mut b = std::fs::read(&segs[1]).unwrap();
+    b[offset + 48 + 2] ^= 0x04;
+    std::fs::write(&segs[1], &b).unwrap();
+
+    // A range that ends before the damage is whole.
+    let to = (damaged - 1).to_string();
+    let from = base.to_string();
+    let text = ok(
+        &[
+            "export",
+            "--from-seq",
+            &from,
+            "--to-seq",
+            &to,
+            "--format",
+            "jsonl",
+        ],
+        &journal,
+    );
+    assert_eq!(
+        seqs(&json_lines(&text)),
+        (base..damaged).collect::<Vec<_>>()
+    );
+    let text = ok(&["stats", "--from-seq", &from, "--to-seq", &to], &journal);
+    assert!(text.starts_with("50 records, "), "{text}");
+    let text = ok(&["events", "--to-seq", &to, "--format", "jsonl"], &journal);
+    assert_eq!(json_lines(&text).last().unwrap()["seq"], damaged - 1);
+    // One that reaches it gives what precedes it, then stops there with exit 1.
+    let run = ringex(
+        &["export", "--from-seq", &from, "--format", "jsonl"],
+        &journal,
+    );
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        seqs(&json_lines(&run.stdout)),
+        (base..damaged).collect::<Vec<_>>()
+    );
+    assert!(
+        run.stderr.contains(&format!("(sequence {damaged})")),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_range_that_holds_nothing_or_was_pruned_is_refused_not_shown_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let segs = deposits_journal(&journal);
+    for verb in ["export", "stats"] {
+        let run = ringex(&[verb, "--from-seq", "10", "--to-seq", "5"], &journal);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stdout);
+        assert!(
+            run.stderr.contains("--to-seq 5 is before --from-seq 10"),
+            "{}",
+            run.stderr
+        );
+        let run = ringex(&[verb, "--from-time", "100", "--to-time", "50"], &journal);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stdout);
+        assert!(
+            run.stderr.contains("is not after --from-time"),
+            "{}",
+            run.stderr
+        );
+    }
+    // The oldest segment pruned: its sequences are no longer in the journal.
+    std::fs::remove_file(&segs[0]).unwrap();
+    let first = base_seq(&segs[1]);
+    for verb in ["export", "stats", "events"] {
+        let run = ringex(&[verb, "--to-seq", "5"], &journal);
+        assert_eq!(run.code, 1, "{verb}: {}", run.stdout);
+        assert!(
+            run.stderr.contains(&format!(
+                "--to-seq 5 is before the journal's first record {first}"
+            )),
+            "{verb}: {}",
+            run.stderr
+        );
+    }
+    // A range inside the journal still answers.
+    let text = ok(&["stats", "--to-seq", &first.to_string()], &journal);
+    assert!(text.starts_with("1 records, "), "{text}");
+}
+
+#[test]
+fn events_on_a_pruned_journal_name_the_sequence_answers_start_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut cfg = config(dir);
+    cfg.journal.prune_after_snapshot = false;
+    let w = ringex::bench::engine::generate(2, 40_000, 11);
+    let mut node = Node::start(&cfg, OutputMode::Sink(Box::new(CountingSink))).unwrap();
+    let all: Vec<&Command> = w
+        .setup
+        .iter()
+        .chain(&w.prefill)
+        .chain(&w.commands)
+        .collect();
+    let half = all.len() / 2;
+    for c in &all[..half] {
+        submit(&mut node, c);
+    }
+    node.request_snapshot().unwrap();
+    for c in &all[half..] {
+        submit(&mut node, c);
+    }
+    node.shutdown().unwrap();
+    let list = &json_lines(&ok(&["snapshot", "list", "--json"], dir))[0];
+    let oldest = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["seq"].as_u64())
+        .min()
+        .unwrap();
+    // Pruning as the node does it: the oldest segment, wholly before the oldest snapshot.
+    let segs = ringex_journal::list_segments(&dir.join("journal")).unwrap();
+    assert!(segs[1].base_seq <= oldest, "{oldest} {segs:?}");
+    std::fs::remove_file(&segs[0].path).unwrap();
+
+    let run = ringex(&["events"], dir);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!(
+            "the oldest usable snapshot is at sequence {oldest}, so answers start after it \
+             (--from-seq {})",
+            oldest + 1
+        )),
+        "{}",
+        run.stderr
+    );
+    let from = (oldest + 1).to_string();
+    let events = ok(&["events", "--from-seq", &from, "--to-seq", &from], dir);
+    assert!(events.starts_with(&format!("{from} ")), "{events}");
+}
+
+#[test]
+fn a_journal_directory_that_cannot_be_read_is_named_as_such() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = tmp.path().join("journal");
+    deposits_journal(&journal);
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = Process::new(env!("CARGO_BIN_EXE_ringex"));
+    cmd.args(["journal", "verify", "--dir"]).arg(tmp.path());
+    // Root reads any directory: the tool runs as an unprivileged user then.
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(&journal, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot be read") && stderr.contains("Permission denied"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("holds no journal segments"), "{stderr}");
+
+    // A segment this user may not read: the error says so, and what to do.
+    let segs = ringex_journal::list_segments(&journal).unwrap();
+    std::fs::set_permissions(&segs[1].path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = Process::new(env!("CARGO_BIN_EXE_ringex"));
+    cmd.args(["journal", "export", "--dir"]).arg(&journal);
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied") && stderr.contains("run as the user that owns"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn describe_shows_every_segment_and_exits_1_when_one_has_a_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let segs = deposits_journal(&journal);
+    let intact = ok(&["describe"], &journal);
+    assert!(!intact.contains("PROBLEM"), "{intact}");
+
+    let mut b = std::fs::read(&segs[1]).unwrap();
+    b[20] ^= 0x01; // the segment header
+    std::fs::write(&segs[1], &b).unwrap();
+    for json in [false, true] {
+        let args: &[&str] = if json {
+            &["describe", "--json"]
+        } else {
+            &["describe"]
+        };
+        let run = ringex(args, &journal);
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        // The whole description still, the damaged segment marked in it.
+        assert_eq!(
+            run.stdout.matches(".seg").count(),
+            segs.len(),
+            "{}",
+            run.stdout
+        );
+        assert!(run.stdout.contains("header"), "{}", run.stdout);
+        assert!(
+            run.stderr.contains("1 segment(s) with a PROBLEM")
+                && run.stderr.contains(&segs[1].display().to_string())
+                && run.stderr.contains("ringex journal verify"),
+            "{}",
+            run.stderr
+        );
+    }
+
+    // A missing segment: every file is sound, but sequences are in none of them.
+    std::fs::remove_file(&segs[1]).unwrap();
+    let run = ringex(&["describe"], &journal);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let gap = format!(
+        "sequences {}..={} are in no segment",
+        base_seq(&segs[1]),
+        base_seq(&segs[2]) - 1
+    );
+    assert!(run.stderr.contains(&gap), "{}", run.stderr);
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_named_by_verify_and_snapshot_describe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    known_history(dir);
+    let verify = ok(&["verify"], dir);
+    assert!(!verify.contains("snapshots:"), "{verify}");
+
+    // The newest snapshot (at 23) with a flipped bit in its payload.
+    let newest = dir
+        .join("snapshots")
+        .join(ringex_journal::snapshot_file_name(23));
+    let mut b = std::fs::read(&newest).unwrap();
+    let at = b.len() - 10;
+    b[at] ^= 0x20;
+    std::fs::write(&newest, &b).unwrap();
+
+    // The journal is sound, so verify passes; it says which snapshot a start takes.
+    let verify = ok(&["verify"], dir);
+    assert!(
+        verify.contains(&format!(
+            "snapshots: the newest snapshot {} is damaged (",
+            newest.display()
+        )) && verify.contains("a start passes over it to the snapshot at sequence 19"),
+        "{verify}"
+    );
+    let v = &json_lines(&ok(&["verify", "--json"], dir))[0];
+    assert!(
+        v["newest_snapshot_passed_over"]
+            .as_str()
+            .is_some_and(|n| n.contains("sequence 19")),
+        "{v}"
+    );
+    // snapshot describe shows the newest usable one, and says why not the newest file.
+    let run = ringex(&["snapshot", "describe"], dir);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("state after sequence 19"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("the newer snapshot(s) at sequence 23 are damaged"),
+        "{}",
+        run.stderr
+    );
 }

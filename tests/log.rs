@@ -66,3 +66,61 @@ fn rust_log_filters_by_level() {
     );
     assert!(log.contains("RUST_LOG is not a filter"), "{log}");
 }
+
+/// Pruning after a snapshot is routine: logged at INFO by `ringex::node`, so that
+/// `RUST_LOG=warn` keeps only what went wrong.
+#[test]
+fn pruning_after_a_snapshot_is_logged_as_information() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // A bootstrap of 8,000 funded accounts (32,000 commands) rolls 1 MiB segments; a
+    // snapshot every 5,000 commands, one kept, leaves the first segment to prune. The
+    // journal prunes at the end of a batch after a snapshot is on disk: the bootstrap's
+    // batches after each snapshot are those.
+    let mut text = ringex::config::DEFAULT_CONFIG_TOML
+        .replace(
+            "data_dir = \"./data\"",
+            &format!("data_dir = \"{}\"", dir.path().display()),
+        )
+        .replace("127.0.0.1:9100", "127.0.0.1:0")
+        .replace("127.0.0.1:9101", "127.0.0.1:0")
+        .replace("127.0.0.1:9102", "127.0.0.1:0")
+        .replace("127.0.0.1:9103", "127.0.0.1:0")
+        .replace("segment_size_mib = 64", "segment_size_mib = 1")
+        .replace("durability = \"group\"", "durability = \"async\"")
+        .replace("every_commands = 1000000", "every_commands = 5000")
+        .replace("keep = 3 ", "keep = 1 ");
+    for id in 0..8000u32 {
+        text.push_str(&format!(
+            "\n[[accounts]]\nid = {}\ndeposits = {{ BTC = 1, ETH = 1, USDT = 1 }}\n",
+            100_000 + id
+        ));
+    }
+    let config = dir.path().join("ringex.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut node = Process::new(env!("CARGO_BIN_EXE_ringex"))
+        .args(["start", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(node.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("pruned") && tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // A failure bound, not the thing measured.
+    let line = rx.recv_timeout(std::time::Duration::from_secs(120));
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let line = line.expect("the node prunes the segment its snapshot covers");
+    assert!(
+        line.contains(" INFO ringex::node: pruned 1 journal segment(s) up to seq "),
+        "{line}"
+    );
+}

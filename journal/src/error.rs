@@ -81,13 +81,30 @@ impl Error {
     }
 }
 
+/// What to do about a file or directory this user may not read or write: it is the
+/// node's, owned by the user it runs as.
+fn permission_hint(source: &std::io::Error) -> &'static str {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        " (run as the user that owns the data directory, the one the node runs as, or \
+         give this user access to it)"
+    } else {
+        ""
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Io { context, source } => write!(f, "journal I/O error: {context}: {source}"),
-            Error::SnapshotIo { context, source } => {
-                write!(f, "snapshot I/O error: {context}: {source}")
-            }
+            Error::Io { context, source } => write!(
+                f,
+                "journal I/O error: {context}: {source}{}",
+                permission_hint(source)
+            ),
+            Error::SnapshotIo { context, source } => write!(
+                f,
+                "snapshot I/O error: {context}: {source}{}",
+                permission_hint(source)
+            ),
             Error::Locked { lock_path, holder } => write!(
                 f,
                 "journal directory is locked by another writer ({holder}); lock file {}",

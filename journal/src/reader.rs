@@ -286,9 +286,12 @@ impl Reader {
                         epoch: self.epoch,
                     });
                 }
-                match self.step(false)? {
-                    Step::Record(..) => {}
-                    Step::End | Step::NextSegment => break,
+                // Damage ends the index where it is: the positions before it are sound,
+                // so a record before the damage is still found, and a read that goes on
+                // to the damage reports it there.
+                match self.step(false) {
+                    Ok(Step::Record(..)) => {}
+                    Ok(Step::End | Step::NextSegment) | Err(_) => break,
                 }
             }
             self.index.insert(base, entries);

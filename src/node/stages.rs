@@ -269,12 +269,16 @@ impl JournalStage {
         self.pruned_for_snapshot_seq = snapshot_seq;
         match self.journal.prune(store, false) {
             Ok(report) => {
+                // Routine, once per snapshot: information, not a warning (a `warn` filter
+                // keeps only what went wrong).
                 if let Some(last) = report.segments.last() {
-                    self.shared.note(format!(
-                        "pruned {} journal segments up to seq {}",
+                    tracing::info!(
+                        target: "ringex::node",
+                        "pruned {} journal segment(s) up to seq {} (before the oldest kept \
+                         snapshot)",
                         report.segments.len(),
                         last.seq_last
-                    ));
+                    );
                 }
             }
             Err(e) => self.shared.note(format!("journal pruning failed: {e}")),

@@ -43,6 +43,19 @@ pub fn resolve_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
     if holds_segments(&inner) {
         return Ok(inner);
     }
+    // A directory that exists but cannot be listed (permissions) is not an empty one:
+    // say so, rather than that it holds no journal.
+    for d in [&given, &inner] {
+        if let Err(e) = std::fs::read_dir(d) {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(format!(
+                    "{} cannot be read ({e}); run as the user the node runs as, or give \
+                     this user read access to the data directory",
+                    d.display()
+                ));
+            }
+        }
+    }
     let what = if !given.exists() {
         "does not exist"
     } else if !given.is_dir() {

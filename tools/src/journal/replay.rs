@@ -58,10 +58,27 @@ pub fn start_before(
             snapshot: None,
         });
     }
+    // Where the earliest answer starts: the oldest snapshot that restores and that the
+    // journal continues (only looked for here, when the question reaches before it).
+    let oldest_usable = snapshots_dir(journal).and_then(|dir| {
+        snapshot_list(&dir).ok()?.into_iter().find_map(|entry| {
+            let meta = entry.meta.ok()?;
+            (meta.seq + 1 >= seq_first && restore(&entry.path, &meta).is_ok()).then_some(meta.seq)
+        })
+    });
+    let later = match oldest_usable {
+        Some(seq) => format!(
+            "the oldest usable snapshot is at sequence {seq}, so answers start after it \
+             (--from-seq {})",
+            seq + 1
+        ),
+        None => "no snapshot beside it restores and joins the journal".to_string(),
+    };
     Err(format!(
         "the journal's records start at sequence {seq_first} (earlier ones were pruned) and \
-         no usable snapshot beside it covers what is asked; ask about later sequences, or \
-         point --dir at a data directory whose snapshots/ holds an older snapshot"
+         what is asked reaches before the state a replay can start from: {later}; ask \
+         about later sequences, or point --dir at a data directory whose snapshots/ holds \
+         an older snapshot"
     ))
 }
 
@@ -114,10 +131,14 @@ pub fn run(
     let progress = Progress::new(what, from, end);
     let mut events: Vec<Event> = Vec::with_capacity(64);
     let mut seq_last = start.seq;
-    while let Some(r) = reader.next().map_err(|e| e.to_string())? {
-        if to.is_some_and(|t| r.seq > t) {
+    // Stops before reading past `to`: damage after the range is not the range's.
+    loop {
+        if to.is_some_and(|t| reader.seq_next() > t) {
             break;
         }
+        let Some(r) = reader.next().map_err(|e| e.to_string())? else {
+            break;
+        };
         progress.at(r.seq);
         let body = decode(r.record_type, r.schema_version, r.payload);
         events.clear();

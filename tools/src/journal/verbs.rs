@@ -247,9 +247,33 @@ pub fn run(cmd: ToolCmd, out: &mut dyn Write) -> Result<(), String> {
 /// The first sequence to read for a filter: refuses a range the journal does not hold.
 fn range_start(dir: &Path, filter: &Filter) -> Result<Option<(u64, u64, u64)>, String> {
     let (from, to) = filter.seq_range();
+    if let (Some(f), Some(t)) = (filter.from_seq, filter.to_seq) {
+        if t < f {
+            return Err(format!(
+                "--to-seq {t} is before --from-seq {f}: the range holds no sequence (both \
+                 are inclusive; give --to-seq at or after --from-seq)"
+            ));
+        }
+    }
+    if let (Some(f), Some(t)) = (filter.from_time, filter.to_time) {
+        if t <= f {
+            return Err(format!(
+                "--to-time {} is not after --from-time {}: the interval holds no time \
+                 (--from-time is inclusive, --to-time exclusive)",
+                iso8601(t),
+                iso8601(f)
+            ));
+        }
+    }
     let (first, last) = seq_bounds(dir)?;
     if last < first {
         return Ok(None);
+    }
+    if filter.to_seq.is_some_and(|t| t < first) {
+        return Err(format!(
+            "--to-seq {to} is before the journal's first record {first} (earlier ones were \
+             pruned after a snapshot): the journal no longer holds that range"
+        ));
     }
     if filter.from_seq.is_some_and(|f| f < first) {
         return Err(format!(
@@ -273,7 +297,7 @@ pub fn export(
     out: &mut dyn Write,
 ) -> Result<(), String> {
     filter.check_types(&format::record_type_names())?;
-    let Some((from, to, _)) = range_start(dir, &filter)? else {
+    let Some((from, to, last)) = range_start(dir, &filter)? else {
         return Ok(());
     };
     let mut reader = Reader::open(dir).map_err(|e| e.to_string())?;
@@ -282,11 +306,16 @@ pub fn export(
     let mut w = LineWriter::new(format, false);
     let mut fields = Vec::with_capacity(16);
     let mut stopped = false;
-    while let Some(r) = reader.next().map_err(|e| e.to_string())? {
-        if r.seq > to {
-            stopped = true;
+    // Stops before reading past `to`: damage after the range is not the range's. At the
+    // journal's end, what follows its last record is checked below.
+    loop {
+        if reader.seq_next() > to {
+            stopped = to < last;
             break;
         }
+        let Some(r) = reader.next().map_err(|e| e.to_string())? else {
+            break;
+        };
         progress.at(r.seq);
         if !filter.time_ok(r.timestamp_ns) {
             continue;
@@ -724,16 +753,44 @@ struct Found {
     epoch: u32,
 }
 
-fn find(dir: &Path, from: u64, hit: impl Fn(u64, u64) -> bool) -> Result<Option<Found>, String> {
+/// The first record from sequence `from` on that `hit` takes, and what stood between
+/// `from` and it: a damaged stretch, or sequences no segment holds (a missing segment).
+/// A record in such a stretch cannot be told apart from the one asked for, so the caller
+/// refuses rather than answer with the next readable record.
+fn find(
+    dir: &Path,
+    from: u64,
+    hit: impl Fn(u64, u64) -> bool,
+) -> Result<(Option<Found>, Option<String>), String> {
     let mut found = None;
-    scan(dir, from, |item| {
-        if let ScanItem::Record {
+    let mut trouble: Option<String> = None;
+    let mut seq_expected = from;
+    scan(dir, from, |item| match item {
+        ScanItem::Record {
             segment,
             offset_bytes,
             header,
             ..
-        } = item
-        {
+        } => {
+            if header.seq != seq_expected && trouble.is_none() {
+                trouble = Some(if header.seq > seq_expected {
+                    format!(
+                        "sequences {seq_expected}..={} are in no segment (a segment is \
+                         missing before {})",
+                        header.seq - 1,
+                        segment.display()
+                    )
+                } else {
+                    format!(
+                        "segment {} at offset {offset_bytes} holds sequence {} where {} \
+                         was expected",
+                        segment.display(),
+                        header.seq,
+                        seq_expected
+                    )
+                });
+            }
+            seq_expected = header.seq + 1;
             if hit(header.seq, header.timestamp_ns) {
                 found = Some(Found {
                     seq: header.seq,
@@ -745,11 +802,25 @@ fn find(dir: &Path, from: u64, hit: impl Fn(u64, u64) -> bool) -> Result<Option<
                 });
                 return false;
             }
+            true
         }
-        true
+        ScanItem::Damaged {
+            segment,
+            offset_bytes,
+            reason,
+            ..
+        } => {
+            if trouble.is_none() {
+                trouble = Some(format!(
+                    "segment {} at offset {offset_bytes} is damaged: {reason}",
+                    segment.display()
+                ));
+            }
+            true
+        }
     })
     .map_err(|e| e.to_string())?;
-    Ok(found)
+    Ok((found, trouble))
 }
 
 /// `seek`: the segment and offset of a sequence, or of the first record at or after a
@@ -774,7 +845,18 @@ pub fn seek(
                     }
                 ));
             }
-            find(dir, s, |seq, _| seq >= s)?
+            let (found, trouble) = find(dir, s, |seq, _| seq >= s)?;
+            if found.as_ref().is_none_or(|f| f.seq != s) {
+                return Err(format!(
+                    "sequence {s} cannot be read: {}; `ringex journal verify --dir {}` \
+                     says what a start would do about it, and `ringex journal dump --from \
+                     {s} --dir {}` shows the records around it",
+                    trouble.unwrap_or_else(|| "the journal holds no record with it".into()),
+                    dir.display(),
+                    dir.display()
+                ));
+            }
+            found
         }
         (None, Some(t)) => {
             // The newest segment whose first record is not after `t`, then its records.
@@ -789,7 +871,21 @@ pub fn seek(
                     _ => break,
                 }
             }
-            find(dir, from, |_, ts| ts >= t)?
+            let (found, trouble) = find(dir, from, |_, ts| ts >= t)?;
+            if let (Some(why), Some(_)) = (trouble, &found) {
+                return Err(format!(
+                    "the records before the first one written at or after {} ({t} ns) \
+                     that can be read{} are not all readable: {why}; the record asked \
+                     for may be among them. `ringex journal verify --dir {}` says where \
+                     the journal is damaged",
+                    iso8601(t),
+                    found
+                        .as_ref()
+                        .map_or(String::new(), |f| format!(" (sequence {})", f.seq)),
+                    dir.display()
+                ));
+            }
+            found
         }
         _ => return Err("give one of --seq N or --time T".into()),
     };
@@ -849,16 +945,21 @@ pub fn stats(
     let mut groups: BTreeMap<(u64, String), Tally> = BTreeMap::new();
     let mut fields = Vec::with_capacity(16);
     let (mut seq_first, mut seq_last, mut ts_first, mut ts_last) = (0u64, 0u64, None, 0u64);
-    if let Some((from, to, _)) = range_start(dir, &filter)? {
+    if let Some((from, to, last)) = range_start(dir, &filter)? {
         let mut reader = Reader::open(dir).map_err(|e| e.to_string())?;
         reader.seek(from).map_err(|e| e.to_string())?;
         let progress = Progress::new("counting", from, to);
         let mut stopped = false;
-        while let Some(r) = reader.next().map_err(|e| e.to_string())? {
-            if r.seq > to {
-                stopped = true;
+        // Stops before reading past `to`: damage after the range is not the range's. At
+        // the journal's end, what follows its last record is checked below.
+        loop {
+            if reader.seq_next() > to {
+                stopped = to < last;
                 break;
             }
+            let Some(r) = reader.next().map_err(|e| e.to_string())? else {
+                break;
+            };
             progress.at(r.seq);
             if !filter.time_ok(r.timestamp_ns) {
                 continue;
@@ -1027,8 +1128,24 @@ pub fn diff(a: &Path, b: &Path, json: bool, out: &mut dyn Write) -> Result<(), S
     }
     match &difference {
         None if from <= to => {
+            // A journal being written grows between the reads of the two ends: which one is
+            // behind is then a matter of when each was read, not of the journals.
+            let live: Vec<String> = [(&an, a), (&bn, b)]
+                .into_iter()
+                .filter_map(|(n, d)| {
+                    ringex_journal::lock_holder(d).map(|w| format!("{n} (writer {w})"))
+                })
+                .collect();
             let note = match last_a.cmp(&last_b) {
                 std::cmp::Ordering::Equal => "both end there".to_string(),
+                _ if !live.is_empty() => format!(
+                    "{an} ended at {last_a} and {bn} at {last_b} when each was read, but {} {} \
+                     being written, so the ends were read at different moments and which \
+                     journal is behind is not judged (compare them again once stopped, or \
+                     use the primary's `repl=connected(lag=N,...)` log line)",
+                    live.join(" and "),
+                    if live.len() == 1 { "it is" } else { "they are" }
+                ),
                 std::cmp::Ordering::Greater => format!(
                     "{an} goes on to {last_a}: {bn} is {} record(s) behind, not divergent",
                     last_a - last_b
@@ -1193,6 +1310,20 @@ fn snapshot(cmd: SnapshotCmd, out: &mut dyn Write) -> Result<(), String> {
                 .map_err(|why| format!("snapshot {} is damaged: {why}", entry.path.display()))?;
             let ex = replay::restore(&entry.path, &meta)
                 .map_err(|why| format!("snapshot {} is unusable: {why}", entry.path.display()))?;
+            let passed_over: Vec<String> = entries
+                .iter()
+                .filter(|e| e.seq > entry.seq)
+                .map(|e| e.seq.to_string())
+                .collect();
+            if !passed_over.is_empty() {
+                // Not the newest file: say why, where an operator reads it.
+                eprintln!(
+                    "ringex journal: the newer snapshot(s) at sequence {} are damaged; this \
+                     is the newest usable one (`ringex journal snapshot verify` says what is \
+                     wrong with them)",
+                    passed_over.join(", ")
+                );
+            }
             describe_state(&entry.path, &meta, &ex, json, out)
         }
     }
