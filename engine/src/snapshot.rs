@@ -204,7 +204,7 @@ impl Exchange {
                 w.u8(n.side as u8);
                 w.i64(n.price);
                 w.u64(n.qty);
-                w.u32(n.data.account_index);
+                w.u32(n.owner);
                 w.u64(n.data.client_order_id);
                 w.i64(n.data.hold);
                 w.u32(n.data.maker_fee_ppm);
@@ -387,7 +387,7 @@ fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
             id,
             suspended,
             balances,
-            open_orders: BTreeMap::new(),
+            open_orders: OpenOrders::new(),
             fee_tiers,
         });
     }
@@ -452,8 +452,9 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         let side = Side::from_u8(r.u8()?).ok_or(SnapshotError::Invalid("order side"))?;
         let price = r.i64()?;
         let qty = r.u64()?;
-        let meta = OrderMeta {
-            account_index: r.u32()?,
+        let owner = r.u32()?;
+        let mut meta = OrderMeta {
+            open_slot: NO_SLOT,
             client_order_id: r.u64()?,
             hold: r.i64()?,
             maker_fee_ppm: r.u32()?,
@@ -466,10 +467,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             qty > 0 && price > 0 && id < ex.next_order_id,
             "order fields",
         )?;
-        check(
-            (meta.account_index as usize) < ex.accounts.len(),
-            "order account",
-        )?;
+        check((owner as usize) < ex.accounts.len(), "order account")?;
         check(!book.contains(id), "duplicate order")?;
         // Orders arrive level by level in time priority, best level first per side.
         if let Some(best) = book.best_price(side) {
@@ -484,14 +482,14 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             book.qty_at(side, price).checked_add(qty).is_some(),
             "level total",
         )?;
-        book.insert(id, side, price, qty, meta.account_index, meta);
-        let account = &mut ex.accounts[meta.account_index as usize];
-        check(
-            account.open_orders.insert(id, spec.market).is_none(),
-            "order listed twice",
-        )?;
+        // Ids are unique across books (checked by `verify_invariants`), so each order
+        // takes a slot of its own.
+        meta.open_slot = ex.accounts[owner as usize]
+            .open_orders
+            .insert(id, spec.market);
+        book.insert(id, side, price, qty, owner, meta);
         if meta.client_order_id != 0 {
-            let key = (meta.account_index, meta.client_order_id);
+            let key = (owner, meta.client_order_id);
             check(!ex.client_ids.contains_key(&key), "duplicate client id")?;
             check(client_ids.insert(key, id).is_none(), "duplicate client id")?;
         }
@@ -507,6 +505,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         spec,
         status,
         reference_price,
+        limits: OpenOrderLimits::DEFAULT,
         book,
         trade_count,
         volume_lots,
