@@ -706,6 +706,17 @@ impl Exchange {
             .as_mut()
             .expect("market checked");
         let owner = incoming.owner;
+        // A replaced order already has its slot (and its client id listed).
+        let replaced = meta.open_slot != NO_SLOT;
+        let mut meta = meta;
+        if !replaced && matches!(incoming.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
+            // An order that may rest takes its slot before matching, so that resting
+            // needs no second visit to the book; it gives the slot back if it does not
+            // rest.
+            meta.open_slot = self.accounts[owner as usize]
+                .open_orders
+                .insert(incoming.id, market_id);
+        }
         let mut sink = SettleSink {
             spec,
             accounts: &mut self.accounts,
@@ -751,14 +762,14 @@ impl Exchange {
                 let b = account.balance_mut(hold_asset);
                 b.held -= release;
                 b.available += release;
-                let data = book.data_mut(incoming.id).expect("just rested");
-                data.hold = need;
-                if taker.open_slot == NO_SLOT {
-                    data.open_slot = account.open_orders.insert(incoming.id, market_id);
-                    if taker.client_order_id != 0 {
-                        self.client_ids
-                            .insert((owner, taker.client_order_id), incoming.id);
-                    }
+                // The book rested the order with the hold it entered with: correct it
+                // only if fills or rounding changed what it needs.
+                if need != meta.hold {
+                    book.data_mut(incoming.id).expect("just rested").hold = need;
+                }
+                if !replaced && taker.client_order_id != 0 {
+                    self.client_ids
+                        .insert((owner, taker.client_order_id), incoming.id);
                 }
                 None
             }
@@ -777,12 +788,12 @@ impl Exchange {
             let b = account.balance_mut(hold_asset);
             b.held -= taker.hold;
             b.available += taker.hold;
-            // A replaced order that filled or was cancelled leaves the account's lists.
+            // An order that filled or was cancelled leaves the account's lists.
             if taker.open_slot != NO_SLOT {
                 account.open_orders.remove(taker.open_slot, incoming.id);
-                if taker.client_order_id != 0 {
-                    self.client_ids.remove(&(owner, taker.client_order_id));
-                }
+            }
+            if replaced && taker.client_order_id != 0 {
+                self.client_ids.remove(&(owner, taker.client_order_id));
             }
         }
         if let Some((remaining_qty, reason)) = cancelled {
