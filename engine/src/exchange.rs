@@ -1161,6 +1161,24 @@ impl Exchange {
                 self.api_keys.remove(&key_id).ok_or(Reject::UnknownApiKey)?;
                 key_id
             }
+            Command::SetMarketLimits {
+                market,
+                max_open_orders_per_account,
+                max_open_orders,
+            } => {
+                self.market_ref(market)?;
+                if max_open_orders_per_account == 0 || max_open_orders == 0 {
+                    return Err(Reject::InvalidMarketSpec);
+                }
+                self.markets[market as usize]
+                    .as_mut()
+                    .expect("checked")
+                    .limits = OpenOrderLimits {
+                    per_account: max_open_orders_per_account,
+                    per_market: max_open_orders,
+                };
+                market as u64
+            }
             Command::Place(_)
             | Command::Cancel { .. }
             | Command::Replace { .. }
@@ -1290,6 +1308,9 @@ impl Exchange {
         let mut with_client_id = 0usize;
         for m in self.markets.iter().flatten() {
             let s = &m.spec;
+            if m.limits.per_account == 0 || m.limits.per_market == 0 {
+                return Err(format!("market {} has a zero open-order cap", s.market));
+            }
             let spec_ok = s.tick_size > 0
                 && s.lot_size > 0
                 && s.qty_min > 0
@@ -1601,9 +1622,9 @@ fn command_order_ref(cmd: &Command) -> u64 {
         },
         Command::CreateAsset { asset, .. } => asset as u64,
         Command::CreateMarket(spec) => spec.market as u64,
-        Command::SetMarketFees { market, .. } | Command::SetMarketStatus { market, .. } => {
-            market as u64
-        }
+        Command::SetMarketFees { market, .. }
+        | Command::SetMarketStatus { market, .. }
+        | Command::SetMarketLimits { market, .. } => market as u64,
         Command::Deposit { external_ref, .. } | Command::Withdraw { external_ref, .. } => {
             external_ref
         }

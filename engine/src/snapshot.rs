@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `RGXSNAP\0` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; 1 is read too) |
 //! | 12 | 4 | CRC32 of the body |
 //! | 16 | 8 | body length in bytes |
 //! | 24 | n | body |
@@ -15,6 +15,12 @@
 //! time priority), so equal states give equal bytes. [`Exchange::state_hash`] is the
 //! 128-bit XXH3 of the body. Derived indexes (id maps, client-id map) are not stored:
 //! restore rebuilds them.
+//!
+//! Version 2 appends one optional section after the references: the markets whose
+//! open-order caps differ from [`OpenOrderLimits::DEFAULT`] (a count of at least one,
+//! then market id, per-account cap and per-market cap each, markets ascending). It is
+//! absent when every market has the default caps, so the body (and the state hash) of
+//! such a state is exactly what version 1 wrote. A version-1 body has no such section.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +30,7 @@ use crate::exchange::*;
 use crate::types::*;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RGXSNAP\0";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 const HEADER_SIZE: usize = 24;
 
 /// Why a snapshot could not be restored.
@@ -56,7 +62,7 @@ impl std::fmt::Display for SnapshotError {
             SnapshotError::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "unsupported snapshot version {v} (this build reads {SNAPSHOT_VERSION})"
+                    "unsupported snapshot version {v} (this build reads 1 and {SNAPSHOT_VERSION})"
                 )
             }
             SnapshotError::Truncated { need, have } => {
@@ -226,6 +232,20 @@ impl Exchange {
                 w.u64(r);
             }
         }
+        let limited: Vec<&Market> = self
+            .markets
+            .iter()
+            .flatten()
+            .filter(|m| m.limits != OpenOrderLimits::DEFAULT)
+            .collect();
+        if !limited.is_empty() {
+            w.len(limited.len());
+            for m in limited {
+                w.u32(m.spec.market);
+                w.u32(m.limits.per_account);
+                w.u32(m.limits.per_market);
+            }
+        }
     }
 
     /// The whole state as bytes: versioned, checksummed, canonical.
@@ -271,7 +291,7 @@ impl Exchange {
         }
         let mut r = Reader { bytes, pos: 8 };
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if version != 1 && version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         let stored = r.u32()?;
@@ -295,7 +315,7 @@ impl Exchange {
             bytes: body,
             pos: 0,
         };
-        let ex = read_body(&mut r)?;
+        let ex = read_body(&mut r, version)?;
         if r.pos != body.len() {
             return Err(SnapshotError::TrailingBytes(body.len() - r.pos));
         }
@@ -337,7 +357,7 @@ fn read_spec(r: &mut Reader) -> Result<MarketSpec, SnapshotError> {
     })
 }
 
-fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
+fn read_body(r: &mut Reader, version: u32) -> Result<Exchange, SnapshotError> {
     let mut ex = Exchange::new();
     // `new` created the fee account; the snapshot lists it again.
     ex.accounts.clear();
@@ -426,6 +446,25 @@ fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
             ex.deposit_refs = set;
         } else {
             ex.withdraw_refs = set;
+        }
+    }
+    if version >= 2 && r.pos < r.bytes.len() {
+        // Present only when some market's caps are not the default: canonical.
+        let n = r.len(12)?;
+        check(n > 0, "empty limits section")?;
+        let mut last = 0;
+        for _ in 0..n {
+            let (market, per_account, per_market) = (r.u32()?, r.u32()?, r.u32()?);
+            check(market > last, "limits order")?;
+            last = market;
+            let limits = OpenOrderLimits {
+                per_account,
+                per_market,
+            };
+            check(limits != OpenOrderLimits::DEFAULT, "default limits listed")?;
+            let m = ex.markets.get_mut(market as usize).and_then(|m| m.as_mut());
+            m.ok_or(SnapshotError::Invalid("limits of an unknown market"))?
+                .limits = limits;
         }
     }
     Ok(ex)
