@@ -476,6 +476,14 @@ pub struct MarketConfig {
     pub maker_fee_ppm: u32,
     #[serde(default)]
     pub taker_fee_ppm: u32,
+    /// Most resting orders one account may have in this market (engine default
+    /// 100,000 when unset).
+    #[serde(default)]
+    pub max_open_orders_per_account: Option<u32>,
+    /// Most resting orders this market's book may hold (engine default 2,000,000 when
+    /// unset).
+    #[serde(default)]
+    pub max_open_orders: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -953,6 +961,22 @@ impl Config {
                     taker_fee_ppm: m.taker_fee_ppm,
                 }),
             ));
+            // Only a market that sets a cap journals one: the defaults need no command.
+            if m.max_open_orders_per_account.is_some() || m.max_open_orders.is_some() {
+                use ringex_engine::exchange::OpenOrderLimits;
+                out.push((
+                    format!("markets[{i}].max_open_orders"),
+                    Command::SetMarketLimits {
+                        market: m.id,
+                        max_open_orders_per_account: m
+                            .max_open_orders_per_account
+                            .unwrap_or(OpenOrderLimits::DEFAULT.per_account),
+                        max_open_orders: m
+                            .max_open_orders
+                            .unwrap_or(OpenOrderLimits::DEFAULT.per_market),
+                    },
+                ));
+            }
         }
         for (i, a) in self.accounts.iter().enumerate() {
             out.push((
@@ -1097,6 +1121,41 @@ mod tests {
     fn a_market_on_an_unknown_asset_is_refused() {
         let e = broken(|t| t.replacen("quote = \"USDT\"", "quote = \"EUR\"", 1));
         assert_eq!(e.key, "markets[0].quote");
+    }
+
+    #[test]
+    fn a_market_may_set_its_open_order_caps_and_zero_is_refused() {
+        let with = |line: &str| {
+            DEFAULT_CONFIG_TOML.replacen(
+                "taker_fee_ppm = 500        # 0.05%",
+                &format!("taker_fee_ppm = 500\n{line}"),
+                1,
+            )
+        };
+        let cfg = Config::parse(&with("max_open_orders_per_account = 50"), "t").unwrap();
+        let caps: Vec<Command> = cfg
+            .bootstrap_commands()
+            .into_iter()
+            .map(|(_, c)| c)
+            .filter(|c| matches!(c, Command::SetMarketLimits { .. }))
+            .collect();
+        assert_eq!(
+            caps,
+            vec![Command::SetMarketLimits {
+                market: 1,
+                max_open_orders_per_account: 50,
+                max_open_orders: 2_000_000,
+            }]
+        );
+        // The embedded default sets none: its bootstrap is unchanged.
+        let default = Config::parse(DEFAULT_CONFIG_TOML, "t").unwrap();
+        assert!(!default
+            .bootstrap_commands()
+            .iter()
+            .any(|(_, c)| matches!(c, Command::SetMarketLimits { .. })));
+        let e = Config::parse(&with("max_open_orders = 0"), "t").unwrap_err();
+        assert_eq!(e.key, "markets[0].max_open_orders");
+        assert!(e.reason.contains("invalid_market_spec"), "{e}");
     }
 
     #[test]

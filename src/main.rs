@@ -165,6 +165,8 @@ enum JournalCmd {
 enum Bench {
     /// Engine benchmark: book-only, full exchange and a BTreeMap baseline.
     Engine(EngineArgs),
+    /// Engine at scale: 10,000 markets, 1,000,000 accounts; throughput and memory.
+    EngineScale(EngineScaleArgs),
     /// Pipeline benchmark: the whole node, open loop at fixed offered rates.
     Pipeline(PipelineArgs),
     /// Replication benchmark: none, async and sync (a standby in this process) at the
@@ -209,6 +211,20 @@ struct GatewayFloorArgs {
     /// Only the floor, no node (to profile the floor alone).
     #[arg(long)]
     floor_only: bool,
+}
+
+#[derive(Args)]
+struct EngineScaleArgs {
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    markets: u32,
+    #[arg(long, default_value_t = 1_000_000)]
+    accounts: usize,
+    /// Resting orders placed per market before timing.
+    #[arg(long, default_value_t = 100)]
+    orders_per_market: usize,
+    /// Timed commands.
+    #[arg(long, default_value_t = 2_000_000)]
+    commands: usize,
 }
 
 #[derive(Args)]
@@ -412,6 +428,23 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Bench {
+            which: Bench::EngineScale(a),
+        } => {
+            let markets = a.markets as usize;
+            if a.accounts < markets {
+                eprintln!("ringex bench engine-scale: --accounts must be at least --markets");
+                return ExitCode::FAILURE;
+            }
+            ringex::bench::engine_scale::run(&ringex::bench::engine_scale::ScaleArgs {
+                markets,
+                accounts: a.accounts,
+                orders_per_market: a.orders_per_market,
+                commands: a.commands,
+                ..Default::default()
+            });
+            ExitCode::SUCCESS
         }
         Cmd::Bench {
             which: Bench::Engine(a),

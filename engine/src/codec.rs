@@ -151,6 +151,7 @@ pub const fn command_len(kind: CommandKind) -> usize {
         CommandKind::SuspendAccount | CommandKind::ResumeAccount => 8,
         CommandKind::AddApiKey => 56,
         CommandKind::RevokeApiKey => 16,
+        CommandKind::SetMarketLimits => 16,
     }
 }
 
@@ -660,6 +661,19 @@ fn visit_command<V: Visitor>(v: &mut V, cmd: &mut Command) -> R {
             v.u32("maker_fee_ppm", "u32", maker_fee_ppm)?;
             v.u32("taker_fee_ppm", "u32", taker_fee_ppm)
         }
+        Command::SetMarketLimits {
+            market,
+            max_open_orders_per_account,
+            max_open_orders,
+        } => {
+            v.u32("market", "u32", market)?;
+            v.u32(
+                "max_open_orders_per_account",
+                "u32",
+                max_open_orders_per_account,
+            )?;
+            v.u32("max_open_orders", "u32", max_open_orders)
+        }
         Command::SetFeeTier {
             account,
             market,
@@ -921,6 +935,11 @@ fn blank_command(kind: CommandKind) -> Command {
             market: 0,
             maker_fee_ppm: 0,
             taker_fee_ppm: 0,
+        },
+        CommandKind::SetMarketLimits => Command::SetMarketLimits {
+            market: 0,
+            max_open_orders_per_account: 0,
+            max_open_orders: 0,
         },
         CommandKind::SetFeeTier => Command::SetFeeTier {
             account: 0,
@@ -1199,6 +1218,13 @@ mod tests {
                 }
             ),
             u64_().prop_map(|key_id| Command::RevokeApiKey { key_id }),
+            (u32_(), u32_(), u32_()).prop_map(|(market, per_account, per_market)| {
+                Command::SetMarketLimits {
+                    market,
+                    max_open_orders_per_account: per_account,
+                    max_open_orders: per_market,
+                }
+            }),
         ]
     }
 

@@ -132,6 +132,14 @@ pub enum Command {
     RevokeApiKey {
         key_id: u64,
     },
+    /// Caps on resting orders in a market: per account, and in all. A GTC or post-only
+    /// order is rejected `too_many_open_orders` when either is reached. Lowering a cap
+    /// cancels nothing. Both must be at least 1.
+    SetMarketLimits {
+        market: MarketId,
+        max_open_orders_per_account: u32,
+        max_open_orders: u32,
+    },
 }
 
 /// The command's type as a small number: used in rejects and in the codec.
@@ -154,10 +162,11 @@ pub enum CommandKind {
     ResumeAccount = 25,
     AddApiKey = 26,
     RevokeApiKey = 27,
+    SetMarketLimits = 28,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 16] = {
+    pub const ALL: [CommandKind; 17] = {
         use CommandKind::*;
         [
             Place,
@@ -176,6 +185,7 @@ impl CommandKind {
             ResumeAccount,
             AddApiKey,
             RevokeApiKey,
+            SetMarketLimits,
         ]
     };
 
@@ -207,6 +217,7 @@ impl Command {
             Command::ResumeAccount { .. } => CommandKind::ResumeAccount,
             Command::AddApiKey { .. } => CommandKind::AddApiKey,
             Command::RevokeApiKey { .. } => CommandKind::RevokeApiKey,
+            Command::SetMarketLimits { .. } => CommandKind::SetMarketLimits,
         }
     }
 }

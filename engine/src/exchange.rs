@@ -21,8 +21,9 @@ use crate::types::*;
 /// Per-order data the exchange keeps inside the book.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrderMeta {
-    /// Index into `Exchange::accounts` (not the account id).
-    pub account_index: u32,
+    /// The order's slot in its account's [`OpenOrders`] while it rests. (The account
+    /// itself is the node's `owner`: an index into `Exchange::accounts`.)
+    pub open_slot: u32,
     pub client_order_id: ClientOrderId,
     /// Funds still held for this order (quote for buys, base for sells).
     pub hold: Amount,
@@ -32,6 +33,9 @@ pub struct OrderMeta {
     pub stp: u8,
     pub post_only: bool,
 }
+
+/// `OrderMeta::open_slot` of an order that does not rest (yet).
+pub const NO_SLOT: u32 = u32::MAX;
 
 impl OrderMeta {
     fn hold_fee_ppm(&self) -> u32 {
@@ -54,14 +58,157 @@ pub struct Asset {
     pub decimals: u8,
 }
 
+/// An account's resting orders: a slab of `(order id, market)` slots with a free list,
+/// so that an order enters and leaves in constant time (its slot is kept in its
+/// [`OrderMeta`]), plus the count per market for the open-order cap. Slots are an
+/// internal detail: whatever lists the orders sorts them by id first
+/// ([`OpenOrders::sorted`]), so the order of slots never shows.
+#[derive(Clone, Debug)]
+pub struct OpenOrders {
+    /// In use: `market != 0`. Free: `market == 0` and `id` is the next free slot
+    /// (`FREE_END` ends the list).
+    slots: Vec<OpenSlot>,
+    free: u32,
+    len: u32,
+    /// Open orders per market, sorted by market; only markets with at least one.
+    per_market: Vec<(MarketId, u32)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct OpenSlot {
+    id: OrderId,
+    market: MarketId,
+}
+
+const FREE_END: u32 = u32::MAX;
+
+impl OpenOrders {
+    pub(crate) fn new() -> Self {
+        OpenOrders {
+            slots: Vec::new(),
+            free: FREE_END,
+            len: 0,
+            per_market: Vec::new(),
+        }
+    }
+
+    /// Number of open orders.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Open orders in `market`.
+    pub fn count_in(&self, market: MarketId) -> u32 {
+        match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
+            Ok(i) => self.per_market[i].1,
+            Err(_) => 0,
+        }
+    }
+
+    /// The order in `slot`, if the slot is in use.
+    pub fn get(&self, slot: u32) -> Option<(OrderId, MarketId)> {
+        self.slots
+            .get(slot as usize)
+            .filter(|s| s.market != 0)
+            .map(|s| (s.id, s.market))
+    }
+
+    /// Every open order as `(id, market)`, ascending by id, into `out` (cleared first).
+    pub fn sorted_into(&self, out: &mut Vec<(OrderId, MarketId)>) {
+        out.clear();
+        out.extend(
+            self.slots
+                .iter()
+                .filter(|s| s.market != 0)
+                .map(|s| (s.id, s.market)),
+        );
+        // Ids are unique: the order is total, whatever the slots' order.
+        out.sort_unstable_by_key(|&(id, _)| id);
+    }
+
+    /// Every open order as `(id, market)`, ascending by id.
+    pub fn sorted(&self) -> Vec<(OrderId, MarketId)> {
+        let mut out = Vec::with_capacity(self.len());
+        self.sorted_into(&mut out);
+        out
+    }
+
+    /// Adds an order; returns its slot.
+    pub(crate) fn insert(&mut self, id: OrderId, market: MarketId) -> u32 {
+        assert!(market != 0, "market ids start at 1");
+        let slot = if self.free != FREE_END {
+            let slot = self.free;
+            let s = &mut self.slots[slot as usize];
+            assert!(s.market == 0, "free list names a used slot");
+            self.free = s.id as u32;
+            *s = OpenSlot { id, market };
+            slot
+        } else {
+            let slot = u32::try_from(self.slots.len()).expect("open orders fit u32");
+            assert!(slot != FREE_END);
+            self.slots.push(OpenSlot { id, market });
+            slot
+        };
+        self.len += 1;
+        match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
+            Ok(i) => self.per_market[i].1 += 1,
+            Err(i) => self.per_market.insert(i, (market, 1)),
+        }
+        slot
+    }
+
+    /// Removes order `id` from `slot`, which must hold it.
+    fn remove(&mut self, slot: u32, id: OrderId) {
+        let s = &mut self.slots[slot as usize];
+        assert!(s.market != 0 && s.id == id, "slot holds the order");
+        let market = s.market;
+        *s = OpenSlot {
+            id: self.free as OrderId,
+            market: 0,
+        };
+        self.free = slot;
+        self.len -= 1;
+        let i = self
+            .per_market
+            .binary_search_by_key(&market, |&(m, _)| m)
+            .expect("counted");
+        self.per_market[i].1 -= 1;
+        if self.per_market[i].1 == 0 {
+            self.per_market.remove(i);
+        }
+    }
+
+    /// Whether the per-market counts match the slots in use.
+    fn counts_agree(&self) -> bool {
+        let mut counts: BTreeMap<MarketId, u32> = BTreeMap::new();
+        for s in self.slots.iter().filter(|s| s.market != 0) {
+            *counts.entry(s.market).or_default() += 1;
+        }
+        let used = counts.values().map(|&c| c as usize).sum::<usize>();
+        used == self.len()
+            && counts.into_iter().eq(self.per_market.iter().copied())
+            && self.per_market.windows(2).all(|w| w[0].0 < w[1].0)
+    }
+
+    /// Heap bytes held (capacity, not length).
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<OpenSlot>()
+            + self.per_market.capacity() * std::mem::size_of::<(MarketId, u32)>()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
     /// Indexed by asset id; grown on demand.
     pub balances: Vec<Balance>,
-    /// Open orders, by id, with their market: deterministic order for cancel-all.
-    pub open_orders: BTreeMap<OrderId, MarketId>,
+    /// Open orders with their market (cancel-all and queries list them by id).
+    pub open_orders: OpenOrders,
     /// Fee overrides per market: (maker, taker) ppm.
     pub fee_tiers: BTreeMap<MarketId, (u32, u32)>,
 }
@@ -72,7 +219,7 @@ impl Account {
             id,
             suspended: false,
             balances: Vec::new(),
-            open_orders: BTreeMap::new(),
+            open_orders: OpenOrders::new(),
             fee_tiers: BTreeMap::new(),
         }
     }
@@ -93,10 +240,41 @@ impl Account {
     }
 }
 
+/// Default cap on one account's resting orders in one market.
+pub const DEFAULT_OPEN_ORDERS_PER_ACCOUNT: u32 = 100_000;
+/// Default cap on the resting orders of one market.
+pub const DEFAULT_OPEN_ORDERS_PER_MARKET: u32 = 2_000_000;
+
+/// Caps on resting orders in one market: per account, and in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenOrderLimits {
+    /// Most resting orders one account may have in the market.
+    pub per_account: u32,
+    /// Most resting orders the market's book may hold.
+    pub per_market: u32,
+}
+
+impl OpenOrderLimits {
+    /// What a market gets unless configured otherwise: far above any real trading
+    /// account's needs, and a bound on what one market's book can take.
+    pub const DEFAULT: OpenOrderLimits = OpenOrderLimits {
+        per_account: DEFAULT_OPEN_ORDERS_PER_ACCOUNT,
+        per_market: DEFAULT_OPEN_ORDERS_PER_MARKET,
+    };
+}
+
+impl Default for OpenOrderLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Market {
     pub spec: MarketSpec,
     pub status: MarketStatus,
+    /// Open-order caps (`SetMarketLimits`; [`OpenOrderLimits::DEFAULT`] until set).
+    pub limits: OpenOrderLimits,
     /// The last trade price (the band's centre); initially `spec.reference_price`.
     pub reference_price: Price,
     pub book: OrderBook<OrderMeta>,
@@ -127,25 +305,48 @@ pub struct ApiKey {
 
 /// Quote notional of `qty` lots at `price`: `price * qty * tick_size`, if it fits.
 pub fn notional(price: Price, qty: Qty, tick_size: Amount) -> Option<Amount> {
+    if tick_size == 0 {
+        return Some(0);
+    }
+    // Checked i64 products are exact when they succeed, and fail exactly when the
+    // product does not fit an amount: the same answer as the i128 computation below.
+    if let Ok(q) = i64::try_from(qty) {
+        return price.checked_mul(q)?.checked_mul(tick_size);
+    }
     // price * qty always fits in i128 (|price| < 2^63, qty < 2^64), but times a large
     // tick it may not, and a wrapped product would hold the wrong amount. When price *
     // qty alone exceeds an amount, so does the notional (a tick is at least 1), and
     // otherwise the product of two i64 fits in i128: no overflow check in i128 needed.
-    if tick_size == 0 {
-        return Some(0);
-    }
     let price_qty = Amount::try_from(price as i128 * qty as i128).ok()?;
     Amount::try_from(price_qty as i128 * tick_size as i128).ok()
 }
 
 /// Fee on a notional, rounded down (per fill).
 pub fn fee_floor(notional: Amount, fee_ppm: u32) -> Amount {
-    (notional as i128 * fee_ppm as i128 / PPM as i128) as Amount
+    if fee_ppm == 0 {
+        return 0;
+    }
+    // In i64 when the product fits (the same truncating division), else in i128.
+    match notional.checked_mul(fee_ppm as i64) {
+        Some(x) => x / PPM as i64,
+        None => (notional as i128 * fee_ppm as i128 / PPM as i128) as Amount,
+    }
 }
 
 /// Quote a resting buy must hold: notional plus the worst-case fee, rounded up.
 pub fn buy_hold(price: Price, qty: Qty, tick_size: Amount, fee_ppm: u32) -> Option<Amount> {
-    let n = notional(price, qty, tick_size)? as i128;
+    let n = notional(price, qty, tick_size)?;
+    if fee_ppm == 0 {
+        return Some(n);
+    }
+    // In i64 when the intermediate fits (the same result), else in i128.
+    if let Some(x) = n
+        .checked_mul(fee_ppm as i64)
+        .and_then(|x| x.checked_add(PPM as i64 - 1))
+    {
+        return n.checked_add(x / PPM as i64);
+    }
+    let n = n as i128;
     let fee = (n * fee_ppm as i128 + PPM as i128 - 1) / PPM as i128;
     Amount::try_from(n + fee).ok()
 }
@@ -180,8 +381,9 @@ pub struct Exchange {
     pub(crate) next_order_id: OrderId,
     /// Check every invariant after every command (tests, `--checked` runs).
     checked: bool,
-    /// Reused scratch buffer for mass cancels: no allocation in steady state.
+    /// Reused scratch buffers for mass cancels: no allocation in steady state.
     scratch_ids: Vec<OrderId>,
+    scratch_open: Vec<(OrderId, MarketId)>,
 }
 
 impl Default for Exchange {
@@ -208,6 +410,7 @@ impl Exchange {
             next_order_id: 1,
             checked: false,
             scratch_ids: Vec::new(),
+            scratch_open: Vec::new(),
         };
         ex.insert_account(FEE_ACCOUNT);
         ex
@@ -308,16 +511,6 @@ impl Exchange {
         self.market(id).ok_or(Reject::UnknownMarket)
     }
 
-    fn fee_rates(&self, acct: u32, market: &Market) -> (u32, u32) {
-        match self.accounts[acct as usize]
-            .fee_tiers
-            .get(&market.spec.market)
-        {
-            Some(&tier) => tier,
-            None => (market.spec.maker_fee_ppm, market.spec.taker_fee_ppm),
-        }
-    }
-
     fn check_trading(status: MarketStatus) -> Result<(), Reject> {
         match status {
             MarketStatus::Open => Ok(()),
@@ -357,7 +550,7 @@ impl Exchange {
             return Err(Reject::AccountSuspended);
         }
         Self::check_trading(market.status)?;
-        let spec = market.spec;
+        let spec = &market.spec;
         let by_budget = p.quote_budget != 0;
         // Shape of the order.
         match p.kind {
@@ -414,12 +607,25 @@ impl Exchange {
             },
             (OrderKind::Market, Side::Sell) => band.map_or(1, |(low, _)| low),
         };
+        let account = &self.accounts[acct as usize];
         if p.client_order_id != 0 && self.client_ids.contains_key(&(acct, p.client_order_id)) {
             return Err(Reject::DuplicateClientOrderId);
         }
-        let (maker_fee_ppm, taker_fee_ppm) = self.fee_rates(acct, market);
+        // Only an order that can rest counts against the caps.
+        if matches!(p.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
+            let limits = &market.limits;
+            if account.open_orders.count_in(p.market) >= limits.per_account
+                || market.book.order_count() >= limits.per_market as usize
+            {
+                return Err(Reject::TooManyOpenOrders);
+            }
+        }
+        let (maker_fee_ppm, taker_fee_ppm) = match account.fee_tiers.get(&p.market) {
+            Some(&tier) => tier,
+            None => (spec.maker_fee_ppm, spec.taker_fee_ppm),
+        };
         let meta = OrderMeta {
-            account_index: acct,
+            open_slot: NO_SLOT,
             client_order_id: p.client_order_id,
             hold: 0,
             maker_fee_ppm,
@@ -441,7 +647,7 @@ impl Exchange {
                     .map_err(|_| Reject::AmountOverflow)?,
             ),
         };
-        if self.accounts[acct as usize].balance(hold_asset).available < hold {
+        if account.balance(hold_asset).available < hold {
             return Err(Reject::InsufficientBalance);
         }
         if p.tif == TimeInForce::PostOnly && market.book.would_take(p.side, limit) {
@@ -479,6 +685,8 @@ impl Exchange {
 
     /// Matches an accepted order (new, or replaced with loss of priority), settles every
     /// fill, then rests or cancels the remainder and releases what it no longer needs.
+    /// A replaced order arrives with its open-order slot (`meta.open_slot`), a new one
+    /// with none.
     fn execute(
         &mut self,
         market_id: MarketId,
@@ -487,24 +695,43 @@ impl Exchange {
         by_budget: bool,
         out: &mut Vec<Event>,
     ) {
-        let market = self.markets[market_id as usize]
+        let Market {
+            spec,
+            book,
+            reference_price,
+            trade_count,
+            volume_lots,
+            ..
+        } = self.markets[market_id as usize]
             .as_mut()
             .expect("market checked");
-        let spec = market.spec;
+        let owner = incoming.owner;
+        // A replaced order already has its slot (and its client id listed).
+        let replaced = meta.open_slot != NO_SLOT;
+        let mut meta = meta;
+        if !replaced && matches!(incoming.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
+            // An order that may rest takes its slot before matching, so that resting
+            // needs no second visit to the book; it gives the slot back if it does not
+            // rest.
+            meta.open_slot = self.accounts[owner as usize]
+                .open_orders
+                .insert(incoming.id, market_id);
+        }
         let mut sink = SettleSink {
-            spec: &spec,
+            spec,
             accounts: &mut self.accounts,
             client_ids: &mut self.client_ids,
             out,
             taker_id: incoming.id,
             taker_side: incoming.side,
+            taker_account: owner,
             taker: meta,
             by_budget,
             last_price: None,
             trades: 0,
             volume: 0,
         };
-        let outcome = market.book.submit(incoming, meta, &mut sink);
+        let outcome = book.submit(incoming, meta, &mut sink);
         let SettleSink {
             taker,
             last_price,
@@ -513,12 +740,12 @@ impl Exchange {
             ..
         } = sink;
         if let Some(price) = last_price {
-            market.reference_price = price;
+            *reference_price = price;
         }
-        market.trade_count += trades;
+        *trade_count += trades;
         // A statistic: it saturates rather than wrap (qty_max may be near u64::MAX).
-        market.volume_lots = market.volume_lots.saturating_add(volume);
-        let account = &mut self.accounts[meta.account_index as usize];
+        *volume_lots = volume_lots.saturating_add(volume);
+        let account = &mut self.accounts[owner as usize];
         let hold_asset = match incoming.side {
             Side::Buy => spec.quote,
             Side::Sell => spec.base,
@@ -529,17 +756,20 @@ impl Exchange {
             Outcome::Rested { remaining } => {
                 // Keep exactly what the resting remainder needs; release the rest.
                 let need =
-                    Self::resting_hold(&spec, incoming.side, incoming.limit, remaining, &taker);
+                    Self::resting_hold(spec, incoming.side, incoming.limit, remaining, &taker);
                 assert!(taker.hold >= need, "hold covers the resting remainder");
                 let release = taker.hold - need;
                 let b = account.balance_mut(hold_asset);
                 b.held -= release;
                 b.available += release;
-                market.book.data_mut(incoming.id).expect("just rested").hold = need;
-                account.open_orders.insert(incoming.id, market_id);
-                if taker.client_order_id != 0 {
+                // The book rested the order with the hold it entered with: correct it
+                // only if fills or rounding changed what it needs.
+                if need != meta.hold {
+                    book.data_mut(incoming.id).expect("just rested").hold = need;
+                }
+                if !replaced && taker.client_order_id != 0 {
                     self.client_ids
-                        .insert((meta.account_index, taker.client_order_id), incoming.id);
+                        .insert((owner, taker.client_order_id), incoming.id);
                 }
                 None
             }
@@ -558,11 +788,12 @@ impl Exchange {
             let b = account.balance_mut(hold_asset);
             b.held -= taker.hold;
             b.available += taker.hold;
-            // A replaced order that filled or was cancelled leaves the account's lists.
-            account.open_orders.remove(&incoming.id);
-            if taker.client_order_id != 0 {
-                self.client_ids
-                    .remove(&(meta.account_index, taker.client_order_id));
+            // An order that filled or was cancelled leaves the account's lists.
+            if taker.open_slot != NO_SLOT {
+                account.open_orders.remove(taker.open_slot, incoming.id);
+            }
+            if replaced && taker.client_order_id != 0 {
+                self.client_ids.remove(&(owner, taker.client_order_id));
             }
         }
         if let Some((remaining_qty, reason)) = cancelled {
@@ -577,7 +808,12 @@ impl Exchange {
     }
 
     /// Finds a resting order of `acct` in `market` by exchange or client id.
-    fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<OrderId, Reject> {
+    fn find_order<'m>(
+        &self,
+        acct: u32,
+        market: &'m Market,
+        order: OrderRef,
+    ) -> Result<&'m Node<OrderMeta>, Reject> {
         let id = match order {
             OrderRef::Exchange(id) => id,
             OrderRef::Client(cid) => *self
@@ -586,7 +822,7 @@ impl Exchange {
                 .ok_or(Reject::UnknownOrder)?,
         };
         match market.book.get(id) {
-            Some(node) if node.data.account_index == acct => Ok(id),
+            Some(node) if node.owner == acct => Ok(node),
             _ => Err(Reject::UnknownOrder),
         }
     }
@@ -601,7 +837,7 @@ impl Exchange {
         let market = self.market_ref(market_id)?;
         let acct = self.account_idx(account)?;
         Self::check_cancel(market.status)?;
-        let id = self.find_order(acct, market, order)?;
+        let id = self.find_order(acct, market, order)?.id;
         self.cancel_resting(market_id, id, CancelReason::Requested, out);
         Ok(())
     }
@@ -618,11 +854,15 @@ impl Exchange {
             .as_mut()
             .expect("market checked");
         let (node, total) = market.book.remove(id).expect("order checked");
-        let spec = market.spec;
-        release_order(&spec, &mut self.accounts, &mut self.client_ids, &node);
+        release_order(
+            &market.spec,
+            &mut self.accounts,
+            &mut self.client_ids,
+            &node,
+        );
         out.push(Event::Cancelled {
             order_id: id,
-            account: self.accounts[node.data.account_index as usize].id,
+            account: self.accounts[node.owner as usize].id,
             market: market_id,
             remaining_qty: node.qty,
             reason,
@@ -650,21 +890,22 @@ impl Exchange {
             return Err(Reject::AccountSuspended);
         }
         Self::check_trading(market.status)?;
-        let id = self.find_order(acct, market, order)?;
+        let node = self.find_order(acct, market, order)?;
         if price <= 0 {
             return Err(Reject::InvalidPrice);
         }
         if qty == 0 {
             return Err(Reject::InvalidQuantity);
         }
-        let spec = market.spec;
+        let spec = &market.spec;
         if qty < spec.qty_min {
             return Err(Reject::BelowMinQuantity);
         }
         if qty > spec.qty_max {
             return Err(Reject::AboveMaxQuantity);
         }
-        let node = *market.book.get(id).expect("found");
+        let node = *node;
+        let id = node.id;
         if let Some((low, high)) = market.band() {
             if price != node.price && (price < low || price > high) {
                 return Err(Reject::PriceOutsideBand);
@@ -736,6 +977,7 @@ impl Exchange {
                 TimeInForce::Gtc
             },
         };
+        // The order keeps its open-order slot (and client id) while it re-enters.
         let meta = OrderMeta {
             hold: need,
             ..node.data
@@ -754,24 +996,23 @@ impl Exchange {
         if let Some(m) = market {
             Self::check_cancel(self.market_ref(m)?.status)?;
         }
-        let mut ids = std::mem::take(&mut self.scratch_ids);
-        ids.clear();
-        for (&id, &m) in &self.accounts[acct as usize].open_orders {
-            let wanted = market.is_none_or(|only| only == m);
+        let mut open = std::mem::take(&mut self.scratch_open);
+        // Ascending order id, whatever the slots' order.
+        self.accounts[acct as usize]
+            .open_orders
+            .sorted_into(&mut open);
+        open.retain(|&(_, m)| {
             let status = self.markets[m as usize].as_ref().expect("exists").status;
-            if wanted && Self::check_cancel(status).is_ok() {
-                ids.push(id);
-            }
-        }
-        for &id in &ids {
-            let m = self.accounts[acct as usize].open_orders[&id];
+            market.is_none_or(|only| only == m) && Self::check_cancel(status).is_ok()
+        });
+        for &(id, m) in &open {
             self.cancel_resting(m, id, CancelReason::CancelAll, out);
         }
         out.push(Event::CancelAllDone {
             account,
-            count: ids.len() as u32,
+            count: open.len() as u32,
         });
-        self.scratch_ids = ids;
+        self.scratch_open = open;
         Ok(())
     }
 
@@ -920,6 +1161,24 @@ impl Exchange {
                 self.api_keys.remove(&key_id).ok_or(Reject::UnknownApiKey)?;
                 key_id
             }
+            Command::SetMarketLimits {
+                market,
+                max_open_orders_per_account,
+                max_open_orders,
+            } => {
+                self.market_ref(market)?;
+                if max_open_orders_per_account == 0 || max_open_orders == 0 {
+                    return Err(Reject::InvalidMarketSpec);
+                }
+                self.markets[market as usize]
+                    .as_mut()
+                    .expect("checked")
+                    .limits = OpenOrderLimits {
+                    per_account: max_open_orders_per_account,
+                    per_market: max_open_orders,
+                };
+                market as u64
+            }
             Command::Place(_)
             | Command::Cancel { .. }
             | Command::Replace { .. }
@@ -956,6 +1215,7 @@ impl Exchange {
             spec,
             status: MarketStatus::Open,
             reference_price: spec.reference_price,
+            limits: OpenOrderLimits::DEFAULT,
             book: OrderBook::new(),
             trade_count: 0,
             volume_lots: 0,
@@ -1048,6 +1308,9 @@ impl Exchange {
         let mut with_client_id = 0usize;
         for m in self.markets.iter().flatten() {
             let s = &m.spec;
+            if m.limits.per_account == 0 || m.limits.per_market == 0 {
+                return Err(format!("market {} has a zero open-order cap", s.market));
+            }
             let spec_ok = s.tick_size > 0
                 && s.lot_size > 0
                 && s.qty_min > 0
@@ -1081,7 +1344,7 @@ impl Exchange {
         }
         let mut totals = vec![0i128; self.supply.len()];
         for (i, account) in self.accounts.iter().enumerate() {
-            if account.open_orders.len() != open_count[i] {
+            if account.open_orders.len() != open_count[i] || !account.open_orders.counts_agree() {
                 return Err(format!("account {} open-order index", account.id));
             }
             for &(maker, taker) in account.fee_tiers.values() {
@@ -1143,10 +1406,9 @@ impl Exchange {
         let d = &n.data;
         let account = self
             .accounts
-            .get(d.account_index as usize)
+            .get(n.owner as usize)
             .ok_or_else(|| format!("order {} account index", n.id))?;
-        if n.owner != d.account_index
-            || StpMode::from_u8(d.stp).is_none()
+        if StpMode::from_u8(d.stp).is_none()
             || check_fees(d.maker_fee_ppm, d.taker_fee_ppm).is_err()
             || n.id >= self.next_order_id
         {
@@ -1168,14 +1430,14 @@ impl Exchange {
                 n.id, d.hold
             ));
         }
-        *held.entry((d.account_index, asset)).or_default() += d.hold as i128;
-        if account.open_orders.get(&n.id) != Some(&m.spec.market) {
+        *held.entry((n.owner, asset)).or_default() += d.hold as i128;
+        if account.open_orders.get(d.open_slot) != Some((n.id, m.spec.market)) {
             return Err(format!("order {} missing from its account's index", n.id));
         }
-        open_count[d.account_index as usize] += 1;
+        open_count[n.owner as usize] += 1;
         if d.client_order_id != 0 {
             *with_client_id += 1;
-            let key = (d.account_index, d.client_order_id);
+            let key = (n.owner, d.client_order_id);
             if self.client_ids.get(&key) != Some(&n.id) {
                 return Err(format!("order {} client id index", n.id));
             }
@@ -1198,7 +1460,7 @@ fn release_order(
     client_ids: &mut FxHashMap<(u32, ClientOrderId), OrderId>,
     node: &Node<OrderMeta>,
 ) {
-    let account = &mut accounts[node.data.account_index as usize];
+    let account = &mut accounts[node.owner as usize];
     let asset = match node.side {
         Side::Buy => spec.quote,
         Side::Sell => spec.base,
@@ -1207,10 +1469,9 @@ fn release_order(
     assert!(b.held >= node.data.hold);
     b.held -= node.data.hold;
     b.available += node.data.hold;
-    let was_open = account.open_orders.remove(&node.id);
-    assert!(was_open.is_some());
+    account.open_orders.remove(node.data.open_slot, node.id);
     if node.data.client_order_id != 0 {
-        client_ids.remove(&(node.data.account_index, node.data.client_order_id));
+        client_ids.remove(&(node.owner, node.data.client_order_id));
     }
 }
 
@@ -1222,6 +1483,8 @@ struct SettleSink<'a> {
     out: &'a mut Vec<Event>,
     taker_id: OrderId,
     taker_side: Side,
+    /// The incoming order's account (index).
+    taker_account: u32,
     /// The incoming order's data; `hold` is what it still holds.
     taker: OrderMeta,
     by_budget: bool,
@@ -1265,7 +1528,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         };
         assert!(self.taker.hold >= taker_pays, "taker hold covers the fill");
         self.taker.hold -= taker_pays;
-        let t = &mut self.accounts[self.taker.account_index as usize];
+        let t = &mut self.accounts[self.taker_account as usize];
         t.balance_mut(pay_asset).held -= taker_pays;
         t.balance_mut(get_asset).available += taker_gets;
         // Maker: the opposite assets.
@@ -1275,17 +1538,17 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         let release = maker.data.hold - need;
         assert!(release >= 0);
         maker.data.hold = need;
-        let m = &mut self.accounts[maker.data.account_index as usize];
+        let m = &mut self.accounts[maker.owner as usize];
         let maker_held = m.balance_mut(get_asset);
         maker_held.held -= maker_pays + release;
         maker_held.available += release;
         m.balance_mut(pay_asset).available += maker_gets;
         if maker.qty == 0 {
             assert_eq!(need, 0);
-            m.open_orders.remove(&maker.id);
+            m.open_orders.remove(maker.data.open_slot, maker.id);
             if maker.data.client_order_id != 0 {
                 self.client_ids
-                    .remove(&(maker.data.account_index, maker.data.client_order_id));
+                    .remove(&(maker.owner, maker.data.client_order_id));
             }
         }
         self.accounts[FEE_ACCOUNT as usize]
@@ -1298,8 +1561,8 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
             market: spec.market,
             maker_order_id: maker.id,
             taker_order_id: self.taker_id,
-            maker_account: self.accounts[maker.data.account_index as usize].id,
-            taker_account: self.accounts[self.taker.account_index as usize].id,
+            maker_account: self.accounts[maker.owner as usize].id,
+            taker_account: self.accounts[self.taker_account as usize].id,
             taker_side: self.taker_side,
             price,
             qty,
@@ -1314,7 +1577,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         release_order(self.spec, self.accounts, self.client_ids, maker);
         self.out.push(Event::Cancelled {
             order_id: maker.id,
-            account: self.accounts[maker.data.account_index as usize].id,
+            account: self.accounts[maker.owner as usize].id,
             market: self.spec.market,
             remaining_qty: maker.qty,
             reason: CancelReason::SelfTrade,
@@ -1359,9 +1622,9 @@ fn command_order_ref(cmd: &Command) -> u64 {
         },
         Command::CreateAsset { asset, .. } => asset as u64,
         Command::CreateMarket(spec) => spec.market as u64,
-        Command::SetMarketFees { market, .. } | Command::SetMarketStatus { market, .. } => {
-            market as u64
-        }
+        Command::SetMarketFees { market, .. }
+        | Command::SetMarketStatus { market, .. }
+        | Command::SetMarketLimits { market, .. } => market as u64,
         Command::Deposit { external_ref, .. } | Command::Withdraw { external_ref, .. } => {
             external_ref
         }
@@ -1482,8 +1745,17 @@ mod invariant_tests {
             first_id, node.side, node.price, node.qty, node.owner, node.data,
         );
         let i = ex.account_idx(8).unwrap() as usize;
-        ex.accounts[i].open_orders.remove(&second_id);
-        ex.accounts[i].open_orders.insert(first_id, 2);
+        ex.accounts[i]
+            .open_orders
+            .remove(node.data.open_slot, second_id);
+        let slot = ex.accounts[i].open_orders.insert(first_id, 2);
+        ex.markets[2]
+            .as_mut()
+            .unwrap()
+            .book
+            .data_mut(first_id)
+            .unwrap()
+            .open_slot = slot;
         let err = ex.verify_invariants().unwrap_err();
         assert!(err.contains("in two books"), "{err}");
     }

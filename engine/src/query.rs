@@ -104,7 +104,7 @@ impl Exchange {
             Query::OpenOrders { account, market } => match self.account(account) {
                 None => false,
                 Some(a) => {
-                    for (&order_id, &m) in &a.open_orders {
+                    for (order_id, m) in a.open_orders.sorted() {
                         if market.is_some_and(|only| only != m) {
                             continue;
                         }

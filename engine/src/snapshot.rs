@@ -5,7 +5,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `RGXSNAP\0` |
-//! | 8 | 4 | format version (1) |
+//! | 8 | 4 | format version (2; 1 is read too) |
 //! | 12 | 4 | CRC32 of the body |
 //! | 16 | 8 | body length in bytes |
 //! | 24 | n | body |
@@ -15,6 +15,12 @@
 //! time priority), so equal states give equal bytes. [`Exchange::state_hash`] is the
 //! 128-bit XXH3 of the body. Derived indexes (id maps, client-id map) are not stored:
 //! restore rebuilds them.
+//!
+//! Version 2 appends one optional section after the references: the markets whose
+//! open-order caps differ from [`OpenOrderLimits::DEFAULT`] (a count of at least one,
+//! then market id, per-account cap and per-market cap each, markets ascending). It is
+//! absent when every market has the default caps, so the body (and the state hash) of
+//! such a state is exactly what version 1 wrote. A version-1 body has no such section.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,7 +30,7 @@ use crate::exchange::*;
 use crate::types::*;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"RGXSNAP\0";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 const HEADER_SIZE: usize = 24;
 
 /// Why a snapshot could not be restored.
@@ -56,7 +62,7 @@ impl std::fmt::Display for SnapshotError {
             SnapshotError::UnsupportedVersion(v) => {
                 write!(
                     f,
-                    "unsupported snapshot version {v} (this build reads {SNAPSHOT_VERSION})"
+                    "unsupported snapshot version {v} (this build reads 1 and {SNAPSHOT_VERSION})"
                 )
             }
             SnapshotError::Truncated { need, have } => {
@@ -204,7 +210,7 @@ impl Exchange {
                 w.u8(n.side as u8);
                 w.i64(n.price);
                 w.u64(n.qty);
-                w.u32(n.data.account_index);
+                w.u32(n.owner);
                 w.u64(n.data.client_order_id);
                 w.i64(n.data.hold);
                 w.u32(n.data.maker_fee_ppm);
@@ -224,6 +230,20 @@ impl Exchange {
             w.len(refs.len());
             for &r in refs {
                 w.u64(r);
+            }
+        }
+        let limited: Vec<&Market> = self
+            .markets
+            .iter()
+            .flatten()
+            .filter(|m| m.limits != OpenOrderLimits::DEFAULT)
+            .collect();
+        if !limited.is_empty() {
+            w.len(limited.len());
+            for m in limited {
+                w.u32(m.spec.market);
+                w.u32(m.limits.per_account);
+                w.u32(m.limits.per_market);
             }
         }
     }
@@ -271,7 +291,7 @@ impl Exchange {
         }
         let mut r = Reader { bytes, pos: 8 };
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if version != 1 && version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion(version));
         }
         let stored = r.u32()?;
@@ -295,7 +315,7 @@ impl Exchange {
             bytes: body,
             pos: 0,
         };
-        let ex = read_body(&mut r)?;
+        let ex = read_body(&mut r, version)?;
         if r.pos != body.len() {
             return Err(SnapshotError::TrailingBytes(body.len() - r.pos));
         }
@@ -337,7 +357,7 @@ fn read_spec(r: &mut Reader) -> Result<MarketSpec, SnapshotError> {
     })
 }
 
-fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
+fn read_body(r: &mut Reader, version: u32) -> Result<Exchange, SnapshotError> {
     let mut ex = Exchange::new();
     // `new` created the fee account; the snapshot lists it again.
     ex.accounts.clear();
@@ -387,7 +407,7 @@ fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
             id,
             suspended,
             balances,
-            open_orders: BTreeMap::new(),
+            open_orders: OpenOrders::new(),
             fee_tiers,
         });
     }
@@ -428,6 +448,25 @@ fn read_body(r: &mut Reader) -> Result<Exchange, SnapshotError> {
             ex.withdraw_refs = set;
         }
     }
+    if version >= 2 && r.pos < r.bytes.len() {
+        // Present only when some market's caps are not the default: canonical.
+        let n = r.len(12)?;
+        check(n > 0, "empty limits section")?;
+        let mut last = 0;
+        for _ in 0..n {
+            let (market, per_account, per_market) = (r.u32()?, r.u32()?, r.u32()?);
+            check(market > last, "limits order")?;
+            last = market;
+            let limits = OpenOrderLimits {
+                per_account,
+                per_market,
+            };
+            check(limits != OpenOrderLimits::DEFAULT, "default limits listed")?;
+            let m = ex.markets.get_mut(market as usize).and_then(|m| m.as_mut());
+            m.ok_or(SnapshotError::Invalid("limits of an unknown market"))?
+                .limits = limits;
+        }
+    }
     Ok(ex)
 }
 
@@ -452,8 +491,9 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         let side = Side::from_u8(r.u8()?).ok_or(SnapshotError::Invalid("order side"))?;
         let price = r.i64()?;
         let qty = r.u64()?;
-        let meta = OrderMeta {
-            account_index: r.u32()?,
+        let owner = r.u32()?;
+        let mut meta = OrderMeta {
+            open_slot: NO_SLOT,
             client_order_id: r.u64()?,
             hold: r.i64()?,
             maker_fee_ppm: r.u32()?,
@@ -466,10 +506,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             qty > 0 && price > 0 && id < ex.next_order_id,
             "order fields",
         )?;
-        check(
-            (meta.account_index as usize) < ex.accounts.len(),
-            "order account",
-        )?;
+        check((owner as usize) < ex.accounts.len(), "order account")?;
         check(!book.contains(id), "duplicate order")?;
         // Orders arrive level by level in time priority, best level first per side.
         if let Some(best) = book.best_price(side) {
@@ -484,14 +521,14 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             book.qty_at(side, price).checked_add(qty).is_some(),
             "level total",
         )?;
-        book.insert(id, side, price, qty, meta.account_index, meta);
-        let account = &mut ex.accounts[meta.account_index as usize];
-        check(
-            account.open_orders.insert(id, spec.market).is_none(),
-            "order listed twice",
-        )?;
+        // Ids are unique across books (checked by `verify_invariants`), so each order
+        // takes a slot of its own.
+        meta.open_slot = ex.accounts[owner as usize]
+            .open_orders
+            .insert(id, spec.market);
+        book.insert(id, side, price, qty, owner, meta);
         if meta.client_order_id != 0 {
-            let key = (meta.account_index, meta.client_order_id);
+            let key = (owner, meta.client_order_id);
             check(!ex.client_ids.contains_key(&key), "duplicate client id")?;
             check(client_ids.insert(key, id).is_none(), "duplicate client id")?;
         }
@@ -507,6 +544,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         spec,
         status,
         reference_price,
+        limits: OpenOrderLimits::DEFAULT,
         book,
         trade_count,
         volume_lots,

@@ -243,10 +243,13 @@ pub enum RejectReason {
     /// before it was confirmed durable. It was not applied in this run; if its record
     /// survived, the restart's replay applies it. Query before resubmitting.
     OutcomeUnknown = 34,
+    /// The account already has its market's maximum of resting orders there, or the
+    /// market's book holds its maximum (a GTC or post-only order could rest).
+    TooManyOpenOrders = 35,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 34] = {
+    pub const ALL: [RejectReason; 35] = {
         use RejectReason::*;
         [
             UnknownMarket,
@@ -283,6 +286,7 @@ impl RejectReason {
             InvalidDecimals,
             Unavailable,
             OutcomeUnknown,
+            TooManyOpenOrders,
         ]
     };
 
@@ -328,6 +332,7 @@ impl RejectReason {
             InvalidDecimals => "invalid_decimals",
             Unavailable => "unavailable",
             OutcomeUnknown => "outcome_unknown",
+            TooManyOpenOrders => "too_many_open_orders",
         }
     }
 }

@@ -43,6 +43,8 @@ struct MMarket {
     spec: MarketSpec,
     status: MarketStatus,
     reference: Price,
+    /// Open-order caps: (per account, per market).
+    limits: (u32, u32),
 }
 
 impl MMarket {
@@ -431,6 +433,10 @@ impl Model {
                         spec: s,
                         status: MarketStatus::Open,
                         reference: s.reference_price,
+                        limits: (
+                            exchange::DEFAULT_OPEN_ORDERS_PER_ACCOUNT,
+                            exchange::DEFAULT_OPEN_ORDERS_PER_MARKET,
+                        ),
                     },
                 );
                 out.push(Event::AdminDone {
@@ -612,6 +618,22 @@ impl Model {
                 out.push(Event::AdminDone { kind, id: key_id });
                 Ok(())
             }
+            Command::SetMarketLimits {
+                market,
+                max_open_orders_per_account,
+                max_open_orders,
+            } => {
+                let m = self.markets.get_mut(&market).ok_or(X::UnknownMarket)?;
+                if max_open_orders_per_account == 0 || max_open_orders == 0 {
+                    return Err(X::InvalidMarketSpec);
+                }
+                m.limits = (max_open_orders_per_account, max_open_orders);
+                out.push(Event::AdminDone {
+                    kind,
+                    id: market as u64,
+                });
+                Ok(())
+            }
         }
     }
 
@@ -682,6 +704,14 @@ impl Model {
                 .any(|o| o.account == p.account && o.cid == p.client_order_id)
         {
             return Err(X::DuplicateClientOrderId);
+        }
+        // An order that could rest needs room under both caps, counted before it trades.
+        if matches!(p.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
+            let in_market = self.orders.iter().filter(|o| o.market == p.market);
+            let mine = in_market.clone().filter(|o| o.account == p.account).count();
+            if mine >= m.limits.0 as usize || in_market.count() >= m.limits.1 as usize {
+                return Err(X::TooManyOpenOrders);
+            }
         }
         let (maker_fee, taker_fee) = self.fee_rates(p.account, p.market);
         let limit = match (p.kind, p.side) {
@@ -1053,9 +1083,9 @@ fn reject_ref(cmd: &Command) -> u64 {
         },
         Command::CreateAsset { asset, .. } => asset as u64,
         Command::CreateMarket(s) => s.market as u64,
-        Command::SetMarketFees { market, .. } | Command::SetMarketStatus { market, .. } => {
-            market as u64
-        }
+        Command::SetMarketFees { market, .. }
+        | Command::SetMarketStatus { market, .. }
+        | Command::SetMarketLimits { market, .. } => market as u64,
         Command::Deposit { external_ref, .. } | Command::Withdraw { external_ref, .. } => {
             external_ref
         }
@@ -1210,6 +1240,11 @@ enum Op {
         market: MarketId,
         maker: u32,
         taker: u32,
+    },
+    Limits {
+        market: MarketId,
+        per_account: u32,
+        per_market: u32,
     },
     FeeTier {
         account: AccountId,
@@ -1393,6 +1428,16 @@ fn op() -> impl Strategy<Value = Op> {
         maker,
         taker,
     });
+    let limits = (
+        market(),
+        prop_oneof![8 => 1..=4u32, 1 => Just(0u32), 1 => Just(100u32)],
+        prop_oneof![8 => 2..=12u32, 1 => Just(0u32), 1 => Just(1_000u32)],
+    )
+        .prop_map(|(market, per_account, per_market)| Op::Limits {
+            market,
+            per_account,
+            per_market,
+        });
     let tier = (account(), market(), prop::option::of((fee(), fee()))).prop_map(
         |(account, market, fees)| Op::FeeTier {
             account,
@@ -1432,6 +1477,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => deposit,
         3 => withdraw,
         2 => fees,
+        1 => limits,
         2 => tier,
         4 => status,
         2 => suspend,
@@ -1610,6 +1656,15 @@ fn materialize(op: &Op, model: &Model) -> Command {
             market,
             maker_fee_ppm: maker,
             taker_fee_ppm: taker,
+        },
+        Op::Limits {
+            market,
+            per_account,
+            per_market,
+        } => Command::SetMarketLimits {
+            market,
+            max_open_orders_per_account: per_account,
+            max_open_orders: per_market,
         },
         Op::FeeTier {
             account,
@@ -1866,6 +1921,7 @@ fn the_generated_streams_trade_reject_and_cancel_often() {
         "Place/MarketHalted",
         "Place/MarketCancelOnly",
         "Place/AccountSuspended",
+        "Place/TooManyOpenOrders",
         "Replace/PriceOutsideBand",
         "Replace/UnknownOrder",
         "Cancel/UnknownOrder",

@@ -1241,3 +1241,127 @@ fn a_markets_query_names_each_market_with_its_assets_and_units() {
     assert_eq!(status, MarketStatus::Open);
     assert_eq!(out.len(), 2);
 }
+
+// ---------------------------------------------------------------- open-order caps
+
+fn limits(per_account: u32, per_market: u32) -> Command {
+    Command::SetMarketLimits {
+        market: M,
+        max_open_orders_per_account: per_account,
+        max_open_orders: per_market,
+    }
+}
+
+#[test]
+fn an_account_at_its_open_order_cap_cannot_rest_another_order_in_that_market() {
+    let mut w = World::new();
+    w.ok(limits(2, 100));
+    w.limit(ALICE, Side::Buy, 90, 1);
+    let second = w.limit(ALICE, Side::Buy, 91, 1);
+    w.rejected(
+        Command::Place(order(ALICE, Side::Buy, 92, 1)),
+        RejectReason::TooManyOpenOrders,
+    );
+    // Post-only counts too; another account is not affected.
+    w.rejected(
+        Command::Place(PlaceOrder {
+            tif: TimeInForce::PostOnly,
+            ..order(ALICE, Side::Sell, 120, 1)
+        }),
+        RejectReason::TooManyOpenOrders,
+    );
+    w.limit(BOB, Side::Buy, 92, 1);
+    // Orders that cannot rest are not capped: an IOC, or a market order.
+    w.ok(Command::Place(PlaceOrder {
+        tif: TimeInForce::Ioc,
+        ..order(ALICE, Side::Sell, 92, 1)
+    }));
+    // A replace moves an order already counted: it is not capped.
+    w.ok(Command::Replace {
+        account: ALICE,
+        market: M,
+        order: OrderRef::Exchange(second),
+        price: 89,
+        qty: 2,
+    });
+    // An order leaving the book makes room again.
+    w.ok(Command::Cancel {
+        account: ALICE,
+        market: M,
+        order: OrderRef::Exchange(second),
+    });
+    w.limit(ALICE, Side::Buy, 92, 1);
+}
+
+#[test]
+fn a_market_at_its_open_order_cap_rests_no_further_order() {
+    let mut w = World::new();
+    w.ok(limits(10, 3));
+    w.limit(ALICE, Side::Buy, 90, 1);
+    w.limit(BOB, Side::Buy, 91, 1);
+    w.limit(BOB, Side::Sell, 120, 1);
+    w.rejected(
+        Command::Place(order(ALICE, Side::Sell, 121, 1)),
+        RejectReason::TooManyOpenOrders,
+    );
+    // The check comes after the order's own shape and the duplicate client id, before
+    // its funds: an order too big to fund is still `too_many_open_orders`.
+    w.rejected(
+        Command::Place(order(ALICE, Side::Buy, 92, 999_999)),
+        RejectReason::TooManyOpenOrders,
+    );
+    w.rejected(
+        Command::Place(order(ALICE, Side::Buy, 92, 0)),
+        RejectReason::InvalidQuantity,
+    );
+    // Counted before matching: an order that would fill entirely is refused too.
+    w.rejected(
+        Command::Place(order(ALICE, Side::Buy, 120, 1)),
+        RejectReason::TooManyOpenOrders,
+    );
+    // Lowering a cap below what rests cancels nothing.
+    w.ok(limits(1, 1));
+    assert_eq!(w.book().order_count(), 3);
+}
+
+#[test]
+fn open_order_caps_must_be_positive_and_name_a_market() {
+    let mut w = World::new();
+    w.rejected(limits(0, 10), RejectReason::InvalidMarketSpec);
+    w.rejected(limits(10, 0), RejectReason::InvalidMarketSpec);
+    w.rejected(
+        Command::SetMarketLimits {
+            market: 99,
+            max_open_orders_per_account: 1,
+            max_open_orders: 1,
+        },
+        RejectReason::UnknownMarket,
+    );
+    let ev = w.ok(limits(5, 50));
+    assert_eq!(
+        ev,
+        vec![Event::AdminDone {
+            kind: CommandKind::SetMarketLimits,
+            id: M as u64,
+        }]
+    );
+    let m = w.ex.market(M).unwrap();
+    assert_eq!((m.limits.per_account, m.limits.per_market), (5, 50));
+}
+
+#[test]
+fn markets_start_with_default_caps_far_above_normal_use() {
+    let w = World::new();
+    assert_eq!(
+        w.ex.market(M).unwrap().limits,
+        ringex_engine::exchange::OpenOrderLimits::DEFAULT
+    );
+    assert_eq!(
+        ringex_engine::exchange::DEFAULT_OPEN_ORDERS_PER_ACCOUNT,
+        100_000
+    );
+    assert_eq!(
+        ringex_engine::exchange::DEFAULT_OPEN_ORDERS_PER_MARKET,
+        2_000_000
+    );
+}

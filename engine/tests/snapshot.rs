@@ -318,3 +318,65 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn open_order_caps_survive_a_snapshot_and_default_caps_add_nothing_to_it() {
+    let mut ex = Exchange::new();
+    let mut out = Vec::new();
+    for c in [
+        Command::CreateAsset {
+            asset: 1,
+            symbol: Symbol::new("BTC").unwrap(),
+            decimals: 8,
+        },
+        Command::CreateAsset {
+            asset: 2,
+            symbol: Symbol::new("USD").unwrap(),
+            decimals: 2,
+        },
+        Command::CreateMarket(MarketSpec {
+            market: 1,
+            symbol: Symbol::new("BTC-USD").unwrap(),
+            base: 1,
+            quote: 2,
+            tick_size: 1,
+            lot_size: 1,
+            qty_min: 1,
+            qty_max: 100,
+            band_ppm: 0,
+            reference_price: 100,
+            maker_fee_ppm: 0,
+            taker_fee_ppm: 0,
+        }),
+    ] {
+        ex.apply(&c, &mut out);
+    }
+    let before = ex.snapshot();
+    let hash = ex.state_hash();
+    ex.apply(
+        &Command::SetMarketLimits {
+            market: 1,
+            max_open_orders_per_account: 7,
+            max_open_orders: 70,
+        },
+        &mut out,
+    );
+    let with_caps = ex.snapshot();
+    assert_eq!(with_caps.len(), before.len() + 16);
+    assert_ne!(ex.state_hash(), hash);
+    let back = Exchange::restore(&with_caps).unwrap();
+    let limits = back.market(1).unwrap().limits;
+    assert_eq!((limits.per_account, limits.per_market), (7, 70));
+    assert_eq!(back.state_hash(), ex.state_hash());
+    // Back to the defaults: the body is the one without caps again.
+    ex.apply(
+        &Command::SetMarketLimits {
+            market: 1,
+            max_open_orders_per_account: ringex_engine::exchange::DEFAULT_OPEN_ORDERS_PER_ACCOUNT,
+            max_open_orders: ringex_engine::exchange::DEFAULT_OPEN_ORDERS_PER_MARKET,
+        },
+        &mut out,
+    );
+    assert_eq!(ex.snapshot(), before);
+    assert_eq!(ex.state_hash(), hash);
+}

@@ -80,6 +80,7 @@ pub mod template {
     pub const RESUME_ACCOUNT: u16 = 41;
     pub const ADD_API_KEY: u16 = 42;
     pub const REVOKE_API_KEY: u16 = 43;
+    pub const SET_MARKET_LIMITS: u16 = 44;
     /// Admin template id of an engine command kind: kind + 16.
     pub const ADMIN_OFFSET: u16 = 16;
     // ---- client -> server: admin, not an engine command ----
@@ -107,7 +108,7 @@ pub mod template {
     pub const REQUEST_DONE: u16 = 122;
     pub const PROMOTED: u16 = 123;
 
-    pub const CLIENT_ALL: [u16; 22] = [
+    pub const CLIENT_ALL: [u16; 23] = [
         LOGIN,
         LOGOUT,
         HEARTBEAT,
@@ -129,6 +130,7 @@ pub mod template {
         RESUME_ACCOUNT,
         ADD_API_KEY,
         REVOKE_API_KEY,
+        SET_MARKET_LIMITS,
         PROMOTE,
     ];
 
@@ -158,13 +160,13 @@ pub mod template {
     pub fn is_request(id: u16) -> bool {
         matches!(
             id,
-            NEW_ORDER..=OPEN_ORDERS_QUERY | CREATE_ASSET..=REVOKE_API_KEY | PROMOTE
+            NEW_ORDER..=OPEN_ORDERS_QUERY | CREATE_ASSET..=SET_MARKET_LIMITS | PROMOTE
         )
     }
 
     /// Requests only an admin session may send: the admin engine commands and Promote.
     pub fn is_admin(id: u16) -> bool {
-        matches!(id, CREATE_ASSET..=REVOKE_API_KEY | PROMOTE)
+        matches!(id, CREATE_ASSET..=SET_MARKET_LIMITS | PROMOTE)
     }
 
     /// A stable name for logs and error messages.
@@ -191,6 +193,7 @@ pub mod template {
             RESUME_ACCOUNT => "ResumeAccount",
             ADD_API_KEY => "AddApiKey",
             REVOKE_API_KEY => "RevokeApiKey",
+            SET_MARKET_LIMITS => "SetMarketLimits",
             PROMOTE => "Promote",
             LOGIN_ACCEPTED => "LoginAccepted",
             LOGIN_REJECTED => "LoginRejected",

@@ -4,6 +4,7 @@
 //! seeded, so two runs with the same arguments replay the same command stream.
 
 pub mod engine;
+pub mod engine_scale;
 pub mod floor;
 pub mod journal_tools;
 pub mod pipeline;

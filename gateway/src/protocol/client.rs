@@ -277,6 +277,7 @@ pub fn client_block_len(template_id: u16) -> Option<usize> {
         t::SUSPEND_ACCOUNT | t::RESUME_ACCOUNT => 16,
         t::ADD_API_KEY => 56,
         t::REVOKE_API_KEY => 16,
+        t::SET_MARKET_LIMITS => 24,
         t::PROMOTE => 8,
         _ => return None,
     })
@@ -448,6 +449,15 @@ fn encode_admin(w: &mut Writer<'_>, command: &Command) {
         }
         Command::RevokeApiKey { key_id } => {
             w.u64(16, key_id);
+        }
+        Command::SetMarketLimits {
+            market,
+            max_open_orders_per_account,
+            max_open_orders,
+        } => {
+            w.u32(16, market);
+            w.u32(20, max_open_orders_per_account);
+            w.u32(24, max_open_orders);
         }
         Command::Place(_)
         | Command::Cancel { .. }
@@ -642,6 +652,14 @@ fn decode_admin(r: &Reader<'_>, template_id: u16) -> Result<Command, FrameError>
             permissions: r.u32(60),
         },
         CommandKind::RevokeApiKey => Command::RevokeApiKey { key_id: r.u64(16) },
+        CommandKind::SetMarketLimits => {
+            r.zero(28, 4)?;
+            Command::SetMarketLimits {
+                market: r.u32(16),
+                max_open_orders_per_account: r.u32(20),
+                max_open_orders: r.u32(24),
+            }
+        }
         CommandKind::Place
         | CommandKind::Cancel
         | CommandKind::Replace

@@ -143,6 +143,13 @@ fn admin_command() -> impl Strategy<Value = Command> {
             }
         ),
         any::<u64>().prop_map(|key_id| Command::RevokeApiKey { key_id }),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(market, a, m)| {
+            Command::SetMarketLimits {
+                market,
+                max_open_orders_per_account: a,
+                max_open_orders: m,
+            }
+        }),
     ]
 }
 
@@ -718,6 +725,11 @@ fn client_samples() -> Vec<ClientMessage> {
             permissions: permission::TRADE,
         },
         Command::RevokeApiKey { key_id: 1001 },
+        Command::SetMarketLimits {
+            market: 1,
+            max_open_orders_per_account: 500,
+            max_open_orders: 100_000,
+        },
     ];
     for (i, command) in commands.into_iter().enumerate() {
         v.push(ClientMessage::Admin(AdminRequest {

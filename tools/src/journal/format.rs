@@ -278,6 +278,7 @@ pub fn kind_name(kind: CommandKind) -> &'static str {
         ResumeAccount => "resume_account",
         AddApiKey => "add_api_key",
         RevokeApiKey => "revoke_api_key",
+        SetMarketLimits => "set_market_limits",
     }
 }
 
@@ -423,6 +424,18 @@ pub fn body_fields_into(body: &Body, f: &mut Fields) {
                 ("market", U(market.into())),
                 ("maker_fee_ppm", U(maker_fee_ppm.into())),
                 ("taker_fee_ppm", U(taker_fee_ppm.into())),
+            ]),
+            Command::SetMarketLimits {
+                market,
+                max_open_orders_per_account,
+                max_open_orders,
+            } => f.extend([
+                ("market", U(market.into())),
+                (
+                    "max_open_orders_per_account",
+                    U(max_open_orders_per_account.into()),
+                ),
+                ("max_open_orders", U(max_open_orders.into())),
             ]),
             Command::SetFeeTier {
                 account,
