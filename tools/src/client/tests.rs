@@ -496,10 +496,13 @@ fn a_blocking_call_returns_at_its_timeout_even_while_reports_stream_in() {
     let (addr, server) = fake(vec![Box::new(move |c: &mut Conn| {
         c.accept_login(1, 0);
         c.recv_request();
-        // Unsolicited reports, never the answer, written faster than the client can read
-        // them (one frame's bytes repeated, only the seq patched in), so its socket never
-        // runs dry: only the call's own deadline can end it. Until the call has returned
-        // (or, for a call that never does, well past the test's deadline).
+        // Unsolicited reports, never the answer, in batches of 4,096 frames (one frame's
+        // bytes repeated, only the seq patched in) every 5 ms, so one arrives at least
+        // every few milliseconds: only the call's own deadline can end it. The pace (at
+        // most ~0.8 M/s) keeps the 300 ms call far below the client's bound of 2^20
+        // messages held during one call, which a fast machine reading an unpaced stream
+        // reaches first. Until the call has returned (or, for a call that never does,
+        // well past the test's deadline).
         const MARK: u64 = 0x0807_0605_0403_0201;
         let ServerMessage::Filled(mut report) = filled(MARK, 0, 9, 1) else {
             unreachable!()
@@ -525,6 +528,7 @@ fn a_blocking_call_returns_at_its_timeout_even_while_reports_stream_in() {
             if c.stream.write_all(&out).is_err() {
                 return;
             }
+            std::thread::sleep(Duration::from_millis(5));
         }
     })]);
     let mut client = Client::connect(addr, 9, SECRET, options_timeout_300ms()).unwrap();
