@@ -1,8 +1,8 @@
 //! The second workload shape of `ringex bench engine` (`--shape churn`): order flow with a
 //! high cancel ratio over a deep static book, with wide price swings and a flash crash.
 //!
-//! Per command: 50% new orders (15% of them IOC priced through the touch, the rest GTC
-//! near the touch), 41% cancels, 9% modifies (replaces: two thirds move the price, one
+//! Per command: 50% new orders (15% of them IOC of 1-3 lots priced within 5 ticks of the
+//! mid, the rest GTC near the touch), 41% cancels, 9% modifies (replaces: two thirds move the price, one
 //! third lower the quantity in place). Cancels and modifies pick uniformly among the live
 //! orders placed in the timed part; the deep book placed by the pre-fill is never
 //! cancelled (trades may still take it). Every order carries a client order id taken from
@@ -10,8 +10,13 @@
 //! filled (the engine allows a client id again once its order is closed), and cancels
 //! name orders by client id.
 //!
-//! The price path: a random walk whose drift flips every 50,000 commands (swings of
-//! thousands of ticks), and a flash crash starting at 60% of the stream that falls
+//! The live population is kept between half and twice its target: a cancel with fewer
+//! live orders than half the target becomes a GTC, and a GTC with more than
+//! twice the target becomes a cancel (the realised mix is printed).
+//!
+//! The price path: a random walk (a tick in a quarter of the commands) whose drift,
+//! drawn every 50,000 commands, adds up to 2 ticks in a sixteenth (swings of thousands
+//! of ticks), and a flash crash starting at 60% of the stream that falls
 //! [`CRASH_TICKS`] ticks over 1% of the stream, stays down for 2%, and recovers over 5%.
 //! No price band, so the crash is not clamped.
 //!
@@ -146,8 +151,15 @@ impl Generator {
             g.drift = self.rng.random_range(-2..=2);
         }
         g.commands_seen += 1;
-        // One step in four follows the drift; the walk never leaves a sane range.
-        let step = self.rng.random_range(-1..=1) + if self.rng.random_range(0..4) == 0 { g.drift } else { 0 };
+        // One command in four moves the walk a tick either way; one in sixteen follows
+        // the drift. The walk never leaves a sane range.
+        let u = self.rng.random_range(0..16);
+        let step = match u {
+            0 => g.drift,
+            1..=2 => -1,
+            3..=4 => 1,
+            _ => 0,
+        };
         g.walk = (g.walk + step).clamp(START_PRICE / 2, START_PRICE * 3 / 2);
         (g.walk + crash_offset(self.commands, total)).max(1)
     }
@@ -230,13 +242,14 @@ impl Generator {
                 self.place(m, side, price, qty, TimeInForce::Gtc)
             }
             Kind::Ioc => {
-                let through = self.rng.random_range(0..50);
+                // Small, priced around the mid: about half reach the touch.
+                let through = self.rng.random_range(-5..=5);
                 let price = match side {
                     Side::Buy => mid + through,
                     Side::Sell => mid - through,
                 }
                 .max(1);
-                let qty = random_size(&mut self.rng);
+                let qty = self.rng.random_range(1..=3);
                 self.place(m, side, price, qty, TimeInForce::Ioc)
             }
             Kind::Cancel | Kind::Move | Kind::Reduce => {
