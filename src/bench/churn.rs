@@ -14,9 +14,10 @@
 //! live orders than half the target becomes a GTC, and a GTC with more than
 //! twice the target becomes a cancel (the realised mix is printed).
 //!
-//! The price path: a random walk (a tick in a quarter of the commands) whose drift,
-//! drawn every 50,000 commands, adds up to 2 ticks in a sixteenth (swings of thousands
-//! of ticks), and a flash crash starting at 60% of the stream that falls
+//! The deep book lies 2,000 to 30,000 ticks from the initial price on both sides. The
+//! price path: a random walk (a tick in a sixteenth of the commands) whose drift, drawn
+//! every 50,000 commands, adds a tick up or down in a 32nd, kept within 1,500 ticks of
+//! the initial price (swings of up to 3,000 ticks), and a flash crash starting at 60% of the stream that falls
 //! [`CRASH_TICKS`] ticks over 1% of the stream, stays down for 2%, and recovers over 5%.
 //! No price band, so the crash is not clamped.
 //!
@@ -42,8 +43,12 @@ const LOT_SIZE: i64 = 1000;
 const START_PRICE: Price = 1_000_000;
 /// Resting orders of the deep static book, all markets together, half per side.
 const STATIC_TOTAL: usize = 40_000;
-/// The deep book spans the touch +- this many ticks.
+/// The deep book lies between these distances from the initial price, in ticks.
+const STATIC_GAP: i64 = 2_000;
 const STATIC_SPAN: i64 = 30_000;
+/// Outside the crash, the walk stays within this many ticks of the initial price (inside
+/// the deep book's gap, so the deep book is taken only by the crash).
+const SWING_TICKS: i64 = 1_500;
 /// Live orders placed in the timed part, all markets together, kept near this count.
 const ACTIVE_TOTAL: usize = 10_000;
 /// Depth of the flash crash, in ticks.
@@ -148,19 +153,19 @@ impl Generator {
     fn mid(&mut self, m: usize, total: u64) -> Price {
         let g = &mut self.gens[m];
         if g.commands_seen.is_multiple_of(SWING_PHASE) {
-            g.drift = self.rng.random_range(-2..=2);
+            g.drift = self.rng.random_range(-1..=1);
         }
         g.commands_seen += 1;
-        // One command in four moves the walk a tick either way; one in sixteen follows
-        // the drift. The walk never leaves a sane range.
-        let u = self.rng.random_range(0..16);
+        // One command in sixteen moves the walk a tick either way; one in 32 follows
+        // the drift.
+        let u = self.rng.random_range(0..32);
         let step = match u {
             0 => g.drift,
-            1..=2 => -1,
-            3..=4 => 1,
+            1 => -1,
+            2 => 1,
             _ => 0,
         };
-        g.walk = (g.walk + step).clamp(START_PRICE / 2, START_PRICE * 3 / 2);
+        g.walk = (g.walk + step).clamp(START_PRICE - SWING_TICKS, START_PRICE + SWING_TICKS);
         (g.walk + crash_offset(self.commands, total)).max(1)
     }
 
@@ -493,7 +498,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     for m in 0..markets {
         for i in 0..g.gens[m].static_per_side * 2 {
             let side = if i % 2 == 0 { Side::Buy } else { Side::Sell };
-            let offset = g.rng.random_range(100..=STATIC_SPAN);
+            let offset = g.rng.random_range(STATIC_GAP..=STATIC_SPAN);
             let price = match side {
                 Side::Buy => START_PRICE - offset,
                 Side::Sell => START_PRICE + offset,
