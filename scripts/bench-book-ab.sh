@@ -8,8 +8,8 @@
 # 1. `ringex bench engine --dump-ops` writes the workload's book operations to a file.
 # 2. engine/examples/book_replay.rs is built twice: against this tree's engine, and
 #    against the old commit's sources (extracted with `git archive`, this example copied
-#    in), in the same target directory.
-# 3. ROUNDS rounds, each running the old binary then the new one (3 passes each, median
+#    in, built in a target directory of its own under $OUT).
+# 3. ROUNDS rounds, each running the old binary then the new one (5 passes each, median
 #    per binary); the summary is the median over rounds of new/old time per operation.
 set -euo pipefail
 ROOT=$(git rev-parse --show-toplevel)
@@ -37,15 +37,18 @@ if [ ! -d "$SRC" ]; then
 fi
 mkdir -p "$SRC/engine/examples"
 cp engine/examples/book_replay.rs "$SRC/engine/examples/"
-(cd "$SRC" && CARGO_TARGET_DIR="$ROOT/target" cargo build --release -p ringex-engine --example book_replay)
-cp target/release/examples/book_replay "$OUT/book_replay.old"
+# A target directory of its own: cargo names a workspace member's artifacts without its
+# path, so the two engines would overwrite each other in a shared one. The engine's
+# dependencies are small, so this costs little.
+(cd "$SRC" && CARGO_TARGET_DIR="$OUT/target-old" cargo build --release -p ringex-engine --example book_replay)
+cp "$OUT/target-old/release/examples/book_replay" "$OUT/book_replay.old"
 
 LOG=$OUT/ab-$SHAPE-$MARKETS.log
 : >"$LOG"
 for i in $(seq "$ROUNDS"); do
     echo "round $i: $(uptime)" | tee -a "$LOG"
-    "$OUT/book_replay.old" "$FILE" 3 | sed 's/^/old /' | tee -a "$LOG"
-    "$OUT/book_replay.new" "$FILE" 3 | sed 's/^/new /' | tee -a "$LOG"
+    "$OUT/book_replay.old" "$FILE" 5 | sed 's/^/old /' | tee -a "$LOG"
+    "$OUT/book_replay.new" "$FILE" 5 | sed 's/^/new /' | tee -a "$LOG"
 done
 awk -v old="$OLD" '
     $1 == "old" && $2 == "new" { o[++n] = $3 }

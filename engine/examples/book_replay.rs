@@ -1,7 +1,8 @@
 //! Replays a file of book operations (written by `ringex bench engine --dump-ops DIR`)
-//! into standalone `OrderBook<()>`s and prints the time per operation: books from
+//! into standalone `OrderBook<()>`s and prints the CPU time per operation: books from
 //! `new()` and from `with_capacity(2^20 / markets)`, alternated pass by pass, median of
-//! the passes. Uses only the book API that has not changed since the first releases, so
+//! the passes. The time is the thread's CPU time (`/proc/thread-self/schedstat`), so
+//! time spent waiting for a core on a busy machine is not counted; wall time follows. Uses only the book API that has not changed since the first releases, so
 //! the same file builds against older engine sources (`scripts/bench-book-ab.sh`).
 //!
 //! Usage: `book_replay OPS_FILE [PASSES]` (default 5 passes).
@@ -71,9 +72,19 @@ fn apply(books: &mut [OrderBook<()>], op: &Op) {
             books[m].submit(&o, (), &mut NullSink);
         }
         Op::Reduce(m, id, qty) => {
-            books[m].reduce(id, qty).expect("reduce names a resting order");
+            books[m]
+                .reduce(id, qty)
+                .expect("reduce names a resting order");
         }
     }
+}
+
+/// This thread's CPU time so far, in ns (0 where schedstat is unavailable).
+fn cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -118,25 +129,28 @@ fn main() {
         apply(&mut reserved, op);
     }
     let mut ns = [Vec::new(), Vec::new()];
+    let mut wall = [Vec::new(), Vec::new()];
     for _ in 0..passes {
         for (i, init) in [&fresh, &reserved].into_iter().enumerate() {
             let mut books = init.clone();
-            let start = Instant::now();
+            let (start, cpu) = (Instant::now(), cpu_ns());
             for op in timed {
                 apply(&mut books, op);
             }
-            let secs = start.elapsed().as_secs_f64();
+            let (secs, cpu) = (start.elapsed().as_secs_f64(), cpu_ns() - cpu);
             black_box(&books);
-            ns[i].push(secs * 1e9 / timed.len() as f64);
+            ns[i].push(cpu as f64 / timed.len() as f64);
+            wall[i].push(secs * 1e9 / timed.len() as f64);
             drop(books);
         }
     }
-    for (name, v) in ["new", "with_capacity"].iter().zip(ns.iter_mut()) {
-        let runs: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+    for (i, name) in ["new", "with_capacity"].iter().enumerate() {
+        let runs: Vec<String> = ns[i].iter().map(|x| format!("{x:.1}")).collect();
         println!(
-            "{name:<14} {:>7.1} ns/op (median of {passes}: {}) over {} markets, {} ops",
-            median(v),
+            "{name:<14} {:>7.1} ns/op CPU (median of {passes}: {}), wall {:.1} ns/op, {} markets, {} ops",
+            median(&mut ns[i]),
             runs.join(", "),
+            median(&mut wall[i]),
             markets,
             timed.len()
         );

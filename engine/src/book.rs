@@ -358,7 +358,12 @@ impl<T: Copy + Default> OrderBook<T> {
                     + l.by_key.heap_bytes()
             })
             .sum();
-        self.nodes.capacity() * std::mem::size_of::<Node<T>>() + self.index.heap_bytes() + ladders
+        self.order_heap_bytes() + ladders
+    }
+
+    /// Heap bytes held per order rather than per level: the order slab and the id index.
+    pub fn order_heap_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node<T>>() + self.index.heap_bytes()
     }
 
     /// The slab handle of a resting order.

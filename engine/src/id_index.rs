@@ -242,7 +242,10 @@ mod tests {
         for id in 40_000..240_000u64 {
             index.insert(id, id as u32);
             if id >= 50_000 {
-                assert_eq!(index.remove(id - 10_000, lookup(&ids)), Some(id as u32 - 10_000));
+                assert_eq!(
+                    index.remove(id - 10_000, lookup(&ids)),
+                    Some(id as u32 - 10_000)
+                );
             }
             let home = index.home(tag_of(id));
             let pos = (0..index.slots.len())

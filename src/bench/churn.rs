@@ -29,8 +29,8 @@ use std::collections::HashMap;
 use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use ringex_engine::{
-    AccountId, ClientOrderId, Command, Event, Exchange, MarketId, MarketSpec, OrderId,
-    OrderKind, OrderRef, PlaceOrder, Price, Qty, Side, StpMode, Symbol, TimeInForce,
+    AccountId, ClientOrderId, Command, Event, Exchange, MarketId, MarketSpec, OrderId, OrderKind,
+    OrderRef, PlaceOrder, Price, Qty, Side, StpMode, Symbol, TimeInForce,
 };
 
 use super::engine::{pareto, BookOp, MixStats, Workload};

@@ -1031,8 +1031,10 @@ pub struct VariantReport {
     pub book_reserved: Figures,
     pub exchange: Figures,
     pub baseline: Figures,
-    /// Heap bytes of the book-only books at the end over their resting orders.
+    /// Heap bytes of the book-only books at the end over their resting orders: all of
+    /// it, and the order slab and id index alone.
     pub book_bytes_per_order: f64,
+    pub book_order_bytes_per_order: f64,
     pub books_match: bool,
     pub misses_book: u64,
     pub misses_baseline: u64,
@@ -1190,10 +1192,12 @@ pub fn run_variant(
     });
     let resting: usize = books_end.iter().map(|b| b.order_count()).sum();
     let book_bytes: usize = books_end.iter().map(|b| b.heap_bytes()).sum();
+    let order_bytes: usize = books_end.iter().map(|b| b.order_heap_bytes()).sum();
     VariantReport {
         shape,
         book_reserved,
         book_bytes_per_order: book_bytes as f64 / resting.max(1) as f64,
+        book_order_bytes_per_order: order_bytes as f64 / resting.max(1) as f64,
         levels_at_end,
         markets,
         commands,
@@ -1235,7 +1239,12 @@ impl VariantReport {
             "{:<30} {:>10} {:>22} {:>8} {:>8} {:>9} {:>9}",
             "implementation", "Mcmd/s", "(runs)", "p50 ns", "p99 ns", "p99.9 ns", "max ns"
         );
-        for f in [&self.book, &self.book_reserved, &self.exchange, &self.baseline] {
+        for f in [
+            &self.book,
+            &self.book_reserved,
+            &self.exchange,
+            &self.baseline,
+        ] {
             let runs: Vec<String> = f
                 .throughput_mcps_runs
                 .iter()
@@ -1263,8 +1272,9 @@ impl VariantReport {
                 / self.book.throughput_mcps_median.max(f64::MIN_POSITIVE)
         );
         println!(
-            "book-only memory at end: {:.1} heap bytes per resting order",
-            self.book_bytes_per_order
+            "book-only memory at end, heap bytes per resting order: {:.1} for the order slab \
+             and id index, {:.1} with the levels",
+            self.book_order_bytes_per_order, self.book_bytes_per_order
         );
         println!(
             "cross-check: book-only, baseline and exchange books identical at end: {}; \
