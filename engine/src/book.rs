@@ -1078,6 +1078,46 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_book_and_its_clones_take_orders_without_growing() {
+        let reserved = Book::with_capacity(1000);
+        let mut clone = reserved.clone();
+        assert_eq!(clone.heap_bytes(), reserved.heap_bytes());
+        for id in 1..=1000 {
+            clone.insert(id, Side::Buy, 100 - (id % 50) as Price, 1, 0, ());
+        }
+        clone.check_invariants();
+        assert_eq!(
+            clone.order_heap_bytes(),
+            reserved.order_heap_bytes(),
+            "the order slab and id index did not grow"
+        );
+    }
+
+    #[test]
+    fn a_reserved_book_behaves_as_a_grown_one() {
+        let mut grown = Book::new();
+        let mut reserved = Book::with_capacity(64);
+        for id in 1..=300u64 {
+            let side = if id % 2 == 0 { Side::Buy } else { Side::Sell };
+            let price = 100 + (id % 7) as Price - 3;
+            let o = gtc(id, side, price, 1 + id % 5);
+            assert_eq!(submit(&mut grown, o), submit(&mut reserved, o));
+            if id % 3 == 0 {
+                assert_eq!(
+                    grown.remove(id - 1).map(|(n, t)| (n.qty, t)),
+                    reserved.remove(id - 1).map(|(n, t)| (n.qty, t))
+                );
+            }
+        }
+        assert_eq!(grown.depth(Side::Buy, 100), reserved.depth(Side::Buy, 100));
+        assert_eq!(
+            grown.depth(Side::Sell, 100),
+            reserved.depth(Side::Sell, 100)
+        );
+        assert_eq!(grown.order_count(), reserved.order_count());
+    }
+
+    #[test]
     fn level_lookup_works_beyond_the_scanned_window() {
         let mut b = Book::new();
         for i in 0..100 {
