@@ -1,20 +1,22 @@
 //! The book's order-id index: order id -> slab handle, an open-addressing table with
 //! Robin Hood linear probing and backward-shift deletion (no tombstones).
 //!
-//! Built for ids that the exchange hands out densely and in order:
-//! - Ids are hashed by groups of eight: `id / 8` picks a cache line (eight 8-byte slots)
-//!   by Fibonacci hashing, `id % 8` the slot in it. Eight consecutive ids share a line, so
-//!   a book's recent orders touch an eighth of the lines that a per-id hash would, and
-//!   the lines touched depend on the ids, not on the table's size. (A per-id hash over a
-//!   table reserved for a million orders cost a cache miss per lookup: that made
-//!   `OrderBook::with_capacity(1 << 20)` ~40% slower than `new()`.) The line is chosen by
-//!   hash, not by `id % lines`: with the identity, a block of long-lived old ids and the
-//!   new ids wrapping around onto it formed one probe run as long as the block.
-//! - A slot is 8 bytes: a 32-bit tag (the line hash, with `id % 8` in its low bits) and
-//!   the handle. The full id is not stored; a tag match is confirmed against the order
-//!   itself (`id_of(handle)`), which the caller is about to read anyway.
-//! - The table grows by doubling at 7/8 full. Memory is written when allocated, so a
-//!   reservation takes its page faults up front, not on the hot path.
+//! - Ids are spread by Fibonacci hashing (`id ^ id >> 32` times 2^64 / phi, high half),
+//!   the home slot by multiply-shift range reduction. (Placing ids at `id % slots` kept
+//!   dense ids together but let a block of long-lived old ids and the new ids wrapping
+//!   onto it form one probe run as long as the block; hashing them by groups of eight
+//!   per cache line lengthened the runs at high load and measured ~20% slower.)
+//! - A slot is 8 bytes: the 32-bit hash (tag) and the handle. The full id is not stored;
+//!   a tag match is confirmed against the order itself (`id_of(handle)`), which the
+//!   caller is about to read anyway.
+//! - The table in use is always sized to its contents, reserved or not: a reservation
+//!   ([`IdIndex::with_capacity`]) allocates and writes the memory for the largest table
+//!   (and a second buffer to grow into) up front, and growth rehashes within it, so it
+//!   neither allocates nor takes a page fault on the hot path, while lookups touch a
+//!   table no larger than an unreserved one. (A hashbrown table reserved for 2^20 orders
+//!   spread the live orders over ~34 MB, a cache and TLB miss per lookup: that made
+//!   `OrderBook::with_capacity(1 << 20)` slower than `new()`.)
+//! - The table grows by doubling at 7/8 full.
 //!
 //! Every probe loop is bounded by the table size.
 
@@ -31,34 +33,68 @@ const EMPTY: Slot = Slot {
     handle: EMPTY_HANDLE,
 };
 
-/// Slots per 64-byte cache line.
-const LINE: usize = 8;
+const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The tag of `id`: the high half of a Fibonacci hash of `id / 8`, with its low three
-/// bits replaced by `id % 8`.
+/// The tag of `id`: the high half of a Fibonacci hash of the folded id.
 fn tag_of(id: u64) -> u32 {
-    let line = ((id >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
-    (line & !7) | (id & 7) as u32
+    ((id ^ (id >> 32)).wrapping_mul(MUL) >> 32) as u32
 }
 
-#[derive(Clone, Debug, Default)]
+/// The smallest table.
+const MIN_SLOTS: usize = 16;
+
+#[derive(Debug, Default)]
 pub struct IdIndex {
+    /// The table in use (its length is a power of two, or zero).
     slots: Vec<Slot>,
+    /// The buffer the next growth rehashes into; kept only when reserved.
+    spare: Vec<Slot>,
     len: usize,
+    /// Slots reserved by `with_capacity` (0: none).
+    reserved: usize,
+}
+
+/// A vector of `capacity` slots, all written (so their pages are mapped), holding `len`
+/// copies of `from` then empty slots.
+fn touched(capacity: usize, from: &[Slot], len: usize) -> Vec<Slot> {
+    let mut v = vec![EMPTY; capacity.max(len)];
+    v[..from.len()].copy_from_slice(from);
+    v.truncate(len);
+    v
+}
+
+impl Clone for IdIndex {
+    /// Keeps the reservation (a derived clone would drop the spare capacity).
+    fn clone(&self) -> Self {
+        IdIndex {
+            slots: touched(self.slots.capacity(), &self.slots, self.slots.len()),
+            spare: touched(self.spare.capacity(), &[], 0),
+            len: self.len,
+            reserved: self.reserved,
+        }
+    }
 }
 
 impl IdIndex {
-    /// Room for `n` ids without growing.
+    /// Room for `n` ids without allocating: memory for the largest table and for the
+    /// buffer to grow into, both written now. The table in use starts small.
     pub fn with_capacity(n: usize) -> IdIndex {
-        let mut index = IdIndex::default();
-        if n > 0 {
-            index.resize(Self::slots_for(n));
+        if n == 0 {
+            return IdIndex::default();
         }
-        index
+        let reserved = Self::slots_for(n);
+        IdIndex {
+            slots: touched(reserved, &[], MIN_SLOTS.min(reserved)),
+            spare: touched(reserved, &[], 0),
+            len: 0,
+            reserved,
+        }
     }
 
     fn slots_for(n: usize) -> usize {
-        (n.saturating_mul(8) / 7 + 1).next_power_of_two().max(16)
+        (n.saturating_mul(8) / 7 + 1)
+            .next_power_of_two()
+            .max(MIN_SLOTS)
     }
 
     pub fn len(&self) -> usize {
@@ -71,18 +107,16 @@ impl IdIndex {
 
     /// Bytes allocated.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
+        (self.slots.capacity() + self.spare.capacity()) * std::mem::size_of::<Slot>()
     }
 
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
 
-    /// The home slot of `tag`: its line by multiply-shift range reduction of the tag's
-    /// upper 29 bits, then `id % 8` within it.
+    /// The home slot of `tag`: multiply-shift range reduction.
     fn home(&self, tag: u32) -> usize {
-        let lines = (self.slots.len() / LINE) as u64;
-        ((((tag >> 3) as u64 * lines) >> 29) as usize) * LINE + (tag & 7) as usize
+        ((tag as u64 * self.slots.len() as u64) >> 32) as usize
     }
 
     /// How far slot `pos` holding `s` is from its home.
@@ -170,13 +204,21 @@ impl IdIndex {
         Some(handle)
     }
 
+    /// Rehashes into a table of `slots`: within the reserved buffer when it fits (no
+    /// allocation), else into a new one.
     fn resize(&mut self, slots: usize) {
         assert!(slots.is_power_of_two() && slots > self.len);
-        let old = std::mem::replace(&mut self.slots, vec![EMPTY; slots]);
-        for s in old {
+        let mut table = std::mem::take(&mut self.spare);
+        table.clear();
+        table.resize(slots, EMPTY);
+        let old = std::mem::replace(&mut self.slots, table);
+        for &s in &old {
             if s.handle != EMPTY_HANDLE {
                 self.place(s);
             }
+        }
+        if slots <= self.reserved {
+            self.spare = old;
         }
     }
 
@@ -211,21 +253,33 @@ mod tests {
     }
 
     #[test]
-    fn eight_consecutive_ids_share_a_cache_line() {
-        let ids: Vec<u64> = (1000..1096).collect();
-        let mut index = IdIndex::with_capacity(1 << 20);
-        for (h, &id) in ids.iter().enumerate() {
-            index.insert(id, h as u32);
+    fn a_reserved_index_works_in_a_table_sized_to_its_contents_without_allocating() {
+        let ids: Vec<u64> = (0..100_000).collect();
+        let mut index = IdIndex::with_capacity(100_000);
+        let bytes = index.heap_bytes();
+        assert!(bytes >= 2 * 100_000 * 8);
+        for &id in &ids[..100] {
+            index.insert(id, id as u32);
         }
-        let lines: std::collections::BTreeSet<usize> = index
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.handle != EMPTY_HANDLE)
-            .map(|(pos, _)| pos / LINE)
-            .collect();
-        assert_eq!(lines.len(), 96 / LINE);
-        assert_eq!(index.get(1050, lookup(&ids)), Some(50));
+        assert!(
+            index.slots.len() <= 256,
+            "table in use: {}",
+            index.slots.len()
+        );
+        for &id in &ids[100..] {
+            index.insert(id, id as u32);
+        }
+        assert_eq!(
+            index.heap_bytes(),
+            bytes,
+            "no allocation up to the reservation"
+        );
+        let clone = index.clone();
+        assert_eq!(clone.heap_bytes(), bytes);
+        for id in [0, 50_000, 99_999] {
+            assert_eq!(clone.get(id, lookup(&ids)), Some(id as u32));
+        }
+        index.check();
     }
 
     #[test]
@@ -260,21 +314,17 @@ mod tests {
 
     #[test]
     fn ids_with_equal_tags_are_told_apart_by_the_order() {
-        // c / 8 times the multiplier is below 2^32 (modulo 2^64), as 5 / 8 = 0 times it:
-        // the same line hash, and both are 5 modulo 8.
-        const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+        // c folds to the multiplier's inverse modulo 2^64, whose product with it is 1:
+        // a high half of 0, as for id 0.
         let mut inverse = MUL;
         for _ in 0..6 {
             inverse = inverse.wrapping_mul(2u64.wrapping_sub(MUL.wrapping_mul(inverse)));
         }
         assert_eq!(MUL.wrapping_mul(inverse), 1);
-        let line = (1..1000u64)
-            .map(|s| s.wrapping_mul(inverse))
-            .find(|x| *x < 1 << 61)
-            .expect("a small multiple");
-        let a = 5u64;
+        let hi = inverse >> 32;
+        let c = hi << 32 | ((inverse as u32) ^ hi as u32) as u64;
+        let a = 0u64;
         let b = 1u64 << 32;
-        let c = line << 3 | 5;
         assert_eq!(tag_of(a), tag_of(c));
         let ids = vec![a, b, c];
         let mut index = IdIndex::default();
