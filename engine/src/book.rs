@@ -10,8 +10,8 @@
 //!   levels per change cost 45% of the time.)
 //! - Orders live in a slab (`Vec<Node<T>>` with a free list) and form an intrusive doubly
 //!   linked FIFO per level. Each order knows its level's handle, so cancel by id is one
-//!   index lookup and a few pointer updates. The id index ([`IdIndex`]) keeps dense ids in
-//!   consecutive slots, so its cost does not grow with what was reserved.
+//!   index lookup and a few pointer updates. The id index ([`IdIndex`]) works in a table
+//!   sized to the orders it holds, so its cost does not grow with what was reserved.
 //! - [`OrderBook::with_capacity`] writes the whole order slab and index when called
 //!   (their page faults are taken there) and threads the reserved nodes onto the free
 //!   list, so the hot path neither grows a vector nor touches a fresh page.
