@@ -2,7 +2,7 @@
 //! Smaller runs: RINGEX_BENCH_COMMANDS, RINGEX_BENCH_MARKETS (comma-separated),
 //! RINGEX_BENCH_RUNS.
 
-use ringex::bench::engine::{run, EngineBenchArgs};
+use ringex::bench::engine::{run, EngineBenchArgs, Shape};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -22,6 +22,12 @@ fn main() {
         args.markets = m
             .split(',')
             .map(|x| x.trim().parse().expect("RINGEX_BENCH_MARKETS: numbers"))
+            .collect();
+    }
+    if let Ok(v) = std::env::var("RINGEX_BENCH_SHAPES") {
+        args.shapes = v
+            .split(',')
+            .map(|x| Shape::parse(x.trim()).expect("RINGEX_BENCH_SHAPES: core or churn"))
             .collect();
     }
     run(&args);

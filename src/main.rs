@@ -301,6 +301,12 @@ struct EngineArgs {
     /// Generator seed.
     #[arg(long, default_value_t = EngineBenchArgs::default().seed)]
     seed: u64,
+    /// Workload shape, `core` or `churn`; repeat for several. Default: both.
+    #[arg(long)]
+    shape: Vec<String>,
+    /// Write each variant's book operations to this directory instead of timing.
+    #[arg(long)]
+    dump_ops: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -455,16 +461,40 @@ fn main() -> ExitCode {
                 eprintln!("ringex bench engine: --markets must be in 1..=10000, --runs at least 1");
                 return ExitCode::FAILURE;
             }
-            engine::run(&EngineBenchArgs {
+            let mut shapes = Vec::new();
+            for s in &a.shape {
+                match engine::Shape::parse(s) {
+                    Some(shape) => shapes.push(shape),
+                    None => {
+                        eprintln!("ringex bench engine: --shape must be core or churn");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            let args = EngineBenchArgs {
                 commands: a.commands,
                 markets: if a.markets.is_empty() {
                     defaults.markets
                 } else {
                     a.markets
                 },
+                shapes: if shapes.is_empty() {
+                    defaults.shapes
+                } else {
+                    shapes
+                },
                 runs: a.runs,
                 seed: a.seed,
-            });
+                dump_ops: a.dump_ops,
+            };
+            if let Some(dir) = &args.dump_ops {
+                if let Err(e) = engine::dump_ops(&args, dir) {
+                    eprintln!("ringex bench engine: writing {}: {e}", dir.display());
+                    return ExitCode::FAILURE;
+                }
+                return ExitCode::SUCCESS;
+            }
+            engine::run(&args);
             ExitCode::SUCCESS
         }
     }

@@ -10,15 +10,20 @@
 //!   levels per change cost 45% of the time.)
 //! - Orders live in a slab (`Vec<Node<T>>` with a free list) and form an intrusive doubly
 //!   linked FIFO per level. Each order knows its level's handle, so cancel by id is one
-//!   hash lookup and a few pointer updates.
+//!   index lookup and a few pointer updates. The id index ([`IdIndex`]) works in a table
+//!   sized to the orders it holds, so its cost does not grow with what was reserved.
+//! - [`OrderBook::with_capacity`] writes the whole order slab and index when called
+//!   (their page faults are taken there) and threads the reserved nodes onto the free
+//!   list, so the hot path neither grows a vector nor touches a fresh page.
+//! - Each side caches its best level's handle and price: whether an incoming order
+//!   crosses is decided without touching the level.
 //! - `T` is the caller's per-order payload (the exchange keeps account and hold data there).
 //!
 //! Matching is one generic loop, [`OrderBook::submit`], reporting fills, self-trade
 //! cancels and level changes to a [`MatchSink`] so the exchange layer can settle funds
 //! inline while the book stays ignorant of accounts.
 
-use rustc_hash::FxHashMap;
-
+use crate::id_index::IdIndex;
 use crate::price_index::PriceIndex;
 use crate::types::*;
 
@@ -60,6 +65,8 @@ struct Ladder {
     by_key: PriceIndex,
     /// Handle of the best level, or NIL when the side is empty.
     best: u32,
+    /// The best level's price (meaningless when `best` is NIL).
+    best_price: Price,
 }
 
 /// Sort key that makes "better" mean "greater" on both sides.
@@ -79,7 +86,7 @@ impl Ladder {
     }
 
     fn find(&self, side: Side, price: Price) -> Option<u32> {
-        if self.best != NIL && self.levels[self.best as usize].price == price {
+        if self.best != NIL && self.best_price == price {
             return Some(self.best);
         }
         self.by_key.get(key(side, price))
@@ -125,8 +132,9 @@ impl Ladder {
         };
         let k = key(side, price);
         self.by_key.insert(k, h);
-        if self.best == NIL || k > key(side, self.levels[self.best as usize].price) {
+        if self.best == NIL || k > key(side, self.best_price) {
             self.best = h;
+            self.best_price = price;
         }
         h
     }
@@ -140,6 +148,9 @@ impl Ladder {
         self.free.push(h);
         if self.best == h {
             self.best = self.by_key.max().map_or(NIL, |(_, b)| b);
+            if self.best != NIL {
+                self.best_price = self.levels[self.best as usize].price;
+            }
         }
     }
 }
@@ -295,7 +306,7 @@ pub struct OrderBook<T> {
     asks: Ladder,
     nodes: Vec<Node<T>>,
     free_head: u32,
-    index: FxHashMap<OrderId, u32>,
+    index: IdIndex,
 }
 
 impl<T: Copy + Default> Default for OrderBook<T> {
@@ -309,17 +320,56 @@ impl<T: Copy + Default> OrderBook<T> {
         Self::with_capacity(0)
     }
 
-    /// Preallocates room for `orders` resting orders so the hot path does not allocate.
+    /// Preallocates room for `orders` resting orders so the hot path does not allocate:
+    /// the order slab is filled with free nodes (linked in slab order, so orders take
+    /// slots in the same order as in a book that grew) and the id index is sized. Both
+    /// are written here, so their page faults happen here; clones keep the reservation.
     pub fn with_capacity(orders: usize) -> Self {
-        let mut index = FxHashMap::default();
-        index.reserve(orders);
+        assert!(orders < NIL as usize, "order slab full");
+        let mut nodes = Vec::with_capacity(orders);
+        nodes.extend((0..orders as u32).map(|i| Node {
+            id: 0,
+            side: Side::Buy,
+            price: 0,
+            qty: 0,
+            owner: 0,
+            data: T::default(),
+            prev: NIL,
+            next: if i + 1 == orders as u32 { NIL } else { i + 1 },
+            level: NIL,
+        }));
         OrderBook {
             bids: Ladder::new(),
             asks: Ladder::new(),
-            nodes: Vec::with_capacity(orders),
-            free_head: NIL,
-            index,
+            free_head: if orders == 0 { NIL } else { 0 },
+            nodes,
+            index: IdIndex::with_capacity(orders),
         }
+    }
+
+    /// Heap bytes held by the book: order slab, id index, level slabs and level indexes
+    /// (ordered-map entries outside the bitmap window counted at their key and value).
+    pub fn heap_bytes(&self) -> usize {
+        let ladders: usize = [&self.bids, &self.asks]
+            .iter()
+            .map(|l| {
+                l.levels.capacity() * std::mem::size_of::<Level>()
+                    + l.free.capacity() * 4
+                    + l.by_key.heap_bytes()
+            })
+            .sum();
+        self.order_heap_bytes() + ladders
+    }
+
+    /// Heap bytes held per order rather than per level: the order slab and the id index.
+    pub fn order_heap_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node<T>>() + self.index.heap_bytes()
+    }
+
+    /// The slab handle of a resting order.
+    fn handle(&self, id: OrderId) -> Option<u32> {
+        let nodes = &self.nodes;
+        self.index.get(id, |h| nodes[h as usize].id)
     }
 
     fn ladder(&self, side: Side) -> &Ladder {
@@ -352,7 +402,8 @@ impl<T: Copy + Default> OrderBook<T> {
     }
 
     pub fn best_price(&self, side: Side) -> Option<Price> {
-        self.best(side).map(|(p, _)| p)
+        let ladder = self.ladder(side);
+        (ladder.best != NIL).then_some(ladder.best_price)
     }
 
     /// Aggregated quantity resting at `price` on `side` (zero if none).
@@ -377,15 +428,15 @@ impl<T: Copy + Default> OrderBook<T> {
     }
 
     pub fn contains(&self, id: OrderId) -> bool {
-        self.index.contains_key(&id)
+        self.handle(id).is_some()
     }
 
     pub fn get(&self, id: OrderId) -> Option<&Node<T>> {
-        self.index.get(&id).map(|&h| &self.nodes[h as usize])
+        self.handle(id).map(|h| &self.nodes[h as usize])
     }
 
     pub fn data_mut(&mut self, id: OrderId) -> Option<&mut T> {
-        let h = *self.index.get(&id)?;
+        let h = self.handle(id)?;
         Some(&mut self.nodes[h as usize].data)
     }
 
@@ -434,6 +485,9 @@ impl<T: Copy + Default> OrderBook<T> {
             ladder.by_key.check();
             let best = ladder.by_key.max().map_or(NIL, |(_, h)| h);
             assert_eq!(ladder.best, best, "cached best level");
+            if best != NIL {
+                assert_eq!(ladder.best_price, ladder.levels[best as usize].price);
+            }
             for (k, lh) in ladder.by_key.iter_desc() {
                 let level = &ladder.levels[lh as usize];
                 assert_eq!(key(side, level.price), k);
@@ -446,7 +500,7 @@ impl<T: Copy + Default> OrderBook<T> {
                     assert_eq!(node.side, side);
                     assert_eq!(node.level, lh);
                     assert!(node.qty > 0);
-                    assert_eq!(self.index.get(&node.id), Some(&h));
+                    assert_eq!(self.handle(node.id), Some(h));
                     total += node.qty;
                     count += 1;
                     prev = h;
@@ -458,6 +512,7 @@ impl<T: Copy + Default> OrderBook<T> {
             }
         }
         assert_eq!(orders, self.index.len());
+        self.index.check();
     }
 
     // ---------------------------------------------------------------- mutations
@@ -487,7 +542,7 @@ impl<T: Copy + Default> OrderBook<T> {
         data: T,
     ) -> Qty {
         assert!(qty > 0, "resting quantity must be positive");
-        assert!(!self.index.contains_key(&id), "order id already resting");
+        assert!(!self.contains(id), "order id already resting");
         let h = self.alloc(Node {
             id,
             side,
@@ -519,12 +574,19 @@ impl<T: Copy + Default> OrderBook<T> {
         total
     }
 
-    /// Unlinks slab entry `h` from its level and frees it. Returns the node and the
-    /// level's new total.
+    /// Unlinks slab entry `h` from its level and the id index and frees it. Returns the
+    /// node and the level's new total.
     fn unlink(&mut self, h: u32) -> (Node<T>, Qty) {
-        let node = self.nodes[h as usize];
-        let removed = self.index.remove(&node.id);
+        let id = self.nodes[h as usize].id;
+        let nodes = &self.nodes;
+        let removed = self.index.remove(id, |x| nodes[x as usize].id);
         assert_eq!(removed, Some(h));
+        self.unlink_unindexed(h)
+    }
+
+    /// [`Self::unlink`] for an order already removed from the id index.
+    fn unlink_unindexed(&mut self, h: u32) -> (Node<T>, Qty) {
+        let node = self.nodes[h as usize];
         if node.prev != NIL {
             self.nodes[node.prev as usize].next = node.next;
         }
@@ -555,14 +617,15 @@ impl<T: Copy + Default> OrderBook<T> {
 
     /// Removes a resting order. Returns it and its level's new total.
     pub fn remove(&mut self, id: OrderId) -> Option<(Node<T>, Qty)> {
-        let h = *self.index.get(&id)?;
-        Some(self.unlink(h))
+        let nodes = &self.nodes;
+        let h = self.index.remove(id, |x| nodes[x as usize].id)?;
+        Some(self.unlink_unindexed(h))
     }
 
     /// Lowers a resting order's quantity in place, keeping its time priority. Returns the
     /// level's new total. `qty` must be positive and below the current quantity.
     pub fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<Qty> {
-        let h = *self.index.get(&id)?;
+        let h = self.handle(id)?;
         let node = &mut self.nodes[h as usize];
         assert!(qty > 0 && qty < node.qty, "reduce must lower the quantity");
         let delta = node.qty - qty;
@@ -627,13 +690,12 @@ impl<T: Copy + Default> OrderBook<T> {
             if remaining == 0 {
                 return (0, MatchEnd::Filled);
             }
-            let Some(level) = self.ladder(opposite).best_level() else {
-                return (remaining, MatchEnd::NoLiquidity);
-            };
-            let (price, h) = (level.price, level.head);
-            if !crosses(order.side, order.limit, price) {
+            let ladder = self.ladder(opposite);
+            let price = ladder.best_price;
+            if ladder.best == NIL || !crosses(order.side, order.limit, price) {
                 return (remaining, MatchEnd::NoLiquidity);
             }
+            let h = ladder.levels[ladder.best as usize].head;
             let maker = self.nodes[h as usize];
             if maker.owner == order.owner && order.stp != StpMode::None {
                 if order.stp == StpMode::CancelNewest {
@@ -1013,6 +1075,46 @@ mod tests {
         assert_eq!(b.qty_at(Side::Buy, 96), 0);
         assert_eq!(b.depth(Side::Buy, 2), vec![(99, 20), (98, 10)]);
         assert_eq!(b.depth(Side::Sell, 5), vec![(101, 1), (103, 1)]);
+    }
+
+    #[test]
+    fn a_reserved_book_and_its_clones_take_orders_without_growing() {
+        let reserved = Book::with_capacity(1000);
+        let mut clone = reserved.clone();
+        assert_eq!(clone.heap_bytes(), reserved.heap_bytes());
+        for id in 1..=1000 {
+            clone.insert(id, Side::Buy, 100 - (id % 50) as Price, 1, 0, ());
+        }
+        clone.check_invariants();
+        assert_eq!(
+            clone.order_heap_bytes(),
+            reserved.order_heap_bytes(),
+            "the order slab and id index did not grow"
+        );
+    }
+
+    #[test]
+    fn a_reserved_book_behaves_as_a_grown_one() {
+        let mut grown = Book::new();
+        let mut reserved = Book::with_capacity(64);
+        for id in 1..=300u64 {
+            let side = if id % 2 == 0 { Side::Buy } else { Side::Sell };
+            let price = 100 + (id % 7) as Price - 3;
+            let o = gtc(id, side, price, 1 + id % 5);
+            assert_eq!(submit(&mut grown, o), submit(&mut reserved, o));
+            if id % 3 == 0 {
+                assert_eq!(
+                    grown.remove(id - 1).map(|(n, t)| (n.qty, t)),
+                    reserved.remove(id - 1).map(|(n, t)| (n.qty, t))
+                );
+            }
+        }
+        assert_eq!(grown.depth(Side::Buy, 100), reserved.depth(Side::Buy, 100));
+        assert_eq!(
+            grown.depth(Side::Sell, 100),
+            reserved.depth(Side::Sell, 100)
+        );
+        assert_eq!(grown.order_count(), reserved.order_count());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod command;
 pub mod event;
 pub mod exchange;
+pub mod id_index;
 pub mod price_index;
 pub mod query;
 pub mod snapshot;

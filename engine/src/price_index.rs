@@ -72,6 +72,13 @@ impl PriceIndex {
         self.handles.get(&key).copied()
     }
 
+    /// Heap bytes held (ordered-map entries outside the window at their key and value).
+    pub fn heap_bytes(&self) -> usize {
+        self.handles.capacity() * (std::mem::size_of::<(i64, u32)>() + 1)
+            + self.l0.len() * 8
+            + self.outside.len() * std::mem::size_of::<(i64, u32)>()
+    }
+
     /// Offset of `key` in the window, if it falls inside.
     fn slot(&self, key: i64) -> Option<usize> {
         let base = self.base?;

@@ -26,6 +26,33 @@ use rustc_hash::FxHashMap;
 
 use super::{cpu_model, latency_histogram, median, LatencySummary};
 
+/// The workload shapes of `ringex bench engine`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// exchange-core's generator: mostly moves of old orders (this module).
+    Core,
+    /// High cancel ratio, client ids reused, a deep static book, a flash crash
+    /// ([`super::churn`]).
+    Churn,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Core => "core",
+            Shape::Churn => "churn",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Shape> {
+        match s {
+            "core" => Some(Shape::Core),
+            "churn" => Some(Shape::Churn),
+            _ => None,
+        }
+    }
+}
+
 /// Arguments of `ringex bench engine`.
 #[derive(Clone, Debug)]
 pub struct EngineBenchArgs {
@@ -33,9 +60,14 @@ pub struct EngineBenchArgs {
     pub commands: usize,
     /// Market counts to run, one variant each (1 = exchange-core's single pair).
     pub markets: Vec<usize>,
+    /// Workload shapes to run; every shape runs every market count.
+    pub shapes: Vec<Shape>,
     /// Throughput runs per variant; the median is reported.
     pub runs: usize,
     pub seed: u64,
+    /// Instead of timing, write each variant's book operations to this directory (for
+    /// `engine/examples/book_replay.rs`).
+    pub dump_ops: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineBenchArgs {
@@ -43,11 +75,16 @@ impl Default for EngineBenchArgs {
         EngineBenchArgs {
             commands: 3_000_000,
             markets: vec![1, 1000],
+            shapes: vec![Shape::Core, Shape::Churn],
             runs: 5,
             seed: 0x5eed_2024,
+            dump_ops: None,
         }
     }
 }
+
+/// Orders reserved by the `with_capacity` book-only row, all markets together.
+pub const RESERVED_ORDERS: usize = 1 << 20;
 
 const ACCOUNTS: u32 = 1000;
 const QUOTE_ASSET: u32 = 1;
@@ -259,7 +296,7 @@ fn move_toward(rng: &mut Xoshiro256PlusPlus, price: Price, last: Price) -> Price
 }
 
 /// Pareto(scale, shape) by inversion.
-fn pareto(rng: &mut Xoshiro256PlusPlus, scale: f64, shape: f64) -> f64 {
+pub(super) fn pareto(rng: &mut Xoshiro256PlusPlus, scale: f64, shape: f64) -> f64 {
     let u: f64 = rng.random();
     scale / (1.0 - u).powf(1.0 / shape)
 }
@@ -988,9 +1025,16 @@ pub struct VariantReport {
     pub resting_at_end: usize,
     /// Price levels (bids, asks) summed over markets at the end of the stream.
     pub levels_at_end: (usize, usize),
+    pub shape: Shape,
     pub book: Figures,
+    /// The same books created with `with_capacity(RESERVED_ORDERS / markets)`.
+    pub book_reserved: Figures,
     pub exchange: Figures,
     pub baseline: Figures,
+    /// Heap bytes of the book-only books at the end over their resting orders: all of
+    /// it, and the order slab and id index alone.
+    pub book_bytes_per_order: f64,
+    pub book_order_bytes_per_order: f64,
     pub books_match: bool,
     pub misses_book: u64,
     pub misses_baseline: u64,
@@ -1034,6 +1078,7 @@ fn view_exchange(ex: &Exchange, markets: usize) -> BookView {
 
 /// Generates the workload for `markets` and measures all three implementations.
 pub fn run_variant(
+    shape: Shape,
     markets: usize,
     commands: usize,
     runs: usize,
@@ -1041,7 +1086,7 @@ pub fn run_variant(
     clock: &quanta::Clock,
 ) -> VariantReport {
     let start = Instant::now();
-    let w = generate(markets, commands, seed);
+    let w = generate_shape(shape, markets, commands, seed);
     let generation_secs = start.elapsed().as_secs_f64();
 
     // Pre-filled states, cloned for every pass.
@@ -1052,19 +1097,25 @@ pub fn run_variant(
         events.clear();
     }
     let capacity = w.resting_after_prefill * 2 / markets + 64;
-    let mut books0: Vec<OrderBook<()>> = (0..markets)
-        .map(|_| OrderBook::with_capacity(capacity))
+    let mut books0: Vec<OrderBook<()>> = (0..markets).map(|_| OrderBook::new()).collect();
+    let mut reserved0: Vec<OrderBook<()>> = (0..markets)
+        .map(|_| OrderBook::with_capacity(RESERVED_ORDERS / markets))
         .collect();
     let mut base0: Vec<BaselineBook> = (0..markets)
         .map(|_| BaselineBook::with_capacity(capacity))
         .collect();
     for op in &w.prefill_ops {
         assert!(book_apply(&mut books0, op));
+        assert!(book_apply(&mut reserved0, op));
         assert!(baseline_apply(&mut base0, op));
     }
 
     let mut book = Figures {
         name: "book-only (OrderBook<()>)",
+        ..Default::default()
+    };
+    let mut book_reserved = Figures {
+        name: "book-only, with_capacity",
         ..Default::default()
     };
     let mut exchange = Figures {
@@ -1087,6 +1138,14 @@ pub fn run_variant(
         book.throughput_mcps_runs.push(mcps);
         misses_book = misses;
 
+        let mut misses = 0u64;
+        let (mcps, reserved) = throughput(&reserved0, &w.ops, |b, op| {
+            misses += !book_apply(b, op) as u64;
+        });
+        book_reserved.throughput_mcps_runs.push(mcps);
+        misses_book += misses;
+        drop(reserved);
+
         let (mcps, ex) = throughput(&ex0, &w.commands, |ex, cmd| {
             ex.apply(cmd, &mut events);
             events.clear();
@@ -1103,11 +1162,15 @@ pub fn run_variant(
         last_states = Some((books, ex, base));
     }
     let (books_end, ex_end, base_end) = last_states.expect("at least one run");
-    for f in [&mut book, &mut exchange, &mut baseline] {
+    for f in [&mut book, &mut book_reserved, &mut exchange, &mut baseline] {
         f.throughput_mcps_median = median(&f.throughput_mcps_runs);
     }
 
     book.latency = latency(clock, &books0, &w.ops, |b, op| {
+        book_apply(b, op);
+    })
+    .0;
+    book_reserved.latency = latency(clock, &reserved0, &w.ops, |b, op| {
         book_apply(b, op);
     })
     .0;
@@ -1127,7 +1190,14 @@ pub fn run_variant(
     let levels_at_end = books_end.iter().fold((0, 0), |(b, a), x| {
         (b + x.level_count(Side::Buy), a + x.level_count(Side::Sell))
     });
+    let resting: usize = books_end.iter().map(|b| b.order_count()).sum();
+    let book_bytes: usize = books_end.iter().map(|b| b.heap_bytes()).sum();
+    let order_bytes: usize = books_end.iter().map(|b| b.order_heap_bytes()).sum();
     VariantReport {
+        shape,
+        book_reserved,
+        book_bytes_per_order: book_bytes as f64 / resting.max(1) as f64,
+        book_order_bytes_per_order: order_bytes as f64 / resting.max(1) as f64,
         levels_at_end,
         markets,
         commands,
@@ -1150,8 +1220,12 @@ pub fn run_variant(
 impl VariantReport {
     pub fn print(&self) {
         println!(
-            "\n== {} market(s), {} timed commands, {} runs (generated in {:.1} s)",
-            self.markets, self.commands, self.runs, self.generation_secs
+            "\n== shape {}, {} market(s), {} timed commands, {} runs (generated in {:.1} s)",
+            self.shape.name(),
+            self.markets,
+            self.commands,
+            self.runs,
+            self.generation_secs
         );
         println!(
             "resting orders: {} after pre-fill, {} at end, over {} bid and {} ask levels",
@@ -1165,7 +1239,12 @@ impl VariantReport {
             "{:<30} {:>10} {:>22} {:>8} {:>8} {:>9} {:>9}",
             "implementation", "Mcmd/s", "(runs)", "p50 ns", "p99 ns", "p99.9 ns", "max ns"
         );
-        for f in [&self.book, &self.exchange, &self.baseline] {
+        for f in [
+            &self.book,
+            &self.book_reserved,
+            &self.exchange,
+            &self.baseline,
+        ] {
             let runs: Vec<String> = f
                 .throughput_mcps_runs
                 .iter()
@@ -1184,9 +1263,18 @@ impl VariantReport {
         }
         let b = self.baseline.throughput_mcps_median.max(f64::MIN_POSITIVE);
         println!(
-            "ratios vs baseline (throughput): book-only x{:.2}, full exchange x{:.2}",
+            "ratios vs baseline (throughput): book-only x{:.2}, full exchange x{:.2}; \
+             with_capacity({}) / new(): x{:.2}",
             self.book.throughput_mcps_median / b,
-            self.exchange.throughput_mcps_median / b
+            self.exchange.throughput_mcps_median / b,
+            RESERVED_ORDERS / self.markets,
+            self.book_reserved.throughput_mcps_median
+                / self.book.throughput_mcps_median.max(f64::MIN_POSITIVE)
+        );
+        println!(
+            "book-only memory at end, heap bytes per resting order: {:.1} for the order slab \
+             and id index, {:.1} with the levels",
+            self.book_order_bytes_per_order, self.book_bytes_per_order
         );
         println!(
             "cross-check: book-only, baseline and exchange books identical at end: {}; \
@@ -1222,12 +1310,87 @@ pub fn run(args: &EngineBenchArgs) -> Vec<VariantReport> {
          (latency uses quanta raw)"
     );
     let mut reports = Vec::new();
-    for &markets in &args.markets {
-        let r = run_variant(markets, args.commands, args.runs, args.seed, &clock);
-        r.print();
-        reports.push(r);
+    for &shape in &args.shapes {
+        for &markets in &args.markets {
+            let r = run_variant(shape, markets, args.commands, args.runs, args.seed, &clock);
+            r.print();
+            reports.push(r);
+        }
     }
     reports
+}
+
+/// The workload of `shape`.
+pub fn generate_shape(shape: Shape, markets: usize, commands: usize, seed: u64) -> Workload {
+    match shape {
+        Shape::Core => generate(markets, commands, seed),
+        Shape::Churn => super::churn::generate(markets, commands, seed),
+    }
+}
+
+/// Writes each requested variant's book operations (pre-fill, then the timed stream) to
+/// `dir/ops-SHAPE-MARKETS.bin` for `engine/examples/book_replay.rs`: a header of three
+/// little-endian u64 (magic, pre-fill count, timed count), then per operation six
+/// little-endian u64: kind (0 nop, 1 place, 2 cancel, 3 move, 4 reduce), market, id,
+/// price, quantity, and `owner << 16 | side << 8 | tif`.
+pub fn dump_ops(args: &EngineBenchArgs, dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for &shape in &args.shapes {
+        for &markets in &args.markets {
+            let w = generate_shape(shape, markets, args.commands, args.seed);
+            let mut out = Vec::with_capacity(24 + 48 * (w.prefill_ops.len() + w.ops.len()));
+            for x in [OPS_MAGIC, w.prefill_ops.len() as u64, w.ops.len() as u64] {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            for op in w.prefill_ops.iter().chain(&w.ops) {
+                for x in encode_op(op) {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+            let path = dir.join(format!("ops-{}-{markets}.bin", shape.name()));
+            std::fs::write(&path, out)?;
+            println!(
+                "{}: {} pre-fill + {} timed operations",
+                path.display(),
+                w.prefill_ops.len(),
+                w.ops.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// "RINGEXOP" in ASCII: the first word of an operations file.
+pub const OPS_MAGIC: u64 = u64::from_le_bytes(*b"RINGEXOP");
+
+fn encode_op(op: &BookOp) -> [u64; 6] {
+    match *op {
+        BookOp::Nop => [0; 6],
+        BookOp::Place {
+            market,
+            id,
+            side,
+            price,
+            qty,
+            owner,
+            tif,
+        } => [
+            1,
+            market as u64,
+            id,
+            price as u64,
+            qty,
+            (owner as u64) << 16 | (side as u64) << 8 | tif as u64,
+        ],
+        BookOp::Cancel { market, id } => [2, market as u64, id, 0, 0, 0],
+        BookOp::Move {
+            market,
+            id,
+            price,
+            qty,
+        } => [3, market as u64, id, price as u64, qty, 0],
+        BookOp::Reduce { market, id, qty } => [4, market as u64, id, 0, qty, 0],
+    }
 }
 
 #[cfg(test)]
@@ -1252,20 +1415,24 @@ mod tests {
     #[test]
     fn small_workload_has_no_rejects_and_books_agree() {
         let clock = quanta::Clock::new();
-        for markets in [1, 20] {
-            let r = run_variant(markets, 20_000, 1, 7, &clock);
-            assert_eq!(r.mix.reject_count(), 0, "{:?}", r.mix.rejects);
-            assert!(r.books_match);
-            assert_eq!((r.misses_book, r.misses_baseline), (0, 0));
-            assert!(r.state_hash_matches_generator);
+        for shape in [Shape::Core, Shape::Churn] {
+            for markets in [1, 20] {
+                let r = run_variant(shape, markets, 20_000, 1, 7, &clock);
+                assert_eq!(r.mix.reject_count(), 0, "{:?}", r.mix.rejects);
+                assert!(r.books_match);
+                assert_eq!((r.misses_book, r.misses_baseline), (0, 0));
+                assert!(r.state_hash_matches_generator);
+            }
         }
     }
 
     #[test]
     fn generation_is_reproducible() {
-        let a = generate(3, 5000, 11);
-        let b = generate(3, 5000, 11);
-        assert_eq!(a.commands, b.commands);
-        assert_eq!(a.state_hash, b.state_hash);
+        for shape in [Shape::Core, Shape::Churn] {
+            let a = generate_shape(shape, 3, 5000, 11);
+            let b = generate_shape(shape, 3, 5000, 11);
+            assert_eq!(a.commands, b.commands);
+            assert_eq!(a.state_hash, b.state_hash);
+        }
     }
 }

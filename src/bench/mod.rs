@@ -3,6 +3,7 @@
 //! Bench code may use randomness and floats; the engine may not. Every generator is
 //! seeded, so two runs with the same arguments replay the same command stream.
 
+pub mod churn;
 pub mod engine;
 pub mod engine_scale;
 pub mod floor;
