@@ -252,6 +252,11 @@ impl Http {
         !self.unread.is_empty() || self.accept_pending
     }
 
+    /// Whether any HTTP connection is open.
+    pub fn has_connections(&self) -> bool {
+        self.conns.len() > self.free.len()
+    }
+
     /// Counts public updates written to a market's WebSocket subscribers.
     pub fn count_ws_sent(&mut self, market: MarketId, frames: usize) {
         *self.counts.ws_sent.entry(market).or_default() += frames as u64;

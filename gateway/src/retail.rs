@@ -72,6 +72,14 @@ const IOVECS_MAX: usize = 64;
 const INFLIGHT_MAX: usize = 256;
 /// How often timers (pings, timeouts) run; the longest sleep when idle.
 const TIMER_EVERY: Duration = Duration::from_millis(50);
+/// How long public market data may wait for the retail loop's next pass. Without a
+/// signed-in session the loop drains the hand-off on this tick instead of asking the
+/// gateway's loop to wake it: a wake-up asked for after every pass cost the gateway's
+/// thread an eventfd write per pass at 100 K orders/s and the retail thread a wake-up
+/// each time, which doubled the market makers' p50 (2026-12-07, `ringex bench
+/// gateway-floor`). Signed-in sessions wait for their own replies and fills, so while
+/// one exists the loop is woken at once as before.
+const MARKET_DATA_TICK: Duration = Duration::from_millis(1);
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT_NS: u64 = 2_000_000_000;
 /// How long a stop waits for clients to take their `serverShutdown` and close frame.
@@ -435,15 +443,30 @@ impl RetailEdge {
         let mut events = Events::with_capacity(1024);
         self.submit_publisher_queries(&mut link);
         link.end_pass();
+        // Whether the last pass took engine output: a market that just traded is ticked
+        // at MARKET_DATA_TICK even with nobody connected, so the hand-off never fills.
+        let mut took_outputs = false;
         while !stop.load(Ordering::Relaxed) {
             let busy = !self.unread.is_empty()
                 || self.http.as_ref().is_some_and(|h| h.busy())
-                || link.outputs_available()
-                || {
-                    link.want_wake();
-                    link.outputs_available()
-                };
-            let timeout = if busy { Duration::ZERO } else { TIMER_EVERY };
+                || link.outputs_available();
+            let timeout = if busy {
+                Duration::ZERO
+            } else if self.core.session_count() > 0 {
+                link.want_wake();
+                if link.outputs_available() {
+                    Duration::ZERO
+                } else {
+                    TIMER_EVERY
+                }
+            } else if took_outputs
+                || self.stats.connections_active.load(Ordering::Relaxed) > 0
+                || self.http.as_ref().is_some_and(|h| h.has_connections())
+            {
+                MARKET_DATA_TICK
+            } else {
+                TIMER_EVERY
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -483,6 +506,7 @@ impl RetailEdge {
                     }
                 }
             }
+            took_outputs = link.outputs_available();
             self.take_outputs(&mut link);
             if self.timers_at.elapsed() >= TIMER_EVERY {
                 self.timers_at = Instant::now();
