@@ -470,8 +470,9 @@ pub fn replay(dir: &Path) -> Result<(u64, u64, u128, u64), String> {
     .map_err(|e| match e {
         crate::node::NodeError::Journal(e @ ringex_journal::Error::SequenceUnavailable { .. }) => {
             format!(
-                "{e} (replay needs the journal from seq 1; after pruning, the node starts from \
-             its snapshot)"
+                "{e}: replay needs the journal from sequence 1; after pruning, the node starts \
+                 from its snapshot, and `ringex journal events` or `account --at-seq` answer \
+                 from the snapshots kept"
             )
         }
         e => e.to_string(),

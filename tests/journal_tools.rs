@@ -909,9 +909,15 @@ fn every_verb_on_a_damaged_journal_exits_non_zero_without_a_panic() {
     every_verb_refuses(dir, "flipped bit");
     restore();
 
-    // A missing segment.
+    // A missing segment, named as missing by the readers.
     std::fs::remove_file(&segs[1]).unwrap();
     every_verb_refuses(dir, "missing segment");
+    let export = ringex(&["export"], dir);
+    assert!(
+        export.stderr.contains("segment is missing"),
+        "export names the missing segment: {}",
+        export.stderr
+    );
     restore();
 
     // A torn tail: the newest record half written over.

@@ -175,6 +175,13 @@ impl FrameReader {
         if header.base_seq != seg.base_seq
             || (!first && (header.base_seq != self.seq_next || header.chain_prev != self.chain))
         {
+            if !first && header.base_seq == seg.base_seq && header.base_seq > self.seq_next {
+                return Err(self.corrupt(format!(
+                    "segment is missing: the log continues at {} but the next segment starts \
+                     at {}",
+                    self.seq_next, header.base_seq
+                )));
+            }
             return Err(self.corrupt("segment does not continue the previous one".into()));
         }
         self.segment_base_seq = header.base_seq;

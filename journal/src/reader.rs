@@ -188,7 +188,15 @@ impl Reader {
                 segment: seg.path.clone(),
                 offset_bytes: 0,
                 seq: self.seq_next,
-                reason: "segment does not continue the previous one (sequence or chain)".into(),
+                reason: if header.base_seq > self.seq_next {
+                    format!(
+                        "segment is missing: the log continues at {} but the next segment \
+                         starts at {}",
+                        self.seq_next, header.base_seq
+                    )
+                } else {
+                    "segment does not continue the previous one (sequence or chain)".into()
+                },
                 dir: self.dir.clone(),
             });
         }
