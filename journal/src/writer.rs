@@ -907,6 +907,12 @@ impl Journal {
                 tail.segment_size_bytes, config.segment_size_bytes
             ));
             config.segment_size_bytes = tail.segment_size_bytes;
+            // A record must fit one of the journal's segments, whatever was configured.
+            let data_bytes = seal_offset(config.segment_size_bytes) - DATA_OFFSET;
+            let fits = data_bytes.saturating_sub(FRAME_HEADER_SIZE as u64);
+            if frame_size(u64::from(config.record_size_bytes_max)) > data_bytes {
+                config.record_size_bytes_max = u32::try_from(fits).unwrap_or(u32::MAX);
+            }
             config.validate()?;
         }
         let epoch = match config.epoch {
