@@ -614,7 +614,12 @@ impl Exchange {
         // Only an order that can rest counts against the caps.
         if matches!(p.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
             let limits = &market.limits;
-            if account.open_orders.count_in(p.market) >= limits.per_account
+            // An account's orders in one market never outnumber all its orders: the
+            // per-market count (a second allocation per account) is read only when the
+            // total reaches the cap.
+            let open = &account.open_orders;
+            if (open.len() >= limits.per_account as usize
+                && open.count_in(p.market) >= limits.per_account)
                 || market.book.order_count() >= limits.per_market as usize
             {
                 return Err(Reject::TooManyOpenOrders);
@@ -717,6 +722,7 @@ impl Exchange {
                 .open_orders
                 .insert(incoming.id, market_id);
         }
+        let taker_account_id = self.accounts[owner as usize].id;
         let mut sink = SettleSink {
             spec,
             accounts: &mut self.accounts,
@@ -725,6 +731,7 @@ impl Exchange {
             taker_id: incoming.id,
             taker_side: incoming.side,
             taker_account: owner,
+            taker_account_id,
             taker: meta,
             by_budget,
             last_price: None,
@@ -807,13 +814,9 @@ impl Exchange {
         }
     }
 
-    /// Finds a resting order of `acct` in `market` by exchange or client id.
-    fn find_order<'m>(
-        &self,
-        acct: u32,
-        market: &'m Market,
-        order: OrderRef,
-    ) -> Result<&'m Node<OrderMeta>, Reject> {
+    /// Finds a resting order of `acct` in `market` by exchange or client id: its handle
+    /// in the market's book (valid until the book changes).
+    fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<u32, Reject> {
         let id = match order {
             OrderRef::Exchange(id) => id,
             OrderRef::Client(cid) => *self
@@ -821,8 +824,8 @@ impl Exchange {
                 .get(&(acct, cid))
                 .ok_or(Reject::UnknownOrder)?,
         };
-        match market.book.get(id) {
-            Some(node) if node.owner == acct => Ok(node),
+        match market.book.find_handle(id) {
+            Some(h) if market.book.at(h).owner == acct => Ok(h),
             _ => Err(Reject::UnknownOrder),
         }
     }
@@ -837,7 +840,7 @@ impl Exchange {
         let market = self.market_ref(market_id)?;
         let acct = self.account_idx(account)?;
         Self::check_cancel(market.status)?;
-        let id = self.find_order(acct, market, order)?.id;
+        let id = market.book.at(self.find_order(acct, market, order)?).id;
         self.cancel_resting(market_id, id, CancelReason::Requested, out);
         Ok(())
     }
@@ -890,7 +893,8 @@ impl Exchange {
             return Err(Reject::AccountSuspended);
         }
         Self::check_trading(market.status)?;
-        let node = self.find_order(acct, market, order)?;
+        let handle = self.find_order(acct, market, order)?;
+        let node = market.book.at(handle);
         if price <= 0 {
             return Err(Reject::InvalidPrice);
         }
@@ -945,9 +949,10 @@ impl Exchange {
         });
         let market = self.markets[market_id as usize].as_mut().expect("checked");
         if keeps_priority {
-            market.book.data_mut(id).expect("resting").hold = need;
+            // The book has not changed since `find_order`: its handle still names the order.
+            market.book.data_at_mut(handle).hold = need;
             if qty < node.qty {
-                let total = market.book.reduce(id, qty).expect("resting");
+                let total = market.book.reduce_at(handle, qty);
                 out.push(Event::Level {
                     market: market_id,
                     side: node.side,
@@ -1485,6 +1490,8 @@ struct SettleSink<'a> {
     taker_side: Side,
     /// The incoming order's account (index).
     taker_account: u32,
+    /// ... and its id, for the trade events.
+    taker_account_id: AccountId,
     /// The incoming order's data; `hold` is what it still holds.
     taker: OrderMeta,
     by_budget: bool,
@@ -1539,6 +1546,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         assert!(release >= 0);
         maker.data.hold = need;
         let m = &mut self.accounts[maker.owner as usize];
+        let maker_account = m.id;
         let maker_held = m.balance_mut(get_asset);
         maker_held.held -= maker_pays + release;
         maker_held.available += release;
@@ -1561,8 +1569,8 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
             market: spec.market,
             maker_order_id: maker.id,
             taker_order_id: self.taker_id,
-            maker_account: self.accounts[maker.owner as usize].id,
-            taker_account: self.accounts[self.taker_account as usize].id,
+            maker_account,
+            taker_account: self.taker_account_id,
             taker_side: self.taker_side,
             price,
             qty,
