@@ -70,7 +70,11 @@ pub struct OpenOrders {
     slots: Vec<OpenSlot>,
     free: u32,
     len: u32,
-    /// Open orders per market, sorted by market; only markets with at least one.
+    /// Open orders in one market, kept inline: most accounts trade one market, and
+    /// counting there then touches no second allocation. `(0, 0)` when unused; the
+    /// market is never also in `per_market`.
+    inline: (MarketId, u32),
+    /// Open orders per other market, sorted by market; only markets with at least one.
     per_market: Vec<(MarketId, u32)>,
 }
 
@@ -88,6 +92,7 @@ impl OpenOrders {
             slots: Vec::new(),
             free: FREE_END,
             len: 0,
+            inline: (0, 0),
             per_market: Vec::new(),
         }
     }
@@ -103,6 +108,9 @@ impl OpenOrders {
 
     /// Open orders in `market`.
     pub fn count_in(&self, market: MarketId) -> u32 {
+        if self.inline.0 == market {
+            return self.inline.1;
+        }
         match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
             Ok(i) => self.per_market[i].1,
             Err(_) => 0,
@@ -154,8 +162,13 @@ impl OpenOrders {
             slot
         };
         self.len += 1;
+        if self.inline.0 == market {
+            self.inline.1 += 1;
+            return slot;
+        }
         match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
             Ok(i) => self.per_market[i].1 += 1,
+            Err(_) if self.inline.0 == 0 => self.inline = (market, 1),
             Err(i) => self.per_market.insert(i, (market, 1)),
         }
         slot
@@ -172,6 +185,13 @@ impl OpenOrders {
         };
         self.free = slot;
         self.len -= 1;
+        if self.inline.0 == market {
+            self.inline.1 -= 1;
+            if self.inline.1 == 0 {
+                self.inline = (0, 0);
+            }
+            return;
+        }
         let i = self
             .per_market
             .binary_search_by_key(&market, |&(m, _)| m)
@@ -189,8 +209,19 @@ impl OpenOrders {
             *counts.entry(s.market).or_default() += 1;
         }
         let used = counts.values().map(|&c| c as usize).sum::<usize>();
+        let mut listed: Vec<(MarketId, u32)> = self.per_market.clone();
+        let inline_ok = match self.inline {
+            (0, c) => c == 0,
+            (m, c) => {
+                let fresh = self.per_market.iter().all(|&(pm, _)| pm != m);
+                listed.push((m, c));
+                fresh && c > 0
+            }
+        };
+        listed.sort_unstable();
         used == self.len()
-            && counts.into_iter().eq(self.per_market.iter().copied())
+            && inline_ok
+            && counts.into_iter().eq(listed)
             && self.per_market.windows(2).all(|w| w[0].0 < w[1].0)
     }
 
@@ -201,7 +232,10 @@ impl OpenOrders {
     }
 }
 
+/// Cache-line aligned: an account is read on every command that names it and on every
+/// fill, and aligned it spans two lines rather than up to three.
 #[derive(Clone, Debug)]
+#[repr(align(64))]
 pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
