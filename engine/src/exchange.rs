@@ -52,6 +52,103 @@ pub struct Balance {
     pub held: Amount,
 }
 
+/// Balances of asset ids below this bound live inside the [`Account`] itself.
+pub const INLINE_BALANCES: usize = 4;
+
+/// An account's balances, indexed by asset id (a slice through `Deref`). While the
+/// account holds no asset id at or above [`INLINE_BALANCES`] they live inline, so that
+/// reaching a balance on every order and fill reads no second allocation; past that,
+/// all of them move to the heap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Balances {
+    inline: [Balance; INLINE_BALANCES],
+    len: usize,
+    /// Every balance once `len > INLINE_BALANCES`; empty before.
+    spill: Vec<Balance>,
+}
+
+impl Balances {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Grows to `n` balances (zero), if shorter.
+    pub fn grow_to(&mut self, n: usize) {
+        if n <= self.len {
+            return;
+        }
+        if n > INLINE_BALANCES {
+            if self.len <= INLINE_BALANCES {
+                self.spill.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spill.resize(n, Balance::default());
+        }
+        self.len = n;
+    }
+
+    /// Appends a balance.
+    pub fn push(&mut self, b: Balance) {
+        let i = self.len;
+        self.grow_to(i + 1);
+        self[i] = b;
+    }
+
+    /// Removes the last balance.
+    pub fn pop(&mut self) -> Option<Balance> {
+        let last = *self.last()?;
+        if self.len > INLINE_BALANCES {
+            self.spill.pop();
+            if self.len - 1 == INLINE_BALANCES {
+                self.inline.copy_from_slice(&self.spill);
+                self.spill.clear();
+            }
+        } else {
+            self.inline[self.len - 1] = Balance::default();
+        }
+        self.len -= 1;
+        Some(last)
+    }
+}
+
+impl std::ops::Deref for Balances {
+    type Target = [Balance];
+    fn deref(&self) -> &[Balance] {
+        if self.len <= INLINE_BALANCES {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl std::ops::DerefMut for Balances {
+    fn deref_mut(&mut self) -> &mut [Balance] {
+        if self.len <= INLINE_BALANCES {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spill
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Balances {
+    type Item = &'a Balance;
+    type IntoIter = std::slice::Iter<'a, Balance>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<Balance>> for Balances {
+    fn from(v: Vec<Balance>) -> Self {
+        let mut b = Balances::new();
+        for x in v {
+            b.push(x);
+        }
+        b
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Asset {
     pub symbol: Symbol,
@@ -240,7 +337,7 @@ pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
     /// Indexed by asset id; grown on demand.
-    pub balances: Vec<Balance>,
+    pub balances: Balances,
     /// Open orders with their market (cancel-all and queries list them by id).
     pub open_orders: OpenOrders,
     /// Fee overrides per market: (maker, taker) ppm.
@@ -252,7 +349,7 @@ impl Account {
         Account {
             id,
             suspended: false,
-            balances: Vec::new(),
+            balances: Balances::new(),
             open_orders: OpenOrders::new(),
             fee_tiers: BTreeMap::new(),
         }
@@ -267,9 +364,7 @@ impl Account {
 
     fn balance_mut(&mut self, asset: AssetId) -> &mut Balance {
         let i = asset as usize;
-        if self.balances.len() <= i {
-            self.balances.resize(i + 1, Balance::default());
-        }
+        self.balances.grow_to(i + 1);
         &mut self.balances[i]
     }
 }
@@ -1813,5 +1908,69 @@ mod invariant_tests {
         ex.supply[2] -= quote.available + quote.held;
         let err = ex.verify_invariants().unwrap_err();
         assert!(err.contains("no balance"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn bal(available: Amount) -> Balance {
+        Balance { available, held: 0 }
+    }
+
+    #[test]
+    fn balances_keep_their_values_and_order_as_they_grow_past_the_inline_ones_and_shrink_back() {
+        let mut b = Balances::new();
+        assert!(b.is_empty());
+        for i in 0..INLINE_BALANCES as Amount {
+            b.push(bal(i + 1));
+        }
+        b.grow_to(INLINE_BALANCES + 3);
+        b[INLINE_BALANCES + 2].available = 99;
+        b[0].available = 50;
+        let want: Vec<Amount> = [50]
+            .into_iter()
+            .chain(2..=INLINE_BALANCES as Amount)
+            .chain([0, 0, 99])
+            .collect();
+        assert_eq!(b.iter().map(|x| x.available).collect::<Vec<_>>(), want);
+        // Growing to a shorter length changes nothing.
+        b.grow_to(2);
+        assert_eq!(b.len(), INLINE_BALANCES + 3);
+        while b.len() > 2 {
+            b.pop();
+        }
+        assert_eq!(b.iter().map(|x| x.available).collect::<Vec<_>>(), [50, 2]);
+        // What was popped reads as zero when the balance is grown again.
+        b.grow_to(INLINE_BALANCES + 1);
+        assert!(b[2..].iter().all(|x| *x == Balance::default()));
+        assert_eq!(Balances::from(b.to_vec()), b);
+    }
+
+    #[test]
+    fn open_orders_count_per_market_across_several_markets_in_any_order() {
+        let mut o = OpenOrders::new();
+        let a = o.insert(1, 7);
+        let b = o.insert(2, 3);
+        let c = o.insert(3, 7);
+        let d = o.insert(4, 5);
+        assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (2, 1, 1));
+        assert!(o.counts_agree());
+        o.remove(a, 1);
+        o.remove(c, 3);
+        assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (0, 1, 1));
+        assert!(o.counts_agree());
+        // A market seen before and a new one after the first market emptied.
+        let e = o.insert(5, 3);
+        let f = o.insert(6, 9);
+        assert_eq!((o.count_in(3), o.count_in(9), o.count_in(7)), (2, 1, 0));
+        assert!(o.counts_agree());
+        for (slot, id) in [(b, 2), (d, 4), (e, 5), (f, 6)] {
+            o.remove(slot, id);
+            assert!(o.counts_agree());
+        }
+        assert!(o.is_empty());
+        assert_eq!((o.count_in(3), o.count_in(5), o.count_in(9)), (0, 0, 0));
     }
 }
