@@ -626,6 +626,28 @@ impl<T: Copy + Default> OrderBook<T> {
     /// level's new total. `qty` must be positive and below the current quantity.
     pub fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<Qty> {
         let h = self.handle(id)?;
+        Some(self.reduce_at(h, qty))
+    }
+
+    /// The slab handle of resting order `id`: valid until the book next changes, for
+    /// [`Self::at`], [`Self::data_at_mut`] and [`Self::reduce_at`] without a second
+    /// id lookup.
+    pub(crate) fn find_handle(&self, id: OrderId) -> Option<u32> {
+        self.handle(id)
+    }
+
+    /// The resting order at handle `h` (from [`Self::find_handle`]).
+    pub(crate) fn at(&self, h: u32) -> &Node<T> {
+        &self.nodes[h as usize]
+    }
+
+    /// The data of the resting order at handle `h` (from [`Self::find_handle`]).
+    pub(crate) fn data_at_mut(&mut self, h: u32) -> &mut T {
+        &mut self.nodes[h as usize].data
+    }
+
+    /// [`Self::reduce`] for the order at handle `h` (from [`Self::find_handle`]).
+    pub(crate) fn reduce_at(&mut self, h: u32, qty: Qty) -> Qty {
         let node = &mut self.nodes[h as usize];
         assert!(qty > 0 && qty < node.qty, "reduce must lower the quantity");
         let delta = node.qty - qty;
@@ -633,7 +655,7 @@ impl<T: Copy + Default> OrderBook<T> {
         let (side, lh) = (node.side, node.level);
         let level = &mut self.ladder_mut(side).levels[lh as usize];
         level.total -= delta;
-        Some(level.total)
+        level.total
     }
 
     /// Whether `qty` of an incoming order could fill entirely right now (fill-or-kill),

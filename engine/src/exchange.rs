@@ -52,6 +52,103 @@ pub struct Balance {
     pub held: Amount,
 }
 
+/// Balances of asset ids below this bound live inside the [`Account`] itself.
+pub const INLINE_BALANCES: usize = 4;
+
+/// An account's balances, indexed by asset id (a slice through `Deref`). While the
+/// account holds no asset id at or above [`INLINE_BALANCES`] they live inline, so that
+/// reaching a balance on every order and fill reads no second allocation; past that,
+/// all of them move to the heap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Balances {
+    inline: [Balance; INLINE_BALANCES],
+    len: usize,
+    /// Every balance once `len > INLINE_BALANCES`; empty before.
+    spill: Vec<Balance>,
+}
+
+impl Balances {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Grows to `n` balances (zero), if shorter.
+    pub fn grow_to(&mut self, n: usize) {
+        if n <= self.len {
+            return;
+        }
+        if n > INLINE_BALANCES {
+            if self.len <= INLINE_BALANCES {
+                self.spill.extend_from_slice(&self.inline[..self.len]);
+            }
+            self.spill.resize(n, Balance::default());
+        }
+        self.len = n;
+    }
+
+    /// Appends a balance.
+    pub fn push(&mut self, b: Balance) {
+        let i = self.len;
+        self.grow_to(i + 1);
+        self[i] = b;
+    }
+
+    /// Removes the last balance.
+    pub fn pop(&mut self) -> Option<Balance> {
+        let last = *self.last()?;
+        if self.len > INLINE_BALANCES {
+            self.spill.pop();
+            if self.len - 1 == INLINE_BALANCES {
+                self.inline.copy_from_slice(&self.spill);
+                self.spill.clear();
+            }
+        } else {
+            self.inline[self.len - 1] = Balance::default();
+        }
+        self.len -= 1;
+        Some(last)
+    }
+}
+
+impl std::ops::Deref for Balances {
+    type Target = [Balance];
+    fn deref(&self) -> &[Balance] {
+        if self.len <= INLINE_BALANCES {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+}
+
+impl std::ops::DerefMut for Balances {
+    fn deref_mut(&mut self) -> &mut [Balance] {
+        if self.len <= INLINE_BALANCES {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spill
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Balances {
+    type Item = &'a Balance;
+    type IntoIter = std::slice::Iter<'a, Balance>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl From<Vec<Balance>> for Balances {
+    fn from(v: Vec<Balance>) -> Self {
+        let mut b = Balances::new();
+        for x in v {
+            b.push(x);
+        }
+        b
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Asset {
     pub symbol: Symbol,
@@ -70,7 +167,11 @@ pub struct OpenOrders {
     slots: Vec<OpenSlot>,
     free: u32,
     len: u32,
-    /// Open orders per market, sorted by market; only markets with at least one.
+    /// Open orders in one market, kept inline: most accounts trade one market, and
+    /// counting there then touches no second allocation. `(0, 0)` when unused; the
+    /// market is never also in `per_market`.
+    inline: (MarketId, u32),
+    /// Open orders per other market, sorted by market; only markets with at least one.
     per_market: Vec<(MarketId, u32)>,
 }
 
@@ -88,6 +189,7 @@ impl OpenOrders {
             slots: Vec::new(),
             free: FREE_END,
             len: 0,
+            inline: (0, 0),
             per_market: Vec::new(),
         }
     }
@@ -103,6 +205,9 @@ impl OpenOrders {
 
     /// Open orders in `market`.
     pub fn count_in(&self, market: MarketId) -> u32 {
+        if self.inline.0 == market {
+            return self.inline.1;
+        }
         match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
             Ok(i) => self.per_market[i].1,
             Err(_) => 0,
@@ -154,8 +259,13 @@ impl OpenOrders {
             slot
         };
         self.len += 1;
+        if self.inline.0 == market {
+            self.inline.1 += 1;
+            return slot;
+        }
         match self.per_market.binary_search_by_key(&market, |&(m, _)| m) {
             Ok(i) => self.per_market[i].1 += 1,
+            Err(_) if self.inline.0 == 0 => self.inline = (market, 1),
             Err(i) => self.per_market.insert(i, (market, 1)),
         }
         slot
@@ -172,6 +282,13 @@ impl OpenOrders {
         };
         self.free = slot;
         self.len -= 1;
+        if self.inline.0 == market {
+            self.inline.1 -= 1;
+            if self.inline.1 == 0 {
+                self.inline = (0, 0);
+            }
+            return;
+        }
         let i = self
             .per_market
             .binary_search_by_key(&market, |&(m, _)| m)
@@ -189,8 +306,19 @@ impl OpenOrders {
             *counts.entry(s.market).or_default() += 1;
         }
         let used = counts.values().map(|&c| c as usize).sum::<usize>();
+        let mut listed: Vec<(MarketId, u32)> = self.per_market.clone();
+        let inline_ok = match self.inline {
+            (0, c) => c == 0,
+            (m, c) => {
+                let fresh = self.per_market.iter().all(|&(pm, _)| pm != m);
+                listed.push((m, c));
+                fresh && c > 0
+            }
+        };
+        listed.sort_unstable();
         used == self.len()
-            && counts.into_iter().eq(self.per_market.iter().copied())
+            && inline_ok
+            && counts.into_iter().eq(listed)
             && self.per_market.windows(2).all(|w| w[0].0 < w[1].0)
     }
 
@@ -201,12 +329,15 @@ impl OpenOrders {
     }
 }
 
+/// Cache-line aligned: an account is read on every command that names it and on every
+/// fill, and aligned it spans two lines rather than up to three.
 #[derive(Clone, Debug)]
+#[repr(align(64))]
 pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
     /// Indexed by asset id; grown on demand.
-    pub balances: Vec<Balance>,
+    pub balances: Balances,
     /// Open orders with their market (cancel-all and queries list them by id).
     pub open_orders: OpenOrders,
     /// Fee overrides per market: (maker, taker) ppm.
@@ -218,7 +349,7 @@ impl Account {
         Account {
             id,
             suspended: false,
-            balances: Vec::new(),
+            balances: Balances::new(),
             open_orders: OpenOrders::new(),
             fee_tiers: BTreeMap::new(),
         }
@@ -233,9 +364,7 @@ impl Account {
 
     fn balance_mut(&mut self, asset: AssetId) -> &mut Balance {
         let i = asset as usize;
-        if self.balances.len() <= i {
-            self.balances.resize(i + 1, Balance::default());
-        }
+        self.balances.grow_to(i + 1);
         &mut self.balances[i]
     }
 }
@@ -614,7 +743,12 @@ impl Exchange {
         // Only an order that can rest counts against the caps.
         if matches!(p.tif, TimeInForce::Gtc | TimeInForce::PostOnly) {
             let limits = &market.limits;
-            if account.open_orders.count_in(p.market) >= limits.per_account
+            // An account's orders in one market never outnumber all its orders: the
+            // per-market count (a second allocation per account) is read only when the
+            // total reaches the cap.
+            let open = &account.open_orders;
+            if (open.len() >= limits.per_account as usize
+                && open.count_in(p.market) >= limits.per_account)
                 || market.book.order_count() >= limits.per_market as usize
             {
                 return Err(Reject::TooManyOpenOrders);
@@ -717,6 +851,7 @@ impl Exchange {
                 .open_orders
                 .insert(incoming.id, market_id);
         }
+        let taker_account_id = self.accounts[owner as usize].id;
         let mut sink = SettleSink {
             spec,
             accounts: &mut self.accounts,
@@ -725,6 +860,7 @@ impl Exchange {
             taker_id: incoming.id,
             taker_side: incoming.side,
             taker_account: owner,
+            taker_account_id,
             taker: meta,
             by_budget,
             last_price: None,
@@ -807,13 +943,9 @@ impl Exchange {
         }
     }
 
-    /// Finds a resting order of `acct` in `market` by exchange or client id.
-    fn find_order<'m>(
-        &self,
-        acct: u32,
-        market: &'m Market,
-        order: OrderRef,
-    ) -> Result<&'m Node<OrderMeta>, Reject> {
+    /// Finds a resting order of `acct` in `market` by exchange or client id: its handle
+    /// in the market's book (valid until the book changes).
+    fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<u32, Reject> {
         let id = match order {
             OrderRef::Exchange(id) => id,
             OrderRef::Client(cid) => *self
@@ -821,8 +953,8 @@ impl Exchange {
                 .get(&(acct, cid))
                 .ok_or(Reject::UnknownOrder)?,
         };
-        match market.book.get(id) {
-            Some(node) if node.owner == acct => Ok(node),
+        match market.book.find_handle(id) {
+            Some(h) if market.book.at(h).owner == acct => Ok(h),
             _ => Err(Reject::UnknownOrder),
         }
     }
@@ -837,7 +969,7 @@ impl Exchange {
         let market = self.market_ref(market_id)?;
         let acct = self.account_idx(account)?;
         Self::check_cancel(market.status)?;
-        let id = self.find_order(acct, market, order)?.id;
+        let id = market.book.at(self.find_order(acct, market, order)?).id;
         self.cancel_resting(market_id, id, CancelReason::Requested, out);
         Ok(())
     }
@@ -890,7 +1022,8 @@ impl Exchange {
             return Err(Reject::AccountSuspended);
         }
         Self::check_trading(market.status)?;
-        let node = self.find_order(acct, market, order)?;
+        let handle = self.find_order(acct, market, order)?;
+        let node = market.book.at(handle);
         if price <= 0 {
             return Err(Reject::InvalidPrice);
         }
@@ -945,9 +1078,10 @@ impl Exchange {
         });
         let market = self.markets[market_id as usize].as_mut().expect("checked");
         if keeps_priority {
-            market.book.data_mut(id).expect("resting").hold = need;
+            // The book has not changed since `find_order`: its handle still names the order.
+            market.book.data_at_mut(handle).hold = need;
             if qty < node.qty {
-                let total = market.book.reduce(id, qty).expect("resting");
+                let total = market.book.reduce_at(handle, qty);
                 out.push(Event::Level {
                     market: market_id,
                     side: node.side,
@@ -1485,6 +1619,8 @@ struct SettleSink<'a> {
     taker_side: Side,
     /// The incoming order's account (index).
     taker_account: u32,
+    /// ... and its id, for the trade events.
+    taker_account_id: AccountId,
     /// The incoming order's data; `hold` is what it still holds.
     taker: OrderMeta,
     by_budget: bool,
@@ -1539,6 +1675,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         assert!(release >= 0);
         maker.data.hold = need;
         let m = &mut self.accounts[maker.owner as usize];
+        let maker_account = m.id;
         let maker_held = m.balance_mut(get_asset);
         maker_held.held -= maker_pays + release;
         maker_held.available += release;
@@ -1561,8 +1698,8 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
             market: spec.market,
             maker_order_id: maker.id,
             taker_order_id: self.taker_id,
-            maker_account: self.accounts[maker.owner as usize].id,
-            taker_account: self.accounts[self.taker_account as usize].id,
+            maker_account,
+            taker_account: self.taker_account_id,
             taker_side: self.taker_side,
             price,
             qty,
@@ -1771,5 +1908,69 @@ mod invariant_tests {
         ex.supply[2] -= quote.available + quote.held;
         let err = ex.verify_invariants().unwrap_err();
         assert!(err.contains("no balance"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    fn bal(available: Amount) -> Balance {
+        Balance { available, held: 0 }
+    }
+
+    #[test]
+    fn balances_keep_their_values_and_order_as_they_grow_past_the_inline_ones_and_shrink_back() {
+        let mut b = Balances::new();
+        assert!(b.is_empty());
+        for i in 0..INLINE_BALANCES as Amount {
+            b.push(bal(i + 1));
+        }
+        b.grow_to(INLINE_BALANCES + 3);
+        b[INLINE_BALANCES + 2].available = 99;
+        b[0].available = 50;
+        let want: Vec<Amount> = [50]
+            .into_iter()
+            .chain(2..=INLINE_BALANCES as Amount)
+            .chain([0, 0, 99])
+            .collect();
+        assert_eq!(b.iter().map(|x| x.available).collect::<Vec<_>>(), want);
+        // Growing to a shorter length changes nothing.
+        b.grow_to(2);
+        assert_eq!(b.len(), INLINE_BALANCES + 3);
+        while b.len() > 2 {
+            b.pop();
+        }
+        assert_eq!(b.iter().map(|x| x.available).collect::<Vec<_>>(), [50, 2]);
+        // What was popped reads as zero when the balance is grown again.
+        b.grow_to(INLINE_BALANCES + 1);
+        assert!(b[2..].iter().all(|x| *x == Balance::default()));
+        assert_eq!(Balances::from(b.to_vec()), b);
+    }
+
+    #[test]
+    fn open_orders_count_per_market_across_several_markets_in_any_order() {
+        let mut o = OpenOrders::new();
+        let a = o.insert(1, 7);
+        let b = o.insert(2, 3);
+        let c = o.insert(3, 7);
+        let d = o.insert(4, 5);
+        assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (2, 1, 1));
+        assert!(o.counts_agree());
+        o.remove(a, 1);
+        o.remove(c, 3);
+        assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (0, 1, 1));
+        assert!(o.counts_agree());
+        // A market seen before and a new one after the first market emptied.
+        let e = o.insert(5, 3);
+        let f = o.insert(6, 9);
+        assert_eq!((o.count_in(3), o.count_in(9), o.count_in(7)), (2, 1, 0));
+        assert!(o.counts_agree());
+        for (slot, id) in [(b, 2), (d, 4), (e, 5), (f, 6)] {
+            o.remove(slot, id);
+            assert!(o.counts_agree());
+        }
+        assert!(o.is_empty());
+        assert_eq!((o.count_in(3), o.count_in(5), o.count_in(9)), (0, 0, 0));
     }
 }

@@ -406,7 +406,7 @@ fn read_body(r: &mut Reader, version: u32) -> Result<Exchange, SnapshotError> {
         ex.accounts.push(Account {
             id,
             suspended,
-            balances,
+            balances: balances.into(),
             open_orders: OpenOrders::new(),
             fee_tiers,
         });
