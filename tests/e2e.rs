@@ -37,6 +37,30 @@ fn config_text(dir: &Path, topology: &str) -> String {
         .replace("topology = \"auto\"", &format!("topology = \"{topology}\""))
 }
 
+/// The node of the embedded default config (inline topology, as on 2 cores) on ephemeral
+/// ports over `dir`, in a thread: its listeners, its stop flag and the thread.
+fn serve_inline(
+    dir: &Path,
+) -> (
+    ringex::serve::Listening,
+    Arc<AtomicBool>,
+    JoinHandle<Result<(), String>>,
+) {
+    let config = Config::parse(&config_text(dir, "inline"), "e2e.toml").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready) = mpsc::channel();
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        ringex::serve::serve_listening(&config, flag, move |l| {
+            let _ = ready_tx.send(l);
+        })
+    });
+    let l = ready
+        .recv_timeout(Duration::from_secs(30))
+        .expect("listening");
+    (l, stop, thread)
+}
+
 struct Running {
     trading: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -260,18 +284,7 @@ fn a_websocket_client_watches_and_trades_beside_the_binary_protocol() {
     use serde_json::{json, Value};
     use tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::parse(&config_text(dir.path(), "inline"), "e2e.toml").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready) = mpsc::channel();
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        ringex::serve::serve_listening(&config, flag, move |l| {
-            let _ = ready_tx.send(l);
-        })
-    });
-    let l = ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening");
+    let (l, stop, thread) = serve_inline(dir.path());
     let ws_addr = l
         .websocket
         .expect("the WebSocket listener is on by default");
@@ -574,18 +587,7 @@ fn websocat_watches_and_trades_with_the_documented_examples() {
         "interactive, one-shot, trading: {examples:?}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::parse(&config_text(dir.path(), "inline"), "e2e.toml").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready) = mpsc::channel();
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        ringex::serve::serve_listening(&config, flag, move |l| {
-            let _ = ready_tx.send(l);
-        })
-    });
-    let l = ready
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening");
+    let (l, stop, thread) = serve_inline(dir.path());
     let ws_addr = l
         .websocket
         .expect("the WebSocket listener is on by default");

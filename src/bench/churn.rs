@@ -458,30 +458,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
             commands_seen: 0,
         });
     }
-    let funds = i64::MAX / (2 * ACCOUNTS as i64 + 2);
-    let mut external_ref = 0u64;
-    for account in 1..=ACCOUNTS {
-        setup.push(Command::CreateAccount { account });
-        for asset in QUOTE_ASSET..=QUOTE_ASSET + markets as u32 {
-            external_ref += 1;
-            setup.push(Command::Deposit {
-                account,
-                asset,
-                amount: funds,
-                external_ref,
-            });
-        }
-    }
-    let mut ex = Exchange::new();
-    let mut events = Vec::new();
-    for cmd in &setup {
-        events.clear();
-        ex.apply(cmd, &mut events);
-        assert!(
-            !events.iter().any(|e| matches!(e, Event::Rejected { .. })),
-            "setup command rejected: {cmd:?} -> {events:?}"
-        );
-    }
+    let ex = super::engine::fund_accounts(&mut setup, ACCOUNTS, QUOTE_ASSET, markets);
     let mut g = Generator {
         rng,
         ex,

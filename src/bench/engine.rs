@@ -611,31 +611,7 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
             filled_once: false,
         });
     }
-    // Funds so that nothing is rejected for lack of them, and sums never overflow.
-    let funds = i64::MAX / (2 * ACCOUNTS as i64 + 2);
-    let mut external_ref = 0u64;
-    for account in 1..=ACCOUNTS {
-        setup.push(Command::CreateAccount { account });
-        for asset in QUOTE_ASSET..=QUOTE_ASSET + markets as u32 {
-            external_ref += 1;
-            setup.push(Command::Deposit {
-                account,
-                asset,
-                amount: funds,
-                external_ref,
-            });
-        }
-    }
-    let mut ex = Exchange::new();
-    let mut events = Vec::new();
-    for cmd in &setup {
-        events.clear();
-        ex.apply(cmd, &mut events);
-        assert!(
-            !events.iter().any(|e| matches!(e, Event::Rejected { .. })),
-            "setup command rejected: {cmd:?} -> {events:?}"
-        );
-    }
+    let ex = fund_accounts(&mut setup, ACCOUNTS, QUOTE_ASSET, markets);
 
     let mut g = Generator {
         rng,
@@ -1391,6 +1367,43 @@ fn encode_op(op: &BookOp) -> [u64; 6] {
         } => [3, market as u64, id, price as u64, qty, 0],
         BookOp::Reduce { market, id, qty } => [4, market as u64, id, 0, qty, 0],
     }
+}
+
+/// Appends to `setup` the accounts 1..=`accounts`, each funded in the quote asset and in
+/// every market's base asset (`quote_asset + 1 ..= quote_asset + markets`) so that
+/// nothing is rejected for lack of funds and sums never overflow; returns an exchange
+/// that has applied all of `setup`, which must reject nothing.
+pub(crate) fn fund_accounts(
+    setup: &mut Vec<Command>,
+    accounts: u32,
+    quote_asset: u32,
+    markets: usize,
+) -> Exchange {
+    let funds = i64::MAX / (2 * i64::from(accounts) + 2);
+    let mut external_ref = 0u64;
+    for account in 1..=accounts {
+        setup.push(Command::CreateAccount { account });
+        for asset in quote_asset..=quote_asset + markets as u32 {
+            external_ref += 1;
+            setup.push(Command::Deposit {
+                account,
+                asset,
+                amount: funds,
+                external_ref,
+            });
+        }
+    }
+    let mut ex = Exchange::new();
+    let mut events = Vec::new();
+    for cmd in setup.iter() {
+        events.clear();
+        ex.apply(cmd, &mut events);
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Rejected { .. })),
+            "setup command rejected: {cmd:?} -> {events:?}"
+        );
+    }
+    ex
 }
 
 #[cfg(test)]
