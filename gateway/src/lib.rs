@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod handoff;
 pub mod http;
+pub mod interest;
 pub mod limits;
 pub mod prom;
 pub mod protocol;

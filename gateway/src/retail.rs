@@ -2000,18 +2000,13 @@ impl RetailEdge {
             // An idle connection keeps no memory from its last burst.
             c.out = VecDeque::new();
         }
-        if pending != c.writable_registered {
-            let interest = if pending {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, Token(id), interest);
-            c.writable_registered = pending;
-        }
+        crate::interest::set_writable(
+            self.poll.registry(),
+            &mut c.stream,
+            Token(id),
+            pending,
+            &mut c.writable_registered,
+        );
         if !pending {
             if let Phase::Closing {
                 after_flush: true, ..

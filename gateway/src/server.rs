@@ -971,18 +971,13 @@ impl Gateway {
             conn.wbuf.drain(..start);
             conn.wpos -= start;
         }
-        if pending != conn.writable_registered {
-            let interest = if pending {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, Token(id), interest);
-            conn.writable_registered = pending;
-        }
+        crate::interest::set_writable(
+            self.poll.registry(),
+            &mut conn.stream,
+            Token(id),
+            pending,
+            &mut conn.writable_registered,
+        );
     }
 
     /// Queues a frame on a connection. False if that made it a slow consumer.

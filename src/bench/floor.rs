@@ -330,18 +330,13 @@ impl FloorServer {
             }
         }
         let pending = conn.wpos < conn.wbuf.len();
-        if pending != conn.writable_registered {
-            let interest = if pending {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, Token(id), interest);
-            conn.writable_registered = pending;
-        }
+        ringex_gateway::interest::set_writable(
+            self.poll.registry(),
+            &mut conn.stream,
+            Token(id),
+            pending,
+            &mut conn.writable_registered,
+        );
     }
 
     /// A heartbeat to each logged-in connection idle for the heartbeat interval.
