@@ -33,7 +33,9 @@ use ringex_engine::{
     OrderRef, PlaceOrder, Price, Qty, Side, StpMode, Symbol, TimeInForce,
 };
 
-use super::engine::{pareto, BookOp, MixStats, Workload};
+use super::engine::{
+    activity_weights, cumulative_weights, pick_market, BookOp, MixStats, Workload,
+};
 
 const ACCOUNTS: u32 = 1000;
 const QUOTE_ASSET: u32 = 1;
@@ -410,13 +412,7 @@ impl Generator {
 pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     assert!(markets >= 1);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xc4a2_0000);
-    let weights: Vec<f64> = if markets == 1 {
-        vec![1.0]
-    } else {
-        let w: Vec<f64> = (0..markets).map(|_| pareto(&mut rng, 0.001, 1.5)).collect();
-        let sum: f64 = w.iter().sum();
-        w.iter().map(|x| x / sum).collect()
-    };
+    let weights = activity_weights(&mut rng, markets);
     let sym = |s: String| Symbol::new(&s).expect("symbol");
     let mut setup = vec![Command::CreateAsset {
         asset: QUOTE_ASSET,
@@ -498,23 +494,12 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     let resting_after_prefill = g.gens.iter().map(|x| x.live.len()).sum();
 
     // ---- the timed stream
-    let cumulative: Vec<f64> = weights
-        .iter()
-        .scan(0.0, |acc, w| {
-            *acc += w;
-            Some(*acc)
-        })
-        .collect();
+    let cumulative = cumulative_weights(&weights);
     let mut cmds = Vec::with_capacity(commands);
     let mut ops = Vec::with_capacity(commands);
     let mut mix = MixStats::default();
     for _ in 0..commands {
-        let m = if markets == 1 {
-            0
-        } else {
-            let u: f64 = g.rng.random();
-            cumulative.partition_point(|c| *c <= u).min(markets - 1)
-        };
+        let m = pick_market(&mut g.rng, &cumulative);
         let mid = g.mid(m, commands as u64);
         g.commands += 1;
         let kind = g.choose(m);

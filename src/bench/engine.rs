@@ -296,6 +296,38 @@ fn move_toward(rng: &mut Xoshiro256PlusPlus, price: Price, last: Price) -> Price
 }
 
 /// Pareto(scale, shape) by inversion.
+/// Each market's share of the activity: exchange-core's Pareto(0.001, 1.5), normalised
+/// (one draw per market; none for a single market).
+pub(super) fn activity_weights(rng: &mut Xoshiro256PlusPlus, markets: usize) -> Vec<f64> {
+    if markets == 1 {
+        return vec![1.0];
+    }
+    let w: Vec<f64> = (0..markets).map(|_| pareto(rng, 0.001, 1.5)).collect();
+    let sum: f64 = w.iter().sum();
+    w.iter().map(|x| x / sum).collect()
+}
+
+/// The running sums of `weights`, for [`pick_market`].
+pub(super) fn cumulative_weights(weights: &[f64]) -> Vec<f64> {
+    weights
+        .iter()
+        .scan(0.0, |acc, w| {
+            *acc += w;
+            Some(*acc)
+        })
+        .collect()
+}
+
+/// A market by its weight (one uniform draw; none for a single market).
+pub(super) fn pick_market(rng: &mut Xoshiro256PlusPlus, cumulative: &[f64]) -> usize {
+    let markets = cumulative.len();
+    if markets == 1 {
+        return 0;
+    }
+    let u: f64 = rng.random();
+    cumulative.partition_point(|c| *c <= u).min(markets - 1)
+}
+
 pub(super) fn pareto(rng: &mut Xoshiro256PlusPlus, scale: f64, shape: f64) -> f64 {
     let u: f64 = rng.random();
     scale / (1.0 - u).powf(1.0 / shape)
@@ -547,14 +579,7 @@ impl Generator {
 pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     assert!(markets >= 1);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    // Activity weights: exchange-core uses Pareto(0.001, 1.5), normalised.
-    let weights: Vec<f64> = if markets == 1 {
-        vec![1.0]
-    } else {
-        let w: Vec<f64> = (0..markets).map(|_| pareto(&mut rng, 0.001, 1.5)).collect();
-        let sum: f64 = w.iter().sum();
-        w.iter().map(|x| x / sum).collect()
-    };
+    let weights = activity_weights(&mut rng, markets);
     let prefill_total = if markets == 1 {
         PREFILL_SINGLE
     } else {
@@ -645,23 +670,12 @@ pub fn generate(markets: usize, commands: usize, seed: u64) -> Workload {
     let resting_after_prefill = g.gens.iter().map(|x| x.live.len()).sum();
 
     // ---- the timed stream
-    let cumulative: Vec<f64> = weights
-        .iter()
-        .scan(0.0, |acc, w| {
-            *acc += w;
-            Some(*acc)
-        })
-        .collect();
+    let cumulative = cumulative_weights(&weights);
     let mut cmds = Vec::with_capacity(commands);
     let mut ops = Vec::with_capacity(commands);
     let mut mix = MixStats::default();
     for _ in 0..commands {
-        let m = if markets == 1 {
-            0
-        } else {
-            let u: f64 = g.rng.random();
-            cumulative.partition_point(|c| *c <= u).min(markets - 1)
-        };
+        let m = pick_market(&mut g.rng, &cumulative);
         let kind = g.choose(m);
         let (kind, cmd, op) = g.build(m, kind);
         let (trades, reject) = g.apply(m, &cmd, &op);
