@@ -9,7 +9,9 @@
 #   scripts/bench-ws.sh --rate 10000 --duration 6 --ws 1000 --ws-no-baseline
 #   scripts/bench-ws.sh --rate 10000 --duration 6 --ws 10000 --ws-idle 3 --ws-no-baseline
 # RINGEX_BIN overrides the binary (to compare two builds in one sitting);
-# RINGEX_WS_NICE sets websocket.thread_nice (default 0).
+# RINGEX_WS_NICE sets websocket.thread_nice (default 0); RINGEX_WS_BATCHED=false turns
+# websocket.batched_sends off (one writev per subscriber, the fan-out's baseline);
+# RINGEX_WS_CORE pins the retail loop to another core (default 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${RINGEX_BIN:-target/release/ringex}"
@@ -22,11 +24,12 @@ sed -e "s#data_dir = \"./data\"#data_dir = \"$DIR/data\"#" \
     -e 's#durability = "group"#durability = "async"#' \
     -e 's#requests_per_second_per_key = 10000 #requests_per_second_per_key = 10000000 #' \
     -e 's#topology = "auto" #topology = "inline" #' \
-    -e 's@^# cores = { gateway = 1, helpers = 1 }@cores = { gateway = 1, helpers = 1, websocket = 0 }@' \
+    -e "s@^# cores = { gateway = 1, helpers = 1 }@cores = { gateway = 1, helpers = 1, websocket = ${RINGEX_WS_CORE:-0} }@" \
     -e 's#^spin_us = 0                \# poll#spin_us = 200              \# poll#' \
     -e '/^\[websocket\]/,/^\[http\]/ s#^connections_max = 10000#connections_max = 20000#' \
     -e '/^\[websocket\]/,/^\[http\]/ s#^connections_per_ip = 64#connections_per_ip = 20000#' \
     -e "s#^thread_nice = 0 #thread_nice = ${RINGEX_WS_NICE:-0} #" \
+    -e "s#^batched_sends = true #batched_sends = ${RINGEX_WS_BATCHED:-true} #" \
     config/single.toml > "$DIR/inline-ws.toml"
 "$BIN" start --config "$DIR/inline-ws.toml" 2> "$DIR/daemon.log" &
 PID=$!

@@ -373,6 +373,9 @@ pub struct WebSocketConfig {
     pub idle_timeout_ms: u32,
     /// Agree to permessage-deflate when a client offers it.
     pub compression: bool,
+    /// Write a pass's subscribers through io_uring, many sockets per system call; false,
+    /// or no io_uring on this kernel, writes each with its own `writev`.
+    pub batched_sends: bool,
     /// A path that echoes every message, for conformance suites; empty: off.
     pub echo_path: String,
     /// Slots of the hand-off queues between the binary gateway's loop and the retail
@@ -398,6 +401,7 @@ impl Default for WebSocketConfig {
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             compression: true,
+            batched_sends: true,
             echo_path: String::new(),
             handoff_in_slots: 16_384,
             handoff_out_slots: 262_144,

@@ -182,6 +182,7 @@ pub fn retail_config(config: &Config) -> Result<Option<RetailConfig>, String> {
         ping_interval_ms: w.ping_interval_ms,
         idle_timeout_ms: w.idle_timeout_ms,
         compression: w.compression,
+        batched_sends: w.batched_sends,
         echo_path: (!w.echo_path.is_empty()).then(|| w.echo_path.clone()),
         login_freshness_ms: config.gateway.login_clock_skew_ms,
         requests_per_second_per_key: config.limits.requests_per_second_per_key,
@@ -426,6 +427,13 @@ pub fn serve_with(
             let mut edge = RetailEdge::bind(rc, gateway.log_queue())
                 .map_err(|e| format!("cannot listen for WebSocket clients on {addr}: {e}"))?;
             let w = &config.websocket;
+            match edge.send_fallback_reason() {
+                None => tracing::info!("WebSocket fan-out: batched sends through io_uring"),
+                Some(why) if w.batched_sends => {
+                    tracing::warn!("WebSocket fan-out: one writev per connection: {why}")
+                }
+                Some(why) => tracing::info!("WebSocket fan-out: one writev per connection: {why}"),
+            }
             let (g, r) = ringex_gateway::handoff::link(
                 w.handoff_in_slots as usize,
                 w.handoff_out_slots as usize,

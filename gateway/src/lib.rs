@@ -9,6 +9,7 @@
 //! retail loop.
 
 pub mod backend;
+pub mod fanout;
 pub mod handoff;
 pub mod http;
 pub mod interest;

@@ -14,6 +14,7 @@ pub mod api;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,8 +67,8 @@ const HANDSHAKE_BYTES_MAX: usize = 8 * 1024;
 /// instead. (It is not enough on a loaded 2-core machine at 100 K orders/s with 1,000
 /// subscribers: docs/benchmarks.md, WebSocket.)
 const DRAIN_PER_PASS: usize = 1 << 16;
-/// Chunks per vectored write.
-const IOVECS_MAX: usize = 64;
+/// Chunks per vectored write (one batched send gathers as many).
+const IOVECS_MAX: usize = crate::fanout::SLICES_PER_OP;
 /// Requests one connection may have in flight at the exchange.
 const INFLIGHT_MAX: usize = 256;
 /// How often timers (pings, timeouts) run; the longest sleep when idle.
@@ -118,6 +119,9 @@ pub struct RetailConfig {
     pub idle_timeout_ms: u32,
     /// Offer permessage-deflate when a client asks for it.
     pub compression: bool,
+    /// Write the subscribers of a pass through io_uring, many sockets per system call
+    /// (`fanout`); false, or no io_uring here, writes each with its own `writev`.
+    pub batched_sends: bool,
     /// A path that echoes every message (for conformance suites); off when None.
     pub echo_path: Option<String>,
     pub login_freshness_ms: u32,
@@ -141,6 +145,7 @@ impl RetailConfig {
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
             compression: true,
+            batched_sends: true,
             echo_path: None,
             login_freshness_ms: 5_000,
             requests_per_second_per_key: 100,
@@ -278,6 +283,10 @@ pub struct RetailEdge {
     refusal_log: RefusalLog,
     base: Instant,
     dirty: Vec<usize>,
+    /// The connections of the pass's batched send, and what each send did.
+    sending: Vec<usize>,
+    send_results: Vec<crate::fanout::SendResult>,
+    batch: crate::fanout::BatchWriter,
     unread: Vec<usize>,
     to_close: Vec<(usize, u16, String)>,
     updates: Vec<Update>,
@@ -338,6 +347,7 @@ impl RetailEdge {
             requests_per_second_per_key: config.requests_per_second_per_key,
             sessions_per_key_max: config.sessions_per_key_max,
         });
+        let batch = crate::fanout::BatchWriter::new(config.batched_sends);
         Ok(RetailEdge {
             config,
             poll,
@@ -368,6 +378,9 @@ impl RetailEdge {
             ),
             base: Instant::now(),
             dirty: Vec::new(),
+            sending: Vec::new(),
+            send_results: Vec::new(),
+            batch,
             unread: Vec::new(),
             to_close: Vec::new(),
             updates: Vec::new(),
@@ -381,6 +394,12 @@ impl RetailEdge {
     }
 
     /// Wakes the loop from another thread (the gateway's, when output arrives).
+    /// Why the fan-out writes each connection with its own `writev` (`fanout`); None
+    /// when it batches through io_uring.
+    pub fn send_fallback_reason(&self) -> Option<&str> {
+        self.batch.fallback_reason()
+    }
+
     pub fn waker(&self) -> Arc<Waker> {
         Arc::clone(&self.waker)
     }
@@ -1941,18 +1960,70 @@ impl RetailEdge {
         self.core.conn_closed(id, now, link);
     }
 
+    /// Writes every connection that has output: one send each, batched into one
+    /// system call per `fanout::OPS_PER_SUBMIT` connections (`fanout`), then the usual
+    /// per-connection write for what is left of a queue longer than one send gathers.
     fn flush_all(&mut self) {
-        for id in std::mem::take(&mut self.dirty) {
-            if let Some(c) = self.conn(id) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut sending = std::mem::take(&mut self.sending);
+        let mut results = std::mem::take(&mut self.send_results);
+        sending.clear();
+        results.clear();
+        for &id in &dirty {
+            if let Some(c) = slot(&mut self.conns, id) {
                 c.dirty = false;
+                if !c.out.is_empty() && !c.writable_registered {
+                    sending.push(id);
+                }
             }
-            self.flush(id);
         }
+        let conns = &self.conns;
+        let sends = sending.iter().map(|&id| {
+            let c = conns[id & INDEX_MASK]
+                .as_ref()
+                .expect("a connection with output stays until its flush");
+            (c.stream.as_raw_fd(), queued_slices(c))
+        });
+        self.batch.write_each(sends, &mut results);
+        debug_assert_eq!(results.len(), sending.len());
+        for (&id, result) in sending.iter().zip(results.drain(..)) {
+            let Some(c) = slot(&mut self.conns, id) else {
+                continue;
+            };
+            let offered: usize = queued_slices(c).map(|b| b.len()).sum();
+            let socket_full = match result {
+                Ok(written) => {
+                    take_written(c, written);
+                    written < offered
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                Err(_) => {
+                    drop_output(c);
+                    false
+                }
+            };
+            if socket_full {
+                // What the socket did not take waits for it to be writable.
+                self.after_write(id);
+            }
+        }
+        // The rest: queues longer than one send, and connections closing after a flush.
+        // A connection now waiting for writability is flushed when it is writable.
+        for &id in &dirty {
+            if self.conn_ref(id).is_some_and(|c| !c.writable_registered) {
+                self.flush(id);
+            }
+        }
+        dirty.clear();
+        debug_assert!(self.dirty.is_empty(), "a flush queues nothing");
+        self.dirty = dirty;
+        self.sending = sending;
+        self.send_results = results;
     }
 
     /// Writes what is queued; waits for writability if the socket is full.
     fn flush(&mut self, id: usize) {
-        let now = self.now_ns();
         let Some(c) = slot(&mut self.conns, id) else {
             return;
         };
@@ -1963,38 +2034,31 @@ impl RetailEdge {
             }
             let mut slices = [IoSlice::new(&[]); IOVECS_MAX];
             let mut n = 0;
-            for (i, chunk) in c.out.iter().take(IOVECS_MAX).enumerate() {
-                let bytes = chunk.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &bytes[c.out_pos..] } else { bytes });
+            for (i, bytes) in queued_slices(c).enumerate() {
+                slices[i] = IoSlice::new(bytes);
                 n += 1;
             }
-            match c.stream.write_vectored(&slices[..n]) {
+            match (&c.stream).write_vectored(&slices[..n]) {
                 Ok(0) => break,
-                Ok(mut written) => {
-                    c.out_bytes -= written;
-                    // Bounded by the chunks the write covered.
-                    while written > 0 {
-                        let front_left = c.out[0].bytes().len() - c.out_pos;
-                        if written >= front_left {
-                            written -= front_left;
-                            c.out.pop_front();
-                            c.out_pos = 0;
-                        } else {
-                            c.out_pos += written;
-                            written = 0;
-                        }
-                    }
-                }
+                Ok(written) => take_written(c, written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    c.out.clear();
-                    c.out_bytes = 0;
-                    c.out_pos = 0;
+                    drop_output(c);
                     break;
                 }
             }
         }
+        self.after_write(id);
+    }
+
+    /// After a write: waits for writability while output is left, frees an idle
+    /// queue's room, and ends a connection that was closing once its output is out.
+    fn after_write(&mut self, id: usize) {
+        let now = self.now_ns();
+        let Some(c) = slot(&mut self.conns, id) else {
+            return;
+        };
         let pending = !c.out.is_empty();
         if !pending && c.out.capacity() > OUT_KEEP_CHUNKS {
             // An idle connection keeps no memory from its last burst.
@@ -2163,6 +2227,47 @@ fn set_send_buffer(stream: &TcpStream, bytes: usize) {
 fn dedup_keeping_order(names: &mut Vec<String>) {
     let mut seen = std::collections::HashSet::with_capacity(names.len());
     names.retain(|n| seen.insert(n.clone()));
+}
+
+/// The front of a connection's queue as one send gathers it: at most `IOVECS_MAX`
+/// chunks, the first from where the last write stopped.
+fn queued_slices(c: &Conn) -> impl Iterator<Item = &[u8]> {
+    c.out.iter().take(IOVECS_MAX).enumerate().map(|(i, chunk)| {
+        let bytes = chunk.bytes();
+        if i == 0 {
+            &bytes[c.out_pos..]
+        } else {
+            bytes
+        }
+    })
+}
+
+/// Takes `written` bytes off the front of a connection's queue.
+fn take_written(c: &mut Conn, mut written: usize) {
+    assert!(
+        written <= c.out_bytes,
+        "the socket took no more than was queued"
+    );
+    c.out_bytes -= written;
+    // Bounded by the chunks the write covered.
+    while written > 0 {
+        let front_left = c.out[0].bytes().len() - c.out_pos;
+        if written >= front_left {
+            written -= front_left;
+            c.out.pop_front();
+            c.out_pos = 0;
+        } else {
+            c.out_pos += written;
+            written = 0;
+        }
+    }
+}
+
+/// A connection whose socket failed: what it had queued can never be written.
+fn drop_output(c: &mut Conn) {
+    c.out.clear();
+    c.out_bytes = 0;
+    c.out_pos = 0;
 }
 
 fn slot(conns: &mut [Option<Conn>], id: usize) -> Option<&mut Conn> {

@@ -294,6 +294,13 @@ fn subscribers(
                             c.buf.extend_from_slice(&scratch[..n]);
                             parse(c, &mut tally, &mut inflate);
                         }
+                        if n < scratch.len() {
+                            // A short read took all the socket held: bytes that arrive
+                            // later raise a new readiness event (mio is edge-triggered,
+                            // and Linux signals each arrival), so the read that would
+                            // only say WouldBlock is skipped; it was half the reads.
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -1,0 +1,316 @@
+//! Writes many sockets' queued bytes with one system call per batch.
+//!
+//! The retail loop ends each pass by writing to every connection that has output: with
+//! 1,000 subscribers that is 1,000 `writev` calls per pass, and the calls, not the bytes,
+//! were the loop's cost (94% of its thread in `writev`, 2026-12-08). Through io_uring the
+//! same sends go to the kernel [`OPS_PER_SUBMIT`] at a time in one `io_uring_enter`: on
+//! this 2-vCPU VM a pass to 1,000 loopback sockets took 2.7 µs of the writer's CPU per
+//! socket against 4.5 µs with `writev`, and 1.5x the sends per second with the reader on
+//! the same core (a standalone probe, 400-byte messages, 2026-12-08).
+//!
+//! Every send is non-blocking (`MSG_DONTWAIT`): it takes what the socket buffer takes
+//! now, as `writev` on a non-blocking socket does, and [`BatchWriter::write_each`] waits
+//! for every completion before it returns, so no send outlives the slices it was lent.
+//! Where io_uring cannot be set up (an old kernel, a seccomp filter), or when batching
+//! is turned off, each socket gets one `writev`: the results are the same.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Sends submitted per `io_uring_enter`.
+pub const OPS_PER_SUBMIT: usize = 256;
+/// Slices gathered per send.
+pub const SLICES_PER_OP: usize = 64;
+/// Attempts to collect one submission's completions when the wait is interrupted.
+const WAIT_ATTEMPTS_MAX: usize = 1024;
+
+/// What one send did: bytes written, or the OS error (`WouldBlock` when the socket
+/// buffer was full).
+pub type SendResult = Result<usize, io::Error>;
+
+/// One writer per event loop; reused for every pass, so a pass allocates nothing.
+pub struct BatchWriter {
+    ring: Option<io_uring::IoUring>,
+    /// `OPS_PER_SUBMIT * SLICES_PER_OP` slices, then one header per send pointing into
+    /// them. They point at the caller's bytes only inside `write_each`.
+    iovecs: Box<[libc::iovec]>,
+    headers: Box<[libc::msghdr]>,
+    /// Why io_uring is not used, when it is not.
+    fallback_reason: Option<String>,
+}
+
+// SAFETY: the raw pointers in `iovecs` and `headers` are written and used only inside
+// `write_each`, which waits for every send before returning; between calls they are
+// stale and never read, so moving the writer to another thread moves no live borrow.
+unsafe impl Send for BatchWriter {}
+
+impl BatchWriter {
+    /// A writer that batches through io_uring when `batched` and the kernel allows it.
+    pub fn new(batched: bool) -> BatchWriter {
+        let (ring, fallback_reason) = if batched {
+            match io_uring::IoUring::new(OPS_PER_SUBMIT as u32) {
+                Ok(ring) => (Some(ring), None),
+                Err(e) => (None, Some(format!("io_uring unavailable ({e})"))),
+            }
+        } else {
+            (
+                None,
+                Some("batched sends are off in the config".to_string()),
+            )
+        };
+        let empty_iovec = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
+        let empty_header: libc::msghdr = unsafe { std::mem::zeroed() };
+        BatchWriter {
+            ring,
+            iovecs: vec![empty_iovec; OPS_PER_SUBMIT * SLICES_PER_OP].into_boxed_slice(),
+            headers: vec![empty_header; OPS_PER_SUBMIT].into_boxed_slice(),
+            fallback_reason,
+        }
+    }
+
+    /// True when sends go through io_uring.
+    pub fn is_batched(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Why sends are not batched (None when they are).
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback_reason.as_deref()
+    }
+
+    /// Sends each `(socket, slices)` once, at most [`SLICES_PER_OP`] slices each, and
+    /// pushes one result per send to `results`, in order. Sends to one socket are not
+    /// repeated: what a full socket did not take is the caller's to retry when it is
+    /// writable.
+    pub fn write_each<'a, I, S>(&mut self, sends: I, results: &mut Vec<SendResult>)
+    where
+        I: Iterator<Item = (RawFd, S)>,
+        S: Iterator<Item = &'a [u8]>,
+    {
+        let mut sends = sends.peekable();
+        // Bounded: each round consumes up to OPS_PER_SUBMIT sends from a finite iterator.
+        while sends.peek().is_some() {
+            let mut fds = [0 as RawFd; OPS_PER_SUBMIT];
+            let mut count = 0;
+            while count < OPS_PER_SUBMIT {
+                let Some((fd, slices)) = sends.next() else {
+                    break;
+                };
+                let base = count * SLICES_PER_OP;
+                let mut used = 0;
+                for bytes in slices.take(SLICES_PER_OP) {
+                    self.iovecs[base + used] = libc::iovec {
+                        iov_base: bytes.as_ptr() as *mut libc::c_void,
+                        iov_len: bytes.len(),
+                    };
+                    used += 1;
+                }
+                let header = &mut self.headers[count];
+                header.msg_iov = self.iovecs[base..].as_mut_ptr();
+                header.msg_iovlen = used as _;
+                fds[count] = fd;
+                count += 1;
+            }
+            let first = results.len();
+            results.resize_with(first + count, || Ok(0));
+            let round = &mut results[first..];
+            if self.ring.is_some() {
+                self.submit(&fds[..count], round);
+            } else {
+                self.writev_each(&fds[..count], round);
+            }
+        }
+    }
+
+    /// One `writev` per send: the fallback, and the baseline the batch is measured by.
+    fn writev_each(&mut self, fds: &[RawFd], results: &mut [SendResult]) {
+        for (i, &fd) in fds.iter().enumerate() {
+            let header = &self.headers[i];
+            // Bounded: retried only when a signal interrupted the call.
+            results[i] = loop {
+                // SAFETY: the header's slices point at bytes the caller lent for this call.
+                let n = unsafe { libc::writev(fd, header.msg_iov, header.msg_iovlen as _) };
+                if n >= 0 {
+                    break Ok(n as usize);
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break Err(e);
+                }
+            };
+        }
+    }
+
+    fn submit(&mut self, fds: &[RawFd], results: &mut [SendResult]) {
+        let ring = self.ring.as_mut().expect("checked by the caller");
+        {
+            let mut sq = ring.submission();
+            for (i, &fd) in fds.iter().enumerate() {
+                let entry =
+                    io_uring::opcode::SendMsg::new(io_uring::types::Fd(fd), &self.headers[i])
+                        .flags((libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u32)
+                        .build()
+                        .user_data(i as u64);
+                // SAFETY: the header and its slices stay valid until the completion is
+                // reaped below, before this function returns. The queue has room: it
+                // holds OPS_PER_SUBMIT entries and was emptied by the last submit.
+                let pushed = unsafe { sq.push(&entry) };
+                assert!(pushed.is_ok(), "the submission queue holds a whole round");
+            }
+        }
+        let mut reaped = 0;
+        let mut attempts = 0;
+        while reaped < fds.len() {
+            attempts += 1;
+            match ring.submit_and_wait(fds.len() - reaped) {
+                Ok(_) => {}
+                Err(e)
+                    if attempts < WAIT_ATTEMPTS_MAX
+                        && matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                        ) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < WAIT_ATTEMPTS_MAX => {
+                }
+                Err(e) => {
+                    // The kernel refused to wait. The sends already issued completed
+                    // inline (MSG_DONTWAIT never parks a socket send), but their results
+                    // are lost: report them failed, so the caller drops those
+                    // connections, and write without the ring from now on.
+                    self.fallback_reason = Some(format!("io_uring wait failed ({e})"));
+                    for r in results.iter_mut().skip(reaped) {
+                        *r = Err(io::Error::other("io_uring wait failed"));
+                    }
+                    self.ring = None;
+                    return;
+                }
+            }
+            for cqe in ring.completion() {
+                let i = cqe.user_data() as usize;
+                let res = cqe.result();
+                results[i] = if res >= 0 {
+                    Ok(res as usize)
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                };
+                reaped += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        (0..n)
+            .map(|_| {
+                let client = TcpStream::connect(addr).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                server.set_nonblocking(true).unwrap();
+                (server, client)
+            })
+            .collect()
+    }
+
+    fn each_socket_receives_its_own_slices_in_order(batched: bool) {
+        // More sockets than one submission holds, so rounds follow each other.
+        let n = OPS_PER_SUBMIT + 7;
+        let mut pairs = pairs(n);
+        let payloads: Vec<Vec<Vec<u8>>> = (0..n)
+            .map(|i| (0..3).map(|k| format!("{i}:{k};").into_bytes()).collect())
+            .collect();
+        let mut writer = BatchWriter::new(batched);
+        let mut results = Vec::new();
+        writer.write_each(
+            pairs
+                .iter()
+                .zip(&payloads)
+                .map(|((server, _), p)| (server.as_raw_fd(), p.iter().map(|b| b.as_slice()))),
+            &mut results,
+        );
+        assert_eq!(results.len(), n);
+        for (i, ((_, client), p)) in pairs.iter_mut().zip(&payloads).enumerate() {
+            let expected: Vec<u8> = p.concat();
+            assert_eq!(*results[i].as_ref().unwrap(), expected.len());
+            let mut got = vec![0; expected.len()];
+            client.read_exact(&mut got).unwrap();
+            assert_eq!(got, expected, "socket {i}");
+        }
+    }
+
+    #[test]
+    fn a_batch_delivers_each_socket_its_own_bytes_in_order() {
+        each_socket_receives_its_own_slices_in_order(true);
+    }
+
+    #[test]
+    fn without_batching_the_same_bytes_arrive() {
+        each_socket_receives_its_own_slices_in_order(false);
+        assert!(!BatchWriter::new(false).is_batched());
+    }
+
+    #[test]
+    fn a_socket_that_is_not_read_takes_part_then_would_block() {
+        let pairs = pairs(1);
+        let big = vec![7u8; 1 << 20];
+        let mut writer = BatchWriter::new(true);
+        let fd = pairs[0].0.as_raw_fd();
+        // Bounded: the socket buffer is finite, so some round finds it full.
+        for _ in 0..64 {
+            let mut results = Vec::new();
+            writer.write_each(
+                std::iter::once((fd, std::iter::once(big.as_slice()))),
+                &mut results,
+            );
+            match &results[0] {
+                Ok(n) if *n == big.len() => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+                    return;
+                }
+            }
+        }
+        panic!("a peer that never reads never filled the socket");
+    }
+
+    #[test]
+    fn a_socket_whose_peer_is_gone_reports_the_error() {
+        let mut pairs = pairs(1);
+        let (server, client) = pairs.pop().unwrap();
+        drop(client);
+        let mut writer = BatchWriter::new(true);
+        let bytes = [1u8; 100];
+        // Bounded: the first send may be taken before the peer's reset arrives.
+        for _ in 0..1000 {
+            let mut results = Vec::new();
+            writer.write_each(
+                std::iter::once((server.as_raw_fd(), std::iter::once(&bytes[..]))),
+                &mut results,
+            );
+            if let Err(e) = &results[0] {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ),
+                    "{e}"
+                );
+                return;
+            }
+            std::thread::yield_now();
+        }
+        panic!("a send to a closed peer never failed");
+    }
+}
