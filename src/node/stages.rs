@@ -30,10 +30,10 @@ const LATENCY_SAMPLE_EVERY: u64 = 8;
 const METRICS_MERGE_EVERY: Duration = Duration::from_millis(20);
 /// Latency samples kept between merges. The stage keeps samples, not histograms of its
 /// own: a histogram of the registry's range (1 ns to 60 s, 3 digits) is ~27 K counters,
-/// 216 KB, and merging one walks them all and then zeroes them, which cost the engine's
-/// thread 3.3% of its time at 100 K orders/s and evicted its working set from the cache
-/// 50 times a second (2026-12-07, `ringex bench gateway-floor`). Recording a sample into
-/// the registry's histogram touches one counter.
+/// 216 KB, and merging one walks them all and then zeroes them: 3.3% of the inline
+/// gateway thread at 100 K orders/s (2026-12-07, a profile under `ringex bench
+/// gateway-floor`), and each merge passed that memory through the cache. Recording a
+/// sample into the registry's histogram touches one counter.
 const LATENCY_SAMPLES_MAX: usize = 4096;
 
 /// Journals commands in ring order and, in `group` mode, makes each batch durable before
