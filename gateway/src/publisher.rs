@@ -35,6 +35,10 @@ type Bbo = (Option<Level>, Option<Level>);
 
 /// Trades a market remembers for a new subscriber's snapshot.
 pub const RECENT_TRADES_MAX: usize = 50;
+/// Trades kept for markets the publisher has not listed yet (the list is asked for at
+/// start and answered within milliseconds; trades made meanwhile still belong in the
+/// ticker and the recent trades). Past it the oldest are dropped.
+const EARLY_TRADES_MAX: usize = 16_384;
 /// Levels per side that the checksum covers.
 pub const CHECKSUM_LEVELS: usize = 10;
 /// The ticker's window, in its one-minute buckets.
@@ -261,6 +265,15 @@ struct MarketState {
 }
 
 impl MarketState {
+    /// Counts a trade in the ticker and the recent trades.
+    fn record_trade(&mut self, t: Trade) {
+        self.ticker.add(&t);
+        if self.recent.len() == RECENT_TRADES_MAX {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(t);
+    }
+
     fn new(info: MarketInfo) -> MarketState {
         MarketState {
             info,
@@ -347,6 +360,8 @@ pub struct Publisher {
     markets_pending: bool,
     /// Restarts since start: the depth queries' epoch.
     epoch: u64,
+    /// Trades of markets not listed yet, in order, for when they are.
+    early_trades: VecDeque<(MarketId, Trade)>,
     scratch: Vec<u8>,
 }
 
@@ -373,6 +388,7 @@ impl Publisher {
             }],
             markets_pending: true,
             epoch: 0,
+            early_trades: VecDeque::new(),
             scratch: Vec::new(),
         }
     }
@@ -491,21 +507,24 @@ impl Publisher {
                 }
                 self.match_index += 1;
                 let id = seq << 16 | self.match_index.min(0xFFFF);
+                let t = Trade {
+                    id,
+                    price,
+                    qty,
+                    taker_side,
+                    time_ns,
+                };
                 if let Some(m) = self.markets.get_mut(&market) {
-                    let t = Trade {
-                        id,
-                        price,
-                        qty,
-                        taker_side,
-                        time_ns,
-                    };
-                    m.ticker.add(&t);
+                    m.record_trade(t);
                     m.new_trades.push(t);
-                    if m.recent.len() == RECENT_TRADES_MAX {
-                        m.recent.pop_front();
-                    }
-                    m.recent.push_back(t);
                     self.touch(market);
+                } else {
+                    // Made before the market list reached the publisher: counted once
+                    // the market is listed (nobody can have subscribed to it yet).
+                    if self.early_trades.len() == EARLY_TRADES_MAX {
+                        self.early_trades.pop_front();
+                    }
+                    self.early_trades.push_back((market, t));
                 }
             }
             Event::MarketStatus { market, status } => {
@@ -573,6 +592,11 @@ impl Publisher {
                         self.by_symbol.insert(info.symbol.clone(), market);
                         let mut m = MarketState::new(info);
                         m.loading = true;
+                        // Bounded by EARLY_TRADES_MAX.
+                        for (_, t) in self.early_trades.iter().filter(|(id, _)| *id == market) {
+                            m.record_trade(*t);
+                        }
+                        self.early_trades.retain(|(id, _)| *id != market);
                         self.markets.insert(market, m);
                         self.queries.push(depth_query(self.epoch, market));
                     }

@@ -396,3 +396,39 @@ fn after_a_restart_only_the_answer_asked_after_it_reloads_the_book() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0]["bids"], serde_json::json!([["49999.98", "0.0001"]]));
 }
+
+#[test]
+fn trades_made_before_the_market_list_arrives_count_in_the_ticker_and_the_recent_trades() {
+    // At start the publisher's first query travels behind orders already at the engine:
+    // their trades reach it before it knows the market.
+    let mut backend = InlineBackend::new(exchange());
+    backend
+        .submit(&place(1, Side::Sell, 6_000_000, 2), 0)
+        .unwrap();
+    backend
+        .submit(&place(2, Side::Buy, 6_000_000, 2), 0)
+        .unwrap();
+    let mut rig = Rig {
+        backend,
+        publisher: Publisher::new(),
+        updates: Vec::new(),
+    };
+    rig.pump();
+    assert!(rig.publisher.is_ready());
+
+    let ticker: Value =
+        serde_json::from_slice(&rig.publisher.snapshot(MARKET, Channel::Ticker).unwrap()).unwrap();
+    assert_eq!(ticker["count"], 1, "{ticker}");
+    assert_eq!(ticker["last"], "60000.00", "{ticker}");
+    assert_eq!(ticker["volume"], "0.0002", "{ticker}");
+    let trades: Value =
+        serde_json::from_slice(&rig.publisher.snapshot(MARKET, Channel::Trades).unwrap()).unwrap();
+    assert_eq!(trades["trades"].as_array().unwrap().len(), 1, "{trades}");
+
+    // Counted once: later trades add to it as usual.
+    rig.submit(place(1, Side::Sell, 6_000_100, 1));
+    rig.submit(place(2, Side::Buy, 6_000_100, 1));
+    let ticker: Value =
+        serde_json::from_slice(&rig.publisher.snapshot(MARKET, Channel::Ticker).unwrap()).unwrap();
+    assert_eq!(ticker["count"], 2, "{ticker}");
+}
