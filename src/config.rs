@@ -365,6 +365,9 @@ pub struct WebSocketConfig {
     pub outbound_buffer_kib: u32,
     /// The largest message a client may send, after decompression.
     pub message_max_kib: u32,
+    /// What the connections of one address may inflate per second together
+    /// (permessage-deflate); past it their compressed messages are refused unread (429).
+    pub inflated_kib_per_second_per_ip: u32,
     /// The kernel's send buffer per connection (SO_SNDBUF; 0: the kernel's default,
     /// which grows to megabytes per connection before a slow client is seen).
     pub socket_send_buffer_kib: u32,
@@ -397,6 +400,7 @@ impl Default for WebSocketConfig {
             first_subscription_ms: 10_000,
             outbound_buffer_kib: 1024,
             message_max_kib: 64,
+            inflated_kib_per_second_per_ip: 8192,
             socket_send_buffer_kib: 256,
             ping_interval_ms: 20_000,
             idle_timeout_ms: 60_000,
@@ -796,6 +800,11 @@ impl Config {
                 "websocket.message_max_kib",
                 wide(ws.message_max_kib),
                 1..=1 << 14,
+            ),
+            (
+                "websocket.inflated_kib_per_second_per_ip",
+                wide(ws.inflated_kib_per_second_per_ip),
+                1..=1 << 22,
             ),
             (
                 "websocket.socket_send_buffer_kib",

@@ -178,6 +178,7 @@ pub fn retail_config(config: &Config) -> Result<Option<RetailConfig>, String> {
         first_subscription_ms: w.first_subscription_ms,
         outbound_buffer_bytes: w.outbound_buffer_kib as usize * 1024,
         message_bytes_max: w.message_max_kib as usize * 1024,
+        inflated_bytes_per_second_per_ip: u64::from(w.inflated_kib_per_second_per_ip) * 1024,
         socket_send_buffer_bytes: w.socket_send_buffer_kib as usize * 1024,
         ping_interval_ms: w.ping_interval_ms,
         idle_timeout_ms: w.idle_timeout_ms,

@@ -71,6 +71,49 @@ impl TokenBucket {
     }
 }
 
+/// A budget of bytes: `rate_per_s` a second, at most one second's worth banked. A charge
+/// is made after the fact (the size of an inflated message is known only once inflated),
+/// so the budget may go into debt by the last charge; nothing more is allowed until the
+/// debt is refilled.
+#[derive(Clone, Debug)]
+pub struct ByteBudget {
+    rate_per_s: u64,
+    /// Bytes scaled by 1e9 so refills in nanoseconds stay integers; negative in debt.
+    available_scaled: i128,
+    refilled_at_ns: u64,
+}
+
+impl ByteBudget {
+    pub fn new(rate_per_s: u64, now_ns: u64) -> ByteBudget {
+        assert!(rate_per_s > 0);
+        ByteBudget {
+            rate_per_s,
+            available_scaled: rate_per_s as i128 * SCALE as i128,
+            refilled_at_ns: now_ns,
+        }
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as i128;
+        let capacity = self.rate_per_s as i128 * SCALE as i128;
+        self.available_scaled =
+            (self.available_scaled + elapsed_ns * self.rate_per_s as i128).min(capacity);
+        self.refilled_at_ns = now_ns.max(self.refilled_at_ns);
+    }
+
+    /// True while the budget is not spent (or in debt).
+    pub fn has_room(&mut self, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        self.available_scaled > 0
+    }
+
+    /// Spends `bytes`.
+    pub fn charge(&mut self, bytes: u64, now_ns: u64) {
+        self.refill(now_ns);
+        self.available_scaled -= bytes as i128 * SCALE as i128;
+    }
+}
+
 /// Open connections per remote address, against a limit.
 #[derive(Debug, Default)]
 pub struct ConnectionCounts {
@@ -198,5 +241,25 @@ mod tests {
         c.remove(a);
         assert!(c.try_add(a, 2));
         assert_eq!(c.count(a), 2);
+    }
+
+    #[test]
+    fn a_byte_budget_allows_a_seconds_worth_then_refills_and_a_debt_must_be_repaid() {
+        let mut b = ByteBudget::new(1000, 0);
+        assert!(b.has_room(0));
+        // One message larger than the whole budget is allowed (its size is known only
+        // after it), and leaves a debt.
+        b.charge(3000, 0);
+        assert!(!b.has_room(0));
+        // The debt of 2,000 bytes takes two seconds to repay, at microsecond steps too.
+        let mut t = 0;
+        while t < 2 * SECOND_NS {
+            assert!(!b.has_room(t), "room at {t} ns");
+            t += 1000;
+        }
+        assert!(b.has_room(2 * SECOND_NS + 1_000_000));
+        // At most one second's worth is banked, however long it was idle.
+        b.charge(1000, 100 * SECOND_NS);
+        assert!(!b.has_room(100 * SECOND_NS));
     }
 }

@@ -13,7 +13,7 @@ pub mod api;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::backend::{wall_clock_ns, Backend, Delivery};
 use crate::handoff::RetailEnd;
-use crate::limits::{ConnectionCounts, TokenBucket};
+use crate::limits::{ByteBudget, ConnectionCounts, TokenBucket};
 use crate::protocol::{
     login_flags, template, ClientMessage, Login, LoginRejectReason, LogoutReason, ServerMessage,
 };
@@ -110,6 +110,9 @@ pub struct RetailConfig {
     pub outbound_buffer_bytes: usize,
     /// The largest message a client may send (after inflation).
     pub message_bytes_max: usize,
+    /// Bytes the connections of one address may inflate per second together; past it
+    /// their compressed messages are refused unread, as over the message rate.
+    pub inflated_bytes_per_second_per_ip: u64,
     /// The kernel's send buffer per connection (SO_SNDBUF); 0 leaves the kernel's
     /// default, which grows to megabytes per connection before the outbound bound
     /// above sees a slow client.
@@ -146,6 +149,7 @@ impl RetailConfig {
             idle_timeout_ms: 60_000,
             compression: true,
             batched_sends: true,
+            inflated_bytes_per_second_per_ip: 8 << 20,
             echo_path: None,
             login_freshness_ms: 5_000,
             requests_per_second_per_key: 100,
@@ -268,6 +272,8 @@ pub struct RetailEdge {
     free: Vec<usize>,
     generation: usize,
     ips: ConnectionCounts,
+    /// What each address may still inflate (addresses that sent compressed messages).
+    inflate_budgets: HashMap<IpAddr, ByteBudget>,
     core: SessionCore,
     publisher: Publisher,
     link: Option<RetailEnd>,
@@ -358,6 +364,7 @@ impl RetailEdge {
             free: Vec::new(),
             generation: FIRST_GENERATION,
             ips: ConnectionCounts::default(),
+            inflate_budgets: HashMap::new(),
             core,
             publisher: Publisher::new(),
             link: None,
@@ -1363,13 +1370,32 @@ impl RetailEdge {
             let Some(c) = slot(&mut self.conns, id) else {
                 break;
             };
+            let ip = c.peer.ip();
+            let echo = c.echo;
+            // Echoes (conformance suites) are neither rated nor budgeted.
+            let budget = &mut self.inflate_budgets;
+            let rate = self.config.inflated_bytes_per_second_per_ip;
+            let inflate = c.phase == Phase::Open
+                && (echo
+                    || (c.bucket.has_token(now)
+                        && budget
+                            .entry(ip)
+                            .or_insert_with(|| ByteBudget::new(rate, now))
+                            .has_room(now)));
+            let inflated_before = self.inflater.total_out();
             let mut cx = ReadContext {
                 deflate: c.deflate,
                 message_bytes_max: self.config.message_bytes_max,
-                inflate: c.phase == Phase::Open && (c.echo || c.bucket.has_token(now)),
+                inflate,
                 inflater: &mut self.inflater,
             };
             let parsed = reader.next(&rbuf[at..], &mut cx);
+            let inflated = self.inflater.total_out() - inflated_before;
+            if inflated > 0 && !echo {
+                if let Some(b) = self.inflate_budgets.get_mut(&ip) {
+                    b.charge(inflated, now);
+                }
+            }
             self.stats
                 .bytes_inflated
                 .store(self.inflater.total_out(), Ordering::Relaxed);
@@ -1952,6 +1978,9 @@ impl RetailEdge {
         }
         let _ = self.poll.registry().deregister(&mut c.stream);
         self.ips.remove(c.peer.ip());
+        if self.ips.count(c.peer.ip()) == 0 {
+            self.inflate_budgets.remove(&c.peer.ip());
+        }
         self.free.push(index);
         self.stats
             .connections_active

@@ -1087,6 +1087,56 @@ fn compressed_messages_over_the_rate_are_refused_without_being_inflated() {
 }
 
 #[test]
+fn the_connections_of_one_address_share_a_budget_of_inflated_bytes() {
+    let rig = Rig::start(RetailConfig {
+        inflated_bytes_per_second_per_ip: 10_000,
+        ..RetailConfig::loopback()
+    });
+    let (mut a, _) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    let (mut b, head) = raw_upgrade(rig.ws, "/ws", Some("permessage-deflate"));
+    assert!(head.contains("permessage-deflate"), "{head}");
+    // Each inflates to 60 KB: the first is read (a debt of 50 KB, five seconds at
+    // 10 KB/s), then nothing compressed from this address is inflated until it is paid.
+    let compressed_ping = |id: u64| {
+        let text = format!(
+            r#"{{"method":"ping","id":{id},"pad":"{}"}}"#,
+            "a".repeat(60_000)
+        );
+        let deflated = ringex_gateway::ws::Deflater::default().deflate(text.as_bytes());
+        client_frame(0x1, true, true, &deflated)
+    };
+    let text_of = |s: &mut TcpStream| -> Value {
+        let (_, _, op, payload) = read_frame(s);
+        assert_eq!(op, 0x1);
+        serde_json::from_slice(&payload).unwrap()
+    };
+    a.write_all(&compressed_ping(1)).unwrap();
+    assert_eq!(text_of(&mut a)["id"], 1);
+    let inflated = rig.stats.bytes_inflated.load(Ordering::Relaxed);
+    a.write_all(&compressed_ping(2)).unwrap();
+    assert_eq!(text_of(&mut a)["error"]["code"], 429);
+    // The other connection of the address shares the debt...
+    b.write_all(&compressed_ping(3)).unwrap();
+    let refused = text_of(&mut b);
+    assert_eq!(
+        (&refused["id"], &refused["error"]["code"]),
+        (&Value::Null, &serde_json::json!(429)),
+        "{refused}"
+    );
+    assert_eq!(rig.stats.bytes_inflated.load(Ordering::Relaxed), inflated);
+    // ...and is still served uncompressed.
+    b.write_all(&client_frame(
+        0x1,
+        true,
+        false,
+        br#"{"method":"ping","id":4}"#,
+    ))
+    .unwrap();
+    assert_eq!(text_of(&mut b)["id"], 4);
+    still_served(&rig);
+}
+
+#[test]
 fn a_ping_flood_is_answered_within_the_message_rate_then_closed_1008() {
     let rig = Rig::start(RetailConfig {
         messages_per_second: 5,
