@@ -1527,3 +1527,70 @@ fn a_python_websockets_client_keeps_its_book_across_an_overrun() {
         &engine_levels(&ex, Side::Sell)
     );
 }
+
+#[test]
+fn a_flood_of_empty_fragments_holds_up_no_other_client() {
+    // A message that never ends, sent as empty continuation frames as fast as two
+    // connections can write them: neither the message rate (no message completes) nor
+    // the message size (nothing is assembled) stops it, so the loop must take only a
+    // bounded share of any one connection's frames per pass.
+    let rig = Rig::start(RetailConfig::loopback());
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flooders: Vec<JoinHandle<()>> = (0..2)
+        .map(|_| {
+            let (mut s, head) = raw_upgrade(rig.ws, "/ws", None);
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            std::thread::spawn(move || {
+                let subscribe = json!({"method": "subscribe", "id": 1,
+                    "params": {"channels": ["bbo"], "markets": ["BTC-USDT"]}});
+                s.write_all(&client_frame(
+                    0x1,
+                    true,
+                    false,
+                    subscribe.to_string().as_bytes(),
+                ))
+                .unwrap();
+                s.write_all(&client_frame(0x1, false, false, b"")).unwrap();
+                let burst = client_frame(0x0, false, false, b"").repeat(10_000);
+                while !stop.load(Ordering::Relaxed) {
+                    if s.write_all(&burst).is_err() {
+                        break;
+                    }
+                    written.fetch_add(burst.len() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_until("the flood is under way", || {
+        written.load(Ordering::Relaxed) > 4 << 20
+    });
+    let mut c = connect(rig.ws);
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    send(
+        &mut c,
+        json!({"method": "subscribe", "id": 0,
+               "params": {"channels": ["bbo"], "markets": ["BTC-USDT"]}}),
+    );
+    reply(&mut c, 0);
+    worst = worst.max(start.elapsed());
+    for id in 1..=10 {
+        let start = Instant::now();
+        send(&mut c, json!({"method": "ping", "id": id}));
+        assert_eq!(reply(&mut c, id)["result"], "pong");
+        worst = worst.max(start.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flooded = written.load(Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    // Unbounded, one pass took a whole 1 MiB read of each flooder (174,762 frames):
+    // seconds in a debug build (2026-12-08).
+    assert!(
+        worst < Duration::from_millis(500),
+        "a reply took {worst:?} while {flooded} bytes of empty frames came in"
+    );
+}
