@@ -2017,6 +2017,7 @@ impl RetailEdge {
         });
         self.batch.write_each(sends, &mut results);
         debug_assert_eq!(results.len(), sending.len());
+        let now = self.now_ns();
         for (&id, result) in sending.iter().zip(results.drain(..)) {
             let Some(c) = slot(&mut self.conns, id) else {
                 continue;
@@ -2029,6 +2030,19 @@ impl RetailEdge {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                Err(e) if crate::fanout::outcome_unknown(&e) => {
+                    // An unknown part of the queue's front may be on the wire: anything
+                    // sent after it would land inside a frame, so nothing more is sent
+                    // and the connection ends (its subscriptions stop at the next
+                    // update, the timers drop it).
+                    drop_output(c);
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    c.phase = Phase::Closing {
+                        deadline_ns: now,
+                        after_flush: true,
+                    };
+                    false
+                }
                 Err(_) => {
                     drop_output(c);
                     false
