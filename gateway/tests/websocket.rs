@@ -1540,6 +1540,14 @@ fn a_flood_of_empty_fragments_holds_up_no_other_client() {
         ..RetailConfig::loopback()
     });
     let stop = Arc::new(AtomicBool::new(false));
+    // The flood ends with the test, however it ends.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
     let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flooders: Vec<JoinHandle<()>> = (0..2)
         .map(|_| {
