@@ -527,11 +527,21 @@ fn a_connection_that_never_subscribes_is_closed_1008() {
 
 #[test]
 fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
+    slow_consumer_closed_while_another_receives_every_update(true);
+}
+
+#[test]
+fn without_batched_sends_a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
+    slow_consumer_closed_while_another_receives_every_update(false);
+}
+
+fn slow_consumer_closed_while_another_receives_every_update(batched_sends: bool) {
     let config = RetailConfig {
         outbound_buffer_bytes: 16 * 1024,
         socket_send_buffer_bytes: 16 * 1024,
         messages_per_second: 100_000,
         requests_per_second_per_key: 100_000,
+        batched_sends,
         ..RetailConfig::loopback()
     };
     let rig = Rig::start(config);
@@ -1234,6 +1244,15 @@ fn an_auth_replayed_on_another_connection_is_refused() {
 
 #[test]
 fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_close() {
+    slow_consumer_cut_between_frames(true);
+}
+
+#[test]
+fn without_batched_sends_a_slow_consumer_is_cut_between_frames_too() {
+    slow_consumer_cut_between_frames(false);
+}
+
+fn slow_consumer_cut_between_frames(batched_sends: bool) {
     // Echoes larger than the socket's buffer are always written in parts: when the
     // client is found slow, one of them is half written.
     let rig = Rig::start(RetailConfig {
@@ -1241,6 +1260,7 @@ fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_clo
         outbound_buffer_bytes: 16 * 1024,
         socket_send_buffer_bytes: 16 * 1024,
         messages_per_second: 1_000_000,
+        batched_sends,
         ..RetailConfig::loopback()
     });
     let (mut s, _) = raw_upgrade(rig.ws, "/echo", None);
