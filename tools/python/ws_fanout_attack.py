@@ -7,9 +7,12 @@ connections that subscribe to every public channel of every market and never rea
 reset their connection (SO_LINGER 0, close) and connect again, over and over; and
 `--good` readers that read everything and check the stream: each depth update's `first`
 is the previous message's `last` + 1 (or a snapshot replaces the book), `seq` never goes
-back on trades, bbo and ticker, and every frame is well formed. At the end it samples the
-never-readers' sockets for the close the server sent them (1013 `slow consumer: N bytes
-unsent`), opens a fresh subscriber to show the node still serves, and prints one JSON
+back on trades, bbo and ticker, and every frame is well formed. At the end it reads a
+sample of the never-readers' sockets and counts how each ended (`never` in the output):
+a slow consumer that still reads nothing 2 s after it was cut off is dropped, so these
+show `no close` (their stream ends without the close frame, possibly inside a message;
+docs/websocket.md, section 7); the node's `ringex_ws_slow_consumers_total` counts them.
+Then it opens a fresh subscriber to show the node still serves, and prints one JSON
 line. Plain Python (sockets, selectors, zlib): no dependencies.
 
     ws_fanout_attack.py --addr 127.0.0.1:9101 --seconds 20 --never 1000 --slow 300 \\
