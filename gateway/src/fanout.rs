@@ -30,8 +30,29 @@ pub const SLICES_PER_OP: usize = 64;
 const WAIT_ATTEMPTS_MAX: usize = 1024;
 
 /// What one send did: bytes written, or the OS error (`WouldBlock` when the socket
-/// buffer was full).
+/// buffer was full), or [`outcome_unknown`].
 pub type SendResult = Result<usize, io::Error>;
+
+/// The send was issued but its completion never came back (io_uring refused to wait):
+/// some of its bytes may be on the wire, so the connection's stream cannot go on.
+#[derive(Debug)]
+struct OutcomeUnknown;
+
+impl std::fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("io_uring wait failed: the send's outcome is unknown")
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
+/// True for a send whose outcome is unknown: an unknown part of it may have been
+/// written, so whatever is sent on that socket next would land in the middle of a frame.
+/// The caller ends the connection.
+pub fn outcome_unknown(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<OutcomeUnknown>())
+}
 
 /// One writer per event loop; reused for every pass, so a pass allocates nothing.
 pub struct BatchWriter {
@@ -42,6 +63,10 @@ pub struct BatchWriter {
     headers: Box<[libc::msghdr]>,
     /// Why io_uring is not used, when it is not.
     fallback_reason: Option<String>,
+    /// Tests: the next wait fails as a refusing kernel's would, after submitting the
+    /// round (`Some(true)`) or before (`Some(false)`: no completion ever comes).
+    #[cfg(test)]
+    fail_next_wait: Option<bool>,
 }
 
 // SAFETY: the raw pointers in `iovecs` and `headers` are written and used only inside
@@ -74,6 +99,8 @@ impl BatchWriter {
             iovecs: vec![empty_iovec; OPS_PER_SUBMIT * SLICES_PER_OP].into_boxed_slice(),
             headers: vec![empty_header; OPS_PER_SUBMIT].into_boxed_slice(),
             fallback_reason,
+            #[cfg(test)]
+            fail_next_wait: None,
         }
     }
 
@@ -167,11 +194,24 @@ impl BatchWriter {
                 assert!(pushed.is_ok(), "the submission queue holds a whole round");
             }
         }
+        let mut done = [false; OPS_PER_SUBMIT];
         let mut reaped = 0;
         let mut attempts = 0;
         while reaped < fds.len() {
             attempts += 1;
-            match ring.submit_and_wait(fds.len() - reaped) {
+            #[cfg(test)]
+            let waited = match self.fail_next_wait.take() {
+                Some(submitted) => {
+                    if submitted {
+                        ring.submit().expect("a plain submit");
+                    }
+                    Err(io::Error::from_raw_os_error(libc::EBADR))
+                }
+                None => ring.submit_and_wait(fds.len() - reaped),
+            };
+            #[cfg(not(test))]
+            let waited = ring.submit_and_wait(fds.len() - reaped);
+            match waited {
                 Ok(_) => {}
                 Err(e)
                     if attempts < WAIT_ATTEMPTS_MAX
@@ -183,29 +223,44 @@ impl BatchWriter {
                 }
                 Err(e) => {
                     // The kernel refused to wait. The sends already issued completed
-                    // inline (MSG_DONTWAIT never parks a socket send), but their results
-                    // are lost: report them failed, so the caller drops those
-                    // connections, and write without the ring from now on.
+                    // inline (MSG_DONTWAIT never parks a socket send) and posted their
+                    // completions: those results are taken as usual. A send whose
+                    // completion is not there has an unknown outcome (part of it may
+                    // be written), which the caller answers by ending the connection;
+                    // from now on sends go without the ring.
                     self.fallback_reason = Some(format!("io_uring wait failed ({e})"));
-                    for r in results.iter_mut().skip(reaped) {
-                        *r = Err(io::Error::other("io_uring wait failed"));
+                    reap(ring, results, &mut done);
+                    for (r, _) in results.iter_mut().zip(done).filter(|(_, d)| !d) {
+                        *r = Err(io::Error::other(OutcomeUnknown));
                     }
                     self.ring = None;
                     return;
                 }
             }
-            for cqe in ring.completion() {
-                let i = cqe.user_data() as usize;
-                let res = cqe.result();
-                results[i] = if res >= 0 {
-                    Ok(res as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
-                };
-                reaped += 1;
-            }
+            reaped += reap(ring, results, &mut done);
         }
     }
+}
+
+/// Takes the completions posted so far into `results` (by the index each send carries),
+/// marking them `done`; returns how many.
+fn reap(ring: &mut io_uring::IoUring, results: &mut [SendResult], done: &mut [bool]) -> usize {
+    let mut count = 0;
+    for cqe in ring.completion() {
+        let i = cqe.user_data() as usize;
+        let (Some(result), Some(d)) = (results.get_mut(i), done.get_mut(i)) else {
+            continue;
+        };
+        let res = cqe.result();
+        *result = if res >= 0 {
+            Ok(res as usize)
+        } else {
+            Err(io::Error::from_raw_os_error(-res))
+        };
+        *d = true;
+        count += 1;
+    }
+    count
 }
 
 #[cfg(test)]
@@ -288,6 +343,79 @@ mod tests {
             }
         }
         panic!("a peer that never reads never filled the socket");
+    }
+
+    #[test]
+    fn when_the_kernel_refuses_to_wait_the_sends_it_completed_keep_their_results() {
+        let mut pairs = pairs(3);
+        let mut writer = BatchWriter::new(true);
+        if !writer.is_batched() {
+            eprintln!(
+                "SKIPPED: io_uring unavailable: {:?}",
+                writer.fallback_reason()
+            );
+            return;
+        }
+        writer.fail_next_wait = Some(true);
+        let payloads: Vec<Vec<u8>> = (0..3).map(|i| vec![b'a' + i as u8; 1000]).collect();
+        let mut results = Vec::new();
+        writer.write_each(
+            pairs
+                .iter()
+                .zip(&payloads)
+                .map(|((server, _), p)| (server.as_raw_fd(), std::iter::once(p.as_slice()))),
+            &mut results,
+        );
+        // The bytes went out: reporting them failed would make the caller drop output
+        // that is already on the wire, and the next frame would follow a cut one.
+        for (i, ((_, client), p)) in pairs.iter_mut().zip(&payloads).enumerate() {
+            assert_eq!(*results[i].as_ref().unwrap(), p.len(), "send {i}");
+            let mut got = vec![0; p.len()];
+            client.read_exact(&mut got).unwrap();
+            assert_eq!(&got, p);
+        }
+        assert!(!writer.is_batched());
+        assert!(writer
+            .fallback_reason()
+            .unwrap()
+            .contains("io_uring wait failed"));
+    }
+
+    #[test]
+    fn a_send_whose_completion_never_came_is_reported_of_unknown_outcome() {
+        let pairs = pairs(2);
+        let mut writer = BatchWriter::new(true);
+        if !writer.is_batched() {
+            eprintln!(
+                "SKIPPED: io_uring unavailable: {:?}",
+                writer.fallback_reason()
+            );
+            return;
+        }
+        writer.fail_next_wait = Some(false);
+        let bytes = [7u8; 100];
+        let mut results = Vec::new();
+        writer.write_each(
+            pairs
+                .iter()
+                .map(|(server, _)| (server.as_raw_fd(), std::iter::once(&bytes[..]))),
+            &mut results,
+        );
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            let e = r.as_ref().unwrap_err();
+            assert!(outcome_unknown(e), "{e}");
+        }
+        assert!(!outcome_unknown(&io::Error::from_raw_os_error(libc::EPIPE)));
+        // The writer goes on without the ring: the next pass's bytes arrive whole.
+        let mut results = Vec::new();
+        writer.write_each(
+            pairs
+                .iter()
+                .map(|(server, _)| (server.as_raw_fd(), std::iter::once(&bytes[..]))),
+            &mut results,
+        );
+        assert!(results.iter().all(|r| matches!(r, Ok(100))));
     }
 
     #[test]

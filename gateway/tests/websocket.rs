@@ -527,11 +527,21 @@ fn a_connection_that_never_subscribes_is_closed_1008() {
 
 #[test]
 fn a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
+    slow_consumer_closed_while_another_receives_every_update(true);
+}
+
+#[test]
+fn without_batched_sends_a_slow_consumer_is_closed_1013_while_another_receives_every_update() {
+    slow_consumer_closed_while_another_receives_every_update(false);
+}
+
+fn slow_consumer_closed_while_another_receives_every_update(batched_sends: bool) {
     let config = RetailConfig {
         outbound_buffer_bytes: 16 * 1024,
         socket_send_buffer_bytes: 16 * 1024,
         messages_per_second: 100_000,
         requests_per_second_per_key: 100_000,
+        batched_sends,
         ..RetailConfig::loopback()
     };
     let rig = Rig::start(config);
@@ -1284,6 +1294,15 @@ fn an_auth_replayed_on_another_connection_is_refused() {
 
 #[test]
 fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_close() {
+    slow_consumer_cut_between_frames(true);
+}
+
+#[test]
+fn without_batched_sends_a_slow_consumer_is_cut_between_frames_too() {
+    slow_consumer_cut_between_frames(false);
+}
+
+fn slow_consumer_cut_between_frames(batched_sends: bool) {
     // Echoes larger than the socket's buffer are always written in parts: when the
     // client is found slow, one of them is half written.
     let rig = Rig::start(RetailConfig {
@@ -1291,6 +1310,7 @@ fn a_slow_consumer_is_cut_between_frames_so_it_reads_whole_messages_then_the_clo
         outbound_buffer_bytes: 16 * 1024,
         socket_send_buffer_bytes: 16 * 1024,
         messages_per_second: 1_000_000,
+        batched_sends,
         ..RetailConfig::loopback()
     });
     let (mut s, _) = raw_upgrade(rig.ws, "/echo", None);
@@ -1575,5 +1595,92 @@ fn a_python_websockets_client_keeps_its_book_across_an_overrun() {
     assert_eq!(
         seen["asks"].as_array().unwrap(),
         &engine_levels(&ex, Side::Sell)
+    );
+}
+
+#[test]
+fn a_flood_of_empty_fragments_holds_up_no_other_client() {
+    // A message that never ends, sent as empty continuation frames as fast as two
+    // connections can write them: neither the message rate (no message completes) nor
+    // the message size (nothing is assembled) stops it, so the loop must take only a
+    // bounded share of any one connection's frames per pass.
+    // The measuring client asks as fast as it is answered, so its rate is raised.
+    let rig = Rig::start(RetailConfig {
+        messages_per_second: 100_000,
+        ..RetailConfig::loopback()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    // The flood ends with the test, however it ends.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_drop = StopOnDrop(Arc::clone(&stop));
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flooders: Vec<JoinHandle<()>> = (0..2)
+        .map(|_| {
+            let (mut s, head) = raw_upgrade(rig.ws, "/ws", None);
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            let (stop, written) = (Arc::clone(&stop), Arc::clone(&written));
+            std::thread::spawn(move || {
+                let subscribe = json!({"method": "subscribe", "id": 1,
+                    "params": {"channels": ["bbo"], "markets": ["BTC-USDT"]}});
+                s.write_all(&client_frame(
+                    0x1,
+                    true,
+                    false,
+                    subscribe.to_string().as_bytes(),
+                ))
+                .unwrap();
+                s.write_all(&client_frame(0x1, false, false, b"")).unwrap();
+                let burst = client_frame(0x0, false, false, b"").repeat(10_000);
+                while !stop.load(Ordering::Relaxed) {
+                    if s.write_all(&burst).is_err() {
+                        break;
+                    }
+                    written.fetch_add(burst.len() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    wait_until("the flood is under way", || {
+        written.load(Ordering::Relaxed) > 4 << 20
+    });
+    let mut c = connect(rig.ws);
+    let mut worst = Duration::ZERO;
+    let start = Instant::now();
+    send(
+        &mut c,
+        json!({"method": "subscribe", "id": 0,
+               "params": {"channels": ["bbo"], "markets": ["BTC-USDT"]}}),
+    );
+    reply(&mut c, 0);
+    worst = worst.max(start.elapsed());
+    // Long enough for a connection that always has bytes to be read again pass after
+    // pass (and raise a readiness event on every arrival besides).
+    let flooding = Instant::now();
+    for id in 1.. {
+        if flooding.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+        let start = Instant::now();
+        send(&mut c, json!({"method": "ping", "id": id}));
+        assert_eq!(reply(&mut c, id)["result"], "pong");
+        worst = worst.max(start.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flooded = written.load(Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    // Unbounded, one pass took a whole 1 MiB read of each flooder (174,762 frames): a
+    // reply waited 12 s in a debug build. Bounded per read but queued again on every
+    // readiness event, a flooder was read once more per pass as passes went by: 150 ms
+    // after 3 s. Bounded: 8 ms (2026-12-08).
+    assert!(
+        worst < Duration::from_millis(100),
+        "a reply took {worst:?} while {flooded} bytes of empty frames came in"
     );
 }
