@@ -2078,21 +2078,8 @@ impl RetailEdge {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
-                Err(e) if crate::fanout::outcome_unknown(&e) => {
-                    // An unknown part of the queue's front may be on the wire: anything
-                    // sent after it would land inside a frame, so nothing more is sent
-                    // and the connection ends (its subscriptions stop at the next
-                    // update, the timers drop it).
-                    drop_output(c);
-                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
-                    c.phase = Phase::Closing {
-                        deadline_ns: now,
-                        after_flush: true,
-                    };
-                    false
-                }
                 Err(_) => {
-                    drop_output(c);
+                    end_after_write_error(c, now);
                     false
                 }
             };
@@ -2117,6 +2104,7 @@ impl RetailEdge {
 
     /// Writes what is queued; waits for writability if the socket is full.
     fn flush(&mut self, id: usize) {
+        let now = self.now_ns();
         let Some(c) = slot(&mut self.conns, id) else {
             return;
         };
@@ -2137,7 +2125,7 @@ impl RetailEdge {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    drop_output(c);
+                    end_after_write_error(c, now);
                     break;
                 }
             }
@@ -2361,6 +2349,20 @@ fn drop_output(c: &mut Conn) {
     c.out.clear();
     c.out_bytes = 0;
     c.out_pos = 0;
+}
+
+/// A write failed (the peer is gone, the kernel is short of buffers, or io_uring lost
+/// the send's outcome): what was queued is dropped, and since the client's stream now
+/// misses frames, or may hold part of one, nothing more is sent and the connection
+/// ends (its subscriptions stop at the next update, the timers drop it). Its client
+/// reconnects and starts again from snapshots, rather than read a stream with a hole.
+fn end_after_write_error(c: &mut Conn, now_ns: u64) {
+    drop_output(c);
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    c.phase = Phase::Closing {
+        deadline_ns: now_ns,
+        after_flush: true,
+    };
 }
 
 fn slot(conns: &mut [Option<Conn>], id: usize) -> Option<&mut Conn> {
