@@ -641,6 +641,12 @@ impl<T: Copy + Default> OrderBook<T> {
         &self.nodes[h as usize]
     }
 
+    /// The node at handle `h`, if the slab has one: resting, or free (the caller checks
+    /// its id against the order it expects).
+    pub(crate) fn try_at(&self, h: u32) -> Option<&Node<T>> {
+        self.nodes.get(h as usize)
+    }
+
     /// The data of the resting order at handle `h` (from [`Self::find_handle`]).
     pub(crate) fn data_at_mut(&mut self, h: u32) -> &mut T {
         &mut self.nodes[h as usize].data

@@ -199,7 +199,13 @@ struct OpenSlot {
     /// 0: none.
     client_order_id: ClientOrderId,
     market: MarketId,
+    /// The order's handle in its market's book while it rests ([`NO_HANDLE`] before),
+    /// so that an order found by client id is reached without probing the book's index.
+    handle: u32,
 }
+
+/// `OpenSlot::handle` of an order that has not rested yet.
+const NO_HANDLE: u32 = u32::MAX;
 
 const FREE_END: u32 = u32::MAX;
 
@@ -254,6 +260,21 @@ impl OpenOrders {
         })
     }
 
+    /// The order in `slot` as `(id, market, book handle)`, if the slot is in use.
+    fn resting(&self, slot: u32) -> Option<(OrderId, MarketId, u32)> {
+        self.slots
+            .get(slot as usize)
+            .filter(|s| s.market != 0)
+            .map(|s| (s.id, s.market, s.handle))
+    }
+
+    /// Records the book handle at which the order in `slot` rests.
+    pub(crate) fn set_handle(&mut self, slot: u32, handle: u32) {
+        let s = &mut self.slots[slot as usize];
+        assert!(s.market != 0, "slot in use");
+        s.handle = handle;
+    }
+
     /// The client order id of the order in `slot` (0: none, or the slot is free).
     pub fn client_order_id(&self, slot: u32) -> ClientOrderId {
         self.slots
@@ -306,6 +327,7 @@ impl OpenOrders {
             id,
             client_order_id,
             market,
+            handle: NO_HANDLE,
         };
         let slot = if self.free != FREE_END {
             let slot = self.free;
@@ -346,6 +368,7 @@ impl OpenOrders {
             id: self.free as OrderId,
             client_order_id: 0,
             market: 0,
+            handle: NO_HANDLE,
         };
         self.free = slot;
         self.len -= 1;
@@ -1033,10 +1056,13 @@ impl Exchange {
                 b.held -= release;
                 b.available += release;
                 // The book rested the order with the hold it entered with: correct it
-                // only if fills or rounding changed what it needs.
+                // only if fills or rounding changed what it needs. (The index entry and
+                // the node were just written: finding the handle misses no cache.)
+                let handle = book.find_handle(incoming.id).expect("just rested");
                 if need != meta.hold {
-                    book.data_mut(incoming.id).expect("just rested").hold = need;
+                    book.data_at_mut(handle).hold = need;
                 }
+                account.open_orders.set_handle(taker.open_slot, handle);
                 None
             }
             Outcome::Cancelled {
@@ -1073,15 +1099,20 @@ impl Exchange {
     /// Finds a resting order of `acct` in `market` by exchange or client id: its handle
     /// in the market's book (valid until the book changes).
     fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<u32, Reject> {
-        let id = match order {
-            OrderRef::Exchange(id) => id,
+        let handle = match order {
+            OrderRef::Exchange(id) => market.book.find_handle(id),
             OrderRef::Client(cid) => {
+                // The slot names the order's market and its handle in that book: an
+                // order of another market is unknown here, as the book's index would say.
                 let open = &self.accounts[acct as usize].open_orders;
                 let slot = open.find_client(cid).ok_or(Reject::UnknownOrder)?;
-                open.get(slot).ok_or(Reject::UnknownOrder)?.0
+                let (id, m, h) = open.resting(slot).ok_or(Reject::UnknownOrder)?;
+                (m == market.spec.market)
+                    .then(|| market.book.try_at(h).filter(|n| n.id == id).map(|_| h))
+                    .flatten()
             }
         };
-        match market.book.find_handle(id) {
+        match handle {
             Some(h) if market.book.at(h).owner == acct => Ok(h),
             _ => Err(Reject::UnknownOrder),
         }
@@ -1692,7 +1723,8 @@ impl Exchange {
             }));
         }
         *held.entry((n.owner, asset)).or_default() += d.hold as i128;
-        if account.open_orders.get(d.open_slot) != Some((n.id, m.spec.market)) {
+        let handle = m.book.find_handle(n.id);
+        if account.open_orders.resting(d.open_slot) != handle.map(|h| (n.id, m.spec.market, h)) {
             return Err(format!("order {} missing from its account's index", n.id));
         }
         open_count[n.owner as usize] += 1;

@@ -535,6 +535,8 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         )?;
         meta.open_slot = open.insert(id, spec.market, client_order_id);
         book.insert(id, side, price, qty, owner, meta);
+        let handle = book.find_handle(id).expect("just inserted");
+        open.set_handle(meta.open_slot, handle);
     }
     check(!book.is_crossed(), "crossed book")?;
     let i = spec.market as usize;
