@@ -622,6 +622,12 @@ impl<T: Copy + Default> OrderBook<T> {
         Some(self.unlink_unindexed(h))
     }
 
+    /// [`Self::remove`] for the order at handle `h` (from [`Self::find_handle`]): its
+    /// unlinking does not wait on the id index's answer.
+    pub(crate) fn remove_at(&mut self, h: u32) -> (Node<T>, Qty) {
+        self.unlink(h)
+    }
+
     /// Lowers a resting order's quantity in place, keeping its time priority. Returns the
     /// level's new total. `qty` must be positive and below the current quantity.
     pub fn reduce(&mut self, id: OrderId, qty: Qty) -> Option<Qty> {

@@ -39,6 +39,9 @@ pub struct OrderMeta {
     pub taker_fee_ppm: u32,
     pub stp: u8,
     pub post_only: bool,
+    /// The order has a client order id (kept in its open-order slot, with the order's
+    /// book handle: the slot is written when the order rests only if it has one).
+    pub has_client_id: bool,
 }
 
 /// `OrderMeta::open_slot` of an order that does not rest (yet).
@@ -921,6 +924,7 @@ impl Exchange {
             taker_fee_ppm,
             stp: p.stp as u8,
             post_only: p.tif == TimeInForce::PostOnly,
+            has_client_id: p.client_order_id != 0,
         };
         let (hold_asset, hold) = match p.side {
             Side::Buy if by_budget => (spec.quote, p.quote_budget),
@@ -1056,13 +1060,19 @@ impl Exchange {
                 b.held -= release;
                 b.available += release;
                 // The book rested the order with the hold it entered with: correct it
-                // only if fills or rounding changed what it needs. (The index entry and
-                // the node were just written: finding the handle misses no cache.)
-                let handle = book.find_handle(incoming.id).expect("just rested");
-                if need != meta.hold {
-                    book.data_at_mut(handle).hold = need;
+                // only if fills or rounding changed what it needs. An order with a
+                // client id is found through its slot, which keeps its book handle.
+                // (The index entry and the node were just written: finding the handle
+                // misses no cache.)
+                if need != meta.hold || taker.has_client_id {
+                    let handle = book.find_handle(incoming.id).expect("just rested");
+                    if need != meta.hold {
+                        book.data_at_mut(handle).hold = need;
+                    }
+                    if taker.has_client_id {
+                        account.open_orders.set_handle(taker.open_slot, handle);
+                    }
                 }
-                account.open_orders.set_handle(taker.open_slot, handle);
                 None
             }
             Outcome::Cancelled {
@@ -1128,8 +1138,12 @@ impl Exchange {
         let market = self.market_ref(market_id)?;
         let acct = self.account_idx(account)?;
         Self::check_cancel(market.status)?;
-        let id = market.book.at(self.find_order(acct, market, order)?).id;
-        self.cancel_resting(market_id, id, CancelReason::Requested, out);
+        let handle = self.find_order(acct, market, order)?;
+        let market = self.markets[market_id as usize]
+            .as_mut()
+            .expect("market checked");
+        let (node, total) = market.book.remove_at(handle);
+        self.released(market_id, node, total, CancelReason::Requested, out);
         Ok(())
     }
 
@@ -1145,9 +1159,24 @@ impl Exchange {
             .as_mut()
             .expect("market checked");
         let (node, total) = market.book.remove(id).expect("order checked");
+        self.released(market_id, node, total, reason, out);
+    }
+
+    /// Releases a resting order the book gave up, and reports it.
+    fn released(
+        &mut self,
+        market_id: MarketId,
+        node: Node<OrderMeta>,
+        total: Qty,
+        reason: CancelReason,
+        out: &mut Vec<Event>,
+    ) {
+        let market = self.markets[market_id as usize]
+            .as_ref()
+            .expect("market checked");
         release_order(&market.spec, &mut self.accounts, &node);
         out.push(Event::Cancelled {
-            order_id: id,
+            order_id: node.id,
             account: self.accounts[node.owner as usize].id,
             market: market_id,
             remaining_qty: node.qty,
@@ -1245,7 +1274,8 @@ impl Exchange {
             }
             return Ok(());
         }
-        let (_, total) = market.book.remove(id).expect("resting");
+        // Unchanged since `find_order` too.
+        let (_, total) = market.book.remove_at(handle);
         out.push(Event::Level {
             market: market_id,
             side: node.side,
@@ -1723,14 +1753,21 @@ impl Exchange {
             }));
         }
         *held.entry((n.owner, asset)).or_default() += d.hold as i128;
-        let handle = m.book.find_handle(n.id);
-        if account.open_orders.resting(d.open_slot) != handle.map(|h| (n.id, m.spec.market, h)) {
+        let resting = account.open_orders.resting(d.open_slot);
+        if resting.map(|(id, market, _)| (id, market)) != Some((n.id, m.spec.market)) {
             return Err(format!("order {} missing from its account's index", n.id));
         }
         open_count[n.owner as usize] += 1;
         let client_order_id = account.open_orders.client_order_id(d.open_slot);
+        if d.has_client_id != (client_order_id != 0) {
+            return Err(format!("order {} client id flag", n.id));
+        }
         if client_order_id != 0 {
             *with_client_id += 1;
+            // Found by client id through the slot's handle.
+            if resting.map(|(_, _, h)| h) != m.book.find_handle(n.id) {
+                return Err(format!("order {} book handle in its slot", n.id));
+            }
             if account.open_orders.find_client(client_order_id) != Some(d.open_slot) {
                 return Err(format!("order {} client id index", n.id));
             }

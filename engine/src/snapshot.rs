@@ -504,6 +504,7 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
             taker_fee_ppm: r.u32()?,
             stp: r.u8()?,
             post_only: r.bool()?,
+            has_client_id: client_order_id != 0,
         };
         check(StpMode::from_u8(meta.stp).is_some(), "order stp")?;
         check(
@@ -535,8 +536,10 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         )?;
         meta.open_slot = open.insert(id, spec.market, client_order_id);
         book.insert(id, side, price, qty, owner, meta);
-        let handle = book.find_handle(id).expect("just inserted");
-        open.set_handle(meta.open_slot, handle);
+        if client_order_id != 0 {
+            let handle = book.find_handle(id).expect("just inserted");
+            open.set_handle(meta.open_slot, handle);
+        }
     }
     check(!book.is_crossed(), "crossed book")?;
     let i = spec.market as usize;
