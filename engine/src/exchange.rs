@@ -2092,6 +2092,65 @@ mod invariant_tests {
         let err = ex.verify_invariants().unwrap_err();
         assert!(err.contains("no balance"), "{err}");
     }
+
+    /// [`with_a_resting_buy`] plus two resting buys of account 7 with client ids 77 and
+    /// 78; returns the exchange, the account's index and the slot and id of order 77.
+    fn with_client_ids() -> (Exchange, usize, u32, OrderId) {
+        let mut ex = with_a_resting_buy();
+        let with_cid = |cid, price| match buy(7, 1, price, 1) {
+            Command::Place(p) => Command::Place(PlaceOrder {
+                client_order_id: cid,
+                ..p
+            }),
+            _ => unreachable!(),
+        };
+        apply_all(&mut ex, &[with_cid(77, 91), with_cid(78, 92)]);
+        assert_eq!(ex.verify_invariants(), Ok(()));
+        let i = ex.account_idx(7).unwrap() as usize;
+        let slot = ex.accounts[i].open_orders.find_client(77).expect("indexed");
+        let (id, _) = ex.accounts[i].open_orders.get(slot).unwrap();
+        (ex, i, slot, id)
+    }
+
+    #[test]
+    fn a_client_id_index_that_misses_an_order_or_lists_another_breaks_the_invariants() {
+        // The order's slot says 79, but the index lists it under 77.
+        let (mut ex, i, slot, _) = with_client_ids();
+        ex.accounts[i].open_orders.slots[slot as usize].client_order_id = 79;
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+        // The index forgets 77.
+        let (mut ex, i, slot, _) = with_client_ids();
+        assert!(ex.accounts[i].open_orders.by_client.remove(77, slot));
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+        // The index lists a slot a second time, under a client id no order has.
+        let (mut ex, i, slot, _) = with_client_ids();
+        ex.accounts[i].open_orders.by_client.insert(80, slot, 4);
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+    }
+
+    #[test]
+    fn an_order_with_a_client_id_whose_slot_names_another_book_node_breaks_the_invariants() {
+        let (mut ex, i, slot, id) = with_client_ids();
+        let book = &ex.markets[1].as_ref().unwrap().book;
+        let other = book
+            .find_handle(id - 1)
+            .expect("the order without a client id rests");
+        ex.accounts[i].open_orders.set_handle(slot, other);
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("book handle"), "{err}");
+    }
+
+    #[test]
+    fn an_order_whose_client_id_flag_disagrees_with_its_slot_breaks_the_invariants() {
+        let (mut ex, _, _, id) = with_client_ids();
+        let book = &mut ex.markets[1].as_mut().unwrap().book;
+        book.data_mut(id).unwrap().has_client_id = false;
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id flag"), "{err}");
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 //! The body lists every piece of state in a fixed order (ids ascending, accounts in
 //! creation order, each book's orders bids then asks, best level first, each level in
 //! time priority), so equal states give equal bytes. [`Exchange::state_hash`] is the
-//! 128-bit XXH3 of the body. Derived indexes (id maps, client-id map) are not stored:
+//! 128-bit XXH3 of the body. Derived indexes (id maps, client-id indexes) are not stored:
 //! restore rebuilds them.
 //!
 //! Version 2 appends one optional section after the references: the markets whose
