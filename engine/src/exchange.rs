@@ -342,6 +342,11 @@ impl OpenOrders {
         } else {
             let slot = u32::try_from(self.slots.len()).expect("open orders fit u32");
             assert!(slot != FREE_END);
+            if self.slots.capacity() == 0 {
+                // Room for one: many accounts rest a single order, and a vector's first
+                // growth would take four slots.
+                self.slots.reserve_exact(1);
+            }
             self.slots.push(new);
             slot
         };
@@ -2188,6 +2193,17 @@ mod layout_tests {
         b.grow_to(INLINE_BALANCES + 1);
         assert!(b[2..].iter().all(|x| *x == Balance::default()));
         assert_eq!(Balances::from(b.to_vec()), b);
+    }
+
+    #[test]
+    fn an_account_with_one_open_order_holds_one_slot_and_no_client_id_table() {
+        let mut o = OpenOrders::new();
+        o.insert(1, 7, 0);
+        assert_eq!(o.heap_bytes(), std::mem::size_of::<OpenSlot>());
+        // The first client id brings a table of one cache line.
+        o.insert(2, 7, 5);
+        assert_eq!(o.find_client(5), Some(1));
+        assert!(o.heap_bytes() <= 4 * std::mem::size_of::<OpenSlot>() + 64);
     }
 
     #[test]
