@@ -76,10 +76,14 @@ pub const INLINE_BALANCES: usize = 4;
 /// account holds no asset id at or above [`INLINE_BALANCES`] they live inline, so that
 /// reaching a balance on every order and fill reads no second allocation; past that,
 /// all of them move to the heap.
+///
+/// In this field order (`repr(C)`): the length, which every access reads, beside the
+/// first inline balances (see [`Account`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Balances {
-    inline: [Balance; INLINE_BALANCES],
     len: usize,
+    inline: [Balance; INLINE_BALANCES],
     /// Every balance once `len > INLINE_BALANCES`; empty before.
     spill: Vec<Balance>,
 }
@@ -179,21 +183,25 @@ pub struct Asset {
 /// the open-order cap. Slots are an
 /// internal detail: whatever lists the orders sorts them by id first
 /// ([`OpenOrders::sorted`]), so the order of slots never shows.
+///
+/// In this field order (`repr(C)`): the counts an order's entry and exit update first,
+/// then the slab and the client-id index (see [`Account`]).
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct OpenOrders {
-    /// In use: `market != 0`. Free: `market == 0` and `id` is the next free slot
-    /// (`FREE_END` ends the list).
-    slots: Vec<OpenSlot>,
-    free: u32,
     len: u32,
+    free: u32,
     /// Open orders in one market, kept inline: most accounts trade one market, and
     /// counting there then touches no second allocation. `(0, 0)` when unused; the
     /// market is never also in `per_market`.
     inline: (MarketId, u32),
-    /// Open orders per other market, sorted by market; only markets with at least one.
-    per_market: Vec<(MarketId, u32)>,
+    /// In use: `market != 0`. Free: `market == 0` and `id` is the next free slot
+    /// (`FREE_END` ends the list).
+    slots: Vec<OpenSlot>,
     /// Client order id -> slot, for the slots whose client order id is not 0.
     by_client: ClientIndex,
+    /// Open orders per other market, sorted by market; only markets with at least one.
+    per_market: Vec<(MarketId, u32)>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -492,24 +500,38 @@ impl FeeTiers {
 }
 
 /// Cache-line aligned and 192 bytes (three lines, [`ACCOUNT_BYTES`]): an account is read
-/// on every command that names it and on every fill, and aligned it spans no more lines
-/// than it needs.
+/// on every command that names it and on every fill. Laid out in this field order
+/// (`repr(C)`, and so are [`Balances`] and [`OpenOrders`]) so that what most commands
+/// read shares lines: the first line holds the suspended flag, the balances' length and
+/// the balances of asset ids 0-2 (a replace or a fill in a market of two such assets
+/// reads nothing else of the account); the second the fee tiers and the open-order
+/// counts (a place, an order leaving); the third the slab and client-id index pointers.
 #[derive(Clone, Debug)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
     /// Indexed by asset id; grown on demand.
     pub balances: Balances,
-    /// Open orders with their market (cancel-all and queries list them by id).
-    pub open_orders: OpenOrders,
     /// Fee overrides per market: (maker, taker) ppm.
     pub fee_tiers: FeeTiers,
+    /// Open orders with their market (cancel-all and queries list them by id).
+    pub open_orders: OpenOrders,
 }
 
 /// Bytes of an [`Account`].
 pub const ACCOUNT_BYTES: usize = std::mem::size_of::<Account>();
 const _: () = assert!(ACCOUNT_BYTES == 192, "an account is three cache lines");
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    let balances = offset_of!(Account, balances) + offset_of!(Balances, inline);
+    assert!(
+        balances + 3 * size_of::<Balance>() <= 64,
+        "asset ids 0-2 in the first line"
+    );
+    let counts = offset_of!(Account, open_orders) + offset_of!(OpenOrders, inline);
+    assert!(offset_of!(Account, fee_tiers) >= 64 && counts + 8 <= 128);
+};
 
 impl Account {
     fn new(id: AccountId) -> Self {
