@@ -1145,7 +1145,7 @@ impl Exchange {
                 let slot = open.find_client(cid).ok_or(Reject::UnknownOrder)?;
                 let (id, m, h) = open.resting(slot).ok_or(Reject::UnknownOrder)?;
                 (m == market.spec.market)
-                    .then(|| market.book.try_at(h).filter(|n| n.id == id).map(|_| h))
+                    .then(|| market.book.resting_at(h).filter(|n| n.id == id).map(|_| h))
                     .flatten()
             }
         };
