@@ -513,6 +513,15 @@ impl<T: Copy + Default> OrderBook<T> {
         }
         assert_eq!(orders, self.index.len());
         self.index.check();
+        // Every free node is marked free: no level.
+        let (mut h, mut free) = (self.free_head, 0usize);
+        while h != NIL {
+            assert!(free < self.nodes.len(), "free list cycles");
+            assert_eq!(self.nodes[h as usize].level, NIL, "free node with a level");
+            free += 1;
+            h = self.nodes[h as usize].next;
+        }
+        assert_eq!(orders + free, self.nodes.len());
     }
 
     // ---------------------------------------------------------------- mutations
@@ -610,6 +619,8 @@ impl<T: Copy + Default> OrderBook<T> {
             assert_eq!(total, 0);
             ladder.remove_level(node.side, node.level);
         }
+        // A free node has no level: what tells a stale handle from a resting order.
+        self.nodes[h as usize].level = NIL;
         self.nodes[h as usize].next = self.free_head;
         self.free_head = h;
         (node, total)
@@ -620,6 +631,12 @@ impl<T: Copy + Default> OrderBook<T> {
         let nodes = &self.nodes;
         let h = self.index.remove(id, |x| nodes[x as usize].id)?;
         Some(self.unlink_unindexed(h))
+    }
+
+    /// [`Self::remove`] for the order at handle `h` (from [`Self::find_handle`]): its
+    /// unlinking does not wait on the id index's answer.
+    pub(crate) fn remove_at(&mut self, h: u32) -> (Node<T>, Qty) {
+        self.unlink(h)
     }
 
     /// Lowers a resting order's quantity in place, keeping its time priority. Returns the
@@ -639,6 +656,11 @@ impl<T: Copy + Default> OrderBook<T> {
     /// The resting order at handle `h` (from [`Self::find_handle`]).
     pub(crate) fn at(&self, h: u32) -> &Node<T> {
         &self.nodes[h as usize]
+    }
+
+    /// The resting order at handle `h`, if one rests there (a free node has no level).
+    pub(crate) fn resting_at(&self, h: u32) -> Option<&Node<T>> {
+        self.nodes.get(h as usize).filter(|n| n.level != NIL)
     }
 
     /// The data of the resting order at handle `h` (from [`Self::find_handle`]).
@@ -991,6 +1013,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_handle_names_a_resting_order_only_while_it_rests() {
+        let mut b = Book::new();
+        submit(&mut b, gtc(1, Side::Buy, 50, 1));
+        let h = b.find_handle(1).expect("rests");
+        assert_eq!(b.resting_at(h).map(|n| n.id), Some(1));
+        b.remove(1);
+        // The freed node still holds id 1, but no order rests there.
+        assert!(b.resting_at(h).is_none());
+        assert!(b.resting_at(h + 1).is_none());
+        submit(&mut b, gtc(2, Side::Sell, 60, 1));
+        assert_eq!(b.resting_at(h).map(|n| n.id), Some(2));
     }
 
     #[test]

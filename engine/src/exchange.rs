@@ -14,17 +14,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use rustc_hash::FxHashMap;
 
 use crate::book::{Incoming, MatchEnd, MatchSink, Node, OrderBook, Outcome};
+use crate::client_index::ClientIndex;
 use crate::command::*;
 use crate::event::Event;
 use crate::types::*;
 
 /// Per-order data the exchange keeps inside the book.
+///
+/// Packed (22 bytes, alignment 1) so that a book node with it is 64 bytes, one cache
+/// line's worth ([`NODE_BYTES`]): aligned, the 8-byte `hold` would round it up to 24
+/// and the node to 72. The client order id lives in the account's open-order slot
+/// ([`OpenOrders`]), read where an order is found by it or leaves. Fields are read and
+/// written by value (a reference to a packed field does not compile).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, packed)]
 pub struct OrderMeta {
     /// The order's slot in its account's [`OpenOrders`] while it rests. (The account
     /// itself is the node's `owner`: an index into `Exchange::accounts`.)
     pub open_slot: u32,
-    pub client_order_id: ClientOrderId,
     /// Funds still held for this order (quote for buys, base for sells).
     pub hold: Amount,
     /// Fee rates fixed when the order was accepted.
@@ -32,10 +39,20 @@ pub struct OrderMeta {
     pub taker_fee_ppm: u32,
     pub stp: u8,
     pub post_only: bool,
+    /// The order has a client order id (kept in its open-order slot, with the order's
+    /// book handle: the slot is written when the order rests only if it has one).
+    pub has_client_id: bool,
 }
 
 /// `OrderMeta::open_slot` of an order that does not rest (yet).
 pub const NO_SLOT: u32 = u32::MAX;
+
+/// Bytes of a resting order in an exchange book's order slab.
+pub const NODE_BYTES: usize = std::mem::size_of::<Node<OrderMeta>>();
+const _: () = assert!(
+    NODE_BYTES == 64,
+    "an exchange book node is one cache line's worth"
+);
 
 impl OrderMeta {
     fn hold_fee_ppm(&self) -> u32 {
@@ -59,10 +76,14 @@ pub const INLINE_BALANCES: usize = 4;
 /// account holds no asset id at or above [`INLINE_BALANCES`] they live inline, so that
 /// reaching a balance on every order and fill reads no second allocation; past that,
 /// all of them move to the heap.
+///
+/// In this field order (`repr(C)`): the length, which every access reads, beside the
+/// first inline balances (see [`Account`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Balances {
-    inline: [Balance; INLINE_BALANCES],
     len: usize,
+    inline: [Balance; INLINE_BALANCES],
     /// Every balance once `len > INLINE_BALANCES`; empty before.
     spill: Vec<Balance>,
 }
@@ -155,22 +176,30 @@ pub struct Asset {
     pub decimals: u8,
 }
 
-/// An account's resting orders: a slab of `(order id, market)` slots with a free list,
-/// so that an order enters and leaves in constant time (its slot is kept in its
-/// [`OrderMeta`]), plus the count per market for the open-order cap. Slots are an
+/// An account's resting orders: a slab of `(order id, client order id, market)` slots
+/// with a free list, so that an order enters and leaves in constant time (its slot is
+/// kept in its [`OrderMeta`]), the index of their client order ids ([`ClientIndex`]:
+/// client ids are unique among an account's open orders), and the count per market for
+/// the open-order cap. Slots are an
 /// internal detail: whatever lists the orders sorts them by id first
 /// ([`OpenOrders::sorted`]), so the order of slots never shows.
+///
+/// In this field order (`repr(C)`): the counts an order's entry and exit update first,
+/// then the slab and the client-id index (see [`Account`]).
 #[derive(Clone, Debug)]
+#[repr(C)]
 pub struct OpenOrders {
-    /// In use: `market != 0`. Free: `market == 0` and `id` is the next free slot
-    /// (`FREE_END` ends the list).
-    slots: Vec<OpenSlot>,
-    free: u32,
     len: u32,
+    free: u32,
     /// Open orders in one market, kept inline: most accounts trade one market, and
     /// counting there then touches no second allocation. `(0, 0)` when unused; the
     /// market is never also in `per_market`.
     inline: (MarketId, u32),
+    /// In use: `market != 0`. Free: `market == 0` and `id` is the next free slot
+    /// (`FREE_END` ends the list).
+    slots: Vec<OpenSlot>,
+    /// Client order id -> slot, for the slots whose client order id is not 0.
+    by_client: ClientIndex,
     /// Open orders per other market, sorted by market; only markets with at least one.
     per_market: Vec<(MarketId, u32)>,
 }
@@ -178,8 +207,16 @@ pub struct OpenOrders {
 #[derive(Clone, Copy, Debug)]
 struct OpenSlot {
     id: OrderId,
+    /// 0: none.
+    client_order_id: ClientOrderId,
     market: MarketId,
+    /// The order's handle in its market's book while it rests ([`NO_HANDLE`] before),
+    /// so that an order found by client id is reached without probing the book's index.
+    handle: u32,
 }
+
+/// `OpenSlot::handle` of an order that has not rested yet.
+const NO_HANDLE: u32 = u32::MAX;
 
 const FREE_END: u32 = u32::MAX;
 
@@ -191,6 +228,7 @@ impl OpenOrders {
             len: 0,
             inline: (0, 0),
             per_market: Vec::new(),
+            by_client: ClientIndex::default(),
         }
     }
 
@@ -222,6 +260,52 @@ impl OpenOrders {
             .map(|s| (s.id, s.market))
     }
 
+    /// The slot of the open order with client order id `client_order_id` (not 0).
+    pub fn find_client(&self, client_order_id: ClientOrderId) -> Option<u32> {
+        if client_order_id == 0 {
+            return None;
+        }
+        let slots = &self.slots;
+        self.by_client.get(client_order_id, |s| {
+            slots.get(s as usize).map_or(0, |x| x.client_order_id)
+        })
+    }
+
+    /// The order in `slot` as `(id, market, book handle)`, if the slot is in use.
+    fn resting(&self, slot: u32) -> Option<(OrderId, MarketId, u32)> {
+        self.slots
+            .get(slot as usize)
+            .filter(|s| s.market != 0)
+            .map(|s| (s.id, s.market, s.handle))
+    }
+
+    /// Records the book handle at which the order in `slot` rests.
+    pub(crate) fn set_handle(&mut self, slot: u32, handle: u32) {
+        let s = &mut self.slots[slot as usize];
+        assert!(s.market != 0, "slot in use");
+        s.handle = handle;
+    }
+
+    /// The client order id of the order in `slot` (0: none, or the slot is free).
+    pub fn client_order_id(&self, slot: u32) -> ClientOrderId {
+        self.slots
+            .get(slot as usize)
+            .filter(|s| s.market != 0)
+            .map_or(0, |s| s.client_order_id)
+    }
+
+    /// Every open order as `(id, market, client order id)`, ascending by id.
+    pub fn sorted_with_client_ids(&self) -> Vec<(OrderId, MarketId, ClientOrderId)> {
+        let mut out: Vec<_> = self
+            .slots
+            .iter()
+            .filter(|s| s.market != 0)
+            .map(|s| (s.id, s.market, s.client_order_id))
+            .collect();
+        out.sort_unstable_by_key(|&(id, _, _)| id);
+        out
+    }
+
     /// Every open order as `(id, market)`, ascending by id, into `out` (cleared first).
     pub fn sorted_into(&self, out: &mut Vec<(OrderId, MarketId)>) {
         out.clear();
@@ -242,23 +326,43 @@ impl OpenOrders {
         out
     }
 
-    /// Adds an order; returns its slot.
-    pub(crate) fn insert(&mut self, id: OrderId, market: MarketId) -> u32 {
+    /// Adds an order (`client_order_id` 0: none); returns its slot.
+    pub(crate) fn insert(
+        &mut self,
+        id: OrderId,
+        market: MarketId,
+        client_order_id: ClientOrderId,
+    ) -> u32 {
         assert!(market != 0, "market ids start at 1");
+        let new = OpenSlot {
+            id,
+            client_order_id,
+            market,
+            handle: NO_HANDLE,
+        };
         let slot = if self.free != FREE_END {
             let slot = self.free;
             let s = &mut self.slots[slot as usize];
             assert!(s.market == 0, "free list names a used slot");
             self.free = s.id as u32;
-            *s = OpenSlot { id, market };
+            *s = new;
             slot
         } else {
             let slot = u32::try_from(self.slots.len()).expect("open orders fit u32");
             assert!(slot != FREE_END);
-            self.slots.push(OpenSlot { id, market });
+            if self.slots.capacity() == 0 {
+                // Room for one: many accounts rest a single order, and a vector's first
+                // growth would take four slots.
+                self.slots.reserve_exact(1);
+            }
+            self.slots.push(new);
             slot
         };
         self.len += 1;
+        if client_order_id != 0 {
+            self.by_client
+                .insert(client_order_id, slot, self.len as usize);
+        }
         if self.inline.0 == market {
             self.inline.1 += 1;
             return slot;
@@ -271,23 +375,29 @@ impl OpenOrders {
         slot
     }
 
-    /// Removes order `id` from `slot`, which must hold it.
-    fn remove(&mut self, slot: u32, id: OrderId) {
+    /// Removes order `id` from `slot`, which must hold it; returns its client order id.
+    fn remove(&mut self, slot: u32, id: OrderId) -> ClientOrderId {
         let s = &mut self.slots[slot as usize];
         assert!(s.market != 0 && s.id == id, "slot holds the order");
-        let market = s.market;
+        let (market, client_order_id) = (s.market, s.client_order_id);
         *s = OpenSlot {
             id: self.free as OrderId,
+            client_order_id: 0,
             market: 0,
+            handle: NO_HANDLE,
         };
         self.free = slot;
         self.len -= 1;
+        if client_order_id != 0 {
+            let indexed = self.by_client.remove(client_order_id, slot);
+            assert!(indexed, "client order id indexed");
+        }
         if self.inline.0 == market {
             self.inline.1 -= 1;
             if self.inline.1 == 0 {
                 self.inline = (0, 0);
             }
-            return;
+            return client_order_id;
         }
         let i = self
             .per_market
@@ -297,6 +407,7 @@ impl OpenOrders {
         if self.per_market[i].1 == 0 {
             self.per_market.remove(i);
         }
+        client_order_id
     }
 
     /// Whether the per-market counts match the slots in use.
@@ -322,27 +433,105 @@ impl OpenOrders {
             && self.per_market.windows(2).all(|w| w[0].0 < w[1].0)
     }
 
+    /// Whether the client-id index lists exactly the slots in use with a client order
+    /// id, each under its own, and is well formed.
+    fn client_index_agrees(&self) -> bool {
+        let mut with_client_id = 0;
+        for (slot, s) in self.slots.iter().enumerate() {
+            if s.market != 0 && s.client_order_id != 0 {
+                with_client_id += 1;
+                if self.find_client(s.client_order_id) != Some(slot as u32) {
+                    return false;
+                }
+            }
+        }
+        self.by_client.count() == with_client_id && self.by_client.is_well_formed()
+    }
+
     /// Heap bytes held (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<OpenSlot>()
             + self.per_market.capacity() * std::mem::size_of::<(MarketId, u32)>()
+            + self.by_client.heap_bytes()
     }
 }
 
-/// Cache-line aligned: an account is read on every command that names it and on every
-/// fill, and aligned it spans two lines rather than up to three.
+/// An account's fee overrides per market: (maker, taker) ppm, ascending by market.
+/// Boxed, and no box while there are none (most accounts): an empty map inline would
+/// take 24 bytes of the account, 8 more than it has to spare within three cache lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(clippy::box_collection)] // The box is the point: 8 bytes in the account, not 24.
+pub struct FeeTiers(Option<Box<BTreeMap<MarketId, (u32, u32)>>>);
+
+impl FeeTiers {
+    pub fn get(&self, market: &MarketId) -> Option<&(u32, u32)> {
+        self.0.as_ref()?.get(market)
+    }
+
+    pub fn insert(&mut self, market: MarketId, fees: (u32, u32)) {
+        self.0.get_or_insert_default().insert(market, fees);
+    }
+
+    pub fn remove(&mut self, market: &MarketId) {
+        if let Some(map) = self.0.as_mut() {
+            map.remove(market);
+            if map.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |m| m.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `(market, (maker, taker))`, ascending by market.
+    pub fn iter(&self) -> impl Iterator<Item = (&MarketId, &(u32, u32))> {
+        self.0.iter().flat_map(|m| m.iter())
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &(u32, u32)> {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+/// Cache-line aligned and 192 bytes (three lines, [`ACCOUNT_BYTES`]): an account is read
+/// on every command that names it and on every fill. Laid out in this field order
+/// (`repr(C)`, and so are [`Balances`] and [`OpenOrders`]) so that what most commands
+/// read shares lines: the first line holds the suspended flag, the balances' length and
+/// the balances of asset ids 0-2 (a replace or a fill in a market of two such assets
+/// reads nothing else of the account); the second the fee tiers and the open-order
+/// counts (a place, an order leaving); the third the slab and client-id index pointers.
 #[derive(Clone, Debug)]
-#[repr(align(64))]
+#[repr(C, align(64))]
 pub struct Account {
     pub id: AccountId,
     pub suspended: bool,
     /// Indexed by asset id; grown on demand.
     pub balances: Balances,
+    /// Fee overrides per market: (maker, taker) ppm.
+    pub fee_tiers: FeeTiers,
     /// Open orders with their market (cancel-all and queries list them by id).
     pub open_orders: OpenOrders,
-    /// Fee overrides per market: (maker, taker) ppm.
-    pub fee_tiers: BTreeMap<MarketId, (u32, u32)>,
 }
+
+/// Bytes of an [`Account`].
+pub const ACCOUNT_BYTES: usize = std::mem::size_of::<Account>();
+const _: () = assert!(ACCOUNT_BYTES == 192, "an account is three cache lines");
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    let balances = offset_of!(Account, balances) + offset_of!(Balances, inline);
+    assert!(
+        balances + 3 * size_of::<Balance>() <= 64,
+        "asset ids 0-2 in the first line"
+    );
+    let counts = offset_of!(Account, open_orders) + offset_of!(OpenOrders, inline);
+    assert!(offset_of!(Account, fee_tiers) >= 64 && counts + 8 <= 128);
+};
 
 impl Account {
     fn new(id: AccountId) -> Self {
@@ -351,7 +540,7 @@ impl Account {
             suspended: false,
             balances: Balances::new(),
             open_orders: OpenOrders::new(),
-            fee_tiers: BTreeMap::new(),
+            fee_tiers: FeeTiers::default(),
         }
     }
 
@@ -500,8 +689,6 @@ pub struct Exchange {
     pub(crate) markets: Vec<Option<Market>>,
     pub(crate) accounts: Vec<Account>,
     pub(crate) account_index: FxHashMap<AccountId, u32>,
-    /// (account index, client order id) -> order id, for open orders only.
-    pub(crate) client_ids: FxHashMap<(u32, ClientOrderId), OrderId>,
     pub(crate) api_keys: BTreeMap<u64, ApiKey>,
     pub(crate) deposit_refs: BTreeSet<u64>,
     pub(crate) withdraw_refs: BTreeSet<u64>,
@@ -531,7 +718,6 @@ impl Exchange {
             markets: Vec::new(),
             accounts: Vec::new(),
             account_index: FxHashMap::default(),
-            client_ids: FxHashMap::default(),
             api_keys: BTreeMap::new(),
             deposit_refs: BTreeSet::new(),
             withdraw_refs: BTreeSet::new(),
@@ -737,7 +923,7 @@ impl Exchange {
             (OrderKind::Market, Side::Sell) => band.map_or(1, |(low, _)| low),
         };
         let account = &self.accounts[acct as usize];
-        if p.client_order_id != 0 && self.client_ids.contains_key(&(acct, p.client_order_id)) {
+        if account.open_orders.find_client(p.client_order_id).is_some() {
             return Err(Reject::DuplicateClientOrderId);
         }
         // Only an order that can rest counts against the caps.
@@ -760,12 +946,12 @@ impl Exchange {
         };
         let meta = OrderMeta {
             open_slot: NO_SLOT,
-            client_order_id: p.client_order_id,
             hold: 0,
             maker_fee_ppm,
             taker_fee_ppm,
             stp: p.stp as u8,
             post_only: p.tif == TimeInForce::PostOnly,
+            has_client_id: p.client_order_id != 0,
         };
         let (hold_asset, hold) = match p.side {
             Side::Buy if by_budget => (spec.quote, p.quote_budget),
@@ -813,19 +999,20 @@ impl Exchange {
             tif: p.tif,
         };
         let meta = OrderMeta { hold, ..meta };
-        self.execute(p.market, &incoming, meta, by_budget, out);
+        self.execute(p.market, &incoming, meta, p.client_order_id, by_budget, out);
         Ok(())
     }
 
     /// Matches an accepted order (new, or replaced with loss of priority), settles every
     /// fill, then rests or cancels the remainder and releases what it no longer needs.
-    /// A replaced order arrives with its open-order slot (`meta.open_slot`), a new one
-    /// with none.
+    /// A replaced order arrives with its open-order slot (`meta.open_slot`, which keeps
+    /// its client order id), a new one with none and its `client_order_id` (0: none).
     fn execute(
         &mut self,
         market_id: MarketId,
         incoming: &Incoming,
         meta: OrderMeta,
+        client_order_id: ClientOrderId,
         by_budget: bool,
         out: &mut Vec<Event>,
     ) {
@@ -847,15 +1034,16 @@ impl Exchange {
             // An order that may rest takes its slot before matching, so that resting
             // needs no second visit to the book; it gives the slot back if it does not
             // rest.
-            meta.open_slot = self.accounts[owner as usize]
-                .open_orders
-                .insert(incoming.id, market_id);
+            meta.open_slot = self.accounts[owner as usize].open_orders.insert(
+                incoming.id,
+                market_id,
+                client_order_id,
+            );
         }
         let taker_account_id = self.accounts[owner as usize].id;
         let mut sink = SettleSink {
             spec,
             accounts: &mut self.accounts,
-            client_ids: &mut self.client_ids,
             out,
             taker_id: incoming.id,
             taker_side: incoming.side,
@@ -899,13 +1087,18 @@ impl Exchange {
                 b.held -= release;
                 b.available += release;
                 // The book rested the order with the hold it entered with: correct it
-                // only if fills or rounding changed what it needs.
-                if need != meta.hold {
-                    book.data_mut(incoming.id).expect("just rested").hold = need;
-                }
-                if !replaced && taker.client_order_id != 0 {
-                    self.client_ids
-                        .insert((owner, taker.client_order_id), incoming.id);
+                // only if fills or rounding changed what it needs. An order with a
+                // client id is found through its slot, which keeps its book handle.
+                // (The index entry and the node were just written: finding the handle
+                // misses no cache.)
+                if need != meta.hold || taker.has_client_id {
+                    let handle = book.find_handle(incoming.id).expect("just rested");
+                    if need != meta.hold {
+                        book.data_at_mut(handle).hold = need;
+                    }
+                    if taker.has_client_id {
+                        account.open_orders.set_handle(taker.open_slot, handle);
+                    }
                 }
                 None
             }
@@ -928,9 +1121,6 @@ impl Exchange {
             if taker.open_slot != NO_SLOT {
                 account.open_orders.remove(taker.open_slot, incoming.id);
             }
-            if replaced && taker.client_order_id != 0 {
-                self.client_ids.remove(&(owner, taker.client_order_id));
-            }
         }
         if let Some((remaining_qty, reason)) = cancelled {
             out.push(Event::Cancelled {
@@ -946,14 +1136,20 @@ impl Exchange {
     /// Finds a resting order of `acct` in `market` by exchange or client id: its handle
     /// in the market's book (valid until the book changes).
     fn find_order(&self, acct: u32, market: &Market, order: OrderRef) -> Result<u32, Reject> {
-        let id = match order {
-            OrderRef::Exchange(id) => id,
-            OrderRef::Client(cid) => *self
-                .client_ids
-                .get(&(acct, cid))
-                .ok_or(Reject::UnknownOrder)?,
+        let handle = match order {
+            OrderRef::Exchange(id) => market.book.find_handle(id),
+            OrderRef::Client(cid) => {
+                // The slot names the order's market and its handle in that book: an
+                // order of another market is unknown here, as the book's index would say.
+                let open = &self.accounts[acct as usize].open_orders;
+                let slot = open.find_client(cid).ok_or(Reject::UnknownOrder)?;
+                let (id, m, h) = open.resting(slot).ok_or(Reject::UnknownOrder)?;
+                (m == market.spec.market)
+                    .then(|| market.book.resting_at(h).filter(|n| n.id == id).map(|_| h))
+                    .flatten()
+            }
         };
-        match market.book.find_handle(id) {
+        match handle {
             Some(h) if market.book.at(h).owner == acct => Ok(h),
             _ => Err(Reject::UnknownOrder),
         }
@@ -969,8 +1165,12 @@ impl Exchange {
         let market = self.market_ref(market_id)?;
         let acct = self.account_idx(account)?;
         Self::check_cancel(market.status)?;
-        let id = market.book.at(self.find_order(acct, market, order)?).id;
-        self.cancel_resting(market_id, id, CancelReason::Requested, out);
+        let handle = self.find_order(acct, market, order)?;
+        let market = self.markets[market_id as usize]
+            .as_mut()
+            .expect("market checked");
+        let (node, total) = market.book.remove_at(handle);
+        self.released(market_id, node, total, CancelReason::Requested, out);
         Ok(())
     }
 
@@ -986,14 +1186,24 @@ impl Exchange {
             .as_mut()
             .expect("market checked");
         let (node, total) = market.book.remove(id).expect("order checked");
-        release_order(
-            &market.spec,
-            &mut self.accounts,
-            &mut self.client_ids,
-            &node,
-        );
+        self.released(market_id, node, total, reason, out);
+    }
+
+    /// Releases a resting order the book gave up, and reports it.
+    fn released(
+        &mut self,
+        market_id: MarketId,
+        node: Node<OrderMeta>,
+        total: Qty,
+        reason: CancelReason,
+        out: &mut Vec<Event>,
+    ) {
+        let market = self.markets[market_id as usize]
+            .as_ref()
+            .expect("market checked");
+        release_order(&market.spec, &mut self.accounts, &node);
         out.push(Event::Cancelled {
-            order_id: id,
+            order_id: node.id,
             account: self.accounts[node.owner as usize].id,
             market: market_id,
             remaining_qty: node.qty,
@@ -1091,7 +1301,8 @@ impl Exchange {
             }
             return Ok(());
         }
-        let (_, total) = market.book.remove(id).expect("resting");
+        // Unchanged since `find_order` too.
+        let (_, total) = market.book.remove_at(handle);
         out.push(Event::Level {
             market: market_id,
             side: node.side,
@@ -1116,7 +1327,7 @@ impl Exchange {
             hold: need,
             ..node.data
         };
-        self.execute(market_id, &incoming, meta, false, out);
+        self.execute(market_id, &incoming, meta, 0, false, out);
         Ok(())
     }
 
@@ -1477,10 +1688,15 @@ impl Exchange {
             }
         }
         let mut totals = vec![0i128; self.supply.len()];
+        let mut indexed_client_ids = 0usize;
         for (i, account) in self.accounts.iter().enumerate() {
             if account.open_orders.len() != open_count[i] || !account.open_orders.counts_agree() {
                 return Err(format!("account {} open-order index", account.id));
             }
+            if !account.open_orders.client_index_agrees() {
+                return Err(format!("account {} client id index", account.id));
+            }
+            indexed_client_ids += account.open_orders.by_client.count();
             for &(maker, taker) in account.fee_tiers.values() {
                 check_fees(maker, taker).map_err(|_| format!("account {} fee tier", account.id))?;
             }
@@ -1523,7 +1739,7 @@ impl Exchange {
                 ));
             }
         }
-        if self.client_ids.len() != with_client_id {
+        if indexed_client_ids != with_client_id {
             return Err("client id index size".into());
         }
         Ok(())
@@ -1559,20 +1775,27 @@ impl Exchange {
             ),
         };
         if need != Some(d.hold) {
-            return Err(format!(
-                "order {} holds {} but needs {need:?}",
-                n.id, d.hold
-            ));
+            return Err(format!("order {} holds {} but needs {need:?}", n.id, {
+                d.hold
+            }));
         }
         *held.entry((n.owner, asset)).or_default() += d.hold as i128;
-        if account.open_orders.get(d.open_slot) != Some((n.id, m.spec.market)) {
+        let resting = account.open_orders.resting(d.open_slot);
+        if resting.map(|(id, market, _)| (id, market)) != Some((n.id, m.spec.market)) {
             return Err(format!("order {} missing from its account's index", n.id));
         }
         open_count[n.owner as usize] += 1;
-        if d.client_order_id != 0 {
+        let client_order_id = account.open_orders.client_order_id(d.open_slot);
+        if d.has_client_id != (client_order_id != 0) {
+            return Err(format!("order {} client id flag", n.id));
+        }
+        if client_order_id != 0 {
             *with_client_id += 1;
-            let key = (n.owner, d.client_order_id);
-            if self.client_ids.get(&key) != Some(&n.id) {
+            // Found by client id through the slot's handle.
+            if resting.map(|(_, _, h)| h) != m.book.find_handle(n.id) {
+                return Err(format!("order {} book handle in its slot", n.id));
+            }
+            if account.open_orders.find_client(client_order_id) != Some(d.open_slot) {
                 return Err(format!("order {} client id index", n.id));
             }
         }
@@ -1588,12 +1811,7 @@ fn check_fees(maker: u32, taker: u32) -> Result<(), Reject> {
 }
 
 /// Releases a removed order's hold and forgets it in the account's lists.
-fn release_order(
-    spec: &MarketSpec,
-    accounts: &mut [Account],
-    client_ids: &mut FxHashMap<(u32, ClientOrderId), OrderId>,
-    node: &Node<OrderMeta>,
-) {
+fn release_order(spec: &MarketSpec, accounts: &mut [Account], node: &Node<OrderMeta>) {
     let account = &mut accounts[node.owner as usize];
     let asset = match node.side {
         Side::Buy => spec.quote,
@@ -1604,16 +1822,12 @@ fn release_order(
     b.held -= node.data.hold;
     b.available += node.data.hold;
     account.open_orders.remove(node.data.open_slot, node.id);
-    if node.data.client_order_id != 0 {
-        client_ids.remove(&(node.owner, node.data.client_order_id));
-    }
 }
 
 /// Settles fills as the book reports them.
 struct SettleSink<'a> {
     spec: &'a MarketSpec,
     accounts: &'a mut Vec<Account>,
-    client_ids: &'a mut FxHashMap<(u32, ClientOrderId), OrderId>,
     out: &'a mut Vec<Event>,
     taker_id: OrderId,
     taker_side: Side,
@@ -1683,10 +1897,6 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
         if maker.qty == 0 {
             assert_eq!(need, 0);
             m.open_orders.remove(maker.data.open_slot, maker.id);
-            if maker.data.client_order_id != 0 {
-                self.client_ids
-                    .remove(&(maker.owner, maker.data.client_order_id));
-            }
         }
         self.accounts[FEE_ACCOUNT as usize]
             .balance_mut(spec.quote)
@@ -1711,7 +1921,7 @@ impl MatchSink<OrderMeta> for SettleSink<'_> {
     }
 
     fn maker_cancelled(&mut self, maker: &Node<OrderMeta>) {
-        release_order(self.spec, self.accounts, self.client_ids, maker);
+        release_order(self.spec, self.accounts, maker);
         self.out.push(Event::Cancelled {
             order_id: maker.id,
             account: self.accounts[maker.owner as usize].id,
@@ -1885,7 +2095,7 @@ mod invariant_tests {
         ex.accounts[i]
             .open_orders
             .remove(node.data.open_slot, second_id);
-        let slot = ex.accounts[i].open_orders.insert(first_id, 2);
+        let slot = ex.accounts[i].open_orders.insert(first_id, 2, 0);
         ex.markets[2]
             .as_mut()
             .unwrap()
@@ -1908,6 +2118,65 @@ mod invariant_tests {
         ex.supply[2] -= quote.available + quote.held;
         let err = ex.verify_invariants().unwrap_err();
         assert!(err.contains("no balance"), "{err}");
+    }
+
+    /// [`with_a_resting_buy`] plus two resting buys of account 7 with client ids 77 and
+    /// 78; returns the exchange, the account's index and the slot and id of order 77.
+    fn with_client_ids() -> (Exchange, usize, u32, OrderId) {
+        let mut ex = with_a_resting_buy();
+        let with_cid = |cid, price| match buy(7, 1, price, 1) {
+            Command::Place(p) => Command::Place(PlaceOrder {
+                client_order_id: cid,
+                ..p
+            }),
+            _ => unreachable!(),
+        };
+        apply_all(&mut ex, &[with_cid(77, 91), with_cid(78, 92)]);
+        assert_eq!(ex.verify_invariants(), Ok(()));
+        let i = ex.account_idx(7).unwrap() as usize;
+        let slot = ex.accounts[i].open_orders.find_client(77).expect("indexed");
+        let (id, _) = ex.accounts[i].open_orders.get(slot).unwrap();
+        (ex, i, slot, id)
+    }
+
+    #[test]
+    fn a_client_id_index_that_misses_an_order_or_lists_another_breaks_the_invariants() {
+        // The order's slot says 79, but the index lists it under 77.
+        let (mut ex, i, slot, _) = with_client_ids();
+        ex.accounts[i].open_orders.slots[slot as usize].client_order_id = 79;
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+        // The index forgets 77.
+        let (mut ex, i, slot, _) = with_client_ids();
+        assert!(ex.accounts[i].open_orders.by_client.remove(77, slot));
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+        // The index lists a slot a second time, under a client id no order has.
+        let (mut ex, i, slot, _) = with_client_ids();
+        ex.accounts[i].open_orders.by_client.insert(80, slot, 4);
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id index"), "{err}");
+    }
+
+    #[test]
+    fn an_order_with_a_client_id_whose_slot_names_another_book_node_breaks_the_invariants() {
+        let (mut ex, i, slot, id) = with_client_ids();
+        let book = &ex.markets[1].as_ref().unwrap().book;
+        let other = book
+            .find_handle(id - 1)
+            .expect("the order without a client id rests");
+        ex.accounts[i].open_orders.set_handle(slot, other);
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("book handle"), "{err}");
+    }
+
+    #[test]
+    fn an_order_whose_client_id_flag_disagrees_with_its_slot_breaks_the_invariants() {
+        let (mut ex, _, _, id) = with_client_ids();
+        let book = &mut ex.markets[1].as_mut().unwrap().book;
+        book.data_mut(id).unwrap().has_client_id = false;
+        let err = ex.verify_invariants().unwrap_err();
+        assert!(err.contains("client id flag"), "{err}");
     }
 }
 
@@ -1949,12 +2218,23 @@ mod layout_tests {
     }
 
     #[test]
+    fn an_account_with_one_open_order_holds_one_slot_and_no_client_id_table() {
+        let mut o = OpenOrders::new();
+        o.insert(1, 7, 0);
+        assert_eq!(o.heap_bytes(), std::mem::size_of::<OpenSlot>());
+        // The first client id brings a table of one cache line.
+        o.insert(2, 7, 5);
+        assert_eq!(o.find_client(5), Some(1));
+        assert!(o.heap_bytes() <= 4 * std::mem::size_of::<OpenSlot>() + 64);
+    }
+
+    #[test]
     fn open_orders_count_per_market_across_several_markets_in_any_order() {
         let mut o = OpenOrders::new();
-        let a = o.insert(1, 7);
-        let b = o.insert(2, 3);
-        let c = o.insert(3, 7);
-        let d = o.insert(4, 5);
+        let a = o.insert(1, 7, 0);
+        let b = o.insert(2, 3, 0);
+        let c = o.insert(3, 7, 0);
+        let d = o.insert(4, 5, 0);
         assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (2, 1, 1));
         assert!(o.counts_agree());
         o.remove(a, 1);
@@ -1962,8 +2242,8 @@ mod layout_tests {
         assert_eq!((o.count_in(7), o.count_in(3), o.count_in(5)), (0, 1, 1));
         assert!(o.counts_agree());
         // A market seen before and a new one after the first market emptied.
-        let e = o.insert(5, 3);
-        let f = o.insert(6, 9);
+        let e = o.insert(5, 3, 0);
+        let f = o.insert(6, 9, 0);
         assert_eq!((o.count_in(3), o.count_in(9), o.count_in(7)), (2, 1, 0));
         assert!(o.counts_agree());
         for (slot, id) in [(b, 2), (d, 4), (e, 5), (f, 6)] {

@@ -6,6 +6,7 @@
 //! bit. See `engine/README.md` for the rules and the event order.
 
 pub mod book;
+pub mod client_index;
 pub mod codec;
 pub mod command;
 pub mod event;

@@ -104,7 +104,7 @@ impl Exchange {
             Query::OpenOrders { account, market } => match self.account(account) {
                 None => false,
                 Some(a) => {
-                    for (order_id, m) in a.open_orders.sorted() {
+                    for (order_id, m, client_order_id) in a.open_orders.sorted_with_client_ids() {
                         if market.is_some_and(|only| only != m) {
                             continue;
                         }
@@ -114,7 +114,7 @@ impl Exchange {
                             order_id,
                             account,
                             market: m,
-                            client_order_id: node.data.client_order_id,
+                            client_order_id,
                             side: node.side,
                             price: node.price,
                             qty: node.qty,

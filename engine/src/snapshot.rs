@@ -13,7 +13,7 @@
 //! The body lists every piece of state in a fixed order (ids ascending, accounts in
 //! creation order, each book's orders bids then asks, best level first, each level in
 //! time priority), so equal states give equal bytes. [`Exchange::state_hash`] is the
-//! 128-bit XXH3 of the body. Derived indexes (id maps, client-id map) are not stored:
+//! 128-bit XXH3 of the body. Derived indexes (id maps, client-id indexes) are not stored:
 //! restore rebuilds them.
 //!
 //! Version 2 appends one optional section after the references: the markets whose
@@ -22,7 +22,7 @@
 //! absent when every market has the default caps, so the body (and the state hash) of
 //! such a state is exactly what version 1 wrote. A version-1 body has no such section.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::book::OrderBook;
 use crate::command::MarketSpec;
@@ -190,7 +190,7 @@ impl Exchange {
                 w.i64(b.held);
             }
             w.len(a.fee_tiers.len());
-            for (&m, &(maker, taker)) in &a.fee_tiers {
+            for (&m, &(maker, taker)) in a.fee_tiers.iter() {
                 w.u32(m);
                 w.u32(maker);
                 w.u32(taker);
@@ -211,7 +211,13 @@ impl Exchange {
                 w.i64(n.price);
                 w.u64(n.qty);
                 w.u32(n.owner);
-                w.u64(n.data.client_order_id);
+                // Kept in the account's open-order slot; written where the node's
+                // data held it before, so the bytes and the state hash are the same.
+                w.u64(
+                    self.accounts[n.owner as usize]
+                        .open_orders
+                        .client_order_id(n.data.open_slot),
+                );
                 w.i64(n.data.hold);
                 w.u32(n.data.maker_fee_ppm);
                 w.u32(n.data.taker_fee_ppm);
@@ -394,7 +400,7 @@ fn read_body(r: &mut Reader, version: u32) -> Result<Exchange, SnapshotError> {
             });
         }
         let nt = r.len(12)?;
-        let mut fee_tiers = BTreeMap::new();
+        let mut fee_tiers = FeeTiers::default();
         for _ in 0..nt {
             let (m, maker, taker) = (r.u32()?, r.u32()?, r.u32()?);
             fee_tiers.insert(m, (maker, taker));
@@ -484,22 +490,21 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
     let volume_lots = r.u64()?;
     let n = r.len(55)?;
     let mut book = OrderBook::with_capacity(n);
-    // Ordered, so that moving it into the index below iterates no unordered map.
-    let mut client_ids: BTreeMap<(u32, ClientOrderId), OrderId> = BTreeMap::new();
     for _ in 0..n {
         let id = r.u64()?;
         let side = Side::from_u8(r.u8()?).ok_or(SnapshotError::Invalid("order side"))?;
         let price = r.i64()?;
         let qty = r.u64()?;
         let owner = r.u32()?;
+        let client_order_id = r.u64()?;
         let mut meta = OrderMeta {
             open_slot: NO_SLOT,
-            client_order_id: r.u64()?,
             hold: r.i64()?,
             maker_fee_ppm: r.u32()?,
             taker_fee_ppm: r.u32()?,
             stp: r.u8()?,
             post_only: r.bool()?,
+            has_client_id: client_order_id != 0,
         };
         check(StpMode::from_u8(meta.stp).is_some(), "order stp")?;
         check(
@@ -523,18 +528,20 @@ fn read_market(r: &mut Reader, ex: &mut Exchange) -> Result<(), SnapshotError> {
         )?;
         // Ids are unique across books (checked by `verify_invariants`), so each order
         // takes a slot of its own.
-        meta.open_slot = ex.accounts[owner as usize]
-            .open_orders
-            .insert(id, spec.market);
+        // Client ids are unique among an account's open orders, in every market.
+        let open = &mut ex.accounts[owner as usize].open_orders;
+        check(
+            open.find_client(client_order_id).is_none(),
+            "duplicate client id",
+        )?;
+        meta.open_slot = open.insert(id, spec.market, client_order_id);
         book.insert(id, side, price, qty, owner, meta);
-        if meta.client_order_id != 0 {
-            let key = (owner, meta.client_order_id);
-            check(!ex.client_ids.contains_key(&key), "duplicate client id")?;
-            check(client_ids.insert(key, id).is_none(), "duplicate client id")?;
+        if client_order_id != 0 {
+            let handle = book.find_handle(id).expect("just inserted");
+            open.set_handle(meta.open_slot, handle);
         }
     }
     check(!book.is_crossed(), "crossed book")?;
-    ex.client_ids.extend(client_ids);
     let i = spec.market as usize;
     if ex.markets.len() <= i {
         ex.markets.resize(i + 1, None);

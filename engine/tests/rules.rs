@@ -602,6 +602,85 @@ fn a_client_order_id_is_unique_among_the_accounts_open_orders() {
 }
 
 #[test]
+fn an_order_is_found_by_its_client_id_after_moves_fills_and_reductions() {
+    let mut w = World::new();
+    let id = w.place(PlaceOrder {
+        client_order_id: 5,
+        ..order(ALICE, Side::Buy, 90, 10)
+    });
+    let by_client = |price, qty| Command::Replace {
+        account: ALICE,
+        market: M,
+        order: OrderRef::Client(5),
+        price,
+        qty,
+    };
+    // The move takes Bob's ask and rests where that ask was; another order of Alice's
+    // then rests where the moved order was.
+    w.limit(BOB, Side::Sell, 95, 2);
+    w.ok(by_client(95, 10));
+    let other = w.limit(ALICE, Side::Buy, 80, 1);
+    // A fill changes its quantity and hold; a reduction keeps its priority.
+    w.limit(BOB, Side::Sell, 95, 3);
+    w.ok(by_client(95, 4));
+    let ev = w.ok(Command::Cancel {
+        account: ALICE,
+        market: M,
+        order: OrderRef::Client(5),
+    });
+    assert!(
+        matches!(ev[0], Event::Cancelled { order_id, remaining_qty: 4, .. } if order_id == id),
+        "{ev:?}"
+    );
+    assert!(w.book().contains(other));
+    w.rejected(
+        Command::Cancel {
+            account: ALICE,
+            market: M,
+            order: OrderRef::Client(5),
+        },
+        RejectReason::UnknownOrder,
+    );
+}
+
+#[test]
+fn a_client_order_id_names_an_order_in_its_own_market_only_and_is_unique_across_markets() {
+    let mut w = World::new();
+    let other = MarketSpec {
+        market: 2,
+        symbol: Symbol::new("BTC-USD2").unwrap(),
+        ..spec()
+    };
+    w.ok(Command::CreateMarket(other));
+    let in_other = PlaceOrder {
+        market: 2,
+        client_order_id: 9,
+        ..order(ALICE, Side::Buy, 90, 1)
+    };
+    w.place(in_other);
+    w.rejected(
+        Command::Cancel {
+            account: ALICE,
+            market: M,
+            order: OrderRef::Client(9),
+        },
+        RejectReason::UnknownOrder,
+    );
+    w.rejected(
+        Command::Place(PlaceOrder {
+            market: M,
+            ..in_other
+        }),
+        RejectReason::DuplicateClientOrderId,
+    );
+    w.ok(Command::Cancel {
+        account: ALICE,
+        market: 2,
+        order: OrderRef::Client(9),
+    });
+}
+
+#[test]
 fn cancel_of_an_order_that_is_not_resting_or_not_yours_is_rejected() {
     let mut w = World::new();
     let id = w.limit(ALICE, Side::Buy, 90, 1);

@@ -380,3 +380,80 @@ fn open_order_caps_survive_a_snapshot_and_default_caps_add_nothing_to_it() {
     assert_eq!(ex.snapshot(), before);
     assert_eq!(ex.state_hash(), hash);
 }
+
+/// [`small_exchange`] plus a second market in which account 1 rests a buy with client id
+/// `0xC1D0_0000_0000_0002` beside its buy with `0xC1D0_0000_0000_0001` in market 1.
+fn two_markets_with_client_ids() -> Exchange {
+    let mut ex = small_exchange();
+    let mut out = Vec::new();
+    let second = MarketSpec {
+        market: 2,
+        symbol: Symbol::new("BTC-USD2").unwrap(),
+        ..ex.market(1).unwrap().spec
+    };
+    ex.apply(&Command::CreateMarket(second), &mut out);
+    for (market, cid, price) in [
+        (1, 0xC1D0_0000_0000_0001, 97),
+        (2, 0xC1D0_0000_0000_0002, 96),
+    ] {
+        if let Command::Place(p) = limit(1, Side::Buy, price, 1) {
+            out.clear();
+            ex.apply(
+                &Command::Place(PlaceOrder {
+                    market,
+                    client_order_id: cid,
+                    ..p
+                }),
+                &mut out,
+            );
+            assert!(matches!(out[0], Event::Accepted { .. }), "{out:?}");
+        }
+    }
+    ex
+}
+
+#[test]
+fn a_restored_exchange_finds_orders_by_client_id_in_every_market() {
+    let ex = two_markets_with_client_ids();
+    let mut back = Exchange::restore(&ex.snapshot()).unwrap();
+    back.set_checked(true);
+    assert_eq!(back.state_hash(), ex.state_hash());
+    let mut out = Vec::new();
+    for (market, cid) in [
+        (1, 11),
+        (1, 0xC1D0_0000_0000_0001),
+        (2, 0xC1D0_0000_0000_0002),
+    ] {
+        out.clear();
+        back.apply(
+            &Command::Cancel {
+                account: 1,
+                market,
+                order: OrderRef::Client(cid),
+            },
+            &mut out,
+        );
+        assert!(matches!(out[0], Event::Cancelled { .. }), "{out:?}");
+    }
+}
+
+#[test]
+fn restore_refuses_one_accounts_client_id_on_two_orders_in_two_markets() {
+    let snap = two_markets_with_client_ids().snapshot();
+    let (first, second) = (
+        0xC1D0_0000_0000_0001u64.to_le_bytes(),
+        0xC1D0_0000_0000_0002u64.to_le_bytes(),
+    );
+    let at = snap
+        .windows(8)
+        .position(|w| w == second)
+        .expect("the second client id is in the body");
+    let mut bad = snap.clone();
+    bad[at..at + 8].copy_from_slice(&first);
+    let crc = crc32(&bad[HEADER..]);
+    bad[12..16].copy_from_slice(&crc.to_le_bytes());
+    assert_eq!(
+        restore_no_panic(&bad).err(),
+        Some(SnapshotError::Invalid("duplicate client id"))
+    );
+}
