@@ -365,8 +365,8 @@ pub fn recover(
         (replayed, _) = apply_records(&mut reader, &mut exchange, from, Some(seq_last), |_| {})?;
     }
     let state_hash = exchange.state_hash();
-    // Market ids are below 65,536 (`invalid_id` above): one pass at start.
-    let market_limits = (1..=u16::MAX as MarketId)
+    let market_limits = exchange
+        .market_ids()
         .filter_map(|id| exchange.market(id).map(|m| (id, m.limits)))
         .collect();
     let log = RecoveryLog {
