@@ -607,28 +607,10 @@ fn promote_online(
             return ExitCode::from(2);
         }
     };
-    let configured = config
-        .accounts
-        .iter()
-        .flat_map(|a| a.api_keys.iter())
-        .find(|k| k.admin);
-    // The environment's secret goes with an explicit key id only.
-    let secret = match key_id {
-        Some(_) => secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok()),
-        None => secret,
-    };
-    let (key_id, secret) = match (key_id, secret, configured) {
-        (Some(id), Some(secret), _) => (id, secret),
-        (None, None, Some(k)) => (k.key_id, k.secret.clone()),
-        (None, Some(_), _) => {
-            eprintln!("ringex promote: --secret needs --key-id");
-            return ExitCode::from(2);
-        }
-        _ => {
-            eprintln!(
-                "ringex promote: no admin key: give --key-id and --secret (or \
-                 RINGEX_ADMIN_SECRET), or list one in the config's [[accounts]]"
-            );
+    let (key_id, secret) = match admin_key(&config, key_id, secret, "ringex promote") {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
