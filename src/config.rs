@@ -1051,6 +1051,50 @@ pub fn secret_hash(secret: &str) -> [u8; 32] {
     sha2::Sha256::digest(secret.as_bytes()).into()
 }
 
+impl Config {
+    /// The configured open-order caps that a recovered exchange does not have, one line
+    /// each. The config's caps are journaled at bootstrap only (as every `[[markets]]`
+    /// entry): editing them for a later start changes nothing, and the caps stay as
+    /// journaled (bootstrap, then `SetMarketLimits`). `live` gives a market's caps in the
+    /// recovered state; a market the state lacks is left out.
+    pub fn open_order_caps_not_in_effect(
+        &self,
+        live: impl Fn(MarketId) -> Option<ringex_engine::exchange::OpenOrderLimits>,
+    ) -> Vec<String> {
+        use ringex_engine::exchange::OpenOrderLimits;
+        let mut out = Vec::new();
+        for (i, m) in self.markets.iter().enumerate() {
+            if m.max_open_orders_per_account.is_none() && m.max_open_orders.is_none() {
+                continue;
+            }
+            let Some(have) = live(m.id) else { continue };
+            let want = OpenOrderLimits {
+                per_account: m
+                    .max_open_orders_per_account
+                    .unwrap_or(OpenOrderLimits::DEFAULT.per_account),
+                per_market: m
+                    .max_open_orders
+                    .unwrap_or(OpenOrderLimits::DEFAULT.per_market),
+            };
+            if want != have {
+                out.push(format!(
+                    "markets[{i}] ({}) configures open-order caps of {} per account and {} in \
+                     the book, but the exchange has {} and {}: the config's caps are applied \
+                     at the first start only; change them with `ringex admin \
+                     set-market-limits --market {} --per-account N --per-market M`",
+                    m.symbol,
+                    want.per_account,
+                    want.per_market,
+                    have.per_account,
+                    have.per_market,
+                    m.id
+                ));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1169,6 +1213,41 @@ mod tests {
         let e = Config::parse(&with("max_open_orders = 0"), "t").unwrap_err();
         assert_eq!(e.key, "markets[0].max_open_orders");
         assert!(e.reason.contains("invalid_market_spec"), "{e}");
+    }
+
+    #[test]
+    fn configured_caps_that_the_recovered_exchange_lacks_are_named() {
+        use ringex_engine::exchange::OpenOrderLimits;
+        let toml = DEFAULT_CONFIG_TOML.replacen(
+            "taker_fee_ppm = 500        # 0.05%",
+            "taker_fee_ppm = 500\nmax_open_orders_per_account = 50",
+            1,
+        );
+        let cfg = Config::parse(&toml, "t").unwrap();
+        let applied = OpenOrderLimits {
+            per_account: 50,
+            per_market: OpenOrderLimits::DEFAULT.per_market,
+        };
+        // As bootstrapped: nothing to say. A market without configured caps is never
+        // named, whatever its live caps (they were changed live).
+        assert!(cfg
+            .open_order_caps_not_in_effect(|m| Some(if m == 1 {
+                applied
+            } else {
+                OpenOrderLimits {
+                    per_account: 3,
+                    per_market: 4,
+                }
+            }))
+            .is_empty());
+        // Changed live since, or the config edited after the first start: named, with
+        // the command that changes a running exchange.
+        let lines = cfg.open_order_caps_not_in_effect(|_| Some(OpenOrderLimits::DEFAULT));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("markets[0] (BTC-USDT) configures open-order caps of 50 per account and 2000000 in the book, but the exchange has 100000 and 2000000"), "{}", lines[0]);
+        assert!(lines[0].contains("ringex admin set-market-limits --market 1"));
+        // A market the state does not have is not named.
+        assert!(cfg.open_order_caps_not_in_effect(|_| None).is_empty());
     }
 
     #[test]

@@ -74,11 +74,55 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         timeout_seconds: u64,
     },
+    /// Change a running exchange over its admin listener (`listeners.admin` of the
+    /// config) with an admin key: the command is journaled like any other, so replay,
+    /// snapshots and a standby keep it.
+    Admin {
+        #[command(subcommand)]
+        which: AdminCmd,
+    },
     /// Inspect a journal directory (read only, safe beside a running node), or cut a
     /// damaged one on purpose (`repair`).
     Journal {
         #[command(subcommand)]
         which: JournalCmd,
+    },
+}
+
+/// How `ringex admin` reaches the node: its config's admin listener and an admin key.
+#[derive(Args)]
+struct AdminConn {
+    /// The node's config file. Default: the embedded default (admin on 127.0.0.1:9103).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Admin key id (with `--secret`). Default: the first admin key of the config's
+    /// `[[accounts]]`.
+    #[arg(long)]
+    key_id: Option<u64>,
+    /// The admin key's secret. Default: `RINGEX_ADMIN_SECRET` if set (with `--key-id`),
+    /// else the config's.
+    #[arg(long)]
+    secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Set a market's open-order caps (`SetMarketLimits`): the most resting orders one
+    /// account may have in it, and the most its book may hold. Each at least 1. Lowering
+    /// a cap cancels nothing; new GTC and post-only orders are refused
+    /// `too_many_open_orders` until the count is below it.
+    SetMarketLimits {
+        #[command(flatten)]
+        conn: AdminConn,
+        /// Market id.
+        #[arg(long)]
+        market: u32,
+        /// Most resting orders of one account in the market.
+        #[arg(long)]
+        per_account: u32,
+        /// Most resting orders in the market's book.
+        #[arg(long)]
+        per_market: u32,
     },
 }
 
@@ -316,6 +360,7 @@ fn main() -> ExitCode {
             start(config)
         }
         Cmd::Journal { which } => journal(which),
+        Cmd::Admin { which } => admin(which),
         Cmd::Promote {
             config,
             offline,
@@ -562,28 +607,10 @@ fn promote_online(
             return ExitCode::from(2);
         }
     };
-    let configured = config
-        .accounts
-        .iter()
-        .flat_map(|a| a.api_keys.iter())
-        .find(|k| k.admin);
-    // The environment's secret goes with an explicit key id only.
-    let secret = match key_id {
-        Some(_) => secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok()),
-        None => secret,
-    };
-    let (key_id, secret) = match (key_id, secret, configured) {
-        (Some(id), Some(secret), _) => (id, secret),
-        (None, None, Some(k)) => (k.key_id, k.secret.clone()),
-        (None, Some(_), _) => {
-            eprintln!("ringex promote: --secret needs --key-id");
-            return ExitCode::from(2);
-        }
-        _ => {
-            eprintln!(
-                "ringex promote: no admin key: give --key-id and --secret (or \
-                 RINGEX_ADMIN_SECRET), or list one in the config's [[accounts]]"
-            );
+    let (key_id, secret) = match admin_key(&config, key_id, secret, "ringex promote") {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
@@ -683,6 +710,101 @@ fn promote_online(
         config_path.display()
     );
     ExitCode::from(1)
+}
+
+/// The admin key `ringex admin` and `ringex promote` log in with: `--key-id` and
+/// `--secret` (or `RINGEX_ADMIN_SECRET`), else the config's first admin key.
+fn admin_key(
+    config: &Config,
+    key_id: Option<u64>,
+    secret: Option<String>,
+    what: &str,
+) -> Result<(u64, String), String> {
+    let configured = config
+        .accounts
+        .iter()
+        .flat_map(|a| a.api_keys.iter())
+        .find(|k| k.admin);
+    // The environment's secret goes with an explicit key id only.
+    let secret = match key_id {
+        Some(_) => secret.or_else(|| std::env::var("RINGEX_ADMIN_SECRET").ok()),
+        None => secret,
+    };
+    match (key_id, secret, configured) {
+        (Some(id), Some(secret), _) => Ok((id, secret)),
+        (None, None, Some(k)) => Ok((k.key_id, k.secret.clone())),
+        (None, Some(_), _) => Err(format!("{what}: --secret needs --key-id")),
+        _ => Err(format!(
+            "{what}: no admin key: give --key-id and --secret (or RINGEX_ADMIN_SECRET), or \
+             list one in the config's [[accounts]]"
+        )),
+    }
+}
+
+/// `ringex admin ...`: one admin command on a running node's admin listener; prints its
+/// acknowledgement, or the engine's reject reason (exit status 1).
+fn admin(which: AdminCmd) -> ExitCode {
+    use ringex_engine::Command;
+    use ringex_tools::client::{Client, ClientError, ClientOptions};
+    let AdminCmd::SetMarketLimits {
+        conn,
+        market,
+        per_account,
+        per_market,
+    } = which;
+    let what = "ringex admin set-market-limits";
+    let command = Command::SetMarketLimits {
+        market,
+        max_open_orders_per_account: per_account,
+        max_open_orders: per_market,
+    };
+    let config = match &conn.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::embedded()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (key_id, secret) = match admin_key(&config, conn.key_id, conn.secret, what) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = config.listeners.admin.clone();
+    let mut client = match Client::connect(addr.as_str(), key_id, &secret, ClientOptions::default())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{what}: admin login on {addr} with key {key_id}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = client.admin(command);
+    let _ = client.logout();
+    match result {
+        Ok(ack) => {
+            println!(
+                "market {}: at most {per_account} resting orders per account and \
+                 {per_market} in the book",
+                ack.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Rejected(r)) => {
+            eprintln!("{what}: refused: {}", r.reason.name());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `ringex promote`: raises the epoch of a stopped standby's journal (an epoch record,

@@ -407,6 +407,15 @@ pub fn serve_with(
             config.markets.len(),
             config.accounts.len()
         );
+    } else {
+        // Not bootstrapped now: the config's caps took effect, if at all, at the first
+        // start. Say so where they differ from the exchange's.
+        let live = &node.recovery().market_limits;
+        for line in config.open_order_caps_not_in_effect(|m| {
+            live.iter().find(|&&(id, _)| id == m).map(|&(_, l)| l)
+        }) {
+            tracing::warn!("{line}");
+        }
     }
     // The event loop runs on this thread: pin it if the config says where, only now that
     // the node's threads exist (they would inherit a one-core mask).

@@ -700,3 +700,91 @@ fn websocat_watches_and_trades_with_the_documented_examples() {
     stop.store(true, Ordering::Relaxed);
     assert_eq!(thread.join().unwrap(), Ok(()));
 }
+
+/// `ringex admin set-market-limits`, run as an operator runs it against the node's admin
+/// listener: the caps apply at once (a GTC order past the account's cap is refused
+/// `TooManyOpenOrders`, an IOC is not capped, a cancel makes room) and hold after a
+/// restart. A refusal names the engine's reason and exits 1.
+#[test]
+fn ringex_admin_sets_a_markets_open_order_caps_that_hold_across_a_restart() {
+    use ringex_engine::RejectReason;
+    let dir = tempfile::tempdir().unwrap();
+    let (l, stop, thread) = serve_inline(dir.path());
+    // The command finds the admin listener in its config.
+    let cli_config = dir.path().join("admin.toml");
+    std::fs::write(
+        &cli_config,
+        DEFAULT_CONFIG_TOML.replace("127.0.0.1:9103", &l.admin.to_string()),
+    )
+    .unwrap();
+    let admin = |args: &[&str]| {
+        let out = Process::new(env!("CARGO_BIN_EXE_ringex"))
+            .args(["admin", "set-market-limits", "--config"])
+            .arg(&cli_config)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let caps = ["--market", "1", "--per-account", "2", "--per-market", "10"];
+    let (code, text) = admin(&caps);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("market 1: at most 2 resting orders per account"),
+        "{text}"
+    );
+    let (code, text) = admin(&["--market", "99", "--per-account", "2", "--per-market", "10"]);
+    assert_eq!(
+        (code, text.contains("refused: unknown_market")),
+        (Some(1), true),
+        "{text}"
+    );
+    let (code, text) = admin(&["--market", "1", "--per-account", "0", "--per-market", "10"]);
+    assert_eq!(
+        (code, text.contains("invalid_market_spec")),
+        (Some(1), true),
+        "{text}"
+    );
+    // A trading key does not log in on the admin listener.
+    let mut with_trading_key = caps.to_vec();
+    with_trading_key.extend(["--key-id", "1", "--secret", "demo-secret-1001"]);
+    let (code, text) = admin(&with_trading_key);
+    assert_eq!(
+        (code, text.contains("WrongListener")),
+        (Some(1), true),
+        "{text}"
+    );
+
+    let reject = |c: &mut Client, params: &OrderParams| {
+        c.new_order(params).unwrap().rejected().map(|r| r.reason)
+    };
+    let buy = |price| OrderParams::limit(BTC_USDT, Side::Buy, price, 1);
+    let mut maker = Client::connect(l.trading, MAKER.0, MAKER.1, options()).unwrap();
+    assert_eq!(reject(&mut maker, &buy(5_500_000).client_order_id(1)), None);
+    assert_eq!(reject(&mut maker, &buy(5_500_001)), None);
+    assert_eq!(
+        reject(&mut maker, &buy(5_500_002)),
+        Some(RejectReason::TooManyOpenOrders)
+    );
+    assert_eq!(
+        reject(&mut maker, &buy(5_500_002).tif(TimeInForce::Ioc)),
+        None
+    );
+    drop(maker);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(thread.join().unwrap(), Ok(()));
+
+    let (l, stop, thread) = serve_inline(dir.path());
+    let mut maker = Client::connect(l.trading, MAKER.0, MAKER.1, options()).unwrap();
+    assert_eq!(
+        reject(&mut maker, &buy(5_500_002)),
+        Some(RejectReason::TooManyOpenOrders)
+    );
+    maker.cancel(BTC_USDT, OrderRef::Client(1)).unwrap();
+    assert_eq!(reject(&mut maker, &buy(5_500_002)), None);
+    drop(maker);
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(thread.join().unwrap(), Ok(()));
+}

@@ -681,8 +681,18 @@ fn tail_seek_stats_snapshots_and_prune_on_the_known_history() {
     assert_eq!(describe["next_order_id"], 4);
     assert_eq!(describe["markets"][0]["resting_orders"], 1);
     assert_eq!(describe["markets"][0]["trades"], 1);
+    // The open-order caps in force (defaults here: the config sets none).
+    assert_eq!(
+        describe["markets"][0]["max_open_orders_per_account"],
+        100_000
+    );
+    assert_eq!(describe["markets"][0]["max_open_orders"], 2_000_000);
     let old = ok(&["snapshot", "describe", "--seq", "19"], dir);
     assert!(old.contains("state after sequence 19"), "{old}");
+    assert!(
+        old.contains("open-order caps 100000 per account and 2000000 in the book"),
+        "{old}"
+    );
 
     let prune = ok(&["prune", "--dry-run"], dir);
     assert!(

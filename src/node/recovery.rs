@@ -5,7 +5,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ringex_engine::codec::{decode_command, CODEC_VERSION};
-use ringex_engine::{Event, Exchange};
+use ringex_engine::exchange::OpenOrderLimits;
+use ringex_engine::{Event, Exchange, MarketId};
 use ringex_journal::{Journal, Reader, RecoveryReport, SnapshotStore, Truncation};
 
 use super::{NodeError, RECORD_CHECKPOINT, RECORD_COMMAND, RECORD_EPOCH};
@@ -25,6 +26,8 @@ pub struct RecoveryLog {
     pub truncation: Option<Truncation>,
     pub journal: RecoveryReport,
     pub state_hash: u128,
+    /// Open-order caps of every market in the recovered state, ascending by market.
+    pub market_limits: Vec<(MarketId, OpenOrderLimits)>,
 }
 
 impl fmt::Display for RecoveryLog {
@@ -362,7 +365,12 @@ pub fn recover(
         (replayed, _) = apply_records(&mut reader, &mut exchange, from, Some(seq_last), |_| {})?;
     }
     let state_hash = exchange.state_hash();
+    let market_limits = exchange
+        .market_ids()
+        .filter_map(|id| exchange.market(id).map(|m| (id, m.limits)))
+        .collect();
     let log = RecoveryLog {
+        market_limits,
         snapshot_seq,
         snapshots_skipped: skipped,
         records_replayed: replayed,

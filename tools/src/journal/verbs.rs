@@ -1349,6 +1349,8 @@ fn describe_state(
             "market": id, "symbol": m.spec.symbol.as_str(), "status": m.status.name(),
             "resting_orders": m.book.order_count(), "trades": m.trade_count, "volume_lots": m.volume_lots,
             "reference_price": m.reference_price,
+            "max_open_orders_per_account": m.limits.per_account,
+            "max_open_orders": m.limits.per_market,
         }));
     }
     let assets: Vec<_> = assets
@@ -1375,14 +1377,17 @@ fn describe_state(
     );
     for m in &markets {
         text.push_str(&format!(
-            "  {} {}: {}, {} resting orders, {} trades, {} lots traded, reference price {}\n",
+            "  {} {}: {}, {} resting orders, {} trades, {} lots traded, reference price {}, \
+             open-order caps {} per account and {} in the book\n",
             m["market"],
             m["symbol"].as_str().unwrap_or("?"),
             m["status"].as_str().unwrap_or("?"),
             m["resting_orders"],
             m["trades"],
             m["volume_lots"],
-            m["reference_price"]
+            m["reference_price"],
+            m["max_open_orders_per_account"],
+            m["max_open_orders"]
         ));
     }
     text.push_str("assets (of listed markets):\n");
