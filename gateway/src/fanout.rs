@@ -155,6 +155,12 @@ impl BatchWriter {
             } else {
                 self.writev_each(&fds[..count], round);
             }
+            // A fan-out is bulk work: between rounds it gives the core to whatever else
+            // is runnable there (a market maker's client, the readers of what it just
+            // sent), so that work waits for one round, not for the whole pass. Beside
+            // 1,000 subscribers on a shared core this took the market makers' p50 from
+            // 1.2 ms to 0.2 ms and the trades' p99 from 42 to 26 ms (2026-12-08).
+            std::thread::yield_now();
         }
     }
 
