@@ -611,10 +611,23 @@ fn spawn_logger(
             };
             let mut slow_before = slow();
             let mut dropped = 0;
+            let mut fanout_fallback_logged = false;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(50));
                 dropped =
                     print_refusals(&refusals, dropped, &mut crate::log::GatewayLines::default());
+                if !fanout_fallback_logged
+                    && retail
+                        .as_ref()
+                        .is_some_and(|r| r.fanout_fell_back.load(Ordering::Relaxed))
+                {
+                    fanout_fallback_logged = true;
+                    tracing::warn!(
+                        "WebSocket fan-out: io_uring failed while running; one writev per \
+                         connection from now on (subscribers whose send was lost with it were \
+                         disconnected)"
+                    );
+                }
                 if every.is_zero() || checked.elapsed() < every {
                     continue;
                 }

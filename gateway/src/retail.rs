@@ -187,6 +187,9 @@ pub struct RetailStats {
     pub resyncs: AtomicU64,
     /// The publisher has its markets and books: connections are accepted.
     pub ready: AtomicBool,
+    /// io_uring failed while the fan-out used it: it writes one `writev` per connection
+    /// from then on (the node logs it once).
+    pub fanout_fell_back: AtomicBool,
     pub refusals: RefusalCounters,
 }
 
@@ -2065,7 +2068,11 @@ impl RetailEdge {
                 .expect("a connection with output stays until its flush");
             (c.stream.as_raw_fd(), queued_slices(c))
         });
+        let was_batched = self.batch.is_batched();
         self.batch.write_each(sends, &mut results);
+        if was_batched && !self.batch.is_batched() {
+            self.stats.fanout_fell_back.store(true, Ordering::Relaxed);
+        }
         debug_assert_eq!(results.len(), sending.len());
         let now = self.now_ns();
         for (&id, result) in sending.iter().zip(results.drain(..)) {
