@@ -412,13 +412,17 @@ mod tests {
         };
         writer.fail_next_wait = Some(false);
         let bytes = [7u8; 100];
-        let mut results = Vec::new();
-        writer.write_each(
-            pairs
-                .iter()
-                .map(|(server, _)| (server.as_raw_fd(), std::iter::once(&bytes[..]))),
-            &mut results,
-        );
+        let send_to_each = |writer: &mut BatchWriter| {
+            let mut results = Vec::new();
+            writer.write_each(
+                pairs
+                    .iter()
+                    .map(|(server, _)| (server.as_raw_fd(), std::iter::once(&bytes[..]))),
+                &mut results,
+            );
+            results
+        };
+        let results = send_to_each(&mut writer);
         assert_eq!(results.len(), 2);
         for r in &results {
             let e = r.as_ref().unwrap_err();
@@ -426,13 +430,7 @@ mod tests {
         }
         assert!(!outcome_unknown(&io::Error::from_raw_os_error(libc::EPIPE)));
         // The writer goes on without the ring: the next pass's bytes arrive whole.
-        let mut results = Vec::new();
-        writer.write_each(
-            pairs
-                .iter()
-                .map(|(server, _)| (server.as_raw_fd(), std::iter::once(&bytes[..]))),
-            &mut results,
-        );
+        let results = send_to_each(&mut writer);
         assert!(results.iter().all(|r| matches!(r, Ok(100))));
     }
 

@@ -1429,13 +1429,16 @@ impl RetailEdge {
             // Echoes (conformance suites) are neither rated nor budgeted.
             let budget = &mut self.inflate_budgets;
             let rate = self.config.inflated_bytes_per_second_per_ip;
+            // Only a connection that negotiated compression can send a compressed
+            // message (RSV1 is a protocol error otherwise): only those touch the budget.
             let inflate = c.phase == Phase::Open
                 && (echo
                     || (c.bucket.has_token(now)
-                        && budget
-                            .entry(ip)
-                            .or_insert_with(|| ByteBudget::new(rate, now))
-                            .has_room(now)));
+                        && (!c.deflate
+                            || budget
+                                .entry(ip)
+                                .or_insert_with(|| ByteBudget::new(rate, now))
+                                .has_room(now))));
             let inflated_before = self.inflater.total_out();
             let mut cx = ReadContext {
                 deflate: c.deflate,
@@ -1583,15 +1586,7 @@ impl RetailEdge {
                 true
             }
             Incoming::Pong(_) => true,
-            Incoming::Unread { binary } if binary && !echo => {
-                self.refuse_conn(id, Refusal::ProtocolViolation, Detail::None);
-                self.close_with(
-                    id,
-                    close::UNSUPPORTED_DATA,
-                    "binary frames are not part of this API",
-                );
-                false
-            }
+            Incoming::Unread { binary } if binary && !echo => self.refuse_binary(id),
             // Over the message rate when it was read (echoes are not rated, so always
             // inflated): refused as any message over the rate, unread.
             Incoming::Unread { .. } => {
@@ -1606,15 +1601,7 @@ impl RetailEdge {
                 self.queue_own(id, ws::frame(ws::OP_TEXT, false, &data));
                 true
             }
-            Incoming::Binary(_) => {
-                self.refuse_conn(id, Refusal::ProtocolViolation, Detail::None);
-                self.close_with(
-                    id,
-                    close::UNSUPPORTED_DATA,
-                    "binary frames are not part of this API",
-                );
-                false
-            }
+            Incoming::Binary(_) => self.refuse_binary(id),
             Incoming::Text(text) => {
                 if !self.take_token(id) {
                     return self.conn_ref(id).is_some();
@@ -1623,6 +1610,17 @@ impl RetailEdge {
                 self.conn_ref(id).is_some_and(|c| c.phase == Phase::Open)
             }
         }
+    }
+
+    /// A binary message outside the echo path (read or left unread): closed 1003.
+    fn refuse_binary(&mut self, id: usize) -> bool {
+        self.refuse_conn(id, Refusal::ProtocolViolation, Detail::None);
+        self.close_with(
+            id,
+            close::UNSUPPORTED_DATA,
+            "binary frames are not part of this API",
+        );
+        false
     }
 
     /// Takes one of the connection's inbound message tokens; an over-rate message is
