@@ -761,15 +761,24 @@ fn skip(test: &str, why: &str) {
     );
 }
 
-#[test]
-fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression() {
-    let test = "a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression";
+/// The Python interpreter and tools/python/ws_book_check.py; None (the test skipped, as
+/// `skip` says) without a Python environment.
+fn python_book_check(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let Some(python) = python() else {
         skip(test, "no Python environment: run scripts/python-env.sh");
-        return;
+        return None;
     };
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/python/ws_book_check.py");
+    Some((python, script))
+}
+
+#[test]
+fn a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression() {
+    let test = "a_python_websockets_client_rebuilds_the_engines_book_with_and_without_compression";
+    let Some((python, script)) = python_book_check(test) else {
+        return;
+    };
     for compression in ["on", "off"] {
         let rig = Rig::start(RetailConfig {
             messages_per_second: 100_000,
@@ -1551,12 +1560,9 @@ fn after_an_overrun_subscribers_stay_get_a_fresh_snapshot_and_a_gap_notice_and_r
 #[test]
 fn a_python_websockets_client_keeps_its_book_across_an_overrun() {
     let test = "a_python_websockets_client_keeps_its_book_across_an_overrun";
-    let Some(python) = python() else {
-        skip(test, "no Python environment: run scripts/python-env.sh");
+    let Some((python, script)) = python_book_check(test) else {
         return;
     };
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/python/ws_book_check.py");
     let rig = Rig::start_with(
         RetailConfig {
             messages_per_second: 100_000,
