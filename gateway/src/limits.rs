@@ -10,9 +10,7 @@ use std::net::IpAddr;
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     rate_per_s: u64,
-    /// Tokens scaled by 1e9 so refills in nanoseconds stay integers.
-    tokens_scaled: u128,
-    refilled_at_ns: u64,
+    tokens: Budget,
     refused_window_start_ns: u64,
     refused_in_window: u64,
 }
@@ -23,15 +21,13 @@ pub const fn refusals_abusive_per_s(rate_per_s: u64) -> u64 {
     rate_per_s
 }
 
-const SCALE: u128 = 1_000_000_000;
+const SCALE: i128 = 1_000_000_000;
 
 impl TokenBucket {
     pub fn new(rate_per_s: u64, now_ns: u64) -> TokenBucket {
-        assert!(rate_per_s > 0);
         TokenBucket {
             rate_per_s,
-            tokens_scaled: rate_per_s as u128 * SCALE,
-            refilled_at_ns: now_ns,
+            tokens: Budget::new(rate_per_s, now_ns),
             refused_window_start_ns: now_ns,
             refused_in_window: 0,
         }
@@ -50,20 +46,14 @@ impl TokenBucket {
 
     /// True if [`TokenBucket::try_take`] at `now_ns` would take a token (nothing changes).
     pub fn has_token(&self, now_ns: u64) -> bool {
-        let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;
-        let capacity = self.rate_per_s as u128 * SCALE;
-        (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity) >= SCALE
+        self.tokens.available_scaled_at(now_ns) >= SCALE
     }
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now_ns: u64) -> bool {
-        let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as u128;
-        let capacity = self.rate_per_s as u128 * SCALE;
-        self.tokens_scaled =
-            (self.tokens_scaled + elapsed_ns * self.rate_per_s as u128).min(capacity);
-        self.refilled_at_ns = now_ns.max(self.refilled_at_ns);
-        if self.tokens_scaled >= SCALE {
-            self.tokens_scaled -= SCALE;
+        self.tokens.refill(now_ns);
+        if self.tokens.available_scaled >= SCALE {
+            self.tokens.available_scaled -= SCALE;
             true
         } else {
             false
@@ -71,33 +61,37 @@ impl TokenBucket {
     }
 }
 
-/// A budget of bytes: `rate_per_s` a second, at most one second's worth banked. A charge
-/// is made after the fact (the size of an inflated message is known only once inflated),
-/// so the budget may go into debt by the last charge; nothing more is allowed until the
-/// debt is refilled.
+/// A budget: `rate_per_s` units a second, at most one second's worth banked. The token
+/// bucket takes whole tokens from it; the inflate budget charges bytes after the fact
+/// (the size of an inflated message is known only once inflated), so it may go into debt
+/// by the last charge, and nothing more is allowed until the debt is refilled.
 #[derive(Clone, Debug)]
-pub struct ByteBudget {
+pub struct Budget {
     rate_per_s: u64,
-    /// Bytes scaled by 1e9 so refills in nanoseconds stay integers; negative in debt.
+    /// Units scaled by 1e9 so refills in nanoseconds stay integers; negative in debt.
     available_scaled: i128,
     refilled_at_ns: u64,
 }
 
-impl ByteBudget {
-    pub fn new(rate_per_s: u64, now_ns: u64) -> ByteBudget {
+impl Budget {
+    pub fn new(rate_per_s: u64, now_ns: u64) -> Budget {
         assert!(rate_per_s > 0);
-        ByteBudget {
+        Budget {
             rate_per_s,
-            available_scaled: rate_per_s as i128 * SCALE as i128,
+            available_scaled: rate_per_s as i128 * SCALE,
             refilled_at_ns: now_ns,
         }
     }
 
-    fn refill(&mut self, now_ns: u64) {
+    /// What is available at `now_ns` (nothing changes).
+    fn available_scaled_at(&self, now_ns: u64) -> i128 {
         let elapsed_ns = now_ns.saturating_sub(self.refilled_at_ns) as i128;
-        let capacity = self.rate_per_s as i128 * SCALE as i128;
-        self.available_scaled =
-            (self.available_scaled + elapsed_ns * self.rate_per_s as i128).min(capacity);
+        let capacity = self.rate_per_s as i128 * SCALE;
+        (self.available_scaled + elapsed_ns * self.rate_per_s as i128).min(capacity)
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        self.available_scaled = self.available_scaled_at(now_ns);
         self.refilled_at_ns = now_ns.max(self.refilled_at_ns);
     }
 
@@ -107,10 +101,10 @@ impl ByteBudget {
         self.available_scaled > 0
     }
 
-    /// Spends `bytes`.
-    pub fn charge(&mut self, bytes: u64, now_ns: u64) {
+    /// Spends `units`, into debt if need be.
+    pub fn charge(&mut self, units: u64, now_ns: u64) {
         self.refill(now_ns);
-        self.available_scaled -= bytes as i128 * SCALE as i128;
+        self.available_scaled -= units as i128 * SCALE;
     }
 }
 
@@ -244,8 +238,8 @@ mod tests {
     }
 
     #[test]
-    fn a_byte_budget_allows_a_seconds_worth_then_refills_and_a_debt_must_be_repaid() {
-        let mut b = ByteBudget::new(1000, 0);
+    fn a_budget_allows_a_seconds_worth_then_refills_and_a_debt_must_be_repaid() {
+        let mut b = Budget::new(1000, 0);
         assert!(b.has_room(0));
         // One message larger than the whole budget is allowed (its size is known only
         // after it), and leaves a debt.

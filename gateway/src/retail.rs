@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use crate::backend::{wall_clock_ns, Backend, Delivery};
 use crate::handoff::RetailEnd;
-use crate::limits::{ByteBudget, ConnectionCounts, TokenBucket};
+use crate::limits::{Budget, ConnectionCounts, TokenBucket};
 use crate::protocol::{
     login_flags, template, ClientMessage, Login, LoginRejectReason, LogoutReason, ServerMessage,
 };
@@ -286,7 +286,7 @@ pub struct RetailEdge {
     generation: usize,
     ips: ConnectionCounts,
     /// What each address may still inflate (addresses that sent compressed messages).
-    inflate_budgets: HashMap<IpAddr, ByteBudget>,
+    inflate_budgets: HashMap<IpAddr, Budget>,
     core: SessionCore,
     publisher: Publisher,
     link: Option<RetailEnd>,
@@ -1437,7 +1437,7 @@ impl RetailEdge {
                         && (!c.deflate
                             || budget
                                 .entry(ip)
-                                .or_insert_with(|| ByteBudget::new(rate, now))
+                                .or_insert_with(|| Budget::new(rate, now))
                                 .has_room(now))));
             let inflated_before = self.inflater.total_out();
             let mut cx = ReadContext {
