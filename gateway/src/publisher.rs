@@ -592,11 +592,13 @@ impl Publisher {
                         self.by_symbol.insert(info.symbol.clone(), market);
                         let mut m = MarketState::new(info);
                         m.loading = true;
-                        // Bounded by EARLY_TRADES_MAX.
-                        for (_, t) in self.early_trades.iter().filter(|(id, _)| *id == market) {
-                            m.record_trade(*t);
-                        }
-                        self.early_trades.retain(|(id, _)| *id != market);
+                        // In order, and bounded by EARLY_TRADES_MAX.
+                        self.early_trades.retain(|&(id, t)| {
+                            if id == market {
+                                m.record_trade(t);
+                            }
+                            id != market
+                        });
                         self.markets.insert(market, m);
                         self.queries.push(depth_query(self.epoch, market));
                     }
